@@ -1,0 +1,39 @@
+use crate::Cluster;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A namespace that belongs to one test, deleted when it is dropped.
+pub struct TestNamespace {
+    pub name: String,
+    cluster: &'static Cluster,
+}
+
+impl TestNamespace {
+    /// A fresh namespace named after `prefix`, unique in this run and across
+    /// runs against the same cluster.
+    pub fn new(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut prefix: String = prefix.chars().take(40).collect();
+        prefix.make_ascii_lowercase();
+        let name = format!(
+            "{prefix}-{:x}{:x}",
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            nanos % 0xfffff
+        );
+        cluster
+            .kubectl_ok(&["create", "namespace", &name])
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e:#}"));
+        TestNamespace { name, cluster }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}

@@ -1,0 +1,59 @@
+use crate::{Cluster, CommandOutput};
+
+/// A pod as iptables and in-cluster clients see one (`hack/pod`): a network
+/// namespace with a ServiceAccount token mounted where clients look for it.
+/// Deleted when dropped.
+pub struct NetnsPod {
+    pub name: String,
+    cluster: &'static Cluster,
+}
+
+impl NetnsPod {
+    /// `extra` goes to `hack/pod add` as it is (`--bind-pod`, `--audience`, `--ca`).
+    pub fn add(
+        cluster: &'static Cluster,
+        name: &str,
+        namespace: &str,
+        serviceaccount: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<NetnsPod> {
+        CommandOutput::run(
+            cluster
+                .hack("pod")
+                .args(["add", name, "-n", namespace, "-s", serviceaccount])
+                .args(extra),
+        )?
+        .ok("hack/pod add")?;
+        Ok(NetnsPod {
+            name: name.to_string(),
+            cluster,
+        })
+    }
+
+    /// Runs `command` inside the pod with the given extra environment.
+    pub fn exec(&self, env: &[(&str, &str)], command: &[&str]) -> anyhow::Result<CommandOutput> {
+        let mut cmd = self.cluster.hack("pod");
+        cmd.args(["exec", &self.name]);
+        for (k, v) in env {
+            cmd.arg("-e").arg(format!("{k}={v}"));
+        }
+        cmd.arg("--").args(command);
+        CommandOutput::run(&mut cmd)
+    }
+
+    pub fn ip(&self) -> anyhow::Result<String> {
+        Ok(
+            CommandOutput::run(self.cluster.hack("pod").args(["ip", &self.name]))?
+                .ok("hack/pod ip")?
+                .stdout
+                .trim()
+                .to_string(),
+        )
+    }
+}
+
+impl Drop for NetnsPod {
+    fn drop(&mut self) {
+        let _ = CommandOutput::run(self.cluster.hack("pod").args(["del", &self.name]));
+    }
+}
