@@ -1,7 +1,12 @@
 //! What the interceptor and the aggregator share, and nothing else: the parsing
-//! of a Kubernetes API request, and (from the interceptor issue on) the record
-//! of one exchange.
+//! of a Kubernetes API request, and the record of one exchange (the wire format
+//! between them).
 
+pub mod exchange;
 pub mod request;
 
+pub use exchange::{
+    Body, BodyContent, DropReport, Exchange, FORMAT_VERSION, Line, LineError, PodIdentity,
+    WatchEvent, WatchEvents, WorkloadRef,
+};
 pub use request::{ApiRequest, PatchType, RequestError, Verb};

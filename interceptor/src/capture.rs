@@ -1,0 +1,494 @@
+//! Tees a body into a bounded capture while it streams through.
+//!
+//! The proxied bytes are never held back: each frame is copied (up to the
+//! limit) and passed on in the same poll. What the capture keeps is bounded:
+//! a plain body up to `limit` bytes, a gzip body up to `limit` bytes once
+//! decompressed (its true size is still counted), and a watch stream as a
+//! bounded number of bounded events.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// How to read the bytes of one body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    Plain,
+    Gzip,
+    /// Newline-delimited JSON events.
+    WatchJson,
+    /// 4-byte big-endian length-prefixed protobuf frames.
+    WatchProtobuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes kept of a plain (or decompressed) body.
+    pub body: usize,
+    /// Bytes kept of one watch event; a larger one is counted as cut.
+    pub watch_event: usize,
+    /// Watch events kept; later ones are counted as cut.
+    pub watch_events: usize,
+}
+
+/// What a finished capture holds.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The kept bytes of the body (decompressed for gzip).
+    pub bytes: Bytes,
+    /// The size of the whole body, decompressed.
+    pub size: u64,
+    pub truncated: bool,
+    /// For watch modes: the kept events, each one frame or line.
+    pub events: Vec<Bytes>,
+    pub events_cut: u64,
+    /// The stream failed, or was abandoned before its end.
+    pub error: Option<String>,
+    /// The body reached its end.
+    pub complete: bool,
+    /// The bytes could not be decompressed.
+    pub decode_error: Option<String>,
+}
+
+/// Counts every byte written, keeps the first `limit`.
+struct BoundedSink {
+    kept: BytesMut,
+    limit: usize,
+    size: u64,
+}
+
+impl Write for BoundedSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.size += data.len() as u64;
+        let room = self.limit.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..data.len().min(room)]);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Reader {
+    Plain(BoundedSink),
+    Gzip(Box<flate2::write::GzDecoder<BoundedSink>>),
+    Watch(WatchSplitter),
+}
+
+/// The capture of one body, shared between the body wrapper that fills it and
+/// whoever builds the record.
+pub struct Capture {
+    reader: Option<Reader>,
+    result: Captured,
+}
+
+pub type SharedCapture = Arc<Mutex<Capture>>;
+
+impl Capture {
+    pub fn new(mode: CaptureMode, limits: Limits) -> SharedCapture {
+        let sink = || BoundedSink {
+            kept: BytesMut::new(),
+            limit: limits.body,
+            size: 0,
+        };
+        let reader = match mode {
+            CaptureMode::Plain => Reader::Plain(sink()),
+            CaptureMode::Gzip => Reader::Gzip(Box::new(flate2::write::GzDecoder::new(sink()))),
+            CaptureMode::WatchJson => Reader::Watch(WatchSplitter::new(false, limits)),
+            CaptureMode::WatchProtobuf => Reader::Watch(WatchSplitter::new(true, limits)),
+        };
+        Arc::new(Mutex::new(Capture {
+            reader: Some(reader),
+            result: Captured::default(),
+        }))
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        match &mut self.reader {
+            Some(Reader::Plain(sink)) => {
+                let _ = sink.write(data);
+            }
+            Some(Reader::Gzip(decoder)) => {
+                if self.result.decode_error.is_none()
+                    && let Err(e) = decoder.write_all(data)
+                {
+                    self.result.decode_error = Some(format!("gzip: {e}"));
+                }
+            }
+            Some(Reader::Watch(splitter)) => splitter.feed(data),
+            None => {}
+        }
+    }
+
+    /// Closes the capture; the first call wins.
+    fn finish(&mut self, complete: bool, error: Option<String>) {
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        let result = &mut self.result;
+        result.complete = complete;
+        result.error = error;
+        match reader {
+            Reader::Plain(sink) => {
+                result.truncated = sink.size > sink.kept.len() as u64;
+                result.size = sink.size;
+                result.bytes = sink.kept.freeze();
+            }
+            Reader::Gzip(mut decoder) => {
+                if result.decode_error.is_none()
+                    && complete
+                    && let Err(e) = decoder.try_finish()
+                {
+                    result.decode_error = Some(format!("gzip: {e}"));
+                }
+                let sink = decoder.get_mut();
+                result.truncated = sink.size > sink.kept.len() as u64;
+                result.size = sink.size;
+                result.bytes = std::mem::take(&mut sink.kept).freeze();
+            }
+            Reader::Watch(splitter) => {
+                result.size = splitter.size;
+                result.events_cut = splitter.cut + u64::from(splitter.pending_is_partial());
+                result.events = splitter.events;
+                result.truncated = result.events_cut > 0;
+            }
+        }
+    }
+
+    /// Takes the result of a finished capture. A capture still open (its body
+    /// was never polled to the end nor dropped) is closed as incomplete.
+    pub fn take(shared: &SharedCapture) -> Captured {
+        let mut capture = shared.lock().unwrap_or_else(|e| e.into_inner());
+        capture.finish(false, None);
+        std::mem::take(&mut capture.result)
+    }
+}
+
+/// Splits a watch stream into events as the bytes arrive.
+struct WatchSplitter {
+    protobuf: bool,
+    limits: Limits,
+    pending: BytesMut,
+    /// The current event is over the per-event limit: skip to its end.
+    skipping: bool,
+    /// For protobuf: the length of the frame being read, once its prefix is in.
+    frame_len: Option<usize>,
+    /// Bytes of an over-limit protobuf frame still to skip.
+    skip_left: usize,
+    events: Vec<Bytes>,
+    cut: u64,
+    size: u64,
+}
+
+impl WatchSplitter {
+    fn new(protobuf: bool, limits: Limits) -> WatchSplitter {
+        WatchSplitter {
+            protobuf,
+            limits,
+            pending: BytesMut::new(),
+            skipping: false,
+            frame_len: None,
+            skip_left: 0,
+            events: Vec::new(),
+            cut: 0,
+            size: 0,
+        }
+    }
+
+    fn keep(&mut self, event: Bytes) {
+        if self.events.len() < self.limits.watch_events {
+            self.events.push(event);
+        } else {
+            self.cut += 1;
+        }
+    }
+
+    fn pending_is_partial(&self) -> bool {
+        !self.pending.is_empty() || self.skipping || self.skip_left > 0
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        self.size += data.len() as u64;
+        if self.protobuf {
+            self.feed_frames(data)
+        } else {
+            self.feed_lines(data)
+        }
+    }
+
+    fn feed_lines(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    if self.skipping {
+                        self.skipping = false;
+                        self.cut += 1;
+                    } else if self.pending.len() + end > self.limits.watch_event {
+                        self.pending.clear();
+                        self.cut += 1;
+                    } else {
+                        self.pending.extend_from_slice(&data[..end]);
+                        let event = self.pending.split().freeze();
+                        if !event.iter().all(u8::is_ascii_whitespace) {
+                            self.keep(event);
+                        }
+                    }
+                    data = &data[end + 1..];
+                }
+                None => {
+                    if !self.skipping {
+                        if self.pending.len() + data.len() > self.limits.watch_event {
+                            self.pending.clear();
+                            self.skipping = true;
+                        } else {
+                            self.pending.extend_from_slice(data);
+                        }
+                    }
+                    data = &[];
+                }
+            }
+        }
+    }
+
+    fn feed_frames(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip_left > 0 {
+                let n = self.skip_left.min(data.len());
+                self.skip_left -= n;
+                data = &data[n..];
+                if self.skip_left == 0 {
+                    self.cut += 1;
+                }
+                continue;
+            }
+            match self.frame_len {
+                None => {
+                    let need = 4 - self.pending.len();
+                    let n = need.min(data.len());
+                    self.pending.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.pending.len() == 4 {
+                        let len = self.pending.get_u32() as usize;
+                        self.pending.clear();
+                        if len > self.limits.watch_event {
+                            self.skip_left = len;
+                            if len == 0 {
+                                self.cut += 1;
+                            }
+                        } else {
+                            self.frame_len = Some(len);
+                        }
+                    }
+                }
+                Some(len) => {
+                    let n = (len - self.pending.len()).min(data.len());
+                    self.pending.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.pending.len() == len {
+                        let frame = self.pending.split().freeze();
+                        self.frame_len = None;
+                        self.keep(frame);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that copies what passes through it into a [`Capture`], and calls
+    /// `on_end` once, when the body ends, fails, or is dropped.
+    pub struct CaptureBody<B> {
+        #[pin]
+        inner: B,
+        capture: SharedCapture,
+        on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+    }
+
+    impl<B> PinnedDrop for CaptureBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Ok(mut capture) = this.capture.lock() {
+                capture.finish(false, Some("the body was abandoned before its end".into()));
+            }
+            if let Some(on_end) = this.on_end.take() {
+                on_end();
+            }
+        }
+    }
+}
+
+impl<B: Body> CaptureBody<B> {
+    pub fn new(
+        inner: B,
+        capture: SharedCapture,
+        on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+    ) -> CaptureBody<B> {
+        // A body known to be empty (HEAD, 204, a GET without a body) may never
+        // be polled: it is complete from the start.
+        if inner.is_end_stream() {
+            let mut c = capture.lock().unwrap_or_else(|e| e.into_inner());
+            c.finish(true, None);
+        }
+        CaptureBody {
+            inner,
+            capture,
+            on_end,
+        }
+    }
+}
+
+impl<B> Body for CaptureBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        let mut capture = this.capture.lock().unwrap_or_else(|e| e.into_inner());
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    capture.feed(data);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => capture.finish(false, Some(e.to_string())),
+            Poll::Ready(None) => capture.finish(true, None),
+            Poll::Pending => {}
+        }
+        drop(capture);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            && let Some(on_end) = this.on_end.take()
+        {
+            on_end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    const LIMITS: Limits = Limits {
+        body: 8,
+        watch_event: 16,
+        watch_events: 2,
+    };
+
+    async fn run(mode: CaptureMode, chunks: Vec<&'static [u8]>, limits: Limits) -> (Bytes, Captured) {
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(c)))),
+        );
+        let capture = Capture::new(mode, limits);
+        let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ended2 = ended.clone();
+        let body = CaptureBody::new(
+            StreamBody::new(stream),
+            capture.clone(),
+            Some(Box::new(move || {
+                ended2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })),
+        );
+        let passed = body.collect().await.unwrap().to_bytes();
+        assert_eq!(ended.load(std::sync::atomic::Ordering::SeqCst), 1, "on_end runs once");
+        (passed, Capture::take(&capture))
+    }
+
+    #[tokio::test]
+    async fn passes_everything_and_keeps_up_to_the_limit() {
+        let (passed, got) = run(CaptureMode::Plain, vec![b"hello ", b"world"], LIMITS).await;
+        assert_eq!(&passed[..], b"hello world");
+        assert_eq!(&got.bytes[..], b"hello wo");
+        assert_eq!((got.size, got.truncated, got.complete), (11, true, true));
+    }
+
+    #[tokio::test]
+    async fn gzip_is_undone_and_its_true_size_counted() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b"{\"kind\":\"List\"}").unwrap();
+        let gz: &'static [u8] = Box::leak(enc.finish().unwrap().into_boxed_slice());
+        let (a, b) = gz.split_at(5);
+        let limits = Limits { body: 1024, ..LIMITS };
+        let (passed, got) = run(CaptureMode::Gzip, vec![a, b], limits).await;
+        assert_eq!(&passed[..], gz, "the compressed bytes pass unchanged");
+        assert_eq!(&got.bytes[..], b"{\"kind\":\"List\"}");
+        assert_eq!((got.size, got.truncated), (15, false));
+        assert!(got.decode_error.is_none());
+
+        let (_, broken) = run(CaptureMode::Gzip, vec![b"not gzip at all"], limits).await;
+        assert!(broken.decode_error.is_some());
+    }
+
+    #[tokio::test]
+    async fn json_watch_events_split_across_chunks_with_limits() {
+        let (_, got) = run(
+            CaptureMode::WatchJson,
+            vec![b"{\"a\":1}\n{\"b\"", b":2}\n{\"this one is too long\":1}\n{\"c\":3}\n"],
+            LIMITS,
+        )
+        .await;
+        assert_eq!(got.events, vec![Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{\"b\":2}")]);
+        // One over the per-event size, one over the count.
+        assert_eq!(got.events_cut, 2);
+    }
+
+    #[tokio::test]
+    async fn protobuf_watch_frames_by_length_prefix() {
+        let frame = |payload: &[u8]| -> Vec<u8> {
+            let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(payload);
+            v
+        };
+        let mut stream = frame(b"one");
+        stream.extend(frame(&[7u8; 40]));
+        stream.extend(frame(b"two"));
+        let stream: &'static [u8] = Box::leak(stream.into_boxed_slice());
+        let (first, rest) = stream.split_at(2);
+        let (_, got) = run(CaptureMode::WatchProtobuf, vec![first, rest], LIMITS).await;
+        assert_eq!(got.events, vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]);
+        assert_eq!(got.events_cut, 1);
+    }
+
+    #[test]
+    fn a_dropped_body_closes_its_capture_as_incomplete() {
+        let capture = Capture::new(CaptureMode::Plain, LIMITS);
+        let never_ends = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::convert::Infallible>,
+        >());
+        drop(CaptureBody::new(never_ends, capture.clone(), None));
+        let got = Capture::take(&capture);
+        assert!(!got.complete);
+        assert!(got.error.is_some());
+    }
+
+    #[test]
+    fn a_known_empty_body_is_complete_without_being_polled() {
+        let capture = Capture::new(CaptureMode::Plain, LIMITS);
+        drop(CaptureBody::new(http_body_util::Empty::<Bytes>::new(), capture.clone(), None));
+        let got = Capture::take(&capture);
+        assert!(got.complete && got.error.is_none());
+        assert_eq!(got.size, 0);
+    }
+}

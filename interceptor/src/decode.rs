@@ -1,0 +1,157 @@
+//! Captured bytes into the record's body and watch events.
+//!
+//! JSON stays JSON, text stays text, and anything else (protobuf included, for
+//! now) is kept as base64 beside its content type, so nothing is silently lost.
+
+use crate::capture::Captured;
+use apiwitness_record::{Body, BodyContent, WatchEvent, WatchEvents};
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+fn media_type(content_type: Option<&str>) -> String {
+    content_type
+        .and_then(|c| c.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn is_json(media: &str) -> bool {
+    media == "application/json" || media.ends_with("+json")
+}
+
+fn is_text(media: &str) -> bool {
+    media.starts_with("text/") || media.ends_with("+yaml") || media == "application/yaml"
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The record's body for a captured body, or `None` for an empty one.
+pub fn body(
+    captured: &Captured,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+) -> Option<Body> {
+    if captured.size == 0 && captured.bytes.is_empty() {
+        return None;
+    }
+    let media = media_type(content_type);
+    let content = decode_bytes(&captured.bytes, &media, captured.truncated);
+    Some(Body {
+        content,
+        size: captured.size,
+        truncated: captured.truncated,
+        content_encoding: content_encoding.map(str::to_string),
+    })
+}
+
+fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
+    if is_json(media) && !truncated
+        && let Ok(value) = serde_json::from_slice::<Value>(bytes)
+    {
+        return BodyContent::Json(value);
+    }
+    // A body sent without a content type (or as text) that parses as JSON is JSON.
+    if (media.is_empty() || is_text(media)) && !truncated
+        && let Ok(value) = serde_json::from_slice::<Value>(bytes)
+    {
+        return BodyContent::Json(value);
+    }
+    if (is_json(media) || is_text(media) || media.is_empty())
+        && let Ok(text) = std::str::from_utf8(bytes)
+    {
+        return BodyContent::Text(text.to_string());
+    }
+    BodyContent::Base64(base64(bytes))
+}
+
+/// The events of a captured watch response.
+pub fn watch(captured: &Captured, content_type: Option<&str>) -> WatchEvents {
+    let media = media_type(content_type);
+    let mut out = WatchEvents {
+        events: Vec::with_capacity(captured.events.len()),
+        cut: captured.events_cut,
+    };
+    for raw in &captured.events {
+        if media.contains("protobuf") {
+            out.events.push(WatchEvent {
+                event_type: "protobuf".into(),
+                object: json!({ "base64": base64(raw) }),
+            });
+            continue;
+        }
+        match serde_json::from_slice::<WatchEvent>(raw) {
+            Ok(event) => out.events.push(event),
+            Err(_) => out.cut += 1,
+        }
+    }
+    out
+}
+
+/// A `meta.k8s.io` Table, as `kubectl get` asks for.
+pub fn is_table(body: &Body) -> bool {
+    matches!(&body.content, BodyContent::Json(v)
+        if v.get("kind").and_then(Value::as_str) == Some("Table")
+            && v.get("apiVersion").and_then(Value::as_str).is_some_and(|a| a.starts_with("meta.k8s.io/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(bytes: &'static [u8], truncated: bool) -> Captured {
+        Captured {
+            bytes: Bytes::from_static(bytes),
+            size: bytes.len() as u64 + u64::from(truncated) * 100,
+            truncated,
+            complete: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn json_text_and_binary() {
+        let b = body(&captured(b"{\"a\":1}", false), Some("application/json"), None).unwrap();
+        assert_eq!(b.content, BodyContent::Json(json!({"a": 1})));
+        let b = body(&captured(b"a: 1\n", false), Some("application/apply-patch+yaml"), None).unwrap();
+        assert_eq!(b.content, BodyContent::Text("a: 1\n".into()));
+        let b = body(&captured(b"k8s\0\x0a\x01", false), Some("application/vnd.kubernetes.protobuf"), None).unwrap();
+        assert_eq!(b.content, BodyContent::Base64("azhzAAoB".into()));
+        // Truncated JSON is kept as the text it is.
+        let b = body(&captured(b"{\"a\":", true), Some("application/json"), Some("gzip")).unwrap();
+        assert_eq!(b.content, BodyContent::Text("{\"a\":".into()));
+        assert!(b.truncated);
+        assert_eq!(b.content_encoding.as_deref(), Some("gzip"));
+        assert!(body(&Captured::default(), None, None).is_none());
+    }
+
+    #[test]
+    fn watch_events_and_undecodable_ones() {
+        let c = Captured {
+            events: vec![
+                Bytes::from_static(b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"ConfigMap\"}}"),
+                Bytes::from_static(b"garbage"),
+            ],
+            events_cut: 3,
+            ..Default::default()
+        };
+        let w = watch(&c, Some("application/json"));
+        assert_eq!(w.events.len(), 1);
+        assert_eq!(w.events[0].event_type, "ADDED");
+        assert_eq!(w.cut, 4);
+    }
+
+    #[test]
+    fn tables_are_recognised() {
+        let b = body(
+            &captured(b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\"}", false),
+            Some("application/json"),
+            None,
+        )
+        .unwrap();
+        assert!(is_table(&b));
+    }
+}

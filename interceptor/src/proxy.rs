@@ -1,0 +1,338 @@
+//! The proxy: each client request goes to the apiserver over a pooled TLS
+//! connection (HTTP/2 where the apiserver offers it), and both bodies stream
+//! through a capture. Upgrades (exec, attach, port-forward) are spliced
+//! through over HTTP/1.1, their request and status recorded.
+//!
+//! Headers pass unchanged, except the hop-by-hop ones that no proxy may
+//! forward. The Authorization header reaches the apiserver and nothing else.
+
+use crate::capture::{Capture, CaptureBody, CaptureMode, Limits, SharedCapture};
+use crate::metrics::Metrics;
+use crate::recorder::{RawExchange, RecorderHandle};
+use apiwitness_record::{ApiRequest, Verb};
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the apiserver at {upstream} could not be reached: {reason}")]
+    Upstream { upstream: String, reason: String },
+    #[error("bad request target: {0}")]
+    Target(String),
+}
+
+pub struct Proxy {
+    client: UpstreamClient,
+    upgrade_client: UpstreamClient,
+    recorder: RecorderHandle,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+fn upstream_client(tls: rustls::ClientConfig, server_name: &str, http2: bool) -> Result<UpstreamClient, String> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| format!("upstream server name {server_name:?}: {e}"))?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    let connector = if http2 {
+        builder.enable_http1().enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(connector))
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), plus those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if keep_upgrade {
+        return;
+    }
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+}
+
+fn header_string(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn capture_mode_for(content_encoding: Option<&str>) -> CaptureMode {
+    match content_encoding {
+        Some(e) if e.eq_ignore_ascii_case("gzip") => CaptureMode::Gzip,
+        _ => CaptureMode::Plain,
+    }
+}
+
+/// What is known of an exchange before its response body ends.
+struct Pending {
+    started_at: SystemTime,
+    started: Instant,
+    method: String,
+    path: String,
+    query: String,
+    user_agent: Option<String>,
+    request_content_type: Option<String>,
+    request_body: SharedCapture,
+    watch: bool,
+}
+
+impl Pending {
+    fn finish(
+        self,
+        status: u16,
+        response: Option<(&HeaderMap, SharedCapture)>,
+        upgrade: Option<String>,
+        error: Option<String>,
+    ) -> RawExchange {
+        let (response_content_type, response_content_encoding, response_body) = match response {
+            Some((headers, capture)) => (
+                header_string(headers, header::CONTENT_TYPE),
+                header_string(headers, header::CONTENT_ENCODING),
+                Some(capture),
+            ),
+            None => (None, None, None),
+        };
+        RawExchange {
+            started_at: self.started_at,
+            duration: self.started.elapsed(),
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            status,
+            user_agent: self.user_agent,
+            request_content_type: self.request_content_type,
+            response_content_type,
+            response_content_encoding,
+            request_body: self.request_body,
+            response_body,
+            watch: self.watch,
+            upgrade,
+            error,
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(
+        upstream_tls: rustls::ClientConfig,
+        upstream_server_name: &str,
+        recorder: RecorderHandle,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Proxy, String> {
+        Ok(Proxy {
+            client: upstream_client(upstream_tls.clone(), upstream_server_name, true)?,
+            upgrade_client: upstream_client(upstream_tls, upstream_server_name, false)?,
+            recorder,
+            limits,
+            metrics,
+        })
+    }
+
+    /// Forwards one request to `upstream` (`host:port`) and returns the
+    /// apiserver's response, streaming. An unreachable apiserver is an error,
+    /// which aborts the client's request as a failed dial would.
+    pub async fn handle(
+        self: Arc<Self>,
+        upstream: Arc<str>,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let started_at = SystemTime::now();
+        let started = Instant::now();
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
+        let request_content_type = header_string(request.headers(), header::CONTENT_TYPE);
+        let parsed = ApiRequest::parse(
+            request.method().as_str(),
+            &path,
+            &query,
+            request_content_type.as_deref(),
+        )
+        .ok();
+        let watch = parsed.as_ref().is_some_and(|p| p.verb == Verb::Watch);
+        let is_upgrade = request.headers().contains_key(header::UPGRADE);
+
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: hyper::Uri = format!("https://{upstream}{path_and_query}")
+            .parse()
+            .map_err(|e| ProxyError::Target(format!("{e}")))?;
+        let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
+
+        let request_body = Capture::new(
+            capture_mode_for(header_string(request.headers(), header::CONTENT_ENCODING).as_deref()),
+            self.limits,
+        );
+        let pending = Pending {
+            started_at,
+            started,
+            method: request.method().to_string(),
+            path,
+            query,
+            user_agent: header_string(request.headers(), header::USER_AGENT),
+            request_content_type,
+            request_body: request_body.clone(),
+            watch,
+        };
+
+        let (mut parts, body) = request.into_parts();
+        parts.uri = uri;
+        // The pooled client speaks whichever version the apiserver chose.
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers, is_upgrade);
+        let body = CaptureBody::new(body, request_body, None).boxed();
+        let upstream_request = Request::from_parts(parts, body);
+
+        let sent = if is_upgrade {
+            self.upgrade_client.request(upstream_request).await
+        } else {
+            self.client.request(upstream_request).await
+        };
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.upstream_errors.inc();
+                let reason = format!("{e:#}");
+                tracing::warn!(%upstream, error = %reason, "apiserver unreachable");
+                self.recorder
+                    .record(pending.finish(0, None, None, Some(reason.clone())));
+                return Err(ProxyError::Upstream {
+                    upstream: upstream.to_string(),
+                    reason,
+                });
+            }
+        };
+        let status = response.status();
+
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let protocol = header_string(response.headers(), header::UPGRADE).unwrap_or_default();
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            if let Some(client_upgrade) = client_upgrade {
+                tokio::spawn(async move {
+                    match tokio::join!(client_upgrade, upstream_upgrade) {
+                        (Ok(client), Ok(server)) => {
+                            let mut client = hyper_util::rt::TokioIo::new(client);
+                            let mut server = hyper_util::rt::TokioIo::new(server);
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                        (c, s) => tracing::warn!(client = ?c.err(), upstream = ?s.err(), "upgrade failed"),
+                    }
+                });
+            }
+            let capture = Capture::new(CaptureMode::Plain, self.limits);
+            let headers = response.headers().clone();
+            self.recorder.record(pending.finish(
+                status.as_u16(),
+                Some((&headers, capture)),
+                Some(protocol),
+                None,
+            ));
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(
+                parts,
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ));
+        }
+
+        let (mut parts, body) = response.into_parts();
+        let content_type = header_string(&parts.headers, header::CONTENT_TYPE);
+        let mode = if watch && status.is_success() {
+            if content_type.as_deref().is_some_and(|c| c.contains("protobuf")) {
+                CaptureMode::WatchProtobuf
+            } else {
+                CaptureMode::WatchJson
+            }
+        } else {
+            capture_mode_for(header_string(&parts.headers, header::CONTENT_ENCODING).as_deref())
+        };
+        let capture = Capture::new(mode, self.limits);
+        let recorder = self.recorder.clone();
+        let headers = parts.headers.clone();
+        let capture_for_record = capture.clone();
+        let on_end = Box::new(move || {
+            recorder.record(pending.finish(
+                status.as_u16(),
+                Some((&headers, capture_for_record)),
+                None,
+                None,
+            ));
+        });
+        strip_hop_by_hop(&mut parts.headers, false);
+        let body = CaptureBody::new(body, capture, Some(on_end)).boxed();
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("authorization", HeaderValue::from_static("Bearer t"));
+        h.insert("user-agent", HeaderValue::from_static("kubectl"));
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["authorization", "user-agent"]);
+
+        let mut up = HeaderMap::new();
+        up.insert("connection", HeaderValue::from_static("Upgrade"));
+        up.insert("upgrade", HeaderValue::from_static("SPDY/3.1"));
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up.len(), 2, "an upgrade keeps what makes it one");
+    }
+}

@@ -1,0 +1,175 @@
+//! Turns what the proxy saw into records, off the proxied path: decoding,
+//! redaction and serialization happen in this task, never in a client's
+//! request. The proxy hands over with `try_send`; if this task falls behind,
+//! the hand-over is dropped and counted rather than slowing traffic down.
+
+use crate::capture::{Capture, SharedCapture};
+use crate::decode;
+use crate::metrics::Metrics;
+use crate::redact::Redactor;
+use crate::ship::Queue;
+use apiwitness_record::{ApiRequest, Exchange, FORMAT_VERSION, PodIdentity};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// One exchange as the proxy saw it, before decoding.
+pub struct RawExchange {
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+    pub user_agent: Option<String>,
+    pub request_content_type: Option<String>,
+    pub response_content_type: Option<String>,
+    pub response_content_encoding: Option<String>,
+    pub request_body: SharedCapture,
+    pub response_body: Option<SharedCapture>,
+    pub watch: bool,
+    pub upgrade: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct RecorderHandle {
+    sender: mpsc::Sender<RawExchange>,
+    metrics: Arc<Metrics>,
+}
+
+impl RecorderHandle {
+    /// Hands an exchange over without waiting.
+    pub fn record(&self, raw: RawExchange) {
+        let label = Metrics::status_label(raw.status);
+        self.metrics.exchanges.get_or_create(&label).inc();
+        self.metrics.duration.observe(raw.duration.as_secs_f64());
+        if self.sender.try_send(raw).is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+}
+
+pub struct Recorder {
+    receiver: mpsc::Receiver<RawExchange>,
+    pod: PodIdentity,
+    redactor: Redactor,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn channel(
+    capacity: usize,
+    pod: PodIdentity,
+    redactor: Redactor,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+) -> (RecorderHandle, Recorder) {
+    let (sender, receiver) = mpsc::channel(capacity.max(1));
+    (
+        RecorderHandle {
+            sender,
+            metrics: metrics.clone(),
+        },
+        Recorder {
+            receiver,
+            pod,
+            redactor,
+            queue,
+            metrics,
+        },
+    )
+}
+
+impl Recorder {
+    /// Runs until every handle is dropped and the channel is drained.
+    pub async fn run(mut self) {
+        while let Some(raw) = self.receiver.recv().await {
+            let record = self.build(raw);
+            self.queue.push(record);
+        }
+    }
+
+    pub fn build(&self, raw: RawExchange) -> Exchange {
+        let parsed = ApiRequest::parse(&raw.method, &raw.path, &raw.query, raw.request_content_type.as_deref())
+            .ok();
+        let request_captured = Capture::take(&raw.request_body);
+        self.metrics
+            .bytes
+            .get_or_create(&crate::metrics::DirectionLabel {
+                direction: "request".into(),
+            })
+            .inc_by(request_captured.size);
+        let mut request_body = decode::body(&request_captured, raw.request_content_type.as_deref(), None);
+
+        let mut response_body = None;
+        let mut watch = None;
+        let mut error = raw.error;
+        if let Some(shared) = &raw.response_body {
+            let captured = Capture::take(shared);
+            self.metrics
+                .bytes
+                .get_or_create(&crate::metrics::DirectionLabel {
+                    direction: "response".into(),
+                })
+                .inc_by(captured.size);
+            if error.is_none() && !captured.complete {
+                error = captured.error.clone();
+            }
+            if raw.watch && (200..300).contains(&raw.status) {
+                watch = Some(decode::watch(&captured, raw.response_content_type.as_deref()));
+            } else {
+                response_body = decode::body(
+                    &captured,
+                    raw.response_content_type.as_deref(),
+                    raw.response_content_encoding.as_deref(),
+                );
+            }
+            if let Some(e) = captured.decode_error {
+                error.get_or_insert(e);
+            }
+        }
+
+        if let Some(parsed) = &parsed {
+            if let Some(b) = request_body.as_mut() {
+                self.redactor.body(parsed, b);
+            }
+            if let Some(b) = response_body.as_mut() {
+                self.redactor.body(parsed, b);
+            }
+            if let Some(w) = watch.as_mut() {
+                for event in &mut w.events {
+                    self.redactor.value(parsed, &mut event.object);
+                }
+            }
+        } else {
+            // An unparseable path is still recorded, but its bodies cannot be
+            // judged safe: they go.
+            request_body = None;
+            response_body = None;
+            watch = None;
+        }
+
+        let table = response_body.as_ref().is_some_and(decode::is_table);
+        Exchange {
+            format: FORMAT_VERSION,
+            id: uuid::Uuid::new_v4().to_string(),
+            pod: self.pod.clone(),
+            started_at: humantime::format_rfc3339_micros(raw.started_at).to_string(),
+            duration_us: raw.duration.as_micros().min(u128::from(u64::MAX)) as u64,
+            method: raw.method,
+            path: raw.path,
+            query: raw.query,
+            status: raw.status,
+            user_agent: raw.user_agent,
+            request_content_type: raw.request_content_type,
+            response_content_type: raw.response_content_type,
+            request_body,
+            response_body,
+            watch,
+            table,
+            upgrade: raw.upgrade,
+            error,
+        }
+    }
+}

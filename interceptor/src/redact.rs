@@ -1,0 +1,304 @@
+//! Removes secrets from a record before it leaves the process.
+//!
+//! What is removed, wherever it appears (request, response, list items, watch
+//! events, Table rows):
+//! - the values of a Secret's `data` and `stringData` (keys stay; each value
+//!   becomes a marker with its length);
+//! - a Secret's `kubectl.kubernetes.io/last-applied-configuration`, which holds
+//!   the Secret again;
+//! - the token of a TokenRequest response and of a TokenReview;
+//! - any JSON Pointer configured by the operator.
+//!
+//! A body that belongs to a Secret, a TokenRequest or a TokenReview but is not
+//! JSON (protobuf, a YAML apply patch) cannot be walked, so it is replaced whole.
+
+use apiwitness_record::{ApiRequest, Body, BodyContent};
+use serde_json::Value;
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The marker that stands where a secret value was.
+pub fn marker(len: usize) -> Value {
+    Value::String(format!("<redacted {len} bytes>"))
+}
+
+fn redact_string(v: &mut Value) {
+    let len = match &*v {
+        Value::String(s) => s.len(),
+        Value::Null => return,
+        other => other.to_string().len(),
+    };
+    *v = marker(len);
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    /// Extra JSON Pointers (RFC 6901) to redact in every JSON body.
+    extra_pointers: Vec<String>,
+}
+
+/// What a request's resource says about its bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sensitive {
+    No,
+    /// Secrets: data, stringData, last-applied.
+    Secret,
+    /// TokenRequest (serviceaccounts/token) and TokenReview: the token.
+    Token,
+}
+
+fn sensitivity(request: &ApiRequest) -> Sensitive {
+    match (
+        request.group.as_str(),
+        request.resource.as_str(),
+        request.subresource.as_str(),
+    ) {
+        ("", "secrets", _) => Sensitive::Secret,
+        ("", "serviceaccounts", "token") => Sensitive::Token,
+        ("authentication.k8s.io", "tokenreviews" | "tokenrequests", _) => Sensitive::Token,
+        _ => Sensitive::No,
+    }
+}
+
+impl Redactor {
+    pub fn new(extra_pointers: Vec<String>) -> Result<Redactor, String> {
+        for p in &extra_pointers {
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err(format!(
+                    "redact path {p:?} is not a JSON Pointer: it must start with '/'"
+                ));
+            }
+        }
+        Ok(Redactor { extra_pointers })
+    }
+
+    /// Redacts a captured body of `request` in place.
+    pub fn body(&self, request: &ApiRequest, body: &mut Body) {
+        let sensitive = sensitivity(request);
+        match &mut body.content {
+            BodyContent::Json(value) => self.json(sensitive, value),
+            BodyContent::Text(text) | BodyContent::Base64(text) => {
+                if sensitive != Sensitive::No {
+                    let len = text.len();
+                    body.content = BodyContent::Json(marker(len));
+                }
+            }
+        }
+    }
+
+    /// Redacts one JSON document (a body, or a watch event's object).
+    pub fn value(&self, request: &ApiRequest, value: &mut Value) {
+        self.json(sensitivity(request), value)
+    }
+
+    fn json(&self, sensitive: Sensitive, value: &mut Value) {
+        match sensitive {
+            Sensitive::Secret => redact_secret_fields_everywhere(value),
+            Sensitive::Token => redact_tokens(value),
+            Sensitive::No => redact_secrets_by_kind(value),
+        }
+        for pointer in &self.extra_pointers {
+            if let Some(v) = value.pointer_mut(pointer) {
+                redact_string(v);
+            }
+        }
+    }
+}
+
+fn redact_secret_object(object: &mut serde_json::Map<String, Value>) {
+    for field in ["data", "stringData"] {
+        if let Some(Value::Object(map)) = object.get_mut(field) {
+            map.values_mut().for_each(redact_string);
+        }
+    }
+    if let Some(Value::Object(meta)) = object.get_mut("metadata")
+        && let Some(Value::Object(annotations)) = meta.get_mut("annotations")
+        && let Some(v) = annotations.get_mut(LAST_APPLIED)
+    {
+        redact_string(v);
+    }
+}
+
+/// For a request to the secrets resource: every object inside is (part of) a
+/// Secret, whatever its `kind` says (patches have none, Table rows carry
+/// partial metadata), so every `data`, `stringData` and last-applied
+/// annotation is redacted, and so is the `value` of every JSON Patch op.
+fn redact_secret_fields_everywhere(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            redact_secret_object(map);
+            if map.contains_key("op") {
+                if let Some(v) = map.get_mut("value") {
+                    redact_string_or_tree(v);
+                }
+            }
+            for (key, child) in map.iter_mut() {
+                if key != "data" && key != "stringData" {
+                    redact_secret_fields_everywhere(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secret_fields_everywhere),
+        _ => {}
+    }
+}
+
+/// A JSON Patch value may be a whole data map, or one value.
+fn redact_string_or_tree(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("data") || map.contains_key("stringData") || map.contains_key("metadata") {
+                redact_secret_object(map);
+            } else {
+                map.values_mut().for_each(redact_string);
+            }
+        }
+        _ => redact_string(v),
+    }
+}
+
+/// Any object of kind Secret, however deep (lists, watch events, mixed lists).
+fn redact_secrets_by_kind(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let is_secret = map.get("kind").and_then(Value::as_str) == Some("Secret")
+                && map
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .is_none_or(|v| v == "v1");
+            if is_secret {
+                redact_secret_object(map);
+            }
+            for child in map.values_mut() {
+                redact_secrets_by_kind(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secrets_by_kind),
+        _ => {}
+    }
+}
+
+fn redact_tokens(value: &mut Value) {
+    for pointer in ["/status/token", "/spec/token"] {
+        if let Some(v) = value.pointer_mut(pointer) {
+            redact_string(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(method: &str, path: &str) -> ApiRequest {
+        ApiRequest::parse(method, path, "", Some("application/json-patch+json")).unwrap()
+    }
+
+    fn json_body(v: Value) -> Body {
+        Body {
+            content: BodyContent::Json(v),
+            size: 0,
+            truncated: false,
+            content_encoding: None,
+        }
+    }
+
+    fn redacted(r: &Redactor, request: &ApiRequest, v: Value) -> Value {
+        let mut body = json_body(v);
+        r.body(request, &mut body);
+        match body.content {
+            BodyContent::Json(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn secret_values_become_markers_and_keys_stay() {
+        let r = Redactor::default();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "annotations": {LAST_APPLIED: "{\"data\":{\"password\":\"aHVudGVyMg==\"}}", "keep": "me"}},
+            "data": {"password": "aHVudGVyMg=="},
+            "stringData": {"token": "s3cr3t"}
+        });
+        let out = redacted(&r, &req("POST", "/api/v1/namespaces/ns/secrets"), secret.clone());
+        assert_eq!(out["data"]["password"], json!("<redacted 12 bytes>"));
+        assert_eq!(out["stringData"]["token"], json!("<redacted 6 bytes>"));
+        assert_eq!(out["metadata"]["annotations"]["keep"], json!("me"));
+        assert!(!out.to_string().contains("aHVudGVyMg"));
+        // The same Secret inside a list of another request is found by kind.
+        let list = json!({"kind": "List", "items": [secret]});
+        let out = redacted(&r, &req("GET", "/api/v1/namespaces/ns/configmaps"), list);
+        assert!(!out.to_string().contains("aHVudGVyMg"), "{out}");
+        assert!(!out.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn patches_to_secrets_are_redacted() {
+        let r = Redactor::default();
+        let path = "/api/v1/namespaces/ns/secrets/s";
+        let json_patch = json!([
+            {"op": "replace", "path": "/data/password", "value": "bmV3"},
+            {"op": "add", "path": "/data", "value": {"k": "dg=="}}
+        ]);
+        let out = redacted(&r, &req("PATCH", path), json_patch);
+        assert!(!out.to_string().contains("bmV3") && !out.to_string().contains("dg=="), "{out}");
+        assert_eq!(out[0]["path"], json!("/data/password"));
+
+        let merge = json!({"stringData": {"x": "plain"}});
+        let out = redacted(&r, &req("PATCH", path), merge);
+        assert_eq!(out["stringData"]["x"], json!("<redacted 5 bytes>"));
+
+        // A YAML apply patch cannot be walked: it goes whole.
+        let mut yaml = Body {
+            content: BodyContent::Text("stringData:\n  x: plain\n".into()),
+            size: 23,
+            truncated: false,
+            content_encoding: None,
+        };
+        r.body(&req("PATCH", path), &mut yaml);
+        assert_eq!(yaml.content, BodyContent::Json(json!("<redacted 23 bytes>")));
+    }
+
+    #[test]
+    fn tokens_are_redacted() {
+        let r = Redactor::default();
+        let token_response = json!({"kind": "TokenRequest", "status": {"token": "eyJhbGciOi.x.y", "expirationTimestamp": "t"}});
+        let out = redacted(&r, &req("POST", "/api/v1/namespaces/ns/serviceaccounts/sa/token"), token_response);
+        assert_eq!(out["status"]["token"], json!("<redacted 14 bytes>"));
+        assert_eq!(out["status"]["expirationTimestamp"], json!("t"));
+        let review = json!({"kind": "TokenReview", "spec": {"token": "eyJhbGciOi.x.y"}});
+        let out = redacted(&r, &req("POST", "/apis/authentication.k8s.io/v1/tokenreviews"), review);
+        assert!(!out.to_string().contains("eyJ"));
+        // A protobuf body of a Secret cannot be walked either.
+        let mut proto = Body {
+            content: BodyContent::Base64("azhzAAo=".into()),
+            size: 5,
+            truncated: false,
+            content_encoding: None,
+        };
+        r.body(&req("GET", "/api/v1/namespaces/ns/secrets/s"), &mut proto);
+        assert!(matches!(proto.content, BodyContent::Json(Value::String(_))));
+    }
+
+    #[test]
+    fn extra_pointers_from_config() {
+        let r = Redactor::new(vec!["/spec/password".into()]).unwrap();
+        let out = redacted(
+            &r,
+            &req("POST", "/apis/example.com/v1/namespaces/ns/dbs"),
+            json!({"spec": {"password": "pw", "user": "u"}}),
+        );
+        assert_eq!(out["spec"], json!({"password": "<redacted 2 bytes>", "user": "u"}));
+        assert!(Redactor::new(vec!["spec.password".into()]).is_err());
+    }
+
+    #[test]
+    fn other_kinds_are_untouched() {
+        let r = Redactor::default();
+        let cm = json!({"kind": "ConfigMap", "data": {"password": "visible"}});
+        let out = redacted(&r, &req("POST", "/api/v1/namespaces/ns/configmaps"), cm.clone());
+        assert_eq!(out, cm);
+    }
+}

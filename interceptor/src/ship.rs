@@ -1,0 +1,442 @@
+//! Ships records to the aggregator: a bounded queue, batches by size or time,
+//! gzip NDJSON over HTTP(S), retry with backoff.
+//!
+//! The proxied traffic never waits here. When the aggregator is unreachable
+//! for long enough to fill the queue, the oldest records are dropped; the
+//! drops are counted, and reported to the aggregator once it is back.
+
+use crate::metrics::Metrics;
+use apiwitness_record::{DropReport, Exchange, FORMAT_VERSION, Line, PodIdentity};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Notify;
+
+struct Drops {
+    count: u64,
+    first: Option<SystemTime>,
+    last: Option<SystemTime>,
+}
+
+/// The bounded queue between the recorder and the shipper.
+pub struct Queue {
+    records: Mutex<VecDeque<Exchange>>,
+    drops: Mutex<Drops>,
+    capacity: usize,
+    notify: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Arc<Queue> {
+        Arc::new(Queue {
+            records: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            drops: Mutex::new(Drops {
+                count: 0,
+                first: None,
+                last: None,
+            }),
+            capacity: capacity.max(1),
+            notify: Notify::new(),
+            metrics,
+        })
+    }
+
+    fn note_drops(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        drops.count += n;
+        drops.first.get_or_insert(now);
+        drops.last = Some(now);
+        self.metrics.dropped.inc_by(n);
+    }
+
+    /// Adds a record; when full, the oldest one goes.
+    pub fn push(&self, record: Exchange) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dropped = 0;
+        while records.len() >= self.capacity {
+            records.pop_front();
+            dropped += 1;
+        }
+        records.push_back(record);
+        self.metrics.queue_depth.set(records.len() as i64);
+        drop(records);
+        self.note_drops(dropped);
+        self.notify.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn take(&self, max: usize) -> Vec<Exchange> {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let n = records.len().min(max);
+        let batch = records.drain(..n).collect();
+        self.metrics.queue_depth.set(records.len() as i64);
+        batch
+    }
+
+    /// Puts an unacknowledged batch back at the front, in order. What no
+    /// longer fits (newer records arrived meanwhile) is dropped, oldest first.
+    fn put_back(&self, batch: Vec<Exchange>) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.capacity.saturating_sub(records.len());
+        let skip = batch.len().saturating_sub(room);
+        for record in batch.into_iter().skip(skip).rev() {
+            records.push_front(record);
+        }
+        self.metrics.queue_depth.set(records.len() as i64);
+        drop(records);
+        self.note_drops(skip as u64);
+    }
+
+    fn take_drops(&self) -> Option<(u64, SystemTime, SystemTime)> {
+        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        if drops.count == 0 {
+            return None;
+        }
+        let report = (
+            drops.count,
+            drops.first.unwrap_or_else(SystemTime::now),
+            drops.last.unwrap_or_else(SystemTime::now),
+        );
+        *drops = Drops {
+            count: 0,
+            first: None,
+            last: None,
+        };
+        Some(report)
+    }
+
+    fn restore_drops(&self, (count, first, last): (u64, SystemTime, SystemTime)) {
+        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        drops.count += count;
+        drops.first = Some(drops.first.map_or(first, |f| f.min(first)));
+        drops.last = Some(drops.last.map_or(last, |l| l.max(last)));
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ShipConfig {
+    /// The aggregator's ingest URL, e.g. `https://aggregator.apiwitness:8443/ingest`.
+    pub url: hyper::Uri,
+    pub batch_records: usize,
+    pub batch_wait: Duration,
+    /// A bearer token file (the pod's projected token), read afresh for every
+    /// batch because the kubelet rotates it.
+    pub token_file: Option<PathBuf>,
+    pub pod: PodIdentity,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub struct Shipper {
+    config: ShipConfig,
+    queue: Arc<Queue>,
+    client: HttpsClient,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("the aggregator could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the aggregator answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("could not read the token file {path}: {error}")]
+    Token { path: String, error: std::io::Error },
+}
+
+impl Shipper {
+    pub fn new(
+        config: ShipConfig,
+        queue: Arc<Queue>,
+        tls: rustls::ClientConfig,
+        metrics: Arc<Metrics>,
+    ) -> Shipper {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Shipper {
+            config,
+            queue,
+            client,
+            metrics,
+        }
+    }
+
+    /// Ships until `shutdown` fires, then flushes what is queued until
+    /// `flush_deadline`.
+    pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>, flush_deadline: Duration) {
+        let mut shutdown = shutdown;
+        let mut backoff = Backoff::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if self.queue.len() < self.config.batch_records {
+                let wait = tokio::time::sleep(self.config.batch_wait);
+                tokio::select! {
+                    _ = wait => {}
+                    _ = self.wait_for_full_batch() => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+            if self.queue.is_empty() && !self.has_drops() {
+                continue;
+            }
+            match self.ship_one_batch().await {
+                Ok(_) => backoff.reset(),
+                Err(e) => {
+                    tracing::warn!(error = %e, queued = self.queue.len(), "shipping records failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }
+        }
+        self.flush(flush_deadline).await;
+    }
+
+    async fn wait_for_full_batch(&self) {
+        while self.queue.len() < self.config.batch_records {
+            self.queue.notify.notified().await;
+        }
+    }
+
+    fn has_drops(&self) -> bool {
+        self.queue.drops.lock().map(|d| d.count > 0).unwrap_or(false)
+    }
+
+    /// Ships what is queued, retrying briefly, until the deadline.
+    pub async fn flush(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        let mut backoff = Backoff::new();
+        while (!self.queue.is_empty() || self.has_drops()) && Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ship_one_batch()).await {
+                Ok(Ok(_)) => backoff.reset(),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "flushing records failed");
+                    tokio::time::sleep(backoff.next().min(until.saturating_duration_since(Instant::now()))).await;
+                }
+                Err(_) => break,
+            }
+        }
+        let left = self.queue.len();
+        if left > 0 {
+            tracing::warn!(records = left, "records not shipped before the shutdown deadline");
+        }
+    }
+
+    /// Sends one batch: a drop report (if any drops happened) and up to
+    /// `batch_records` records. On failure everything goes back.
+    pub async fn ship_one_batch(&self) -> Result<usize, ShipError> {
+        let batch = self.queue.take(self.config.batch_records);
+        let drops = self.queue.take_drops();
+        let result = self.send(&batch, drops).await;
+        match result {
+            Ok(()) => {
+                self.metrics.shipped.inc_by(batch.len() as u64);
+                Ok(batch.len())
+            }
+            Err(e) => {
+                self.metrics.ship_failures.inc();
+                if let Some(d) = drops {
+                    self.queue.restore_drops(d);
+                }
+                self.queue.put_back(batch);
+                Err(e)
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        batch: &[Exchange],
+        drops: Option<(u64, SystemTime, SystemTime)>,
+    ) -> Result<(), ShipError> {
+        let body = encode_batch(&self.config.pod, batch, drops);
+        let mut request = hyper::Request::post(self.config.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+            .header(http::header::CONTENT_ENCODING, "gzip");
+        if let Some(path) = &self.config.token_file {
+            let token = std::fs::read_to_string(path).map_err(|error| ShipError::Token {
+                path: path.display().to_string(),
+                error,
+            })?;
+            request = request.header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            );
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| ShipError::Unreachable(e.to_string()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ShipError::Unreachable(format!("{e:#}")))?;
+        let status = response.status();
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        if status.is_success() {
+            if text.contains("\"errors\"") && !text.contains("\"errors\":[]") {
+                tracing::warn!(response = %text, "the aggregator refused some records of a batch");
+            }
+            return Ok(());
+        }
+        Err(ShipError::Refused {
+            status: status.as_u16(),
+            body: text.chars().take(500).collect(),
+        })
+    }
+}
+
+/// A batch as gzip NDJSON: the drop report first, then the records.
+pub fn encode_batch(
+    pod: &PodIdentity,
+    batch: &[Exchange],
+    drops: Option<(u64, SystemTime, SystemTime)>,
+) -> Bytes {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut write_line = |line: &Line| {
+        // Serializing our own types into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut gz, line);
+        let _ = gz.write_all(b"\n");
+    };
+    if let Some((count, first, last)) = drops {
+        write_line(&Line::DropReport(DropReport {
+            format: FORMAT_VERSION,
+            id: uuid::Uuid::new_v4().to_string(),
+            pod: pod.clone(),
+            dropped: count,
+            first_dropped_at: humantime::format_rfc3339_micros(first).to_string(),
+            last_dropped_at: humantime::format_rfc3339_micros(last).to_string(),
+        }));
+    }
+    for record in batch {
+        write_line(&Line::Exchange(Box::new(record.clone())));
+    }
+    Bytes::from(gz.finish().unwrap_or_default())
+}
+
+struct Backoff {
+    current: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            current: Duration::from_millis(100),
+        }
+    }
+    fn reset(&mut self) {
+        self.current = Duration::from_millis(100);
+    }
+    /// 100 ms doubling to 10 s, with up to 25% jitter so that many sidecars
+    /// do not retry in step.
+    fn next(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(Duration::from_secs(10));
+        let jitter = (uuid::Uuid::new_v4().as_u128() % 250) as u32;
+        base + base * jitter / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u32) -> Exchange {
+        Exchange {
+            format: FORMAT_VERSION,
+            id: n.to_string(),
+            pod: PodIdentity::default(),
+            started_at: String::new(),
+            duration_us: 0,
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            status: 200,
+            user_agent: None,
+            request_content_type: None,
+            response_content_type: None,
+            request_body: None,
+            response_body: None,
+            watch: None,
+            table: false,
+            upgrade: None,
+            error: None,
+        }
+    }
+
+    fn ids(q: &Queue) -> Vec<String> {
+        q.records.lock().unwrap().iter().map(|r| r.id.clone()).collect()
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts() {
+        let q = Queue::new(3, Arc::new(Metrics::new()));
+        for n in 0..5 {
+            q.push(record(n));
+        }
+        assert_eq!(ids(&q), ["2", "3", "4"]);
+        assert_eq!(q.take_drops().map(|d| d.0), Some(2));
+        assert_eq!(q.take_drops(), None);
+    }
+
+    #[test]
+    fn a_failed_batch_goes_back_in_order_within_the_bound() {
+        let q = Queue::new(4, Arc::new(Metrics::new()));
+        for n in 0..3 {
+            q.push(record(n));
+        }
+        let batch = q.take(2);
+        q.push(record(10));
+        q.push(record(11));
+        q.put_back(batch);
+        // Room for one of the two: the older one is dropped.
+        assert_eq!(ids(&q), ["1", "2", "10", "11"]);
+        assert_eq!(q.take_drops().map(|d| d.0), Some(1));
+    }
+
+    #[test]
+    fn batches_are_gzip_ndjson_with_the_drop_report_first() {
+        let now = SystemTime::now();
+        let bytes = encode_batch(&PodIdentity::default(), &[record(1), record(2)], Some((7, now, now)));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).unwrap();
+        let lines: Vec<Line> = text.lines().map(|l| Line::parse(l).unwrap()).collect();
+        assert!(matches!(&lines[0], Line::DropReport(d) if d.dropped == 7));
+        assert!(matches!(&lines[2], Line::Exchange(e) if e.id == "2"));
+        assert_eq!(lines.len(), 3);
+    }
+}

@@ -1,0 +1,409 @@
+//! The two TLS sides of the interceptor.
+//!
+//! Toward the client it serves a certificate for the apiserver's names. The
+//! key is ECDSA P-256, made in memory and never written anywhere; the
+//! certificate comes from a CertificateSigningRequest (through the injector's
+//! certify endpoint) or from files. A resolver swaps certificates as they
+//! rotate, so rotation drops no connection.
+//!
+//! Toward the apiserver it verifies the real cluster CA, which is mounted for
+//! the sidecar only, and sends SNI `kubernetes.default.svc`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("could not read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds no PEM private key")]
+    NoKey { path: String },
+    #[error("the key is not usable: {0}")]
+    Key(String),
+    #[error("the certificate is not usable: {0}")]
+    Certificate(String),
+    #[error("certify request to {url} failed: {reason}")]
+    Certify { url: String, reason: String },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Read {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
+/// The names a client may dial the apiserver by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiserverNames {
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl ApiserverNames {
+    pub fn new(cluster_domain: &str, service_ip: Option<IpAddr>, extra: &[String]) -> ApiserverNames {
+        let mut dns: Vec<String> = [
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            format!("kubernetes.default.svc.{cluster_domain}"),
+        ]
+        .into();
+        let mut ips: Vec<IpAddr> = service_ip.into_iter().collect();
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+        for name in extra {
+            match name.parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !dns.contains(name) => dns.push(name.clone()),
+                Err(_) => {}
+            }
+        }
+        ApiserverNames { dns, ips }
+    }
+}
+
+/// A serving certificate ready for rustls, with its validity.
+#[derive(Debug, Clone)]
+pub struct ServingCert {
+    pub key: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl ServingCert {
+    /// From a PEM chain (leaf first) and a PKCS#8 key.
+    pub fn from_pem(chain_pem: &[u8], key: PrivateKeyDer<'static>, source: &str) -> Result<ServingCert, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Certificate(format!("{source}: {e}")))?;
+        let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
+            path: source.to_string(),
+        })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| TlsError::Certificate(format!("{source}: {e}")))?;
+        let validity = parsed.validity();
+        let at = |ts: i64| UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
+        let (not_before, not_after) = (at(validity.not_before.timestamp()), at(validity.not_after.timestamp()));
+        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| TlsError::Key(e.to_string()))?;
+        Ok(ServingCert {
+            key: Arc::new(CertifiedKey::new(chain, signing_key)),
+            not_before,
+            not_after,
+        })
+    }
+
+    pub fn from_files(cert: &Path, key: &Path) -> Result<ServingCert, TlsError> {
+        let chain = read(cert)?;
+        let key_pem = read(key)?;
+        let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
+            .map_err(|e| TlsError::Key(e.to_string()))?
+            .ok_or_else(|| TlsError::NoKey {
+                path: key.display().to_string(),
+            })?;
+        ServingCert::from_pem(&chain, key_der, &cert.display().to_string())
+    }
+
+    /// When to renew: `fraction` of the way through the validity.
+    pub fn renew_at(&self, fraction: f64) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + lifetime.mul_f64(fraction.clamp(0.05, 0.95))
+    }
+}
+
+/// A fresh in-memory key and a PEM CSR for the apiserver's names.
+///
+/// The subject is what the `kubernetes.io/kubelet-serving` signer accepts
+/// (`O=system:nodes`, `CN=system:node:...`), so that the injector can have the
+/// cluster CA sign it in cluster-CA mode; the usages are server auth only.
+pub fn new_key_and_csr(names: &ApiserverNames, identity: &str) -> Result<(KeyPair, String), TlsError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| TlsError::Key(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("system:node:apiwitness:{identity}"));
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:nodes");
+    for dns in &names.dns {
+        params.subject_alt_names.push(SanType::DnsName(
+            dns.clone()
+                .try_into()
+                .map_err(|e| TlsError::Key(format!("{dns}: {e}")))?,
+        ));
+    }
+    for ip in &names.ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| TlsError::Key(e.to_string()))?;
+    Ok((key, csr))
+}
+
+pub fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
+}
+
+/// Where serving certificates come from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    Files { cert: PathBuf, key: PathBuf },
+    Certify(CertifyClient),
+}
+
+impl CertSource {
+    pub async fn obtain(&self) -> Result<ServingCert, TlsError> {
+        match self {
+            CertSource::Files { cert, key } => ServingCert::from_files(cert, key),
+            CertSource::Certify(client) => client.certify().await,
+        }
+    }
+}
+
+/// The client of the injector's certify endpoint: `POST {"csr": PEM}` with the
+/// pod's projected token as bearer, answered by `{"certificate": PEM chain}`.
+#[derive(Debug, Clone)]
+pub struct CertifyClient {
+    pub url: hyper::Uri,
+    pub token_file: PathBuf,
+    pub tls: rustls::ClientConfig,
+    pub names: ApiserverNames,
+    pub identity: String,
+}
+
+impl CertifyClient {
+    pub async fn certify(&self) -> Result<ServingCert, TlsError> {
+        let fail = |reason: String| TlsError::Certify {
+            url: self.url.to_string(),
+            reason,
+        };
+        let (key, csr) = new_key_and_csr(&self.names, &self.identity)?;
+        let token = std::fs::read_to_string(&self.token_file).map_err(|error| TlsError::Read {
+            path: self.token_file.display().to_string(),
+            error,
+        })?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build::<_, Full<Bytes>>(connector);
+        let request = hyper::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+            .body(Full::new(Bytes::from(serde_json::json!({ "csr": csr }).to_string())))
+            .map_err(|e| fail(e.to_string()))?;
+        let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+            .await
+            .map_err(|_| fail("no answer within 30s".into()))?
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| fail(format!("{status}: {}", String::from_utf8_lossy(&body))))?;
+        if !status.is_success() {
+            return Err(fail(format!(
+                "{status}: {}",
+                answer["error"].as_str().unwrap_or(&answer.to_string())
+            )));
+        }
+        let chain = answer["certificate"]
+            .as_str()
+            .ok_or_else(|| fail("the answer has no \"certificate\"".into()))?;
+        ServingCert::from_pem(chain.as_bytes(), pkcs8(&key), self.url.to_string().as_str())
+    }
+}
+
+/// Serves whatever certificate is current; rotation swaps it under running
+/// listeners.
+#[derive(Debug, Default)]
+pub struct RotatingResolver {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl RotatingResolver {
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+    pub fn is_loaded(&self) -> bool {
+        self.current
+            .read()
+            .map(|c| c.is_some())
+            .unwrap_or(false)
+    }
+}
+
+impl ResolvesServerCert for RotatingResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+}
+
+/// The server config for clients: ALPN h2 and http/1.1.
+pub fn server_config(resolver: Arc<RotatingResolver>) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsError::Key(e.to_string()))?
+    .with_no_client_auth()
+    .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A client config that trusts exactly the CAs in `ca_file` (PEM).
+pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let pem = read(ca_file)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut any = false;
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        let cert = cert.map_err(|e| TlsError::Certificate(format!("{}: {e}", ca_file.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Certificate(format!("{}: {e}", ca_file.display())))?;
+        any = true;
+    }
+    if !any {
+        return Err(TlsError::NoCertificate {
+            path: ca_file.display().to_string(),
+        });
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Key(e.to_string()))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Keeps the resolver loaded: obtains a certificate, then renews it at
+/// `fraction` of its lifetime (files are re-read every 30 s, so a rotated
+/// Secret mount is picked up). Failures retry with backoff while the current
+/// certificate keeps serving.
+pub async fn keep_certified(
+    source: CertSource,
+    resolver: Arc<RotatingResolver>,
+    fraction: f64,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut retry = Duration::from_millis(500);
+    loop {
+        let wait = match source.obtain().await {
+            Ok(cert) => {
+                retry = Duration::from_millis(500);
+                let expiry = cert
+                    .not_after
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                metrics.certificate_expiry.set(expiry);
+                let renew = cert.renew_at(fraction);
+                resolver.set(cert.key);
+                tracing::info!(
+                    not_after = %humantime::format_rfc3339_seconds(cert.not_after),
+                    renew_at = %humantime::format_rfc3339_seconds(renew),
+                    "serving certificate loaded"
+                );
+                let until_renew = renew.duration_since(SystemTime::now()).unwrap_or_default();
+                match source {
+                    CertSource::Files { .. } => until_renew.min(Duration::from_secs(30)),
+                    CertSource::Certify(_) => until_renew.max(Duration::from_secs(1)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "could not obtain a serving certificate");
+                let wait = retry;
+                retry = (retry * 2).min(Duration::from_secs(30));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cover_the_apiserver_and_extras_once() {
+        let names = ApiserverNames::new(
+            "cluster.local",
+            Some("10.96.0.1".parse().unwrap()),
+            &["10.96.0.1".into(), "api.example.com".into(), "kubernetes".into()],
+        );
+        assert_eq!(
+            names.dns,
+            [
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "api.example.com"
+            ]
+        );
+        assert_eq!(names.ips, ["10.96.0.1".parse::<IpAddr>().unwrap(), "127.0.0.1".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_self_issued_certificate_loads_and_renews_at_the_fraction() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["kubernetes.default.svc".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2030, 1, 11);
+        let cert = params.self_signed(&key).unwrap();
+        let serving = ServingCert::from_pem(cert.pem().as_bytes(), pkcs8(&key), "test").unwrap();
+        let ten_days = Duration::from_secs(10 * 86400);
+        assert_eq!(serving.not_after.duration_since(serving.not_before).unwrap(), ten_days);
+        assert_eq!(serving.renew_at(0.7), serving.not_before + ten_days.mul_f64(0.7));
+    }
+
+    #[test]
+    fn csr_carries_the_names_and_the_kubelet_serving_subject() {
+        let names = ApiserverNames::new("cluster.local", Some("10.96.0.1".parse().unwrap()), &[]);
+        let (_key, csr) = new_key_and_csr(&names, "ns/pod").unwrap();
+        assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+        let params = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
+        let sans = &params.params.subject_alt_names;
+        assert!(sans.contains(&SanType::IpAddress("10.96.0.1".parse().unwrap())));
+        assert_eq!(sans.len(), names.dns.len() + names.ips.len());
+    }
+
+    #[test]
+    fn missing_or_empty_files_are_named() {
+        let err = ServingCert::from_files(Path::new("/nonexistent/cert.pem"), Path::new("/nonexistent/key.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.crt");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(client_config(&empty), Err(TlsError::NoCertificate { .. })));
+    }
+}

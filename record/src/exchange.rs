@@ -1,0 +1,233 @@
+//! The record of one API exchange: what the interceptor ships and the
+//! aggregator stores. It is the wire format between them, one JSON object per
+//! NDJSON line, so every change to it is versioned by [`FORMAT_VERSION`].
+//!
+//! No header is stored, apart from the User-Agent and the two Content-Types:
+//! headers carry credentials.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The version of the record format. Readers refuse records from a newer
+/// major format, with a message that names both versions.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Who made the request: the pod the interceptor runs in, from downward-API
+/// environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// The workload that owns the pod, such as `Deployment/web`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRef {
+    pub kind: String,
+    pub name: String,
+}
+
+/// A captured body, decoded as far as it could be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    #[serde(flatten)]
+    pub content: BodyContent,
+    /// The size of the whole body once decoded (gzip undone), in bytes, even
+    /// where only part of it was kept.
+    pub size: u64,
+    /// Only the first part of the body was kept, up to the configured limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The Content-Encoding it travelled with, if any (gzip is undone here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyContent {
+    /// A JSON document (including protobuf bodies decoded to JSON).
+    Json(Value),
+    /// UTF-8 text that is not JSON, such as a YAML apply patch, or a JSON
+    /// body that was truncated.
+    Text(String),
+    /// Anything else, as base64, with the content type saying what it is.
+    Base64(String),
+}
+
+/// One event of a watch response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub object: Value,
+}
+
+/// A watch response, recorded as its events rather than as one body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvents {
+    pub events: Vec<WatchEvent>,
+    /// Events seen but not kept: over the per-event size or the event count
+    /// limit, or not decodable.
+    #[serde(default)]
+    pub cut: u64,
+}
+
+/// One request and its response, as the interceptor saw them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exchange {
+    /// The record format version, [`FORMAT_VERSION`] when written.
+    pub format: u32,
+    /// Unique per exchange; the aggregator deduplicates on it.
+    pub id: String,
+    pub pod: PodIdentity,
+    /// RFC 3339, UTC, when the request arrived.
+    pub started_at: String,
+    /// From the request's arrival to the end of the response body.
+    pub duration_us: u64,
+    pub method: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub query: String,
+    /// 0 when no response came from the apiserver (see `error`).
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<Body>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<Body>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchEvents>,
+    /// The response is a `meta.k8s.io` Table (what `kubectl get` asks for):
+    /// kept, but it shows columns, not objects.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub table: bool,
+    /// The protocol the connection was upgraded to (exec, attach, port-forward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
+    /// Why there is no complete response: the apiserver was unreachable, or the
+    /// connection broke mid-body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Exchanges that an interceptor had to drop (its queue was full while the
+/// aggregator was unreachable), reported once it is reachable again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropReport {
+    pub format: u32,
+    /// Unique per report, so a retried batch counts it once.
+    pub id: String,
+    pub pod: PodIdentity,
+    pub dropped: u64,
+    /// RFC 3339: the drops happened between these two times.
+    pub first_dropped_at: String,
+    pub last_dropped_at: String,
+}
+
+/// One line of a shipped batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Line {
+    Exchange(Box<Exchange>),
+    DropReport(DropReport),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("not a record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("record format {found} is newer than this reader's {supported}")]
+    NewerFormat { found: u32, supported: u32 },
+}
+
+impl Line {
+    /// Parses one NDJSON line, refusing formats newer than this reader.
+    pub fn parse(text: &str) -> Result<Line, LineError> {
+        let line: Line = serde_json::from_str(text)?;
+        let found = match &line {
+            Line::Exchange(e) => e.format,
+            Line::DropReport(d) => d.format,
+        };
+        if found > FORMAT_VERSION {
+            return Err(LineError::NewerFormat {
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn exchange() -> Exchange {
+        Exchange {
+            format: FORMAT_VERSION,
+            id: "0b5f".into(),
+            pod: PodIdentity {
+                namespace: "ns".into(),
+                name: "web-1".into(),
+                ..Default::default()
+            },
+            started_at: "2026-11-24T06:00:00.000000001Z".into(),
+            duration_us: 1200,
+            method: "GET".into(),
+            path: "/api/v1/namespaces/ns/configmaps".into(),
+            query: "limit=500".into(),
+            status: 200,
+            user_agent: Some("kubectl/v1.35.4".into()),
+            request_content_type: None,
+            response_content_type: Some("application/json".into()),
+            request_body: None,
+            response_body: Some(Body {
+                content: BodyContent::Json(json!({"kind": "ConfigMapList"})),
+                size: 24,
+                truncated: false,
+                content_encoding: None,
+            }),
+            watch: None,
+            table: false,
+            upgrade: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_line_round_trips_and_is_tagged() {
+        let line = Line::Exchange(Box::new(exchange()));
+        let text = serde_json::to_string(&line).unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["kind"], "exchange");
+        assert_eq!(value["response_body"]["json"]["kind"], "ConfigMapList");
+        assert!(value.get("request_body").is_none());
+        assert_eq!(Line::parse(&text).unwrap(), line);
+    }
+
+    #[test]
+    fn newer_formats_and_garbage_are_refused_with_a_reason() {
+        let mut newer = exchange();
+        newer.format = FORMAT_VERSION + 1;
+        let text = serde_json::to_string(&Line::Exchange(Box::new(newer))).unwrap();
+        let err = Line::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("newer"), "{err}");
+        assert!(Line::parse("{\"kind\":\"exchange\"}").is_err());
+        assert!(Line::parse("not json").is_err());
+    }
+}
