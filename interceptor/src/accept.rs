@@ -12,7 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
     #[error("cannot listen on {addr}: {error}")]
-    Bind { addr: SocketAddr, error: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("cannot read the original destination: {0}")]
     OriginalDst(std::io::Error),
     #[error(
@@ -27,7 +30,8 @@ pub enum AcceptError {
 /// the original destination of its own family.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, AcceptError> {
     let fail = |error| AcceptError::Bind { addr, error };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
     }
@@ -80,7 +84,10 @@ mod tests {
     fn binding_a_taken_port_names_it() {
         let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = first.local_addr().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let err = rt.block_on(async { bind(addr) }).unwrap_err().to_string();
         assert!(err.contains(&addr.to_string()), "{err}");
     }

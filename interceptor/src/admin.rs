@@ -28,16 +28,25 @@ pub fn app(state: AdminState) -> Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    match (state.resolver.is_loaded(), state.listening.load(Ordering::Acquire)) {
+    match (
+        state.resolver.is_loaded(),
+        state.listening.load(Ordering::Acquire),
+    ) {
         (true, true) => (StatusCode::OK, "ok"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "no serving certificate yet"),
+        (false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no serving certificate yet",
+        ),
         (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "not listening yet"),
     }
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -81,6 +90,9 @@ mod tests {
         s.metrics.dropped.inc_by(3);
         let (status, body) = get(app(s), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("apiwitness_interceptor_records_dropped_total 3"), "{body}");
+        assert!(
+            body.contains("apiwitness_interceptor_records_dropped_total 3"),
+            "{body}"
+        );
     }
 }

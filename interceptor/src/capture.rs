@@ -353,23 +353,35 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         let mut capture = this.capture.lock().unwrap_or_else(|e| e.into_inner());
-        match &polled {
+        let ended = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     capture.feed(data);
                 }
+                // The last frame: a server that trusts is_end_stream() will not
+                // poll again, so the capture is complete now.
+                if this.inner.is_end_stream() {
+                    capture.finish(true, None);
+                    true
+                } else {
+                    false
+                }
             }
-            Poll::Ready(Some(Err(e))) => capture.finish(false, Some(e.to_string())),
-            Poll::Ready(None) => capture.finish(true, None),
-            Poll::Pending => {}
-        }
+            Poll::Ready(Some(Err(e))) => {
+                capture.finish(false, Some(e.to_string()));
+                true
+            }
+            Poll::Ready(None) => {
+                capture.finish(true, None);
+                true
+            }
+            Poll::Pending => false,
+        };
         drop(capture);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
-            && let Some(on_end) = this.on_end.take()
-        {
+        if ended && let Some(on_end) = this.on_end.take() {
             on_end();
         }
         polled
@@ -395,7 +407,11 @@ mod tests {
         watch_events: 2,
     };
 
-    async fn run(mode: CaptureMode, chunks: Vec<&'static [u8]>, limits: Limits) -> (Bytes, Captured) {
+    async fn run(
+        mode: CaptureMode,
+        chunks: Vec<&'static [u8]>,
+        limits: Limits,
+    ) -> (Bytes, Captured) {
         let stream = futures_util::stream::iter(
             chunks
                 .into_iter()
@@ -412,7 +428,11 @@ mod tests {
             })),
         );
         let passed = body.collect().await.unwrap().to_bytes();
-        assert_eq!(ended.load(std::sync::atomic::Ordering::SeqCst), 1, "on_end runs once");
+        assert_eq!(
+            ended.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "on_end runs once"
+        );
         (passed, Capture::take(&capture))
     }
 
@@ -430,7 +450,10 @@ mod tests {
         enc.write_all(b"{\"kind\":\"List\"}").unwrap();
         let gz: &'static [u8] = Box::leak(enc.finish().unwrap().into_boxed_slice());
         let (a, b) = gz.split_at(5);
-        let limits = Limits { body: 1024, ..LIMITS };
+        let limits = Limits {
+            body: 1024,
+            ..LIMITS
+        };
         let (passed, got) = run(CaptureMode::Gzip, vec![a, b], limits).await;
         assert_eq!(&passed[..], gz, "the compressed bytes pass unchanged");
         assert_eq!(&got.bytes[..], b"{\"kind\":\"List\"}");
@@ -442,14 +465,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_large_gzip_body_in_many_chunks_is_decoded_whole() {
+        let original: Vec<u8> = (0..200_000u32)
+            .map(|i| b"{\"abcdefgh\":1},"[(i % 15) as usize])
+            .collect();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&original).unwrap();
+        let gz: &'static [u8] = Box::leak(enc.finish().unwrap().into_boxed_slice());
+        let chunks: Vec<&'static [u8]> = gz.chunks(1000).collect();
+        let limits = Limits {
+            body: 1 << 20,
+            ..LIMITS
+        };
+        let (_, got) = run(CaptureMode::Gzip, chunks, limits).await;
+        assert!(got.decode_error.is_none(), "{:?}", got.decode_error);
+        assert_eq!(got.size, original.len() as u64);
+        assert_eq!(&got.bytes[..], &original[..]);
+    }
+
+    #[tokio::test]
     async fn json_watch_events_split_across_chunks_with_limits() {
         let (_, got) = run(
             CaptureMode::WatchJson,
-            vec![b"{\"a\":1}\n{\"b\"", b":2}\n{\"this one is too long\":1}\n{\"c\":3}\n"],
+            vec![
+                b"{\"a\":1}\n{\"b\"",
+                b":2}\n{\"this one is too long\":1}\n{\"c\":3}\n",
+            ],
             LIMITS,
         )
         .await;
-        assert_eq!(got.events, vec![Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{\"b\":2}")]);
+        assert_eq!(
+            got.events,
+            vec![
+                Bytes::from_static(b"{\"a\":1}"),
+                Bytes::from_static(b"{\"b\":2}")
+            ]
+        );
         // One over the per-event size, one over the count.
         assert_eq!(got.events_cut, 2);
     }
@@ -467,7 +518,10 @@ mod tests {
         let stream: &'static [u8] = Box::leak(stream.into_boxed_slice());
         let (first, rest) = stream.split_at(2);
         let (_, got) = run(CaptureMode::WatchProtobuf, vec![first, rest], LIMITS).await;
-        assert_eq!(got.events, vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]);
+        assert_eq!(
+            got.events,
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
         assert_eq!(got.events_cut, 1);
     }
 
@@ -486,7 +540,11 @@ mod tests {
     #[test]
     fn a_known_empty_body_is_complete_without_being_polled() {
         let capture = Capture::new(CaptureMode::Plain, LIMITS);
-        drop(CaptureBody::new(http_body_util::Empty::<Bytes>::new(), capture.clone(), None));
+        drop(CaptureBody::new(
+            http_body_util::Empty::<Bytes>::new(),
+            capture.clone(),
+            None,
+        ));
         let got = Capture::take(&capture);
         assert!(got.complete && got.error.is_none());
         assert_eq!(got.size, 0);

@@ -23,13 +23,27 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "apiwitness-interceptor", version, about = "Records every exchange between its pod and the Kubernetes apiserver.")]
+#[command(
+    name = "apiwitness-interceptor",
+    version,
+    about = "Records every exchange between its pod and the Kubernetes apiserver."
+)]
 pub struct Config {
-    #[arg(long, env = "APIWITNESS_MODE", value_enum, default_value = "transparent")]
+    #[arg(
+        long,
+        env = "APIWITNESS_MODE",
+        value_enum,
+        default_value = "transparent"
+    )]
     pub mode: Mode,
 
     /// Addresses to accept clients on (comma-separated).
-    #[arg(long, env = "APIWITNESS_LISTEN", value_delimiter = ',', default_value = "0.0.0.0:15443")]
+    #[arg(
+        long,
+        env = "APIWITNESS_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:15443"
+    )]
     pub listen: Vec<SocketAddr>,
 
     /// The apiserver to forward to in explicit mode, e.g. https://10.96.0.1:443.
@@ -37,11 +51,19 @@ pub struct Config {
     pub upstream: Option<hyper::Uri>,
 
     /// The cluster CA that verifies the apiserver.
-    #[arg(long, env = "APIWITNESS_UPSTREAM_CA_FILE", default_value = "/var/run/secrets/apiwitness.io/upstream/ca.crt")]
+    #[arg(
+        long,
+        env = "APIWITNESS_UPSTREAM_CA_FILE",
+        default_value = "/var/run/secrets/apiwitness.io/upstream/ca.crt"
+    )]
     pub upstream_ca_file: PathBuf,
 
     /// The name the apiserver's certificate is verified against (and the SNI sent).
-    #[arg(long, env = "APIWITNESS_UPSTREAM_SERVER_NAME", default_value = "kubernetes.default.svc")]
+    #[arg(
+        long,
+        env = "APIWITNESS_UPSTREAM_SERVER_NAME",
+        default_value = "kubernetes.default.svc"
+    )]
     pub upstream_server_name: String,
 
     /// A serving certificate file (PEM chain), instead of --certify-url.
@@ -61,14 +83,22 @@ pub struct Config {
 
     /// The pod's projected ServiceAccount token (audience apiwitness), sent to
     /// the certify endpoint and to the aggregator.
-    #[arg(long, env = "APIWITNESS_TOKEN_FILE", default_value = "/var/run/secrets/apiwitness.io/token/token")]
+    #[arg(
+        long,
+        env = "APIWITNESS_TOKEN_FILE",
+        default_value = "/var/run/secrets/apiwitness.io/token/token"
+    )]
     pub token_file: PathBuf,
 
     /// Renew the certificate this far through its lifetime.
     #[arg(long, env = "APIWITNESS_CERT_RENEW_FRACTION", default_value_t = 0.7)]
     pub cert_renew_fraction: f64,
 
-    #[arg(long, env = "APIWITNESS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "APIWITNESS_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
     pub cluster_domain: String,
 
     /// The kubernetes Service IP, a SAN of the serving certificate.
@@ -121,7 +151,12 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_ADMIN_ADDR", default_value = "0.0.0.0:15090")]
     pub admin_addr: SocketAddr,
 
-    #[arg(long, env = "APIWITNESS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "APIWITNESS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// A tracing filter, e.g. `info` or `apiwitness_interceptor=debug`.
@@ -151,7 +186,9 @@ pub enum ConfigError {
     ExplicitWithoutUpstream,
     #[error("--upstream {0} must be an https:// URL with a host")]
     BadUpstream(String),
-    #[error("no serving certificate source: give --certify-url, or --tls-cert-file with --tls-key-file")]
+    #[error(
+        "no serving certificate source: give --certify-url, or --tls-cert-file with --tls-key-file"
+    )]
     NoCertSource,
     #[error("--cert-renew-fraction must be between 0.05 and 0.95, got {0}")]
     RenewFraction(String),
@@ -170,7 +207,10 @@ impl Config {
             return Err(ConfigError::NoListen);
         }
         if self.mode == Mode::Explicit {
-            let upstream = self.upstream.as_ref().ok_or(ConfigError::ExplicitWithoutUpstream)?;
+            let upstream = self
+                .upstream
+                .as_ref()
+                .ok_or(ConfigError::ExplicitWithoutUpstream)?;
             if upstream.scheme_str() != Some("https") || upstream.host().is_none() {
                 return Err(ConfigError::BadUpstream(upstream.to_string()));
             }
@@ -179,7 +219,9 @@ impl Config {
             return Err(ConfigError::NoCertSource);
         }
         if !(0.05..=0.95).contains(&self.cert_renew_fraction) {
-            return Err(ConfigError::RenewFraction(self.cert_renew_fraction.to_string()));
+            return Err(ConfigError::RenewFraction(
+                self.cert_renew_fraction.to_string(),
+            ));
         }
         if let Some(url) = &self.aggregator_url
             && (!matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none())
@@ -205,12 +247,12 @@ impl Config {
             uid: self.pod_uid.clone(),
             service_account: self.pod_service_account.clone(),
             node: self.node_name.clone(),
-            workload: (!self.workload_kind.is_empty() && !self.workload_name.is_empty()).then(|| {
-                apiwitness_record::WorkloadRef {
+            workload: (!self.workload_kind.is_empty() && !self.workload_name.is_empty()).then(
+                || apiwitness_record::WorkloadRef {
                     kind: self.workload_kind.clone(),
                     name: self.workload_name.clone(),
-                }
-            }),
+                },
+            ),
         }
     }
 }
@@ -227,26 +269,73 @@ mod tests {
 
     #[test]
     fn explicit_mode_needs_an_https_upstream() {
-        let c = parse(&["--mode", "explicit", "--tls-cert-file", "c", "--tls-key-file", "k"]).unwrap();
+        let c = parse(&[
+            "--mode",
+            "explicit",
+            "--tls-cert-file",
+            "c",
+            "--tls-key-file",
+            "k",
+        ])
+        .unwrap();
         assert_eq!(c.validate(), Err(ConfigError::ExplicitWithoutUpstream));
-        let c = parse(&["--mode", "explicit", "--upstream", "http://x", "--tls-cert-file", "c", "--tls-key-file", "k"]).unwrap();
+        let c = parse(&[
+            "--mode",
+            "explicit",
+            "--upstream",
+            "http://x",
+            "--tls-cert-file",
+            "c",
+            "--tls-key-file",
+            "k",
+        ])
+        .unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::BadUpstream(_))));
-        let c = parse(&["--mode", "explicit", "--upstream", "https://10.96.0.1:443", "--tls-cert-file", "c", "--tls-key-file", "k"]).unwrap();
+        let c = parse(&[
+            "--mode",
+            "explicit",
+            "--upstream",
+            "https://10.96.0.1:443",
+            "--tls-cert-file",
+            "c",
+            "--tls-key-file",
+            "k",
+        ])
+        .unwrap();
         assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
     fn a_certificate_source_is_required_and_files_come_in_pairs() {
-        assert_eq!(parse(&[]).unwrap().validate(), Err(ConfigError::NoCertSource));
+        assert_eq!(
+            parse(&[]).unwrap().validate(),
+            Err(ConfigError::NoCertSource)
+        );
         assert!(parse(&["--tls-cert-file", "c"]).is_err());
-        assert!(parse(&["--certify-url", "https://i/certify", "--tls-cert-file", "c", "--tls-key-file", "k"]).is_err());
+        assert!(
+            parse(&[
+                "--certify-url",
+                "https://i/certify",
+                "--tls-cert-file",
+                "c",
+                "--tls-key-file",
+                "k"
+            ])
+            .is_err()
+        );
     }
 
     #[test]
     fn bad_values_are_named() {
         let err = parse(&["--body-limit", "lots"]).unwrap_err().to_string();
         assert!(err.contains("--body-limit"), "{err}");
-        let c = parse(&["--certify-url", "https://i/c", "--cert-renew-fraction", "1.5"]).unwrap();
+        let c = parse(&[
+            "--certify-url",
+            "https://i/c",
+            "--cert-renew-fraction",
+            "1.5",
+        ])
+        .unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::RenewFraction(_))));
         let c = parse(&["--certify-url", "https://i/c", "--queue-capacity", "0"]).unwrap();
         assert_eq!(c.validate(), Err(ConfigError::Zero("queue-capacity")));

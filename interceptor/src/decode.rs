@@ -7,7 +7,7 @@ use crate::capture::Captured;
 use apiwitness_record::{Body, BodyContent, WatchEvent, WatchEvents};
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn media_type(content_type: Option<&str>) -> String {
     content_type
@@ -49,13 +49,15 @@ pub fn body(
 }
 
 fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
-    if is_json(media) && !truncated
+    if is_json(media)
+        && !truncated
         && let Ok(value) = serde_json::from_slice::<Value>(bytes)
     {
         return BodyContent::Json(value);
     }
     // A body sent without a content type (or as text) that parses as JSON is JSON.
-    if (media.is_empty() || is_text(media)) && !truncated
+    if (media.is_empty() || is_text(media))
+        && !truncated
         && let Ok(value) = serde_json::from_slice::<Value>(bytes)
     {
         return BodyContent::Json(value);
@@ -64,6 +66,13 @@ fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
         && let Ok(text) = std::str::from_utf8(bytes)
     {
         return BodyContent::Text(text.to_string());
+    }
+    if media.contains("protobuf") && !truncated {
+        match crate::protobuf::decode_body(bytes) {
+            Ok(crate::protobuf::Decoded::Full(value)) => return BodyContent::Json(value),
+            Ok(crate::protobuf::Decoded::Partial(body)) => return BodyContent::Protobuf(body),
+            Err(_) => {}
+        }
     }
     BodyContent::Base64(base64(bytes))
 }
@@ -77,10 +86,14 @@ pub fn watch(captured: &Captured, content_type: Option<&str>) -> WatchEvents {
     };
     for raw in &captured.events {
         if media.contains("protobuf") {
-            out.events.push(WatchEvent {
-                event_type: "protobuf".into(),
-                object: json!({ "base64": base64(raw) }),
-            });
+            match crate::protobuf::decode_watch_frame(raw) {
+                Ok((event_type, body)) => out.events.push(WatchEvent {
+                    event_type,
+                    object: serde_json::to_value(BodyContent::Protobuf(body))
+                        .unwrap_or(Value::Null),
+                }),
+                Err(_) => out.cut += 1,
+            }
             continue;
         }
         match serde_json::from_slice::<WatchEvent>(raw) {
@@ -101,6 +114,7 @@ pub fn is_table(body: &Body) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn captured(bytes: &'static [u8], truncated: bool) -> Captured {
         Captured {
@@ -114,14 +128,35 @@ mod tests {
 
     #[test]
     fn json_text_and_binary() {
-        let b = body(&captured(b"{\"a\":1}", false), Some("application/json"), None).unwrap();
+        let b = body(
+            &captured(b"{\"a\":1}", false),
+            Some("application/json"),
+            None,
+        )
+        .unwrap();
         assert_eq!(b.content, BodyContent::Json(json!({"a": 1})));
-        let b = body(&captured(b"a: 1\n", false), Some("application/apply-patch+yaml"), None).unwrap();
+        let b = body(
+            &captured(b"a: 1\n", false),
+            Some("application/apply-patch+yaml"),
+            None,
+        )
+        .unwrap();
         assert_eq!(b.content, BodyContent::Text("a: 1\n".into()));
-        let b = body(&captured(b"k8s\0\x0a\x01", false), Some("application/vnd.kubernetes.protobuf"), None).unwrap();
+        // A protobuf body that is not Kubernetes' envelope stays base64.
+        let b = body(
+            &captured(b"k8s\0\x0a\x01", false),
+            Some("application/vnd.kubernetes.protobuf"),
+            None,
+        )
+        .unwrap();
         assert_eq!(b.content, BodyContent::Base64("azhzAAoB".into()));
         // Truncated JSON is kept as the text it is.
-        let b = body(&captured(b"{\"a\":", true), Some("application/json"), Some("gzip")).unwrap();
+        let b = body(
+            &captured(b"{\"a\":", true),
+            Some("application/json"),
+            Some("gzip"),
+        )
+        .unwrap();
         assert_eq!(b.content, BodyContent::Text("{\"a\":".into()));
         assert!(b.truncated);
         assert_eq!(b.content_encoding.as_deref(), Some("gzip"));
@@ -147,7 +182,10 @@ mod tests {
     #[test]
     fn tables_are_recognised() {
         let b = body(
-            &captured(b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\"}", false),
+            &captured(
+                b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\"}",
+                false,
+            ),
             Some("application/json"),
             None,
         )

@@ -13,6 +13,7 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod metrics;
+pub mod protobuf;
 pub mod proxy;
 pub mod recorder;
 pub mod redact;
@@ -49,13 +50,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let upstream_tls = tls::client_config(&config.upstream_ca_file)?;
     let pod = config.pod_identity();
 
-    let names = ApiserverNames::new(&config.cluster_domain, config.service_ip, &config.extra_sans);
-    let source = match (&config.tls_cert_file, &config.tls_key_file, &config.certify_url) {
+    let names = ApiserverNames::new(
+        &config.cluster_domain,
+        config.service_ip,
+        &config.extra_sans,
+    );
+    let source = match (
+        &config.tls_cert_file,
+        &config.tls_key_file,
+        &config.certify_url,
+    ) {
         (Some(cert), Some(key), _) => CertSource::Files {
             cert: cert.clone(),
             key: key.clone(),
         },
-        (_, _, Some(url)) => CertSource::Certify(CertifyClient {
+        (_, _, Some(url)) => CertSource::Certify(Box::new(CertifyClient {
             url: url.clone(),
             token_file: config.token_file.clone(),
             tls: match &config.certify_ca_file {
@@ -64,7 +73,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             },
             names,
             identity: format!("{}/{}", pod.namespace, pod.name),
-        }),
+        })),
         _ => return Err(config::ConfigError::NoCertSource.into()),
     };
 
@@ -188,8 +197,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     for server in servers {
         let _ = server.await;
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| hyper_util::server::graceful::GracefulShutdown::new());
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await.is_err() {
+    let graceful = Arc::try_unwrap(graceful)
+        .unwrap_or_else(|_| hyper_util::server::graceful::GracefulShutdown::new());
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight exchanges did not finish within the grace period");
     }
     // The recorder ends once every exchange has handed over its record.
@@ -204,7 +217,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process still stops on the default action.
         std::future::pending::<()>().await;
         return;
@@ -217,9 +233,23 @@ async fn wait_for_signal() {
 
 /// Installs the tracing subscriber: an EnvFilter from `filter`, text or JSON.
 pub fn init_tracing(filter: &str, format: config::LogFormat) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("--log {filter:?} is not a valid filter: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // The HTTP and TLS libraries log header fields at their debug and trace
+    // levels, and headers carry bearer tokens: they are capped at info, whatever
+    // the filter asks for.
+    for cap in [
+        "h2=info",
+        "hyper=info",
+        "hyper_util=info",
+        "rustls=info",
+        "hyper_rustls=info",
+    ] {
+        filter = filter.add_directive(cap.parse().map_err(|e| format!("{cap}: {e}"))?);
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Json => builder.json().try_init(),
         config::LogFormat::Text => builder.try_init(),

@@ -40,7 +40,11 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
 }
 
-fn upstream_client(tls: rustls::ClientConfig, server_name: &str, http2: bool) -> Result<UpstreamClient, String> {
+fn upstream_client(
+    tls: rustls::ClientConfig,
+    server_name: &str,
+    http2: bool,
+) -> Result<UpstreamClient, String> {
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("upstream server name {server_name:?}: {e}"))?;
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
@@ -260,7 +264,9 @@ impl Proxy {
                             let mut server = hyper_util::rt::TokioIo::new(server);
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         }
-                        (c, s) => tracing::warn!(client = ?c.err(), upstream = ?s.err(), "upgrade failed"),
+                        (c, s) => {
+                            tracing::warn!(client = ?c.err(), upstream = ?s.err(), "upgrade failed")
+                        }
                     }
                 });
             }
@@ -284,7 +290,10 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         let content_type = header_string(&parts.headers, header::CONTENT_TYPE);
         let mode = if watch && status.is_success() {
-            if content_type.as_deref().is_some_and(|c| c.contains("protobuf")) {
+            if content_type
+                .as_deref()
+                .is_some_and(|c| c.contains("protobuf"))
+            {
                 CaptureMode::WatchProtobuf
             } else {
                 CaptureMode::WatchJson

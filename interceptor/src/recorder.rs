@@ -91,8 +91,13 @@ impl Recorder {
     }
 
     pub fn build(&self, raw: RawExchange) -> Exchange {
-        let parsed = ApiRequest::parse(&raw.method, &raw.path, &raw.query, raw.request_content_type.as_deref())
-            .ok();
+        let parsed = ApiRequest::parse(
+            &raw.method,
+            &raw.path,
+            &raw.query,
+            raw.request_content_type.as_deref(),
+        )
+        .ok();
         let request_captured = Capture::take(&raw.request_body);
         self.metrics
             .bytes
@@ -100,7 +105,8 @@ impl Recorder {
                 direction: "request".into(),
             })
             .inc_by(request_captured.size);
-        let mut request_body = decode::body(&request_captured, raw.request_content_type.as_deref(), None);
+        let mut request_body =
+            decode::body(&request_captured, raw.request_content_type.as_deref(), None);
 
         let mut response_body = None;
         let mut watch = None;
@@ -117,7 +123,10 @@ impl Recorder {
                 error = captured.error.clone();
             }
             if raw.watch && (200..300).contains(&raw.status) {
-                watch = Some(decode::watch(&captured, raw.response_content_type.as_deref()));
+                watch = Some(decode::watch(
+                    &captured,
+                    raw.response_content_type.as_deref(),
+                ));
             } else {
                 response_body = decode::body(
                     &captured,

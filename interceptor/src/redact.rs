@@ -77,6 +77,19 @@ impl Redactor {
         let sensitive = sensitivity(request);
         match &mut body.content {
             BodyContent::Json(value) => self.json(sensitive, value),
+            BodyContent::Protobuf(pb) => {
+                // The metadata is kept; the payload goes where it may hold a secret.
+                if sensitive != Sensitive::No || pb.kind.starts_with("Secret") {
+                    pb.base64 = None;
+                }
+                for meta in pb.metadata.iter_mut().chain(pb.items.iter_mut().flatten()) {
+                    if let Some(v) = meta.pointer_mut(
+                        "/annotations/kubectl.kubernetes.io~1last-applied-configuration",
+                    ) {
+                        redact_string(v);
+                    }
+                }
+            }
             BodyContent::Text(text) | BodyContent::Base64(text) => {
                 if sensitive != Sensitive::No {
                     let len = text.len();
@@ -92,6 +105,7 @@ impl Redactor {
     }
 
     fn json(&self, sensitive: Sensitive, value: &mut Value) {
+        strip_protobuf_payloads(sensitive, value);
         match sensitive {
             Sensitive::Secret => redact_secret_fields_everywhere(value),
             Sensitive::Token => redact_tokens(value),
@@ -101,6 +115,20 @@ impl Redactor {
             if let Some(v) = value.pointer_mut(pointer) {
                 redact_string(v);
             }
+        }
+    }
+}
+
+/// Watch events in protobuf carry `{"protobuf": {..., "base64"}}` objects:
+/// the payload goes where it may hold a secret.
+fn strip_protobuf_payloads(sensitive: Sensitive, value: &mut Value) {
+    if let Some(Value::Object(pb)) = value.get_mut("protobuf") {
+        let secret_kind = pb
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.starts_with("Secret"));
+        if sensitive != Sensitive::No || secret_kind {
+            pb.remove("base64");
         }
     }
 }
@@ -147,7 +175,10 @@ fn redact_secret_fields_everywhere(value: &mut Value) {
 fn redact_string_or_tree(v: &mut Value) {
     match v {
         Value::Object(map) => {
-            if map.contains_key("data") || map.contains_key("stringData") || map.contains_key("metadata") {
+            if map.contains_key("data")
+                || map.contains_key("stringData")
+                || map.contains_key("metadata")
+            {
                 redact_secret_object(map);
             } else {
                 map.values_mut().for_each(redact_string);
@@ -222,7 +253,11 @@ mod tests {
             "data": {"password": "aHVudGVyMg=="},
             "stringData": {"token": "s3cr3t"}
         });
-        let out = redacted(&r, &req("POST", "/api/v1/namespaces/ns/secrets"), secret.clone());
+        let out = redacted(
+            &r,
+            &req("POST", "/api/v1/namespaces/ns/secrets"),
+            secret.clone(),
+        );
         assert_eq!(out["data"]["password"], json!("<redacted 12 bytes>"));
         assert_eq!(out["stringData"]["token"], json!("<redacted 6 bytes>"));
         assert_eq!(out["metadata"]["annotations"]["keep"], json!("me"));
@@ -243,7 +278,10 @@ mod tests {
             {"op": "add", "path": "/data", "value": {"k": "dg=="}}
         ]);
         let out = redacted(&r, &req("PATCH", path), json_patch);
-        assert!(!out.to_string().contains("bmV3") && !out.to_string().contains("dg=="), "{out}");
+        assert!(
+            !out.to_string().contains("bmV3") && !out.to_string().contains("dg=="),
+            "{out}"
+        );
         assert_eq!(out[0]["path"], json!("/data/password"));
 
         let merge = json!({"stringData": {"x": "plain"}});
@@ -258,18 +296,29 @@ mod tests {
             content_encoding: None,
         };
         r.body(&req("PATCH", path), &mut yaml);
-        assert_eq!(yaml.content, BodyContent::Json(json!("<redacted 23 bytes>")));
+        assert_eq!(
+            yaml.content,
+            BodyContent::Json(json!("<redacted 23 bytes>"))
+        );
     }
 
     #[test]
     fn tokens_are_redacted() {
         let r = Redactor::default();
         let token_response = json!({"kind": "TokenRequest", "status": {"token": "eyJhbGciOi.x.y", "expirationTimestamp": "t"}});
-        let out = redacted(&r, &req("POST", "/api/v1/namespaces/ns/serviceaccounts/sa/token"), token_response);
+        let out = redacted(
+            &r,
+            &req("POST", "/api/v1/namespaces/ns/serviceaccounts/sa/token"),
+            token_response,
+        );
         assert_eq!(out["status"]["token"], json!("<redacted 14 bytes>"));
         assert_eq!(out["status"]["expirationTimestamp"], json!("t"));
         let review = json!({"kind": "TokenReview", "spec": {"token": "eyJhbGciOi.x.y"}});
-        let out = redacted(&r, &req("POST", "/apis/authentication.k8s.io/v1/tokenreviews"), review);
+        let out = redacted(
+            &r,
+            &req("POST", "/apis/authentication.k8s.io/v1/tokenreviews"),
+            review,
+        );
         assert!(!out.to_string().contains("eyJ"));
         // A protobuf body of a Secret cannot be walked either.
         let mut proto = Body {
@@ -283,6 +332,41 @@ mod tests {
     }
 
     #[test]
+    fn protobuf_secrets_keep_metadata_and_lose_their_payload() {
+        let r = Redactor::default();
+        let mut body = Body {
+            content: BodyContent::Protobuf(apiwitness_record::ProtobufBody {
+                api_version: "v1".into(),
+                kind: "Secret".into(),
+                metadata: Some(
+                    json!({"name": "s", "annotations": {LAST_APPLIED: "{\"data\":{}}"}}),
+                ),
+                items: None,
+                base64: Some("azhzAA==".into()),
+            }),
+            size: 6,
+            truncated: false,
+            content_encoding: None,
+        };
+        r.body(&req("GET", "/api/v1/namespaces/ns/secrets/s"), &mut body);
+        let BodyContent::Protobuf(pb) = &body.content else {
+            panic!()
+        };
+        assert_eq!(pb.base64, None);
+        assert_eq!(pb.metadata.as_ref().unwrap()["name"], json!("s"));
+        assert!(
+            pb.metadata.as_ref().unwrap()["annotations"][LAST_APPLIED]
+                .as_str()
+                .unwrap()
+                .starts_with("<redacted")
+        );
+
+        let mut event = json!({"protobuf": {"kind": "Secret", "base64": "azhzAA=="}});
+        r.value(&req("GET", "/api/v1/configmaps"), &mut event);
+        assert!(event["protobuf"].get("base64").is_none());
+    }
+
+    #[test]
     fn extra_pointers_from_config() {
         let r = Redactor::new(vec!["/spec/password".into()]).unwrap();
         let out = redacted(
@@ -290,7 +374,10 @@ mod tests {
             &req("POST", "/apis/example.com/v1/namespaces/ns/dbs"),
             json!({"spec": {"password": "pw", "user": "u"}}),
         );
-        assert_eq!(out["spec"], json!({"password": "<redacted 2 bytes>", "user": "u"}));
+        assert_eq!(
+            out["spec"],
+            json!({"password": "<redacted 2 bytes>", "user": "u"})
+        );
         assert!(Redactor::new(vec!["spec.password".into()]).is_err());
     }
 
@@ -298,7 +385,11 @@ mod tests {
     fn other_kinds_are_untouched() {
         let r = Redactor::default();
         let cm = json!({"kind": "ConfigMap", "data": {"password": "visible"}});
-        let out = redacted(&r, &req("POST", "/api/v1/namespaces/ns/configmaps"), cm.clone());
+        let out = redacted(
+            &r,
+            &req("POST", "/api/v1/namespaces/ns/configmaps"),
+            cm.clone(),
+        );
         assert_eq!(out, cm);
     }
 }

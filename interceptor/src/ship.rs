@@ -227,7 +227,11 @@ impl Shipper {
     }
 
     fn has_drops(&self) -> bool {
-        self.queue.drops.lock().map(|d| d.count > 0).unwrap_or(false)
+        self.queue
+            .drops
+            .lock()
+            .map(|d| d.count > 0)
+            .unwrap_or(false)
     }
 
     /// Ships what is queued, retrying briefly, until the deadline.
@@ -240,14 +244,22 @@ impl Shipper {
                 Ok(Ok(_)) => backoff.reset(),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "flushing records failed");
-                    tokio::time::sleep(backoff.next().min(until.saturating_duration_since(Instant::now()))).await;
+                    tokio::time::sleep(
+                        backoff
+                            .next()
+                            .min(until.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
                 }
                 Err(_) => break,
             }
         }
         let left = self.queue.len();
         if left > 0 {
-            tracing::warn!(records = left, "records not shipped before the shutdown deadline");
+            tracing::warn!(
+                records = left,
+                "records not shipped before the shutdown deadline"
+            );
         }
     }
 
@@ -333,14 +345,14 @@ pub fn encode_batch(
         let _ = gz.write_all(b"\n");
     };
     if let Some((count, first, last)) = drops {
-        write_line(&Line::DropReport(DropReport {
+        write_line(&Line::DropReport(Box::new(DropReport {
             format: FORMAT_VERSION,
             id: uuid::Uuid::new_v4().to_string(),
             pod: pod.clone(),
             dropped: count,
             first_dropped_at: humantime::format_rfc3339_micros(first).to_string(),
             last_dropped_at: humantime::format_rfc3339_micros(last).to_string(),
-        }));
+        })));
     }
     for record in batch {
         write_line(&Line::Exchange(Box::new(record.clone())));
@@ -399,7 +411,12 @@ mod tests {
     }
 
     fn ids(q: &Queue) -> Vec<String> {
-        q.records.lock().unwrap().iter().map(|r| r.id.clone()).collect()
+        q.records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.id.clone())
+            .collect()
     }
 
     #[test]
@@ -431,9 +448,14 @@ mod tests {
     #[test]
     fn batches_are_gzip_ndjson_with_the_drop_report_first() {
         let now = SystemTime::now();
-        let bytes = encode_batch(&PodIdentity::default(), &[record(1), record(2)], Some((7, now, now)));
+        let bytes = encode_batch(
+            &PodIdentity::default(),
+            &[record(1), record(2)],
+            Some((7, now, now)),
+        );
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).unwrap();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+            .unwrap();
         let lines: Vec<Line> = text.lines().map(|l| Line::parse(l).unwrap()).collect();
         assert!(matches!(&lines[0], Line::DropReport(d) if d.dropped == 7));
         assert!(matches!(&lines[2], Line::Exchange(e) if e.id == "2"));

@@ -51,7 +51,11 @@ pub struct ApiserverNames {
 }
 
 impl ApiserverNames {
-    pub fn new(cluster_domain: &str, service_ip: Option<IpAddr>, extra: &[String]) -> ApiserverNames {
+    pub fn new(
+        cluster_domain: &str,
+        service_ip: Option<IpAddr>,
+        extra: &[String],
+    ) -> ApiserverNames {
         let mut dns: Vec<String> = [
             "kubernetes".to_string(),
             "kubernetes.default".to_string(),
@@ -83,7 +87,11 @@ pub struct ServingCert {
 
 impl ServingCert {
     /// From a PEM chain (leaf first) and a PKCS#8 key.
-    pub fn from_pem(chain_pem: &[u8], key: PrivateKeyDer<'static>, source: &str) -> Result<ServingCert, TlsError> {
+    pub fn from_pem(
+        chain_pem: &[u8],
+        key: PrivateKeyDer<'static>,
+        source: &str,
+    ) -> Result<ServingCert, TlsError> {
         let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Certificate(format!("{source}: {e}")))?;
@@ -94,7 +102,10 @@ impl ServingCert {
             .map_err(|e| TlsError::Certificate(format!("{source}: {e}")))?;
         let validity = parsed.validity();
         let at = |ts: i64| UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
-        let (not_before, not_after) = (at(validity.not_before.timestamp()), at(validity.not_after.timestamp()));
+        let (not_before, not_after) = (
+            at(validity.not_before.timestamp()),
+            at(validity.not_after.timestamp()),
+        );
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| TlsError::Key(e.to_string()))?;
         Ok(ServingCert {
@@ -130,13 +141,17 @@ impl ServingCert {
 /// The subject is what the `kubernetes.io/kubelet-serving` signer accepts
 /// (`O=system:nodes`, `CN=system:node:...`), so that the injector can have the
 /// cluster CA sign it in cluster-CA mode; the usages are server auth only.
-pub fn new_key_and_csr(names: &ApiserverNames, identity: &str) -> Result<(KeyPair, String), TlsError> {
+pub fn new_key_and_csr(
+    names: &ApiserverNames,
+    identity: &str,
+) -> Result<(KeyPair, String), TlsError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| TlsError::Key(e.to_string()))?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("system:node:apiwitness:{identity}"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("system:node:apiwitness:{identity}"),
+    );
     params
         .distinguished_name
         .push(DnType::OrganizationName, "system:nodes");
@@ -165,7 +180,7 @@ pub fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
 #[derive(Debug, Clone)]
 pub enum CertSource {
     Files { cert: PathBuf, key: PathBuf },
-    Certify(CertifyClient),
+    Certify(Box<CertifyClient>),
 }
 
 impl CertSource {
@@ -204,12 +219,18 @@ impl CertifyClient {
             .https_or_http()
             .enable_http1()
             .build();
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build::<_, Full<Bytes>>(connector);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, Full<Bytes>>(connector);
         let request = hyper::Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
-            .body(Full::new(Bytes::from(serde_json::json!({ "csr": csr }).to_string())))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
+            .body(Full::new(Bytes::from(
+                serde_json::json!({ "csr": csr }).to_string(),
+            )))
             .map_err(|e| fail(e.to_string()))?;
         let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
             .await
@@ -249,10 +270,7 @@ impl RotatingResolver {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
     }
     pub fn is_loaded(&self) -> bool {
-        self.current
-            .read()
-            .map(|c| c.is_some())
-            .unwrap_or(false)
+        self.current.read().map(|c| c.is_some()).unwrap_or(false)
     }
 }
 
@@ -281,7 +299,8 @@ pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut any = false;
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
-        let cert = cert.map_err(|e| TlsError::Certificate(format!("{}: {e}", ca_file.display())))?;
+        let cert =
+            cert.map_err(|e| TlsError::Certificate(format!("{}: {e}", ca_file.display())))?;
         roots
             .add(cert)
             .map_err(|e| TlsError::Certificate(format!("{}: {e}", ca_file.display())))?;
@@ -356,7 +375,11 @@ mod tests {
         let names = ApiserverNames::new(
             "cluster.local",
             Some("10.96.0.1".parse().unwrap()),
-            &["10.96.0.1".into(), "api.example.com".into(), "kubernetes".into()],
+            &[
+                "10.96.0.1".into(),
+                "api.example.com".into(),
+                "kubernetes".into(),
+            ],
         );
         assert_eq!(
             names.dns,
@@ -368,7 +391,13 @@ mod tests {
                 "api.example.com"
             ]
         );
-        assert_eq!(names.ips, ["10.96.0.1".parse::<IpAddr>().unwrap(), "127.0.0.1".parse().unwrap()]);
+        assert_eq!(
+            names.ips,
+            [
+                "10.96.0.1".parse::<IpAddr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -380,8 +409,17 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let serving = ServingCert::from_pem(cert.pem().as_bytes(), pkcs8(&key), "test").unwrap();
         let ten_days = Duration::from_secs(10 * 86400);
-        assert_eq!(serving.not_after.duration_since(serving.not_before).unwrap(), ten_days);
-        assert_eq!(serving.renew_at(0.7), serving.not_before + ten_days.mul_f64(0.7));
+        assert_eq!(
+            serving
+                .not_after
+                .duration_since(serving.not_before)
+                .unwrap(),
+            ten_days
+        );
+        assert_eq!(
+            serving.renew_at(0.7),
+            serving.not_before + ten_days.mul_f64(0.7)
+        );
     }
 
     #[test]
@@ -397,13 +435,19 @@ mod tests {
 
     #[test]
     fn missing_or_empty_files_are_named() {
-        let err = ServingCert::from_files(Path::new("/nonexistent/cert.pem"), Path::new("/nonexistent/key.pem"))
-            .unwrap_err()
-            .to_string();
+        let err = ServingCert::from_files(
+            Path::new("/nonexistent/cert.pem"),
+            Path::new("/nonexistent/key.pem"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("ca.crt");
         std::fs::write(&empty, "").unwrap();
-        assert!(matches!(client_config(&empty), Err(TlsError::NoCertificate { .. })));
+        assert!(matches!(
+            client_config(&empty),
+            Err(TlsError::NoCertificate { .. })
+        ));
     }
 }

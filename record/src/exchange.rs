@@ -61,6 +61,27 @@ pub enum BodyContent {
     Text(String),
     /// Anything else, as base64, with the content type saying what it is.
     Base64(String),
+    /// A Kubernetes protobuf body (`application/vnd.kubernetes.protobuf`).
+    Protobuf(ProtobufBody),
+}
+
+/// What is read of a protobuf body without the type's full schema: its
+/// envelope's apiVersion and kind, and the object metadata, which every
+/// Kubernetes object carries as field 1 (for a list: the list metadata, and
+/// each item's metadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtobufBody {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// For a list: each item's metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<Value>>,
+    /// The whole body, base64; left out where it could hold a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
 }
 
 /// One event of a watch response.
@@ -143,7 +164,7 @@ pub struct DropReport {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Line {
     Exchange(Box<Exchange>),
-    DropReport(DropReport),
+    DropReport(Box<DropReport>),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,6 @@ pub mod request;
 
 pub use exchange::{
     Body, BodyContent, DropReport, Exchange, FORMAT_VERSION, Line, LineError, PodIdentity,
-    WatchEvent, WatchEvents, WorkloadRef,
+    ProtobufBody, WatchEvent, WatchEvents, WorkloadRef,
 };
 pub use request::{ApiRequest, PatchType, RequestError, Verb};

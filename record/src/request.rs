@@ -197,7 +197,9 @@ impl ApiRequest {
             parsed.subresource = sub.clone();
         }
 
-        let watch_requested = query_values(query, "watch").any(|v| v == "true" || v == "1");
+        // The apiserver reads the flag with Go's strconv.ParseBool.
+        let watch_requested = query_values(query, "watch")
+            .any(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
         parsed.verb = match parsed.legacy_prefix {
             Some(prefix) => prefix,
             None => resource_verb(&parsed.method, !parsed.name.is_empty(), watch_requested),
@@ -392,7 +394,12 @@ mod tests {
 
     #[test]
     fn watch_by_query_and_by_legacy_path() {
-        for q in ["watch=true", "watch=1", "labelSelector=a%3Db&watch=true"] {
+        for q in [
+            "watch=true",
+            "watch=1",
+            "watch=True",
+            "labelSelector=a%3Db&watch=true",
+        ] {
             let r = parse("GET", &format!("/api/v1/namespaces/ns/configmaps?{q}"));
             assert_eq!(r.verb, Verb::Watch, "{q}");
             assert_eq!(r.legacy_prefix, None);

@@ -4,13 +4,20 @@
 //! a [`TestNamespace`] of its own. A [`NetnsPod`] is a pod as iptables and an
 //! in-cluster client see one.
 
+mod binaries;
+pub mod certify;
 mod cluster;
+pub mod collector;
+pub mod intercepted;
 mod namespace;
 mod pod;
+mod server;
 pub mod tls;
 mod wait;
 
+pub use binaries::workspace_binary;
 pub use cluster::{Cluster, CommandOutput, repo_root};
 pub use namespace::TestNamespace;
 pub use pod::NetnsPod;
+pub use server::TestServer;
 pub use wait::wait_until;

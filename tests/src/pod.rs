@@ -32,13 +32,29 @@ impl NetnsPod {
 
     /// Runs `command` inside the pod with the given extra environment.
     pub fn exec(&self, env: &[(&str, &str)], command: &[&str]) -> anyhow::Result<CommandOutput> {
+        CommandOutput::run(&mut self.exec_command(env, command))
+    }
+
+    /// The command that runs `command` inside the pod, to spawn as one likes.
+    pub fn exec_command(&self, env: &[(&str, &str)], command: &[&str]) -> std::process::Command {
         let mut cmd = self.cluster.hack("pod");
         cmd.args(["exec", &self.name]);
         for (k, v) in env {
             cmd.arg("-e").arg(format!("{k}={v}"));
         }
         cmd.arg("--").args(command);
-        CommandOutput::run(&mut cmd)
+        cmd
+    }
+
+    /// The name of the pod's network namespace.
+    pub fn netns(&self) -> anyhow::Result<String> {
+        Ok(
+            CommandOutput::run(self.cluster.hack("pod").args(["netns", &self.name]))?
+                .ok("hack/pod netns")?
+                .stdout
+                .trim()
+                .to_string(),
+        )
     }
 
     pub fn ip(&self) -> anyhow::Result<String> {

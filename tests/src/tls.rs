@@ -1,15 +1,12 @@
-//! Certificates and a TLS server for tests that play a webhook or an
-//! aggregated API: the apiserver calls them, so they must serve real TLS for
-//! their Service's DNS name, signed by a CA the test hands to the apiserver.
+//! Certificates for tests that play a webhook or an aggregated API: the
+//! apiserver calls them, so they must serve real TLS for their Service's DNS
+//! name, signed by a CA the test hands to the apiserver.
 
-use anyhow::Context;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 /// A throwaway certificate authority.
 pub struct TestCa {
@@ -59,63 +56,14 @@ impl TestCa {
     }
 }
 
-/// An axum app served over TLS on its own runtime, stopped when dropped.
-pub struct TlsServer {
-    pub addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl TlsServer {
-    /// Serves `app` on `bind` (port 0 picks one).
-    pub fn start(bind: &str, cert: ServingCert, app: axum::Router) -> anyhow::Result<TlsServer> {
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert_der], PrivateKeyDer::Pkcs8(cert.key_der))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(bind))
-            .with_context(|| format!("binding {bind}"))?;
-        let addr = listener.local_addr()?;
-        runtime.spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let app = app.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-                });
-            }
-        });
-        Ok(TlsServer {
-            addr,
-            runtime: Some(runtime),
-        })
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+impl TestCa {
+    /// Signs a PEM CSR as a server certificate valid for `lifetime`.
+    pub fn sign_csr(&self, csr_pem: &str, lifetime: std::time::Duration) -> anyhow::Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let now = std::time::SystemTime::now();
+        csr.params.not_before = (now - std::time::Duration::from_secs(1)).into();
+        csr.params.not_after = (now + lifetime).into();
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        Ok(csr.signed_by(&self.issuer)?.pem())
     }
 }

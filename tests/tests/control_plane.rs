@@ -2,7 +2,8 @@
 //! signing it does, the in-cluster clients it authorizes, the webhooks it calls
 //! through Services, and the workloads its controllers roll out.
 
-use apiwitness_e2e::tls::{TestCa, TlsServer};
+use apiwitness_e2e::TestServer;
+use apiwitness_e2e::tls::TestCa;
 use apiwitness_e2e::{Cluster, CommandOutput, NetnsPod, TestNamespace, repo_root, wait_until};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -320,7 +321,7 @@ fn mutating_webhook_referenced_by_service_is_called_on_pod_create() {
             }),
         )
     };
-    let server = TlsServer::start(
+    let server = TestServer::start_tls(
         &format!("{}:0", cluster.node_ip()),
         ca.serving_cert(&[&service_dns]).unwrap(),
         app,

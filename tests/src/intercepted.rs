@@ -1,0 +1,206 @@
+//! A pod with the interceptor in it, as the injector will make one: the
+//! redirect rules init-iptables writes, and the interceptor running as its own
+//! UID, with the pod's token and the cluster CA. Application commands then run
+//! in the pod unmodified, and their traffic goes through the interceptor.
+
+use crate::{Cluster, CommandOutput, NetnsPod, wait_until, workspace_binary};
+use anyhow::Context;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The sidecar's UID, as the injector will set it (runAsUser).
+pub const INTERCEPTOR_UID: u32 = 2102;
+pub const INTERCEPTOR_PORT: u16 = 15443;
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+pub struct InterceptorOptions<'a> {
+    pub certify_url: &'a str,
+    pub aggregator_url: Option<&'a str>,
+    /// Defaults to the cluster CA the pod receives.
+    pub upstream_ca_file: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+pub struct InterceptedPod {
+    pub pod: NetnsPod,
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl InterceptedPod {
+    pub fn start(
+        cluster: &'static Cluster,
+        name: &str,
+        namespace: &str,
+        serviceaccount: &str,
+        pod_args: &[&str],
+        options: InterceptorOptions<'_>,
+    ) -> anyhow::Result<InterceptedPod> {
+        let pod = NetnsPod::add(cluster, name, namespace, serviceaccount, pod_args)?;
+        redirect_to_interceptor(
+            cluster,
+            &pod,
+            cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP"),
+        )?;
+
+        let log_path = std::env::temp_dir().join(format!("apiwitness-interceptor-{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let binary = workspace_binary("apiwitness-interceptor");
+        let mut args: Vec<String> = vec![
+            "--certify-url".into(),
+            options.certify_url.into(),
+            "--token-file".into(),
+            format!("{SA_DIR}/token"),
+            "--upstream-ca-file".into(),
+            options
+                .upstream_ca_file
+                .unwrap_or_else(|| format!("{SA_DIR}/ca.crt")),
+            "--listen".into(),
+            format!("0.0.0.0:{INTERCEPTOR_PORT}"),
+            "--admin-addr".into(),
+            "127.0.0.1:15090".into(),
+            "--batch-wait".into(),
+            "200ms".into(),
+        ];
+        if let Some(url) = options.aggregator_url {
+            args.extend(["--aggregator-url".into(), url.into()]);
+        }
+        args.extend(options.extra_args);
+        let mut cmd = cluster.hack("pod");
+        cmd.args(["exec", name])
+            .args(["-e", &format!("POD_NAMESPACE={namespace}")])
+            .args(["-e", &format!("POD_NAME={name}")])
+            .args(["-e", &format!("POD_SERVICE_ACCOUNT={serviceaccount}")])
+            .args(["-e", "APIWITNESS_LOG=info,apiwitness_interceptor=debug"])
+            .args(["-u", &INTERCEPTOR_UID.to_string(), "--"])
+            .arg(&binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("starting the interceptor")?;
+        let mut this = InterceptedPod {
+            pod,
+            child: Some(child),
+            log_path,
+        };
+        let ready = wait_until("the interceptor's /readyz", Duration::from_secs(60), || {
+            if let Some(Ok(Some(status))) = this.child.as_mut().map(Child::try_wait) {
+                return Some(Err(anyhow::anyhow!("the interceptor exited: {status}")));
+            }
+            let out = this
+                .pod
+                .exec(&[], &["curl", "-sf", "http://127.0.0.1:15090/readyz"])
+                .ok()?;
+            out.success.then_some(Ok(()))
+        });
+        match ready {
+            Ok(Ok(())) => Ok(this),
+            Ok(Err(e)) | Err(e) => Err(e.context(format!("interceptor log:\n{}", this.log()))),
+        }
+    }
+
+    pub fn exec(&self, command: &[&str]) -> anyhow::Result<CommandOutput> {
+        self.pod.exec(&[], command)
+    }
+
+    /// Runs `command` with `input` on its standard input.
+    pub fn exec_stdin(&self, command: &[&str], input: &str) -> anyhow::Result<CommandOutput> {
+        let mut cmd = self.pod.exec_command(&[], command);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        Ok(CommandOutput {
+            success: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then wait for the interceptor to flush and exit.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = wait_until(
+            "the interceptor to exit after SIGTERM",
+            Duration::from_secs(30),
+            || child.try_wait().ok().flatten(),
+        );
+        if status.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+}
+
+impl Drop for InterceptedPod {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The rules init-iptables writes: the pod's TCP to the apiserver's Service
+/// goes to the interceptor, except the interceptor's own.
+pub fn redirect_to_interceptor(
+    cluster: &Cluster,
+    pod: &NetnsPod,
+    service_ip: &str,
+) -> anyhow::Result<()> {
+    let _ = cluster;
+    let rules = format!(
+        "*nat\n:APIWITNESS_OUTPUT - [0:0]\n\
+         -A OUTPUT -p tcp -j APIWITNESS_OUTPUT\n\
+         -A APIWITNESS_OUTPUT -m owner --uid-owner {INTERCEPTOR_UID} -j RETURN\n\
+         -A APIWITNESS_OUTPUT -o lo -j RETURN\n\
+         -A APIWITNESS_OUTPUT -d {service_ip}/32 -p tcp --dport 443 -j REDIRECT --to-ports {INTERCEPTOR_PORT}\n\
+         COMMIT\n"
+    );
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pod.netns()?,
+            "iptables-restore",
+            "--noflush",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables-restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -1,0 +1,814 @@
+//! The interceptor on the real control plane: unmodified in-cluster clients in
+//! a netns pod, redirected by iptables, see what they would see directly, and
+//! every exchange arrives as an exact record.
+
+use apiwitness_e2e::certify::{CertifyStandIn, Signer};
+use apiwitness_e2e::collector::Collector;
+use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::{Cluster, CommandOutput, NetnsPod, TestNamespace, repo_root, wait_until};
+use apiwitness_record::{ApiRequest, BodyContent, Exchange, Verb};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WIDGET_CRD: &str = "widgets.e2e.apiwitness.test";
+
+/// A namespace with ServiceAccount `app`, allowed what `admin` allows there
+/// plus the test CRD's objects.
+fn namespace_with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
+    let ns = TestNamespace::new(cluster, prefix);
+    let n = ns.name.as_str();
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", "app", "-n", n])
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "app-admin",
+            "-n",
+            n,
+            "--clusterrole=admin",
+            &format!("--serviceaccount={n}:app"),
+        ])
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "role",
+            "widgets",
+            "-n",
+            n,
+            "--verb=*",
+            "--resource=widgets.e2e.apiwitness.test",
+        ])
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "app-widgets",
+            "-n",
+            n,
+            "--role=widgets",
+            &format!("--serviceaccount={n}:app"),
+        ])
+        .unwrap();
+    ns
+}
+
+fn ensure_widget_crd(cluster: &Cluster) {
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": WIDGET_CRD},
+        "spec": {
+            "group": "e2e.apiwitness.test",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }]
+        }
+    });
+    cluster
+        .kubectl_stdin(&["apply", "--server-side", "--force-conflicts"], &crd)
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/{WIDGET_CRD}"),
+            "--timeout=30s",
+        ])
+        .unwrap();
+}
+
+fn kubectl_path(cluster: &Cluster) -> String {
+    cluster.bin("kubectl").to_string_lossy().into_owned()
+}
+
+fn start_pod<'a>(
+    cluster: &'static Cluster,
+    ns: &TestNamespace,
+    name: &str,
+    collector: &'a Collector,
+    certify: &'a CertifyStandIn,
+    extra_args: &[&str],
+) -> InterceptedPod {
+    InterceptedPod::start(
+        cluster,
+        &format!("{}-{name}", ns.name),
+        &ns.name,
+        "app",
+        &[],
+        InterceptorOptions {
+            certify_url: &certify.url,
+            aggregator_url: Some(&collector.url),
+            upstream_ca_file: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn is_watch(e: &Exchange) -> bool {
+    ApiRequest::parse(&e.method, &e.path, &e.query, None).is_ok_and(|r| r.verb == Verb::Watch)
+}
+
+/// The records of `method` on exactly `path`.
+fn records<'r>(all: &'r [Exchange], method: &str, path: &str) -> Vec<&'r Exchange> {
+    all.iter()
+        .filter(|e| e.method == method && e.path == path)
+        .collect()
+}
+
+fn one<'r>(all: &'r [Exchange], method: &str, path: &str, status: u16) -> &'r Exchange {
+    let found: Vec<_> = records(all, method, path)
+        .into_iter()
+        .filter(|e| e.status == status)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {method} {path} {status}, found {}: all records {:#?}",
+        found.len(),
+        all.iter()
+            .map(|e| format!("{} {} {} {}", e.method, e.path, e.query, e.status))
+            .collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+fn json_of(body: &Option<apiwitness_record::Body>) -> &Value {
+    match body.as_ref().map(|b| &b.content) {
+        Some(BodyContent::Json(v)) => v,
+        other => panic!("expected a JSON body, got {other:?}"),
+    }
+}
+
+/// The object metadata of a body, JSON or protobuf alike.
+fn metadata_of(body: &Option<apiwitness_record::Body>) -> Value {
+    match body.as_ref().map(|b| &b.content) {
+        Some(BodyContent::Json(v)) => v["metadata"].clone(),
+        Some(BodyContent::Protobuf(pb)) => pb.metadata.clone().unwrap_or(Value::Null),
+        other => panic!("expected a JSON or protobuf body, got {other:?}"),
+    }
+}
+
+/// Stops the interceptor (SIGTERM flushes its queue) and returns what arrived.
+fn stop_and_collect(pod: &mut InterceptedPod, collector: &Collector) -> Vec<Exchange> {
+    let status = pod.stop().unwrap();
+    assert!(
+        status.success(),
+        "the interceptor exited with {status} on SIGTERM:\n{}",
+        pod.log()
+    );
+    collector.exchanges()
+}
+
+#[test]
+fn kubectl_sees_what_it_would_see_directly_and_every_exchange_is_recorded() {
+    let cluster = Cluster::shared();
+    ensure_widget_crd(cluster);
+    let ns = namespace_with_app(cluster, "icpt-kubectl");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut pod = start_pod(cluster, &ns, "p", &collector, &certify, &[]);
+    // The same ServiceAccount, without interception: what the client would see directly.
+    let direct = NetnsPod::add(cluster, &format!("{n}-direct"), &n, "app", &[]).unwrap();
+    let kubectl = kubectl_path(cluster);
+    let k = kubectl.as_str();
+    let run = |args: &[&str]| -> CommandOutput {
+        let mut cmd = vec![k];
+        cmd.extend_from_slice(args);
+        pod.exec(&cmd).unwrap()
+    };
+    let run_direct = |args: &[&str]| -> CommandOutput {
+        let mut cmd = vec![k];
+        cmd.extend_from_slice(args);
+        direct.exec(&[], &cmd).unwrap()
+    };
+
+    let created = run(&[
+        "create",
+        "configmap",
+        "c1",
+        "--from-literal=a=1",
+        "-o",
+        "json",
+    ]);
+    assert!(created.success, "{}\n{}", created.stderr, pod.log());
+    let created: Value = serde_json::from_str(&created.stdout).unwrap();
+
+    let got = run(&["get", "configmap", "c1", "-o", "json"]);
+    let got_direct = run_direct(&["get", "configmap", "c1", "-o", "json"]);
+    assert_eq!(
+        got.stdout, got_direct.stdout,
+        "the same object, byte for byte"
+    );
+    let got: Value = serde_json::from_str(&got.stdout).unwrap();
+
+    let table = run(&["get", "configmaps"]);
+    assert!(
+        table.success && table.stdout.contains("c1"),
+        "{}",
+        table.stderr
+    );
+
+    assert!(
+        run(&[
+            "patch",
+            "configmap",
+            "c1",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"b":"2"}}"#
+        ])
+        .success
+    );
+    assert!(
+        run(&[
+            "patch",
+            "configmap",
+            "c1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/data/c","value":"3"}]"#
+        ])
+        .success
+    );
+    assert!(
+        run(&[
+            "patch",
+            "configmap",
+            "c1",
+            "--type=strategic",
+            "-p",
+            r#"{"data":{"d":"4"}}"#
+        ])
+        .success
+    );
+
+    let c2 = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c2"},"data":{"x":"y"}}"#;
+    let applied = pod
+        .exec_stdin(
+            &[
+                k,
+                "apply",
+                "--server-side",
+                "--field-manager=e2e",
+                "-f",
+                "-",
+            ],
+            c2,
+        )
+        .unwrap();
+    assert!(applied.success, "{}", applied.stderr);
+    let replaced = pod
+        .exec_stdin(
+            &[k, "replace", "-f", "-"],
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c2"},"data":{"x":"z"}}"#,
+        )
+        .unwrap();
+    assert!(replaced.success, "{}", replaced.stderr);
+
+    let missing = run(&["get", "configmap", "nope"]);
+    let missing_direct = run_direct(&["get", "configmap", "nope"]);
+    assert!(!missing.success);
+    assert_eq!(missing.stderr, missing_direct.stderr, "the same 404");
+    let conflict = run(&["create", "configmap", "c1"]);
+    assert!(
+        conflict.stderr.contains("already exists"),
+        "{}",
+        conflict.stderr
+    );
+    let forbidden = run(&["get", "nodes"]);
+    assert_eq!(
+        forbidden.stderr,
+        run_direct(&["get", "nodes"]).stderr,
+        "the same 403"
+    );
+
+    let widget = r#"{"apiVersion":"e2e.apiwitness.test/v1","kind":"Widget","metadata":{"name":"w1"},"spec":{"size":3}}"#;
+    let w = pod
+        .exec_stdin(&[k, "create", "-f", "-", "-o", "json"], widget)
+        .unwrap();
+    assert!(w.success, "{}", w.stderr);
+
+    // A watch that sees one object arrive.
+    let watcher = std::thread::scope(|s| {
+        // Stopped from outside: kubectl ignores its in-cluster config when
+        // given --request-timeout.
+        let watch = s.spawn(|| {
+            pod.exec(&[
+                "timeout",
+                "4",
+                k,
+                "get",
+                "configmaps",
+                "--watch-only",
+                "-o",
+                "name",
+            ])
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster
+            .kubectl_ok(&["create", "configmap", "c3", "-n", &n, "--from-literal=w=1"])
+            .unwrap();
+        watch.join().unwrap()
+    });
+    assert!(watcher.stdout.contains("configmap/c3"), "{watcher:?}");
+
+    assert!(run(&["delete", "configmap", "c2"]).success);
+
+    let all = stop_and_collect(&mut pod, &collector);
+    let base = format!("/api/v1/namespaces/{n}/configmaps");
+
+    let create = one(&all, "POST", &base, 201);
+    // kubectl sends built-in types as protobuf: the envelope and metadata are read.
+    assert_eq!(metadata_of(&create.request_body)["name"], json!("c1"));
+    if let Some(BodyContent::Protobuf(pb)) = create.request_body.as_ref().map(|b| &b.content) {
+        assert_eq!(
+            (pb.api_version.as_str(), pb.kind.as_str()),
+            ("v1", "ConfigMap")
+        );
+    }
+    let created_meta = metadata_of(&create.response_body);
+    for field in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "name",
+        "namespace",
+    ] {
+        assert_eq!(created_meta[field], created["metadata"][field], "{field}");
+    }
+    assert!(
+        create
+            .user_agent
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("kubectl/")
+    );
+    assert_eq!(create.pod.namespace, n);
+    assert_eq!(create.pod.service_account, "app");
+
+    let gets = records(&all, "GET", &format!("{base}/c1"));
+    let get = gets.iter().find(|e| e.status == 200).expect("a GET of c1");
+    // What the apiserver sent, which kubectl printed less its managedFields.
+    let mut recorded = json_of(&get.response_body).clone();
+    recorded["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("managedFields");
+    assert_eq!(recorded, got);
+
+    let list = records(&all, "GET", &base)
+        .into_iter()
+        .find(|e| !is_watch(e))
+        .expect("the list");
+    assert!(
+        list.table,
+        "kubectl get asks for a Table: {:?}",
+        list.response_content_type
+    );
+
+    let patches = records(&all, "PATCH", &format!("{base}/c1"));
+    let mut types: Vec<_> = patches
+        .iter()
+        .map(|e| e.request_content_type.clone().unwrap_or_default())
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json"
+        ]
+    );
+    assert!(patches.iter().all(|e| e.status == 200));
+    let json_patch = patches
+        .iter()
+        .find(|e| e.request_content_type.as_deref() == Some("application/json-patch+json"))
+        .unwrap();
+    assert_eq!(
+        json_of(&json_patch.request_body),
+        &json!([{"op": "add", "path": "/data/c", "value": "3"}])
+    );
+
+    let apply = one(&all, "PATCH", &format!("{base}/c2"), 201);
+    assert_eq!(
+        apply.request_content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert!(apply.query.contains("fieldManager=e2e"), "{}", apply.query);
+    let put = one(&all, "PUT", &format!("{base}/c2"), 200);
+    assert_eq!(json_of(&put.response_body)["data"], json!({"x": "z"}));
+
+    let not_found = one(&all, "GET", &format!("{base}/nope"), 404);
+    assert_eq!(
+        json_of(&not_found.response_body)["reason"],
+        json!("NotFound")
+    );
+    let conflict = one(&all, "POST", &base, 409);
+    assert_eq!(
+        json_of(&conflict.response_body)["reason"],
+        json!("AlreadyExists")
+    );
+    let forbidden = one(&all, "GET", "/api/v1/nodes", 403);
+    assert_eq!(
+        json_of(&forbidden.response_body)["reason"],
+        json!("Forbidden")
+    );
+
+    let widget_create = one(
+        &all,
+        "POST",
+        &format!("/apis/e2e.apiwitness.test/v1/namespaces/{n}/widgets"),
+        201,
+    );
+    assert_eq!(
+        json_of(&widget_create.response_body)["spec"],
+        json!({"size": 3})
+    );
+
+    let watch = records(&all, "GET", &base)
+        .into_iter()
+        .find(|e| is_watch(e))
+        .expect("the watch");
+    let events = &watch.watch.as_ref().expect("watch events").events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event_type == "ADDED" && e.object["metadata"]["name"] == "c3"),
+        "{events:?}"
+    );
+    assert!(watch.response_body.is_none());
+
+    one(&all, "DELETE", &format!("{base}/c2"), 200);
+    // Nothing recorded twice: every id is unique.
+    let mut ids: Vec<_> = all.iter().map(|e| e.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len());
+}
+
+#[test]
+fn python_client_workload_is_recorded_with_deletecollection_and_watch() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "icpt-python");
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut pod = start_pod(cluster, &ns, "p", &collector, &certify, &[]);
+    let script = repo_root().join("tests/python/workload.py");
+    let out = pod
+        .exec(&["python3", script.to_str().unwrap(), &ns.name])
+        .unwrap();
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let seen: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+
+    let all = stop_and_collect(&mut pod, &collector);
+    let base = format!("/api/v1/namespaces/{}/configmaps", ns.name);
+    let create = one(&all, "POST", &base, 201);
+    assert!(
+        create
+            .user_agent
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("OpenAPI-Generator/")
+    );
+    let read = one(&all, "GET", &format!("{base}/py-1"), 200);
+    assert_eq!(
+        json_of(&read.response_body)["metadata"]["resourceVersion"],
+        seen["read_resource_version"]
+    );
+    let watch = records(&all, "GET", &base)
+        .into_iter()
+        .find(|e| is_watch(e))
+        .expect("watch");
+    let names: Vec<_> = watch
+        .watch
+        .as_ref()
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.object["metadata"]["name"].clone())
+        .collect();
+    assert!(names.contains(&json!("py-1")), "{names:?}");
+    let collection = one(&all, "DELETE", &base, 200);
+    assert_eq!(
+        json_of(&collection.response_body)["kind"],
+        json!("ConfigMapList")
+    );
+    one(&all, "GET", &format!("{base}/py-gone"), 404);
+}
+
+#[test]
+fn secret_values_and_tokens_never_leave_the_pod() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "icpt-secret");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut pod = start_pod(cluster, &ns, "p", &collector, &certify, &[]);
+    let kubectl = kubectl_path(cluster);
+    let k = kubectl.as_str();
+    let secret_value = format!("hunter2-{}", std::process::id());
+    let string_value = format!("stringly-{}", std::process::id());
+    let created = pod
+        .exec(&[
+            k,
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            &format!("--from-literal=password={secret_value}"),
+        ])
+        .unwrap();
+    assert!(created.success, "{}", created.stderr);
+    let manifest = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s2"}, "stringData": {"key": string_value}});
+    assert!(
+        pod.exec_stdin(&[k, "apply", "-f", "-"], &manifest.to_string())
+            .unwrap()
+            .success
+    );
+    assert!(
+        pod.exec_stdin(
+            &[k, "apply", "--server-side", "-f", "-"],
+            &manifest.to_string()
+        )
+        .unwrap()
+        .success
+    );
+    let got = pod.exec(&[k, "get", "secret", "s1", "-o", "json"]).unwrap();
+    assert!(
+        got.stdout.contains("password"),
+        "the client itself still gets the value"
+    );
+    assert!(
+        pod.exec(&[k, "get", "secrets", "-o", "yaml"])
+            .unwrap()
+            .success
+    );
+    assert!(
+        pod.exec(&[
+            k,
+            "patch",
+            "secret",
+            "s1",
+            "-p",
+            &format!(r#"{{"stringData":{{"more":"{string_value}"}}}}"#)
+        ])
+        .unwrap()
+        .success
+    );
+    let token = pod.exec(&[k, "create", "token", "app"]).unwrap();
+    assert!(token.success, "{}", token.stderr);
+    let token = token.stdout.trim().to_string();
+    assert!(token.len() > 100);
+    let pod_token = std::fs::read_to_string(
+        cluster_pod_dir(cluster, &format!("{n}-p")).join("serviceaccount/token"),
+    )
+    .unwrap();
+
+    let all = stop_and_collect(&mut pod, &collector);
+    let everything = serde_json::to_string(&all).unwrap() + &pod.log();
+    let encoded = base64_encode(secret_value.as_bytes());
+    for needle in [
+        secret_value.as_str(),
+        &encoded,
+        &string_value,
+        &base64_encode(string_value.as_bytes()),
+        &token,
+        pod_token.trim(),
+    ] {
+        assert!(
+            !everything.contains(needle),
+            "a secret value or token leaked into a record or log line"
+        );
+    }
+    // The structure stays: keys are kept, values marked.
+    // kubectl patch reads the object first: the first GET is kubectl get's.
+    let get = records(&all, "GET", &format!("/api/v1/namespaces/{n}/secrets/s1"))[0];
+    let data = &json_of(&get.response_body)["data"];
+    assert!(
+        data["password"].as_str().unwrap().starts_with("<redacted "),
+        "{data}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.path.ends_with("/serviceaccounts/app/token") && e.status == 201)
+    );
+}
+
+#[test]
+fn protobuf_gzip_and_exec_are_recorded() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "icpt-wire");
+    let n = ns.name.clone();
+    // A list large enough for the apiserver to gzip it (over 128 KiB).
+    let filler = "x".repeat(2048);
+    for i in 0..80 {
+        cluster
+            .kubectl_ok(&[
+                "create",
+                "configmap",
+                &format!("big-{i}"),
+                "-n",
+                &n,
+                &format!("--from-literal=f={filler}"),
+            ])
+            .unwrap();
+    }
+    cluster
+        .kubectl_stdin(
+            &["create", "-n", &n],
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "target"},
+            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}),
+        )
+        .unwrap();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut pod = start_pod(cluster, &ns, "p", &collector, &certify, &[]);
+    let kubectl = kubectl_path(cluster);
+    let k = kubectl.as_str();
+
+    let big = pod.exec(&[k, "get", "configmaps", "-o", "json"]).unwrap();
+    assert!(big.success, "{}", big.stderr);
+    let protobuf = pod
+        .exec(&[
+            "sh", "-c",
+            &format!(
+                "curl -sS -o /dev/null -w '%{{http_code}} %{{content_type}}' --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
+                 -H \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
+                 -H 'Accept: application/vnd.kubernetes.protobuf' \
+                 https://$KUBERNETES_SERVICE_HOST/api/v1/namespaces/{n}/configmaps/big-1"
+            ),
+        ])
+        .unwrap();
+    assert_eq!(
+        protobuf.stdout, "200 application/vnd.kubernetes.protobuf",
+        "{}",
+        protobuf.stderr
+    );
+    let exec = pod.exec(&[k, "exec", "target", "--", "ls"]).unwrap();
+    assert!(
+        !exec.success,
+        "no kubelet runs: exec must fail at the apiserver"
+    );
+
+    let all = stop_and_collect(&mut pod, &collector);
+    let base = format!("/api/v1/namespaces/{n}/configmaps");
+    let list = records(&all, "GET", &base)
+        .into_iter()
+        .find(|e| e.status == 200)
+        .expect("the list");
+    let body = list.response_body.as_ref().unwrap();
+    assert!(
+        matches!(body.content, BodyContent::Json(_)),
+        "size {} truncated {} error {:?}",
+        body.size,
+        body.truncated,
+        list.error
+    );
+    assert_eq!(
+        body.content_encoding.as_deref(),
+        Some("gzip"),
+        "the apiserver gzips a list this large"
+    );
+    assert!(
+        body.size > 128 * 1024,
+        "the true, decompressed size: {}",
+        body.size
+    );
+    let items = json_of(&list.response_body)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let big = items
+        .iter()
+        .filter(|i| {
+            i["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("big-")
+        })
+        .count();
+    assert_eq!(big, 80);
+
+    let pb = one(&all, "GET", &format!("{base}/big-1"), 200);
+    assert_eq!(
+        pb.response_content_type.as_deref(),
+        Some("application/vnd.kubernetes.protobuf")
+    );
+    match &pb.response_body.as_ref().unwrap().content {
+        BodyContent::Protobuf(body) => {
+            assert_eq!(
+                (body.api_version.as_str(), body.kind.as_str()),
+                ("v1", "ConfigMap")
+            );
+            let direct = cluster
+                .kubectl_json(&["get", "configmap", "big-1", "-n", &n])
+                .unwrap();
+            assert_eq!(
+                body.metadata.as_ref().unwrap()["uid"],
+                direct["metadata"]["uid"]
+            );
+            assert_eq!(
+                body.metadata.as_ref().unwrap()["resourceVersion"],
+                direct["metadata"]["resourceVersion"]
+            );
+            assert!(body.base64.is_some(), "the whole body is kept too");
+        }
+        other => panic!("expected a decoded protobuf body: {other:?}"),
+    }
+
+    let exec_record = all
+        .iter()
+        .find(|e| e.path == format!("/api/v1/namespaces/{n}/pods/target/exec"))
+        .unwrap_or_else(|| panic!("no exec record; kubectl said {:?}", exec.stderr));
+    assert!(exec_record.status >= 400, "{}", exec_record.status);
+    assert!(exec_record.query.contains("command=ls"));
+}
+
+#[test]
+fn records_survive_an_unreachable_aggregator_and_drops_are_reported() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "icpt-down");
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    // Room for 10 records while the aggregator is down.
+    let mut pod = start_pod(
+        cluster,
+        &ns,
+        "p",
+        &collector,
+        &certify,
+        &["--queue-capacity", "10"],
+    );
+    let kubectl = kubectl_path(cluster);
+    let k = kubectl.as_str();
+    collector.set_available(false);
+    for i in 0..25 {
+        // --raw: exactly one request each, whose record can be told apart.
+        let out = pod
+            .exec(&[
+                k,
+                "get",
+                "--raw",
+                &format!("/api/v1/namespaces/{}/configmaps/missing-{i}", ns.name),
+            ])
+            .unwrap();
+        assert!(
+            out.stderr.contains("NotFound"),
+            "client requests never fail for the aggregator: {}",
+            out.stderr
+        );
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(collector.exchanges().is_empty());
+    collector.set_available(true);
+    let all = wait_until(
+        "the queued records to arrive",
+        Duration::from_secs(30),
+        || {
+            let got = collector.exchanges();
+            (got.len() >= 10 && !collector.drops().is_empty()).then_some(got)
+        },
+    )
+    .unwrap();
+    let summary: Vec<_> = all
+        .iter()
+        .map(|e| format!("{} {}?{} {}", e.method, e.path, e.query, e.status))
+        .collect();
+    let mut missing: Vec<_> = all
+        .iter()
+        .filter(|e| e.path.contains("/configmaps/missing-"))
+        .map(|e| e.path.rsplit('-').next().unwrap().parse::<u32>().unwrap())
+        .collect();
+    missing.sort();
+    // The newest ten were kept, the oldest fifteen dropped and reported.
+    assert_eq!(missing, (15..25).collect::<Vec<_>>(), "{summary:#?}");
+    // Every record is either here or counted in a drop report: the fifteen
+    // oldest gets, and whatever kubectl did before them.
+    let dropped: u64 = collector.drops().iter().map(|d| d.dropped).sum();
+    assert!(dropped >= 15, "dropped {dropped}");
+    assert_eq!(all.len(), 10, "nothing but the newest ten arrive");
+    pod.stop().unwrap();
+}
+
+fn cluster_pod_dir(cluster: &Cluster, pod: &str) -> std::path::PathBuf {
+    std::path::Path::new(cluster.var("APIWITNESS_CLUSTER_DIR"))
+        .join("tmpfs/pods")
+        .join(pod)
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
