@@ -20,6 +20,8 @@ pub struct InterceptorOptions<'a> {
     pub aggregator_url: Option<&'a str>,
     /// Defaults to the cluster CA the pod receives.
     pub upstream_ca_file: Option<String>,
+    /// Explicit mode: no redirect rules; the interceptor forwards to this URL.
+    pub explicit_upstream: Option<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -39,11 +41,9 @@ impl InterceptedPod {
         options: InterceptorOptions<'_>,
     ) -> anyhow::Result<InterceptedPod> {
         let pod = NetnsPod::add(cluster, name, namespace, serviceaccount, pod_args)?;
-        redirect_to_interceptor(
-            cluster,
-            &pod,
-            cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP"),
-        )?;
+        if options.explicit_upstream.is_none() {
+            redirect_to_interceptor(&pod, cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP"))?;
+        }
 
         let log_path = std::env::temp_dir().join(format!("apiwitness-interceptor-{name}.log"));
         let log = std::fs::File::create(&log_path)?;
@@ -64,6 +64,14 @@ impl InterceptedPod {
             "--batch-wait".into(),
             "200ms".into(),
         ];
+        if let Some(upstream) = options.explicit_upstream {
+            args.extend([
+                "--mode".into(),
+                "explicit".into(),
+                "--upstream".into(),
+                upstream,
+            ]);
+        }
         if let Some(url) = options.aggregator_url {
             args.extend(["--aggregator-url".into(), url.into()]);
         }
@@ -136,6 +144,17 @@ impl InterceptedPod {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The interceptor's peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let pid = self.pid().context("not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM")
+    }
+
     /// SIGTERM, then wait for the interceptor to flush and exit.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
@@ -166,12 +185,7 @@ impl Drop for InterceptedPod {
 
 /// The rules init-iptables writes: the pod's TCP to the apiserver's Service
 /// goes to the interceptor, except the interceptor's own.
-pub fn redirect_to_interceptor(
-    cluster: &Cluster,
-    pod: &NetnsPod,
-    service_ip: &str,
-) -> anyhow::Result<()> {
-    let _ = cluster;
+pub fn redirect_to_interceptor(pod: &NetnsPod, service_ip: &str) -> anyhow::Result<()> {
     let rules = format!(
         "*nat\n:APIWITNESS_OUTPUT - [0:0]\n\
          -A OUTPUT -p tcp -j APIWITNESS_OUTPUT\n\

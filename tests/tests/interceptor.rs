@@ -107,6 +107,7 @@ fn start_pod<'a>(
             certify_url: &certify.url,
             aggregator_url: Some(&collector.url),
             upstream_ca_file: None,
+            explicit_upstream: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         },
     )

@@ -1,0 +1,288 @@
+//! The interceptor at its edges, on the real control plane: bad and hostile
+//! clients, certificate rotation under live connections, explicit mode, and
+//! an apiserver it cannot reach.
+
+use apiwitness_e2e::certify::{CertifyStandIn, Signer};
+use apiwitness_e2e::collector::Collector;
+use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::tls::TestCa;
+use apiwitness_e2e::{Cluster, TestNamespace, repo_root};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+fn namespace_with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
+    let ns = TestNamespace::new(cluster, prefix);
+    let n = ns.name.as_str();
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", "app", "-n", n])
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "app-admin",
+            "-n",
+            n,
+            "--clusterrole=admin",
+            &format!("--serviceaccount={n}:app"),
+        ])
+        .unwrap();
+    ns
+}
+
+fn options<'a>(certify: &'a CertifyStandIn, collector: &'a Collector) -> InterceptorOptions<'a> {
+    InterceptorOptions {
+        certify_url: &certify.url,
+        aggregator_url: Some(&collector.url),
+        upstream_ca_file: None,
+        explicit_upstream: None,
+        extra_args: vec![],
+    }
+}
+
+#[test]
+fn malformed_stalled_and_huge_requests_leave_memory_bounded_and_others_unaffected() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "edge-abuse");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut pod = InterceptedPod::start(
+        cluster,
+        &format!("{n}-p"),
+        &n,
+        "app",
+        &[],
+        options(&certify, &collector),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let kubectl = cluster.bin("kubectl");
+    let k = kubectl.to_str().unwrap();
+    let baseline = pod.peak_rss_kib().unwrap();
+
+    let tls_to_service = format!(
+        "openssl s_client -quiet -connect $KUBERNETES_SERVICE_HOST:443 -CAfile {SA}/ca.crt"
+    );
+    // Garbage where an HTTP request should be: a 400 and a closed connection.
+    let garbage = pod
+        .exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "printf 'NOT HTTP AT ALL\\r\\n\\r\\n' | timeout 10 {tls_to_service} 2>/dev/null"
+            ),
+        ])
+        .unwrap();
+    assert!(garbage.stdout.starts_with("HTTP/1.1 400"), "{garbage:?}");
+
+    std::thread::scope(|s| {
+        // A client that sends half a request line and stalls.
+        let stall = s.spawn(|| {
+            pod.exec(&["sh", "-c", &format!("(printf 'GET /api'; sleep 8) | timeout 12 {tls_to_service} >/dev/null 2>&1; echo done")])
+                .unwrap()
+        });
+        // A 100 MB body, streamed: the apiserver refuses it past its own limit.
+        let huge = s.spawn(|| {
+            pod.exec(&[
+                "sh",
+                "-c",
+                &format!(
+                    "head -c 100000000 /dev/zero | tr '\\0' 'x' | curl -sS -o /dev/null -w '%{{http_code}}' -X PUT \
+                     --cacert {SA}/ca.crt -H \"Authorization: Bearer $(cat {SA}/token)\" \
+                     -H 'Content-Type: application/json' --data-binary @- \
+                     https://$KUBERNETES_SERVICE_HOST/api/v1/namespaces/{n}/configmaps/huge"
+                ),
+            ])
+            .unwrap()
+        });
+        // Meanwhile, an ordinary client is served as usual.
+        std::thread::sleep(Duration::from_millis(500));
+        for i in 0..5 {
+            let out = pod
+                .exec(&[k, "create", "configmap", &format!("ok-{i}")])
+                .unwrap();
+            assert!(
+                out.success,
+                "an ordinary request failed beside the abuse: {}",
+                out.stderr
+            );
+        }
+        let huge = huge.join().unwrap();
+        assert!(
+            huge.stdout.starts_with('4') || !huge.stderr.is_empty(),
+            "the apiserver refuses a 100 MB body: {huge:?}"
+        );
+        assert!(stall.join().unwrap().stdout.contains("done"));
+    });
+
+    let peak = pod.peak_rss_kib().unwrap();
+    assert!(
+        peak < baseline + 48 * 1024,
+        "memory stays bounded: peak {peak} KiB against {baseline} KiB at start"
+    );
+    pod.stop().unwrap();
+    let all = collector.exchanges();
+    let put = all
+        .iter()
+        .find(|e| e.method == "PUT" && e.path.ends_with("/configmaps/huge"))
+        .expect("the huge PUT is recorded");
+    let body = put.request_body.as_ref().expect("its body, truncated");
+    assert!(body.truncated, "only the first MiB is kept");
+    assert!(
+        body.size >= 1 << 20,
+        "the size says how much passed: {}",
+        body.size
+    );
+    assert_eq!(
+        all.iter()
+            .filter(|e| e.method == "POST" && e.status == 201)
+            .count(),
+        5
+    );
+}
+
+#[test]
+fn certificates_rotate_under_live_connections_without_a_failed_request() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "edge-rotate");
+    let n = ns.name.clone();
+    let ca = Arc::new(TestCa::new("apiwitness-test-sidecar-ca").unwrap());
+    // The app trusts the cluster CA and the sidecar's CA; the sidecar itself
+    // verifies the apiserver against the same bundle.
+    let bundle = std::env::temp_dir().join(format!("apiwitness-{n}-bundle.crt"));
+    let cluster_ca = std::fs::read_to_string(cluster.var("APIWITNESS_CLUSTER_CA")).unwrap();
+    std::fs::write(&bundle, format!("{cluster_ca}{}", ca.cert_pem)).unwrap();
+    let certify = CertifyStandIn::start(
+        cluster,
+        Signer::TestCa {
+            ca: ca.clone(),
+            lifetime: Duration::from_secs(4),
+        },
+    )
+    .unwrap();
+    let collector = Collector::start(cluster).unwrap();
+    let mut pod = InterceptedPod::start(
+        cluster,
+        &format!("{n}-p"),
+        &n,
+        "app",
+        &["--ca", bundle.to_str().unwrap()],
+        options(&certify, &collector),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let script = repo_root().join("tests/python/keepalive_probe.py");
+    let out = pod
+        .exec(&["python3", script.to_str().unwrap(), &n, "12"])
+        .unwrap();
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let seen: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(
+        seen["failures"],
+        serde_json::json!([]),
+        "no request failed across rotations"
+    );
+    assert!(seen["requests"].as_u64().unwrap() >= 20);
+    let serials = seen["serials"].as_array().unwrap();
+    assert!(
+        serials.len() >= 3,
+        "new connections saw rotated certificates: {serials:?}"
+    );
+    assert!(certify.issued() >= 3, "issued {}", certify.issued());
+    pod.stop().unwrap();
+    let _ = std::fs::remove_file(bundle);
+}
+
+#[test]
+fn explicit_mode_serves_clients_pointed_at_the_sidecar() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "edge-explicit");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let service = cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP").to_string();
+    let mut opts = options(&certify, &collector);
+    opts.explicit_upstream = Some(format!("https://{service}:443"));
+    let mut pod = InterceptedPod::start(cluster, &format!("{n}-p"), &n, "app", &[], opts)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let kubectl = cluster.bin("kubectl");
+    // What the injector's env mode does: the app's KUBERNETES_SERVICE_* point at the sidecar.
+    let out = pod
+        .pod
+        .exec(
+            &[
+                ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "15443"),
+            ],
+            &[
+                kubectl.to_str().unwrap(),
+                "create",
+                "configmap",
+                "via-env",
+                "-v=6",
+            ],
+        )
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("https://127.0.0.1:15443/"),
+        "{}",
+        out.stderr
+    );
+    pod.stop().unwrap();
+    let all = collector.exchanges();
+    assert!(
+        all.iter().any(|e| e.method == "POST"
+            && e.path == format!("/api/v1/namespaces/{n}/configmaps")
+            && e.status == 201),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "edge-down");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut opts = options(&certify, &collector);
+    // A port on the node where nothing listens.
+    opts.explicit_upstream = Some(format!("https://{}:1", cluster.node_ip()));
+    let mut pod = InterceptedPod::start(cluster, &format!("{n}-p"), &n, "app", &[], opts)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let kubectl = cluster.bin("kubectl");
+    let out = pod
+        .pod
+        .exec(
+            &[
+                ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "15443"),
+            ],
+            &[
+                kubectl.to_str().unwrap(),
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/configmaps",
+            ],
+        )
+        .unwrap();
+    assert!(!out.success);
+    assert!(
+        !out.stderr.contains("Error from server"),
+        "no response was made up: {}",
+        out.stderr
+    );
+    pod.stop().unwrap();
+    let failed = collector
+        .exchanges()
+        .into_iter()
+        .find(|e| e.path == "/api/v1/namespaces/default/configmaps")
+        .expect("the failed exchange is recorded");
+    assert_eq!(failed.status, 0);
+    assert!(
+        failed.error.is_some(),
+        "the record says why there is no response"
+    );
+}
