@@ -137,6 +137,10 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub queue_capacity: usize,
 
+    /// Bytes of bodies held in the queue; past it the oldest records go.
+    #[arg(long, env = "APIWITNESS_QUEUE_BYTES", default_value_t = 32 << 20)]
+    pub queue_bytes: usize,
+
     #[arg(long, env = "APIWITNESS_BATCH_RECORDS", default_value_t = 500)]
     pub batch_records: usize,
 

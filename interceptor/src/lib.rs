@@ -80,9 +80,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let resolver = Arc::new(RotatingResolver::default());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
 
-    let queue = ship::Queue::new(config.queue_capacity, metrics.clone());
+    let queue = ship::Queue::new(config.queue_capacity, config.queue_bytes, metrics.clone());
     let (recorder_handle, recorder) =
-        recorder::channel(4096, pod.clone(), redactor, queue.clone(), metrics.clone());
+        recorder::channel(1024, pod.clone(), redactor, queue.clone(), metrics.clone());
     let recorder_task = tokio::spawn(recorder.run());
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

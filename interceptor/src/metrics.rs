@@ -12,12 +12,12 @@ use std::sync::atomic::AtomicU64;
 pub struct StatusLabel {
     /// The HTTP status class (`2xx` ... `5xx`), or `error` when the apiserver
     /// gave no response.
-    pub code: String,
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
-    pub direction: String,
+    pub direction: &'static str,
 }
 
 pub struct Metrics {
@@ -126,9 +126,14 @@ impl Metrics {
     }
 
     pub fn status_label(status: u16) -> StatusLabel {
-        let code = match status {
-            0 => "error".to_string(),
-            s => format!("{}xx", s / 100),
+        let code = match status / 100 {
+            _ if status == 0 => "error",
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "other",
         };
         StatusLabel { code }
     }

@@ -85,12 +85,18 @@ impl Recorder {
     /// Runs until every handle is dropped and the channel is drained.
     pub async fn run(mut self) {
         while let Some(raw) = self.receiver.recv().await {
-            let record = self.build(raw);
-            self.queue.push(record);
+            let (record, kept_bytes) = self.build_sized(raw);
+            self.queue.push_sized(record, kept_bytes);
         }
     }
 
     pub fn build(&self, raw: RawExchange) -> Exchange {
+        self.build_sized(raw).0
+    }
+
+    /// The record, and roughly how many bytes of bodies it holds (what the
+    /// queue's byte bound counts).
+    fn build_sized(&self, raw: RawExchange) -> (Exchange, usize) {
         let parsed = ApiRequest::parse(
             &raw.method,
             &raw.path,
@@ -99,10 +105,11 @@ impl Recorder {
         )
         .ok();
         let request_captured = Capture::take(&raw.request_body);
+        let mut kept_bytes = request_captured.bytes.len();
         self.metrics
             .bytes
             .get_or_create(&crate::metrics::DirectionLabel {
-                direction: "request".into(),
+                direction: "request",
             })
             .inc_by(request_captured.size);
         let mut request_body =
@@ -113,10 +120,12 @@ impl Recorder {
         let mut error = raw.error;
         if let Some(shared) = &raw.response_body {
             let captured = Capture::take(shared);
+            kept_bytes +=
+                captured.bytes.len() + captured.events.iter().map(|e| e.len()).sum::<usize>();
             self.metrics
                 .bytes
                 .get_or_create(&crate::metrics::DirectionLabel {
-                    direction: "response".into(),
+                    direction: "response",
                 })
                 .inc_by(captured.size);
             if error.is_none() && !captured.complete {
@@ -160,7 +169,7 @@ impl Recorder {
         }
 
         let table = response_body.as_ref().is_some_and(decode::is_table);
-        Exchange {
+        let record = Exchange {
             format: FORMAT_VERSION,
             id: uuid::Uuid::new_v4().to_string(),
             pod: self.pod.clone(),
@@ -179,6 +188,7 @@ impl Recorder {
             table,
             upgrade: raw.upgrade,
             error,
-        }
+        };
+        (record, kept_bytes + 512)
     }
 }

@@ -6,7 +6,7 @@
 //! drops are counted, and reported to the aggregator once it is back.
 
 use crate::metrics::Metrics;
-use apiwitness_record::{DropReport, Exchange, FORMAT_VERSION, Line, PodIdentity};
+use apiwitness_record::{DropReport, Exchange, FORMAT_VERSION, PodIdentity};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -18,31 +18,59 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
+#[derive(Default)]
+struct Records {
+    items: VecDeque<(Exchange, usize)>,
+    bytes: usize,
+}
+
+impl Records {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+    fn pop_front(&mut self) -> Option<(Exchange, usize)> {
+        let item = self.items.pop_front()?;
+        self.bytes -= item.1;
+        Some(item)
+    }
+    fn push_back(&mut self, item: (Exchange, usize)) {
+        self.bytes += item.1;
+        self.items.push_back(item);
+    }
+    fn push_front(&mut self, item: (Exchange, usize)) {
+        self.bytes += item.1;
+        self.items.push_front(item);
+    }
+}
+
 struct Drops {
     count: u64,
     first: Option<SystemTime>,
     last: Option<SystemTime>,
 }
 
-/// The bounded queue between the recorder and the shipper.
+/// The bounded queue between the recorder and the shipper: at most
+/// `capacity` records and `max_bytes` of their bodies.
 pub struct Queue {
-    records: Mutex<VecDeque<Exchange>>,
+    records: Mutex<Records>,
     drops: Mutex<Drops>,
     capacity: usize,
+    max_bytes: usize,
     notify: Notify,
     metrics: Arc<Metrics>,
 }
 
 impl Queue {
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Arc<Queue> {
+    pub fn new(capacity: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Arc<Queue> {
         Arc::new(Queue {
-            records: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            records: Mutex::new(Records::default()),
             drops: Mutex::new(Drops {
                 count: 0,
                 first: None,
                 last: None,
             }),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             notify: Notify::new(),
             metrics,
         })
@@ -62,13 +90,21 @@ impl Queue {
 
     /// Adds a record; when full, the oldest one goes.
     pub fn push(&self, record: Exchange) {
+        self.push_sized(record, 512)
+    }
+
+    /// Adds a record holding about `bytes` of bodies; the oldest records go
+    /// until both bounds hold.
+    pub fn push_sized(&self, record: Exchange, bytes: usize) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0;
-        while records.len() >= self.capacity {
+        while records.len() >= self.capacity
+            || (records.len() > 0 && records.bytes + bytes > self.max_bytes)
+        {
             records.pop_front();
             dropped += 1;
         }
-        records.push_back(record);
+        records.push_back((record, bytes));
         self.metrics.queue_depth.set(records.len() as i64);
         drop(records);
         self.note_drops(dropped);
@@ -83,20 +119,32 @@ impl Queue {
         self.len() == 0
     }
 
-    fn take(&self, max: usize) -> Vec<Exchange> {
+    fn take(&self, max: usize) -> Vec<(Exchange, usize)> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let n = records.len().min(max);
-        let batch = records.drain(..n).collect();
+        let batch: Vec<_> = records.items.drain(..n).collect();
+        records.bytes -= batch.iter().map(|(_, b)| b).sum::<usize>();
         self.metrics.queue_depth.set(records.len() as i64);
         batch
     }
 
     /// Puts an unacknowledged batch back at the front, in order. What no
     /// longer fits (newer records arrived meanwhile) is dropped, oldest first.
-    fn put_back(&self, batch: Vec<Exchange>) {
+    fn put_back(&self, batch: Vec<(Exchange, usize)>) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let room = self.capacity.saturating_sub(records.len());
-        let skip = batch.len().saturating_sub(room);
+        let mut skip = batch.len().saturating_sub(room);
+        // The byte bound too: the newest of the batch are kept first.
+        let mut bytes = records.bytes;
+        let mut keep = 0;
+        for (_, b) in batch.iter().skip(skip).rev() {
+            if bytes + b > self.max_bytes && keep > 0 {
+                break;
+            }
+            bytes += b;
+            keep += 1;
+        }
+        skip = batch.len() - keep.min(batch.len() - skip);
         for record in batch.into_iter().skip(skip).rev() {
             records.push_front(record);
         }
@@ -287,7 +335,7 @@ impl Shipper {
 
     async fn send(
         &self,
-        batch: &[Exchange],
+        batch: &[(Exchange, usize)],
         drops: Option<(u64, SystemTime, SystemTime)>,
     ) -> Result<(), ShipError> {
         let body = encode_batch(&self.config.pod, batch, drops);
@@ -332,30 +380,39 @@ impl Shipper {
     }
 }
 
+/// One line of a batch, serialized as [`apiwitness_record::Line`] is, without
+/// copying the record.
+#[derive(serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum LineRef<'a> {
+    Exchange(&'a Exchange),
+    DropReport(&'a DropReport),
+}
+
 /// A batch as gzip NDJSON: the drop report first, then the records.
 pub fn encode_batch(
     pod: &PodIdentity,
-    batch: &[Exchange],
+    batch: &[(Exchange, usize)],
     drops: Option<(u64, SystemTime, SystemTime)>,
 ) -> Bytes {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut write_line = |line: &Line| {
+    let mut write_line = |line: &LineRef<'_>| {
         // Serializing our own types into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut gz, line);
         let _ = gz.write_all(b"\n");
     };
     if let Some((count, first, last)) = drops {
-        write_line(&Line::DropReport(Box::new(DropReport {
+        write_line(&LineRef::DropReport(&DropReport {
             format: FORMAT_VERSION,
             id: uuid::Uuid::new_v4().to_string(),
             pod: pod.clone(),
             dropped: count,
             first_dropped_at: humantime::format_rfc3339_micros(first).to_string(),
             last_dropped_at: humantime::format_rfc3339_micros(last).to_string(),
-        })));
+        }));
     }
-    for record in batch {
-        write_line(&Line::Exchange(Box::new(record.clone())));
+    for (record, _) in batch {
+        write_line(&LineRef::Exchange(record));
     }
     Bytes::from(gz.finish().unwrap_or_default())
 }
@@ -414,14 +471,15 @@ mod tests {
         q.records
             .lock()
             .unwrap()
+            .items
             .iter()
-            .map(|r| r.id.clone())
+            .map(|(r, _)| r.id.clone())
             .collect()
     }
 
     #[test]
     fn a_full_queue_drops_the_oldest_and_counts() {
-        let q = Queue::new(3, Arc::new(Metrics::new()));
+        let q = Queue::new(3, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..5 {
             q.push(record(n));
         }
@@ -432,7 +490,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_goes_back_in_order_within_the_bound() {
-        let q = Queue::new(4, Arc::new(Metrics::new()));
+        let q = Queue::new(4, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..3 {
             q.push(record(n));
         }
@@ -446,19 +504,35 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_drops_the_oldest_too() {
+        let q = Queue::new(100, 3000, Arc::new(Metrics::new()));
+        for n in 0..4 {
+            q.push_sized(record(n), 1000);
+        }
+        assert_eq!(ids(&q), ["1", "2", "3"]);
+        // A record larger than the whole bound is still kept, alone.
+        q.push_sized(record(9), 5000);
+        assert_eq!(ids(&q), ["9"]);
+        assert_eq!(q.take_drops().map(|d| d.0), Some(4));
+    }
+
+    #[test]
     fn batches_are_gzip_ndjson_with_the_drop_report_first() {
         let now = SystemTime::now();
         let bytes = encode_batch(
             &PodIdentity::default(),
-            &[record(1), record(2)],
+            &[(record(1), 0), (record(2), 0)],
             Some((7, now, now)),
         );
         let mut text = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
             .unwrap();
-        let lines: Vec<Line> = text.lines().map(|l| Line::parse(l).unwrap()).collect();
-        assert!(matches!(&lines[0], Line::DropReport(d) if d.dropped == 7));
-        assert!(matches!(&lines[2], Line::Exchange(e) if e.id == "2"));
+        let lines: Vec<apiwitness_record::Line> = text
+            .lines()
+            .map(|l| apiwitness_record::Line::parse(l).unwrap())
+            .collect();
+        assert!(matches!(&lines[0], apiwitness_record::Line::DropReport(d) if d.dropped == 7));
+        assert!(matches!(&lines[2], apiwitness_record::Line::Exchange(e) if e.id == "2"));
         assert_eq!(lines.len(), 3);
     }
 }

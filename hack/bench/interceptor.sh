@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Benchmark: the interceptor against the proxies it is measured by, in one run,
+# on the same upstreams, with the same load generator (wrk, keep-alive).
+#
+#   direct         the client talks to the upstream itself
+#   interceptor    through apiwitness-interceptor (release build), recording on
+#                  and shipping every record to a sink
+#   nginx          nginx as a TLS-terminating reverse proxy (Debian's package)
+#   mitmproxy      mitmdump in reverse mode (from PyPI)
+#
+# Upstreams: a local TLS server (nginx serving 1 KiB and 64 KiB bodies), and
+# the real kube-apiserver of hack/cluster (a 1 KiB and a 64 KiB ConfigMap).
+# It also measures new TLS connections (Connection: close) and the
+# interceptor's peak RSS, and prints every figure with its ratio to nginx.
+#
+#   hack/bench/interceptor.sh [--duration 10] [--connections 16]
+#
+# Everything listens on 127.0.0.1; it stops what it started on exit.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+duration=10
+connections=16
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    *) echo "usage: $0 [--duration SECONDS] [--connections N]" >&2; exit 2 ;;
+  esac
+done
+
+need() { command -v "$1" >/dev/null || { echo "bench: $1 is missing ($2)" >&2; exit 127; }; }
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
+fi
+command -v mitmdump >/dev/null || python3 -m pip install -q --disable-pip-version-check mitmproxy
+need wrk "apt-get install wrk"; need nginx "apt-get install nginx"; need mitmdump "pip install mitmproxy"
+
+work=$(mktemp -d)
+# nginx workers run unprivileged and read their files from here.
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx-up.pid" ] && kill "$(cat "$work/nginx-up.pid")" 2>/dev/null || true
+  [ -f "$work/nginx-proxy.pid" ] && kill "$(cat "$work/nginx-proxy.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "bench: building the interceptor (release)" >&2
+(cd "$repo" && cargo build --release -q -p apiwitness-interceptor)
+interceptor="${CARGO_TARGET_DIR:-$repo/target}/release/apiwitness-interceptor"
+
+# Certificates: one CA; the upstream and every proxy serve "bench.local".
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key"
+openssl req -x509 -new -key "$work/ca.key" -subj /CN=bench-ca -days 2 -out "$work/ca.crt" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/tls.key"
+openssl req -new -key "$work/tls.key" -subj /CN=bench.local -out "$work/tls.csr"
+printf 'subjectAltName=DNS:bench.local,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$work/ext"
+openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
+  -extfile "$work/ext" -out "$work/tls.crt" 2>/dev/null
+cat "$work/tls.crt" "$work/ca.crt" > "$work/chain.crt"
+head -c 768 /dev/urandom | base64 -w0 > "$work/1k"
+head -c 49152 /dev/urandom | base64 -w0 > "$work/64k"
+
+up=18443; icpt=18444; nginx_proxy=18445; mitm=18446; sink=18447; admin=18490
+workers=$(nproc)
+
+cat > "$work/nginx-up.conf" <<EOF
+worker_processes $workers;
+pid $work/nginx-up.pid;
+error_log $work/nginx-up.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$up ssl http2;
+    ssl_certificate $work/chain.crt;
+    ssl_certificate_key $work/tls.key;
+    root $work;
+    location /ingest { return 200 '{"errors":[]}'; }
+  }
+  server {
+    listen 127.0.0.1:$sink;
+    location / { client_max_body_size 64m; return 200 '{"errors":[]}'; }
+  }
+}
+EOF
+write_proxy_conf() { # TARGET_HOSTPORT CA SERVER_NAME
+  cat > "$work/nginx-proxy.conf" <<EOF
+worker_processes $workers;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream target { server $1; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_proxy ssl;
+    ssl_certificate $work/chain.crt;
+    ssl_certificate_key $work/tls.key;
+    location / {
+      proxy_pass https://target;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $2;
+      proxy_ssl_server_name on;
+      proxy_ssl_name $3;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+}
+
+run_wrk() { # URL [extra wrk args] -> "rps p50_ms p99_ms"
+  local url=$1; shift
+  local out
+  out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency "$@" "$url" 2>&1) || { echo "0 0 0"; return; }
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+to_ms() { # wrk prints 812.00us, 1.20ms or 2.01s
+  local v=$1
+  case "$v" in
+    *us) awk -v x="${v%us}" 'BEGIN{printf "%.3f", x/1000}' ;;
+    *ms) awk -v x="${v%ms}" 'BEGIN{printf "%.3f", x}' ;;
+    *s) awk -v x="${v%s}" 'BEGIN{printf "%.3f", x*1000}' ;;
+    *) echo "$v" ;;
+  esac
+}
+
+start_interceptor() { # UPSTREAM_URL [SERVER_NAME] [CA]
+  "$interceptor" --mode explicit --upstream "$1" --listen "127.0.0.1:$icpt" \
+    --upstream-server-name "${2:-bench.local}" --upstream-ca-file "${3:-$work/ca.crt}" \
+    --tls-cert-file "$work/chain.crt" --tls-key-file "$work/tls.key" \
+    --aggregator-url "http://127.0.0.1:$sink/ingest" --admin-addr "127.0.0.1:$admin" \
+    --token-file /nonexistent --log warn >"$work/interceptor.log" 2>&1 &
+  icpt_pid=$!
+  pids+=("$icpt_pid")
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && return; sleep 0.1; done
+  echo "bench: the interceptor did not become ready:" >&2; cat "$work/interceptor.log" >&2; exit 1
+}
+stop_interceptor() { kill "$icpt_pid"; wait "$icpt_pid" 2>/dev/null || true; }
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+start_mitm() { # UPSTREAM_URL
+  mitmdump --mode "reverse:$1" --listen-host 127.0.0.1 --listen-port "$mitm" -q \
+    --set ssl_insecure=true --set connection_strategy=lazy --set "confdir=$work/mitm" >"$work/mitm.log" 2>&1 &
+  mitm_pid=$!
+  pids+=("$mitm_pid")
+  for _ in $(seq 1 150); do curl -sk -o /dev/null "https://127.0.0.1:$mitm/" && return; sleep 0.1; done
+  echo "bench: mitmdump did not start:" >&2; cat "$work/mitm.log" >&2; exit 1
+}
+stop_mitm() { kill "$mitm_pid"; wait "$mitm_pid" 2>/dev/null || true; }
+
+results=()
+record() { results+=("$1|$2|$3"); printf '  %-44s %-12s %s\n' "$1" "$2" "$3" >&2; }
+
+bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME CA
+  local label=$1 path=$2 auth=$3 upstream=$4 name=$5 ca=$6
+  local hdr=()
+  [ -n "$auth" ] && hdr=(-H "$auth")
+  echo "bench: $label" >&2
+  record "$label" direct "$(run_wrk "$upstream$path" "${hdr[@]}")"
+  start_interceptor "$upstream" "$name" "$ca"
+  record "$label" interceptor "$(run_wrk "https://127.0.0.1:$icpt$path" "${hdr[@]}")"
+  rss=$(peak_rss_mib "$icpt_pid")
+  record "$label" interceptor-peak-rss-mib "$rss"
+  stop_interceptor
+  write_proxy_conf "${upstream#https://}" "$ca" "$name"
+  nginx -c "$work/nginx-proxy.conf"
+  sleep 0.3
+  record "$label" nginx "$(run_wrk "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")"
+  kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+  start_mitm "$upstream"
+  record "$label" mitmproxy "$(run_wrk "https://127.0.0.1:$mitm$path" "${hdr[@]}")"
+  stop_mitm
+}
+
+nginx -c "$work/nginx-up.conf"
+sleep 0.3
+local_up="https://127.0.0.1:$up"
+bench_target "local TLS server, 1 KiB" /1k "" "$local_up" bench.local "$work/ca.crt"
+bench_target "local TLS server, 64 KiB" /64k "" "$local_up" bench.local "$work/ca.crt"
+
+echo "bench: new TLS connection per request (Connection: close)" >&2
+record "new TLS connections, 1 KiB" direct "$(run_wrk "$local_up/1k" -H 'Connection: close')"
+start_interceptor "$local_up"
+record "new TLS connections, 1 KiB" interceptor "$(run_wrk "https://127.0.0.1:$icpt/1k" -H 'Connection: close')"
+stop_interceptor
+
+if "$repo/hack/cluster" status >/dev/null 2>&1; then
+  eval "$("$repo/hack/cluster" env)"
+  kubectl create namespace apiwitness-bench >/dev/null 2>&1 || true
+  kubectl -n apiwitness-bench create serviceaccount bench >/dev/null 2>&1 || true
+  kubectl -n apiwitness-bench create rolebinding bench --clusterrole=view --serviceaccount=apiwitness-bench:bench >/dev/null 2>&1 || true
+  kubectl -n apiwitness-bench create configmap small --from-file=v="$work/1k" >/dev/null 2>&1 || true
+  kubectl -n apiwitness-bench create configmap large --from-file=v="$work/64k" >/dev/null 2>&1 || true
+  # Held in this shell only; never printed.
+  token=$(kubectl -n apiwitness-bench create token bench --duration=1h)
+  apiserver="$APIWITNESS_APISERVER"
+  # wrk does not verify certificates; the proxies verify the apiserver's.
+  for obj in small large; do
+    bench_target "kube-apiserver, ConfigMap $obj" "/api/v1/namespaces/apiwitness-bench/configmaps/$obj" \
+      "Authorization: Bearer $token" "$apiserver" kubernetes.default.svc "$APIWITNESS_CLUSTER_CA"
+  done
+  unset token
+else
+  echo "bench: hack/cluster is not up: the kube-apiserver rows are skipped" >&2
+fi
+
+echo
+echo "| upstream | via | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+for r in "${results[@]}"; do
+  IFS='|' read -r label via figures <<<"$r"
+  [ "$via" = interceptor-peak-rss-mib ] && continue
+  read -r rps p50 p99 <<<"$figures"
+  base=$(printf '%s\n' "${results[@]}" | awk -F'|' -v l="$label" '$1==l && $2=="nginx" {print $3}')
+  read -r nrps _ np99 <<<"${base:-0 0 0}"
+  ratio=$(awk -v a="$rps" -v b="$nrps" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }')
+  lat=$(awk -v a="$p99" -v b="$np99" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }')
+  echo "| $label | $via | $rps | $p50 | $p99 | $ratio | $lat |"
+done
+echo
+echo "Interceptor peak RSS (MiB) under the load above:"
+for r in "${results[@]}"; do
+  IFS='|' read -r label via figures <<<"$r"
+  [ "$via" = interceptor-peak-rss-mib ] && echo "- $label: $figures"
+done
+echo "($workers cores, wrk -t2 -c$connections -d${duration}s)"
