@@ -1,4 +1,162 @@
-//! The central service: ingests records, and computes API coverage and provenance.
+//! The aggregator: receives the interceptors' records, stores them durably,
+//! and reports API coverage against the apiserver's live OpenAPI spec.
 //!
-//! Built in its own issue; the workspace carries it from the start so that
-//! every part grows in the same place, under the same lints and CI.
+//! [`api`] (HTTP) → [`ingest`] (NDJSON in) → [`store`] (SQLite) ;
+//! [`spec`] and [`spec_live`] (the operations) → [`report`] (coverage).
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod report;
+pub mod spec;
+pub mod spec_live;
+pub mod store;
+
+use crate::config::{Command, Config};
+use crate::spec::{Conformance, OperationIndex, SpecError};
+use crate::spec_live::SharedIndex;
+use crate::store::Scope;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+    #[error(
+        "no Kubernetes credentials for the live spec: {0} (give --spec DIR to read files instead)"
+    )]
+    Kube(String),
+    #[error(
+        "authentication (TokenReview and SubjectAccessReview) is not built yet: start with \
+         --insecure-no-auth (APIWITNESS_INSECURE_NO_AUTH=true), and keep the aggregator off untrusted networks"
+    )]
+    AuthNotBuilt,
+}
+
+fn conformance(config: &Config) -> Result<Conformance, SpecError> {
+    match &config.conformance_dir {
+        Some(dir) => Conformance::load(dir),
+        None => Ok(Conformance::default()),
+    }
+}
+
+/// Loads the spec once: from a directory, or live. For live, also returns the
+/// client and the fingerprint that the refresh loop needs.
+async fn load_spec(
+    config: &Config,
+    conformance: &Conformance,
+) -> Result<(OperationIndex, Option<(kube::Client, serde_json::Value)>), StartError> {
+    if config.spec != "live" {
+        return Ok((
+            OperationIndex::from_dir(Path::new(&config.spec), conformance)?,
+            None,
+        ));
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| StartError::Kube(e.to_string()))?;
+    let (index, fingerprint) = spec_live::load(&client, conformance).await?;
+    Ok((index, Some((client, fingerprint))))
+}
+
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let store: Arc<dyn store::Store> = Arc::new(store::sqlite::SqliteStore::open(&config.db)?);
+    let conformance = conformance(&config)?;
+    let (index, live) = load_spec(&config, &conformance).await?;
+    tracing::info!(operations = index.len(), spec = %config.spec, "OpenAPI spec loaded");
+
+    if let Some(Command::Report {
+        pod,
+        namespace,
+        workload,
+        user_agent,
+        format,
+    }) = &config.command
+    {
+        let scope = Scope {
+            namespace: namespace.clone(),
+            pod: pod.clone(),
+            workload: workload.clone(),
+            user_agent: user_agent.clone(),
+            since: None,
+        };
+        let report = report::build(
+            scope.clone(),
+            &store.hits(&scope)?,
+            &index,
+            store.dropped(&scope)?,
+        );
+        println!("{}", report.render(*format).0);
+        return Ok(());
+    }
+
+    if !config.serve.insecure_no_auth {
+        return Err(StartError::AuthNotBuilt);
+    }
+    let shared = Arc::new(SharedIndex::new(index));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    if let Some((client, fingerprint)) = live {
+        tokio::spawn(spec_live::keep_fresh(
+            client,
+            conformance,
+            shared.clone(),
+            fingerprint,
+            config.serve.spec_refresh,
+            shutdown_rx.clone(),
+        ));
+    }
+    let app = api::app(api::AppState {
+        store,
+        spec: shared,
+    });
+    let listener = tokio::net::TcpListener::bind(config.serve.listen)
+        .await
+        .map_err(|error| StartError::Listen {
+            addr: config.serve.listen,
+            error,
+        })?;
+    tracing::info!(addr = %config.serve.listen, "serving");
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            let _ = shutdown_tx.send(true);
+        })
+        .await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub fn init_tracing(filter: &str, format: config::LogFormat) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("--log {filter:?} is not a valid filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    }
+    .map_err(|e| e.to_string())
+}

@@ -115,6 +115,9 @@ pub struct ApiRequest {
     pub dry_run: bool,
     /// The request came through one of the deprecated `/watch/` or `/proxy/` path prefixes.
     pub legacy_prefix: Option<Verb>,
+    /// More path follows the subresource (`pods/x/proxy/metrics`).
+    #[serde(default)]
+    pub extra_path: bool,
 }
 
 impl ApiRequest {
@@ -145,6 +148,7 @@ impl ApiRequest {
             patch_type: None,
             dry_run: query_values(query, "dryRun").any(|v| v == "All"),
             legacy_prefix: None,
+            extra_path: false,
         };
 
         let rest: &[String] = match segments.first().map(String::as_str) {
@@ -196,6 +200,7 @@ impl ApiRequest {
         if let Some(sub) = rest.get(2) {
             parsed.subresource = sub.clone();
         }
+        parsed.extra_path = rest.len() > 3;
 
         // The apiserver reads the flag with Go's strconv.ParseBool.
         let watch_requested = query_values(query, "watch")
@@ -237,6 +242,65 @@ impl ApiRequest {
         } else {
             format!("{}/{}", self.resource, self.subresource)
         }
+    }
+
+    /// The path in the form the OpenAPI spec writes it, with `{namespace}`,
+    /// `{name}` and `{path}` for the variable parts: the key to the request's
+    /// operation. A non-resource path is returned as it is.
+    pub fn path_template(&self) -> String {
+        if !self.is_resource_request {
+            return self.path.clone();
+        }
+        self.template_with_prefix(self.legacy_prefix.map(|p| p.as_str()))
+    }
+
+    /// For a watch, the template of the other operation that the spec has for
+    /// it: the `/watch/` form of a `?watch=true` list, or the list form of a
+    /// `/watch/` request. Coverage counts both, since tools disagree on which
+    /// one a watch exercises.
+    pub fn watch_twin_template(&self) -> Option<String> {
+        if self.verb != Verb::Watch {
+            return None;
+        }
+        match self.legacy_prefix {
+            Some(Verb::Watch) => Some(self.template_with_prefix(None)),
+            _ => Some(self.template_with_prefix(Some("watch"))),
+        }
+    }
+
+    fn template_with_prefix(&self, prefix: Option<&str>) -> String {
+        let mut t = if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        };
+        if let Some(prefix) = prefix {
+            t.push('/');
+            t.push_str(prefix);
+        }
+        if self.resource == "namespaces" {
+            t.push_str("/namespaces");
+            if !self.name.is_empty() {
+                t.push_str("/{name}");
+            }
+        } else {
+            if !self.namespace.is_empty() {
+                t.push_str("/namespaces/{namespace}");
+            }
+            t.push('/');
+            t.push_str(&self.resource);
+            if !self.name.is_empty() {
+                t.push_str("/{name}");
+            }
+        }
+        if !self.subresource.is_empty() {
+            t.push('/');
+            t.push_str(&self.subresource);
+            if self.extra_path {
+                t.push_str("/{path}");
+            }
+        }
+        t
     }
 
     /// The verb as the apiserver's authorizer and audit log name it: connect
@@ -513,6 +577,58 @@ mod tests {
         assert_eq!(
             ApiRequest::parse("GET", "api/v1", "", None),
             Err(RequestError::RelativePath("api/v1".into()))
+        );
+    }
+
+    #[test]
+    fn templates_are_the_specs_paths() {
+        let t = |m: &str, p: &str| parse(m, p).path_template();
+        assert_eq!(
+            t("GET", "/api/v1/namespaces/ns/configmaps/c1"),
+            "/api/v1/namespaces/{namespace}/configmaps/{name}"
+        );
+        assert_eq!(t("GET", "/api/v1/configmaps"), "/api/v1/configmaps");
+        assert_eq!(
+            t("PUT", "/apis/apps/v1/namespaces/ns/deployments/web/scale"),
+            "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"
+        );
+        assert_eq!(
+            t("GET", "/api/v1/namespaces/kube-system"),
+            "/api/v1/namespaces/{name}"
+        );
+        assert_eq!(
+            t("PUT", "/api/v1/namespaces/x/finalize"),
+            "/api/v1/namespaces/{name}/finalize"
+        );
+        assert_eq!(t("GET", "/api/v1/namespaces"), "/api/v1/namespaces");
+        assert_eq!(
+            t("GET", "/api/v1/namespaces/ns/pods/p/proxy/a/b"),
+            "/api/v1/namespaces/{namespace}/pods/{name}/proxy/{path}"
+        );
+        assert_eq!(
+            t("GET", "/api/v1/nodes/n1/proxy"),
+            "/api/v1/nodes/{name}/proxy"
+        );
+        assert_eq!(
+            t("GET", "/api/v1/watch/namespaces/ns/configmaps"),
+            "/api/v1/watch/namespaces/{namespace}/configmaps"
+        );
+        assert_eq!(t("GET", "/version"), "/version");
+
+        let watch = parse("GET", "/api/v1/namespaces/ns/configmaps?watch=true");
+        assert_eq!(
+            watch.path_template(),
+            "/api/v1/namespaces/{namespace}/configmaps"
+        );
+        assert_eq!(
+            watch.watch_twin_template().unwrap(),
+            "/api/v1/watch/namespaces/{namespace}/configmaps"
+        );
+        let legacy = parse("GET", "/api/v1/watch/configmaps");
+        assert_eq!(legacy.watch_twin_template().unwrap(), "/api/v1/configmaps");
+        assert_eq!(
+            parse("GET", "/api/v1/configmaps").watch_twin_template(),
+            None
         );
     }
 

@@ -1,0 +1,306 @@
+//! HTTP: ingest, coverage reports, health. Coverage knows nothing of HTTP;
+//! this layer parses the request, calls it, and renders the answer.
+
+use crate::ingest::{self, LineError};
+use crate::report::{self, Format};
+use crate::spec_live::SharedIndex;
+use crate::store::{IngestOutcome, Scope, Store, StoreError};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub spec: Arc<SharedIndex>,
+}
+
+/// Every error answers JSON `{"error": "..."}` with a status that says whose
+/// fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The store failed: the client should retry (an interceptor will).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Ambiguous(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/ingest", post(ingest))
+        .route("/coverage", get(coverage))
+        .route("/coverage/{pod}", get(coverage_of_pod))
+        .route(
+            "/coverage/{namespace}/{pod}",
+            get(coverage_of_namespaced_pod),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.spec.get().is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no OpenAPI spec loaded yet",
+        )
+            .into_response()
+    } else {
+        "ok".into_response()
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct IngestAnswer {
+    #[serde(flatten)]
+    outcome: IngestOutcome,
+    drop_reports: usize,
+    errors: Vec<LineError>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the store task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+async fn ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<IngestAnswer>, ApiError> {
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let text = ingest::decompress(&body, gzip).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let batch = ingest::parse_batch(&text);
+    let drop_reports = batch.drops.len();
+    let store = state.store.clone();
+    let items = batch.items;
+    let drops = batch.drops;
+    let outcome = blocking(move || store.ingest(&items, &drops)).await?;
+    Ok(Json(IngestAnswer {
+        outcome,
+        drop_reports,
+        errors: batch.errors,
+    }))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct CoverageQuery {
+    #[serde(flatten)]
+    scope: Scope,
+    format: Option<Format>,
+}
+
+fn format_of(query: Option<Format>, headers: &HeaderMap) -> Format {
+    query.unwrap_or_else(|| {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if accept.starts_with("text/plain") {
+            Format::Text
+        } else if accept.contains("xml") {
+            Format::Junit
+        } else {
+            Format::Json
+        }
+    })
+}
+
+async fn render(state: AppState, scope: Scope, format: Format) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let s = scope.clone();
+    let (hits, dropped) = blocking(move || Ok((store.hits(&s)?, store.dropped(&s)?))).await?;
+    let index = state.spec.get();
+    let report = report::build(scope, &hits, &index, dropped);
+    let (body, content_type) = report.render(format);
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+async fn coverage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<CoverageQuery>,
+) -> Result<Response, ApiError> {
+    let format = format_of(q.format, &headers);
+    render(state, q.scope, format).await
+}
+
+async fn coverage_of_pod(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(pod): Path<String>,
+    Query(q): Query<CoverageQuery>,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let name = pod.clone();
+    let namespaces = blocking(move || store.namespaces_of_pod(&name)).await?;
+    let namespace = match namespaces.as_slice() {
+        [] => {
+            return Err(ApiError::NotFound(format!(
+                "no records of a pod named {pod:?}"
+            )));
+        }
+        [one] => one.clone(),
+        many => {
+            return Err(ApiError::Ambiguous(format!(
+                "pods named {pod:?} exist in several namespaces ({}): ask for /coverage/<namespace>/{pod}",
+                many.join(", ")
+            )));
+        }
+    };
+    let scope = Scope {
+        namespace: Some(namespace),
+        pod: Some(pod),
+        ..q.scope
+    };
+    render(state, scope, format_of(q.format, &headers)).await
+}
+
+async fn coverage_of_namespaced_pod(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((namespace, pod)): Path<(String, String)>,
+    Query(q): Query<CoverageQuery>,
+) -> Result<Response, ApiError> {
+    let scope = Scope {
+        namespace: Some(namespace),
+        pod: Some(pod),
+        ..q.scope
+    };
+    render(state, scope, format_of(q.format, &headers)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Conformance, OperationIndex};
+    use crate::store::sqlite::SqliteStore;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn state(dir: &std::path::Path) -> AppState {
+        let doc = serde_json::json!({"paths": {"/api/v1/namespaces/{namespace}/configmaps": {
+            "get": {"operationId": "listCoreV1NamespacedConfigMap"}}}});
+        AppState {
+            store: Arc::new(SqliteStore::open(&dir.join("t.db")).unwrap()),
+            spec: Arc::new(SharedIndex::new(OperationIndex::from_documents(
+                [&doc],
+                &Conformance::default(),
+                &Default::default(),
+            ))),
+        }
+    }
+
+    async fn call(
+        app: Router,
+        request: axum::http::Request<Body>,
+    ) -> (StatusCode, serde_json::Value) {
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    const LINE: &str = r#"{"kind":"exchange","format":1,"id":"r1","pod":{"namespace":"ns","name":"web-1"},"started_at":"2026-11-24T06:00:00Z","duration_us":5,"method":"GET","path":"/api/v1/namespaces/ns/configmaps","status":200}"#;
+
+    #[tokio::test]
+    async fn ingest_then_report_a_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(state(dir.path()));
+        let post = |body: String| {
+            axum::http::Request::post("/ingest")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let (status, answer) = call(app.clone(), post(format!("{LINE}\ngarbage\n"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["accepted"], 1);
+        assert_eq!(answer["errors"][0]["line"], 2);
+        let (_, again) = call(app.clone(), post(LINE.to_string())).await;
+        assert_eq!(
+            (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+            (Some(0), Some(1))
+        );
+
+        let (status, report) = call(
+            app.clone(),
+            axum::http::Request::get("/coverage/web-1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            report["operations"][0]["operation_id"],
+            "listCoreV1NamespacedConfigMap"
+        );
+        assert_eq!(report["operations"][0]["hits"], 1);
+        let (status, error) = call(
+            app,
+            axum::http::Request::get("/coverage/nobody")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error["error"].as_str().unwrap().contains("nobody"));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_gzip_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = axum::http::Request::post("/ingest")
+            .header("content-encoding", "gzip")
+            .body(Body::from("plain"))
+            .unwrap();
+        let (status, error) = call(app(state(dir.path())), request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error["error"].as_str().unwrap().contains("gzip"));
+    }
+}

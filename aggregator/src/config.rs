@@ -1,0 +1,90 @@
+//! Configuration: flags, each with an environment variable.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "apiwitness-aggregator",
+    version,
+    about = "Collects interceptor records; serves API coverage."
+)]
+pub struct Config {
+    /// The embedded store: a SQLite file (created if missing).
+    #[arg(
+        long,
+        env = "APIWITNESS_DB",
+        default_value = "apiwitness.db",
+        global = true
+    )]
+    pub db: PathBuf,
+
+    /// Where the OpenAPI spec comes from: `live` (the apiserver, with this
+    /// process's kubeconfig or in-cluster credentials) or a directory holding
+    /// `v3/*.json` and/or `swagger.json`.
+    #[arg(long, env = "APIWITNESS_SPEC", default_value = "live", global = true)]
+    pub spec: String,
+
+    /// The conformance lists (`ineligible_endpoints.json`,
+    /// `pending_eligible_endpoints.yaml`); without them nothing is marked ineligible.
+    #[arg(long, env = "APIWITNESS_CONFORMANCE_DIR", global = true)]
+    pub conformance_dir: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "APIWITNESS_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[arg(long, env = "APIWITNESS_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "APIWITNESS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// How often the live spec is checked for changes (CRDs, APIServices).
+    #[arg(long, env = "APIWITNESS_SPEC_REFRESH", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub spec_refresh: std::time::Duration,
+
+    /// Serve without authentication or authorization: for local use only.
+    #[arg(long, env = "APIWITNESS_INSECURE_NO_AUTH", default_value_t = false)]
+    pub insecure_no_auth: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve ingest and reports (the default).
+    Serve,
+    /// Print a coverage report from the store, as the HTTP API would.
+    Report {
+        #[arg(long)]
+        pod: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        workload: Option<String>,
+        #[arg(long)]
+        user_agent: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::report::Format,
+    },
+}

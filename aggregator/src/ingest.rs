@@ -1,0 +1,162 @@
+//! Batches in: NDJSON record lines (gzip or not), each checked on its own.
+//! A bad line gets an error naming its line number; the valid lines of the
+//! same batch are still stored.
+
+use crate::store::IngestItem;
+use apiwitness_record::{ApiRequest, DropReport, Line};
+use std::io::Read;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LineError {
+    /// 1-based.
+    pub line: usize,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ParsedBatch {
+    pub items: Vec<IngestItem>,
+    pub drops: Vec<DropReport>,
+    pub errors: Vec<LineError>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("the body is marked gzip but is not: {0}")]
+    Gzip(String),
+    #[error("the body is not UTF-8 text")]
+    NotText,
+    /// Over the size the aggregator accepts, once decompressed.
+    #[error("the batch is larger than {0} bytes once decompressed")]
+    TooLarge(usize),
+}
+
+/// The largest batch accepted, decompressed: a gzip bomb stops here.
+pub const MAX_BATCH_BYTES: usize = 256 << 20;
+
+pub fn decompress(body: &[u8], gzip: bool) -> Result<String, BatchError> {
+    if !gzip {
+        return String::from_utf8(body.to_vec()).map_err(|_| BatchError::NotText);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BATCH_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| BatchError::Gzip(e.to_string()))?;
+    if out.len() > MAX_BATCH_BYTES {
+        return Err(BatchError::TooLarge(MAX_BATCH_BYTES));
+    }
+    String::from_utf8(out).map_err(|_| BatchError::NotText)
+}
+
+/// The product token of a User-Agent: `kubectl/v1.35.4 (linux/amd64) ...`
+/// groups as `kubectl/v1.35.4`.
+pub fn client_of(user_agent: Option<&str>) -> String {
+    user_agent
+        .and_then(|ua| ua.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn parse_batch(text: &str) -> ParsedBatch {
+    let mut batch = ParsedBatch::default();
+    for (i, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match Line::parse(raw) {
+            Ok(Line::Exchange(e)) => {
+                if e.id.is_empty() {
+                    batch.errors.push(LineError {
+                        line: i + 1,
+                        error: "the record has no id".into(),
+                    });
+                    continue;
+                }
+                let templates = match ApiRequest::parse(
+                    &e.method,
+                    &e.path,
+                    &e.query,
+                    e.request_content_type.as_deref(),
+                ) {
+                    Ok(r) => {
+                        let mut t = vec![r.path_template()];
+                        t.extend(r.watch_twin_template());
+                        t
+                    }
+                    // Kept for the record, but it matches no operation.
+                    Err(_) => vec![e.path.clone()],
+                };
+                batch.items.push(IngestItem {
+                    id: e.id.clone(),
+                    started_at: e.started_at.clone(),
+                    pod_namespace: e.pod.namespace.clone(),
+                    pod_name: e.pod.name.clone(),
+                    workload: e
+                        .pod
+                        .workload
+                        .as_ref()
+                        .map(|w| format!("{}/{}", w.kind, w.name))
+                        .unwrap_or_default(),
+                    client: client_of(e.user_agent.as_deref()),
+                    method: e.method.clone(),
+                    path: e.path.clone(),
+                    status: e.status,
+                    templates,
+                    line: raw.to_string(),
+                });
+            }
+            Ok(Line::DropReport(d)) => batch.drops.push(*d),
+            Err(e) => batch.errors.push(LineError {
+                line: i + 1,
+                error: e.to_string(),
+            }),
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const RECORD: &str = r#"{"kind":"exchange","format":1,"id":"r1","pod":{"namespace":"ns","name":"p","workload":{"kind":"Deployment","name":"web"}},"started_at":"2026-11-24T06:00:00Z","duration_us":5,"method":"GET","path":"/api/v1/namespaces/ns/configmaps","query":"watch=true","status":200,"user_agent":"kubectl/v1.35.4 (linux/amd64) kubernetes/abc"}"#;
+
+    #[test]
+    fn good_lines_are_kept_beside_bad_ones() {
+        let text = format!("{RECORD}\nnot json\n\n{{\"kind\":\"exchange\",\"format\":99}}\n");
+        let batch = parse_batch(&text);
+        assert_eq!(batch.items.len(), 1);
+        let item = &batch.items[0];
+        assert_eq!(item.workload, "Deployment/web");
+        assert_eq!(item.client, "kubectl/v1.35.4");
+        assert_eq!(
+            item.templates,
+            [
+                "/api/v1/namespaces/{namespace}/configmaps",
+                "/api/v1/watch/namespaces/{namespace}/configmaps"
+            ]
+        );
+        let lines: Vec<usize> = batch.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [2, 4]);
+        assert!(
+            batch.errors[0].error.contains("not a record"),
+            "{:?}",
+            batch.errors
+        );
+    }
+
+    #[test]
+    fn gzip_is_undone_and_garbage_refused() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(RECORD.as_bytes()).unwrap();
+        let body = gz.finish().unwrap();
+        assert_eq!(decompress(&body, true).unwrap(), RECORD);
+        assert!(matches!(
+            decompress(b"plain", true),
+            Err(BatchError::Gzip(_))
+        ));
+        assert_eq!(decompress(&[0xff, 0xfe], false), Err(BatchError::NotText));
+    }
+}

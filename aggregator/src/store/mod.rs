@@ -1,0 +1,87 @@
+//! Storage: one interface, with the embedded SQLite store behind it.
+//!
+//! Raw records are kept for provenance and audit; coverage reads only the
+//! `hits` aggregates, which ingest keeps up to date, so a report never
+//! rescans raw records.
+
+pub mod sqlite;
+
+use apiwitness_record::DropReport;
+
+/// One record, ready to store: its keys, and the aggregate it counts toward.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    pub id: String,
+    pub started_at: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// `Kind/name`, or empty.
+    pub workload: String,
+    /// The User-Agent's product token (`kubectl/v1.35.4`), or empty.
+    pub client: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The spec templates this request counts for (two for a watch).
+    pub templates: Vec<String>,
+    /// The record as received, one JSON line.
+    pub line: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+/// Which records a report covers. Empty fields match everything.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Scope {
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub workload: Option<String>,
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// RFC 3339: only hits at or after this time (hour granularity).
+    #[serde(default)]
+    pub since: Option<String>,
+}
+
+/// Hits of one (method, template, status, client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub method: String,
+    pub template: String,
+    pub status: u16,
+    pub client: String,
+    pub hits: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub trait Store: Send + Sync {
+    /// Stores a batch atomically and durably; records already stored (by id)
+    /// are counted as duplicates and change nothing.
+    fn ingest(
+        &self,
+        items: &[IngestItem],
+        drops: &[DropReport],
+    ) -> Result<IngestOutcome, StoreError>;
+    fn hits(&self, scope: &Scope) -> Result<Vec<Hit>, StoreError>;
+    /// Records dropped by interceptors before reaching the store.
+    fn dropped(&self, scope: &Scope) -> Result<u64, StoreError>;
+    /// The namespaces that have a pod of this name.
+    fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError>;
+    fn record_count(&self) -> Result<u64, StoreError>;
+}

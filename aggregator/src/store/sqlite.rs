@@ -1,0 +1,307 @@
+//! The embedded store: one SQLite file in WAL mode, with `synchronous=FULL`
+//! so that a batch acknowledged is a batch on disk.
+
+use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError};
+use apiwitness_record::DropReport;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::Mutex;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE records (
+    id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX records_by_pod ON records (pod_namespace, pod_name);
+CREATE TABLE hits (
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    client TEXT NOT NULL,
+    method TEXT NOT NULL,
+    template TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    hour TEXT NOT NULL,
+    hits INTEGER NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    PRIMARY KEY (pod_namespace, pod_name, workload, client, method, template, status, hour)
+);
+CREATE TABLE drop_reports (
+    id TEXT PRIMARY KEY,
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    dropped INTEGER NOT NULL,
+    first_dropped_at TEXT NOT NULL,
+    last_dropped_at TEXT NOT NULL
+);
+"#];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrate(&conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Invalid(format!(
+            "the store's schema is version {current}, newer than this aggregator's {}",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES (?1)",
+            [i as i64 + 1],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// `2026-11-24T06:00:00.123456Z` -> `2026-11-24T06`: the hour bucket.
+fn hour_of(started_at: &str) -> &str {
+    started_at.get(..13).unwrap_or(started_at)
+}
+
+struct Filter {
+    sql: String,
+    args: Vec<String>,
+}
+
+fn filter(scope: &Scope, has_workload: bool) -> Filter {
+    let mut sql = String::from(" WHERE 1=1");
+    let mut args = Vec::new();
+    let mut add = |column: &str, value: &Option<String>, op: &str| {
+        if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
+            args.push(v.clone());
+            sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+        }
+    };
+    add("pod_namespace", &scope.namespace, "=");
+    add("pod_name", &scope.pod, "=");
+    if has_workload {
+        add("workload", &scope.workload, "=");
+        add("client", &scope.user_agent, "=");
+        add(
+            "hour",
+            &scope.since.as_ref().map(|s| hour_of(s).to_string()),
+            ">=",
+        );
+    }
+    Filter { sql, args }
+}
+
+impl Store for SqliteStore {
+    fn ingest(
+        &self,
+        items: &[IngestItem],
+        drops: &[DropReport],
+    ) -> Result<IngestOutcome, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut outcome = IngestOutcome::default();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut count = tx.prepare_cached(
+                "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?9)
+                 ON CONFLICT DO UPDATE SET hits = hits + 1,
+                   first_seen = MIN(first_seen, excluded.first_seen),
+                   last_seen = MAX(last_seen, excluded.last_seen)",
+            )?;
+            for item in items {
+                let inserted = insert.execute(params![
+                    item.id,
+                    item.started_at,
+                    item.pod_namespace,
+                    item.pod_name,
+                    item.method,
+                    item.path,
+                    item.status,
+                    item.line
+                ])?;
+                if inserted == 0 {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                outcome.accepted += 1;
+                for template in &item.templates {
+                    count.execute(params![
+                        item.pod_namespace,
+                        item.pod_name,
+                        item.workload,
+                        item.client,
+                        item.method,
+                        template,
+                        item.status,
+                        hour_of(&item.started_at),
+                        item.started_at
+                    ])?;
+                }
+            }
+            let mut drop_insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for d in drops {
+                drop_insert.execute(params![
+                    d.id,
+                    d.pod.namespace,
+                    d.pod.name,
+                    d.dropped as i64,
+                    d.first_dropped_at,
+                    d.last_dropped_at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn hits(&self, scope: &Scope) -> Result<Vec<Hit>, StoreError> {
+        let conn = self.lock();
+        let f = filter(scope, true);
+        let sql = format!(
+            "SELECT method, template, status, client, SUM(hits), MIN(first_seen), MAX(last_seen) FROM hits{}
+             GROUP BY method, template, status, client ORDER BY template, method, status, client",
+            f.sql
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(f.args.iter()), |r| {
+            Ok(Hit {
+                method: r.get(0)?,
+                template: r.get(1)?,
+                status: r.get::<_, i64>(2)? as u16,
+                client: r.get(3)?,
+                hits: r.get::<_, i64>(4)? as u64,
+                first_seen: r.get(5)?,
+                last_seen: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn dropped(&self, scope: &Scope) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let f = filter(scope, false);
+        let sql = format!(
+            "SELECT COALESCE(SUM(dropped), 0) FROM drop_reports{}",
+            f.sql
+        );
+        let n: i64 = conn.query_row(&sql, rusqlite::params_from_iter(f.args.iter()), |r| {
+            r.get(0)
+        })?;
+        Ok(n as u64)
+    }
+
+    fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT DISTINCT pod_namespace FROM hits WHERE pod_name = ?1 ORDER BY 1")?;
+        let rows = stmt.query_map([pod], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_count(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let n: Option<i64> = conn
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, template: &str, status: u16) -> IngestItem {
+        IngestItem {
+            id: id.into(),
+            started_at: "2026-11-24T06:00:00.000001Z".into(),
+            pod_namespace: "ns".into(),
+            pod_name: "web-1".into(),
+            workload: "Deployment/web".into(),
+            client: "kubectl/v1.35.4".into(),
+            method: "GET".into(),
+            path: "/x".into(),
+            status,
+            templates: vec![template.into()],
+            line: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn ingest_is_idempotent_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let batch = [
+            item("a", "/t", 200),
+            item("b", "/t", 200),
+            item("c", "/t", 404),
+        ];
+        assert_eq!(
+            store.ingest(&batch, &[]).unwrap(),
+            IngestOutcome {
+                accepted: 3,
+                duplicates: 0
+            }
+        );
+        assert_eq!(
+            store.ingest(&batch, &[]).unwrap(),
+            IngestOutcome {
+                accepted: 0,
+                duplicates: 3
+            }
+        );
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        let hits = store.hits(&Scope::default()).unwrap();
+        assert_eq!(hits.len(), 2);
+        assert_eq!((hits[0].status, hits[0].hits), (200, 2));
+        assert_eq!(store.record_count().unwrap(), 3);
+        let other = Scope {
+            namespace: Some("elsewhere".into()),
+            ..Default::default()
+        };
+        assert!(store.hits(&other).unwrap().is_empty());
+        assert_eq!(store.namespaces_of_pod("web-1").unwrap(), ["ns"]);
+    }
+}
