@@ -4,6 +4,7 @@
 //! hash per document, so a refresh refetches only when something changed.
 
 use crate::spec::{Conformance, OperationIndex, Origins, SpecError};
+use futures_util::StreamExt;
 use serde_json::Value;
 use std::sync::{Arc, RwLock};
 
@@ -81,12 +82,26 @@ pub async fn load(
     conformance: &Conformance,
 ) -> Result<(OperationIndex, Value), SpecError> {
     let listing = fingerprint(client).await?;
+    let urls: Vec<String> = listing["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(|entry| entry["serverRelativeURL"].as_str().map(str::to_string))
+        .collect();
+    let fetched = futures_util::stream::iter(urls.iter().cloned().map(|url| {
+        let client = client.clone();
+        async move { get_json(&client, &url).await }
+    }))
+    .buffer_unordered(8)
+    .collect::<Vec<_>>()
+    .await;
     let mut documents = Vec::new();
-    if let Some(paths) = listing["paths"].as_object() {
-        for entry in paths.values() {
-            if let Some(url) = entry["serverRelativeURL"].as_str() {
-                documents.push(get_json(client, url).await?);
-            }
+    for (doc, url) in fetched.into_iter().zip(&urls) {
+        match doc {
+            Ok(doc) => documents.push(doc),
+            // A group-version listed a moment ago can be gone (a CRD deleted
+            // meanwhile): the next refresh sees the new listing.
+            Err(e) => tracing::warn!(%url, error = %e, "skipping a spec document"),
         }
     }
     if documents.is_empty() {

@@ -4,6 +4,7 @@
 //! a [`TestNamespace`] of its own. A [`NetnsPod`] is a pod as iptables and an
 //! in-cluster client see one.
 
+pub mod aggregator;
 mod binaries;
 pub mod certify;
 mod cluster;

@@ -1,0 +1,304 @@
+//! `curl <aggregator>/coverage/<pod>` on the real control plane: a workload
+//! runs through the interceptor, its records reach the real aggregator, and
+//! the report names exactly the operations it called, against the live spec.
+
+use apiwitness_e2e::aggregator::Aggregator;
+use apiwitness_e2e::certify::{CertifyStandIn, Signer};
+use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::{Cluster, CommandOutput, TestNamespace, repo_root, wait_until};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+fn namespace_with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
+    let ns = TestNamespace::new(cluster, prefix);
+    let n = ns.name.as_str();
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", "app", "-n", n])
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "app-admin",
+            "-n",
+            n,
+            "--clusterrole=admin",
+            &format!("--serviceaccount={n}:app"),
+        ])
+        .unwrap();
+    ns
+}
+
+fn operation_ids(report: &Value) -> BTreeSet<String> {
+    report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["operation_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "cov-pod");
+    let n = ns.name.clone();
+    let aggregator = Aggregator::start(cluster, &n).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let pod_name = format!("{n}-p");
+    let ingest = aggregator.ingest_url();
+    let mut pod = InterceptedPod::start(
+        cluster,
+        &pod_name,
+        &n,
+        "app",
+        &[],
+        InterceptorOptions {
+            certify_url: &certify.url,
+            aggregator_url: Some(&ingest),
+            upstream_ca_file: None,
+            explicit_upstream: None,
+            extra_args: vec![],
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let script = repo_root().join("tests/python/workload.py");
+    let out = pod
+        .exec(&["python3", script.to_str().unwrap(), &n])
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    pod.stop().unwrap();
+
+    let report = aggregator
+        .get_json(&format!("/coverage/{pod_name}"))
+        .unwrap();
+    let expected: BTreeSet<String> = [
+        "createCoreV1NamespacedConfigMap",
+        "readCoreV1NamespacedConfigMap",
+        "listCoreV1NamespacedConfigMap",
+        // The watch counts for both the list and the /watch/ operation.
+        "watchCoreV1NamespacedConfigMapList",
+        "patchCoreV1NamespacedConfigMap",
+        "deleteCoreV1CollectionNamespacedConfigMap",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(operation_ids(&report), expected, "{report:#}");
+    let read = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["operation_id"] == "readCoreV1NamespacedConfigMap")
+        .unwrap();
+    assert_eq!(read["statuses"], json!({"200": 1, "404": 1}));
+    assert_eq!(read["level"], "stable");
+    assert_eq!(read["eligible"], true);
+    assert!(
+        read["clients"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("OpenAPI-Generator/")
+    );
+    assert_eq!(report["summary"]["stable"]["hit"], 6);
+    assert!(report["summary"]["eligible"]["total"].as_u64().unwrap() > 300);
+    assert_eq!(report["unknown"], json!([]));
+    assert_eq!(report["dropped"], 0);
+
+    // The same through the namespaced route, as text, and as JUnit.
+    let text = aggregator
+        .get_text(&format!("/coverage/{n}/{pod_name}?format=text"))
+        .unwrap();
+    assert!(
+        text.contains("deleteCoreV1CollectionNamespacedConfigMap"),
+        "{text}"
+    );
+    let junit = aggregator
+        .get_text(&format!("/coverage/{n}/{pod_name}?format=junit"))
+        .unwrap();
+    assert!(
+        junit.contains("<testsuite") && junit.contains("<failure"),
+        "untested eligible operations fail"
+    );
+    // A workload filter that matches nothing gives an empty report, not an error.
+    let none = aggregator
+        .get_json(&format!("/coverage?namespace={n}&user_agent=nobody"))
+        .unwrap();
+    assert_eq!(none["operations"], json!([]));
+}
+
+#[test]
+fn a_new_crds_operations_are_covered_without_a_restart() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "cov-crd");
+    let n = ns.name.clone();
+    let aggregator = Aggregator::start(cluster, &n).unwrap();
+    // A group of this test's own, created after the aggregator loaded its spec.
+    let group = format!("{n}.apiwitness.test");
+    let crd_name = format!("gadgets.{group}");
+    cluster
+        .kubectl_stdin(
+            &["create"],
+            &json!({
+                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": crd_name},
+                "spec": {"group": group, "scope": "Namespaced",
+                    "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                    "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                        "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+            }),
+        )
+        .unwrap();
+    let _delete = DeleteOnDrop(cluster, crd_name.clone());
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/{crd_name}"),
+            "--timeout=30s",
+        ])
+        .unwrap();
+    // A record as the interceptor ships it: one create of a Gadget.
+    let line = json!({
+        "kind": "exchange", "format": 1, "id": format!("{n}-1"),
+        "pod": {"namespace": n, "name": "maker"},
+        "started_at": "2026-11-24T06:00:00Z", "duration_us": 10,
+        "method": "POST", "path": format!("/apis/{group}/v1alpha1/namespaces/{n}/gadgets"),
+        "status": 201, "user_agent": "maker/1.0"
+    });
+    post_batch(&aggregator, &format!("{line}\n")).unwrap();
+    let op = wait_until(
+        "the new CRD's operation in the report",
+        Duration::from_secs(30),
+        || {
+            let report = aggregator.get_json(&format!("/coverage/{n}/maker")).ok()?;
+            report["operations"].as_array()?.first().cloned()
+        },
+    )
+    .unwrap();
+    assert!(
+        op["operation_id"].as_str().unwrap().starts_with("create"),
+        "{op}"
+    );
+    assert_eq!(op["crd"], true);
+    assert_eq!(op["level"], "alpha");
+    assert_eq!(op["eligible"], false);
+}
+
+#[test]
+fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothing_twice() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "cov-crash");
+    let n = ns.name.clone();
+    let mut aggregator = Aggregator::start(cluster, &n).unwrap();
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 250;
+    let batch = |b: usize| -> String {
+        (0..PER_BATCH)
+            .map(|i| {
+                json!({"kind": "exchange", "format": 1, "id": format!("{n}-{b}-{i}"),
+                    "pod": {"namespace": n, "name": "busy"}, "started_at": "2026-11-24T06:00:00Z",
+                    "duration_us": 1, "method": "GET", "path": format!("/api/v1/namespaces/{n}/configmaps/c{i}"),
+                    "status": 200})
+                .to_string()
+                    + "\n"
+            })
+            .collect()
+    };
+    // Send until the kill; every batch that got a 200 was acknowledged.
+    let mut acknowledged = Vec::new();
+    for b in 0..BATCHES {
+        if b == BATCHES / 2 {
+            aggregator.kill();
+        }
+        if post_batch(&aggregator, &batch(b)).is_ok() {
+            acknowledged.push(b);
+        }
+    }
+    assert_eq!(
+        acknowledged.len(),
+        BATCHES / 2,
+        "the batches before the kill were acknowledged"
+    );
+    aggregator.spawn(cluster).unwrap();
+    let report = aggregator.get_json(&format!("/coverage/{n}/busy")).unwrap();
+    let hits: u64 = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["hits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        hits,
+        (acknowledged.len() * PER_BATCH) as u64,
+        "nothing acknowledged was lost"
+    );
+    // The sender retries everything (it cannot know what the kill interrupted).
+    for b in 0..BATCHES {
+        post_batch(&aggregator, &batch(b)).unwrap();
+    }
+    let report = aggregator.get_json(&format!("/coverage/{n}/busy")).unwrap();
+    let hits: u64 = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["hits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        hits,
+        (BATCHES * PER_BATCH) as u64,
+        "every record counted exactly once"
+    );
+}
+
+/// POSTs one NDJSON batch, gzip, as the interceptor does.
+fn post_batch(aggregator: &Aggregator, ndjson: &str) -> anyhow::Result<Value> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(ndjson.as_bytes())?;
+    let path = std::env::temp_dir().join(format!(
+        "apiwitness-batch-{}-{}",
+        std::process::id(),
+        rand()
+    ));
+    std::fs::write(&path, gz.finish()?)?;
+    let out = CommandOutput::run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Encoding: gzip",
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        &format!("@{}", path.display()),
+        &aggregator.ingest_url(),
+    ]));
+    let _ = std::fs::remove_file(&path);
+    let out = out?;
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", ""));
+    anyhow::ensure!(
+        code == "200",
+        "ingest answered {code:?}: {body} {}",
+        out.stderr
+    );
+    Ok(serde_json::from_str(body)?)
+}
+
+fn rand() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+struct DeleteOnDrop(&'static Cluster, String);
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kubectl(&["delete", "crd", &self.1, "--wait=false"]);
+    }
+}
