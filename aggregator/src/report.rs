@@ -70,11 +70,31 @@ pub struct UnknownCall {
     pub statuses: BTreeMap<u16, u64>,
 }
 
+/// Hit and total operations per level, and of the conformance-eligible ones.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub stable: Tally,
+    pub beta: Tally,
+    pub alpha: Tally,
+    pub eligible: Tally,
+}
+
+impl Summary {
+    fn rows(&self) -> [(&'static str, &Tally); 4] {
+        [
+            ("stable", &self.stable),
+            ("beta", &self.beta),
+            ("alpha", &self.alpha),
+            ("eligible", &self.eligible),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scope: Scope,
     pub spec_operations: usize,
-    pub summary: BTreeMap<&'static str, Tally>,
+    pub summary: Summary,
     pub operations: Vec<OperationCoverage>,
     pub unknown: Vec<UnknownCall>,
     /// Records interceptors dropped (their queue was full); calls among them
@@ -143,19 +163,14 @@ pub fn build(scope: Scope, hits: &[Hit], index: &OperationIndex, dropped: u64) -
     }
 
     let totals = index.totals();
-    let mut summary = BTreeMap::new();
-    for level in ["stable", "beta", "alpha"] {
-        let hit = covered.values().filter(|o| o.level == level).count();
-        summary.insert(
-            level,
-            Tally::new(hit, totals.get(level).copied().unwrap_or(0)),
-        );
-    }
-    let eligible_hit = covered.values().filter(|o| o.eligible).count();
-    summary.insert(
-        "eligible",
-        Tally::new(eligible_hit, totals.get("eligible").copied().unwrap_or(0)),
-    );
+    let tally = |name: &str, hit: usize| Tally::new(hit, totals.get(name).copied().unwrap_or(0));
+    let at_level = |level: &str| covered.values().filter(|o| o.level == level).count();
+    let summary = Summary {
+        stable: tally("stable", at_level("stable")),
+        beta: tally("beta", at_level("beta")),
+        alpha: tally("alpha", at_level("alpha")),
+        eligible: tally("eligible", covered.values().filter(|o| o.eligible).count()),
+    };
     let mut untested_eligible: Vec<_> = index
         .operations()
         .filter(|o| o.eligible && !covered.contains_key(&o.operation_id))
@@ -190,7 +205,7 @@ impl Report {
         use std::fmt::Write;
         let mut out = String::new();
         let _ = writeln!(out, "API coverage of {}", describe(&self.scope));
-        for (name, t) in &self.summary {
+        for (name, t) in self.summary.rows() {
             let _ = writeln!(
                 out,
                 "  {name:<9} {:>5} of {:<5} ({:.1}%)",
@@ -348,9 +363,9 @@ mod tests {
             ("listCoreV1NamespacedConfigMap", 4)
         );
         assert_eq!(op.statuses, BTreeMap::from([(200, 3), (403, 1)]));
-        assert_eq!(r.summary["stable"], Tally::new(1, 2));
-        assert_eq!(r.summary["beta"], Tally::new(0, 1));
-        assert_eq!(r.summary["eligible"].total, 2);
+        assert_eq!(r.summary.stable, Tally::new(1, 2));
+        assert_eq!(r.summary.beta, Tally::new(0, 1));
+        assert_eq!(r.summary.eligible.total, 2);
         let reasons: Vec<_> = r.unknown.iter().map(|u| u.reason.clone()).collect();
         assert_eq!(reasons, [Unmatched::NotInSpec, Unmatched::MethodNotAllowed]);
         assert_eq!(r.untested_eligible.len(), 1);
