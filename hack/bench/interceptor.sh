@@ -137,12 +137,12 @@ to_ms() { # wrk prints 812.00us, 1.20ms or 2.01s
   esac
 }
 
-start_interceptor() { # UPSTREAM_URL [SERVER_NAME] [CA]
+start_interceptor() { # UPSTREAM_URL [SERVER_NAME] [CA] [EXTRA ARGS...]
   "$interceptor" --mode explicit --upstream "$1" --listen "127.0.0.1:$icpt" \
     --upstream-server-name "${2:-bench.local}" --upstream-ca-file "${3:-$work/ca.crt}" \
     --tls-cert-file "$work/chain.crt" --tls-key-file "$work/tls.key" \
     --aggregator-url "http://127.0.0.1:$sink/ingest" --admin-addr "127.0.0.1:$admin" \
-    --token-file /nonexistent --log warn >"$work/interceptor.log" 2>&1 &
+    --token-file /nonexistent --log warn "${@:4}" >"$work/interceptor.log" 2>&1 &
   icpt_pid=$!
   pids+=("$icpt_pid")
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && return; sleep 0.1; done
@@ -175,6 +175,9 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   rss=$(peak_rss_mib "$icpt_pid")
   record "$label" interceptor-peak-rss-mib "$rss"
   stop_interceptor
+  start_interceptor "$upstream" "$name" "$ca" --upstream-http2 false
+  record "$label" "interceptor, HTTP/1.1 upstream" "$(run_wrk "https://127.0.0.1:$icpt$path" "${hdr[@]}")"
+  stop_interceptor
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
   nginx -c "$work/nginx-proxy.conf"
   sleep 0.3
@@ -197,7 +200,7 @@ start_interceptor "$local_up"
 record "new TLS connections, 1 KiB" interceptor "$(run_wrk "https://127.0.0.1:$icpt/1k" -H 'Connection: close')"
 stop_interceptor
 
-if "$repo/hack/cluster" status >/dev/null 2>&1; then
+if [ "${APIWITNESS_BENCH_LOCAL_ONLY:-0}" != 1 ] && "$repo/hack/cluster" status >/dev/null 2>&1; then
   eval "$("$repo/hack/cluster" env)"
   kubectl create namespace apiwitness-bench >/dev/null 2>&1 || true
   kubectl -n apiwitness-bench create serviceaccount bench >/dev/null 2>&1 || true

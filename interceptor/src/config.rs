@@ -66,6 +66,11 @@ pub struct Config {
     )]
     pub upstream_server_name: String,
 
+    /// Offer HTTP/2 to the apiserver. With it, every request shares one
+    /// pooled connection; without it, HTTP/1.1 connections are pooled.
+    #[arg(long, env = "APIWITNESS_UPSTREAM_HTTP2", default_value_t = true, action = clap::ArgAction::Set)]
+    pub upstream_http2: bool,
+
     /// A serving certificate file (PEM chain), instead of --certify-url.
     #[arg(long, env = "APIWITNESS_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,

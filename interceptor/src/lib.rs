@@ -130,6 +130,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         proxy::Proxy::new(
             upstream_tls,
             &config.upstream_server_name,
+            config.upstream_http2,
             recorder_handle,
             limits,
             metrics.clone(),

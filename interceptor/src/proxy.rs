@@ -162,12 +162,13 @@ impl Proxy {
     pub fn new(
         upstream_tls: rustls::ClientConfig,
         upstream_server_name: &str,
+        upstream_http2: bool,
         recorder: RecorderHandle,
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, String> {
         Ok(Proxy {
-            client: upstream_client(upstream_tls.clone(), upstream_server_name, true)?,
+            client: upstream_client(upstream_tls.clone(), upstream_server_name, upstream_http2)?,
             upgrade_client: upstream_client(upstream_tls, upstream_server_name, false)?,
             recorder,
             limits,
