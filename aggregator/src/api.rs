@@ -1,6 +1,7 @@
 //! HTTP: ingest, coverage reports, health. Coverage knows nothing of HTTP;
 //! this layer parses the request, calls it, and renders the answer.
 
+use crate::auth::{self, AuthError, Authorizer, Caller};
 use crate::ingest::{self, LineError};
 use crate::report::{self, Format};
 use crate::spec_live::SharedIndex;
@@ -19,6 +20,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub spec: Arc<SharedIndex>,
+    /// `None` only with --insecure-no-auth.
+    pub auth: Option<Arc<Authorizer>>,
 }
 
 /// Every error answers JSON `{"error": "..."}` with a status that says whose
@@ -27,6 +30,10 @@ pub struct AppState {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -40,6 +47,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Ambiguous(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,6 +58,37 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.to_string() })),
         )
             .into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::NoToken | AuthError::Unauthenticated(_) => {
+                ApiError::Unauthorized(e.to_string())
+            }
+            AuthError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
+            AuthError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The caller, when authentication is on.
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    match &state.auth {
+        None => Ok(None),
+        Some(auth) => Ok(Some(auth.authenticate(auth::bearer(headers)?).await?)),
+    }
+}
+
+async fn check_read(
+    state: &AppState,
+    caller: &Option<Caller>,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    match (&state.auth, caller) {
+        (Some(auth), Some(caller)) => Ok(auth.may_read(caller, namespace).await?),
+        _ => Ok(()),
     }
 }
 
@@ -111,12 +151,39 @@ async fn ingest(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let writer = caller(&state, &headers).await?;
     let text = ingest::decompress(&body, gzip).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let batch = ingest::parse_batch(&text);
+    let mut batch = ingest::parse_batch(&text);
+    if let Some(writer) = &writer {
+        let mut refused = Vec::new();
+        batch.items.retain(|item| {
+            match auth::may_write(writer, &item.pod_namespace, &item.pod_name) {
+                Ok(()) => true,
+                Err(error) => {
+                    refused.push(LineError {
+                        line: item.line_number,
+                        error,
+                    });
+                    false
+                }
+            }
+        });
+        batch.drops.retain(|(line, d)| {
+            match auth::may_write(writer, &d.pod.namespace, &d.pod.name) {
+                Ok(()) => true,
+                Err(error) => {
+                    refused.push(LineError { line: *line, error });
+                    false
+                }
+            }
+        });
+        batch.errors.extend(refused);
+        batch.errors.sort_by_key(|e| e.line);
+    }
     let drop_reports = batch.drops.len();
     let store = state.store.clone();
     let items = batch.items;
-    let drops = batch.drops;
+    let drops: Vec<_> = batch.drops.into_iter().map(|(_, d)| d).collect();
     let outcome = blocking(move || store.ingest(&items, &drops)).await?;
     Ok(Json(IngestAnswer {
         outcome,
@@ -173,9 +240,18 @@ async fn coverage_of_pod(
     Path(pod): Path<String>,
     Query(q): Query<CoverageQuery>,
 ) -> Result<Response, ApiError> {
+    let reader = caller(&state, &headers).await?;
     let store = state.store.clone();
     let name = pod.clone();
-    let namespaces = blocking(move || store.namespaces_of_pod(&name)).await?;
+    let mut namespaces = blocking(move || store.namespaces_of_pod(&name)).await?;
+    // Only the namespaces the reader may see count, or exist.
+    let mut readable = Vec::new();
+    for ns in namespaces.drain(..) {
+        if check_read(&state, &reader, Some(&ns)).await.is_ok() {
+            readable.push(ns);
+        }
+    }
+    let namespaces = readable;
     let namespace = match namespaces.as_slice() {
         [] => {
             return Err(ApiError::NotFound(format!(
@@ -204,6 +280,8 @@ async fn coverage_of_namespaced_pod(
     Path((namespace, pod)): Path<(String, String)>,
     Query(q): Query<CoverageQuery>,
 ) -> Result<Response, ApiError> {
+    let reader = caller(&state, &headers).await?;
+    check_read(&state, &reader, Some(&namespace)).await?;
     let scope = Scope {
         namespace: Some(namespace),
         pod: Some(pod),
@@ -231,6 +309,7 @@ mod tests {
                 &Conformance::default(),
                 &Default::default(),
             ))),
+            auth: None,
         }
     }
 

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     #[arg(long, env = "APIWITNESS_SPEC_REFRESH", value_parser = humantime::parse_duration, default_value = "10s")]
     pub spec_refresh: std::time::Duration,
 
+    /// The audiences a writer's token must carry (TokenReview); the
+    /// apiserver's own when empty.
+    #[arg(long, env = "APIWITNESS_TOKEN_AUDIENCES", value_delimiter = ',')]
+    pub token_audiences: Vec<String>,
+
     /// Serve without authentication or authorization: for local use only.
     #[arg(long, env = "APIWITNESS_INSECURE_NO_AUTH", default_value_t = false)]
     pub insecure_no_auth: bool,

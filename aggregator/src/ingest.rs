@@ -16,7 +16,8 @@ pub struct LineError {
 #[derive(Debug, Default)]
 pub struct ParsedBatch {
     pub items: Vec<IngestItem>,
-    pub drops: Vec<DropReport>,
+    /// With their line numbers.
+    pub drops: Vec<(usize, DropReport)>,
     pub errors: Vec<LineError>,
 }
 
@@ -104,9 +105,10 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
                     status: e.status,
                     templates,
                     line: raw.to_string(),
+                    line_number: i + 1,
                 });
             }
-            Ok(Line::DropReport(d)) => batch.drops.push(*d),
+            Ok(Line::DropReport(d)) => batch.drops.push((i + 1, *d)),
             Err(e) => batch.errors.push(LineError {
                 line: i + 1,
                 error: e.to_string(),

@@ -5,6 +5,7 @@
 //! [`spec`] and [`spec_live`] (the operations) → [`report`] (coverage).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod report;
@@ -34,11 +35,6 @@ pub enum StartError {
         "no Kubernetes credentials for the live spec: {0} (give --spec DIR to read files instead)"
     )]
     Kube(String),
-    #[error(
-        "authentication (TokenReview and SubjectAccessReview) is not built yet: start with \
-         --insecure-no-auth (APIWITNESS_INSECURE_NO_AUTH=true), and keep the aggregator off untrusted networks"
-    )]
-    AuthNotBuilt,
 }
 
 fn conformance(config: &Config) -> Result<Conformance, SpecError> {
@@ -98,9 +94,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         return Ok(());
     }
 
-    if !config.serve.insecure_no_auth {
-        return Err(StartError::AuthNotBuilt);
-    }
+    let auth = if config.serve.insecure_no_auth {
+        tracing::warn!(
+            "--insecure-no-auth: anyone who reaches this port may write and read records"
+        );
+        None
+    } else {
+        let client = match &live {
+            Some((client, _)) => client.clone(),
+            None => kube::Client::try_default().await.map_err(|e| {
+                StartError::Kube(format!("{e} (authentication needs the apiserver)"))
+            })?,
+        };
+        Some(Arc::new(auth::Authorizer::new(
+            client,
+            config.serve.token_audiences.clone(),
+        )))
+    };
     let shared = Arc::new(SharedIndex::new(index));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     if let Some((client, fingerprint)) = live {
@@ -116,6 +126,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let app = api::app(api::AppState {
         store,
         spec: shared,
+        auth,
     });
     let listener = tokio::net::TcpListener::bind(config.serve.listen)
         .await

@@ -10,10 +10,74 @@ use std::time::Duration;
 
 pub struct Aggregator {
     pub url: String,
+    /// Serve with --insecure-no-auth (one test checks the flag); otherwise
+    /// every request needs a token the apiserver accepts.
+    pub insecure: bool,
     pub db: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
     addr: String,
+}
+
+/// A curl header file holding `Authorization: Bearer <token>`, readable by
+/// root only, so the token appears in no process list.
+pub fn write_auth_header(token: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(format!(
+        "apiwitness-auth-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(
+        &mut file,
+        format!("Authorization: Bearer {token}\n").as_bytes(),
+    )?;
+    Ok(path)
+}
+
+/// A token of a ServiceAccount that may read everything (ClusterRole view).
+pub fn reader_token(cluster: &Cluster) -> anyhow::Result<String> {
+    let _ = cluster.kubectl(&[
+        "create",
+        "serviceaccount",
+        "apiwitness-e2e-reader",
+        "-n",
+        "default",
+    ]);
+    let _ = cluster.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "apiwitness-e2e-reader",
+        "--clusterrole=view",
+        "--serviceaccount=default:apiwitness-e2e-reader",
+    ]);
+    token_of(cluster, "default", "apiwitness-e2e-reader")
+}
+
+/// A TokenRequest token of `namespace/serviceaccount`.
+pub fn token_of(
+    cluster: &Cluster,
+    namespace: &str,
+    serviceaccount: &str,
+) -> anyhow::Result<String> {
+    Ok(cluster
+        .kubectl_ok(&[
+            "create",
+            "token",
+            serviceaccount,
+            "-n",
+            namespace,
+            "--duration=1h",
+        ])?
+        .trim()
+        .to_string())
 }
 
 fn free_port(ip: &str) -> anyhow::Result<u16> {
@@ -21,8 +85,17 @@ fn free_port(ip: &str) -> anyhow::Result<u16> {
 }
 
 impl Aggregator {
-    /// Starts an aggregator with a fresh store.
+    /// Starts an aggregator with a fresh store, authentication on.
     pub fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Aggregator> {
+        Aggregator::start_with(cluster, name, false)
+    }
+
+    /// Starts one with --insecure-no-auth.
+    pub fn start_insecure(cluster: &Cluster, name: &str) -> anyhow::Result<Aggregator> {
+        Aggregator::start_with(cluster, name, true)
+    }
+
+    fn start_with(cluster: &Cluster, name: &str, insecure: bool) -> anyhow::Result<Aggregator> {
         let dir = std::env::temp_dir().join(format!(
             "apiwitness-aggregator-{name}-{}",
             std::process::id()
@@ -32,6 +105,7 @@ impl Aggregator {
         let addr = format!("{}:{}", cluster.node_ip(), free_port(cluster.node_ip())?);
         let mut aggregator = Aggregator {
             url: format!("http://{addr}"),
+            insecure,
             db: dir.join("apiwitness.db"),
             log_path: dir.join("aggregator.log"),
             child: None,
@@ -85,28 +159,36 @@ impl Aggregator {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// GET a path; the body as JSON, or the status and body as the error.
-    pub fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let out = CommandOutput::run(Command::new("curl").args([
-            "-sS",
-            "-w",
-            "\n%{http_code}",
-            &format!("{}{path}", self.url),
-        ]))?
-        .ok("curl")?;
-        let (body, code) = out.stdout.rsplit_once('\n').context("no status")?;
-        anyhow::ensure!(code == "200", "GET {path}: {code} {body}");
-        Ok(serde_json::from_str(body)?)
+    /// GET a path with a bearer token; the body as JSON, or the status and
+    /// body as the error.
+    pub fn get_json(&self, path: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.get(path, token)?;
+        anyhow::ensure!(code == 200, "GET {path}: {code} {body}");
+        Ok(serde_json::from_str(&body)?)
     }
 
-    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        Ok(
-            CommandOutput::run(
-                Command::new("curl").args(["-sSf", &format!("{}{path}", self.url)]),
-            )?
-            .ok("curl")?
-            .stdout,
-        )
+    pub fn get_text(&self, path: &str, token: Option<&str>) -> anyhow::Result<String> {
+        let (code, body) = self.get(path, token)?;
+        anyhow::ensure!(code == 200, "GET {path}: {code} {body}");
+        Ok(body)
+    }
+
+    /// GET a path: the status and the body. The token goes in a header file,
+    /// never on a command line.
+    pub fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-w", "\n%{http_code}"]);
+        let header_file = token.map(write_auth_header).transpose()?;
+        if let Some(file) = &header_file {
+            cmd.arg("-H").arg(format!("@{}", file.display()));
+        }
+        let out = CommandOutput::run(cmd.arg(format!("{}{path}", self.url)));
+        if let Some(file) = header_file {
+            let _ = std::fs::remove_file(file);
+        }
+        let out = out?.ok("curl")?;
+        let (body, code) = out.stdout.rsplit_once('\n').context("no status")?;
+        Ok((code.parse()?, body.to_string()))
     }
 
     /// SIGKILL: no chance to flush anything.

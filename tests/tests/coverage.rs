@@ -2,7 +2,7 @@
 //! runs through the interceptor, its records reach the real aggregator, and
 //! the report names exactly the operations it called, against the live spec.
 
-use apiwitness_e2e::aggregator::Aggregator;
+use apiwitness_e2e::aggregator::{Aggregator, reader_token, token_of, write_auth_header};
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
 use apiwitness_e2e::{Cluster, CommandOutput, TestNamespace, repo_root, wait_until};
@@ -72,8 +72,9 @@ fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called() {
     assert!(out.success, "{}", out.stderr);
     pod.stop().unwrap();
 
+    let reader = reader_token(cluster).unwrap();
     let report = aggregator
-        .get_json(&format!("/coverage/{pod_name}"))
+        .get_json(&format!("/coverage/{pod_name}"), Some(&reader))
         .unwrap();
     let expected: BTreeSet<String> = [
         "createCoreV1NamespacedConfigMap",
@@ -110,14 +111,20 @@ fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called() {
 
     // The same through the namespaced route, as text, and as JUnit.
     let text = aggregator
-        .get_text(&format!("/coverage/{n}/{pod_name}?format=text"))
+        .get_text(
+            &format!("/coverage/{n}/{pod_name}?format=text"),
+            Some(&reader),
+        )
         .unwrap();
     assert!(
         text.contains("deleteCoreV1CollectionNamespacedConfigMap"),
         "{text}"
     );
     let junit = aggregator
-        .get_text(&format!("/coverage/{n}/{pod_name}?format=junit"))
+        .get_text(
+            &format!("/coverage/{n}/{pod_name}?format=junit"),
+            Some(&reader),
+        )
         .unwrap();
     assert!(
         junit.contains("<testsuite") && junit.contains("<failure"),
@@ -125,7 +132,10 @@ fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called() {
     );
     // A workload filter that matches nothing gives an empty report, not an error.
     let none = aggregator
-        .get_json(&format!("/coverage?namespace={n}&user_agent=nobody"))
+        .get_json(
+            &format!("/coverage?namespace={n}&user_agent=nobody"),
+            Some(&reader),
+        )
         .unwrap();
     assert_eq!(none["operations"], json!([]));
 }
@@ -169,12 +179,16 @@ fn a_new_crds_operations_are_covered_without_a_restart() {
         "method": "POST", "path": format!("/apis/{group}/v1alpha1/namespaces/{n}/gadgets"),
         "status": 201, "user_agent": "maker/1.0"
     });
-    post_batch(&aggregator, &format!("{line}\n")).unwrap();
+    let writer = token_of(cluster, &n, "app").unwrap();
+    post_batch(&aggregator, &format!("{line}\n"), &writer).unwrap();
+    let reader = reader_token(cluster).unwrap();
     let op = wait_until(
         "the new CRD's operation in the report",
         Duration::from_secs(30),
         || {
-            let report = aggregator.get_json(&format!("/coverage/{n}/maker")).ok()?;
+            let report = aggregator
+                .get_json(&format!("/coverage/{n}/maker"), Some(&reader))
+                .ok()?;
             report["operations"].as_array()?.first().cloned()
         },
     )
@@ -191,8 +205,10 @@ fn a_new_crds_operations_are_covered_without_a_restart() {
 #[test]
 fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothing_twice() {
     let cluster = Cluster::shared();
-    let ns = TestNamespace::new(cluster, "cov-crash");
+    let ns = namespace_with_app(cluster, "cov-crash");
     let n = ns.name.clone();
+    let writer = token_of(cluster, &n, "app").unwrap();
+    let reader = reader_token(cluster).unwrap();
     let mut aggregator = Aggregator::start(cluster, &n).unwrap();
     const BATCHES: usize = 40;
     const PER_BATCH: usize = 250;
@@ -214,7 +230,7 @@ fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothi
         if b == BATCHES / 2 {
             aggregator.kill();
         }
-        if post_batch(&aggregator, &batch(b)).is_ok() {
+        if post_batch(&aggregator, &batch(b), &writer).is_ok() {
             acknowledged.push(b);
         }
     }
@@ -224,7 +240,9 @@ fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothi
         "the batches before the kill were acknowledged"
     );
     aggregator.spawn(cluster).unwrap();
-    let report = aggregator.get_json(&format!("/coverage/{n}/busy")).unwrap();
+    let report = aggregator
+        .get_json(&format!("/coverage/{n}/busy"), Some(&reader))
+        .unwrap();
     let hits: u64 = report["operations"]
         .as_array()
         .unwrap()
@@ -238,9 +256,11 @@ fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothi
     );
     // The sender retries everything (it cannot know what the kill interrupted).
     for b in 0..BATCHES {
-        post_batch(&aggregator, &batch(b)).unwrap();
+        post_batch(&aggregator, &batch(b), &writer).unwrap();
     }
-    let report = aggregator.get_json(&format!("/coverage/{n}/busy")).unwrap();
+    let report = aggregator
+        .get_json(&format!("/coverage/{n}/busy"), Some(&reader))
+        .unwrap();
     let hits: u64 = report["operations"]
         .as_array()
         .unwrap()
@@ -254,8 +274,18 @@ fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothi
     );
 }
 
-/// POSTs one NDJSON batch, gzip, as the interceptor does.
-fn post_batch(aggregator: &Aggregator, ndjson: &str) -> anyhow::Result<Value> {
+/// POSTs one NDJSON batch, gzip, with a bearer token, as the interceptor does.
+fn post_batch(aggregator: &Aggregator, ndjson: &str, token: &str) -> anyhow::Result<Value> {
+    let (code, body) = post_batch_status(aggregator, ndjson, Some(token))?;
+    anyhow::ensure!(code == 200, "ingest answered {code}: {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn post_batch_status(
+    aggregator: &Aggregator,
+    ndjson: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(ndjson.as_bytes())?;
     let path = std::env::temp_dir().join(format!(
@@ -264,7 +294,12 @@ fn post_batch(aggregator: &Aggregator, ndjson: &str) -> anyhow::Result<Value> {
         rand()
     ));
     std::fs::write(&path, gz.finish()?)?;
-    let out = CommandOutput::run(Command::new("curl").args([
+    let header = token.map(write_auth_header).transpose()?;
+    let mut cmd = Command::new("curl");
+    if let Some(h) = &header {
+        cmd.arg("-H").arg(format!("@{}", h.display()));
+    }
+    let out = CommandOutput::run(cmd.args([
         "-sS",
         "--max-time",
         "20",

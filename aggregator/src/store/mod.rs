@@ -26,6 +26,8 @@ pub struct IngestItem {
     pub templates: Vec<String>,
     /// The record as received, one JSON line.
     pub line: String,
+    /// Where it was in its batch (1-based), for error messages.
+    pub line_number: usize,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]

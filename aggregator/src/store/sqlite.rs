@@ -264,6 +264,7 @@ mod tests {
             status,
             templates: vec![template.into()],
             line: "{}".into(),
+            line_number: 1,
         }
     }
 
