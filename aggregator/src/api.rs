@@ -101,6 +101,7 @@ impl From<StoreError> for ApiError {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/ingest", post(ingest))
+        .route("/audit", post(audit_events))
         .route("/coverage", get(coverage))
         .route("/coverage/{pod}", get(coverage_of_pod))
         .route(
@@ -189,6 +190,28 @@ async fn ingest(
         outcome,
         drop_reports,
         errors: batch.errors,
+    }))
+}
+
+/// The audit webhook backend: an `audit.k8s.io/v1` EventList per request.
+async fn audit_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<IngestAnswer>, ApiError> {
+    if let (Some(auth), Some(caller)) = (&state.auth, caller(&state, &headers).await?) {
+        auth.may_send_audit(&caller).await?;
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
+    let parsed = crate::audit::parse_event_list(text).map_err(ApiError::BadRequest)?;
+    let store = state.store.clone();
+    let items = parsed.items;
+    let outcome = blocking(move || store.ingest(&items, &[])).await?;
+    Ok(Json(IngestAnswer {
+        outcome,
+        drop_reports: 0,
+        errors: parsed.errors,
     }))
 }
 

@@ -142,7 +142,28 @@ impl Authorizer {
         caller: &Caller,
         namespace: Option<&str>,
     ) -> Result<(), AuthError> {
-        let key = (caller.username.clone(), namespace.unwrap_or("").to_string());
+        self.may(caller, "get", "", "pods", namespace).await
+    }
+
+    /// May `caller` send audit events? Granted by RBAC on
+    /// `auditevents.apiwitness.io`, verb `create`, which nobody has by default.
+    pub async fn may_send_audit(&self, caller: &Caller) -> Result<(), AuthError> {
+        self.may(caller, "create", "apiwitness.io", "auditevents", None)
+            .await
+    }
+
+    async fn may(
+        &self,
+        caller: &Caller,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<(), AuthError> {
+        let key = (
+            caller.username.clone(),
+            format!("{verb} {group}/{resource} {}", namespace.unwrap_or("")),
+        );
         let cached = self
             .decisions
             .lock()
@@ -160,8 +181,9 @@ impl Authorizer {
                         extra: Some(caller.extra.clone()),
                         resource_attributes: Some(ResourceAttributes {
                             namespace: namespace.map(str::to_string),
-                            verb: Some("get".into()),
-                            resource: Some("pods".into()),
+                            verb: Some(verb.into()),
+                            group: Some(group.into()),
+                            resource: Some(resource.into()),
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -185,8 +207,13 @@ impl Authorizer {
         if allowed {
             Ok(())
         } else {
+            let what = if group.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource}.{group}")
+            };
             Err(AuthError::Forbidden(format!(
-                "{} may not get pods in {}",
+                "{} may not {verb} {what} in {}",
                 caller.username,
                 namespace
                     .map(|n| format!("namespace {n}"))

@@ -79,6 +79,11 @@ pub struct ServeArgs {
 pub enum Command {
     /// Serve ingest and reports (the default).
     Serve,
+    /// Import an audit log file (one audit.k8s.io/v1 Event per line).
+    ImportAudit {
+        /// The log file.
+        file: std::path::PathBuf,
+    },
     /// Print a coverage report from the store, as the HTTP API would.
     Report {
         #[arg(long)]

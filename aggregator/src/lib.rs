@@ -5,6 +5,7 @@
 //! [`spec`] and [`spec_live`] (the operations) → [`report`] (coverage).
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod ingest;
@@ -22,6 +23,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("could not read the audit log {path}: {error}")]
+    AuditLog { path: String, error: std::io::Error },
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -35,6 +38,34 @@ pub enum StartError {
         "no Kubernetes credentials for the live spec: {0} (give --spec DIR to read files instead)"
     )]
     Kube(String),
+}
+
+/// Imports an audit log, in chunks, printing what was taken and what was not.
+fn import_audit(store: &dyn store::Store, file: &Path) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
+    let text = std::fs::read_to_string(file).map_err(|error| StartError::AuditLog {
+        path: file.display().to_string(),
+        error,
+    })?;
+    let parsed = audit::parse_log(&text);
+    let mut outcome = store::IngestOutcome::default();
+    for chunk in parsed.items.chunks(50_000) {
+        let o = store.ingest(chunk, &[])?;
+        outcome.accepted += o.accepted;
+        outcome.duplicates += o.duplicates;
+    }
+    for e in parsed.errors.iter().take(20) {
+        eprintln!("{}:{}: {}", file.display(), e.line, e.error);
+    }
+    println!(
+        "imported {} audit events ({} already stored, {} of other stages skipped, {} refused) in {:.2?}",
+        outcome.accepted,
+        outcome.duplicates,
+        parsed.skipped,
+        parsed.errors.len(),
+        started.elapsed()
+    );
+    Ok(())
 }
 
 fn conformance(config: &Config) -> Result<Conformance, SpecError> {
@@ -65,6 +96,9 @@ async fn load_spec(
 
 pub async fn run(config: Config) -> Result<(), StartError> {
     let store: Arc<dyn store::Store> = Arc::new(store::sqlite::SqliteStore::open(&config.db)?);
+    if let Some(Command::ImportAudit { file }) = &config.command {
+        return import_audit(store.as_ref(), file);
+    }
     let conformance = conformance(&config)?;
     let (index, live) = load_spec(&config, &conformance).await?;
     tracing::info!(operations = index.len(), spec = %config.spec, "OpenAPI spec loaded");
