@@ -56,9 +56,15 @@ fn upstream_client(
     } else {
         builder.enable_http1().build()
     };
+    // A peer that vanishes without a FIN or RST would leave every stream of a
+    // shared HTTP/2 connection waiting: PINGs find it out and close it.
     Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .pool_max_idle_per_host(64)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .http2_keep_alive_timeout(std::time::Duration::from_secs(10))
         .build(connector))
 }
 

@@ -193,6 +193,9 @@ pub struct ShipConfig {
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// How long one batch may take, from sending it to its answer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub struct Shipper {
     config: ShipConfig,
     queue: Arc<Queue>,
@@ -355,16 +358,17 @@ impl Shipper {
         let request = request
             .body(Full::new(body))
             .map_err(|e| ShipError::Unreachable(e.to_string()))?;
-        let response = self
-            .client
-            .request(request)
+        // A connection that never answers must not stall shipping: the batch
+        // goes back to the queue and is retried.
+        let response = tokio::time::timeout(SEND_TIMEOUT, self.client.request(request))
             .await
+            .map_err(|_| ShipError::Unreachable(format!("no answer within {SEND_TIMEOUT:?}")))?
             .map_err(|e| ShipError::Unreachable(format!("{e:#}")))?;
         let status = response.status();
-        let text = response
-            .into_body()
-            .collect()
+        let text = tokio::time::timeout(SEND_TIMEOUT, response.into_body().collect())
             .await
+            .ok()
+            .and_then(Result::ok)
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
         if status.is_success() {

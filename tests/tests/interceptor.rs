@@ -776,7 +776,7 @@ fn records_survive_an_unreachable_aggregator_and_drops_are_reported() {
     collector.set_available(true);
     let all = wait_until(
         "the queued records to arrive",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let got = collector.exchanges();
             (got.len() >= 10 && !collector.drops().is_empty()).then_some(got)
