@@ -253,6 +253,9 @@ async fn coverage(
     headers: HeaderMap,
     Query(q): Query<CoverageQuery>,
 ) -> Result<Response, ApiError> {
+    let reader = caller(&state, &headers).await?;
+    let namespace = q.scope.namespace.as_deref().filter(|n| !n.is_empty());
+    check_read(&state, &reader, namespace).await?;
     let format = format_of(q.format, &headers);
     render(state, q.scope, format).await
 }

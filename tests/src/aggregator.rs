@@ -130,8 +130,12 @@ impl Aggregator {
                 "live",
                 "--spec-refresh",
                 "1s",
-                "--insecure-no-auth",
             ])
+            .args(if self.insecure {
+                &["--insecure-no-auth"][..]
+            } else {
+                &[]
+            })
             .arg("--conformance-dir")
             .arg(crate::repo_root().join("../shared/k8s-openapi/v1.35"))
             .env("KUBECONFIG", cluster.kubeconfig())
