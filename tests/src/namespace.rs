@@ -30,6 +30,33 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// A fresh namespace with ServiceAccount `app`, bound to the `admin`
+    /// ClusterRole there: what an ordinary workload may do in its namespace.
+    pub fn with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
+        let ns = TestNamespace::new(cluster, prefix);
+        let n = ns.name.as_str();
+        let sa = format!("--serviceaccount={n}:app");
+        for args in [
+            vec!["create", "serviceaccount", "app", "-n", n],
+            vec![
+                "create",
+                "rolebinding",
+                "app-admin",
+                "-n",
+                n,
+                "--clusterrole=admin",
+                &sa,
+            ],
+        ] {
+            cluster
+                .kubectl_ok(&args)
+                .unwrap_or_else(|e| panic!("setting up namespace {n}: {e:#}"));
+        }
+        ns
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let _ = self

@@ -12,26 +12,6 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-fn namespace_with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
-    let ns = TestNamespace::new(cluster, prefix);
-    let n = ns.name.as_str();
-    cluster
-        .kubectl_ok(&["create", "serviceaccount", "app", "-n", n])
-        .unwrap();
-    cluster
-        .kubectl_ok(&[
-            "create",
-            "rolebinding",
-            "app-admin",
-            "-n",
-            n,
-            "--clusterrole=admin",
-            &format!("--serviceaccount={n}:app"),
-        ])
-        .unwrap();
-    ns
-}
-
 fn operation_ids(report: &Value) -> BTreeSet<String> {
     report["operations"]
         .as_array()
@@ -44,7 +24,7 @@ fn operation_ids(report: &Value) -> BTreeSet<String> {
 #[test]
 fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "cov-pod");
+    let ns = TestNamespace::with_app(cluster, "cov-pod");
     let n = ns.name.clone();
     let aggregator = Aggregator::start(cluster, &n).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
@@ -143,7 +123,7 @@ fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called() {
 #[test]
 fn a_new_crds_operations_are_covered_without_a_restart() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "cov-crd");
+    let ns = TestNamespace::with_app(cluster, "cov-crd");
     let n = ns.name.clone();
     let aggregator = Aggregator::start(cluster, &n).unwrap();
     // A group of this test's own, created after the aggregator loaded its spec.
@@ -205,7 +185,7 @@ fn a_new_crds_operations_are_covered_without_a_restart() {
 #[test]
 fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothing_twice() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "cov-crash");
+    let ns = TestNamespace::with_app(cluster, "cov-crash");
     let n = ns.name.clone();
     let writer = token_of(cluster, &n, "app").unwrap();
     let reader = reader_token(cluster).unwrap();
@@ -339,8 +319,8 @@ impl Drop for DeleteOnDrop {
 #[test]
 fn writers_and_readers_are_who_the_apiserver_says_they_are() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "cov-auth");
-    let other = namespace_with_app(cluster, "cov-auth-other");
+    let ns = TestNamespace::with_app(cluster, "cov-auth");
+    let other = TestNamespace::with_app(cluster, "cov-auth-other");
     let n = ns.name.clone();
     let aggregator = Aggregator::start(cluster, &n).unwrap();
     let record = |id: &str, namespace: &str| {
@@ -416,7 +396,7 @@ fn the_insecure_flag_serves_without_tokens() {
 #[test]
 fn the_apiservers_audit_log_imports_into_the_same_coverage() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "cov-audit");
+    let ns = TestNamespace::with_app(cluster, "cov-audit");
     let n = ns.name.clone();
     // A client in a pod, not intercepted: only the audit log sees it.
     let pod = apiwitness_e2e::NetnsPod::add(cluster, &format!("{n}-p"), &n, "app", &[]).unwrap();

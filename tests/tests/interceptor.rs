@@ -15,22 +15,8 @@ const WIDGET_CRD: &str = "widgets.e2e.apiwitness.test";
 /// A namespace with ServiceAccount `app`, allowed what `admin` allows there
 /// plus the test CRD's objects.
 fn namespace_with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
-    let ns = TestNamespace::new(cluster, prefix);
+    let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.as_str();
-    cluster
-        .kubectl_ok(&["create", "serviceaccount", "app", "-n", n])
-        .unwrap();
-    cluster
-        .kubectl_ok(&[
-            "create",
-            "rolebinding",
-            "app-admin",
-            "-n",
-            n,
-            "--clusterrole=admin",
-            &format!("--serviceaccount={n}:app"),
-        ])
-        .unwrap();
     cluster
         .kubectl_ok(&[
             "create",

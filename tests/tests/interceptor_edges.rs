@@ -12,26 +12,6 @@ use std::time::Duration;
 
 const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-fn namespace_with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
-    let ns = TestNamespace::new(cluster, prefix);
-    let n = ns.name.as_str();
-    cluster
-        .kubectl_ok(&["create", "serviceaccount", "app", "-n", n])
-        .unwrap();
-    cluster
-        .kubectl_ok(&[
-            "create",
-            "rolebinding",
-            "app-admin",
-            "-n",
-            n,
-            "--clusterrole=admin",
-            &format!("--serviceaccount={n}:app"),
-        ])
-        .unwrap();
-    ns
-}
-
 fn options<'a>(certify: &'a CertifyStandIn, collector: &'a Collector) -> InterceptorOptions<'a> {
     InterceptorOptions {
         certify_url: &certify.url,
@@ -45,7 +25,7 @@ fn options<'a>(certify: &'a CertifyStandIn, collector: &'a Collector) -> Interce
 #[test]
 fn malformed_stalled_and_huge_requests_leave_memory_bounded_and_others_unaffected() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "edge-abuse");
+    let ns = TestNamespace::with_app(cluster, "edge-abuse");
     let n = ns.name.clone();
     let collector = Collector::start(cluster).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
@@ -146,7 +126,7 @@ fn malformed_stalled_and_huge_requests_leave_memory_bounded_and_others_unaffecte
 #[test]
 fn certificates_rotate_under_live_connections_without_a_failed_request() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "edge-rotate");
+    let ns = TestNamespace::with_app(cluster, "edge-rotate");
     let n = ns.name.clone();
     let ca = Arc::new(TestCa::new("apiwitness-test-sidecar-ca").unwrap());
     // The app trusts the cluster CA and the sidecar's CA; the sidecar itself
@@ -197,7 +177,7 @@ fn certificates_rotate_under_live_connections_without_a_failed_request() {
 #[test]
 fn explicit_mode_serves_clients_pointed_at_the_sidecar() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "edge-explicit");
+    let ns = TestNamespace::with_app(cluster, "edge-explicit");
     let n = ns.name.clone();
     let collector = Collector::start(cluster).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
@@ -243,7 +223,7 @@ fn explicit_mode_serves_clients_pointed_at_the_sidecar() {
 #[test]
 fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() {
     let cluster = Cluster::shared();
-    let ns = namespace_with_app(cluster, "edge-down");
+    let ns = TestNamespace::with_app(cluster, "edge-down");
     let n = ns.name.clone();
     let collector = Collector::start(cluster).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
