@@ -17,14 +17,15 @@ pub enum LogFormat {
     about = "Collects interceptor records; serves API coverage."
 )]
 pub struct Config {
-    /// The embedded store: a SQLite file (created if missing).
+    /// The store: a SQLite file (created if missing), or a PostgreSQL URL
+    /// (`postgres://user:password@host/db`) that several aggregators share.
     #[arg(
         long,
         env = "APIWITNESS_DB",
         default_value = "apiwitness.db",
         global = true
     )]
-    pub db: PathBuf,
+    pub db: String,
 
     /// Where the OpenAPI spec comes from: `live` (the apiserver, with this
     /// process's kubeconfig or in-cluster credentials) or a directory holding

@@ -95,9 +95,13 @@ async fn load_spec(
 }
 
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let store: Arc<dyn store::Store> = Arc::new(store::sqlite::SqliteStore::open(&config.db)?);
+    // The store's calls block (PostgreSQL's client runs its own runtime):
+    // they run on blocking threads, never on the async workers.
+    let db = config.db.clone();
+    let store = blocking(move || store::open(&db)).await??;
     if let Some(Command::ImportAudit { file }) = &config.command {
-        return import_audit(store.as_ref(), file);
+        let (store, file) = (store.clone(), file.clone());
+        return blocking(move || import_audit(store.as_ref(), &file)).await?;
     }
     let conformance = conformance(&config)?;
     let (index, live) = load_spec(&config, &conformance).await?;
@@ -118,12 +122,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             user_agent: user_agent.clone(),
             since: None,
         };
-        let report = report::build(
-            scope.clone(),
-            &store.hits(&scope)?,
-            &index,
-            store.dropped(&scope)?,
-        );
+        let (s, q) = (store.clone(), scope.clone());
+        let (hits, dropped) =
+            blocking(move || Ok::<_, StartError>((s.hits(&q)?, s.dropped(&q)?))).await??;
+        let report = report::build(scope.clone(), &hits, &index, dropped);
         println!("{}", report.render(*format).0);
         return Ok(());
     }
@@ -176,6 +178,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })
         .await;
     Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StartError::Store(store::StoreError::Invalid(format!(
+            "a store task failed: {e}"
+        )))
+    })
 }
 
 async fn wait_for_signal() {

@@ -8,12 +8,59 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Where an aggregator keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// The local PostgreSQL (`hack/postgres up`, once per test binary): the URL
+/// of its `postgres` database.
+fn postgres_base_url() -> anyhow::Result<String> {
+    static URL: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        CommandOutput::run(Command::new(crate::repo_root().join("hack/postgres")).arg("up"))
+            .and_then(|o| o.ok("hack/postgres up"))
+            .map(|o| o.stdout.trim().to_string())
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// A fresh database for one aggregator, and its URL.
+fn postgres_database(name: &str) -> anyhow::Result<String> {
+    let base = postgres_base_url()?;
+    let db: String = format!("apiwitness_{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        CommandOutput::run(Command::new("psql").args([&base, "-qc", &sql]))?.ok("psql")?;
+    }
+    Ok(format!(
+        "{}/{db}",
+        base.rsplit_once('/').context("a URL")?.0
+    ))
+}
+
 pub struct Aggregator {
     pub url: String,
     /// Serve with --insecure-no-auth (one test checks the flag); otherwise
     /// every request needs a token the apiserver accepts.
     pub insecure: bool,
-    pub db: PathBuf,
+    /// A SQLite file or a PostgreSQL URL.
+    pub db: String,
     pub log_path: PathBuf,
     child: Option<Child>,
     addr: String,
@@ -95,7 +142,21 @@ impl Aggregator {
         Aggregator::start_with(cluster, name, true)
     }
 
+    /// Starts one on the given kind of store, authentication on.
+    pub fn start_on(cluster: &Cluster, name: &str, store: StoreKind) -> anyhow::Result<Aggregator> {
+        Aggregator::start_full(cluster, name, false, store)
+    }
+
     fn start_with(cluster: &Cluster, name: &str, insecure: bool) -> anyhow::Result<Aggregator> {
+        Aggregator::start_full(cluster, name, insecure, StoreKind::Sqlite)
+    }
+
+    fn start_full(
+        cluster: &Cluster,
+        name: &str,
+        insecure: bool,
+        store: StoreKind,
+    ) -> anyhow::Result<Aggregator> {
         let dir = std::env::temp_dir().join(format!(
             "apiwitness-aggregator-{name}-{}",
             std::process::id()
@@ -106,13 +167,37 @@ impl Aggregator {
         let mut aggregator = Aggregator {
             url: format!("http://{addr}"),
             insecure,
-            db: dir.join("apiwitness.db"),
+            db: match store {
+                StoreKind::Sqlite => dir.join("apiwitness.db").display().to_string(),
+                StoreKind::Postgres => postgres_database(name)?,
+            },
             log_path: dir.join("aggregator.log"),
             child: None,
             addr,
         };
         aggregator.spawn(cluster)?;
         Ok(aggregator)
+    }
+
+    /// Another aggregator on the same store (a PostgreSQL URL): a replica.
+    pub fn replica(&self, cluster: &Cluster, name: &str) -> anyhow::Result<Aggregator> {
+        let dir = std::env::temp_dir().join(format!(
+            "apiwitness-aggregator-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let addr = format!("{}:{}", cluster.node_ip(), free_port(cluster.node_ip())?);
+        let mut replica = Aggregator {
+            url: format!("http://{addr}"),
+            insecure: self.insecure,
+            db: self.db.clone(),
+            log_path: dir.join("aggregator.log"),
+            child: None,
+            addr,
+        };
+        replica.spawn(cluster)?;
+        Ok(replica)
     }
 
     /// (Re)starts the process on the same store and address.
@@ -122,7 +207,7 @@ impl Aggregator {
             .append(true)
             .open(&self.log_path)?;
         let child = Command::new(workspace_binary("apiwitness-aggregator"))
-            .args(["--db", self.db.to_str().context("db path")?])
+            .args(["--db", &self.db])
             .args([
                 "--listen",
                 &self.addr,

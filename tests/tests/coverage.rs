@@ -2,7 +2,9 @@
 //! runs through the interceptor, its records reach the real aggregator, and
 //! the report names exactly the operations it called, against the live spec.
 
-use apiwitness_e2e::aggregator::{Aggregator, reader_token, token_of, write_auth_header};
+use apiwitness_e2e::aggregator::{
+    Aggregator, StoreKind, reader_token, token_of, write_auth_header,
+};
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
 use apiwitness_e2e::{Cluster, CommandOutput, TestNamespace, repo_root, wait_until};
@@ -22,11 +24,20 @@ fn operation_ids(report: &Value) -> BTreeSet<String> {
 }
 
 #[test]
-fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called() {
+fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called_on_sqlite() {
+    pod_coverage(StoreKind::Sqlite, "cov-pod-sqlite");
+}
+
+#[test]
+fn coverage_of_a_pod_is_exactly_the_operations_its_workload_called_on_postgres() {
+    pod_coverage(StoreKind::Postgres, "cov-pod-pg");
+}
+
+fn pod_coverage(store: StoreKind, prefix: &str) {
     let cluster = Cluster::shared();
-    let ns = TestNamespace::with_app(cluster, "cov-pod");
+    let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.clone();
-    let aggregator = Aggregator::start(cluster, &n).unwrap();
+    let aggregator = Aggregator::start_on(cluster, &n, store).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     let pod_name = format!("{n}-p");
     let ingest = aggregator.ingest_url();
@@ -183,13 +194,22 @@ fn a_new_crds_operations_are_covered_without_a_restart() {
 }
 
 #[test]
-fn killing_the_aggregator_mid_ingest_loses_nothing_acknowledged_and_counts_nothing_twice() {
+fn killing_the_aggregator_mid_ingest_loses_nothing_and_counts_nothing_twice_on_sqlite() {
+    kill_mid_ingest(StoreKind::Sqlite, "cov-crash-sqlite");
+}
+
+#[test]
+fn killing_the_aggregator_mid_ingest_loses_nothing_and_counts_nothing_twice_on_postgres() {
+    kill_mid_ingest(StoreKind::Postgres, "cov-crash-pg");
+}
+
+fn kill_mid_ingest(store: StoreKind, prefix: &str) {
     let cluster = Cluster::shared();
-    let ns = TestNamespace::with_app(cluster, "cov-crash");
+    let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.clone();
     let writer = token_of(cluster, &n, "app").unwrap();
     let reader = reader_token(cluster).unwrap();
-    let mut aggregator = Aggregator::start(cluster, &n).unwrap();
+    let mut aggregator = Aggregator::start_on(cluster, &n, store).unwrap();
     const BATCHES: usize = 40;
     const PER_BATCH: usize = 250;
     let batch = |b: usize| -> String {
@@ -313,6 +333,48 @@ struct DeleteOnDrop(&'static Cluster, String);
 impl Drop for DeleteOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kubectl(&["delete", "crd", &self.1, "--wait=false"]);
+    }
+}
+
+#[test]
+fn replicas_sharing_one_postgres_database_count_each_record_once() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::with_app(cluster, "cov-replicas");
+    let n = ns.name.clone();
+    let first = Aggregator::start_on(cluster, &n, StoreKind::Postgres).unwrap();
+    let second = first.replica(cluster, &format!("{n}-2")).unwrap();
+    let writer = token_of(cluster, &n, "app").unwrap();
+    let reader = reader_token(cluster).unwrap();
+    let batch: String = (0..500)
+        .map(|i| {
+            json!({"kind": "exchange", "format": 1, "id": format!("{n}-{i}"),
+                "pod": {"namespace": n, "name": "shared"}, "started_at": "2026-11-24T06:00:00Z",
+                "duration_us": 1, "method": "GET", "path": format!("/api/v1/namespaces/{n}/pods"),
+                "status": 200})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    // The same batch to both replicas at once, as a retry after a timeout would.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| post_batch(&first, &batch, &writer).unwrap());
+        let b = s.spawn(|| post_batch(&second, &batch, &writer).unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let accepted = a["accepted"].as_u64().unwrap() + b["accepted"].as_u64().unwrap();
+    assert_eq!(
+        accepted, 500,
+        "each record is accepted by exactly one replica: {a} {b}"
+    );
+    for aggregator in [&first, &second] {
+        let report = aggregator
+            .get_json(&format!("/coverage/{n}/shared"), Some(&reader))
+            .unwrap();
+        assert_eq!(
+            report["operations"][0]["operation_id"],
+            "listCoreV1NamespacedPod"
+        );
+        assert_eq!(report["operations"][0]["hits"], 500);
     }
 }
 

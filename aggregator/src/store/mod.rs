@@ -4,7 +4,21 @@
 //! `hits` aggregates, which ingest keeps up to date, so a report never
 //! rescans raw records.
 
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
+
+/// The store a `--db` value names: a `postgres://` URL, or a SQLite file.
+pub fn open(db: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::connect(db)?))
+    } else {
+        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
+            db,
+        ))?))
+    }
+}
 
 use apiwitness_record::DropReport;
 

@@ -1,0 +1,244 @@
+//! PostgreSQL, for deployments that outgrow one aggregator: several replicas
+//! share one database. Same tables and the same semantics as SQLite: a batch
+//! is one transaction, records are keyed by id, and `hits` is upserted in the
+//! same transaction, so concurrent replicas count each record once.
+
+use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError};
+use apiwitness_record::DropReport;
+use postgres::{Client, NoTls};
+use std::sync::Mutex;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE records (
+    id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX records_by_pod ON records (pod_namespace, pod_name);
+CREATE TABLE hits (
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    client TEXT NOT NULL,
+    method TEXT NOT NULL,
+    template TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    hour TEXT NOT NULL,
+    hits BIGINT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    PRIMARY KEY (pod_namespace, pod_name, workload, client, method, template, status, hour)
+);
+CREATE TABLE drop_reports (
+    id TEXT PRIMARY KEY,
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    dropped BIGINT NOT NULL,
+    first_dropped_at TEXT NOT NULL,
+    last_dropped_at TEXT NOT NULL
+);
+"#];
+
+pub struct PostgresStore {
+    client: Mutex<Client>,
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        StoreError::Invalid(format!("PostgreSQL: {e}"))
+    }
+}
+
+impl PostgresStore {
+    pub fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let mut client = Client::connect(url, NoTls)?;
+        migrate(&mut client)?;
+        Ok(PostgresStore {
+            client: Mutex::new(client),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    // Replicas starting together migrate one at a time.
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7140505);
+         CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+    )?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )?
+        .get(0);
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Invalid(format!(
+            "the store's schema is version {current}, newer than this aggregator's {}",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn hour_of(started_at: &str) -> &str {
+    started_at.get(..13).unwrap_or(started_at)
+}
+
+/// A WHERE clause and its parameters, for the scope's filters.
+fn filter(scope: &Scope, with_hits_columns: bool) -> (String, Vec<String>) {
+    let mut sql = String::from(" WHERE TRUE");
+    let mut args: Vec<String> = Vec::new();
+    let mut add = |column: &str, value: Option<&str>, op: &str| {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            args.push(v.to_string());
+            sql.push_str(&format!(" AND {column} {op} ${}", args.len()));
+        }
+    };
+    add("pod_namespace", scope.namespace.as_deref(), "=");
+    add("pod_name", scope.pod.as_deref(), "=");
+    if with_hits_columns {
+        add("workload", scope.workload.as_deref(), "=");
+        add("client", scope.user_agent.as_deref(), "=");
+        add("hour", scope.since.as_deref().map(hour_of), ">=");
+    }
+    (sql, args)
+}
+
+fn params(args: &[String]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    args.iter()
+        .map(|a| a as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
+impl Store for PostgresStore {
+    fn ingest(
+        &self,
+        items: &[IngestItem],
+        drops: &[DropReport],
+    ) -> Result<IngestOutcome, StoreError> {
+        let mut client = self.lock();
+        let mut tx = client.transaction()?;
+        let insert = tx.prepare(
+            "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        )?;
+        let count = tx.prepare(
+            "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)
+             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, status, hour)
+             DO UPDATE SET hits = hits.hits + 1,
+               first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
+               last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
+        )?;
+        let mut outcome = IngestOutcome::default();
+        for item in items {
+            let status = i32::from(item.status);
+            let inserted = tx.execute(
+                &insert,
+                &[
+                    &item.id,
+                    &item.started_at,
+                    &item.pod_namespace,
+                    &item.pod_name,
+                    &item.method,
+                    &item.path,
+                    &status,
+                    &item.line,
+                ],
+            )?;
+            if inserted == 0 {
+                outcome.duplicates += 1;
+                continue;
+            }
+            outcome.accepted += 1;
+            for template in &item.templates {
+                tx.execute(
+                    &count,
+                    &[
+                        &item.pod_namespace,
+                        &item.pod_name,
+                        &item.workload,
+                        &item.client,
+                        &item.method,
+                        template,
+                        &status,
+                        &hour_of(&item.started_at),
+                        &item.started_at,
+                    ],
+                )?;
+            }
+        }
+        for d in drops {
+            let dropped = d.dropped as i64;
+            tx.execute(
+                "INSERT INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                &[&d.id, &d.pod.namespace, &d.pod.name, &dropped, &d.first_dropped_at, &d.last_dropped_at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn hits(&self, scope: &Scope) -> Result<Vec<Hit>, StoreError> {
+        let (where_sql, args) = filter(scope, true);
+        let sql = format!(
+            "SELECT method, template, status, client, SUM(hits)::BIGINT, MIN(first_seen), MAX(last_seen) FROM hits{where_sql}
+             GROUP BY method, template, status, client ORDER BY template, method, status, client"
+        );
+        let rows = self.lock().query(&sql, &params(&args))?;
+        Ok(rows
+            .iter()
+            .map(|r| Hit {
+                method: r.get(0),
+                template: r.get(1),
+                status: r.get::<_, i32>(2) as u16,
+                client: r.get(3),
+                hits: r.get::<_, i64>(4) as u64,
+                first_seen: r.get(5),
+                last_seen: r.get(6),
+            })
+            .collect())
+    }
+
+    fn dropped(&self, scope: &Scope) -> Result<u64, StoreError> {
+        let (where_sql, args) = filter(scope, false);
+        let sql = format!("SELECT COALESCE(SUM(dropped), 0)::BIGINT FROM drop_reports{where_sql}");
+        let n: i64 = self.lock().query_one(&sql, &params(&args))?.get(0);
+        Ok(n as u64)
+    }
+
+    fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self.lock().query(
+            "SELECT DISTINCT pod_namespace FROM hits WHERE pod_name = $1 ORDER BY 1",
+            &[&pod],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn record_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .lock()
+            .query_one("SELECT COUNT(*) FROM records", &[])?
+            .get(0);
+        Ok(n as u64)
+    }
+}
