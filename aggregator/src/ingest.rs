@@ -3,7 +3,7 @@
 //! same batch are still stored.
 
 use crate::store::IngestItem;
-use apiwitness_record::{ApiRequest, DropReport, Line};
+use apiwitness_record::{ApiRequest, DropReport};
 use std::io::Read;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -59,14 +59,55 @@ pub fn client_of(user_agent: Option<&str>) -> String {
         .to_string()
 }
 
+/// The parts of an exchange line that ingest needs. Bodies are checked to be
+/// JSON but not built into values: parsing stays cheap however large they are.
+#[derive(Debug, serde::Deserialize)]
+struct ExchangeKeys {
+    format: u32,
+    id: String,
+    pod: apiwitness_record::PodIdentity,
+    started_at: String,
+    method: String,
+    path: String,
+    #[serde(default)]
+    query: String,
+    status: u16,
+    #[serde(default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    request_content_type: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum LineKeys {
+    Exchange(ExchangeKeys),
+    DropReport(DropReport),
+}
+
+fn parse_line(raw: &str) -> Result<LineKeys, String> {
+    let line: LineKeys = serde_json::from_str(raw).map_err(|e| format!("not a record: {e}"))?;
+    let format = match &line {
+        LineKeys::Exchange(e) => e.format,
+        LineKeys::DropReport(d) => d.format,
+    };
+    if format > apiwitness_record::FORMAT_VERSION {
+        return Err(format!(
+            "record format {format} is newer than this reader's {}",
+            apiwitness_record::FORMAT_VERSION
+        ));
+    }
+    Ok(line)
+}
+
 pub fn parse_batch(text: &str) -> ParsedBatch {
     let mut batch = ParsedBatch::default();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
         }
-        match Line::parse(raw) {
-            Ok(Line::Exchange(e)) => {
+        match parse_line(raw) {
+            Ok(LineKeys::Exchange(e)) => {
                 if e.id.is_empty() {
                     batch.errors.push(LineError {
                         line: i + 1,
@@ -89,30 +130,27 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
                     Err(_) => vec![e.path.clone()],
                 };
                 batch.items.push(IngestItem {
-                    id: e.id.clone(),
-                    started_at: e.started_at.clone(),
-                    pod_namespace: e.pod.namespace.clone(),
-                    pod_name: e.pod.name.clone(),
+                    client: client_of(e.user_agent.as_deref()),
                     workload: e
                         .pod
                         .workload
                         .as_ref()
                         .map(|w| format!("{}/{}", w.kind, w.name))
                         .unwrap_or_default(),
-                    client: client_of(e.user_agent.as_deref()),
-                    method: e.method.clone(),
-                    path: e.path.clone(),
+                    id: e.id,
+                    started_at: e.started_at,
+                    pod_namespace: e.pod.namespace,
+                    pod_name: e.pod.name,
+                    method: e.method,
+                    path: e.path,
                     status: e.status,
                     templates,
                     line: raw.to_string(),
                     line_number: i + 1,
                 });
             }
-            Ok(Line::DropReport(d)) => batch.drops.push((i + 1, *d)),
-            Err(e) => batch.errors.push(LineError {
-                line: i + 1,
-                error: e.to_string(),
-            }),
+            Ok(LineKeys::DropReport(d)) => batch.drops.push((i + 1, d)),
+            Err(error) => batch.errors.push(LineError { line: i + 1, error }),
         }
     }
     batch

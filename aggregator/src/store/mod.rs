@@ -44,6 +44,67 @@ pub struct IngestItem {
     pub line_number: usize,
 }
 
+/// The `hits` rows a batch adds to: one entry per distinct key, so a batch
+/// of many calls to the same operation costs one upsert, not one per call.
+#[derive(Debug, Default)]
+pub struct HitCounts {
+    pub rows: std::collections::HashMap<HitKey, HitCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HitKey {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub workload: String,
+    pub client: String,
+    pub method: String,
+    pub template: String,
+    pub status: u16,
+    pub hour: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HitCount {
+    pub hits: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+impl HitCounts {
+    /// Counts a newly stored record toward each of its templates.
+    pub fn add(&mut self, item: &IngestItem) {
+        let hour = item
+            .started_at
+            .get(..13)
+            .unwrap_or(&item.started_at)
+            .to_string();
+        for template in &item.templates {
+            let key = HitKey {
+                pod_namespace: item.pod_namespace.clone(),
+                pod_name: item.pod_name.clone(),
+                workload: item.workload.clone(),
+                client: item.client.clone(),
+                method: item.method.clone(),
+                template: template.clone(),
+                status: item.status,
+                hour: hour.clone(),
+            };
+            let entry = self.rows.entry(key).or_insert_with(|| HitCount {
+                hits: 0,
+                first_seen: item.started_at.clone(),
+                last_seen: item.started_at.clone(),
+            });
+            entry.hits += 1;
+            if item.started_at < entry.first_seen {
+                entry.first_seen = item.started_at.clone();
+            }
+            if item.started_at > entry.last_seen {
+                entry.last_seen = item.started_at.clone();
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct IngestOutcome {
     pub accepted: usize,

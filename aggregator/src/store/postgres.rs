@@ -136,55 +136,93 @@ impl Store for PostgresStore {
     ) -> Result<IngestOutcome, StoreError> {
         let mut client = self.lock();
         let mut tx = client.transaction()?;
-        let insert = tx.prepare(
-            "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-        )?;
+        // One round trip for the whole batch: the rows go as arrays, and
+        // RETURNING says which were new.
+        let column = |f: fn(&IngestItem) -> String| items.iter().map(f).collect::<Vec<String>>();
+        let statuses: Vec<i32> = items.iter().map(|i| i32::from(i.status)).collect();
+        let inserted: std::collections::HashSet<String> = tx
+            .query(
+                "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[])
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+                &[
+                    &column(|i| i.id.clone()),
+                    &column(|i| i.started_at.clone()),
+                    &column(|i| i.pod_namespace.clone()),
+                    &column(|i| i.pod_name.clone()),
+                    &column(|i| i.method.clone()),
+                    &column(|i| i.path.clone()),
+                    &statuses,
+                    &column(|i| i.line.clone()),
+                ],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut outcome = IngestOutcome::default();
+        let mut counts = super::HitCounts::default();
+        let mut counted = std::collections::HashSet::new();
+        for item in items {
+            // A record is new once, even when a batch repeats it.
+            if inserted.contains(&item.id) && counted.insert(item.id.as_str()) {
+                outcome.accepted += 1;
+                counts.add(item);
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
         let count = tx.prepare(
             "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, status, hour)
-             DO UPDATE SET hits = hits.hits + 1,
+             DO UPDATE SET hits = hits.hits + EXCLUDED.hits,
                first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
                last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
         )?;
-        let mut outcome = IngestOutcome::default();
-        for item in items {
-            let status = i32::from(item.status);
-            let inserted = tx.execute(
-                &insert,
+        // Sorted, so that replicas writing the same keys take their row locks
+        // in one order and never deadlock.
+        let mut rows: Vec<_> = counts.rows.iter().collect();
+        rows.sort_by(|a, b| {
+            (
+                &a.0.pod_namespace,
+                &a.0.pod_name,
+                &a.0.template,
+                &a.0.method,
+                a.0.status,
+                &a.0.client,
+                &a.0.workload,
+                &a.0.hour,
+            )
+                .cmp(&(
+                    &b.0.pod_namespace,
+                    &b.0.pod_name,
+                    &b.0.template,
+                    &b.0.method,
+                    b.0.status,
+                    &b.0.client,
+                    &b.0.workload,
+                    &b.0.hour,
+                ))
+        });
+        for (key, c) in rows {
+            let status = i32::from(key.status);
+            let hits = c.hits as i64;
+            tx.execute(
+                &count,
                 &[
-                    &item.id,
-                    &item.started_at,
-                    &item.pod_namespace,
-                    &item.pod_name,
-                    &item.method,
-                    &item.path,
+                    &key.pod_namespace,
+                    &key.pod_name,
+                    &key.workload,
+                    &key.client,
+                    &key.method,
+                    &key.template,
                     &status,
-                    &item.line,
+                    &key.hour,
+                    &hits,
+                    &c.first_seen,
+                    &c.last_seen,
                 ],
             )?;
-            if inserted == 0 {
-                outcome.duplicates += 1;
-                continue;
-            }
-            outcome.accepted += 1;
-            for template in &item.templates {
-                tx.execute(
-                    &count,
-                    &[
-                        &item.pod_namespace,
-                        &item.pod_name,
-                        &item.workload,
-                        &item.client,
-                        &item.method,
-                        template,
-                        &status,
-                        &hour_of(&item.started_at),
-                        &item.started_at,
-                    ],
-                )?;
-            }
         }
         for d in drops {
             let dropped = d.dropped as i64;

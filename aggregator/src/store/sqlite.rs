@@ -138,13 +138,7 @@ impl Store for SqliteStore {
                 "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            let mut count = tx.prepare_cached(
-                "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?9)
-                 ON CONFLICT DO UPDATE SET hits = hits + 1,
-                   first_seen = MIN(first_seen, excluded.first_seen),
-                   last_seen = MAX(last_seen, excluded.last_seen)",
-            )?;
+            let mut counts = super::HitCounts::default();
             for item in items {
                 let inserted = insert.execute(params![
                     item.id,
@@ -158,22 +152,32 @@ impl Store for SqliteStore {
                 ])?;
                 if inserted == 0 {
                     outcome.duplicates += 1;
-                    continue;
+                } else {
+                    outcome.accepted += 1;
+                    counts.add(item);
                 }
-                outcome.accepted += 1;
-                for template in &item.templates {
-                    count.execute(params![
-                        item.pod_namespace,
-                        item.pod_name,
-                        item.workload,
-                        item.client,
-                        item.method,
-                        template,
-                        item.status,
-                        hour_of(&item.started_at),
-                        item.started_at
-                    ])?;
-                }
+            }
+            let mut count = tx.prepare_cached(
+                "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT DO UPDATE SET hits = hits + excluded.hits,
+                   first_seen = MIN(first_seen, excluded.first_seen),
+                   last_seen = MAX(last_seen, excluded.last_seen)",
+            )?;
+            for (key, c) in &counts.rows {
+                count.execute(params![
+                    key.pod_namespace,
+                    key.pod_name,
+                    key.workload,
+                    key.client,
+                    key.method,
+                    key.template,
+                    key.status,
+                    key.hour,
+                    c.hits as i64,
+                    c.first_seen,
+                    c.last_seen
+                ])?;
             }
             let mut drop_insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)

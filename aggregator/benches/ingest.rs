@@ -1,0 +1,248 @@
+//! Aggregator benchmark: ingest rate, audit import and report latency, with
+//! their baselines in the same run. Not a test: it prints figures.
+//!
+//!   cargo bench -p apiwitness-aggregator --bench ingest [-- RECORDS]
+//!
+//! - Ingest: NDJSON batches of interceptor records with 2 KiB bodies, parsed
+//!   and stored as `/ingest` does, into SQLite (and PostgreSQL when
+//!   APIWITNESS_BENCH_POSTGRES_URL names a database). The baseline is the raw
+//!   INSERT of the same rows into the same SQLite table, without parsing.
+//! - Audit import: 313,000 events in the real apiserver's audit log shape,
+//!   against Python's `json.loads` of every line (the baseline).
+//! - Report: the coverage of one pod and of the whole cluster over the store
+//!   filled above.
+
+use apiwitness_aggregator::spec::{Conformance, OperationIndex};
+use apiwitness_aggregator::store::{self, Scope, Store};
+use apiwitness_aggregator::{audit, ingest, report};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+const PODS: usize = 50;
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s-openapi/v1.35")
+}
+
+/// Realistic record lines: a mix of reads and writes over a few resources,
+/// each with a 2 KiB JSON response body.
+fn record_lines(n: usize, offset: usize) -> String {
+    let body = format!(
+        "{{\"kind\":\"ConfigMap\",\"apiVersion\":\"v1\",\"data\":{{\"v\":\"{}\"}}}}",
+        "x".repeat(2000)
+    );
+    let paths = [
+        ("GET", "/api/v1/namespaces/ns{p}/configmaps/c{i}", 200),
+        ("GET", "/api/v1/namespaces/ns{p}/configmaps", 200),
+        ("POST", "/api/v1/namespaces/ns{p}/configmaps", 201),
+        (
+            "PATCH",
+            "/apis/apps/v1/namespaces/ns{p}/deployments/d{i}",
+            200,
+        ),
+        (
+            "GET",
+            "/apis/apps/v1/namespaces/ns{p}/deployments/d{i}/scale",
+            404,
+        ),
+        ("DELETE", "/api/v1/namespaces/ns{p}/secrets/s{i}", 200),
+    ];
+    let mut out = String::with_capacity(n * 2400);
+    for k in offset..offset + n {
+        let (method, path, status) = paths[k % paths.len()];
+        let p = k % PODS;
+        let path = path
+            .replace("{p}", &p.to_string())
+            .replace("{i}", &(k % 97).to_string());
+        out.push_str(&format!(
+            "{{\"kind\":\"exchange\",\"format\":1,\"id\":\"r-{k}\",\"pod\":{{\"namespace\":\"ns{p}\",\"name\":\"pod-{p}\",\"workload\":{{\"kind\":\"Deployment\",\"name\":\"web\"}}}},\"started_at\":\"2026-11-24T06:{:02}:00.000001Z\",\"duration_us\":812,\"method\":\"{method}\",\"path\":\"{path}\",\"status\":{status},\"user_agent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\",\"response_content_type\":\"application/json\",\"response_body\":{{\"json\":{body},\"size\":2048}}}}\n",
+            k % 60
+        ));
+    }
+    out
+}
+
+/// Audit events as kube-apiserver writes them at Metadata level.
+fn audit_log(n: usize) -> String {
+    let mut out = String::with_capacity(n * 900);
+    for k in 0..n {
+        let p = k % PODS;
+        let (verb, uri, code) = match k % 4 {
+            0 => (
+                "get",
+                format!("/api/v1/namespaces/ns{p}/configmaps/c{}", k % 97),
+                200,
+            ),
+            1 => (
+                "list",
+                format!("/api/v1/namespaces/ns{p}/pods?limit=500"),
+                200,
+            ),
+            2 => (
+                "watch",
+                format!(
+                    "/api/v1/namespaces/ns{p}/configmaps?allowWatchBookmarks=true&resourceVersion=1&watch=true"
+                ),
+                200,
+            ),
+            _ => ("create", format!("/api/v1/namespaces/ns{p}/events"), 201),
+        };
+        out.push_str(&format!(
+            "{{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",\"level\":\"Metadata\",\"auditID\":\"{k:08x}-9d5b-4e29-889b-340071b7ceaa\",\"stage\":\"ResponseComplete\",\"requestURI\":\"{uri}\",\"verb\":\"{verb}\",\"user\":{{\"username\":\"system:serviceaccount:ns{p}:app\",\"uid\":\"a58902de-e920-4e22-961c-3e21f428273e\",\"groups\":[\"system:serviceaccounts\",\"system:serviceaccounts:ns{p}\",\"system:authenticated\"],\"extra\":{{\"authentication.kubernetes.io/pod-name\":[\"pod-{p}\"],\"authentication.kubernetes.io/credential-id\":[\"JTI=42cf07a0-a5e5-44d9-bb11-ffc31c23ac61\"]}}}},\"sourceIPs\":[\"10.250.0.10\"],\"userAgent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\",\"objectRef\":{{\"resource\":\"configmaps\",\"namespace\":\"ns{p}\",\"apiVersion\":\"v1\"}},\"responseStatus\":{{\"metadata\":{{}},\"code\":{code}}},\"requestReceivedTimestamp\":\"2026-11-24T06:00:00.000001Z\",\"stageTimestamp\":\"2026-11-24T06:00:00.001001Z\",\"annotations\":{{\"authorization.k8s.io/decision\":\"allow\",\"authorization.k8s.io/reason\":\"RBAC: allowed\"}}}}\n"
+        ));
+    }
+    out
+}
+
+fn rate(n: usize, secs: f64) -> String {
+    format!("{:>9.0}/s", n as f64 / secs)
+}
+
+fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
+    let batch = 500;
+    let mut texts = Vec::new();
+    for b in 0..records.div_ceil(batch) {
+        texts.push(record_lines(batch.min(records - b * batch), b * batch));
+    }
+    let started = Instant::now();
+    for text in &texts {
+        let parsed = ingest::parse_batch(text);
+        store.ingest(&parsed.items, &[]).expect("ingest");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "ingest into {name:<10} {records} records (2 KiB bodies, batches of {batch}): {:.2}s, {}",
+        secs,
+        rate(records, secs)
+    );
+    secs
+}
+
+fn main() {
+    let records: usize = std::env::args()
+        .skip(1)
+        .find(|a| a.chars().all(|c| c.is_ascii_digit()))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    println!(
+        "apiwitness aggregator benchmark ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    // Baseline: the same rows, inserted raw.
+    let raw = rusqlite::Connection::open(dir.path().join("raw.db")).expect("sqlite");
+    raw.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    raw.pragma_update(None, "synchronous", "FULL")
+        .expect("sync");
+    raw.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, line TEXT NOT NULL)")
+        .expect("table");
+    let text = record_lines(records, 0);
+    let started = Instant::now();
+    {
+        let tx = raw.unchecked_transaction().expect("tx");
+        {
+            let mut stmt = tx
+                .prepare("INSERT INTO records (id, line) VALUES (?1, ?2)")
+                .expect("stmt");
+            for (i, line) in text.lines().enumerate() {
+                stmt.execute(rusqlite::params![i.to_string(), line])
+                    .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    let raw_secs = started.elapsed().as_secs_f64();
+    println!(
+        "baseline: raw SQLite INSERT of the same {records} lines: {:.2}s, {}",
+        raw_secs,
+        rate(records, raw_secs)
+    );
+
+    let sqlite_path = dir.path().join("apiwitness.db");
+    let sqlite = store::open(sqlite_path.to_str().expect("path")).expect("sqlite store");
+    let ours = ingest_into("SQLite", sqlite.as_ref(), records);
+    println!(
+        "  ratio to the raw insert: {:.2}x the time",
+        ours / raw_secs
+    );
+    if let Ok(url) = std::env::var("APIWITNESS_BENCH_POSTGRES_URL") {
+        let pg = store::open(&url).expect("postgres store");
+        ingest_into("PostgreSQL", pg.as_ref(), records.min(50_000));
+    }
+
+    // Audit import against Python's json.loads of the same lines.
+    let events = 313_000;
+    let log = audit_log(events);
+    let log_path = dir.path().join("audit.log");
+    std::fs::File::create(&log_path)
+        .and_then(|mut f| f.write_all(log.as_bytes()))
+        .expect("audit log");
+    let python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import json,sys,time\nt=time.perf_counter()\nfor l in open(sys.argv[1]): json.loads(l)\nprint(time.perf_counter()-t)")
+        .arg(&log_path)
+        .output();
+    let audit_db = store::open(dir.path().join("audit.db").to_str().expect("path")).expect("store");
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&log_path).expect("read");
+    let parsed = audit::parse_log(&text);
+    let parse_secs = started.elapsed().as_secs_f64();
+    for chunk in parsed.items.chunks(50_000) {
+        audit_db.ingest(chunk, &[]).expect("ingest");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    match python {
+        Ok(out) if out.status.success() => println!(
+            "baseline: Python json.loads of {events} audit events: {}s",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        _ => println!("baseline: python3 not available"),
+    }
+    println!(
+        "audit import of {events} events: {secs:.2}s in all ({parse_secs:.2}s parsing), {}",
+        rate(events, secs)
+    );
+
+    // Reports over what the SQLite store now holds.
+    let index =
+        OperationIndex::from_dir(&shared(), &Conformance::load(&shared()).unwrap_or_default())
+            .expect("spec");
+    for (what, scope) in [
+        (
+            "one pod",
+            Scope {
+                namespace: Some("ns7".into()),
+                pod: Some("pod-7".into()),
+                ..Default::default()
+            },
+        ),
+        ("the whole cluster", Scope::default()),
+    ] {
+        let started = Instant::now();
+        let hits = sqlite.hits(&scope).expect("hits");
+        let dropped = sqlite.dropped(&scope).expect("dropped");
+        let built = report::build(scope, &hits, &index, dropped);
+        let (_json, _) = built.render(report::Format::Json);
+        println!(
+            "report of {what} over {records} records: {:.1} ms ({} operations)",
+            started.elapsed().as_secs_f64() * 1000.0,
+            built.operations.len()
+        );
+    }
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(|l| l.to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "peak memory of this process: {}",
+        rss.trim_start_matches("VmHWM:").trim()
+    );
+}
