@@ -157,6 +157,25 @@ impl Aggregator {
         insecure: bool,
         store: StoreKind,
     ) -> anyhow::Result<Aggregator> {
+        let db = match store {
+            StoreKind::Sqlite => None,
+            StoreKind::Postgres => Some(postgres_database(name)?),
+        };
+        Aggregator::launch(cluster, name, insecure, db)
+    }
+
+    /// Another aggregator on the same store (a PostgreSQL URL): a replica.
+    pub fn replica(&self, cluster: &Cluster, name: &str) -> anyhow::Result<Aggregator> {
+        Aggregator::launch(cluster, name, self.insecure, Some(self.db.clone()))
+    }
+
+    /// A process with a directory of its own, on `db` or a new SQLite file there.
+    fn launch(
+        cluster: &Cluster,
+        name: &str,
+        insecure: bool,
+        db: Option<String>,
+    ) -> anyhow::Result<Aggregator> {
         let dir = std::env::temp_dir().join(format!(
             "apiwitness-aggregator-{name}-{}",
             std::process::id()
@@ -167,37 +186,13 @@ impl Aggregator {
         let mut aggregator = Aggregator {
             url: format!("http://{addr}"),
             insecure,
-            db: match store {
-                StoreKind::Sqlite => dir.join("apiwitness.db").display().to_string(),
-                StoreKind::Postgres => postgres_database(name)?,
-            },
+            db: db.unwrap_or_else(|| dir.join("apiwitness.db").display().to_string()),
             log_path: dir.join("aggregator.log"),
             child: None,
             addr,
         };
         aggregator.spawn(cluster)?;
         Ok(aggregator)
-    }
-
-    /// Another aggregator on the same store (a PostgreSQL URL): a replica.
-    pub fn replica(&self, cluster: &Cluster, name: &str) -> anyhow::Result<Aggregator> {
-        let dir = std::env::temp_dir().join(format!(
-            "apiwitness-aggregator-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let addr = format!("{}:{}", cluster.node_ip(), free_port(cluster.node_ip())?);
-        let mut replica = Aggregator {
-            url: format!("http://{addr}"),
-            insecure: self.insecure,
-            db: self.db.clone(),
-            log_path: dir.join("aggregator.log"),
-            child: None,
-            addr,
-        };
-        replica.spawn(cluster)?;
-        Ok(replica)
     }
 
     /// (Re)starts the process on the same store and address.

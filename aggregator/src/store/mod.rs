@@ -70,6 +70,11 @@ pub struct HitCount {
     pub last_seen: String,
 }
 
+/// `2026-11-24T06:00:00.123456Z` -> `2026-11-24T06`: the hour bucket of hits.
+pub(crate) fn hour_of(started_at: &str) -> &str {
+    started_at.get(..13).unwrap_or(started_at)
+}
+
 impl HitCounts {
     /// Counts a newly stored record toward each of its templates.
     pub fn add(&mut self, item: &IngestItem) {

@@ -3,7 +3,7 @@
 //! is one transaction, records are keyed by id, and `hits` is upserted in the
 //! same transaction, so concurrent replicas count each record once.
 
-use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError};
+use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, hour_of};
 use apiwitness_record::DropReport;
 use postgres::{Client, NoTls};
 use std::sync::Mutex;
@@ -96,10 +96,6 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
-}
-
-fn hour_of(started_at: &str) -> &str {
-    started_at.get(..13).unwrap_or(started_at)
 }
 
 /// A WHERE clause and its parameters, for the scope's filters.

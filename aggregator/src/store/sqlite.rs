@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode, with `synchronous=FULL`
 //! so that a batch acknowledged is a batch on disk.
 
-use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError};
+use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, hour_of};
 use apiwitness_record::DropReport;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -89,11 +89,6 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
-}
-
-/// `2026-11-24T06:00:00.123456Z` -> `2026-11-24T06`: the hour bucket.
-fn hour_of(started_at: &str) -> &str {
-    started_at.get(..13).unwrap_or(started_at)
 }
 
 struct Filter {
