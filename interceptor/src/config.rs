@@ -143,11 +143,15 @@ pub struct Config {
     pub queue_capacity: usize,
 
     /// Bytes of bodies held in the queue; past it the oldest records go.
-    #[arg(long, env = "APIWITNESS_QUEUE_BYTES", default_value_t = 32 << 20)]
+    #[arg(long, env = "APIWITNESS_QUEUE_BYTES", default_value_t = 16 << 20)]
     pub queue_bytes: usize,
 
     #[arg(long, env = "APIWITNESS_BATCH_RECORDS", default_value_t = 500)]
     pub batch_records: usize,
+
+    /// Bytes of bodies in one batch.
+    #[arg(long, env = "APIWITNESS_BATCH_BYTES", default_value_t = 4 << 20)]
+    pub batch_bytes: usize,
 
     #[arg(long, env = "APIWITNESS_BATCH_WAIT", value_parser = humantime::parse_duration, default_value = "1s")]
     pub batch_wait: Duration,
@@ -240,6 +244,7 @@ impl Config {
         for (name, value) in [
             ("queue-capacity", self.queue_capacity),
             ("batch-records", self.batch_records),
+            ("batch-bytes", self.batch_bytes),
             ("watch-events", self.watch_events),
         ] {
             if value == 0 {

@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let queue = ship::Queue::new(config.queue_capacity, config.queue_bytes, metrics.clone());
     let (recorder_handle, recorder) =
-        recorder::channel(1024, pod.clone(), redactor, queue.clone(), metrics.clone());
+        recorder::channel(256, pod.clone(), redactor, queue.clone(), metrics.clone());
     let recorder_task = tokio::spawn(recorder.run());
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 ship::ShipConfig {
                     url: url.clone(),
                     batch_records: config.batch_records,
+                    batch_bytes: config.batch_bytes,
                     batch_wait: config.batch_wait,
                     token_file: Some(config.token_file.clone()).filter(|p| p.exists()),
                     pod: pod.clone(),

@@ -119,9 +119,19 @@ impl Queue {
         self.len() == 0
     }
 
-    fn take(&self, max: usize) -> Vec<(Exchange, usize)> {
+    /// The oldest records, up to `max` of them and `max_bytes` of bodies
+    /// (but always at least one).
+    fn take(&self, max: usize, max_bytes: usize) -> Vec<(Exchange, usize)> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let n = records.len().min(max);
+        let mut n = 0;
+        let mut bytes = 0;
+        for (_, b) in records.items.iter().take(max) {
+            if n > 0 && bytes + b > max_bytes {
+                break;
+            }
+            bytes += b;
+            n += 1;
+        }
         let batch: Vec<_> = records.items.drain(..n).collect();
         records.bytes -= batch.iter().map(|(_, b)| b).sum::<usize>();
         self.metrics.queue_depth.set(records.len() as i64);
@@ -184,6 +194,8 @@ pub struct ShipConfig {
     /// The aggregator's ingest URL, e.g. `https://aggregator.apiwitness:8443/ingest`.
     pub url: hyper::Uri,
     pub batch_records: usize,
+    /// Bytes of bodies in one batch: what the shipper holds while it sends.
+    pub batch_bytes: usize,
     pub batch_wait: Duration,
     /// A bearer token file (the pod's projected token), read afresh for every
     /// batch because the kubelet rotates it.
@@ -317,7 +329,9 @@ impl Shipper {
     /// Sends one batch: a drop report (if any drops happened) and up to
     /// `batch_records` records. On failure everything goes back.
     pub async fn ship_one_batch(&self) -> Result<usize, ShipError> {
-        let batch = self.queue.take(self.config.batch_records);
+        let batch = self
+            .queue
+            .take(self.config.batch_records, self.config.batch_bytes);
         let drops = self.queue.take_drops();
         let result = self.send(&batch, drops).await;
         match result {
@@ -498,13 +512,28 @@ mod tests {
         for n in 0..3 {
             q.push(record(n));
         }
-        let batch = q.take(2);
+        let batch = q.take(2, usize::MAX);
         q.push(record(10));
         q.push(record(11));
         q.put_back(batch);
         // Room for one of the two: the older one is dropped.
         assert_eq!(ids(&q), ["1", "2", "10", "11"]);
         assert_eq!(q.take_drops().map(|d| d.0), Some(1));
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes_but_never_empty() {
+        let q = Queue::new(100, usize::MAX, Arc::new(Metrics::new()));
+        for n in 0..5 {
+            q.push_sized(record(n), 1000);
+        }
+        assert_eq!(q.take(100, 2500).len(), 2);
+        assert_eq!(
+            q.take(100, 10).len(),
+            1,
+            "one record larger than the bound still goes"
+        );
+        assert_eq!(q.len(), 2);
     }
 
     #[test]
