@@ -22,6 +22,7 @@ pub struct AppState {
     pub spec: Arc<SharedIndex>,
     /// `None` only with --insecure-no-auth.
     pub auth: Option<Arc<Authorizer>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Every error answers JSON `{"error": "..."}` with a status that says whose
@@ -110,8 +111,24 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .spec_operations
+        .set(state.spec.get().len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -186,6 +203,13 @@ async fn ingest(
     let items = batch.items;
     let drops: Vec<_> = batch.drops.into_iter().map(|(_, d)| d).collect();
     let outcome = blocking(move || store.ingest(&items, &drops)).await?;
+    state.metrics.count_ingest(
+        "interceptor",
+        outcome.accepted,
+        outcome.duplicates,
+        batch.errors.len(),
+    );
+    state.metrics.drop_reports.inc_by(drop_reports as u64);
     Ok(Json(IngestAnswer {
         outcome,
         drop_reports,
@@ -208,6 +232,12 @@ async fn audit_events(
     let store = state.store.clone();
     let items = parsed.items;
     let outcome = blocking(move || store.ingest(&items, &[])).await?;
+    state.metrics.count_ingest(
+        "audit",
+        outcome.accepted,
+        outcome.duplicates,
+        parsed.errors.len(),
+    );
     Ok(Json(IngestAnswer {
         outcome,
         drop_reports: 0,
@@ -244,6 +274,7 @@ async fn render(state: AppState, scope: Scope, format: Format) -> Result<Respons
     let (hits, dropped) = blocking(move || Ok((store.hits(&s)?, store.dropped(&s)?))).await?;
     let index = state.spec.get();
     let report = report::build(scope, &hits, &index, dropped);
+    state.metrics.reports.inc();
     let (body, content_type) = report.render(format);
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
@@ -336,6 +367,7 @@ mod tests {
                 &Default::default(),
             ))),
             auth: None,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }
 
@@ -395,6 +427,46 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(error["error"].as_str().unwrap().contains("nobody"));
+    }
+
+    #[tokio::test]
+    async fn metrics_count_what_ingest_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(state(dir.path()));
+        let post = axum::http::Request::post("/ingest")
+            .body(Body::from(format!("{LINE}\ngarbage\n")))
+            .unwrap();
+        let _ = call(app.clone(), post).await;
+        let response = app
+            .oneshot(
+                axum::http::Request::get("/metrics")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("apiwitness_aggregator_records_accepted_total{source=\"interceptor\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiwitness_aggregator_lines_refused_total{source=\"interceptor\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiwitness_aggregator_spec_operations 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

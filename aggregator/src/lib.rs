@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod ingest;
+pub mod metrics;
 pub mod report;
 pub mod spec;
 pub mod spec_live;
@@ -160,6 +161,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         ));
     }
     let app = api::app(api::AppState {
+        metrics: Arc::new(metrics::Metrics::new()),
         store,
         spec: shared,
         auth,
