@@ -35,6 +35,25 @@ impl CommandOutput {
         })
     }
 
+    /// Runs `command` with `input` on its standard input.
+    pub fn run_with_input(command: &mut Command, input: &[u8]) -> anyhow::Result<CommandOutput> {
+        use std::io::Write;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start {command:?}"))?;
+        child.stdin.take().context("stdin")?.write_all(input)?;
+        let out = child.wait_with_output()?;
+        Ok(CommandOutput {
+            success: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
     /// Fails with both streams when the command failed.
     pub fn ok(self, what: &str) -> anyhow::Result<CommandOutput> {
         if !self.success {
@@ -149,30 +168,18 @@ impl Cluster {
         args: &[&str],
         input: &serde_json::Value,
     ) -> anyhow::Result<String> {
-        use std::io::Write;
-        let mut child = Command::new(self.bin("kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(input.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let out = CommandOutput::run_with_input(
+            Command::new(self.bin("kubectl"))
+                .arg("--kubeconfig")
+                .arg(self.kubeconfig())
+                .args(args)
+                .args(["-f", "-"]),
+            input.to_string().as_bytes(),
+        )?;
+        if !out.success {
+            bail!("kubectl {} failed: {}", args.join(" "), out.stderr);
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 
     /// Makes `namespace/service`'s ClusterIP reach `target` (`addr:port`).

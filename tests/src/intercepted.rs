@@ -5,7 +5,6 @@
 
 use crate::{Cluster, CommandOutput, NetnsPod, wait_until, workspace_binary};
 use anyhow::Context;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -116,24 +115,7 @@ impl InterceptedPod {
 
     /// Runs `command` with `input` on its standard input.
     pub fn exec_stdin(&self, command: &[&str], input: &str) -> anyhow::Result<CommandOutput> {
-        let mut cmd = self.pod.exec_command(&[], command);
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
-        Ok(CommandOutput {
-            success: out.status.success(),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        CommandOutput::run_with_input(&mut self.pod.exec_command(&[], command), input.as_bytes())
     }
 
     pub fn log(&self) -> String {
@@ -194,27 +176,11 @@ pub fn redirect_to_interceptor(pod: &NetnsPod, service_ip: &str) -> anyhow::Resu
          -A APIWITNESS_OUTPUT -d {service_ip}/32 -p tcp --dport 443 -j REDIRECT --to-ports {INTERCEPTOR_PORT}\n\
          COMMIT\n"
     );
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pod.netns()?,
-            "iptables-restore",
-            "--noflush",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(rules.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "iptables-restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let netns = pod.netns()?;
+    let out = CommandOutput::run_with_input(
+        Command::new("ip").args(["netns", "exec", &netns, "iptables-restore", "--noflush"]),
+        rules.as_bytes(),
+    )?;
+    anyhow::ensure!(out.success, "iptables-restore: {}", out.stderr);
     Ok(())
 }
