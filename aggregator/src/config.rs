@@ -1,14 +1,10 @@
 //! Configuration: flags, each with an environment variable.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use apiwitness_runtime::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(

@@ -175,7 +175,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(addr = %config.serve.listen, "serving");
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            wait_for_signal().await;
+            apiwitness_runtime::shutdown_signal().await;
             let _ = shutdown_tx.send(true);
         })
         .await;
@@ -190,32 +190,4 @@ async fn blocking<T: Send + 'static>(
             "a store task failed: {e}"
         )))
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-pub fn init_tracing(filter: &str, format: config::LogFormat) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("--log {filter:?} is not a valid filter: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Json => builder.json().try_init(),
-        config::LogFormat::Text => builder.try_init(),
-    }
-    .map_err(|e| e.to_string())
 }

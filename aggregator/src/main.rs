@@ -3,8 +3,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = apiwitness_aggregator::config::Config::parse();
-    apiwitness_aggregator::init_tracing(&config.log, config.log_format)
-        .map_err(anyhow::Error::msg)?;
+    apiwitness_runtime::init_tracing(&config.log, config.log_format).map_err(anyhow::Error::msg)?;
     apiwitness_aggregator::run(config).await?;
     Ok(())
 }

@@ -1,4 +1,165 @@
-//! The mutating admission webhook that adds init-iptables and the interceptor to opted-in workloads, and certifies interceptors.
+//! The mutating admission webhook that adds init-iptables and the
+//! interceptor to opted-in workloads, and the certify endpoint that gets each
+//! interceptor its serving certificate.
 //!
-//! Built in its own issue; the workspace carries it from the start so that
-//! every part grows in the same place, under the same lints and CI.
+//! - [`inject`]: the pure decisions and JSON Patches;
+//! - [`webhook`]: AdmissionReviews and the certify endpoint over HTTP;
+//! - [`certify`]: the checks and the CertificateSigningRequest;
+//! - [`serving_cert`]: the injector's own CA, certificate and caBundle;
+//! - [`cluster`]: what is learnt from the apiserver.
+
+pub mod certify;
+pub mod cluster;
+pub mod config;
+pub mod events;
+pub mod inject;
+pub mod metrics;
+pub mod serve;
+pub mod serving_cert;
+pub mod settings;
+pub mod webhook;
+
+use certify::{Certifier, ExpectedNames};
+use config::Config;
+use serving_cert::{Resolver, ServingNames};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use webhook::{AppState, Namespaces};
+
+/// How often the Secret, the caBundle and the apiserver's endpoints are
+/// looked at again.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.check()?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes client configuration (in-cluster or KUBECONFIG): {e}")
+    })?;
+    let native_sidecars = cluster::has_native_sidecars(&client).await?;
+    if !native_sidecars {
+        tracing::warn!(
+            "this cluster predates native sidecars (Kubernetes 1.29): opted-in pods will be skipped, each with an Event"
+        );
+    }
+    let (service, endpoints) = cluster::apiserver_addresses(&client).await?;
+    let names = serving_names(&client, &config).await?;
+    let bundle = serving_cert::ensure_bundle(
+        &client,
+        &config.namespace,
+        &config.tls_secret,
+        &names,
+        config.serving_cert_lifetime,
+    )
+    .await?;
+    let resolver = Arc::new(Resolver::default());
+    resolver.set(bundle.certified_key()?);
+    patch_ca_bundle(&client, &config, &bundle.ca_cert).await;
+
+    let settings = config.settings(bundle.ca_cert.clone(), service, endpoints, native_sidecars);
+    tracing::info!(
+        apiserver = %settings.apiserver_service,
+        endpoints = ?settings.apiserver_endpoints,
+        mode = ?settings.mode,
+        certify_url = %settings.certify_url,
+        "injecting"
+    );
+    let state = Arc::new(AppState {
+        settings: RwLock::new(Arc::new(settings)),
+        namespaces: Namespaces::live(client.clone()),
+        events: events::Events::Live(client.clone()),
+        certifier: Some(Certifier {
+            client: client.clone(),
+            audience: config.token_audience.clone(),
+            expected: ExpectedNames::new(&config.cluster_domain, service.ip()),
+            lifetime: config.cert_lifetime,
+            sign_timeout: Duration::from_secs(20),
+        }),
+        metrics: metrics::Metrics::default(),
+    });
+
+    let refresher = tokio::spawn(refresh(
+        client,
+        config.clone(),
+        state.clone(),
+        resolver.clone(),
+        bundle,
+    ));
+    let result = serve::serve(&config, state, resolver).await;
+    refresher.abort();
+    result
+}
+
+async fn serving_names(client: &kube::Client, config: &Config) -> anyhow::Result<ServingNames> {
+    let ip = cluster::service_ip(client, &config.namespace, &config.service_name).await?;
+    if ip.is_none() {
+        tracing::warn!(service = %config.service_name, "the injector's Service has no ClusterIP yet: the serving certificate names only its DNS names");
+    }
+    Ok(ServingNames {
+        service: config.service_name.clone(),
+        namespace: config.namespace.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+        ips: ip.into_iter().collect(),
+    })
+}
+
+async fn patch_ca_bundle(client: &kube::Client, config: &Config, ca: &str) {
+    if config.webhook_config.is_empty() {
+        return;
+    }
+    match serving_cert::patch_ca_bundle(client, &config.webhook_config, ca).await {
+        Ok(true) => tracing::info!(config = %config.webhook_config, "caBundle set"),
+        Ok(false) => {}
+        // The chart may create the configuration after the injector starts:
+        // the next refresh tries again.
+        Err(e) => tracing::warn!("caBundle not set yet: {e}"),
+    }
+}
+
+/// Keeps the serving certificate fresh (and picks up another replica's
+/// rotation), the caBundle true, and the apiserver's endpoints current.
+async fn refresh(
+    client: kube::Client,
+    config: Config,
+    state: Arc<AppState>,
+    resolver: Arc<Resolver>,
+    mut current: serving_cert::Bundle,
+) {
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        match serving_names(&client, &config).await {
+            Ok(names) => match serving_cert::ensure_bundle(
+                &client,
+                &config.namespace,
+                &config.tls_secret,
+                &names,
+                config.serving_cert_lifetime,
+            )
+            .await
+            {
+                Ok(bundle) if bundle != current => match bundle.certified_key() {
+                    Ok(key) => {
+                        resolver.set(key);
+                        tracing::info!("serving certificate reloaded");
+                        current = bundle;
+                    }
+                    Err(e) => tracing::warn!("the Secret's certificate is unusable: {e}"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!("checking the serving certificate: {e}"),
+            },
+            Err(e) => tracing::warn!("{e}"),
+        }
+        patch_ca_bundle(&client, &config, &current.ca_cert).await;
+        if let Ok((service, endpoints)) = cluster::apiserver_addresses(&client).await {
+            let mut next = (*state.settings()).clone();
+            if next.apiserver_service != service || next.apiserver_endpoints != endpoints {
+                tracing::info!(%service, ?endpoints, "the apiserver moved");
+                next.apiserver_service = service;
+                next.apiserver_endpoints = endpoints;
+                if let Ok(mut s) = state.settings.write() {
+                    *s = Arc::new(next);
+                }
+            }
+        }
+    }
+}

@@ -16,11 +16,7 @@ pub enum Mode {
     Explicit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use apiwitness_runtime::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -85,6 +81,15 @@ pub struct Config {
     /// The CA that verifies the certify endpoint (default: --upstream-ca-file).
     #[arg(long, env = "APIWITNESS_CERTIFY_CA_FILE")]
     pub certify_ca_file: Option<PathBuf>,
+
+    /// The same CA as PEM text, as the injector passes it inline (it is
+    /// public, and needs no volume).
+    #[arg(
+        long,
+        env = "APIWITNESS_CERTIFY_CA_PEM",
+        conflicts_with = "certify_ca_file"
+    )]
+    pub certify_ca_pem: Option<String>,
 
     /// The pod's projected ServiceAccount token (audience apiwitness), sent to
     /// the certify endpoint and to the aggregator.

@@ -67,9 +67,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         (_, _, Some(url)) => CertSource::Certify(Box::new(CertifyClient {
             url: url.clone(),
             token_file: config.token_file.clone(),
-            tls: match &config.certify_ca_file {
-                Some(ca) => tls::client_config(ca)?,
-                None => upstream_tls.clone(),
+            tls: match (&config.certify_ca_file, &config.certify_ca_pem) {
+                (Some(ca), _) => tls::client_config(ca)?,
+                (None, Some(pem)) => {
+                    tls::client_config_from_pem(pem.as_bytes(), "APIWITNESS_CERTIFY_CA_PEM")?
+                }
+                (None, None) => upstream_tls.clone(),
             },
             names,
             identity: format!("{}/{}", pod.namespace, pod.name),
@@ -193,7 +196,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     listening.store(true, Ordering::Release);
     drop(proxy);
 
-    wait_for_signal().await;
+    apiwitness_runtime::shutdown_signal().await;
     tracing::info!("shutting down: no new connections; finishing in-flight exchanges");
     let _ = shutdown_tx.send(true);
     for server in servers {
@@ -215,46 +218,4 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!(unshipped = queue.len(), "stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process still stops on the default action.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-/// Installs the tracing subscriber: an EnvFilter from `filter`, text or JSON.
-pub fn init_tracing(filter: &str, format: config::LogFormat) -> Result<(), String> {
-    let mut filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("--log {filter:?} is not a valid filter: {e}"))?;
-    // The HTTP and TLS libraries log header fields at their debug and trace
-    // levels, and headers carry bearer tokens: they are capped at info, whatever
-    // the filter asks for.
-    for cap in [
-        "h2=info",
-        "hyper=info",
-        "hyper_util=info",
-        "rustls=info",
-        "hyper_rustls=info",
-    ] {
-        filter = filter.add_directive(cap.parse().map_err(|e| format!("{cap}: {e}"))?);
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Json => builder.json().try_init(),
-        config::LogFormat::Text => builder.try_init(),
-    }
-    .map_err(|e| e.to_string())
 }

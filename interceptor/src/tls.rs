@@ -295,20 +295,24 @@ pub fn server_config(resolver: Arc<RotatingResolver>) -> Result<rustls::ServerCo
 
 /// A client config that trusts exactly the CAs in `ca_file` (PEM).
 pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
-    let pem = read(ca_file)?;
+    client_config_from_pem(&read(ca_file)?, &ca_file.display().to_string())
+}
+
+/// A client config that trusts the CAs in `pem`; `source` names where the
+/// PEM came from, for errors.
+pub fn client_config_from_pem(pem: &[u8], source: &str) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut any = false;
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
-        let cert =
-            cert.map_err(|e| TlsError::Certificate(format!("{}: {e}", ca_file.display())))?;
+        let cert = cert.map_err(|e| TlsError::Certificate(format!("{source}: {e}")))?;
         roots
             .add(cert)
-            .map_err(|e| TlsError::Certificate(format!("{}: {e}", ca_file.display())))?;
+            .map_err(|e| TlsError::Certificate(format!("{source}: {e}")))?;
         any = true;
     }
     if !any {
         return Err(TlsError::NoCertificate {
-            path: ca_file.display().to_string(),
+            path: source.to_string(),
         });
     }
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

@@ -165,22 +165,30 @@ impl Drop for InterceptedPod {
     }
 }
 
-/// The rules init-iptables writes: the pod's TCP to the apiserver's Service
-/// goes to the interceptor, except the interceptor's own.
+/// Runs the real init-iptables in the pod, as the injected init container
+/// does: the pod's TCP to the apiserver's Service and to its endpoint goes to
+/// the interceptor, except the interceptor's own; then it proves that.
 pub fn redirect_to_interceptor(pod: &NetnsPod, service_ip: &str) -> anyhow::Result<()> {
-    let rules = format!(
-        "*nat\n:APIWITNESS_OUTPUT - [0:0]\n\
-         -A OUTPUT -p tcp -j APIWITNESS_OUTPUT\n\
-         -A APIWITNESS_OUTPUT -m owner --uid-owner {INTERCEPTOR_UID} -j RETURN\n\
-         -A APIWITNESS_OUTPUT -o lo -j RETURN\n\
-         -A APIWITNESS_OUTPUT -d {service_ip}/32 -p tcp --dport 443 -j REDIRECT --to-ports {INTERCEPTOR_PORT}\n\
-         COMMIT\n"
-    );
-    let netns = pod.netns()?;
-    let out = CommandOutput::run_with_input(
-        Command::new("ip").args(["netns", "exec", &netns, "iptables-restore", "--noflush"]),
-        rules.as_bytes(),
+    let endpoint = pod
+        .cluster()
+        .var("APIWITNESS_APISERVER")
+        .trim_start_matches("https://")
+        .to_string();
+    let out = pod.exec(
+        &[],
+        &[
+            workspace_binary("apiwitness-init-iptables")
+                .to_str()
+                .context("binary path")?,
+            "--apiserver",
+            &format!("{service_ip}:443,{endpoint}"),
+            "--proxy-port",
+            &INTERCEPTOR_PORT.to_string(),
+            "--proxy-uid",
+            &INTERCEPTOR_UID.to_string(),
+            "--verify",
+        ],
     )?;
-    anyhow::ensure!(out.success, "iptables-restore: {}", out.stderr);
+    anyhow::ensure!(out.success, "init-iptables: {}{}", out.stdout, out.stderr);
     Ok(())
 }

@@ -46,6 +46,10 @@ impl NetnsPod {
         cmd
     }
 
+    pub fn cluster(&self) -> &'static Cluster {
+        self.cluster
+    }
+
     /// The name of the pod's network namespace.
     pub fn netns(&self) -> anyhow::Result<String> {
         Ok(

@@ -1,0 +1,8 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = apiwitness_injector::config::Config::parse();
+    apiwitness_runtime::init_tracing(&config.log, config.log_format).map_err(anyhow::Error::msg)?;
+    apiwitness_injector::run(config).await
+}
