@@ -30,3 +30,4 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 echo "setup: control-plane binaries in $("$here/tools/build.sh")"
+echo "setup: helm and kubeconform in $("$here/tools/build-chart-tools.sh")"

@@ -7,6 +7,7 @@
 pub mod aggregator;
 mod binaries;
 pub mod certify;
+pub mod chart;
 mod cluster;
 pub mod collector;
 pub mod intercepted;

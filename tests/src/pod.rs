@@ -46,6 +46,33 @@ impl NetnsPod {
         cmd
     }
 
+    /// Starts `command` in the pod as `uid` (a container's runAsUser), in the
+    /// background, its output going to a log file named after `log_name`.
+    pub fn spawn(
+        &self,
+        env: &[(String, String)],
+        uid: Option<u64>,
+        command: &[&str],
+        log_name: &str,
+    ) -> anyhow::Result<(std::process::Child, std::path::PathBuf)> {
+        let log_path = std::env::temp_dir().join(format!("apiwitness-{log_name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = self.cluster.hack("pod");
+        cmd.args(["exec", &self.name]);
+        for (k, v) in env {
+            cmd.arg("-e").arg(format!("{k}={v}"));
+        }
+        if let Some(uid) = uid {
+            cmd.args(["-u", &uid.to_string()]);
+        }
+        cmd.arg("--")
+            .args(command)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok((cmd.spawn()?, log_path))
+    }
+
     pub fn cluster(&self) -> &'static Cluster {
         self.cluster
     }

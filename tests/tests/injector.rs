@@ -1,0 +1,675 @@
+//! The user's path to apiwitness on the real control plane: `helm install`
+//! the chart, annotate a Deployment, and the real controllers make Pods that
+//! carry init-iptables and the native sidecar; the injected pod's own
+//! init-iptables and interceptor, run from that Pod's spec, get a
+//! certificate through the injector's certify endpoint and a real CSR, and
+//! its traffic reaches the aggregator. Skips leave Events; bad requests get
+//! clear answers; removing the annotation rolls the sidecar back.
+
+use apiwitness_e2e::chart::{Release, StandIn};
+use apiwitness_e2e::{
+    Cluster, CommandOutput, NetnsPod, TestNamespace, wait_until, workspace_binary,
+};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::Duration;
+
+const INTERCEPTOR: &str = "apiwitness-interceptor";
+const INIT_IPTABLES: &str = "apiwitness-init-iptables";
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+fn init_container_names(pod: &Value) -> Vec<String> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The newest Pod of a label selector.
+fn newest_pod(cluster: &Cluster, namespace: &str, selector: &str) -> Option<Value> {
+    let pods = cluster
+        .kubectl_json(&[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            selector,
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "json",
+        ])
+        .ok()?;
+    pods["items"].as_array()?.last().cloned()
+}
+
+/// A container's env as the kubelet would give it, for a Pod object.
+fn resolved_env(pod: &Value, container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some(path) => {
+                    let pointer = format!("/{}", path.replace('.', "/"));
+                    pod.pointer(&pointer)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                }
+                None => e["value"].as_str().unwrap_or_default().to_string(),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn events_about(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
+    let events = cluster
+        .kubectl_json(&["get", "events", "-n", namespace, "-o", "json"])
+        .unwrap();
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == name && e["reason"] == "ApiwitnessSkipped")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A CSR as the interceptor makes one, for `namespace/pod`.
+fn csr_for(namespace: &str, pod: &str, service_ip: &str) -> String {
+    let dir = tempfile_dir();
+    let out = CommandOutput::run(Command::new("openssl").args([
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", &format!("{dir}/key.pem"),
+        "-subj", &format!("/O=system:nodes/CN=system:node:apiwitness:{namespace}\\/{pod}"),
+        "-addext", &format!("subjectAltName=DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:{service_ip},IP:127.0.0.1"),
+        "-out", &format!("{dir}/csr.pem"),
+    ]))
+    .unwrap();
+    assert!(out.success, "{out:?}");
+    std::fs::read_to_string(format!("{dir}/csr.pem")).unwrap()
+}
+
+fn tempfile_dir() -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "apiwitness-injector-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+struct Injector<'a> {
+    release: &'a Release,
+    ip: String,
+    ca_file: String,
+}
+
+impl Injector<'_> {
+    /// POSTs to the injector over TLS, verified against its own CA, by its
+    /// Service's DNS name (resolved to the stand-in here).
+    fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let host = format!(
+            "{}.{}.svc",
+            self.release.part("injector"),
+            self.release.namespace
+        );
+        let body_file = format!("{}/body.json", tempfile_dir());
+        std::fs::write(&body_file, body).unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "30", "--cacert", &self.ca_file])
+            .args(["--resolve", &format!("{host}:8443:{}", self.ip)])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .args(["--data-binary", &format!("@{body_file}")]);
+        if let Some(token) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        cmd.arg(format!("https://{host}:8443{path}"));
+        let out = CommandOutput::run(&mut cmd).unwrap();
+        let (body, code) = out
+            .stdout
+            .trim_end()
+            .rsplit_once('\n')
+            .unwrap_or(("", out.stdout.trim()));
+        (
+            code.parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+        )
+    }
+}
+
+#[test]
+fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
+    let cluster = Cluster::shared();
+    let system = TestNamespace::new(cluster, "awsys");
+    let release = Release::install(cluster, &system.name, &system.name, &[])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Pods reach the certify endpoint and the aggregator by their Services'
+    // addresses here: this control plane has no cluster DNS.
+    let injector_service = release.service_ip("injector").unwrap();
+    let aggregator_service = release.service_ip("aggregator").unwrap();
+    release
+        .upgrade(&[
+            (
+                "injector.certifyUrl",
+                &format!("https://{injector_service}:443/certify"),
+            ),
+            (
+                "injector.aggregatorUrl",
+                &format!("http://{aggregator_service}:8080/ingest"),
+            ),
+        ])
+        .unwrap();
+
+    let db_dir = tempfile_dir();
+    Command::new("chmod")
+        .args(["0777", &db_dir])
+        .status()
+        .unwrap();
+    let db = format!("{db_dir}/apiwitness.db");
+    let aggregator = StandIn::start(
+        &release,
+        "aggregator",
+        "apiwitness-aggregator",
+        &[("APIWITNESS_DB", &db)],
+        &["serve"],
+        8080,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let injector = StandIn::start(&release, "injector", "apiwitness-injector", &[], &[], 9090)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let injector_log = || injector.log();
+
+    // The injector made its CA, kept it in a Secret, and put it in the
+    // webhook configuration, which is set the way the chart promises.
+    let webhook_name = release.part("injector");
+    let config = cluster
+        .kubectl_json(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            &webhook_name,
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let secret = cluster
+        .kubectl_json(&[
+            "get",
+            "secret",
+            &format!("{webhook_name}-tls"),
+            "-n",
+            &system.name,
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let ca_b64 = secret["data"]["ca.crt"].as_str().unwrap();
+    for hook in config["webhooks"].as_array().unwrap() {
+        assert_eq!(
+            hook["clientConfig"]["caBundle"].as_str(),
+            Some(ca_b64),
+            "{}",
+            injector_log()
+        );
+        assert_eq!(hook["failurePolicy"], "Ignore");
+        assert_eq!(hook["timeoutSeconds"], 5);
+        assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+        assert!(
+            hook["matchConditions"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty())
+        );
+        let excluded = hook["namespaceSelector"]["matchExpressions"].to_string();
+        assert!(
+            excluded.contains("kube-system") && excluded.contains(&system.name),
+            "{excluded}"
+        );
+    }
+    let ca_file = format!("{}/injector-ca.pem", tempfile_dir());
+    let ca_pem =
+        CommandOutput::run(Command::new("sh").args(["-c", &format!("echo {ca_b64} | base64 -d")]))
+            .unwrap()
+            .stdout;
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let client = Injector {
+        release: &release,
+        ip: injector.pod.ip().unwrap(),
+        ca_file,
+    };
+
+    // A workload, not opted in yet.
+    let app = TestNamespace::with_app(cluster, "awapp");
+    let a = app.name.as_str();
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": a},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "serviceAccountName": "app",
+                    "initContainers": [{"name": "setup", "image": "busybox:1.36", "command": ["true"]}],
+                    "containers": [{"name": "web", "image": "busybox:1.36", "command": ["sleep", "3600"]}],
+                },
+            },
+        },
+    });
+    cluster.kubectl_stdin(&["apply"], &deployment).unwrap();
+    let first = wait_until("the first pod of web", Duration::from_secs(60), || {
+        newest_pod(cluster, a, "app=web")
+    })
+    .unwrap();
+    assert_eq!(init_container_names(&first), ["setup"]);
+
+    // Annotate it: the webhook copies the opt-in into the template, the
+    // Deployment rolls, and the new Pod carries both containers, ours first.
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "deployment",
+            "web",
+            "-n",
+            a,
+            "apiwitness.io/inject=true",
+        ])
+        .unwrap();
+    let injected = wait_until("an injected pod of web", Duration::from_secs(60), || {
+        newest_pod(cluster, a, "app=web").filter(|p| init_container_names(p).len() == 3)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\ninjector log:\n{}", injector_log()));
+    assert_eq!(
+        init_container_names(&injected),
+        [INIT_IPTABLES, INTERCEPTOR, "setup"]
+    );
+    assert_eq!(
+        injected["metadata"]["annotations"]["apiwitness.io/status"],
+        "injected"
+    );
+    let sidecar = container(&injected, INTERCEPTOR);
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(sidecar["securityContext"]["runAsUser"], 2102);
+    let init = container(&injected, INIT_IPTABLES);
+    assert_eq!(
+        init["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN", "NET_RAW"])
+    );
+    let template = cluster
+        .kubectl_json(&["get", "deployment", "web", "-n", a, "-o", "json"])
+        .unwrap();
+    assert_eq!(
+        template["spec"]["template"]["metadata"]["annotations"]["apiwitness.io/inject-inherited"],
+        "true"
+    );
+
+    // Play the injected pod from its own spec: its token (audience
+    // apiwitness, bound to it), init-iptables, then the interceptor, each
+    // with the env the injector gave it.
+    let pod_name = injected["metadata"]["name"].as_str().unwrap().to_string();
+    let issuer = format!("https://kubernetes.default.svc.{}", "cluster.local");
+    let local: String = format!("{a}-web").chars().take(42).collect();
+    let pod = NetnsPod::add(
+        cluster,
+        &local,
+        a,
+        "app",
+        &[
+            "--bind-pod",
+            &pod_name,
+            "--audience",
+            "apiwitness",
+            "--audience",
+            &issuer,
+        ],
+    )
+    .unwrap();
+    let init_bin = workspace_binary("apiwitness-init-iptables");
+    let (mut init_child, init_log) = pod
+        .spawn(
+            &resolved_env(&injected, init),
+            None,
+            &[init_bin.to_str().unwrap()],
+            &format!("{local}-init"),
+        )
+        .unwrap();
+    let init_status = init_child.wait().unwrap();
+    assert!(
+        init_status.success(),
+        "{}",
+        std::fs::read_to_string(init_log).unwrap_or_default()
+    );
+
+    let mut env = resolved_env(&injected, sidecar);
+    // hack/pod mounts the one token and CA at the ServiceAccount path; the
+    // Pod's projected volumes hold the same two (this token carries the
+    // apiwitness audience, and ca.crt is the cluster CA).
+    for (k, v) in &mut env {
+        match k.as_str() {
+            "APIWITNESS_TOKEN_FILE" => *v = format!("{SA_DIR}/token"),
+            "APIWITNESS_UPSTREAM_CA_FILE" => *v = format!("{SA_DIR}/ca.crt"),
+            _ => {}
+        }
+    }
+    let interceptor_bin = workspace_binary("apiwitness-interceptor");
+    let (mut sidecar_child, sidecar_log) = pod
+        .spawn(
+            &env,
+            Some(2102),
+            &[interceptor_bin.to_str().unwrap()],
+            &format!("{local}-interceptor"),
+        )
+        .unwrap();
+    let pod_ip = pod.ip().unwrap();
+    let ready = wait_until(
+        "the injected interceptor's /readyz",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = sidecar_child.try_wait() {
+                return Some(Err(status));
+            }
+            let out = CommandOutput::run(Command::new("curl").args([
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://{pod_ip}:15090/readyz"),
+            ]))
+            .ok()?;
+            out.success.then_some(Ok(()))
+        },
+    );
+    let sidecar_text = || std::fs::read_to_string(&sidecar_log).unwrap_or_default();
+    assert!(
+        matches!(ready, Ok(Ok(()))),
+        "{ready:?}\ninterceptor:\n{}\ninjector:\n{}",
+        sidecar_text(),
+        injector_log()
+    );
+
+    // The app, unmodified, through the interceptor: its TLS verifies against
+    // the ca.crt it trusts, because the cluster CA signed the certificate.
+    let kubectl = cluster.bin("kubectl");
+    let listed = pod
+        .exec(
+            &[],
+            &[kubectl.to_str().unwrap(), "get", "configmaps", "-o", "name"],
+        )
+        .unwrap();
+    assert!(
+        listed.success,
+        "{listed:?}\ninterceptor:\n{}",
+        sidecar_text()
+    );
+    assert!(
+        listed.stdout.contains("configmap/kube-root-ca.crt"),
+        "{}",
+        listed.stdout
+    );
+    let metrics = CommandOutput::run(
+        Command::new("curl").args(["-s", &format!("http://{pod_ip}:15090/metrics")]),
+    )
+    .unwrap();
+    assert!(
+        metrics.stdout.contains("apiwitness_interceptor_exchanges"),
+        "{}",
+        metrics.stdout
+    );
+    let issued = CommandOutput::run(
+        Command::new("curl").args(["-s", &format!("http://{}:9090/metrics", client.ip)]),
+    )
+    .unwrap();
+    assert!(
+        issued
+            .stdout
+            .contains(r#"apiwitness_injector_certificates_total{result="issued"} 1"#),
+        "{}",
+        issued.stdout
+    );
+    // No CSR object is left behind.
+    let csrs = cluster.kubectl_ok(&["get", "csr", "-o", "name"]).unwrap();
+    assert!(
+        !csrs.contains(&format!("apiwitness-{a}-{pod_name}")),
+        "{csrs}"
+    );
+
+    // Its records reach the aggregator through the chart's Service, and the
+    // coverage of the pod shows the call (a reader's token, audience apiwitness).
+    let reader = cluster
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "app",
+            "-n",
+            a,
+            "--audience",
+            "apiwitness",
+        ])
+        .unwrap();
+    let aggregator_ip = aggregator.pod.ip().unwrap();
+    let coverage = wait_until("the pod's coverage", Duration::from_secs(30), || {
+        let out = CommandOutput::run(Command::new("curl").args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {}", reader.trim()),
+            &format!("http://{aggregator_ip}:8080/coverage/{a}/{pod_name}?format=text"),
+        ]))
+        .ok()?;
+        out.stdout
+            .contains("listCoreV1NamespacedConfigMap")
+            .then_some(out.stdout)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\naggregator:\n{}\ninterceptor:\n{}",
+            aggregator.log(),
+            sidecar_text()
+        )
+    });
+    assert!(coverage.contains(&format!("{a}/{pod_name}")), "{coverage}");
+    let _ = sidecar_child.kill();
+    let _ = sidecar_child.wait();
+
+    // The certify endpoint refuses what it must.
+    let csr = csr_for(
+        a,
+        &pod_name,
+        cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP"),
+    );
+    let body = json!({"csr": csr}).to_string();
+    let (status, answer) = client.post("/certify", Some("not-a-token"), &body);
+    assert_eq!(status, 401, "{answer}");
+    // A real token of the same ServiceAccount, but bound to no pod.
+    let unbound = cluster
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "app",
+            "-n",
+            a,
+            "--audience",
+            "apiwitness",
+        ])
+        .unwrap();
+    let (status, answer) = client.post("/certify", Some(unbound.trim()), &body);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("not bound to a pod"),
+        "{answer}"
+    );
+    // A token bound to a pod that apiwitness did not inject.
+    cluster
+        .kubectl_stdin(
+            &["apply"],
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": a},
+                "spec": {"serviceAccountName": "app", "containers": [{"name": "c", "image": "busybox:1.36"}]}})
+            ,
+        )
+        .unwrap();
+    let foreign = cluster
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "app",
+            "-n",
+            a,
+            "--audience",
+            "apiwitness",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "plain",
+        ])
+        .unwrap();
+    let plain_csr =
+        json!({"csr": csr_for(a, "plain", cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP"))})
+            .to_string();
+    let (status, answer) = client.post("/certify", Some(foreign.trim()), &plain_csr);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("was not injected"),
+        "{answer}"
+    );
+    // The injected pod's own token, asking for another pod's name.
+    let own = cluster
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "app",
+            "-n",
+            a,
+            "--audience",
+            "apiwitness",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            &pod_name,
+        ])
+        .unwrap();
+    let (status, answer) = client.post("/certify", Some(own.trim()), &plain_csr);
+    assert_eq!(status, 403, "{answer}");
+    // A malformed request body and a malformed AdmissionReview: a clear 400.
+    let (status, answer) = client.post("/certify", Some(own.trim()), "{\"certificate\": 1}");
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = client.post("/mutate", None, r#"{"apiVersion": "v1", "kind": "Pod"}"#);
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("AdmissionReview"),
+        "{answer}"
+    );
+
+    // Skips: a hostNetwork pod that opted in, and a pod that opted out of a
+    // namespace that opted in, are left alone, each with an Event.
+    cluster
+        .kubectl_ok(&["label", "namespace", a, "apiwitness.io/inject=true"])
+        .unwrap();
+    for (name, annotation, host_network) in
+        [("host-agent", "true", true), ("opted-out", "false", false)]
+    {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": a, "annotations": {"apiwitness.io/inject": annotation}},
+            "spec": {"hostNetwork": host_network, "containers": [{"name": "c", "image": "busybox:1.36"}]}});
+        cluster.kubectl_stdin(&["apply"], &pod).unwrap();
+        let created = cluster
+            .kubectl_json(&["get", "pod", name, "-n", a, "-o", "json"])
+            .unwrap();
+        assert!(
+            init_container_names(&created).is_empty(),
+            "{name} was injected"
+        );
+        let events = wait_until(
+            &format!("the Event about {name}"),
+            Duration::from_secs(20),
+            || Some(events_about(cluster, a, name)).filter(|e| !e.is_empty()),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\ninjector:\n{}", injector_log()));
+        let expected = if host_network {
+            "HostNetwork"
+        } else {
+            "OptedOut"
+        };
+        assert!(events[0].contains(expected), "{events:?}");
+    }
+    // In that namespace, a pod that says nothing is injected by the label.
+    let labelled = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "by-label", "namespace": a},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}});
+    cluster.kubectl_stdin(&["apply"], &labelled).unwrap();
+    let by_label = cluster
+        .kubectl_json(&["get", "pod", "by-label", "-n", a, "-o", "json"])
+        .unwrap();
+    assert_eq!(
+        init_container_names(&by_label),
+        [INIT_IPTABLES, INTERCEPTOR]
+    );
+    cluster
+        .kubectl_ok(&["label", "namespace", a, "apiwitness.io/inject-"])
+        .unwrap();
+
+    // Removing the annotation rolls the Deployment back to pods without us.
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "deployment",
+            "web",
+            "-n",
+            a,
+            "apiwitness.io/inject-",
+        ])
+        .unwrap();
+    let rolled_back = wait_until(
+        "a pod of web without the sidecar",
+        Duration::from_secs(60),
+        || {
+            newest_pod(cluster, a, "app=web").filter(|p| {
+                p["metadata"]["name"] != injected["metadata"]["name"]
+                    && init_container_names(p) == ["setup"]
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\ninjector:\n{}", injector_log()));
+    assert!(
+        rolled_back["metadata"]["annotations"]
+            .get("apiwitness.io/status")
+            .is_none()
+    );
+    let template = cluster
+        .kubectl_json(&["get", "deployment", "web", "-n", a, "-o", "json"])
+        .unwrap();
+    let annotations = &template["spec"]["template"]["metadata"]["annotations"];
+    assert!(
+        annotations.get("apiwitness.io/inject").is_none()
+            && annotations.get("apiwitness.io/inject-inherited").is_none(),
+        "{annotations}"
+    );
+}
