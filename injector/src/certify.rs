@@ -8,6 +8,7 @@
 //! `kubernetes.io/kubelet-serving` signer, and kube-controller-manager signs
 //! it with the cluster CA that every pod already trusts.
 
+use crate::settings::SignerMode;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::certificates::v1::{
@@ -19,11 +20,14 @@ use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PatchParams, PostParams};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
+/// The signer of private-CA mode, which the injector itself serves.
+pub const PRIVATE_SIGNER: &str = "apiwitness.io/interceptor";
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
@@ -181,6 +185,10 @@ pub struct Certifier {
     pub expected: ExpectedNames,
     pub lifetime: Duration,
     pub sign_timeout: Duration,
+    pub signer: SignerMode,
+    /// The injector's CA (certificate and key PEM), which signs in
+    /// private-CA mode; kept current by the refresh loop.
+    pub private_ca: Arc<RwLock<(String, String)>>,
 }
 
 impl Certifier {
@@ -301,7 +309,10 @@ impl Certifier {
             },
             spec: CertificateSigningRequestSpec {
                 request: ByteString(csr_pem.as_bytes().to_vec()),
-                signer_name: KUBELET_SERVING.into(),
+                signer_name: match self.signer {
+                    SignerMode::ClusterCa => KUBELET_SERVING.into(),
+                    SignerMode::PrivateCa => PRIVATE_SIGNER.into(),
+                },
                 usages: Some(vec!["digital signature".into(), "server auth".into()]),
                 expiration_seconds: Some(self.lifetime.as_secs().max(600) as i32),
                 ..Default::default()
@@ -350,6 +361,9 @@ impl Certifier {
         )
         .await
         .map_err(|e| CertifyError::Upstream(format!("approving {name}: {e}")))?;
+        if self.signer == SignerMode::PrivateCa {
+            self.sign_privately(csrs, name).await?;
+        }
         let deadline = tokio::time::Instant::now() + self.sign_timeout;
         loop {
             let current = csrs
@@ -380,6 +394,66 @@ impl Certifier {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+impl Certifier {
+    /// Private-CA mode: the injector is the signer. It signs the approved
+    /// request with its CA and writes the certificate into the object's
+    /// status, as any signer does.
+    async fn sign_privately(
+        &self,
+        csrs: &Api<CertificateSigningRequest>,
+        name: &str,
+    ) -> Result<(), CertifyError> {
+        let current = csrs
+            .get(name)
+            .await
+            .map_err(|e| CertifyError::Upstream(format!("reading {name}: {e}")))?;
+        let request = String::from_utf8(current.spec.request.0.clone())
+            .map_err(|_| CertifyError::BadRequest("the CSR is not PEM text".into()))?;
+        let (ca_cert, ca_key) = self
+            .private_ca
+            .read()
+            .map(|c| c.clone())
+            .map_err(|_| CertifyError::Upstream("the CA lock is poisoned".into()))?;
+        let certificate = sign_with_ca(&request, &ca_cert, &ca_key, self.lifetime)?;
+        let status = CertificateSigningRequest {
+            status: Some(CertificateSigningRequestStatus {
+                certificate: Some(ByteString(certificate.into_bytes())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        csrs.patch_status(
+            name,
+            &PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await
+        .map_err(|e| CertifyError::Upstream(format!("writing {name}'s certificate: {e}")))?;
+        Ok(())
+    }
+}
+
+/// A server certificate for the CSR's key and names, signed by the CA.
+pub fn sign_with_ca(
+    csr_pem: &str,
+    ca_cert: &str,
+    ca_key: &str,
+    lifetime: Duration,
+) -> Result<String, CertifyError> {
+    let failed = |e: rcgen::Error| CertifyError::Upstream(format!("signing: {e}"));
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| CertifyError::BadRequest(format!("the CSR: {e}")))?;
+    let now = std::time::SystemTime::now();
+    csr.params.not_before = (now - Duration::from_secs(300)).into();
+    csr.params.not_after = (now + lifetime).into();
+    csr.params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    csr.params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    csr.params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let key = rcgen::KeyPair::from_pem(ca_key).map_err(failed)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert, key).map_err(failed)?;
+    Ok(csr.signed_by(&issuer).map_err(failed)?.pem())
 }
 
 #[cfg(test)]
@@ -453,6 +527,30 @@ mod tests {
         assert!(err.to_string().contains("bank.example.com"), "{err}");
         let pem = csr("system:node:apiwitness:shop/web-1", &NAMES, &["10.96.0.1"]);
         assert!(check_csr(&parse_csr(&pem).unwrap(), "shop", "web-1", &expected()).is_err());
+    }
+
+    #[test]
+    fn the_private_ca_signs_a_server_certificate_for_the_csrs_names() {
+        let (ca_cert, ca_key) = crate::serving_cert::new_ca().unwrap();
+        let pem = csr(
+            "system:node:apiwitness:shop/web-1",
+            &NAMES,
+            &["10.96.0.1", "127.0.0.1"],
+        );
+        let cert = sign_with_ca(&pem, &ca_cert, &ca_key, Duration::from_secs(600)).unwrap();
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        let x509 = parsed.parse_x509().unwrap();
+        let sans = x509.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(sans.value.general_names.len(), 6);
+        assert!(
+            x509.extended_key_usage()
+                .unwrap()
+                .unwrap()
+                .value
+                .server_auth
+        );
+        let life = x509.validity().not_after.timestamp() - x509.validity().not_before.timestamp();
+        assert_eq!(life, 900);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Flags, each with an environment variable; the chart sets the variables.
 
-use crate::settings::{InjectSettings, Mode, Resources};
+use crate::settings::{InjectSettings, Mode, Resources, SignerMode};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,6 +86,21 @@ pub struct Config {
     /// Service, https://<service>.<namespace>.svc/certify).
     #[arg(long, env = "APIWITNESS_CERTIFY_URL")]
     pub certify_url: Option<String>,
+
+    /// Who signs the interceptors' certificates: the cluster CA (through the
+    /// kubelet-serving signer), or the injector's own CA.
+    #[arg(
+        long,
+        env = "APIWITNESS_SIGNER",
+        value_enum,
+        default_value = "cluster-ca"
+    )]
+    pub signer: SignerMode,
+
+    /// How often the Secret, the caBundle, the trust bundles and the
+    /// apiserver's endpoints are looked at again.
+    #[arg(long, env = "APIWITNESS_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub refresh_interval: Duration,
 
     /// The lifetime of the interceptors' certificates (at least 10 minutes,
     /// the controller-manager's floor).
@@ -204,6 +219,7 @@ impl Config {
             },
             token_audience: self.token_audience.clone(),
             native_sidecars,
+            signer: self.signer,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! sends it, decide what to do and build the JSON Patch that does it. No I/O
 //! here, so every decision is a unit test.
 
-use crate::settings::{InjectSettings, Mode};
+use crate::settings::{InjectSettings, Mode, SignerMode};
+use crate::trust::{BUNDLE_CONFIGMAP, CLUSTER_CA_CONFIGMAP};
 use serde_json::{Value, json};
 
 /// The opt-in annotation, on a pod, a pod template or a workload; also the
@@ -352,7 +353,7 @@ fn volumes(s: &InjectSettings) -> Vec<Value> {
     let mut v = vec![
         json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
             "audience": s.token_audience, "expirationSeconds": 3600, "path": "token"}}]}}),
-        json!({"name": UPSTREAM_CA_VOLUME, "configMap": {"name": "kube-root-ca.crt",
+        json!({"name": UPSTREAM_CA_VOLUME, "configMap": {"name": CLUSTER_CA_CONFIGMAP,
             "items": [{"key": "ca.crt", "path": "ca.crt"}]}}),
     ];
     if s.mode == Mode::Iptables {
@@ -413,7 +414,45 @@ pub fn pod_patch(pod: &Value, s: &InjectSettings) -> Vec<Value> {
             }
         }
     }
+    if s.signer == SignerMode::PrivateCa {
+        ops.extend(trust_private_ca(pod));
+    }
     ops.extend(set_annotations(pod, "", &[(STATUS, "injected")]));
+    ops
+}
+
+/// In private-CA mode the app containers must trust the injector's CA: the
+/// ServiceAccount volume's `ca.crt` (`kube-api-access-*`, which the
+/// ServiceAccount admission plugin added before any webhook ran) comes from
+/// the namespace's bundle of the cluster CA plus that CA instead. The
+/// interceptor keeps the plain cluster CA for the apiserver.
+fn trust_private_ca(pod: &Value) -> Vec<Value> {
+    let mut ops = Vec::new();
+    let volumes = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for (i, volume) in volumes.enumerate() {
+        if !volume["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-"))
+        {
+            continue;
+        }
+        let sources = volume
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for (j, source) in sources.enumerate() {
+            if source.pointer("/configMap/name").and_then(Value::as_str)
+                == Some(CLUSTER_CA_CONFIGMAP)
+            {
+                ops.push(json!({"op": "replace", "path": format!("/spec/volumes/{i}/projected/sources/{j}/configMap/name"), "value": BUNDLE_CONFIGMAP}));
+            }
+        }
+    }
     ops
 }
 
@@ -708,6 +747,41 @@ mod tests {
                 .unwrap()
                 .iter()
                 .all(|e| e["name"] != "KUBERNETES_SERVICE_HOST")
+        );
+    }
+
+    #[test]
+    fn private_ca_mode_points_the_apps_ca_at_the_bundle_and_keeps_the_sidecars() {
+        let mut pod = pod_from_review("pod-opted-in.json");
+        pod["spec"]["volumes"][0]["projected"]["sources"] = json!([
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+        ]);
+        let settings = InjectSettings {
+            signer: SignerMode::PrivateCa,
+            ..InjectSettings::example()
+        };
+        let PodDecision::Inject { patch, .. } = decide_pod(&pod, false, &settings) else {
+            panic!()
+        };
+        let out = patched(&pod, &patch);
+        assert_eq!(
+            out["spec"]["volumes"][0]["projected"]["sources"][1]["configMap"]["name"],
+            BUNDLE_CONFIGMAP
+        );
+        assert_eq!(
+            out["spec"]["volumes"][2]["configMap"]["name"], CLUSTER_CA_CONFIGMAP,
+            "the sidecar's upstream CA stays the cluster's"
+        );
+        // Cluster-CA mode leaves the app's trust alone.
+        let PodDecision::Inject { patch, .. } = decide_pod(&pod, false, &InjectSettings::example())
+        else {
+            panic!()
+        };
+        assert_eq!(
+            patched(&pod, &patch)["spec"]["volumes"][0]["projected"]["sources"][1]["configMap"]["name"],
+            CLUSTER_CA_CONFIGMAP
         );
     }
 

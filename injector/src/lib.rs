@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod serve;
 pub mod serving_cert;
 pub mod settings;
+pub mod trust;
 pub mod webhook;
 
 use certify::{Certifier, ExpectedNames};
@@ -26,9 +27,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use webhook::{AppState, Namespaces};
 
-/// How often the Secret, the caBundle and the apiserver's endpoints are
-/// looked at again.
-const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// The injector's CA, certificate and key PEM: it signs in private-CA mode,
+/// and goes into each trust bundle.
+pub type SharedCa = Arc<RwLock<(String, String)>>;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.check()?;
@@ -54,12 +55,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolver = Arc::new(Resolver::default());
     resolver.set(bundle.certified_key()?);
     patch_ca_bundle(&client, &config, &bundle.ca_cert).await;
+    let ca: SharedCa = Arc::new(RwLock::new((bundle.ca_cert.clone(), bundle.ca_key.clone())));
 
     let settings = config.settings(bundle.ca_cert.clone(), service, endpoints, native_sidecars);
     tracing::info!(
         apiserver = %settings.apiserver_service,
         endpoints = ?settings.apiserver_endpoints,
         mode = ?settings.mode,
+        signer = ?settings.signer,
         certify_url = %settings.certify_url,
         "injecting"
     );
@@ -73,7 +76,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             expected: ExpectedNames::new(&config.cluster_domain, service.ip()),
             lifetime: config.cert_lifetime,
             sign_timeout: Duration::from_secs(20),
+            signer: config.signer,
+            private_ca: ca.clone(),
         }),
+        trust: (config.signer == settings::SignerMode::PrivateCa)
+            .then(|| trust::Bundles::new(client.clone(), ca.clone())),
         metrics: metrics::Metrics::default(),
     });
 
@@ -82,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.clone(),
         state.clone(),
         resolver.clone(),
+        ca,
         bundle,
     ));
     let result = serve::serve(&config, state, resolver).await;
@@ -116,16 +124,18 @@ async fn patch_ca_bundle(client: &kube::Client, config: &Config, ca: &str) {
 }
 
 /// Keeps the serving certificate fresh (and picks up another replica's
-/// rotation), the caBundle true, and the apiserver's endpoints current.
+/// rotation, or a Secret deleted to rotate the CA), the caBundle and the
+/// trust bundles true, and the apiserver's endpoints current.
 async fn refresh(
     client: kube::Client,
     config: Config,
     state: Arc<AppState>,
     resolver: Arc<Resolver>,
+    ca: SharedCa,
     mut current: serving_cert::Bundle,
 ) {
     loop {
-        tokio::time::sleep(REFRESH_EVERY).await;
+        tokio::time::sleep(config.refresh_interval).await;
         match serving_names(&client, &config).await {
             Ok(names) => match serving_cert::ensure_bundle(
                 &client,
@@ -139,6 +149,14 @@ async fn refresh(
                 Ok(bundle) if bundle != current => match bundle.certified_key() {
                     Ok(key) => {
                         resolver.set(key);
+                        if let Ok(mut shared) = ca.write() {
+                            *shared = (bundle.ca_cert.clone(), bundle.ca_key.clone());
+                        }
+                        let mut next = (*state.settings()).clone();
+                        next.certify_ca_pem = bundle.ca_cert.clone();
+                        if let Ok(mut s) = state.settings.write() {
+                            *s = Arc::new(next);
+                        }
                         tracing::info!("serving certificate reloaded");
                         current = bundle;
                     }
@@ -150,6 +168,11 @@ async fn refresh(
             Err(e) => tracing::warn!("{e}"),
         }
         patch_ca_bundle(&client, &config, &current.ca_cert).await;
+        if let Some(bundles) = &state.trust
+            && let Err(e) = bundles.refresh_all().await
+        {
+            tracing::warn!("{e}");
+        }
         if let Ok((service, endpoints)) = cluster::apiserver_addresses(&client).await {
             let mut next = (*state.settings()).clone();
             if next.apiserver_service != service || next.apiserver_endpoints != endpoints {

@@ -24,6 +24,19 @@ impl Mode {
     }
 }
 
+/// Who signs the interceptors' certificates, and so what the apps trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignerMode {
+    /// `kubernetes.io/kubelet-serving`: kube-controller-manager signs with
+    /// the cluster CA, which every pod already trusts. Nothing in the app
+    /// containers changes.
+    ClusterCa,
+    /// `apiwitness.io/interceptor`: the injector signs with its own CA, and
+    /// only injected pods trust it, through a per-namespace bundle of the
+    /// cluster CA plus that CA. For clusters whose CA signs nothing for us.
+    PrivateCa,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resources {
     pub cpu_request: String,
@@ -56,6 +69,7 @@ pub struct InjectSettings {
     pub token_audience: String,
     /// The apiserver supports native sidecars (Kubernetes 1.29 and later).
     pub native_sidecars: bool,
+    pub signer: SignerMode,
 }
 
 impl InjectSettings {
@@ -85,6 +99,7 @@ impl InjectSettings {
             },
             token_audience: "apiwitness".into(),
             native_sidecars: true,
+            signer: SignerMode::ClusterCa,
         }
     }
 }

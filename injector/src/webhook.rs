@@ -104,6 +104,8 @@ pub struct AppState {
     pub namespaces: Namespaces,
     pub events: Events,
     pub certifier: Option<Certifier>,
+    /// Private-CA mode: the per-namespace trust bundles.
+    pub trust: Option<crate::trust::Bundles>,
     pub metrics: Metrics,
 }
 
@@ -268,18 +270,41 @@ async fn review_pod(
             tracing::info!(%namespace, reason, "skipped: {message}");
             (response, "skipped")
         }
-        PodDecision::Inject { patch, warnings } => match with_patch(response.clone(), patch) {
-            Ok(mut r) => {
-                if !warnings.is_empty() {
-                    r.warnings = Some(warnings);
-                }
-                (r, "injected")
+        PodDecision::Inject { patch, warnings } => {
+            // The pod will mount the namespace's trust bundle: it must exist
+            // first (a dry run writes nothing, and needs nothing mounted).
+            if let Some(bundles) = &state.trust
+                && !request.dry_run
+                && let Err(e) = bundles.ensure(namespace).await
+            {
+                state
+                    .events
+                    .report(Skip::about(namespace, pod, "NoTrustBundle", &e.to_string()));
+                tracing::warn!(%namespace, "skipped: {e}");
+                return (response, "skipped");
             }
-            Err(e) => {
-                tracing::error!(%namespace, "could not encode the pod patch: {e}");
-                (response, "ignored")
+            inject_response(response, patch, warnings, namespace)
+        }
+    }
+}
+
+fn inject_response(
+    response: AdmissionResponse,
+    patch: Vec<Value>,
+    warnings: Vec<String>,
+    namespace: &str,
+) -> (AdmissionResponse, &'static str) {
+    match with_patch(response.clone(), patch) {
+        Ok(mut r) => {
+            if !warnings.is_empty() {
+                r.warnings = Some(warnings);
             }
-        },
+            (r, "injected")
+        }
+        Err(e) => {
+            tracing::error!(%namespace, "could not encode the pod patch: {e}");
+            (response, "ignored")
+        }
     }
 }
 
@@ -357,6 +382,7 @@ mod tests {
             ),
             events: Events::recorded(),
             certifier: None,
+            trust: None,
             metrics: Metrics::default(),
         })
     }

@@ -106,30 +106,34 @@ fn csr_for(namespace: &str, pod: &str, service_ip: &str) -> String {
 }
 
 fn tempfile_dir() -> String {
+    let thread: String = format!("{:?}", std::thread::current().id())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
     let dir = std::env::temp_dir().join(format!(
-        "apiwitness-injector-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
+        "apiwitness-injector-test-{}-{thread}",
+        std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir.to_str().unwrap().to_string()
 }
 
-struct Injector<'a> {
-    release: &'a Release,
+struct Injector {
+    /// The Service's DNS name, which the certificate names.
+    host: String,
     ip: String,
     ca_file: String,
 }
 
-impl Injector<'_> {
-    /// POSTs to the injector over TLS, verified against its own CA, by its
+impl Injector {
+    fn trust(&self, ca_pem: &str) {
+        std::fs::write(&self.ca_file, ca_pem).unwrap();
+    }
+
+    /// POSTs to the injector over TLS, verified against `ca_file`, by its
     /// Service's DNS name (resolved to the stand-in here).
     fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-        let host = format!(
-            "{}.{}.svc",
-            self.release.part("injector"),
-            self.release.namespace
-        );
+        let host = &self.host;
         let body_file = format!("{}/body.json", tempfile_dir());
         std::fs::write(&body_file, body).unwrap();
         let mut cmd = Command::new("curl");
@@ -159,11 +163,23 @@ impl Injector<'_> {
     }
 }
 
-#[test]
-fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
-    let cluster = Cluster::shared();
+/// The chart installed, with its injector and aggregator played by local
+/// processes. Tests that install it run one at a time: two injectors would
+/// both mutate the same annotated pods.
+struct Installed {
+    _system: TestNamespace,
+    release: Release,
+    aggregator: StandIn,
+    injector: StandIn,
+    client: Injector,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+fn install(cluster: &'static Cluster, values: &[(&str, &str)]) -> Installed {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let system = TestNamespace::new(cluster, "awsys");
-    let release = Release::install(cluster, &system.name, &system.name, &[])
+    let release = Release::install(cluster, &system.name, &system.name, values)
         .unwrap_or_else(|e| panic!("{e:#}"));
     // Pods reach the certify endpoint and the aggregator by their Services'
     // addresses here: this control plane has no cluster DNS.
@@ -181,7 +197,6 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
             ),
         ])
         .unwrap();
-
     let db_dir = tempfile_dir();
     Command::new("chmod")
         .args(["0777", &db_dir])
@@ -199,6 +214,184 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
     .unwrap_or_else(|e| panic!("{e:#}"));
     let injector = StandIn::start(&release, "injector", "apiwitness-injector", &[], &[], 9090)
         .unwrap_or_else(|e| panic!("{e:#}"));
+    let client = Injector {
+        host: format!("{}.{}.svc", release.part("injector"), release.namespace),
+        ip: injector.pod.ip().unwrap(),
+        ca_file: format!("{}/injector-ca.pem", tempfile_dir()),
+    };
+    client.trust(&current_ca(cluster, &release));
+    Installed {
+        _system: system,
+        release,
+        aggregator,
+        injector,
+        client,
+        _serial: serial,
+    }
+}
+
+/// The CA the injector keeps in its Secret (PEM).
+fn current_ca(cluster: &Cluster, release: &Release) -> String {
+    let secret = cluster
+        .kubectl_json(&[
+            "get",
+            "secret",
+            &format!("{}-tls", release.part("injector")),
+            "-n",
+            &release.namespace,
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    decode_b64(secret["data"]["ca.crt"].as_str().unwrap())
+}
+
+fn decode_b64(text: &str) -> String {
+    CommandOutput::run_with_input(Command::new("base64").arg("-d"), text.as_bytes())
+        .unwrap()
+        .stdout
+}
+
+/// An injected Pod object played in a network namespace: its token
+/// (audience apiwitness, bound to it), then its init-iptables and its
+/// interceptor, each with the env the injector gave it. `ca` replaces the
+/// ca.crt that the app containers read (private-CA mode's bundle).
+struct PlayedPod {
+    pod: NetnsPod,
+    sidecar: std::process::Child,
+    sidecar_log: std::path::PathBuf,
+}
+
+impl PlayedPod {
+    fn start(
+        cluster: &'static Cluster,
+        injected: &Value,
+        ca: Option<&str>,
+        injector_log: &dyn Fn() -> String,
+    ) -> PlayedPod {
+        let namespace = injected["metadata"]["namespace"].as_str().unwrap();
+        let pod_name = injected["metadata"]["name"].as_str().unwrap();
+        let issuer = format!("https://kubernetes.default.svc.{}", "cluster.local");
+        let local: String = format!(
+            "{namespace}-{}",
+            &pod_name[pod_name.len().saturating_sub(5)..]
+        )
+        .chars()
+        .take(42)
+        .collect();
+        let mut extra = vec![
+            "--bind-pod",
+            pod_name,
+            "--audience",
+            "apiwitness",
+            "--audience",
+            &issuer,
+        ];
+        if let Some(ca) = ca {
+            extra.extend(["--ca", ca]);
+        }
+        let sa = injected["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        let pod = NetnsPod::add(cluster, &local, namespace, sa, &extra).unwrap();
+        let init_bin = workspace_binary("apiwitness-init-iptables");
+        let (mut init_child, init_log) = pod
+            .spawn(
+                &resolved_env(injected, container(injected, INIT_IPTABLES)),
+                None,
+                &[init_bin.to_str().unwrap()],
+                &format!("{local}-init"),
+            )
+            .unwrap();
+        assert!(
+            init_child.wait().unwrap().success(),
+            "{}",
+            std::fs::read_to_string(init_log).unwrap_or_default()
+        );
+
+        let mut env = resolved_env(injected, container(injected, INTERCEPTOR));
+        // hack/pod mounts one token and one CA at the ServiceAccount path;
+        // the Pod's projected volumes hold the same token (it carries the
+        // apiwitness audience), and the sidecar's own CA is the cluster CA.
+        // A copy the sidecar's UID may read (the cluster's PKI directory is root's).
+        let cluster_ca = format!("{}/cluster-ca.pem", tempfile_dir());
+        std::fs::copy(cluster.var("APIWITNESS_CLUSTER_CA"), &cluster_ca).unwrap();
+        for (k, v) in &mut env {
+            match k.as_str() {
+                "APIWITNESS_TOKEN_FILE" => *v = format!("{SA_DIR}/token"),
+                "APIWITNESS_UPSTREAM_CA_FILE" => {
+                    *v = if ca.is_some() {
+                        cluster_ca.clone()
+                    } else {
+                        format!("{SA_DIR}/ca.crt")
+                    }
+                }
+                _ => {}
+            }
+        }
+        let interceptor_bin = workspace_binary("apiwitness-interceptor");
+        let (mut sidecar, sidecar_log) = pod
+            .spawn(
+                &env,
+                Some(2102),
+                &[interceptor_bin.to_str().unwrap()],
+                &format!("{local}-interceptor"),
+            )
+            .unwrap();
+        let pod_ip = pod.ip().unwrap();
+        let ready = wait_until(
+            "the injected interceptor's /readyz",
+            Duration::from_secs(60),
+            || {
+                if let Ok(Some(status)) = sidecar.try_wait() {
+                    return Some(Err(status));
+                }
+                let out = CommandOutput::run(Command::new("curl").args([
+                    "-sf",
+                    "--max-time",
+                    "2",
+                    &format!("http://{pod_ip}:15090/readyz"),
+                ]))
+                .ok()?;
+                out.success.then_some(Ok(()))
+            },
+        );
+        let played = PlayedPod {
+            pod,
+            sidecar,
+            sidecar_log,
+        };
+        assert!(
+            matches!(ready, Ok(Ok(()))),
+            "{ready:?}\ninterceptor:\n{}\ninjector:\n{}",
+            played.log(),
+            injector_log()
+        );
+        played
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.sidecar_log).unwrap_or_default()
+    }
+}
+
+impl Drop for PlayedPod {
+    fn drop(&mut self) {
+        let _ = self.sidecar.kill();
+        let _ = self.sidecar.wait();
+    }
+}
+
+#[test]
+fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
+    let cluster = Cluster::shared();
+    let installed = install(cluster, &[]);
+    let (release, aggregator, injector, client) = (
+        &installed.release,
+        &installed.aggregator,
+        &installed.injector,
+        &installed.client,
+    );
     let injector_log = || injector.log();
 
     // The injector made its CA, kept it in a Secret, and put it in the
@@ -219,7 +412,7 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
             "secret",
             &format!("{webhook_name}-tls"),
             "-n",
-            &system.name,
+            &release.namespace,
             "-o",
             "json",
         ])
@@ -242,21 +435,10 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
         );
         let excluded = hook["namespaceSelector"]["matchExpressions"].to_string();
         assert!(
-            excluded.contains("kube-system") && excluded.contains(&system.name),
+            excluded.contains("kube-system") && excluded.contains(&release.namespace),
             "{excluded}"
         );
     }
-    let ca_file = format!("{}/injector-ca.pem", tempfile_dir());
-    let ca_pem =
-        CommandOutput::run(Command::new("sh").args(["-c", &format!("echo {ca_b64} | base64 -d")]))
-            .unwrap()
-            .stdout;
-    std::fs::write(&ca_file, &ca_pem).unwrap();
-    let client = Injector {
-        release: &release,
-        ip: injector.pod.ip().unwrap(),
-        ca_file,
-    };
 
     // A workload, not opted in yet.
     let app = TestNamespace::with_app(cluster, "awapp");
@@ -326,88 +508,11 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
         "true"
     );
 
-    // Play the injected pod from its own spec: its token (audience
-    // apiwitness, bound to it), init-iptables, then the interceptor, each
-    // with the env the injector gave it.
     let pod_name = injected["metadata"]["name"].as_str().unwrap().to_string();
-    let issuer = format!("https://kubernetes.default.svc.{}", "cluster.local");
-    let local: String = format!("{a}-web").chars().take(42).collect();
-    let pod = NetnsPod::add(
-        cluster,
-        &local,
-        a,
-        "app",
-        &[
-            "--bind-pod",
-            &pod_name,
-            "--audience",
-            "apiwitness",
-            "--audience",
-            &issuer,
-        ],
-    )
-    .unwrap();
-    let init_bin = workspace_binary("apiwitness-init-iptables");
-    let (mut init_child, init_log) = pod
-        .spawn(
-            &resolved_env(&injected, init),
-            None,
-            &[init_bin.to_str().unwrap()],
-            &format!("{local}-init"),
-        )
-        .unwrap();
-    let init_status = init_child.wait().unwrap();
-    assert!(
-        init_status.success(),
-        "{}",
-        std::fs::read_to_string(init_log).unwrap_or_default()
-    );
-
-    let mut env = resolved_env(&injected, sidecar);
-    // hack/pod mounts the one token and CA at the ServiceAccount path; the
-    // Pod's projected volumes hold the same two (this token carries the
-    // apiwitness audience, and ca.crt is the cluster CA).
-    for (k, v) in &mut env {
-        match k.as_str() {
-            "APIWITNESS_TOKEN_FILE" => *v = format!("{SA_DIR}/token"),
-            "APIWITNESS_UPSTREAM_CA_FILE" => *v = format!("{SA_DIR}/ca.crt"),
-            _ => {}
-        }
-    }
-    let interceptor_bin = workspace_binary("apiwitness-interceptor");
-    let (mut sidecar_child, sidecar_log) = pod
-        .spawn(
-            &env,
-            Some(2102),
-            &[interceptor_bin.to_str().unwrap()],
-            &format!("{local}-interceptor"),
-        )
-        .unwrap();
+    let played = PlayedPod::start(cluster, &injected, None, &injector_log);
+    let pod = &played.pod;
     let pod_ip = pod.ip().unwrap();
-    let ready = wait_until(
-        "the injected interceptor's /readyz",
-        Duration::from_secs(60),
-        || {
-            if let Ok(Some(status)) = sidecar_child.try_wait() {
-                return Some(Err(status));
-            }
-            let out = CommandOutput::run(Command::new("curl").args([
-                "-sf",
-                "--max-time",
-                "2",
-                &format!("http://{pod_ip}:15090/readyz"),
-            ]))
-            .ok()?;
-            out.success.then_some(Ok(()))
-        },
-    );
-    let sidecar_text = || std::fs::read_to_string(&sidecar_log).unwrap_or_default();
-    assert!(
-        matches!(ready, Ok(Ok(()))),
-        "{ready:?}\ninterceptor:\n{}\ninjector:\n{}",
-        sidecar_text(),
-        injector_log()
-    );
+    let sidecar_text = || played.log();
 
     // The app, unmodified, through the interceptor: its TLS verifies against
     // the ca.crt it trusts, because the cluster CA signed the certificate.
@@ -489,8 +594,7 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
         )
     });
     assert!(coverage.contains(&format!("{a}/{pod_name}")), "{coverage}");
-    let _ = sidecar_child.kill();
-    let _ = sidecar_child.wait();
+    drop(played);
 
     // The certify endpoint refuses what it must.
     let csr = csr_for(
@@ -672,4 +776,174 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
             && annotations.get("apiwitness.io/inject-inherited").is_none(),
         "{annotations}"
     );
+}
+
+#[test]
+fn private_ca_signs_for_injected_pods_only_and_a_rotated_ca_is_served_without_restart() {
+    let cluster = Cluster::shared();
+    let installed = install(
+        cluster,
+        &[
+            ("injector.signer", "private-ca"),
+            ("injector.refreshInterval", "1s"),
+        ],
+    );
+    let (release, injector, client) = (&installed.release, &installed.injector, &installed.client);
+    let injector_log = || injector.log();
+    let app = TestNamespace::with_app(cluster, "awpriv");
+    let a = app.name.as_str();
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": a, "annotations": {"apiwitness.io/inject": "true"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"serviceAccountName": "app", "containers": [{"name": "web", "image": "busybox:1.36"}]},
+            },
+        },
+    });
+    cluster.kubectl_stdin(&["apply"], &deployment).unwrap();
+    let injected = wait_until("an injected pod of web", Duration::from_secs(60), || {
+        newest_pod(cluster, a, "app=web").filter(|p| init_container_names(p).len() == 2)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\ninjector log:\n{}", injector_log()));
+
+    // The app containers' ca.crt comes from the namespace's bundle: the
+    // cluster CA, then the injector's.
+    let api_access = injected["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str().unwrap().starts_with("kube-api-access-"))
+        .unwrap();
+    assert!(
+        api_access.to_string().contains("\"apiwitness-ca-bundle\""),
+        "{api_access}"
+    );
+    let bundle_of = || {
+        cluster
+            .kubectl_json(&[
+                "get",
+                "configmap",
+                "apiwitness-ca-bundle",
+                "-n",
+                a,
+                "-o",
+                "json",
+            ])
+            .ok()
+            .and_then(|c| c["data"]["ca.crt"].as_str().map(str::to_string))
+    };
+    let bundle = bundle_of().expect("the trust bundle ConfigMap");
+    let cluster_ca = std::fs::read_to_string(cluster.var("APIWITNESS_CLUSTER_CA")).unwrap();
+    let injector_ca = current_ca(cluster, release);
+    assert!(bundle.starts_with(cluster_ca.trim_end()), "{bundle}");
+    assert!(bundle.contains(injector_ca.trim_end()), "{bundle}");
+    let bundle_file = format!("{}/bundle.pem", tempfile_dir());
+    std::fs::write(&bundle_file, &bundle).unwrap();
+
+    let played = PlayedPod::start(cluster, &injected, Some(&bundle_file), &injector_log);
+    let kubectl = cluster.bin("kubectl");
+    let listed = played
+        .pod
+        .exec(
+            &[],
+            &[kubectl.to_str().unwrap(), "get", "configmaps", "-o", "name"],
+        )
+        .unwrap();
+    assert!(listed.success, "{listed:?}\ninterceptor:\n{}", played.log());
+    assert!(
+        listed.stdout.contains("configmap/apiwitness-ca-bundle"),
+        "{}",
+        listed.stdout
+    );
+    // The certificate the app is served chains to the injector's CA only:
+    // a client that trusts just the cluster CA (any pod not injected) refuses it.
+    let service = cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP");
+    let verify = |ca: &str| {
+        played
+            .pod
+            .exec(&[], &["sh", "-c", &format!(
+                "openssl s_client -connect {service}:443 -servername kubernetes.default.svc -CAfile {ca} -verify_return_error -showcerts </dev/null 2>&1"
+            )])
+            .unwrap()
+    };
+    let with_bundle = verify(&bundle_file);
+    assert!(with_bundle.success, "{with_bundle:?}");
+    assert!(!verify(cluster.var("APIWITNESS_CLUSTER_CA")).success);
+    let csrs = cluster.kubectl_ok(&["get", "csr", "-o", "name"]).unwrap();
+    assert!(!csrs.contains(&format!("apiwitness-{a}-")), "{csrs}");
+    drop(played);
+
+    // Rotation without a restart: the Secret goes; the injector makes a new
+    // CA and certificate, serves them, and puts the CA in the caBundle and in
+    // the namespace's trust bundle.
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "secret",
+            &format!("{}-tls", release.part("injector")),
+            "-n",
+            &release.namespace,
+        ])
+        .unwrap();
+    let rotated = wait_until("a new injector CA", Duration::from_secs(30), || {
+        let ca = cluster
+            .kubectl_json(&[
+                "get",
+                "secret",
+                &format!("{}-tls", release.part("injector")),
+                "-n",
+                &release.namespace,
+                "-o",
+                "json",
+            ])
+            .ok()?;
+        let ca = decode_b64(ca["data"]["ca.crt"].as_str()?);
+        (ca != injector_ca).then_some(ca)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", injector_log()));
+    client.trust(&rotated);
+    let (status, _) = wait_until(
+        "the new certificate to be served",
+        Duration::from_secs(30),
+        || Some(client.post("/mutate", None, "{}")).filter(|(status, _)| *status == 400),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", injector_log()));
+    assert_eq!(status, 400);
+    wait_until("the caBundle to follow", Duration::from_secs(30), || {
+        let config = cluster
+            .kubectl_json(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                &release.part("injector"),
+                "-o",
+                "json",
+            ])
+            .ok()?;
+        config["webhooks"]
+            .as_array()?
+            .iter()
+            .all(|h| {
+                h["clientConfig"]["caBundle"]
+                    .as_str()
+                    .map(decode_b64)
+                    .as_deref()
+                    == Some(rotated.as_str())
+            })
+            .then_some(())
+    })
+    .unwrap();
+    wait_until(
+        "the trust bundle to follow",
+        Duration::from_secs(30),
+        || {
+            bundle_of()
+                .filter(|b| b.contains(rotated.trim_end()) && !b.contains(injector_ca.trim_end()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", injector_log()));
+    assert!(injector_log().contains("serving certificate reloaded"));
 }
