@@ -1,11 +1,9 @@
-# What the injector and init-iptables will do for a pod, done by hand for the
-# demo until they exist: a serving certificate for the apiserver's names from
-# a real CertificateSigningRequest, and the nat rules that send the pod's
-# apiserver traffic to the interceptor. Sourced after common.sh; needs
-# kubectl_admin (and so $bin_dir).
+# What the injector's certify endpoint does for a pod, done by hand for the
+# demo: a serving certificate for the apiserver's names from a real
+# CertificateSigningRequest. Sourced after common.sh; needs kubectl_admin (and
+# so $bin_dir).
 
 interceptor_uid=2102
-interceptor_port=15443
 
 # issue_interceptor_cert DIR NAME: DIR/tls.key and DIR/tls.crt, signed by the
 # cluster CA through the kubelet-serving signer.
@@ -40,18 +38,4 @@ CSR
   # The sidecar runs as its own UID and must read its key.
   chown "$interceptor_uid:$interceptor_uid" "$dir" "$dir"/tls.*
   chmod 0400 "$dir/tls.key"
-}
-
-# redirect_pod NETNS: the pod's TCP to the kubernetes Service goes to the
-# interceptor, except the interceptor's own.
-redirect_pod() {
-  ip netns exec "$1" iptables-restore --noflush <<RULES
-*nat
-:APIWITNESS_OUTPUT - [0:0]
--A OUTPUT -p tcp -j APIWITNESS_OUTPUT
--A APIWITNESS_OUTPUT -m owner --uid-owner $interceptor_uid -j RETURN
--A APIWITNESS_OUTPUT -o lo -j RETURN
--A APIWITNESS_OUTPUT -d $kubernetes_service_ip/32 -p tcp --dport 443 -j REDIRECT --to-ports $interceptor_port
-COMMIT
-RULES
 }
