@@ -75,7 +75,10 @@ impl From<AuthError> for ApiError {
 }
 
 /// The caller, when authentication is on.
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+pub(crate) async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Caller>, ApiError> {
     match &state.auth {
         None => Ok(None),
         Some(auth) => Ok(Some(auth.authenticate(auth::bearer(headers)?).await?)),
@@ -108,6 +111,14 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/coverage/{namespace}/{pod}",
             get(coverage_of_namespaced_pod),
+        )
+        .route(
+            "/provenance/namespaces/{namespace}/{resource}/{name}/{view}",
+            get(crate::api_provenance::namespaced),
+        )
+        .route(
+            "/provenance/{resource}/{name}/{view}",
+            get(crate::api_provenance::cluster_scoped),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -151,7 +162,7 @@ struct IngestAnswer {
     errors: Vec<LineError>,
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)

@@ -121,6 +121,8 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
         // bodies that redaction has not seen.
         line: String::new(),
         line_number,
+        versions: Vec::new(),
+        attempts: Vec::new(),
     }))
 }
 

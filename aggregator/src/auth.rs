@@ -145,6 +145,20 @@ impl Authorizer {
         self.may(caller, "get", "", "pods", namespace).await
     }
 
+    /// May `caller` get this one object? What provenance shows of an object
+    /// is what reading it would show.
+    pub async fn may_get_object(
+        &self,
+        caller: &Caller,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), AuthError> {
+        self.may_named(caller, "get", group, resource, namespace, Some(name))
+            .await
+    }
+
     /// May `caller` send audit events? Granted by RBAC on
     /// `auditevents.apiwitness.io`, verb `create`, which nobody has by default.
     pub async fn may_send_audit(&self, caller: &Caller) -> Result<(), AuthError> {
@@ -160,9 +174,26 @@ impl Authorizer {
         resource: &str,
         namespace: Option<&str>,
     ) -> Result<(), AuthError> {
+        self.may_named(caller, verb, group, resource, namespace, None)
+            .await
+    }
+
+    async fn may_named(
+        &self,
+        caller: &Caller,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), AuthError> {
         let key = (
             caller.username.clone(),
-            format!("{verb} {group}/{resource} {}", namespace.unwrap_or("")),
+            format!(
+                "{verb} {group}/{resource} {} {}",
+                namespace.unwrap_or(""),
+                name.unwrap_or("")
+            ),
         );
         let cached = self
             .decisions
@@ -184,6 +215,7 @@ impl Authorizer {
                             verb: Some(verb.into()),
                             group: Some(group.into()),
                             resource: Some(resource.into()),
+                            name: name.map(str::to_string),
                             ..Default::default()
                         }),
                         ..Default::default()

@@ -100,6 +100,22 @@ fn parse_line(raw: &str) -> Result<LineKeys, String> {
     Ok(line)
 }
 
+/// The versions a record shows. Only records that can show one are read
+/// whole: a 2xx read or any write to a resource.
+fn provenance_of(keys: &ExchangeKeys, raw: &str) -> crate::provenance::extract::Found {
+    let may_show = matches!(keys.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+        || (keys.method == "GET" && (200..300).contains(&keys.status));
+    if !may_show {
+        return Default::default();
+    }
+    match apiwitness_record::Line::parse(raw) {
+        Ok(apiwitness_record::Line::Exchange(exchange)) => {
+            crate::provenance::extract::from_exchange(&exchange)
+        }
+        _ => Default::default(),
+    }
+}
+
 pub fn parse_batch(text: &str) -> ParsedBatch {
     let mut batch = ParsedBatch::default();
     for (i, raw) in text.lines().enumerate() {
@@ -129,6 +145,7 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
                     // Kept for the record, but it matches no operation.
                     Err(_) => vec![e.path.clone()],
                 };
+                let found = provenance_of(&e, raw);
                 batch.items.push(IngestItem {
                     client: client_of(e.user_agent.as_deref()),
                     workload: e
@@ -147,6 +164,8 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
                     templates,
                     line: raw.to_string(),
                     line_number: i + 1,
+                    versions: found.versions,
+                    attempts: found.attempts,
                 });
             }
             Ok(LineKeys::DropReport(d)) => batch.drops.push((i + 1, d)),

@@ -5,11 +5,13 @@
 //! [`spec`] and [`spec_live`] (the operations) → [`report`] (coverage).
 
 pub mod api;
+pub mod api_provenance;
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod provenance;
 pub mod report;
 pub mod spec;
 pub mod spec_live;

@@ -22,7 +22,11 @@ use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -37,7 +41,11 @@ struct Figures {
 
 fn summarize(mut samples: Vec<Duration>) -> Figures {
     samples.sort();
-    Figures { p50: percentile(&samples, 0.5), p99: percentile(&samples, 0.99), max: *samples.last().unwrap() }
+    Figures {
+        p50: percentile(&samples, 0.5),
+        p99: percentile(&samples, 0.99),
+        max: *samples.last().unwrap(),
+    }
 }
 
 fn baseline(body: &str, n: usize) -> Figures {
@@ -76,7 +84,10 @@ fn us(d: Duration) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
     let state = Arc::new(AppState {
         settings: RwLock::new(Arc::new(InjectSettings::example())),
         namespaces: Namespaces::Fixed(Default::default()),
@@ -86,8 +97,14 @@ async fn main() {
         metrics: Metrics::default(),
     });
     println!("webhook latency, server side, {n} requests each (one core)");
-    println!("{:<28} {:>12} {:>12} {:>12} {:>12}", "case", "p50", "p99", "max", "p99 ratio");
-    for (case, file) in [("pod, injected", "pod-opted-in.json"), ("deployment, annotated", "deployment-annotated.json")] {
+    println!(
+        "{:<28} {:>12} {:>12} {:>12} {:>12}",
+        "case", "p50", "p99", "max", "p99 ratio"
+    );
+    for (case, file) in [
+        ("pod, injected", "pod-opted-in.json"),
+        ("deployment, annotated", "deployment-annotated.json"),
+    ] {
         let body = fixture(file);
         // Warm up allocators and caches.
         webhook(state.clone(), &body, 500).await;
@@ -109,7 +126,11 @@ async fn main() {
             us(ours.max),
             ours.p99.as_secs_f64() / base.p99.as_secs_f64()
         );
-        let verdict = if ours.p99 < Duration::from_millis(2) { "met" } else { "MISSED" };
+        let verdict = if ours.p99 < Duration::from_millis(2) {
+            "met"
+        } else {
+            "MISSED"
+        };
         println!("{:<28} target p99 < 2 ms: {verdict}", "");
     }
 }

@@ -146,11 +146,16 @@ impl Injector {
                 "\n%{http_code}",
             ])
             .args(["--data-binary", &format!("@{body_file}")]);
-        if let Some(token) = token {
-            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        // A token goes in a header file, never on a command line.
+        let header_file = token.map(|t| apiwitness_e2e::aggregator::write_auth_header(t).unwrap());
+        if let Some(file) = &header_file {
+            cmd.arg("-H").arg(format!("@{}", file.display()));
         }
         cmd.arg(format!("https://{host}:8443{path}"));
         let out = CommandOutput::run(&mut cmd).unwrap();
+        if let Some(file) = header_file {
+            let _ = std::fs::remove_file(file);
+        }
         let (body, code) = out
             .stdout
             .trim_end()
@@ -574,11 +579,13 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
         ])
         .unwrap();
     let aggregator_ip = aggregator.pod.ip().unwrap();
+    // The token goes in a header file, never on a command line.
+    let header_file = apiwitness_e2e::aggregator::write_auth_header(reader.trim()).unwrap();
     let coverage = wait_until("the pod's coverage", Duration::from_secs(30), || {
         let out = CommandOutput::run(Command::new("curl").args([
             "-s",
             "-H",
-            &format!("Authorization: Bearer {}", reader.trim()),
+            &format!("@{}", header_file.display()),
             &format!("http://{aggregator_ip}:8080/coverage/{a}/{pod_name}?format=text"),
         ]))
         .ok()?;
@@ -593,6 +600,7 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
             sidecar_text()
         )
     });
+    let _ = std::fs::remove_file(&header_file);
     assert!(coverage.contains(&format!("{a}/{pod_name}")), "{coverage}");
     drop(played);
 

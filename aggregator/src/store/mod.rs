@@ -42,6 +42,9 @@ pub struct IngestItem {
     pub line: String,
     /// Where it was in its batch (1-based), for error messages.
     pub line_number: usize,
+    /// The object versions and refused writes it shows (provenance).
+    pub versions: Vec<crate::provenance::Version>,
+    pub attempts: Vec<crate::provenance::Attempt>,
 }
 
 /// The `hits` rows a batch adds to: one entry per distinct key, so a batch
@@ -166,4 +169,37 @@ pub trait Store: Send + Sync {
     /// The namespaces that have a pod of this name.
     fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError>;
     fn record_count(&self) -> Result<u64, StoreError>;
+    /// Every version of the objects a query names (unordered), tombstones
+    /// included.
+    fn versions(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError>;
+    /// The writes to those objects that the apiserver refused.
+    fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError>;
+}
+
+use crate::provenance::{Attempt, ObjectQuery, Version};
+
+/// Of the versions stored under a namespace and name, those of the asked
+/// resource or Kind, and the rest of their lineages (a tombstone from a
+/// Status does not know its Kind).
+pub(crate) fn select_versions(query: &ObjectQuery, candidates: Vec<Version>) -> Vec<Version> {
+    let uids: std::collections::HashSet<String> = candidates
+        .iter()
+        .filter(|v| query.matches(&v.group, &v.resource, &v.kind))
+        .map(|v| v.uid.clone())
+        .collect();
+    candidates
+        .into_iter()
+        .filter(|v| uids.contains(&v.uid))
+        .collect()
+}
+
+/// The documents stored for versions and attempts: their JSON.
+pub(crate) fn doc<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Invalid(format!("encoding a version: {e}")))
+}
+
+pub(crate) fn undoc<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Invalid(format!("a stored version is not readable: {e}")))
 }

@@ -3,12 +3,14 @@
 //! is one transaction, records are keyed by id, and `hits` is upserted in the
 //! same transaction, so concurrent replicas count each record once.
 
-use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, hour_of};
+use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, undoc};
+use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
 use postgres::{Client, NoTls};
 use std::sync::Mutex;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     id TEXT PRIMARY KEY,
     started_at TEXT NOT NULL,
@@ -42,7 +44,32 @@ CREATE TABLE drop_reports (
     first_dropped_at TEXT NOT NULL,
     last_dropped_at TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE versions (
+    uid TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (uid, resource_version)
+);
+CREATE INDEX versions_by_name ON versions (namespace, name);
+CREATE TABLE attempts (
+    record TEXT PRIMARY KEY,
+    grp TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX attempts_by_name ON attempts (namespace, name);
+"#,
+];
 
 pub struct PostgresStore {
     client: Mutex<Client>,
@@ -163,6 +190,7 @@ impl Store for PostgresStore {
             if inserted.contains(&item.id) && counted.insert(item.id.as_str()) {
                 outcome.accepted += 1;
                 counts.add(item);
+                store_provenance(&mut tx, item)?;
             } else {
                 outcome.duplicates += 1;
             }
@@ -268,6 +296,33 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    fn versions(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
+        let rows = self.lock().query(
+            "SELECT doc FROM versions WHERE namespace = $1 AND name = $2",
+            &[&query.namespace, &query.name],
+        )?;
+        let all = rows
+            .iter()
+            .map(|r| undoc(r.get::<_, &str>(0)))
+            .collect::<Result<Vec<Version>, _>>()?;
+        Ok(super::select_versions(query, all))
+    }
+
+    fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError> {
+        let rows = self.lock().query(
+            "SELECT doc FROM attempts WHERE namespace = $1 AND name = $2",
+            &[&query.namespace, &query.name],
+        )?;
+        let all = rows
+            .iter()
+            .map(|r| undoc::<Attempt>(r.get::<_, &str>(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|a| query.matches(&a.group, &a.resource, &a.kind))
+            .collect())
+    }
+
     fn record_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .lock()
@@ -275,4 +330,49 @@ impl Store for PostgresStore {
             .get(0);
         Ok(n as u64)
     }
+}
+
+/// A new record's versions, each merged with any earlier sighting of the
+/// same (uid, resourceVersion) under a row lock, and its refused writes.
+fn store_provenance(
+    tx: &mut postgres::Transaction<'_>,
+    item: &IngestItem,
+) -> Result<(), StoreError> {
+    for version in &item.versions {
+        let existing = tx.query_opt(
+            "SELECT doc FROM versions WHERE uid = $1 AND resource_version = $2 FOR UPDATE",
+            &[&version.uid, &version.resource_version],
+        )?;
+        let merged = match existing {
+            Some(row) => {
+                let mut stored: Version = undoc(row.get::<_, &str>(0))?;
+                stored.merge(version.clone());
+                stored
+            }
+            None => version.clone(),
+        };
+        tx.execute(
+            "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, doc = EXCLUDED.doc",
+            &[
+                &merged.uid,
+                &merged.resource_version,
+                &merged.group,
+                &merged.resource,
+                &merged.kind,
+                &merged.namespace,
+                &merged.name,
+                &doc(&merged)?,
+            ],
+        )?;
+    }
+    for a in &item.attempts {
+        tx.execute(
+            "INSERT INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (record) DO NOTHING",
+            &[&a.record, &a.group, &a.resource, &a.kind, &a.namespace, &a.name, &doc(a)?],
+        )?;
+    }
+    Ok(())
 }

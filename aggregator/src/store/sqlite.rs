@@ -1,13 +1,15 @@
 //! The embedded store: one SQLite file in WAL mode, with `synchronous=FULL`
 //! so that a batch acknowledged is a batch on disk.
 
-use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, hour_of};
+use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, undoc};
+use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::Mutex;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE records (
     id TEXT PRIMARY KEY,
     started_at TEXT NOT NULL,
@@ -41,7 +43,32 @@ CREATE TABLE drop_reports (
     first_dropped_at TEXT NOT NULL,
     last_dropped_at TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE versions (
+    uid TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (uid, resource_version)
+);
+CREATE INDEX versions_by_name ON versions (namespace, name);
+CREATE TABLE attempts (
+    record TEXT PRIMARY KEY,
+    grp TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX attempts_by_name ON attempts (namespace, name);
+"#,
+];
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -150,6 +177,7 @@ impl Store for SqliteStore {
                 } else {
                     outcome.accepted += 1;
                     counts.add(item);
+                    store_provenance(&tx, item)?;
                 }
             }
             let mut count = tx.prepare_cached(
@@ -237,6 +265,41 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn versions(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
+        let conn = self.lock();
+        let mut select =
+            conn.prepare_cached("SELECT doc FROM versions WHERE namespace = ?1 AND name = ?2")?;
+        let docs = select
+            .query_map(params![query.namespace, query.name], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<String>, _>>()?;
+        let all = docs
+            .iter()
+            .map(|d| undoc(d))
+            .collect::<Result<Vec<Version>, _>>()?;
+        Ok(super::select_versions(query, all))
+    }
+
+    fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError> {
+        let conn = self.lock();
+        let mut select =
+            conn.prepare_cached("SELECT doc FROM attempts WHERE namespace = ?1 AND name = ?2")?;
+        let docs = select
+            .query_map(params![query.namespace, query.name], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<String>, _>>()?;
+        let all = docs
+            .iter()
+            .map(|d| undoc::<Attempt>(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|a| query.matches(&a.group, &a.resource, &a.kind))
+            .collect())
+    }
+
     fn record_count(&self) -> Result<u64, StoreError> {
         let conn = self.lock();
         let n: Option<i64> = conn
@@ -244,6 +307,55 @@ impl Store for SqliteStore {
             .optional()?;
         Ok(n.unwrap_or(0) as u64)
     }
+}
+
+/// A new record's versions, each merged with any earlier sighting of the
+/// same (uid, resourceVersion), and its refused writes.
+fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result<(), StoreError> {
+    let mut read =
+        tx.prepare_cached("SELECT doc FROM versions WHERE uid = ?1 AND resource_version = ?2")?;
+    let mut write = tx.prepare_cached(
+        "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for version in &item.versions {
+        let existing: Option<String> = read
+            .query_row(params![version.uid, version.resource_version], |r| r.get(0))
+            .optional()?;
+        let merged = match existing {
+            Some(text) => {
+                let mut stored: Version = undoc(&text)?;
+                stored.merge(version.clone());
+                stored
+            }
+            None => version.clone(),
+        };
+        write.execute(params![
+            merged.uid,
+            merged.resource_version,
+            merged.group,
+            merged.resource,
+            merged.kind,
+            merged.namespace,
+            merged.name,
+            doc(&merged)?
+        ])?;
+    }
+    let mut attempt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for a in &item.attempts {
+        attempt.execute(params![
+            a.record,
+            a.group,
+            a.resource,
+            a.kind,
+            a.namespace,
+            a.name,
+            doc(a)?
+        ])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -264,6 +376,8 @@ mod tests {
             templates: vec![template.into()],
             line: "{}".into(),
             line_number: 1,
+            versions: Vec::new(),
+            attempts: Vec::new(),
         }
     }
 

@@ -1,0 +1,300 @@
+//! HTTP for provenance: `/provenance/namespaces/{ns}/{resource}/{name}/{view}`
+//! and `/provenance/{resource}/{name}/{view}` for cluster-scoped objects,
+//! where `{resource}` is the plural resource or the Kind (optionally
+//! `.group`), and `{view}` is `versions`, `spechistory`, `diff` or `bisect`.
+//! Provenance itself knows nothing of HTTP: this layer reads the versions,
+//! checks that the reader may get the object, and renders.
+
+use crate::api::{ApiError, AppState, blocking, caller};
+use crate::provenance::history::{self, HistoryError, Numbered};
+use crate::provenance::{ObjectQuery, yaml};
+use axum::Json;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ViewQuery {
+    start: Option<usize>,
+    end: Option<usize>,
+    field: Option<String>,
+    format: Option<String>,
+    /// `versions?objects=true` includes each version's object.
+    #[serde(default)]
+    objects: bool,
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(e: HistoryError) -> ApiError {
+        match e {
+            HistoryError::NoVersion(..) => ApiError::NotFound(e.to_string()),
+            _ => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+pub async fn namespaced(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((namespace, resource, name, view)): Path<(String, String, String, String)>,
+    Query(q): Query<ViewQuery>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ObjectQuery {
+        namespace,
+        resource,
+        name,
+    };
+    serve(state, headers, query, &view, q, raw.unwrap_or_default()).await
+}
+
+pub async fn cluster_scoped(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((resource, name, view)): Path<(String, String, String)>,
+    Query(q): Query<ViewQuery>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ObjectQuery {
+        namespace: String::new(),
+        resource,
+        name,
+    };
+    serve(state, headers, query, &view, q, raw.unwrap_or_default()).await
+}
+
+async fn serve(
+    state: AppState,
+    headers: HeaderMap,
+    query: ObjectQuery,
+    view: &str,
+    q: ViewQuery,
+    raw_query: String,
+) -> Result<Response, ApiError> {
+    if !["versions", "spechistory", "diff", "bisect"].contains(&view) {
+        return Err(ApiError::NotFound(format!(
+            "no view {view:?}: ask for versions, spechistory, diff or bisect"
+        )));
+    }
+    let reader = caller(&state, &headers).await?;
+    let store = state.store.clone();
+    let asked = query.clone();
+    let (versions, attempts) =
+        blocking(move || Ok((store.versions(&asked)?, store.attempts(&asked)?))).await?;
+    if versions.is_empty() && attempts.is_empty() {
+        // Nothing was recorded of it: there is nothing to protect, and no
+        // group to ask the apiserver about.
+        let at = if query.namespace.is_empty() {
+            String::new()
+        } else {
+            format!(" in namespace {}", query.namespace)
+        };
+        return Err(ApiError::NotFound(format!(
+            "no version of {} {}{at} was seen: no recorded traffic touched it",
+            query.resource, query.name
+        )));
+    }
+    // The reader must be allowed to get the object, by the group and
+    // resource its records name.
+    if let (Some(auth), Some(reader)) = (&state.auth, &reader) {
+        let (group, resource) = versions
+            .first()
+            .map(|v| (v.group.clone(), v.resource.clone()))
+            .or_else(|| {
+                attempts
+                    .first()
+                    .map(|a| (a.group.clone(), a.resource.clone()))
+            })
+            .unwrap_or_default();
+        let namespace = Some(query.namespace.as_str()).filter(|n| !n.is_empty());
+        auth.may_get_object(reader, &group, &resource, namespace, &query.name)
+            .await?;
+    }
+    let numbered = history::number(versions);
+    let object = json!({
+        "namespace": query.namespace,
+        "name": query.name,
+        "group": numbered.first().map(|n| n.version.group.clone()).unwrap_or_default(),
+        "resource": numbered.first().map(|n| n.version.resource.clone()).unwrap_or_default(),
+        "kind": numbered.iter().map(|n| n.version.kind.clone()).find(|k| !k.is_empty()).unwrap_or_default(),
+    });
+    match view {
+        "versions" => {
+            let listed: Vec<Value> = numbered
+                .iter()
+                .map(|n| {
+                    let mut v = serde_json::to_value(n).unwrap_or(Value::Null);
+                    if !q.objects
+                        && let Some(o) = v.as_object_mut()
+                    {
+                        o.remove("object");
+                    }
+                    v
+                })
+                .collect();
+            Ok(
+                Json(json!({"object": object, "versions": listed, "attempts": attempts}))
+                    .into_response(),
+            )
+        }
+        "spechistory" => {
+            let (start, end) = range(&numbered, q.start, q.end)?;
+            let specs: Vec<Value> = numbered[start - 1..end].iter().map(spec_entry).collect();
+            Ok(Json(json!({"object": object, "spechistory": specs})).into_response())
+        }
+        "diff" => {
+            let (Some(start), Some(end)) = (q.start, q.end) else {
+                return Err(ApiError::BadRequest(
+                    "diff needs start and end (version ordinals, from versions)".into(),
+                ));
+            };
+            let diff = history::diff(&numbered, start, end, q.field.as_deref())?;
+            match q.format.as_deref() {
+                None | Some("json") => Ok(Json(json!({
+                    "object": object,
+                    "start": start,
+                    "end": end,
+                    "field": diff.field,
+                    "patch": diff.patch,
+                    "changes": diff.changes,
+                }))
+                .into_response()),
+                Some("yaml-diff") => {
+                    let text = yaml::unified_diff(
+                        &yaml::to_yaml(&diff.before),
+                        &yaml::to_yaml(&diff.after),
+                        &label(&numbered[start - 1]),
+                        &label(&numbered[end - 1]),
+                    );
+                    Ok(
+                        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text)
+                            .into_response(),
+                    )
+                }
+                Some(other) => Err(ApiError::BadRequest(format!(
+                    "no format {other:?}: json or yaml-diff"
+                ))),
+            }
+        }
+        _ => {
+            let pairs = condition_pairs(&raw_query)?;
+            let conditions = history::conditions(&pairs)?;
+            let found = history::bisect(&numbered, &conditions);
+            let first = found.first.map(|o| spec_entry(&numbered[o - 1]));
+            Ok(Json(json!({
+                "object": object,
+                "conditions": pairs.iter().map(|(f, v)| json!({"field": f, "value": v})).collect::<Vec<_>>(),
+                "first": first,
+                "transitions": found.transitions,
+            }))
+            .into_response())
+        }
+    }
+}
+
+fn label(n: &Numbered) -> String {
+    format!(
+        "version {} (resourceVersion {}, {})",
+        n.ordinal, n.version.resource_version, n.version.verb
+    )
+}
+
+fn spec_entry(n: &Numbered) -> Value {
+    json!({
+        "ordinal": n.ordinal,
+        "resourceVersion": n.version.resource_version,
+        "generation": n.version.generation,
+        "time": n.version.time,
+        "verb": n.version.verb,
+        "source": n.version.source,
+        "deleted": n.version.deleted,
+        "spec": history::spec_of(&n.version),
+    })
+}
+
+fn range(
+    numbered: &[Numbered],
+    start: Option<usize>,
+    end: Option<usize>,
+) -> Result<(usize, usize), ApiError> {
+    let last = numbered.len();
+    let (start, end) = (start.unwrap_or(1), end.unwrap_or(last));
+    for o in [start, end] {
+        if o == 0 || o > last {
+            return Err(HistoryError::NoVersion(o, last).into());
+        }
+    }
+    if start > end {
+        return Err(ApiError::BadRequest(format!(
+            "start {start} is after end {end}"
+        )));
+    }
+    Ok((start, end))
+}
+
+/// `field=&value=`, then `field2=&value2=`, and so on, in that order.
+fn condition_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let params: HashMap<String, String> = url_pairs(raw).into_iter().collect();
+    let mut pairs = Vec::new();
+    for i in 1.. {
+        let suffix = if i == 1 { String::new() } else { i.to_string() };
+        match (
+            params.get(&format!("field{suffix}")),
+            params.get(&format!("value{suffix}")),
+        ) {
+            (Some(f), Some(v)) => pairs.push((f.clone(), v.clone())),
+            (None, None) => break,
+            (Some(_), None) => {
+                return Err(ApiError::BadRequest(format!(
+                    "field{suffix} has no value{suffix}"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "value{suffix} has no field{suffix}"
+                )));
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+fn url_pairs(raw: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_come_in_numbered_pairs() {
+        let pairs = condition_pairs(
+            "field=spec.replicas&value=3&field2=%2Fspec%2Fimage&value2=nginx%3A1.27",
+        )
+        .unwrap();
+        assert_eq!(
+            pairs,
+            [
+                ("spec.replicas".into(), "3".into()),
+                ("/spec/image".into(), "nginx:1.27".into())
+            ]
+        );
+        assert!(condition_pairs("field=a").is_err());
+        assert!(condition_pairs("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,168 @@
+//! Provenance: every version of every object that the traffic touched, its
+//! spec history, the diff between two versions, and bisect (the first
+//! version where fields took values).
+//!
+//! - [`extract`]: the versions and failed attempts a record shows (pure);
+//! - [`history`]: ordering, spec history, diff and bisect (pure);
+//! - [`path`]: field paths, as JSON Pointers or dotted paths with list
+//!   items by merge key;
+//! - [`yaml`]: YAML text and unified diffs of it.
+//!
+//! Versions are extracted at ingest, in the same transaction as their
+//! record, so that queries read only the versions of one object.
+
+pub mod extract;
+pub mod history;
+pub mod path;
+pub mod yaml;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The resourceVersion of a tombstone that came without one (a delete
+/// answered with a Status): it orders after every real one of its lineage.
+pub const TOMBSTONE_RV: &str = "deleted";
+
+/// How a version was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The answer to the pod's own write.
+    Write,
+    /// Read in a get, list or watch answer: somebody wrote it, maybe not the pod.
+    Observed,
+}
+
+/// Who made or saw a version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Who {
+    /// `namespace/name` of the pod whose traffic showed it.
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_manager: Option<String>,
+}
+
+/// One state of one object, as the apiserver returned it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Version {
+    pub group: String,
+    pub resource: String,
+    pub kind: String,
+    pub api_version: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// RFC 3339: when the record that showed it started.
+    pub time: String,
+    /// create, update, patch, apply, delete, get, list or watch; for a write
+    /// to a subresource, `patch status` and the like.
+    pub verb: String,
+    pub source: Source,
+    /// The object is gone: a delete's answer, or a watch's DELETED event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Only the metadata was readable (a protobuf body).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    pub who: Who,
+    /// The record it came from.
+    pub record: String,
+    /// The object, without its managedFields; `None` for a tombstone that
+    /// came as a Status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Value>,
+}
+
+/// A write that the apiserver refused: it changed nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub group: String,
+    pub resource: String,
+    /// From the request body, when it said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub time: String,
+    pub verb: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub who: Who,
+    pub record: String,
+}
+
+impl Version {
+    /// Merges another sighting of the same (uid, resourceVersion): the
+    /// pod's own write names who and how; a whole object beats a partial
+    /// one (or a subresource's view, such as a Scale).
+    pub fn merge(&mut self, other: Version) {
+        let take_object = match (&self.object, &other.object) {
+            (None, Some(_)) => true,
+            (Some(_), Some(_)) => {
+                self.partial && !other.partial
+                    || self.is_subresource_view() && !other.is_subresource_view()
+            }
+            _ => false,
+        };
+        if take_object {
+            self.object = other.object.clone();
+            self.partial = other.partial;
+            self.kind = other.kind.clone();
+            self.api_version = other.api_version.clone();
+        }
+        if self.source == Source::Observed && other.source == Source::Write {
+            self.source = Source::Write;
+            self.verb = other.verb;
+            self.who = other.who;
+            self.record = other.record;
+            self.time = other.time;
+        }
+        self.deleted |= other.deleted;
+        if self.generation.is_none() {
+            self.generation = other.generation;
+        }
+    }
+
+    fn is_subresource_view(&self) -> bool {
+        self.kind == "Scale"
+    }
+}
+
+/// Which object a query asks about: `resource` is the plural resource or the
+/// Kind, optionally with `.group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectQuery {
+    pub namespace: String,
+    pub resource: String,
+    pub name: String,
+}
+
+impl ObjectQuery {
+    /// Does a stored version's (group, resource, kind) answer this query?
+    pub fn matches(&self, group: &str, resource: &str, kind: &str) -> bool {
+        let (what, wanted_group) = match self.resource.split_once('.') {
+            Some((r, g)) => (r, Some(g)),
+            None => (self.resource.as_str(), None),
+        };
+        let named = what == resource || what.eq_ignore_ascii_case(kind);
+        named && wanted_group.is_none_or(|g| g == group)
+    }
+
+    /// The plain resource-or-kind word, for an index lookup.
+    pub fn word(&self) -> &str {
+        self.resource
+            .split_once('.')
+            .map_or(self.resource.as_str(), |(r, _)| r)
+    }
+}
