@@ -6,6 +6,7 @@
 //! checks that the reader may get the object, and renders.
 
 use crate::api::{ApiError, AppState, blocking, caller};
+use crate::auth::Caller;
 use crate::provenance::history::{self, HistoryError, Numbered};
 use crate::provenance::{ObjectQuery, yaml};
 use axum::Json;
@@ -48,7 +49,8 @@ pub async fn namespaced(
         resource,
         name,
     };
-    serve(state, headers, query, &view, q, raw.unwrap_or_default()).await
+    let reader = caller(&state, &headers).await?;
+    answer(state, reader, query, &view, q, raw.unwrap_or_default()).await
 }
 
 pub async fn cluster_scoped(
@@ -63,12 +65,16 @@ pub async fn cluster_scoped(
         resource,
         name,
     };
-    serve(state, headers, query, &view, q, raw.unwrap_or_default()).await
+    let reader = caller(&state, &headers).await?;
+    answer(state, reader, query, &view, q, raw.unwrap_or_default()).await
 }
 
-async fn serve(
+/// The answer for an authenticated `reader` (`None` only without
+/// authentication): the bearer-token routes and the aggregated API both
+/// come here.
+pub async fn answer(
     state: AppState,
-    headers: HeaderMap,
+    reader: Option<Caller>,
     query: ObjectQuery,
     view: &str,
     q: ViewQuery,
@@ -79,7 +85,6 @@ async fn serve(
             "no view {view:?}: ask for versions, spechistory, diff or bisect"
         )));
     }
-    let reader = caller(&state, &headers).await?;
     let store = state.store.clone();
     let asked = query.clone();
     let (versions, attempts) =

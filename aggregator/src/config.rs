@@ -70,6 +70,46 @@ pub struct ServeArgs {
     /// Serve without authentication or authorization: for local use only.
     #[arg(long, env = "APIWITNESS_INSECURE_NO_AUTH", default_value_t = false)]
     pub insecure_no_auth: bool,
+
+    /// Also serve provenance as the aggregated API provenance.apiwitness.io,
+    /// over TLS on this address, for kube-apiserver to proxy to.
+    #[arg(long, env = "APIWITNESS_AGGREGATED_API_LISTEN")]
+    pub aggregated_api_listen: Option<SocketAddr>,
+
+    /// The aggregator's namespace, where its TLS Secret is kept.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pub namespace: String,
+
+    /// The aggregator's Service: its names go into the serving certificate.
+    #[arg(
+        long,
+        env = "APIWITNESS_SERVICE_NAME",
+        default_value = "apiwitness-aggregator"
+    )]
+    pub service_name: String,
+
+    /// The Secret that keeps the aggregated API's CA and serving certificate.
+    #[arg(
+        long,
+        env = "APIWITNESS_TLS_SECRET",
+        default_value = "apiwitness-aggregator-tls"
+    )]
+    pub tls_secret: String,
+
+    /// The APIService whose caBundle is kept equal to that CA.
+    #[arg(
+        long,
+        env = "APIWITNESS_APISERVICE",
+        default_value = "v1.provenance.apiwitness.io"
+    )]
+    pub apiservice: String,
+
+    #[arg(
+        long,
+        env = "APIWITNESS_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -4,11 +4,13 @@
 //! [`api`] (HTTP) → [`ingest`] (NDJSON in) → [`store`] (SQLite) ;
 //! [`spec`] and [`spec_live`] (the operations) → [`report`] (coverage).
 
+pub mod aggregated;
 pub mod api;
 pub mod api_provenance;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod front_proxy;
 pub mod ingest;
 pub mod metrics;
 pub mod provenance;
@@ -26,6 +28,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("the aggregated API: {0}")]
+    AggregatedApi(String),
     #[error("could not read the audit log {path}: {error}")]
     AuditLog { path: String, error: std::io::Error },
     #[error(transparent)]
@@ -162,12 +166,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             shutdown_rx.clone(),
         ));
     }
-    let app = api::app(api::AppState {
+    let state = api::AppState {
         metrics: Arc::new(metrics::Metrics::new()),
         store,
         spec: shared,
         auth,
-    });
+    };
+    if let Some(addr) = config.serve.aggregated_api_listen {
+        start_aggregated_api(&config, addr, state.clone(), shutdown_rx.clone()).await?;
+    }
+    let app = api::app(state);
     let listener = tokio::net::TcpListener::bind(config.serve.listen)
         .await
         .map_err(|error| StartError::Listen {
@@ -192,4 +200,123 @@ async fn blocking<T: Send + 'static>(
             "a store task failed: {e}"
         )))
     })
+}
+
+/// The aggregated API: its own TLS (a CA and certificate kept in a Secret,
+/// the CA in the APIService's caBundle), the front-proxy client CA, and the
+/// listener, kept fresh in the background.
+async fn start_aggregated_api(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    state: api::AppState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let fail = |e: String| StartError::AggregatedApi(e);
+    let serve = &config.serve;
+    if serve.namespace.is_empty() {
+        return Err(fail(
+            "--namespace (POD_NAMESPACE) is needed to keep its TLS Secret".into(),
+        ));
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| StartError::Kube(e.to_string()))?;
+    let front_proxy = Arc::new(
+        front_proxy::FrontProxy::load(&client)
+            .await
+            .map_err(|e| fail(e.to_string()))?,
+    );
+    let names = aggregated_names(&client, config).await;
+    let lifetime = std::time::Duration::from_secs(30 * 24 * 3600);
+    let bundle = apiwitness_selfcert::ensure_bundle(
+        &client,
+        &serve.namespace,
+        &serve.tls_secret,
+        &names,
+        lifetime,
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let resolver = Arc::new(apiwitness_selfcert::Resolver::default());
+    resolver.set(bundle.certified_key().map_err(|e| fail(e.to_string()))?);
+    patch_apiservice(&client, &serve.apiservice, &bundle.ca_cert).await;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Listen { addr, error })?;
+    tracing::info!(%addr, group = aggregated::GROUP, "serving the aggregated API");
+    let router = aggregated::router(state, front_proxy.clone());
+    let mut stop = shutdown.clone();
+    let serving = resolver.clone();
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = aggregated::serve(listener, serving, front_proxy, router, stopped).await {
+            tracing::error!("the aggregated API stopped: {e}");
+        }
+    });
+    // Renewal, another replica's rotation, and an APIService created after
+    // the aggregator started.
+    let (config, mut current) = (config.clone(), bundle);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let names = aggregated_names(&client, &config).await;
+            match apiwitness_selfcert::ensure_bundle(
+                &client,
+                &config.serve.namespace,
+                &config.serve.tls_secret,
+                &names,
+                lifetime,
+            )
+            .await
+            {
+                Ok(b) if b != current => {
+                    if let Ok(key) = b.certified_key() {
+                        resolver.set(key);
+                        current = b;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("the aggregated API's certificate: {e}"),
+            }
+            patch_apiservice(&client, &config.serve.apiservice, &current.ca_cert).await;
+        }
+    });
+    Ok(())
+}
+
+async fn aggregated_names(
+    client: &kube::Client,
+    config: &Config,
+) -> apiwitness_selfcert::ServingNames {
+    let serve = &config.serve;
+    let ip = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+        client.clone(),
+        &serve.namespace,
+    )
+    .get_opt(&serve.service_name)
+    .await
+    .ok()
+    .flatten()
+    .and_then(|s| s.spec)
+    .and_then(|s| s.cluster_ip)
+    .and_then(|ip| ip.parse().ok());
+    apiwitness_selfcert::ServingNames {
+        service: serve.service_name.clone(),
+        namespace: serve.namespace.clone(),
+        cluster_domain: serve.cluster_domain.clone(),
+        ips: ip.into_iter().collect(),
+    }
+}
+
+async fn patch_apiservice(client: &kube::Client, name: &str, ca: &str) {
+    match apiwitness_selfcert::patch_apiservice_ca_bundle(client, name, ca).await {
+        Ok(true) => tracing::info!(apiservice = name, "caBundle set"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("the APIService's caBundle is not set yet: {e}"),
+    }
 }

@@ -17,6 +17,7 @@ esac
 # The "node": a bridge on this machine, whose address is the apiserver's
 # endpoint, as a node IP is on a real cluster. Pods hang off it by veth.
 node_bridge="aw${cluster_index}br"
+node_name="apiwitness-node-${cluster_index}"
 node_subnet_prefix="10.250.${cluster_index}"
 node_ip="${node_subnet_prefix}.1"
 # Service ClusterIPs. Traffic to them never leaves the machine: the range is

@@ -531,7 +531,7 @@ mod tests {
 
     #[test]
     fn the_private_ca_signs_a_server_certificate_for_the_csrs_names() {
-        let (ca_cert, ca_key) = crate::serving_cert::new_ca().unwrap();
+        let (ca_cert, ca_key) = apiwitness_selfcert::new_ca().unwrap();
         let pem = csr(
             "system:node:apiwitness:shop/web-1",
             &NAMES,

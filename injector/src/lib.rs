@@ -5,7 +5,7 @@
 //! - [`inject`]: the pure decisions and JSON Patches;
 //! - [`webhook`]: AdmissionReviews and the certify endpoint over HTTP;
 //! - [`certify`]: the checks and the CertificateSigningRequest;
-//! - [`serving_cert`]: the injector's own CA, certificate and caBundle;
+//! - its own CA, certificate and caBundle come from `apiwitness-selfcert`;
 //! - [`cluster`]: what is learnt from the apiserver.
 
 pub mod certify;
@@ -15,14 +15,13 @@ pub mod events;
 pub mod inject;
 pub mod metrics;
 pub mod serve;
-pub mod serving_cert;
 pub mod settings;
 pub mod trust;
 pub mod webhook;
 
+use apiwitness_selfcert::{self as serving_cert, Resolver, ServingNames};
 use certify::{Certifier, ExpectedNames};
 use config::Config;
-use serving_cert::{Resolver, ServingNames};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use webhook::{AppState, Namespaces};

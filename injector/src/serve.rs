@@ -3,8 +3,8 @@
 //! within the grace period.
 
 use crate::config::Config;
-use crate::serving_cert::Resolver;
 use crate::webhook::{AppState, admin_app, app};
+use apiwitness_selfcert::Resolver;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;

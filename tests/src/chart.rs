@@ -242,13 +242,29 @@ impl StandIn {
             Ok(Ok(())) => {}
             Ok(Err(e)) | Err(e) => return Err(e.context(format!("{binary} log:\n{}", this.log()))),
         }
-        let container_port = container["ports"][0]["containerPort"]
-            .as_u64()
-            .context("no container port")?;
-        cluster.serve(
-            &format!("{ns}/{deployment_name}"),
-            &format!("{ip}:{container_port}"),
-        )?;
+        mark_running(cluster, ns, &this.pod_name, &ip)?;
+        // Each port of the Service reaches its target port, as kube-proxy would.
+        let service =
+            cluster.kubectl_json(&["get", "service", &deployment_name, "-n", ns, "-o", "json"])?;
+        for port in service["spec"]["ports"].as_array().into_iter().flatten() {
+            let number = port["port"].as_u64().context("a Service port")? as u16;
+            let target = match &port["targetPort"] {
+                Value::Number(n) => n.as_u64(),
+                Value::String(name) => container["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"] == name.as_str())
+                    .and_then(|p| p["containerPort"].as_u64()),
+                _ => Some(u64::from(number)),
+            }
+            .context("a Service port without a target")?;
+            cluster.serve_port(
+                &format!("{ns}/{deployment_name}"),
+                &format!("{ip}:{target}"),
+                number,
+            )?;
+        }
         Ok(this)
     }
 
@@ -264,6 +280,57 @@ impl Drop for StandIn {
             let _ = child.wait();
         }
     }
+}
+
+/// What the kubelet would report once the containers run: the Pod is
+/// Running and Ready at the address that plays it, so the endpoint
+/// controllers put that address behind its Services (kube-apiserver checks an
+/// APIService's endpoints before it proxies).
+pub fn mark_running(cluster: &Cluster, namespace: &str, pod: &str, ip: &str) -> anyhow::Result<()> {
+    // The scheduler's part: bind it to the machine's Node.
+    let binding = serde_json::json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": pod, "namespace": namespace},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": cluster.var("APIWITNESS_NODE_NAME")}});
+    let bound = cluster.kubectl_stdin(
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{namespace}/pods/{pod}/binding"),
+        ],
+        &binding,
+    );
+    if let Err(e) = bound
+        && !format!("{e:#}").contains("already assigned")
+    {
+        return Err(e);
+    }
+    let now = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()?;
+    let now = String::from_utf8_lossy(&now.stdout).trim().to_string();
+    let condition =
+        |t: &str| serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now});
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": now,
+        "conditions": [condition("PodScheduled"), condition("Initialized"), condition("ContainersReady"), condition("Ready")],
+    }});
+    cluster.kubectl_ok(&[
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        namespace,
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        &status.to_string(),
+    ])?;
+    Ok(())
 }
 
 /// A downward-API field of a Pod object, as the kubelet resolves it.

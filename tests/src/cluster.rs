@@ -189,6 +189,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes one port of `namespace/service` reach `target` (`addr:port`),
+    /// leaving its other ports as they are.
+    pub fn serve_port(&self, service: &str, target: &str, port: u16) -> anyhow::Result<()> {
+        CommandOutput::run(self.hack("cluster").args([
+            "serve",
+            service,
+            target,
+            &port.to_string(),
+        ]))?
+        .ok("hack/cluster serve")?;
+        Ok(())
+    }
+
     pub fn unserve(&self, service: &str) -> anyhow::Result<()> {
         CommandOutput::run(self.hack("cluster").args(["unserve", service]))?
             .ok("hack/cluster unserve")?;

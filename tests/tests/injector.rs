@@ -8,7 +8,7 @@
 
 use apiwitness_e2e::chart::{Release, StandIn};
 use apiwitness_e2e::{
-    Cluster, CommandOutput, NetnsPod, TestNamespace, wait_until, workspace_binary,
+    Cluster, CommandOutput, NetnsPod, TestNamespace, repo_root, wait_until, workspace_binary,
 };
 use serde_json::{Value, json};
 use std::process::Command;
@@ -17,6 +17,38 @@ use std::time::Duration;
 const INTERCEPTOR: &str = "apiwitness-interceptor";
 const INIT_IPTABLES: &str = "apiwitness-init-iptables";
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// kubectl as a ServiceAccount, through a kubeconfig file that holds its
+/// token (never a command line).
+fn kubectl_as(cluster: &Cluster, namespace: &str, sa: &str, args: &[&str]) -> CommandOutput {
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = cluster
+        .kubectl_ok(&["create", "token", sa, "-n", namespace])
+        .unwrap();
+    let path = format!("{}/kubeconfig-{sa}", tempfile_dir());
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: {}, certificate-authority: {}}}}}]\nusers: [{{name: u, user: {{token: {}}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n",
+        cluster.var("APIWITNESS_APISERVER"),
+        cluster.var("APIWITNESS_CLUSTER_CA"),
+        token.trim()
+    );
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
+    let out = CommandOutput::run(
+        Command::new(cluster.bin("kubectl"))
+            .args(["--kubeconfig", &path])
+            .args(args),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&path);
+    out
+}
 
 fn init_container_names(pod: &Value) -> Vec<String> {
     pod["spec"]["initContainers"]
@@ -565,6 +597,70 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
         "{csrs}"
     );
 
+    // A custom resource written through the interceptor: its history is
+    // read below through the aggregated API.
+    let crd = repo_root().join("hack/demo.d/postgres-crd.yaml");
+    cluster
+        .kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
+        .unwrap();
+    wait_until(
+        "the Postgres CRD to be served",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .kubectl(&["get", "--raw", "/apis/postgrescontroller.kubeplus/v1"])
+                .ok()
+                .filter(|o| o.success)
+        },
+    )
+    .unwrap();
+    for args in [
+        vec![
+            "create",
+            "role",
+            "postgres-admin",
+            "-n",
+            a,
+            "--verb=*",
+            "--resource=postgreses.postgrescontroller.kubeplus",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "app-postgres",
+            "-n",
+            a,
+            "--role=postgres-admin",
+            &format!("--serviceaccount={a}:app"),
+        ],
+    ] {
+        cluster.kubectl_ok(&args).unwrap();
+    }
+    let client25 = json!({"apiVersion": "postgrescontroller.kubeplus/v1", "kind": "Postgres",
+        "metadata": {"name": "client25"}, "spec": {"replicas": 1, "image": "postgres:15"}});
+    let created = CommandOutput::run_with_input(
+        &mut pod.exec_command(&[], &[kubectl.to_str().unwrap(), "create", "-f", "-"]),
+        client25.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert!(created.success, "{created:?}");
+    let patched = pod
+        .exec(
+            &[],
+            &[
+                kubectl.to_str().unwrap(),
+                "patch",
+                "postgres",
+                "client25",
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"replicas":2}}"#,
+            ],
+        )
+        .unwrap();
+    assert!(patched.success, "{patched:?}");
+
     // Its records reach the aggregator through the chart's Service, and the
     // coverage of the pod shows the call (a reader's token, audience apiwitness).
     let reader = cluster
@@ -603,6 +699,142 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
     let _ = std::fs::remove_file(&header_file);
     assert!(coverage.contains(&format!("{a}/{pod_name}")), "{coverage}");
     drop(played);
+
+    // Provenance through the aggregated API: kube-apiserver authenticates the
+    // user and proxies to the aggregator's Service with its front-proxy
+    // certificate.
+    wait_until(
+        "the APIService to be available",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .kubectl_ok(&[
+                    "get",
+                    "apiservice",
+                    "v1.provenance.apiwitness.io",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+                ])
+                .ok()
+                .filter(|s| s.trim() == "True")
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{}\n{}\naggregator:\n{}",
+            cluster
+                .kubectl_ok(&[
+                    "get",
+                    "apiservice",
+                    "v1.provenance.apiwitness.io",
+                    "-o",
+                    "jsonpath={.status}"
+                ])
+                .unwrap_or_default(),
+            cluster
+                .kubectl_ok(&["get", "endpointslices", "-A", "-o", "wide"])
+                .unwrap_or_default(),
+            aggregator.log()
+        )
+    });
+    let base = format!("/apis/provenance.apiwitness.io/v1/namespaces/{a}/postgreses/client25");
+    let versions = wait_until(
+        "client25's versions through kubectl get --raw",
+        Duration::from_secs(60),
+        || {
+            let out = cluster
+                .kubectl(&["get", "--raw", &format!("{base}/versions")])
+                .ok()?;
+            let v: Value = serde_json::from_str(&out.stdout).ok()?;
+            (v["versions"].as_array()?.len() == 2).then_some(v)
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{:?}\naggregator:\n{}",
+            cluster.kubectl(&["get", "--raw", &format!("{base}/versions")]),
+            aggregator.log()
+        )
+    });
+    let verbs: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["verb"].as_str().unwrap())
+        .collect();
+    assert_eq!(verbs, ["create", "patch"]);
+    let diff: Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok(&[
+                "get",
+                "--raw",
+                &format!("{base}/diff?start=1&end=2&field=spec.replicas"),
+            ])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        diff["changes"],
+        json!([{"path": "spec.replicas", "before": 1, "after": 2}])
+    );
+    let bisect: Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok(&[
+                "get",
+                "--raw",
+                &format!("{base}/bisect?field=spec.replicas&value=2"),
+            ])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bisect["first"]["ordinal"], 2);
+    // A viewer may ask the aggregated API, but may not get Postgres objects:
+    // the aggregator refuses. A user with no role at all: the apiserver refuses.
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", "viewer", "-n", a])
+        .unwrap();
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "viewer",
+            "-n",
+            a,
+            "--clusterrole=view",
+            &format!("--serviceaccount={a}:viewer"),
+        ])
+        .unwrap();
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", "nobody", "-n", a])
+        .unwrap();
+    for (sa, expected) in [
+        (
+            "viewer",
+            "may not get postgreses.postgrescontroller.kubeplus",
+        ),
+        ("nobody", "forbidden"),
+    ] {
+        let out = wait_until(&format!("{sa}'s refusal"), Duration::from_secs(20), || {
+            let out = kubectl_as(
+                cluster,
+                a,
+                sa,
+                &["get", "--raw", &format!("{base}/versions")],
+            );
+            (!out.success && out.stderr.contains(expected)).then_some(out)
+        });
+        assert!(
+            out.is_ok(),
+            "{sa}: {:?}",
+            kubectl_as(
+                cluster,
+                a,
+                sa,
+                &["get", "--raw", &format!("{base}/versions")]
+            )
+        );
+        assert!(out.unwrap().stderr.contains("Forbidden") || sa == "nobody");
+    }
 
     // The certify endpoint refuses what it must.
     let csr = csr_for(

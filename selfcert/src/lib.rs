@@ -1,12 +1,14 @@
-//! The injector's own TLS: a CA and a serving certificate that it makes
-//! itself and keeps in a Secret (so that replicas and restarts share them),
-//! the caBundle of its MutatingWebhookConfiguration kept equal to that CA,
-//! and a resolver that picks up a rotated certificate without a restart.
-//! Nothing is generated at chart render time.
+//! A service's own TLS on Kubernetes: a CA and a serving certificate that it
+//! makes itself and keeps in a Secret (so that replicas and restarts share
+//! them), the caBundle of whatever calls it (a MutatingWebhookConfiguration,
+//! an APIService) kept equal to that CA, and a resolver that serves a
+//! rotated certificate without a restart. Nothing is generated at chart
+//! render time. The injector and the aggregator both use it.
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use rcgen::{
@@ -266,6 +268,38 @@ pub async fn ensure_bundle(
     Err(CertError::Api(format!(
         "Secret {namespace}/{secret_name} kept changing under us"
     )))
+}
+
+/// Sets the caBundle of an APIService to `ca_pem`; true if it changed.
+pub async fn patch_apiservice_ca_bundle(
+    client: &kube::Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<bool, CertError> {
+    let api: Api<APIService> = Api::all(client.clone());
+    for _ in 0..5 {
+        let Some(mut service) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| CertError::Api(e.to_string()))?
+        else {
+            return Err(CertError::Api(format!("no APIService {name}")));
+        };
+        let wanted = ByteString(ca_pem.as_bytes().to_vec());
+        let Some(spec) = service.spec.as_mut() else {
+            return Err(CertError::Api(format!("APIService {name} has no spec")));
+        };
+        if spec.ca_bundle.as_ref() == Some(&wanted) {
+            return Ok(false);
+        }
+        spec.ca_bundle = Some(wanted);
+        match api.replace(name, &PostParams::default(), &service).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(CertError::Api(format!("patching {name}: {e}"))),
+        }
+    }
+    Err(CertError::Api(format!("{name} kept changing under us")))
 }
 
 /// Sets the caBundle of every webhook of the configuration to `ca_pem`.
