@@ -410,6 +410,20 @@ impl PlayedPod {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.sidecar_log).unwrap_or_default()
     }
+
+    /// SIGTERM, as the kubelet stops a sidecar: the interceptor flushes its
+    /// queue to the aggregator before it exits.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.sidecar.id().to_string()])
+            .status();
+        let stopped = wait_until(
+            "the interceptor to flush and exit",
+            Duration::from_secs(30),
+            || self.sidecar.try_wait().ok().flatten(),
+        );
+        assert!(stopped.is_ok_and(|s| s.success()), "{}", self.log());
+    }
 }
 
 impl Drop for PlayedPod {
@@ -546,10 +560,11 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
     );
 
     let pod_name = injected["metadata"]["name"].as_str().unwrap().to_string();
-    let played = PlayedPod::start(cluster, &injected, None, &injector_log);
+    let mut played = PlayedPod::start(cluster, &injected, None, &injector_log);
     let pod = &played.pod;
     let pod_ip = pod.ip().unwrap();
-    let sidecar_text = || played.log();
+    let sidecar_log = played.sidecar_log.clone();
+    let sidecar_text = || std::fs::read_to_string(&sidecar_log).unwrap_or_default();
 
     // The app, unmodified, through the interceptor: its TLS verifies against
     // the ca.crt it trusts, because the cluster CA signed the certificate.
@@ -660,6 +675,8 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
         )
         .unwrap();
     assert!(patched.success, "{patched:?}");
+
+    played.stop();
 
     // Its records reach the aggregator through the chart's Service, and the
     // coverage of the pod shows the call (a reader's token, audience apiwitness).

@@ -1,0 +1,320 @@
+//! The apiserver's own audit log as an independent witness: the demo's
+//! controller-like workload runs through the interceptor, and then
+//!
+//! - every request the audit log attributes to the pod's ServiceAccount has
+//!   exactly one apiwitness record with the same verb, URI and status, and no
+//!   record lacks its audit event;
+//! - every version apiwitness shows of the ConfigMap and the custom resource
+//!   equals the audit log's responseObject at the same resourceVersion;
+//! - the coverage of the records equals the coverage of the audit events,
+//!   mapped by the same engine;
+//! - no token and no Secret value is in the store or in any log.
+
+use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
+use apiwitness_e2e::certify::{CertifyStandIn, Signer};
+use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::{
+    Cluster, CommandOutput, TestNamespace, repo_root, wait_until, workspace_binary,
+};
+use apiwitness_record::{ApiRequest, Exchange, Line};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+/// (verb, URI, status), counted.
+type Calls = BTreeMap<(String, String, u16), usize>;
+
+fn audit_events(cluster: &Cluster, username: &str) -> Vec<Value> {
+    let log = std::fs::read_to_string(cluster.var("APIWITNESS_AUDIT_LOG")).unwrap();
+    log.lines()
+        .filter(|l| l.contains(username))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == username && e["stage"] == "ResponseComplete")
+        .collect()
+}
+
+fn stored_records(db: &str, namespace: &str) -> Vec<Exchange> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut select = conn
+        .prepare("SELECT line FROM records WHERE pod_namespace = ?1")
+        .unwrap();
+    let lines: Vec<String> = select
+        .query_map([namespace], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    lines
+        .iter()
+        .map(|l| match Line::parse(l).unwrap() {
+            Line::Exchange(e) => *e,
+            other => panic!("not an exchange: {other:?}"),
+        })
+        .collect()
+}
+
+fn without_managed_fields(mut object: Value) -> Value {
+    if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    object
+}
+
+fn operation_ids(report: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["operation_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
+    let cluster = Cluster::shared();
+    let crd = repo_root().join("hack/demo.d/postgres-crd.yaml");
+    cluster
+        .kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
+        .unwrap();
+    wait_until(
+        "the Postgres CRD to be served",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .kubectl(&["get", "--raw", "/apis/postgrescontroller.kubeplus/v1"])
+                .ok()
+                .filter(|o| o.success)
+        },
+    )
+    .unwrap();
+    let ns = TestNamespace::with_app(cluster, "crosscheck");
+    let n = ns.name.as_str();
+    let secret_value = format!("s3cr3t-{}", std::process::id());
+    for args in [
+        vec![
+            "create",
+            "role",
+            "postgres-admin",
+            "-n",
+            n,
+            "--verb=*",
+            "--resource=postgreses.postgrescontroller.kubeplus,postgreses.postgrescontroller.kubeplus/status",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "app-postgres",
+            "-n",
+            n,
+            "--role=postgres-admin",
+            &format!("--serviceaccount={n}:app"),
+        ],
+        vec![
+            "create",
+            "secret",
+            "generic",
+            "db-password",
+            "-n",
+            n,
+            &format!("--from-literal=password={secret_value}"),
+        ],
+        vec![
+            "create",
+            "role",
+            "reader",
+            "-n",
+            n,
+            "--verb=get",
+            "--resource=pods,configmaps,postgreses.postgrescontroller.kubeplus",
+        ],
+        vec!["create", "serviceaccount", "reader", "-n", n],
+        vec![
+            "create",
+            "rolebinding",
+            "reader",
+            "-n",
+            n,
+            "--role=reader",
+            &format!("--serviceaccount={n}:reader"),
+        ],
+    ] {
+        cluster.kubectl_ok(&args).unwrap();
+    }
+    // Wait for the aggregator's spec to know the CRD before the workload runs.
+    let aggregator = Aggregator::start_on(cluster, n, StoreKind::Sqlite).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let ingest = aggregator.ingest_url();
+    let pod_name = format!("{n}-p");
+    let mut pod = InterceptedPod::start(
+        cluster,
+        &pod_name,
+        n,
+        "app",
+        &[],
+        InterceptorOptions {
+            certify_url: &certify.url,
+            aggregator_url: Some(&ingest),
+            upstream_ca_file: None,
+            explicit_upstream: None,
+            extra_args: vec![],
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let workload = repo_root().join("hack/demo.d/workload.py");
+    let out = pod
+        .exec(&["python3", workload.to_str().unwrap(), n])
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let token = std::fs::read_to_string(repo_root().join(format!(
+        ".cache/cluster/{}/tmpfs/pods/{pod_name}/serviceaccount/token",
+        cluster.index
+    )))
+    .unwrap();
+    pod.stop().unwrap();
+
+    // The apiserver's account of the pod's requests.
+    let username = format!("system:serviceaccount:{n}:app");
+    let events = wait_until(
+        "the audit log to hold the workload's requests",
+        Duration::from_secs(30),
+        || {
+            let events = audit_events(cluster, &username);
+            events
+                .iter()
+                .any(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "configmaps")
+                .then_some(events)
+        },
+    )
+    .unwrap();
+    let mut audited = Calls::new();
+    for e in &events {
+        let key = (
+            e["verb"].as_str().unwrap().to_string(),
+            e["requestURI"].as_str().unwrap().to_string(),
+            e["responseStatus"]["code"].as_u64().unwrap() as u16,
+        );
+        *audited.entry(key).or_default() += 1;
+    }
+
+    // apiwitness's account: every record of the pod's namespace.
+    let records = stored_records(&aggregator.db, n);
+    let mut recorded = Calls::new();
+    for r in &records {
+        let request = ApiRequest::parse(
+            &r.method,
+            &r.path,
+            &r.query,
+            r.request_content_type.as_deref(),
+        )
+        .unwrap();
+        let uri = if r.query.is_empty() {
+            r.path.clone()
+        } else {
+            format!("{}?{}", r.path, r.query)
+        };
+        *recorded
+            .entry((request.verb.as_str().to_string(), uri, r.status))
+            .or_default() += 1;
+    }
+    assert!(audited.len() >= 14, "{audited:#?}");
+    assert_eq!(recorded, audited, "records and audit events differ");
+
+    // Every version apiwitness shows equals the apiserver's responseObject at
+    // the same resourceVersion.
+    let reader = token_of(cluster, n, "reader").unwrap();
+    let responses: BTreeMap<(String, String), Value> = events
+        .iter()
+        .filter_map(|e| {
+            let o = e.get("responseObject")?;
+            let uid = o.pointer("/metadata/uid")?.as_str()?.to_string();
+            let rv = o
+                .pointer("/metadata/resourceVersion")?
+                .as_str()?
+                .to_string();
+            Some(((uid, rv), without_managed_fields(o.clone())))
+        })
+        .collect();
+    for (resource, name, expected) in [("configmaps", "settings", 3), ("postgreses", "client25", 6)]
+    {
+        let listing = aggregator
+            .get_json(
+                &format!("/provenance/namespaces/{n}/{resource}/{name}/versions?objects=true"),
+                Some(&reader),
+            )
+            .unwrap();
+        let versions = listing["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), expected, "{resource}/{name}: {listing:#}");
+        let mut compared = 0;
+        for v in versions {
+            let Some(object) = v.get("object") else {
+                continue;
+            };
+            let key = (
+                v["uid"].as_str().unwrap().to_string(),
+                v["resourceVersion"].as_str().unwrap().to_string(),
+            );
+            let audited = responses.get(&key).unwrap_or_else(|| {
+                panic!("no audit responseObject for {resource}/{name} at {key:?}")
+            });
+            assert_eq!(
+                object, audited,
+                "{resource}/{name} at resourceVersion {}",
+                key.1
+            );
+            compared += 1;
+        }
+        assert!(
+            compared >= expected - 1,
+            "{resource}/{name}: only {compared} compared"
+        );
+    }
+
+    // Coverage: the records', and the audit events' mapped by the same engine.
+    let from_records = aggregator
+        .get_json(&format!("/coverage?namespace={n}"), Some(&reader))
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("apiwitness-crosscheck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit_file = dir.join("audit.log");
+    std::fs::write(
+        &audit_file,
+        events.iter().map(|e| format!("{e}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let db = dir.join("audit.db");
+    let aggregator_bin = workspace_binary("apiwitness-aggregator");
+    for args in [
+        vec!["import-audit", audit_file.to_str().unwrap()],
+        vec!["report", "--namespace", n, "--format", "json"],
+    ] {
+        let out = CommandOutput::run(
+            Command::new(&aggregator_bin)
+                .args(["--db", db.to_str().unwrap(), "--spec", "live"])
+                .args(&args)
+                .env("KUBECONFIG", cluster.kubeconfig()),
+        )
+        .unwrap();
+        assert!(out.success, "{args:?}: {out:?}");
+        if args[0] == "report" {
+            let from_audit: Value = serde_json::from_str(&out.stdout).unwrap();
+            let ids = operation_ids(&from_records);
+            assert!(ids.iter().any(|i| i.contains("Postgres")), "{ids:?}");
+            assert_eq!(ids, operation_ids(&from_audit));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // No token and no Secret value anywhere apiwitness wrote.
+    let mut written = vec![aggregator.log(), pod.log()];
+    for suffix in ["", "-wal"] {
+        if let Ok(bytes) = std::fs::read(format!("{}{suffix}", aggregator.db)) {
+            written.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    for text in &written {
+        assert!(!text.contains(&secret_value), "a Secret value was written");
+        assert!(!text.contains(token.trim()), "a token was written");
+    }
+}
