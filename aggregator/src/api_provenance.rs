@@ -87,8 +87,11 @@ pub async fn answer(
     }
     let store = state.store.clone();
     let asked = query.clone();
+    // Objects are most of the bytes: only bisect (and a listing that asks)
+    // reads them all; a diff or a range of history loads its own below.
+    let objects = view == "bisect" || (view == "versions" && q.objects);
     let (versions, attempts) =
-        blocking(move || Ok((store.versions(&asked)?, store.attempts(&asked)?))).await?;
+        blocking(move || Ok((store.versions(&asked, objects)?, store.attempts(&asked)?))).await?;
     if versions.is_empty() && attempts.is_empty() {
         // Nothing was recorded of it: there is nothing to protect, and no
         // group to ask the apiserver about.
@@ -118,7 +121,7 @@ pub async fn answer(
         auth.may_get_object(reader, &group, &resource, namespace, &query.name)
             .await?;
     }
-    let numbered = history::number(versions);
+    let mut numbered = history::number(versions);
     let object = json!({
         "namespace": query.namespace,
         "name": query.name,
@@ -147,6 +150,7 @@ pub async fn answer(
         }
         "spechistory" => {
             let (start, end) = range(&numbered, q.start, q.end)?;
+            load_objects(&state, &mut numbered, start..=end).await?;
             let specs: Vec<Value> = numbered[start - 1..end].iter().map(spec_entry).collect();
             Ok(Json(json!({"object": object, "spechistory": specs})).into_response())
         }
@@ -156,6 +160,11 @@ pub async fn answer(
                     "diff needs start and end (version ordinals, from versions)".into(),
                 ));
             };
+            for o in [start, end] {
+                if o > 0 && o <= numbered.len() {
+                    load_objects(&state, &mut numbered, o..=o).await?;
+                }
+            }
             let diff = history::diff(&numbered, start, end, q.field.as_deref())?;
             match q.format.as_deref() {
                 None | Some("json") => Ok(Json(json!({
@@ -198,6 +207,31 @@ pub async fn answer(
             .into_response())
         }
     }
+}
+
+/// Fills in the objects of the versions at these ordinals.
+async fn load_objects(
+    state: &AppState,
+    numbered: &mut [Numbered],
+    ordinals: std::ops::RangeInclusive<usize>,
+) -> Result<(), ApiError> {
+    let keys: Vec<(String, String)> = numbered[ordinals.start() - 1..*ordinals.end()]
+        .iter()
+        .filter(|n| n.version.object.is_none())
+        .map(|n| (n.version.uid.clone(), n.version.resource_version.clone()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let store = state.store.clone();
+    let mut objects = blocking(move || store.version_objects(&keys)).await?;
+    for n in &mut numbered[ordinals.start() - 1..*ordinals.end()] {
+        if n.version.object.is_none() {
+            n.version.object =
+                objects.remove(&(n.version.uid.clone(), n.version.resource_version.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn label(n: &Numbered) -> String {

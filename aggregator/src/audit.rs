@@ -6,6 +6,11 @@
 //! An event has no bodies at Metadata level, and that is enough for coverage:
 //! the verb, the URI and the status. The caller is the event's user: a
 //! ServiceAccount's namespace, and its pod where the token was bound to one.
+//!
+//! At RequestResponse level an event also carries the request and response
+//! objects: they become provenance versions, as an interceptor's record
+//! would (`provenance::extract`), with Secret values redacted first. The
+//! event itself is not kept.
 
 use crate::ingest::{LineError, client_of};
 use crate::store::IngestItem;
@@ -34,6 +39,18 @@ struct Event<'a> {
     response_status: Option<Status>,
     #[serde(default)]
     request_received_timestamp: Option<&'a str>,
+    #[serde(default)]
+    object_ref: Option<ObjectRef>,
+    #[serde(default)]
+    request_object: Option<serde_json::Value>,
+    #[serde(default)]
+    response_object: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ObjectRef {
+    #[serde(default)]
+    resource: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,8 +123,11 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
         }
         Err(_) => vec![path.to_string()],
     };
+    let id = format!("audit:{}", event.audit_id);
+    let status = event.response_status.as_ref().map(|s| s.code).unwrap_or(0);
+    let found = versions_of(&event, &id, method, path, query, status, &namespace, &pod);
     Ok(Some(IngestItem {
-        id: format!("audit:{}", event.audit_id),
+        id,
         started_at: event.request_received_timestamp.unwrap_or("").to_string(),
         pod_namespace: namespace,
         pod_name: pod,
@@ -115,15 +135,119 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
         client: client_of(event.user_agent.as_deref()),
         method: method.to_string(),
         path: path.to_string(),
-        status: event.response_status.map(|s| s.code).unwrap_or(0),
+        status,
         templates,
         // The event itself is not kept: at RequestResponse level it holds
         // bodies that redaction has not seen.
         line: String::new(),
         line_number,
-        versions: Vec::new(),
-        attempts: Vec::new(),
+        versions: found.versions,
+        attempts: found.attempts,
     }))
+}
+
+/// The versions an event's objects show, read as an interceptor's record of
+/// the same exchange would be.
+#[allow(clippy::too_many_arguments)]
+fn versions_of(
+    event: &Event<'_>,
+    id: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    status: u16,
+    namespace: &str,
+    pod: &str,
+) -> crate::provenance::extract::Found {
+    use apiwitness_record::{Body, BodyContent, Exchange, PodIdentity};
+    if event.response_object.is_none() && event.request_object.is_none() {
+        return Default::default();
+    }
+    let secrets = event
+        .object_ref
+        .as_ref()
+        .is_some_and(|r| r.resource == "secrets");
+    let body = |object: &Option<serde_json::Value>| {
+        object.as_ref().filter(|o| o.is_object()).map(|o| {
+            let mut o = o.clone();
+            if secrets {
+                redact_secret_values(&mut o);
+            }
+            Body {
+                content: BodyContent::Json(o),
+                size: 0,
+                truncated: false,
+                content_encoding: None,
+            }
+        })
+    };
+    let table = event
+        .response_object
+        .as_ref()
+        .and_then(|o| o.get("kind"))
+        .is_some_and(|k| k == "Table");
+    let service_account = event
+        .user
+        .username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+        .map(|(_, sa)| sa.to_string())
+        .unwrap_or_default();
+    let exchange = Exchange {
+        format: apiwitness_record::FORMAT_VERSION,
+        id: id.to_string(),
+        pod: PodIdentity {
+            namespace: namespace.to_string(),
+            name: pod.to_string(),
+            service_account,
+            ..Default::default()
+        },
+        started_at: event.request_received_timestamp.unwrap_or("").to_string(),
+        duration_us: 0,
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        status,
+        user_agent: event.user_agent.as_deref().map(str::to_string),
+        request_content_type: None,
+        response_content_type: Some("application/json".into()),
+        request_body: body(&event.request_object),
+        response_body: body(&event.response_object),
+        watch: None,
+        table,
+        upgrade: None,
+        error: None,
+    };
+    crate::provenance::extract::from_exchange(&exchange)
+}
+
+/// A Secret's values (and a SecretList's items' values) become a marker:
+/// an audit policy that logs Secrets at RequestResponse must not put their
+/// values in the store.
+fn redact_secret_values(object: &mut serde_json::Value) {
+    if let Some(items) = object
+        .get_mut("items")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        items.iter_mut().for_each(redact_secret_values);
+    }
+    for field in ["data", "stringData"] {
+        if let Some(map) = object
+            .get_mut(field)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for value in map.values_mut() {
+                let len = value.as_str().map_or(0, str::len);
+                *value = serde_json::Value::String(format!("<redacted: {len} bytes>"));
+            }
+        }
+    }
+    if let Some(annotations) = object
+        .pointer_mut("/metadata/annotations")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 #[derive(Debug, Default)]
@@ -200,6 +324,33 @@ mod tests {
     use super::*;
 
     const EVENT: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"3a38","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/configmaps?watch=true","verb":"watch","user":{"username":"system:serviceaccount:shop:app","extra":{"authentication.kubernetes.io/pod-name":["web-1"]}},"userAgent":"kubectl/v1.35.4 (linux/amd64)","responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2026-11-24T06:00:00.000001Z"}"#;
+
+    #[test]
+    fn a_request_response_event_is_a_version_with_secret_values_redacted() {
+        let event = serde_json::json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
+            "auditID": "a1", "stage": "ResponseComplete", "verb": "create",
+            "requestURI": "/api/v1/namespaces/shop/secrets", "objectRef": {"resource": "secrets", "namespace": "shop"},
+            "user": {"username": "system:serviceaccount:shop:web", "extra": {"authentication.kubernetes.io/pod-name": ["web-1"]}},
+            "userAgent": "kubectl/v1.35.4", "responseStatus": {"code": 201},
+            "requestReceivedTimestamp": "2026-11-30T10:00:00.000001Z",
+            "responseObject": {"kind": "Secret", "apiVersion": "v1",
+                "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7"},
+                "data": {"password": "aHVudGVyMg=="}}});
+        let parsed = parse_log(&event.to_string());
+        let v = &parsed.items[0].versions[0];
+        assert_eq!(
+            (
+                v.verb.as_str(),
+                v.resource_version.as_str(),
+                v.who.pod.as_str()
+            ),
+            ("create", "7", "shop/web-1")
+        );
+        assert_eq!(v.who.service_account, "web");
+        let text = serde_json::to_string(&v.object).unwrap();
+        assert!(!text.contains("aHVudGVyMg=="), "{text}");
+        assert!(text.contains("<redacted: 12 bytes>"), "{text}");
+    }
 
     #[test]
     fn an_event_becomes_a_record_of_its_pod() {

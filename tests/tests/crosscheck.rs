@@ -297,6 +297,32 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
         )
         .unwrap();
         assert!(out.success, "{args:?}: {out:?}");
+        if args[0] == "import-audit" {
+            // The audit events' objects are versions too: the same ones.
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let mut select = conn
+                .prepare("SELECT resource_version FROM versions WHERE namespace = ?1 AND name = 'client25' ORDER BY 1")
+                .unwrap();
+            let from_audit: Vec<String> = select
+                .query_map([n], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let listing = aggregator
+                .get_json(
+                    &format!("/provenance/namespaces/{n}/postgreses/client25/versions"),
+                    Some(&reader),
+                )
+                .unwrap();
+            let mut from_records: Vec<String> = listing["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["resourceVersion"].as_str().unwrap().to_string())
+                .collect();
+            from_records.sort();
+            assert_eq!(from_audit, from_records);
+        }
         if args[0] == "report" {
             let from_audit: Value = serde_json::from_str(&out.stdout).unwrap();
             let ids = operation_ids(&from_records);

@@ -170,8 +170,11 @@ pub trait Store: Send + Sync {
     fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError>;
     fn record_count(&self) -> Result<u64, StoreError>;
     /// Every version of the objects a query names (unordered), tombstones
-    /// included.
-    fn versions(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError>;
+    /// included; with their objects only if `objects` (they are most of the
+    /// bytes, and a listing or a diff needs few or none).
+    fn versions(&self, query: &ObjectQuery, objects: bool) -> Result<Vec<Version>, StoreError>;
+    /// The objects of the given versions, by (uid, resourceVersion).
+    fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError>;
     /// The writes to those objects that the apiserver refused.
     fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError>;
 }
@@ -191,6 +194,25 @@ pub(crate) fn select_versions(query: &ObjectQuery, candidates: Vec<Version>) -> 
         .into_iter()
         .filter(|v| uids.contains(&v.uid))
         .collect()
+}
+
+pub type VersionObjects = std::collections::HashMap<(String, String), serde_json::Value>;
+
+/// A version as stored: its document without the object, and the object
+/// apart.
+pub(crate) fn split(version: &Version) -> Result<(String, Option<String>), StoreError> {
+    let object = version.object.as_ref().map(doc).transpose()?;
+    let bare = Version {
+        object: None,
+        ..version.clone()
+    };
+    Ok((doc(&bare)?, object))
+}
+
+pub(crate) fn join(document: &str, object: Option<&str>) -> Result<Version, StoreError> {
+    let mut version: Version = undoc(document)?;
+    version.object = object.map(undoc).transpose()?;
+    Ok(version)
 }
 
 /// The documents stored for versions and attempts: their JSON.

@@ -3,7 +3,10 @@
 //! is one transaction, records are keyed by id, and `hits` is upserted in the
 //! same transaction, so concurrent replicas count each record once.
 
-use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, undoc};
+use super::{
+    Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc, hour_of, join,
+    split, undoc,
+};
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
 use postgres::{Client, NoTls};
@@ -55,6 +58,7 @@ CREATE TABLE versions (
     namespace TEXT NOT NULL,
     name TEXT NOT NULL,
     doc TEXT NOT NULL,
+    object TEXT,
     PRIMARY KEY (uid, resource_version)
 );
 CREATE INDEX versions_by_name ON versions (namespace, name);
@@ -296,16 +300,34 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    fn versions(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
-        let rows = self.lock().query(
-            "SELECT doc FROM versions WHERE namespace = $1 AND name = $2",
-            &[&query.namespace, &query.name],
-        )?;
+    fn versions(&self, query: &ObjectQuery, objects: bool) -> Result<Vec<Version>, StoreError> {
+        let sql = if objects {
+            "SELECT doc, object FROM versions WHERE namespace = $1 AND name = $2"
+        } else {
+            "SELECT doc, NULL::text FROM versions WHERE namespace = $1 AND name = $2"
+        };
+        let rows = self.lock().query(sql, &[&query.namespace, &query.name])?;
         let all = rows
             .iter()
-            .map(|r| undoc(r.get::<_, &str>(0)))
+            .map(|r| join(r.get::<_, &str>(0), r.get::<_, Option<&str>>(1)))
             .collect::<Result<Vec<Version>, _>>()?;
         Ok(super::select_versions(query, all))
+    }
+
+    fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError> {
+        let uids: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let rvs: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let rows = self.lock().query(
+            "SELECT v.uid, v.resource_version, v.object FROM versions v
+             JOIN UNNEST($1::text[], $2::text[]) AS k(uid, rv) ON v.uid = k.uid AND v.resource_version = k.rv
+             WHERE v.object IS NOT NULL",
+            &[&uids, &rvs],
+        )?;
+        let mut out = VersionObjects::new();
+        for r in rows {
+            out.insert((r.get(0), r.get(1)), undoc(r.get::<_, &str>(2))?);
+        }
+        Ok(out)
     }
 
     fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError> {
@@ -340,21 +362,22 @@ fn store_provenance(
 ) -> Result<(), StoreError> {
     for version in &item.versions {
         let existing = tx.query_opt(
-            "SELECT doc FROM versions WHERE uid = $1 AND resource_version = $2 FOR UPDATE",
+            "SELECT doc, object FROM versions WHERE uid = $1 AND resource_version = $2 FOR UPDATE",
             &[&version.uid, &version.resource_version],
         )?;
         let merged = match existing {
             Some(row) => {
-                let mut stored: Version = undoc(row.get::<_, &str>(0))?;
+                let mut stored = join(row.get::<_, &str>(0), row.get::<_, Option<&str>>(1))?;
                 stored.merge(version.clone());
                 stored
             }
             None => version.clone(),
         };
+        let (document, object) = split(&merged)?;
         tx.execute(
-            "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, doc = EXCLUDED.doc",
+            "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc, object)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, doc = EXCLUDED.doc, object = EXCLUDED.object",
             &[
                 &merged.uid,
                 &merged.resource_version,
@@ -363,7 +386,8 @@ fn store_provenance(
                 &merged.kind,
                 &merged.namespace,
                 &merged.name,
-                &doc(&merged)?,
+                &document,
+                &object,
             ],
         )?;
     }

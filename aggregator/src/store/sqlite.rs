@@ -1,7 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode, with `synchronous=FULL`
 //! so that a batch acknowledged is a batch on disk.
 
-use super::{Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, undoc};
+use super::{
+    Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc, hour_of, join,
+    split, undoc,
+};
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -54,6 +57,7 @@ CREATE TABLE versions (
     namespace TEXT NOT NULL,
     name TEXT NOT NULL,
     doc TEXT NOT NULL,
+    object TEXT,
     PRIMARY KEY (uid, resource_version)
 );
 CREATE INDEX versions_by_name ON versions (namespace, name);
@@ -265,20 +269,41 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn versions(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
+    fn versions(&self, query: &ObjectQuery, objects: bool) -> Result<Vec<Version>, StoreError> {
         let conn = self.lock();
-        let mut select =
-            conn.prepare_cached("SELECT doc FROM versions WHERE namespace = ?1 AND name = ?2")?;
-        let docs = select
+        let sql = if objects {
+            "SELECT doc, object FROM versions WHERE namespace = ?1 AND name = ?2"
+        } else {
+            "SELECT doc, NULL FROM versions WHERE namespace = ?1 AND name = ?2"
+        };
+        let mut select = conn.prepare_cached(sql)?;
+        let rows = select
             .query_map(params![query.namespace, query.name], |r| {
-                r.get::<_, String>(0)
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
             })?
-            .collect::<Result<Vec<String>, _>>()?;
-        let all = docs
+            .collect::<Result<Vec<_>, _>>()?;
+        let all = rows
             .iter()
-            .map(|d| undoc(d))
+            .map(|(d, o)| join(d, o.as_deref()))
             .collect::<Result<Vec<Version>, _>>()?;
         Ok(super::select_versions(query, all))
+    }
+
+    fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError> {
+        let conn = self.lock();
+        let mut select = conn.prepare_cached(
+            "SELECT object FROM versions WHERE uid = ?1 AND resource_version = ?2 AND object IS NOT NULL",
+        )?;
+        let mut out = VersionObjects::new();
+        for (uid, rv) in keys {
+            if let Some(text) = select
+                .query_row(params![uid, rv], |r| r.get::<_, String>(0))
+                .optional()?
+            {
+                out.insert((uid.clone(), rv.clone()), undoc(&text)?);
+            }
+        }
+        Ok(out)
     }
 
     fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError> {
@@ -312,24 +337,28 @@ impl Store for SqliteStore {
 /// A new record's versions, each merged with any earlier sighting of the
 /// same (uid, resourceVersion), and its refused writes.
 fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result<(), StoreError> {
-    let mut read =
-        tx.prepare_cached("SELECT doc FROM versions WHERE uid = ?1 AND resource_version = ?2")?;
+    let mut read = tx.prepare_cached(
+        "SELECT doc, object FROM versions WHERE uid = ?1 AND resource_version = ?2",
+    )?;
     let mut write = tx.prepare_cached(
-        "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc, object)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for version in &item.versions {
-        let existing: Option<String> = read
-            .query_row(params![version.uid, version.resource_version], |r| r.get(0))
+        let existing: Option<(String, Option<String>)> = read
+            .query_row(params![version.uid, version.resource_version], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let merged = match existing {
-            Some(text) => {
-                let mut stored: Version = undoc(&text)?;
+            Some((text, object)) => {
+                let mut stored = join(&text, object.as_deref())?;
                 stored.merge(version.clone());
                 stored
             }
             None => version.clone(),
         };
+        let (document, object) = split(&merged)?;
         write.execute(params![
             merged.uid,
             merged.resource_version,
@@ -338,7 +367,8 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
             merged.kind,
             merged.namespace,
             merged.name,
-            doc(&merged)?
+            document,
+            object
         ])?;
     }
     let mut attempt = tx.prepare_cached(
