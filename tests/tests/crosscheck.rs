@@ -8,7 +8,9 @@
 //!   equals the audit log's responseObject at the same resourceVersion;
 //! - the coverage of the records equals the coverage of the audit events,
 //!   mapped by the same engine;
-//! - no token and no Secret value is in the store or in any log.
+//! - no token and no Secret value is in the store or in any log;
+//! - with the aggregator down for the run and a small queue, what arrives is
+//!   a subset of the audit log, and the drop count explains the rest.
 
 use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
@@ -343,4 +345,180 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
         assert!(!text.contains(&secret_value), "a Secret value was written");
         assert!(!text.contains(token.trim()), "a token was written");
     }
+}
+
+#[test]
+fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_rest() {
+    let cluster = Cluster::shared();
+    let crd = repo_root().join("hack/demo.d/postgres-crd.yaml");
+    cluster
+        .kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
+        .unwrap();
+    let ns = TestNamespace::with_app(cluster, "crossfault");
+    let n = ns.name.as_str();
+    for args in [
+        vec![
+            "create",
+            "role",
+            "postgres-admin",
+            "-n",
+            n,
+            "--verb=*",
+            "--resource=postgreses.postgrescontroller.kubeplus,postgreses.postgrescontroller.kubeplus/status",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "app-postgres",
+            "-n",
+            n,
+            "--role=postgres-admin",
+            &format!("--serviceaccount={n}:app"),
+        ],
+        vec![
+            "create",
+            "secret",
+            "generic",
+            "db-password",
+            "-n",
+            n,
+            "--from-literal=password=unused",
+        ],
+        vec![
+            "create",
+            "role",
+            "reader",
+            "-n",
+            n,
+            "--verb=get",
+            "--resource=pods,configmaps,postgreses.postgrescontroller.kubeplus",
+        ],
+        vec!["create", "serviceaccount", "reader", "-n", n],
+        vec![
+            "create",
+            "rolebinding",
+            "reader",
+            "-n",
+            n,
+            "--role=reader",
+            &format!("--serviceaccount={n}:reader"),
+        ],
+    ] {
+        cluster.kubectl_ok(&args).unwrap();
+    }
+    let mut aggregator = Aggregator::start_on(cluster, n, StoreKind::Sqlite).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let ingest = aggregator.ingest_url();
+    let mut pod = InterceptedPod::start(
+        cluster,
+        &format!("{n}-p"),
+        n,
+        "app",
+        &[],
+        InterceptorOptions {
+            certify_url: &certify.url,
+            aggregator_url: Some(&ingest),
+            upstream_ca_file: None,
+            explicit_upstream: None,
+            // A queue that cannot hold the whole run.
+            extra_args: vec!["--queue-capacity".into(), "5".into()],
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The aggregator goes down for the whole run, and comes back after it.
+    aggregator.kill();
+    let workload = repo_root().join("hack/demo.d/workload.py");
+    let out = pod
+        .exec(&["python3", workload.to_str().unwrap(), n])
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    aggregator.spawn(cluster).unwrap();
+    let reader = token_of(cluster, n, "reader").unwrap();
+    let username = format!("system:serviceaccount:{n}:app");
+    let events = wait_until(
+        "the audit log to hold the workload's requests",
+        Duration::from_secs(30),
+        || {
+            let events = audit_events(cluster, &username);
+            events
+                .iter()
+                .any(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "configmaps")
+                .then_some(events)
+        },
+    )
+    .unwrap();
+    // The queue's records and the drop report arrive once the aggregator is back.
+    let report = wait_until(
+        "the kept records and the drop report",
+        Duration::from_secs(60),
+        || {
+            let r = aggregator
+                .get_json(&format!("/coverage?namespace={n}"), Some(&reader))
+                .ok()?;
+            (r["dropped"].as_u64()? > 0 && !stored_records(&aggregator.db, n).is_empty())
+                .then_some(r)
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\ninterceptor:\n{}\naggregator:\n{}",
+            pod.log(),
+            aggregator.log()
+        )
+    });
+    pod.stop().unwrap();
+    let dropped = aggregator
+        .get_json(&format!("/coverage?namespace={n}"), Some(&reader))
+        .unwrap()["dropped"]
+        .as_u64()
+        .unwrap();
+
+    let mut audited = Calls::new();
+    for e in &events {
+        let key = (
+            e["verb"].as_str().unwrap().to_string(),
+            e["requestURI"].as_str().unwrap().to_string(),
+            e["responseStatus"]["code"].as_u64().unwrap() as u16,
+        );
+        *audited.entry(key).or_default() += 1;
+    }
+    let records = stored_records(&aggregator.db, n);
+    let mut recorded = Calls::new();
+    for r in &records {
+        let request = ApiRequest::parse(
+            &r.method,
+            &r.path,
+            &r.query,
+            r.request_content_type.as_deref(),
+        )
+        .unwrap();
+        let uri = if r.query.is_empty() {
+            r.path.clone()
+        } else {
+            format!("{}?{}", r.path, r.query)
+        };
+        *recorded
+            .entry((request.verb.as_str().to_string(), uri, r.status))
+            .or_default() += 1;
+    }
+    // Nothing invented: every kept record is an audited request.
+    for (call, count) in &recorded {
+        assert!(
+            audited.get(call).is_some_and(|a| a >= count),
+            "{call:?} was recorded but not audited"
+        );
+    }
+    // Nothing unexplained: what is missing is what the interceptor dropped.
+    let audited_total: usize = audited.values().sum();
+    let recorded_total: usize = recorded.values().sum();
+    assert!(
+        recorded_total <= 5,
+        "the queue holds at most 5, and {recorded_total} arrived"
+    );
+    assert_eq!(
+        audited_total - recorded_total,
+        dropped as usize,
+        "{report:#}"
+    );
 }
