@@ -90,8 +90,18 @@ pub async fn answer(
     // Objects are most of the bytes: only bisect (and a listing that asks)
     // reads them all; a diff or a range of history loads its own below.
     let objects = view == "bisect" || (view == "versions" && q.objects);
-    let (versions, attempts) =
-        blocking(move || Ok((store.versions(&asked, objects)?, store.attempts(&asked)?))).await?;
+    let keys_only = view == "diff";
+    let (versions, attempts) = blocking(move || {
+        // A diff orders the versions from the key columns alone, and
+        // reads only the two it compares.
+        let versions = if keys_only {
+            store.version_keys(&asked)?
+        } else {
+            store.versions(&asked, objects)?
+        };
+        Ok((versions, store.attempts(&asked)?))
+    })
+    .await?;
     if versions.is_empty() && attempts.is_empty() {
         // Nothing was recorded of it: there is nothing to protect, and no
         // group to ask the apiserver about.
@@ -160,11 +170,7 @@ pub async fn answer(
                     "diff needs start and end (version ordinals, from versions)".into(),
                 ));
             };
-            for o in [start, end] {
-                if o > 0 && o <= numbered.len() {
-                    load_objects(&state, &mut numbered, o..=o).await?;
-                }
-            }
+            load_whole(&state, &mut numbered, &[start, end]).await?;
             let diff = history::diff(&numbered, start, end, q.field.as_deref())?;
             match q.format.as_deref() {
                 None | Some("json") => Ok(Json(json!({
@@ -207,6 +213,40 @@ pub async fn answer(
             .into_response())
         }
     }
+}
+
+/// Replaces the key-only versions at these ordinals with the whole ones.
+async fn load_whole(
+    state: &AppState,
+    numbered: &mut [Numbered],
+    ordinals: &[usize],
+) -> Result<(), ApiError> {
+    let wanted: Vec<usize> = ordinals
+        .iter()
+        .copied()
+        .filter(|o| *o > 0 && *o <= numbered.len())
+        .collect();
+    let keys: Vec<(String, String)> = wanted
+        .iter()
+        .map(|o| {
+            (
+                numbered[o - 1].version.uid.clone(),
+                numbered[o - 1].version.resource_version.clone(),
+            )
+        })
+        .collect();
+    let store = state.store.clone();
+    let whole = blocking(move || store.versions_by_key(&keys)).await?;
+    for o in wanted {
+        let n = &mut numbered[o - 1];
+        if let Some(v) = whole
+            .iter()
+            .find(|v| v.uid == n.version.uid && v.resource_version == n.version.resource_version)
+        {
+            n.version = v.clone();
+        }
+    }
+    Ok(())
 }
 
 /// Fills in the objects of the versions at these ordinals.

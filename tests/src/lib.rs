@@ -13,6 +13,7 @@ pub mod collector;
 pub mod intercepted;
 mod namespace;
 mod pod;
+pub mod postgres_crd;
 mod server;
 pub mod tls;
 mod wait;

@@ -15,6 +15,7 @@
 use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::postgres_crd::{ensure_postgres_crd, grant_postgres_admin};
 use apiwitness_e2e::{
     Cluster, CommandOutput, TestNamespace, repo_root, wait_until, workspace_binary,
 };
@@ -73,46 +74,14 @@ fn operation_ids(report: &Value) -> Vec<String> {
     ids
 }
 
-#[test]
-fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
-    let cluster = Cluster::shared();
-    let crd = repo_root().join("hack/demo.d/postgres-crd.yaml");
-    cluster
-        .kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
-        .unwrap();
-    wait_until(
-        "the Postgres CRD to be served",
-        Duration::from_secs(30),
-        || {
-            cluster
-                .kubectl(&["get", "--raw", "/apis/postgrescontroller.kubeplus/v1"])
-                .ok()
-                .filter(|o| o.success)
-        },
-    )
-    .unwrap();
-    let ns = TestNamespace::with_app(cluster, "crosscheck");
+/// A namespace for the demo's workload: its ServiceAccount `app` may manage
+/// Postgres objects and has a Secret to read; `reader` may read the results.
+fn prepare(cluster: &'static Cluster, prefix: &str, secret_value: &str) -> TestNamespace {
+    ensure_postgres_crd(cluster);
+    let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.as_str();
-    let secret_value = format!("s3cr3t-{}", std::process::id());
+    grant_postgres_admin(cluster, n, "app");
     for args in [
-        vec![
-            "create",
-            "role",
-            "postgres-admin",
-            "-n",
-            n,
-            "--verb=*",
-            "--resource=postgreses.postgrescontroller.kubeplus,postgreses.postgrescontroller.kubeplus/status",
-        ],
-        vec![
-            "create",
-            "rolebinding",
-            "app-postgres",
-            "-n",
-            n,
-            "--role=postgres-admin",
-            &format!("--serviceaccount={n}:app"),
-        ],
         vec![
             "create",
             "secret",
@@ -144,7 +113,68 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
     ] {
         cluster.kubectl_ok(&args).unwrap();
     }
-    // Wait for the aggregator's spec to know the CRD before the workload runs.
+    ns
+}
+
+fn audited_calls(events: &[Value]) -> Calls {
+    let mut calls = Calls::new();
+    for e in events {
+        let key = (
+            e["verb"].as_str().unwrap().to_string(),
+            e["requestURI"].as_str().unwrap().to_string(),
+            e["responseStatus"]["code"].as_u64().unwrap() as u16,
+        );
+        *calls.entry(key).or_default() += 1;
+    }
+    calls
+}
+
+fn recorded_calls(records: &[Exchange]) -> Calls {
+    let mut calls = Calls::new();
+    for r in records {
+        let request = ApiRequest::parse(
+            &r.method,
+            &r.path,
+            &r.query,
+            r.request_content_type.as_deref(),
+        )
+        .unwrap();
+        let uri = if r.query.is_empty() {
+            r.path.clone()
+        } else {
+            format!("{}?{}", r.path, r.query)
+        };
+        *calls
+            .entry((request.verb.as_str().to_string(), uri, r.status))
+            .or_default() += 1;
+    }
+    calls
+}
+
+/// The workload's audit events, once its last request is in the log.
+fn workload_events(cluster: &Cluster, namespace: &str) -> Vec<Value> {
+    let username = format!("system:serviceaccount:{namespace}:app");
+    wait_until(
+        "the audit log to hold the workload's requests",
+        Duration::from_secs(30),
+        || {
+            let events = audit_events(cluster, &username);
+            events
+                .iter()
+                .any(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "configmaps")
+                .then_some(events)
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
+    let cluster = Cluster::shared();
+    let secret_value = format!("s3cr3t-{}", std::process::id());
+    let ns = prepare(cluster, "crosscheck", &secret_value);
+    let n = ns.name.as_str();
+    // The CRD is served before the aggregator reads the spec.
     let aggregator = Aggregator::start_on(cluster, n, StoreKind::Sqlite).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     let ingest = aggregator.ingest_url();
@@ -176,50 +206,11 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
     .unwrap();
     pod.stop().unwrap();
 
-    // The apiserver's account of the pod's requests.
-    let username = format!("system:serviceaccount:{n}:app");
-    let events = wait_until(
-        "the audit log to hold the workload's requests",
-        Duration::from_secs(30),
-        || {
-            let events = audit_events(cluster, &username);
-            events
-                .iter()
-                .any(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "configmaps")
-                .then_some(events)
-        },
-    )
-    .unwrap();
-    let mut audited = Calls::new();
-    for e in &events {
-        let key = (
-            e["verb"].as_str().unwrap().to_string(),
-            e["requestURI"].as_str().unwrap().to_string(),
-            e["responseStatus"]["code"].as_u64().unwrap() as u16,
-        );
-        *audited.entry(key).or_default() += 1;
-    }
-
-    // apiwitness's account: every record of the pod's namespace.
+    // The apiserver's account of the pod's requests, and apiwitness's.
+    let events = workload_events(cluster, n);
+    let audited = audited_calls(&events);
     let records = stored_records(&aggregator.db, n);
-    let mut recorded = Calls::new();
-    for r in &records {
-        let request = ApiRequest::parse(
-            &r.method,
-            &r.path,
-            &r.query,
-            r.request_content_type.as_deref(),
-        )
-        .unwrap();
-        let uri = if r.query.is_empty() {
-            r.path.clone()
-        } else {
-            format!("{}?{}", r.path, r.query)
-        };
-        *recorded
-            .entry((request.verb.as_str().to_string(), uri, r.status))
-            .or_default() += 1;
-    }
+    let recorded = recorded_calls(&records);
     assert!(audited.len() >= 14, "{audited:#?}");
     assert_eq!(recorded, audited, "records and audit events differ");
 
@@ -350,62 +341,8 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
 #[test]
 fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_rest() {
     let cluster = Cluster::shared();
-    let crd = repo_root().join("hack/demo.d/postgres-crd.yaml");
-    cluster
-        .kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
-        .unwrap();
-    let ns = TestNamespace::with_app(cluster, "crossfault");
+    let ns = prepare(cluster, "crossfault", "unused");
     let n = ns.name.as_str();
-    for args in [
-        vec![
-            "create",
-            "role",
-            "postgres-admin",
-            "-n",
-            n,
-            "--verb=*",
-            "--resource=postgreses.postgrescontroller.kubeplus,postgreses.postgrescontroller.kubeplus/status",
-        ],
-        vec![
-            "create",
-            "rolebinding",
-            "app-postgres",
-            "-n",
-            n,
-            "--role=postgres-admin",
-            &format!("--serviceaccount={n}:app"),
-        ],
-        vec![
-            "create",
-            "secret",
-            "generic",
-            "db-password",
-            "-n",
-            n,
-            "--from-literal=password=unused",
-        ],
-        vec![
-            "create",
-            "role",
-            "reader",
-            "-n",
-            n,
-            "--verb=get",
-            "--resource=pods,configmaps,postgreses.postgrescontroller.kubeplus",
-        ],
-        vec!["create", "serviceaccount", "reader", "-n", n],
-        vec![
-            "create",
-            "rolebinding",
-            "reader",
-            "-n",
-            n,
-            "--role=reader",
-            &format!("--serviceaccount={n}:reader"),
-        ],
-    ] {
-        cluster.kubectl_ok(&args).unwrap();
-    }
     let mut aggregator = Aggregator::start_on(cluster, n, StoreKind::Sqlite).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     let ingest = aggregator.ingest_url();
@@ -435,19 +372,7 @@ fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_
     assert!(out.success, "{}", out.stderr);
     aggregator.spawn(cluster).unwrap();
     let reader = token_of(cluster, n, "reader").unwrap();
-    let username = format!("system:serviceaccount:{n}:app");
-    let events = wait_until(
-        "the audit log to hold the workload's requests",
-        Duration::from_secs(30),
-        || {
-            let events = audit_events(cluster, &username);
-            events
-                .iter()
-                .any(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "configmaps")
-                .then_some(events)
-        },
-    )
-    .unwrap();
+    let events = workload_events(cluster, n);
     // The queue's records and the drop report arrive once the aggregator is back.
     let report = wait_until(
         "the kept records and the drop report",
@@ -474,34 +399,8 @@ fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_
         .as_u64()
         .unwrap();
 
-    let mut audited = Calls::new();
-    for e in &events {
-        let key = (
-            e["verb"].as_str().unwrap().to_string(),
-            e["requestURI"].as_str().unwrap().to_string(),
-            e["responseStatus"]["code"].as_u64().unwrap() as u16,
-        );
-        *audited.entry(key).or_default() += 1;
-    }
-    let records = stored_records(&aggregator.db, n);
-    let mut recorded = Calls::new();
-    for r in &records {
-        let request = ApiRequest::parse(
-            &r.method,
-            &r.path,
-            &r.query,
-            r.request_content_type.as_deref(),
-        )
-        .unwrap();
-        let uri = if r.query.is_empty() {
-            r.path.clone()
-        } else {
-            format!("{}?{}", r.path, r.query)
-        };
-        *recorded
-            .entry((request.verb.as_str().to_string(), uri, r.status))
-            .or_default() += 1;
-    }
+    let audited = audited_calls(&events);
+    let recorded = recorded_calls(&stored_records(&aggregator.db, n));
     // Nothing invented: every kept record is an audited request.
     for (call, count) in &recorded {
         assert!(

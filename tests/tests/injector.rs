@@ -7,8 +7,9 @@
 //! clear answers; removing the annotation rolls the sidecar back.
 
 use apiwitness_e2e::chart::{Release, StandIn};
+use apiwitness_e2e::postgres_crd::{ensure_postgres_crd, grant_postgres_admin};
 use apiwitness_e2e::{
-    Cluster, CommandOutput, NetnsPod, TestNamespace, repo_root, wait_until, workspace_binary,
+    Cluster, CommandOutput, NetnsPod, TestNamespace, wait_until, workspace_binary,
 };
 use serde_json::{Value, json};
 use std::process::Command;
@@ -614,43 +615,8 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
 
     // A custom resource written through the interceptor: its history is
     // read below through the aggregated API.
-    let crd = repo_root().join("hack/demo.d/postgres-crd.yaml");
-    cluster
-        .kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
-        .unwrap();
-    wait_until(
-        "the Postgres CRD to be served",
-        Duration::from_secs(30),
-        || {
-            cluster
-                .kubectl(&["get", "--raw", "/apis/postgrescontroller.kubeplus/v1"])
-                .ok()
-                .filter(|o| o.success)
-        },
-    )
-    .unwrap();
-    for args in [
-        vec![
-            "create",
-            "role",
-            "postgres-admin",
-            "-n",
-            a,
-            "--verb=*",
-            "--resource=postgreses.postgrescontroller.kubeplus",
-        ],
-        vec![
-            "create",
-            "rolebinding",
-            "app-postgres",
-            "-n",
-            a,
-            "--role=postgres-admin",
-            &format!("--serviceaccount={a}:app"),
-        ],
-    ] {
-        cluster.kubectl_ok(&args).unwrap();
-    }
+    ensure_postgres_crd(cluster);
+    grant_postgres_admin(cluster, a, "app");
     let client25 = json!({"apiVersion": "postgrescontroller.kubeplus/v1", "kind": "Postgres",
         "metadata": {"name": "client25"}, "spec": {"replicas": 1, "image": "postgres:15"}});
     let created = CommandOutput::run_with_input(

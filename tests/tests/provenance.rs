@@ -8,69 +8,22 @@
 use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::postgres_crd::{ensure_postgres_crd, grant_postgres_admin};
 use apiwitness_e2e::{Cluster, TestNamespace, repo_root, wait_until};
 use serde_json::{Value, json};
 use std::io::BufRead;
 use std::time::Duration;
-
-const CRD: &str = r#"{
-  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-  "metadata": {"name": "postgreses.postgrescontroller.kubeplus"},
-  "spec": {
-    "group": "postgrescontroller.kubeplus",
-    "scope": "Namespaced",
-    "names": {"plural": "postgreses", "singular": "postgres", "kind": "Postgres"},
-    "versions": [{"name": "v1", "served": true, "storage": true,
-      "subresources": {"status": {}},
-      "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-        "spec": {"type": "object", "properties": {
-          "replicas": {"type": "integer"}, "image": {"type": "string"},
-          "users": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
-            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "role": {"type": "string"}}}}}},
-        "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}}]
-  }
-}"#;
 
 fn setup(
     prefix: &str,
     store: StoreKind,
 ) -> (&'static Cluster, TestNamespace, Aggregator, CertifyStandIn) {
     let cluster = Cluster::shared();
-    // Several tests may get here at once: creating an existing CRD is fine.
-    let _ = cluster.kubectl_stdin(&["apply"], &serde_json::from_str(CRD).unwrap());
-    wait_until(
-        "the Postgres CRD to be served",
-        Duration::from_secs(30),
-        || {
-            cluster
-                .kubectl(&["get", "--raw", "/apis/postgrescontroller.kubeplus/v1"])
-                .ok()
-                .filter(|o| o.success)
-        },
-    )
-    .unwrap();
+    ensure_postgres_crd(cluster);
     let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.as_str();
     // The workload may manage Postgres objects; a reader may get them.
     for args in [
-        vec![
-            "create",
-            "role",
-            "postgres-admin",
-            "-n",
-            n,
-            "--verb=*",
-            "--resource=postgreses.postgrescontroller.kubeplus,postgreses.postgrescontroller.kubeplus/status",
-        ],
-        vec![
-            "create",
-            "rolebinding",
-            "app-postgres",
-            "-n",
-            n,
-            "--role=postgres-admin",
-            &format!("--serviceaccount={n}:app"),
-        ],
         vec!["create", "serviceaccount", "reader", "-n", n],
         vec![
             "create",
@@ -96,6 +49,7 @@ fn setup(
             .kubectl_ok(&args)
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
+    grant_postgres_admin(cluster, n, "app");
     let aggregator = Aggregator::start_on(cluster, n, store).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     (cluster, ns, aggregator, certify)

@@ -175,6 +175,12 @@ pub trait Store: Send + Sync {
     fn versions(&self, query: &ObjectQuery, objects: bool) -> Result<Vec<Version>, StoreError>;
     /// The objects of the given versions, by (uid, resourceVersion).
     fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError>;
+    /// What orders the versions of the objects a query names, from the key
+    /// columns alone: each version with only its group, resource, kind,
+    /// name, uid, resourceVersion and time (no document is decoded).
+    fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError>;
+    /// Whole versions (documents and objects) by (uid, resourceVersion).
+    fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError>;
     /// The writes to those objects that the apiserver refused.
     fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError>;
 }
@@ -207,6 +213,41 @@ pub(crate) fn split(version: &Version) -> Result<(String, Option<String>), Store
         ..version.clone()
     };
     Ok((doc(&bare)?, object))
+}
+
+/// A version that only says where it stands: for ordering.
+/// The columns are group, resource, kind, namespace, name, uid,
+/// resourceVersion and time, in that order.
+pub(crate) fn key_version(columns: [String; 8]) -> Version {
+    let [
+        group,
+        resource,
+        kind,
+        namespace,
+        name,
+        uid,
+        resource_version,
+        time,
+    ] = columns;
+    Version {
+        group,
+        resource,
+        kind,
+        api_version: String::new(),
+        namespace,
+        name,
+        uid,
+        resource_version,
+        generation: None,
+        time,
+        verb: String::new(),
+        source: crate::provenance::Source::Observed,
+        deleted: false,
+        partial: false,
+        who: Default::default(),
+        record: String::new(),
+        object: None,
+    }
 }
 
 pub(crate) fn join(document: &str, object: Option<&str>) -> Result<Version, StoreError> {

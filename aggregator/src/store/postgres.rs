@@ -5,7 +5,7 @@
 
 use super::{
     Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc, hour_of, join,
-    split, undoc,
+    key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -57,6 +57,7 @@ CREATE TABLE versions (
     kind TEXT NOT NULL,
     namespace TEXT NOT NULL,
     name TEXT NOT NULL,
+    time TEXT NOT NULL,
     doc TEXT NOT NULL,
     object TEXT,
     PRIMARY KEY (uid, resource_version)
@@ -314,6 +315,42 @@ impl Store for PostgresStore {
         Ok(super::select_versions(query, all))
     }
 
+    fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
+        let rows = self.lock().query(
+            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time FROM versions WHERE namespace = $1 AND name = $2",
+            &[&query.namespace, &query.name],
+        )?;
+        let all = rows
+            .iter()
+            .map(|r| {
+                key_version([
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                    r.get(7),
+                ])
+            })
+            .collect();
+        Ok(super::select_versions(query, all))
+    }
+
+    fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError> {
+        let uids: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let rvs: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let rows = self.lock().query(
+            "SELECT v.doc, v.object FROM versions v
+             JOIN UNNEST($1::text[], $2::text[]) AS k(uid, rv) ON v.uid = k.uid AND v.resource_version = k.rv",
+            &[&uids, &rvs],
+        )?;
+        rows.iter()
+            .map(|r| join(r.get::<_, &str>(0), r.get::<_, Option<&str>>(1)))
+            .collect()
+    }
+
     fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError> {
         let uids: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         let rvs: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
@@ -375,8 +412,8 @@ fn store_provenance(
         };
         let (document, object) = split(&merged)?;
         tx.execute(
-            "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc, object)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, doc = EXCLUDED.doc, object = EXCLUDED.object",
             &[
                 &merged.uid,
@@ -386,6 +423,7 @@ fn store_provenance(
                 &merged.kind,
                 &merged.namespace,
                 &merged.name,
+                &merged.time,
                 &document,
                 &object,
             ],

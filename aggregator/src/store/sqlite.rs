@@ -3,7 +3,7 @@
 
 use super::{
     Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc, hour_of, join,
-    split, undoc,
+    key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -56,6 +56,7 @@ CREATE TABLE versions (
     kind TEXT NOT NULL,
     namespace TEXT NOT NULL,
     name TEXT NOT NULL,
+    time TEXT NOT NULL,
     doc TEXT NOT NULL,
     object TEXT,
     PRIMARY KEY (uid, resource_version)
@@ -289,6 +290,45 @@ impl Store for SqliteStore {
         Ok(super::select_versions(query, all))
     }
 
+    fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
+        let conn = self.lock();
+        let mut select = conn.prepare_cached(
+            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time FROM versions WHERE namespace = ?1 AND name = ?2",
+        )?;
+        let all = select
+            .query_map(params![query.namespace, query.name], |r| {
+                Ok(key_version([
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ]))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::select_versions(query, all))
+    }
+
+    fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError> {
+        let conn = self.lock();
+        let mut select = conn.prepare_cached(
+            "SELECT doc, object FROM versions WHERE uid = ?1 AND resource_version = ?2",
+        )?;
+        let mut out = Vec::new();
+        for (uid, rv) in keys {
+            let row: Option<(String, Option<String>)> = select
+                .query_row(params![uid, rv], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((d, o)) = row {
+                out.push(join(&d, o.as_deref())?);
+            }
+        }
+        Ok(out)
+    }
+
     fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError> {
         let conn = self.lock();
         let mut select = conn.prepare_cached(
@@ -341,8 +381,8 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
         "SELECT doc, object FROM versions WHERE uid = ?1 AND resource_version = ?2",
     )?;
     let mut write = tx.prepare_cached(
-        "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, doc, object)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for version in &item.versions {
         let existing: Option<(String, Option<String>)> = read
@@ -367,6 +407,7 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
             merged.kind,
             merged.namespace,
             merged.name,
+            merged.time,
             document,
             object
         ])?;

@@ -1,0 +1,51 @@
+//! The custom resource of kubeprovenance's own example, a Postgres database
+//! (`hack/demo.d/postgres-crd.yaml`, which the demo uses too), for the tests
+//! that write a custom resource.
+
+use crate::{Cluster, repo_root, wait_until};
+use std::time::Duration;
+
+/// Applies the CRD (several tests may at once) and waits until it is served.
+pub fn ensure_postgres_crd(cluster: &Cluster) {
+    let crd = repo_root().join("hack/demo.d/postgres-crd.yaml");
+    cluster
+        .kubectl_ok(&["apply", "-f", crd.to_str().expect("a UTF-8 path")])
+        .unwrap_or_else(|e| panic!("applying the Postgres CRD: {e:#}"));
+    wait_until(
+        "the Postgres CRD to be served",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .kubectl(&["get", "--raw", "/apis/postgrescontroller.kubeplus/v1"])
+                .ok()
+                .filter(|o| o.success)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Lets `serviceaccount` manage Postgres objects, status included, in `namespace`.
+pub fn grant_postgres_admin(cluster: &Cluster, namespace: &str, serviceaccount: &str) {
+    let binding = format!("{serviceaccount}-postgres");
+    let subject = format!("--serviceaccount={namespace}:{serviceaccount}");
+    let _ = cluster.kubectl(&[
+        "create",
+        "role",
+        "postgres-admin",
+        "-n",
+        namespace,
+        "--verb=*",
+        "--resource=postgreses.postgrescontroller.kubeplus,postgreses.postgrescontroller.kubeplus/status",
+    ]);
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &binding,
+            "-n",
+            namespace,
+            "--role=postgres-admin",
+            &subject,
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
