@@ -129,6 +129,7 @@ impl Drop for Release {
 pub struct StandIn {
     pub pod: NetnsPod,
     pub pod_name: String,
+    namespace: String,
     child: Option<Child>,
     pub log_path: PathBuf,
 }
@@ -217,6 +218,7 @@ impl StandIn {
         let mut this = StandIn {
             pod,
             pod_name,
+            namespace: ns.to_string(),
             child: Some(child),
             log_path,
         };
@@ -279,6 +281,11 @@ impl Drop for StandIn {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The kubelet's last part: a bound pod whose containers are gone is
+        // removed at once, or its namespace could never finish deleting.
+        let _ = self.pod.cluster().kubectl(&[
+            "delete", "pod", &self.pod_name, "-n", &self.namespace, "--grace-period=0", "--force", "--wait=false",
+        ]);
     }
 }
 

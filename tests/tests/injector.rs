@@ -51,6 +51,23 @@ fn kubectl_as(cluster: &Cluster, namespace: &str, sa: &str, args: &[&str]) -> Co
     out
 }
 
+/// A token of `app` for the apiwitness audience, bound to `pod` if given.
+fn apiwitness_token(cluster: &Cluster, namespace: &str, pod: Option<&str>) -> String {
+    let mut args = vec![
+        "create",
+        "token",
+        "app",
+        "-n",
+        namespace,
+        "--audience",
+        "apiwitness",
+    ];
+    if let Some(pod) = pod {
+        args.extend(["--bound-object-kind", "Pod", "--bound-object-name", pod]);
+    }
+    cluster.kubectl_ok(&args).unwrap().trim().to_string()
+}
+
 fn init_container_names(pod: &Value) -> Vec<String> {
     pod["spec"]["initContainers"]
         .as_array()
@@ -646,17 +663,7 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
 
     // Its records reach the aggregator through the chart's Service, and the
     // coverage of the pod shows the call (a reader's token, audience apiwitness).
-    let reader = cluster
-        .kubectl_ok(&[
-            "create",
-            "token",
-            "app",
-            "-n",
-            a,
-            "--audience",
-            "apiwitness",
-        ])
-        .unwrap();
+    let reader = apiwitness_token(cluster, a, None);
     let aggregator_ip = aggregator.pod.ip().unwrap();
     // The token goes in a header file, never on a command line.
     let header_file = apiwitness_e2e::aggregator::write_auth_header(reader.trim()).unwrap();
@@ -829,17 +836,7 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
     let (status, answer) = client.post("/certify", Some("not-a-token"), &body);
     assert_eq!(status, 401, "{answer}");
     // A real token of the same ServiceAccount, but bound to no pod.
-    let unbound = cluster
-        .kubectl_ok(&[
-            "create",
-            "token",
-            "app",
-            "-n",
-            a,
-            "--audience",
-            "apiwitness",
-        ])
-        .unwrap();
+    let unbound = apiwitness_token(cluster, a, None);
     let (status, answer) = client.post("/certify", Some(unbound.trim()), &body);
     assert_eq!(status, 403, "{answer}");
     assert!(
@@ -858,21 +855,7 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
             ,
         )
         .unwrap();
-    let foreign = cluster
-        .kubectl_ok(&[
-            "create",
-            "token",
-            "app",
-            "-n",
-            a,
-            "--audience",
-            "apiwitness",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "plain",
-        ])
-        .unwrap();
+    let foreign = apiwitness_token(cluster, a, Some("plain"));
     let plain_csr =
         json!({"csr": csr_for(a, "plain", cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP"))})
             .to_string();
@@ -886,21 +869,7 @@ fn helm_install_then_annotate_inject_certify_skip_and_roll_back() {
         "{answer}"
     );
     // The injected pod's own token, asking for another pod's name.
-    let own = cluster
-        .kubectl_ok(&[
-            "create",
-            "token",
-            "app",
-            "-n",
-            a,
-            "--audience",
-            "apiwitness",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            &pod_name,
-        ])
-        .unwrap();
+    let own = apiwitness_token(cluster, a, Some(&pod_name));
     let (status, answer) = client.post("/certify", Some(own.trim()), &plain_csr);
     assert_eq!(status, 403, "{answer}");
     // A malformed request body and a malformed AdmissionReview: a clear 400.
