@@ -284,7 +284,14 @@ impl Drop for StandIn {
         // The kubelet's last part: a bound pod whose containers are gone is
         // removed at once, or its namespace could never finish deleting.
         let _ = self.pod.cluster().kubectl(&[
-            "delete", "pod", &self.pod_name, "-n", &self.namespace, "--grace-period=0", "--force", "--wait=false",
+            "delete",
+            "pod",
+            &self.pod_name,
+            "-n",
+            &self.namespace,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
         ]);
     }
 }
