@@ -23,6 +23,8 @@ pub struct AppState {
     /// `None` only with --insecure-no-auth.
     pub auth: Option<Arc<Authorizer>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Decoded histories for bisect.
+    pub histories: Arc<crate::provenance::cache::HistoryCache>,
 }
 
 /// Every error answers JSON `{"error": "..."}` with a status that says whose
@@ -379,6 +381,7 @@ mod tests {
             ))),
             auth: None,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            histories: Arc::new(crate::provenance::cache::HistoryCache::new(1000)),
         }
     }
 

@@ -89,7 +89,10 @@ pub async fn answer(
     let asked = query.clone();
     // Objects are most of the bytes: only bisect (and a listing that asks)
     // reads them all; a diff or a range of history loads its own below.
-    let objects = view == "bisect" || (view == "versions" && q.objects);
+    if view == "bisect" {
+        return bisect(state, reader, query, raw_query).await;
+    }
+    let objects = view == "versions" && q.objects;
     let keys_only = view == "diff";
     let (versions, attempts) = blocking(move || {
         // A diff orders the versions from the key columns alone, and
@@ -199,20 +202,108 @@ pub async fn answer(
                 ))),
             }
         }
-        _ => {
-            let pairs = condition_pairs(&raw_query)?;
-            let conditions = history::conditions(&pairs)?;
-            let found = history::bisect(&numbered, &conditions);
-            let first = found.first.map(|o| spec_entry(&numbered[o - 1]));
-            Ok(Json(json!({
-                "object": object,
-                "conditions": pairs.iter().map(|(f, v)| json!({"field": f, "value": v})).collect::<Vec<_>>(),
-                "first": first,
-                "transitions": found.transitions,
-            }))
-            .into_response())
-        }
+        _ => Err(ApiError::NotFound(format!("no view {view:?}"))),
     }
+}
+
+/// Bisect reads every version's object: its history is kept decoded, and
+/// used again while the store's fingerprint of the object's rows holds.
+async fn bisect(
+    state: AppState,
+    reader: Option<Caller>,
+    query: ObjectQuery,
+    raw_query: String,
+) -> Result<Response, ApiError> {
+    let pairs = condition_pairs(&raw_query)?;
+    let conditions = history::conditions(&pairs)?;
+    let key = (
+        query.namespace.clone(),
+        query.name.clone(),
+        query.resource.clone(),
+    );
+    let store = state.store.clone();
+    let asked = query.clone();
+    let fingerprint = blocking(move || store.versions_fingerprint(&asked)).await?;
+    let numbered = match state.histories.get(&key, &fingerprint) {
+        Some(history) => history,
+        None => {
+            let store = state.store.clone();
+            let asked = query.clone();
+            let (versions, attempts) =
+                blocking(move || Ok((store.versions(&asked, true)?, store.attempts(&asked)?)))
+                    .await?;
+            if versions.is_empty() {
+                return Err(not_found(&query, attempts.is_empty()));
+            }
+            let history = std::sync::Arc::new(history::number(versions));
+            state.histories.put(key, fingerprint, history.clone());
+            history
+        }
+    };
+    let first_version = &numbered[0].version;
+    authorize(
+        &state,
+        &reader,
+        &query,
+        &first_version.group,
+        &first_version.resource,
+    )
+    .await?;
+    let found = history::bisect(&numbered, &conditions);
+    let first = found.first.map(|o| spec_entry(&numbered[o - 1]));
+    Ok(Json(json!({
+        "object": summary(&query, &numbered),
+        "conditions": pairs.iter().map(|(f, v)| json!({"field": f, "value": v})).collect::<Vec<_>>(),
+        "first": first,
+        "transitions": found.transitions,
+    }))
+    .into_response())
+}
+
+fn not_found(query: &ObjectQuery, nothing_at_all: bool) -> ApiError {
+    let at = if query.namespace.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace {}", query.namespace)
+    };
+    if nothing_at_all {
+        ApiError::NotFound(format!(
+            "no version of {} {}{at} was seen: no recorded traffic touched it",
+            query.resource, query.name
+        ))
+    } else {
+        ApiError::NotFound(format!(
+            "{} {}{at} has only refused writes recorded: no version to bisect",
+            query.resource, query.name
+        ))
+    }
+}
+
+/// The reader must be allowed to get the object, by the group and resource
+/// its records name.
+async fn authorize(
+    state: &AppState,
+    reader: &Option<Caller>,
+    query: &ObjectQuery,
+    group: &str,
+    resource: &str,
+) -> Result<(), ApiError> {
+    if let (Some(auth), Some(reader)) = (&state.auth, reader) {
+        let namespace = Some(query.namespace.as_str()).filter(|n| !n.is_empty());
+        auth.may_get_object(reader, group, resource, namespace, &query.name)
+            .await?;
+    }
+    Ok(())
+}
+
+fn summary(query: &ObjectQuery, numbered: &[Numbered]) -> Value {
+    json!({
+        "namespace": query.namespace,
+        "name": query.name,
+        "group": numbered.first().map(|n| n.version.group.clone()).unwrap_or_default(),
+        "resource": numbered.first().map(|n| n.version.resource.clone()).unwrap_or_default(),
+        "kind": numbered.iter().map(|n| n.version.kind.clone()).find(|k| !k.is_empty()).unwrap_or_default(),
+    })
 }
 
 /// Replaces the key-only versions at these ordinals with the whole ones.

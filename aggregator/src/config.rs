@@ -110,6 +110,15 @@ pub struct ServeArgs {
         default_value = "cluster.local"
     )]
     pub cluster_domain: String,
+
+    /// How many decoded versions (with their objects) bisect may keep in
+    /// memory, across objects; 0 keeps none.
+    #[arg(
+        long,
+        env = "APIWITNESS_HISTORY_CACHE_VERSIONS",
+        default_value_t = 20_000
+    )]
+    pub history_cache_versions: usize,
 }
 
 #[derive(Debug, Clone, Subcommand)]

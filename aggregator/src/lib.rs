@@ -171,6 +171,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         store,
         spec: shared,
         auth,
+        histories: Arc::new(provenance::cache::HistoryCache::new(
+            config.serve.history_cache_versions,
+        )),
     };
     if let Some(addr) = config.serve.aggregated_api_listen {
         start_aggregated_api(&config, addr, state.clone(), shutdown_rx.clone()).await?;

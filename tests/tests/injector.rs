@@ -221,12 +221,16 @@ impl Injector {
 /// The chart installed, with its injector and aggregator played by local
 /// processes. Tests that install it run one at a time: two injectors would
 /// both mutate the same annotated pods.
+/// Fields drop in this order: the release first (its APIService and webhook
+/// configuration go while their backends still answer; an APIService whose
+/// backend is gone stalls discovery for every client and controller), then
+/// the stand-ins, then the namespace.
 struct Installed {
-    _system: TestNamespace,
     release: Release,
     aggregator: StandIn,
     injector: StandIn,
     client: Injector,
+    _system: TestNamespace,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 

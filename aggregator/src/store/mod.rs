@@ -179,6 +179,9 @@ pub trait Store: Send + Sync {
     /// columns alone: each version with only its group, resource, kind,
     /// name, uid, resourceVersion and time (no document is decoded).
     fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError>;
+    /// Changes whenever a version of a query's namespace and name is added
+    /// or merged: what a cached history is checked against.
+    fn versions_fingerprint(&self, query: &ObjectQuery) -> Result<String, StoreError>;
     /// Whole versions (documents and objects) by (uid, resourceVersion).
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError>;
     /// The writes to those objects that the apiserver refused.

@@ -338,6 +338,16 @@ impl Store for PostgresStore {
         Ok(super::select_versions(query, all))
     }
 
+    fn versions_fingerprint(&self, query: &ObjectQuery) -> Result<String, StoreError> {
+        // An update writes a new row version with a new xmin, so the largest
+        // xmin moves on every change, whichever replica made it.
+        let row = self.lock().query_one(
+            "SELECT COUNT(*), COALESCE(MAX(xmin::text::bigint), 0) FROM versions WHERE namespace = $1 AND name = $2",
+            &[&query.namespace, &query.name],
+        )?;
+        Ok(format!("{}:{}", row.get::<_, i64>(0), row.get::<_, i64>(1)))
+    }
+
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError> {
         let uids: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         let rvs: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();

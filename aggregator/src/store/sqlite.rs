@@ -312,6 +312,18 @@ impl Store for SqliteStore {
         Ok(super::select_versions(query, all))
     }
 
+    fn versions_fingerprint(&self, query: &ObjectQuery) -> Result<String, StoreError> {
+        // INSERT OR REPLACE gives a merged row a new rowid, so the largest
+        // rowid moves on every change.
+        let conn = self.lock();
+        let (count, max): (i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM versions WHERE namespace = ?1 AND name = ?2",
+            params![query.namespace, query.name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(format!("{count}:{max}"))
+    }
+
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError> {
         let conn = self.lock();
         let mut select = conn.prepare_cached(
@@ -488,5 +500,63 @@ mod tests {
         };
         assert!(store.hits(&other).unwrap().is_empty());
         assert_eq!(store.namespaces_of_pod("web-1").unwrap(), ["ns"]);
+    }
+
+    #[test]
+    fn the_versions_fingerprint_moves_on_a_new_version_and_on_a_merge() {
+        use crate::provenance::{Source, Version, Who};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("f.db")).unwrap();
+        let version = |rv: &str, source: Source| Version {
+            group: String::new(),
+            resource: "configmaps".into(),
+            kind: "ConfigMap".into(),
+            api_version: "v1".into(),
+            namespace: "ns".into(),
+            name: "c".into(),
+            uid: "u".into(),
+            resource_version: rv.into(),
+            generation: None,
+            time: "2026-11-30T10:00:00Z".into(),
+            verb: if source == Source::Write {
+                "update".into()
+            } else {
+                "get".into()
+            },
+            source,
+            deleted: false,
+            partial: false,
+            who: Who::default(),
+            record: format!("r{rv}"),
+            object: Some(serde_json::json!({"data": {"v": rv}})),
+        };
+        let with = |id: &str, v: Version| IngestItem {
+            versions: vec![v],
+            ..item(id, "/t", 200)
+        };
+        let query = ObjectQuery {
+            namespace: "ns".into(),
+            resource: "configmaps".into(),
+            name: "c".into(),
+        };
+        store
+            .ingest(&[with("a", version("1", Source::Observed))], &[])
+            .unwrap();
+        let first = store.versions_fingerprint(&query).unwrap();
+        // The same state written: merged into the same row, which moves.
+        store
+            .ingest(&[with("b", version("1", Source::Write))], &[])
+            .unwrap();
+        let merged = store.versions_fingerprint(&query).unwrap();
+        assert_ne!(first, merged);
+        assert_eq!(
+            store.versions(&query, false).unwrap()[0].source,
+            Source::Write
+        );
+        store
+            .ingest(&[with("c", version("2", Source::Write))], &[])
+            .unwrap();
+        assert_ne!(merged, store.versions_fingerprint(&query).unwrap());
+        assert_eq!(store.version_keys(&query).unwrap().len(), 2);
     }
 }
