@@ -225,7 +225,7 @@ fn main() {
         let started = Instant::now();
         let hits = sqlite.hits(&scope).expect("hits");
         let dropped = sqlite.dropped(&scope).expect("dropped");
-        let built = report::build(scope, &hits, &index, dropped);
+        let built = report::build(scope, &hits, &[], &index, dropped);
         let (_json, _) = built.render(report::Format::Json);
         println!(
             "report of {what} over {records} records: {:.1} ms ({} operations)",

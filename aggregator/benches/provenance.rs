@@ -69,6 +69,7 @@ fn item(id: String, versions: Vec<Version>) -> IngestItem {
         templates: vec!["/apis/apps/v1/namespaces/{namespace}/deployments/{name}".into()],
         line: "{}".into(),
         line_number: 1,
+        fields: Vec::new(),
         versions,
         attempts: Vec::new(),
     }

@@ -284,9 +284,10 @@ fn format_of(query: Option<Format>, headers: &HeaderMap) -> Format {
 async fn render(state: AppState, scope: Scope, format: Format) -> Result<Response, ApiError> {
     let store = state.store.clone();
     let s = scope.clone();
-    let (hits, dropped) = blocking(move || Ok((store.hits(&s)?, store.dropped(&s)?))).await?;
+    let (hits, fields, dropped) =
+        blocking(move || Ok((store.hits(&s)?, store.field_hits(&s)?, store.dropped(&s)?))).await?;
     let index = state.spec.get();
-    let report = report::build(scope, &hits, &index, dropped);
+    let report = report::build(scope, &hits, &fields, &index, dropped);
     state.metrics.reports.inc();
     let (body, content_type) = report.render(format);
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())

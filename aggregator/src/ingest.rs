@@ -102,17 +102,34 @@ fn parse_line(raw: &str) -> Result<LineKeys, String> {
 
 /// The versions a record shows. Only records that can show one are read
 /// whole: a 2xx read or any write to a resource.
-fn provenance_of(keys: &ExchangeKeys, raw: &str) -> crate::provenance::extract::Found {
+fn provenance_of(
+    keys: &ExchangeKeys,
+    raw: &str,
+) -> (crate::provenance::extract::Found, Vec<String>) {
     let may_show = matches!(keys.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
         || (keys.method == "GET" && (200..300).contains(&keys.status));
     if !may_show {
         return Default::default();
     }
     match apiwitness_record::Line::parse(raw) {
-        Ok(apiwitness_record::Line::Exchange(exchange)) => {
-            crate::provenance::extract::from_exchange(&exchange)
-        }
+        Ok(apiwitness_record::Line::Exchange(exchange)) => (
+            crate::provenance::extract::from_exchange(&exchange),
+            fields_of(&exchange),
+        ),
         _ => Default::default(),
+    }
+}
+
+/// The fields a write's JSON object body set (field coverage).
+fn fields_of(exchange: &apiwitness_record::Exchange) -> Vec<String> {
+    if !matches!(exchange.method.as_str(), "POST" | "PUT" | "PATCH") {
+        return Vec::new();
+    }
+    match exchange.request_body.as_ref().map(|b| &b.content) {
+        Some(apiwitness_record::BodyContent::Json(body)) if body.is_object() => {
+            crate::fields::body_leaves(body)
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -145,7 +162,7 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
                     // Kept for the record, but it matches no operation.
                     Err(_) => vec![e.path.clone()],
                 };
-                let found = provenance_of(&e, raw);
+                let (found, fields) = provenance_of(&e, raw);
                 batch.items.push(IngestItem {
                     client: client_of(e.user_agent.as_deref()),
                     workload: e
@@ -164,6 +181,7 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
                     templates,
                     line: raw.to_string(),
                     line_number: i + 1,
+                    fields,
                     versions: found.versions,
                     attempts: found.attempts,
                 });

@@ -10,6 +10,7 @@ pub mod api_provenance;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod fields;
 pub mod front_proxy;
 pub mod ingest;
 pub mod metrics;
@@ -130,9 +131,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             since: None,
         };
         let (s, q) = (store.clone(), scope.clone());
-        let (hits, dropped) =
-            blocking(move || Ok::<_, StartError>((s.hits(&q)?, s.dropped(&q)?))).await??;
-        let report = report::build(scope.clone(), &hits, &index, dropped);
+        let (hits, fields, dropped) =
+            blocking(move || Ok::<_, StartError>((s.hits(&q)?, s.field_hits(&q)?, s.dropped(&q)?)))
+                .await??;
+        let report = report::build(scope.clone(), &hits, &fields, &index, dropped);
         println!("{}", report.render(*format).0);
         return Ok(());
     }

@@ -4,7 +4,7 @@
 //! plain-text table, or JUnit XML.
 
 use crate::spec::{OperationIndex, Unmatched, level_name};
-use crate::store::{Hit, Scope};
+use crate::store::{FieldHit, Hit, Scope};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -59,6 +59,24 @@ pub struct OperationCoverage {
     pub first_seen: String,
     pub last_seen: String,
     pub clients: BTreeSet<String>,
+    /// The fields its request bodies set, where it takes a body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<FieldCoverage>,
+}
+
+/// The fields of an operation's request body that calls set, out of those
+/// its schema names.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FieldCoverage {
+    pub hit: usize,
+    pub total: usize,
+    pub percent: f64,
+    /// Each field set, with how many request bodies set it.
+    pub set: BTreeMap<String, u64>,
+    /// Paths the schema does not name (a custom resource that keeps unknown
+    /// fields, or a field the server drops).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub unknown: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +123,13 @@ pub struct Report {
     pub untested_eligible: Vec<(String, String, String)>,
 }
 
-pub fn build(scope: Scope, hits: &[Hit], index: &OperationIndex, dropped: u64) -> Report {
+pub fn build(
+    scope: Scope,
+    hits: &[Hit],
+    fields: &[FieldHit],
+    index: &OperationIndex,
+    dropped: u64,
+) -> Report {
     let mut covered: BTreeMap<String, OperationCoverage> = BTreeMap::new();
     let mut unknown: BTreeMap<(String, String), UnknownCall> = BTreeMap::new();
     for hit in hits {
@@ -133,6 +157,7 @@ pub fn build(scope: Scope, hits: &[Hit], index: &OperationIndex, dropped: u64) -
                             first_seen: hit.first_seen.clone(),
                             last_seen: hit.last_seen.clone(),
                             clients: BTreeSet::new(),
+                            fields: None,
                         });
                 entry.hits += hit.hits;
                 *entry.statuses.entry(hit.status).or_default() += hit.hits;
@@ -178,6 +203,35 @@ pub fn build(scope: Scope, hits: &[Hit], index: &OperationIndex, dropped: u64) -
         .collect();
     untested_eligible.sort();
 
+    for f in fields {
+        let Ok(op) = index.lookup(&f.method, &f.template) else {
+            continue;
+        };
+        let (Some(schema), Some(entry)) = (&op.request_fields, covered.get_mut(&op.operation_id))
+        else {
+            continue;
+        };
+        let coverage = entry.fields.get_or_insert_with(|| FieldCoverage {
+            total: schema.all.len(),
+            ..Default::default()
+        });
+        match schema.field_of(&f.field) {
+            Some(field) => *coverage.set.entry(field).or_default() += f.hits,
+            None => {
+                coverage.unknown.insert(f.field.clone());
+            }
+        }
+    }
+    for entry in covered.values_mut() {
+        if let Some(c) = entry.fields.as_mut() {
+            c.hit = c.set.len();
+            c.percent = if c.total == 0 {
+                0.0
+            } else {
+                (c.hit as f64 * 1000.0 / c.total as f64).round() / 10.0
+            };
+        }
+    }
     Report {
         scope,
         spec_operations: index.len(),
@@ -229,20 +283,26 @@ impl Report {
             .max(9);
         let _ = writeln!(
             out,
-            "{:<width$}  {:<6}  {:>5}  {:<14}  CLIENTS",
-            "OPERATION", "LEVEL", "HITS", "STATUS"
+            "{:<width$}  {:<6}  {:>5}  {:<14}  {:>9}  CLIENTS",
+            "OPERATION", "LEVEL", "HITS", "STATUS", "FIELDS"
         );
         for o in &self.operations {
             let statuses: Vec<String> =
                 o.statuses.iter().map(|(s, n)| format!("{s}x{n}")).collect();
             let clients: Vec<&str> = o.clients.iter().map(String::as_str).collect();
+            let fields = o
+                .fields
+                .as_ref()
+                .map(|f| format!("{}/{}", f.hit, f.total))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{:<width$}  {:<6}  {:>5}  {:<14}  {}",
+                "{:<width$}  {:<6}  {:>5}  {:<14}  {:>9}  {}",
                 o.operation_id,
                 o.level,
                 o.hits,
                 statuses.join(","),
+                fields,
                 clients.join(",")
             );
         }
@@ -355,7 +415,7 @@ mod tests {
             hit("PUT", "/api/v1/namespaces/{namespace}/configmaps", 405, 1),
             hit("GET", "/apis/example.com/v1/widgets", 404, 2),
         ];
-        let r = build(Scope::default(), &hits, &index(), 7);
+        let r = build(Scope::default(), &hits, &[], &index(), 7);
         assert_eq!(r.operations.len(), 1);
         let op = &r.operations[0];
         assert_eq!(

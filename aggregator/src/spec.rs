@@ -52,6 +52,10 @@ pub struct Operation {
     pub crd: bool,
     /// Served by an aggregated API (an APIService backed by a Service).
     pub aggregated: bool,
+    /// The fields of its request body's schema; for a PATCH, those of the
+    /// PUT of the same path (a patch sets fields of the object).
+    #[serde(skip)]
+    pub request_fields: Option<std::sync::Arc<crate::fields::SchemaFields>>,
 }
 
 /// Conformance lists, by operationId.
@@ -140,6 +144,7 @@ impl OperationIndex {
         origins: &Origins,
     ) -> OperationIndex {
         let mut index = OperationIndex::default();
+        let mut schemas = crate::fields::SchemaCache::default();
         for doc in documents {
             let Some(paths) = doc["paths"].as_object() else {
                 continue;
@@ -194,9 +199,21 @@ impl OperationIndex {
                             pending_eligible: conformance.pending.contains(operation_id),
                             crd,
                             aggregated,
+                            request_fields: schemas.fields_of(doc, op),
                         },
                     );
                 }
+            }
+        }
+        let puts: HashMap<String, std::sync::Arc<crate::fields::SchemaFields>> = index
+            .by_key
+            .iter()
+            .filter(|((m, _), _)| m == "PUT")
+            .filter_map(|((_, p), op)| Some((p.clone(), op.request_fields.clone()?)))
+            .collect();
+        for ((method, path), op) in index.by_key.iter_mut() {
+            if method == "PATCH" && op.request_fields.is_none() {
+                op.request_fields = puts.get(path).cloned();
             }
         }
         index

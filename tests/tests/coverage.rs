@@ -95,6 +95,47 @@ fn pod_coverage(store: StoreKind, prefix: &str) {
             .unwrap()
             .starts_with("OpenAPI-Generator/")
     );
+    // Field coverage: the fields the workload's bodies set, out of the
+    // ConfigMap schema's; labels are one field, whatever their keys.
+    let operation = |id: &str| {
+        report["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["operation_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let created = operation("createCoreV1NamespacedConfigMap");
+    let set: Vec<&str> = created["fields"]["set"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for field in ["data", "metadata.labels", "metadata.name"] {
+        assert!(set.contains(&field), "{field} not in {set:?}");
+    }
+    assert!(
+        set.iter().all(|f| !f.starts_with("metadata.labels.")),
+        "{set:?}"
+    );
+    assert!(
+        created["fields"]["total"].as_u64().unwrap() > 20,
+        "{created:#}"
+    );
+    assert_eq!(
+        created["fields"]["hit"].as_u64().unwrap() as usize,
+        set.len()
+    );
+    assert!(created["fields"].get("unknown").is_none(), "{created:#}");
+    let patched = operation("patchCoreV1NamespacedConfigMap");
+    assert_eq!(patched["fields"]["set"], json!({"data": 1}), "{patched:#}");
+    assert!(
+        operation("listCoreV1NamespacedConfigMap")
+            .get("fields")
+            .is_none()
+    );
     assert_eq!(report["summary"]["stable"]["hit"], 6);
     assert!(report["summary"]["eligible"]["total"].as_u64().unwrap() > 300);
     assert_eq!(report["unknown"], json!([]));

@@ -42,6 +42,9 @@ pub struct IngestItem {
     pub line: String,
     /// Where it was in its batch (1-based), for error messages.
     pub line_number: usize,
+    /// The fields its request body set (field coverage), list items
+    /// collapsed; the schema decides at report time which field each is.
+    pub fields: Vec<String>,
     /// The object versions and refused writes it shows (provenance).
     pub versions: Vec<crate::provenance::Version>,
     pub attempts: Vec<crate::provenance::Attempt>,
@@ -52,6 +55,29 @@ pub struct IngestItem {
 #[derive(Debug, Default)]
 pub struct HitCounts {
     pub rows: std::collections::HashMap<HitKey, HitCount>,
+    /// How often each field was set, by the same keys less the status.
+    pub fields: std::collections::HashMap<FieldKey, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FieldKey {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub workload: String,
+    pub client: String,
+    pub method: String,
+    pub template: String,
+    pub hour: String,
+    pub field: String,
+}
+
+/// How often one field of one operation's request body was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldHit {
+    pub method: String,
+    pub template: String,
+    pub field: String,
+    pub hits: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,6 +129,21 @@ impl HitCounts {
                 last_seen: item.started_at.clone(),
             });
             entry.hits += 1;
+            if template == &item.templates[0] {
+                for field in &item.fields {
+                    let key = FieldKey {
+                        pod_namespace: item.pod_namespace.clone(),
+                        pod_name: item.pod_name.clone(),
+                        workload: item.workload.clone(),
+                        client: item.client.clone(),
+                        method: item.method.clone(),
+                        template: template.clone(),
+                        hour: hour.clone(),
+                        field: field.clone(),
+                    };
+                    *self.fields.entry(key).or_default() += 1;
+                }
+            }
             if item.started_at < entry.first_seen {
                 entry.first_seen = item.started_at.clone();
             }
@@ -164,6 +205,8 @@ pub trait Store: Send + Sync {
         drops: &[DropReport],
     ) -> Result<IngestOutcome, StoreError>;
     fn hits(&self, scope: &Scope) -> Result<Vec<Hit>, StoreError>;
+    /// The fields set in the scope's request bodies, by operation.
+    fn field_hits(&self, scope: &Scope) -> Result<Vec<FieldHit>, StoreError>;
     /// Records dropped by interceptors before reaching the store.
     fn dropped(&self, scope: &Scope) -> Result<u64, StoreError>;
     /// The namespaces that have a pod of this name.

@@ -4,8 +4,8 @@
 //! same transaction, so concurrent replicas count each record once.
 
 use super::{
-    Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc, hour_of, join,
-    key_version, split, undoc,
+    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc,
+    hour_of, join, key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -73,6 +73,20 @@ CREATE TABLE attempts (
     doc TEXT NOT NULL
 );
 CREATE INDEX attempts_by_name ON attempts (namespace, name);
+"#,
+    r#"
+CREATE TABLE field_hits (
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    client TEXT NOT NULL,
+    method TEXT NOT NULL,
+    template TEXT NOT NULL,
+    hour TEXT NOT NULL,
+    field TEXT NOT NULL,
+    hits BIGINT NOT NULL,
+    PRIMARY KEY (pod_namespace, pod_name, workload, client, method, template, hour, field)
+);
 "#,
 ];
 
@@ -253,6 +267,18 @@ impl Store for PostgresStore {
                 ],
             )?;
         }
+        let mut fields: Vec<_> = counts.fields.iter().collect();
+        fields.sort();
+        for (k, hits) in fields {
+            let hits = *hits as i64;
+            tx.execute(
+                "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, hour, field)
+                 DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
+                &[&k.pod_namespace, &k.pod_name, &k.workload, &k.client, &k.method, &k.template, &k.hour, &k.field, &hits],
+            )?;
+        }
         for d in drops {
             let dropped = d.dropped as i64;
             tx.execute(
@@ -282,6 +308,23 @@ impl Store for PostgresStore {
                 hits: r.get::<_, i64>(4) as u64,
                 first_seen: r.get(5),
                 last_seen: r.get(6),
+            })
+            .collect())
+    }
+
+    fn field_hits(&self, scope: &Scope) -> Result<Vec<FieldHit>, StoreError> {
+        let (filter_sql, args) = filter(scope, true);
+        let sql = format!(
+            "SELECT method, template, field, SUM(hits)::BIGINT FROM field_hits{filter_sql} GROUP BY method, template, field"
+        );
+        let rows = self.lock().query(&sql, &params(&args))?;
+        Ok(rows
+            .iter()
+            .map(|r| FieldHit {
+                method: r.get(0),
+                template: r.get(1),
+                field: r.get(2),
+                hits: r.get::<_, i64>(3) as u64,
             })
             .collect())
     }

@@ -2,8 +2,8 @@
 //! so that a batch acknowledged is a batch on disk.
 
 use super::{
-    Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc, hour_of, join,
-    key_version, split, undoc,
+    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc,
+    hour_of, join, key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -72,6 +72,20 @@ CREATE TABLE attempts (
     doc TEXT NOT NULL
 );
 CREATE INDEX attempts_by_name ON attempts (namespace, name);
+"#,
+    r#"
+CREATE TABLE field_hits (
+    pod_namespace TEXT NOT NULL,
+    pod_name TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    client TEXT NOT NULL,
+    method TEXT NOT NULL,
+    template TEXT NOT NULL,
+    hour TEXT NOT NULL,
+    field TEXT NOT NULL,
+    hits INTEGER NOT NULL,
+    PRIMARY KEY (pod_namespace, pod_name, workload, client, method, template, hour, field)
+);
 "#,
 ];
 
@@ -207,6 +221,24 @@ impl Store for SqliteStore {
                     c.last_seen
                 ])?;
             }
+            let mut count_field = tx.prepare_cached(
+                "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT DO UPDATE SET hits = hits + excluded.hits",
+            )?;
+            for (k, hits) in &counts.fields {
+                count_field.execute(params![
+                    k.pod_namespace,
+                    k.pod_name,
+                    k.workload,
+                    k.client,
+                    k.method,
+                    k.template,
+                    k.hour,
+                    k.field,
+                    *hits as i64
+                ])?;
+            }
             let mut drop_insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -244,6 +276,25 @@ impl Store for SqliteStore {
                 hits: r.get::<_, i64>(4)? as u64,
                 first_seen: r.get(5)?,
                 last_seen: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn field_hits(&self, scope: &Scope) -> Result<Vec<FieldHit>, StoreError> {
+        let conn = self.lock();
+        let f = filter(scope, true);
+        let sql = format!(
+            "SELECT method, template, field, SUM(hits) FROM field_hits{} GROUP BY method, template, field",
+            f.sql
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(f.args.iter()), |r| {
+            Ok(FieldHit {
+                method: r.get(0)?,
+                template: r.get(1)?,
+                field: r.get(2)?,
+                hits: r.get::<_, i64>(3)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -459,6 +510,7 @@ mod tests {
             templates: vec![template.into()],
             line: "{}".into(),
             line_number: 1,
+            fields: Vec::new(),
             versions: Vec::new(),
             attempts: Vec::new(),
         }
