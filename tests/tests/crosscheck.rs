@@ -28,13 +28,33 @@ use std::time::Duration;
 /// (verb, URI, status), counted.
 type Calls = BTreeMap<(String, String, u16), usize>;
 
-fn audit_events(cluster: &Cluster, username: &str) -> Vec<Value> {
-    let log = std::fs::read_to_string(cluster.var("APIWITNESS_AUDIT_LOG")).unwrap();
-    log.lines()
-        .filter(|l| l.contains(username))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["user"]["username"] == username && e["stage"] == "ResponseComplete")
-        .collect()
+/// The audit log from where it ended when a test began: the whole log grows
+/// to hundreds of megabytes over a test run, and is read only from there.
+struct AuditTail {
+    path: String,
+    from: u64,
+}
+
+impl AuditTail {
+    fn start(cluster: &Cluster) -> AuditTail {
+        let path = cluster.var("APIWITNESS_AUDIT_LOG").to_string();
+        let from = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        AuditTail { path, from }
+    }
+
+    /// The ResponseComplete events of `username` written since.
+    fn events(&self, username: &str) -> Vec<Value> {
+        use std::io::{BufRead, Seek};
+        let mut file = std::fs::File::open(&self.path).unwrap();
+        file.seek(std::io::SeekFrom::Start(self.from)).unwrap();
+        std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains(username))
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .filter(|e| e["user"]["username"] == username && e["stage"] == "ResponseComplete")
+            .collect()
+    }
 }
 
 fn stored_records(db: &str, namespace: &str) -> Vec<Exchange> {
@@ -152,13 +172,13 @@ fn recorded_calls(records: &[Exchange]) -> Calls {
 }
 
 /// The workload's audit events, once its last request is in the log.
-fn workload_events(cluster: &Cluster, namespace: &str) -> Vec<Value> {
+fn workload_events(audit: &AuditTail, namespace: &str) -> Vec<Value> {
     let username = format!("system:serviceaccount:{namespace}:app");
     wait_until(
         "the audit log to hold the workload's requests",
         Duration::from_secs(30),
         || {
-            let events = audit_events(cluster, &username);
+            let events = audit.events(&username);
             events
                 .iter()
                 .any(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "configmaps")
@@ -172,6 +192,7 @@ fn workload_events(cluster: &Cluster, namespace: &str) -> Vec<Value> {
 fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
     let cluster = Cluster::shared();
     let secret_value = format!("s3cr3t-{}", std::process::id());
+    let audit = AuditTail::start(cluster);
     let ns = prepare(cluster, "crosscheck", &secret_value);
     let n = ns.name.as_str();
     // The CRD is served before the aggregator reads the spec.
@@ -207,7 +228,7 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
     pod.stop().unwrap();
 
     // The apiserver's account of the pod's requests, and apiwitness's.
-    let events = workload_events(cluster, n);
+    let events = workload_events(&audit, n);
     let audited = audited_calls(&events);
     let records = stored_records(&aggregator.db, n);
     let recorded = recorded_calls(&records);
@@ -341,6 +362,7 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
 #[test]
 fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_rest() {
     let cluster = Cluster::shared();
+    let audit = AuditTail::start(cluster);
     let ns = prepare(cluster, "crossfault", "unused");
     let n = ns.name.as_str();
     let mut aggregator = Aggregator::start_on(cluster, n, StoreKind::Sqlite).unwrap();
@@ -372,7 +394,7 @@ fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_
     assert!(out.success, "{}", out.stderr);
     aggregator.spawn(cluster).unwrap();
     let reader = token_of(cluster, n, "reader").unwrap();
-    let events = workload_events(cluster, n);
+    let events = workload_events(&audit, n);
     // The queue's records and the drop report arrive once the aggregator is back.
     let report = wait_until(
         "the kept records and the drop report",
