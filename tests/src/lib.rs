@@ -5,6 +5,7 @@
 //! in-cluster client see one.
 
 pub mod aggregator;
+pub mod audit_log;
 mod binaries;
 pub mod certify;
 pub mod chart;

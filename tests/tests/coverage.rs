@@ -499,6 +499,7 @@ fn the_insecure_flag_serves_without_tokens() {
 #[test]
 fn the_apiservers_audit_log_imports_into_the_same_coverage() {
     let cluster = Cluster::shared();
+    let audit = apiwitness_e2e::audit_log::AuditTail::start(cluster);
     let ns = TestNamespace::with_app(cluster, "cov-audit");
     let n = ns.name.clone();
     // A client in a pod, not intercepted: only the audit log sees it.
@@ -514,28 +515,31 @@ fn the_apiservers_audit_log_imports_into_the_same_coverage() {
         assert!(out.success, "{}", out.stderr);
     }
     // The apiserver writes its audit log in batches: wait for the delete.
-    let log = std::path::PathBuf::from(cluster.var("APIWITNESS_AUDIT_LOG"));
     let needle = format!("/api/v1/namespaces/{n}/configmaps/audited");
-    wait_until(
+    let lines = wait_until(
         "the audit log to have the delete",
         Duration::from_secs(30),
         || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.lines()
+            let lines = audit.lines();
+            lines
+                .iter()
                 .any(|l| {
                     l.contains(&needle)
                         && l.contains("\"verb\":\"delete\"")
                         && l.contains("ResponseComplete")
                 })
-                .then_some(())
+                .then_some(lines)
         },
     )
     .unwrap();
 
-    // A copy: other tests keep the live log growing.
-    let copy = std::env::temp_dir().join(format!("apiwitness-audit-{n}.log"));
-    std::fs::copy(&log, &copy).unwrap();
-    let log = copy;
+    // This test's part of the log, as a file to import.
+    let log = std::env::temp_dir().join(format!("apiwitness-audit-{n}.log"));
+    std::fs::write(
+        &log,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
     let db = std::env::temp_dir().join(format!("apiwitness-audit-{n}.db"));
     let _ = std::fs::remove_file(&db);
     let binary = apiwitness_e2e::workspace_binary("apiwitness-aggregator");

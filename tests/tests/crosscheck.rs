@@ -13,6 +13,7 @@
 //!   a subset of the audit log, and the drop count explains the rest.
 
 use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
+use apiwitness_e2e::audit_log::AuditTail;
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
 use apiwitness_e2e::postgres_crd::{ensure_postgres_crd, grant_postgres_admin};
@@ -27,35 +28,6 @@ use std::time::Duration;
 
 /// (verb, URI, status), counted.
 type Calls = BTreeMap<(String, String, u16), usize>;
-
-/// The audit log from where it ended when a test began: the whole log grows
-/// to hundreds of megabytes over a test run, and is read only from there.
-struct AuditTail {
-    path: String,
-    from: u64,
-}
-
-impl AuditTail {
-    fn start(cluster: &Cluster) -> AuditTail {
-        let path = cluster.var("APIWITNESS_AUDIT_LOG").to_string();
-        let from = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        AuditTail { path, from }
-    }
-
-    /// The ResponseComplete events of `username` written since.
-    fn events(&self, username: &str) -> Vec<Value> {
-        use std::io::{BufRead, Seek};
-        let mut file = std::fs::File::open(&self.path).unwrap();
-        file.seek(std::io::SeekFrom::Start(self.from)).unwrap();
-        std::io::BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| l.contains(username))
-            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-            .filter(|e| e["user"]["username"] == username && e["stage"] == "ResponseComplete")
-            .collect()
-    }
-}
 
 fn stored_records(db: &str, namespace: &str) -> Vec<Exchange> {
     let conn = rusqlite::Connection::open(db).unwrap();
