@@ -24,6 +24,20 @@ pub struct InterceptorOptions<'a> {
     pub extra_args: Vec<String>,
 }
 
+impl<'a> InterceptorOptions<'a> {
+    /// Certified at `certify_url`, shipping to `aggregator_url`, otherwise
+    /// as the injector would run it.
+    pub fn shipping_to(certify_url: &'a str, aggregator_url: &'a str) -> InterceptorOptions<'a> {
+        InterceptorOptions {
+            certify_url,
+            aggregator_url: Some(aggregator_url),
+            upstream_ca_file: None,
+            explicit_upstream: None,
+            extra_args: vec![],
+        }
+    }
+}
+
 pub struct InterceptedPod {
     pub pod: NetnsPod,
     child: Option<Child>,
@@ -107,6 +121,24 @@ impl InterceptedPod {
             Ok(Ok(())) => Ok(this),
             Ok(Err(e)) | Err(e) => Err(e.context(format!("interceptor log:\n{}", this.log()))),
         }
+    }
+
+    /// The pod `<namespace>-p` of ServiceAccount `app`: the workload pod of
+    /// most tests.
+    pub fn start_app(
+        cluster: &'static Cluster,
+        namespace: &str,
+        options: InterceptorOptions<'_>,
+    ) -> InterceptedPod {
+        InterceptedPod::start(
+            cluster,
+            &format!("{namespace}-p"),
+            namespace,
+            "app",
+            &[],
+            options,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn exec(&self, command: &[&str]) -> anyhow::Result<CommandOutput> {

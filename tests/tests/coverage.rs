@@ -41,21 +41,11 @@ fn pod_coverage(store: StoreKind, prefix: &str) {
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     let pod_name = format!("{n}-p");
     let ingest = aggregator.ingest_url();
-    let mut pod = InterceptedPod::start(
+    let mut pod = InterceptedPod::start_app(
         cluster,
-        &pod_name,
         &n,
-        "app",
-        &[],
-        InterceptorOptions {
-            certify_url: &certify.url,
-            aggregator_url: Some(&ingest),
-            upstream_ca_file: None,
-            explicit_upstream: None,
-            extra_args: vec![],
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+        InterceptorOptions::shipping_to(&certify.url, &ingest),
+    );
     let script = repo_root().join("tests/python/workload.py");
     let out = pod
         .exec(&["python3", script.to_str().unwrap(), &n])

@@ -172,21 +172,11 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     let ingest = aggregator.ingest_url();
     let pod_name = format!("{n}-p");
-    let mut pod = InterceptedPod::start(
+    let mut pod = InterceptedPod::start_app(
         cluster,
-        &pod_name,
         n,
-        "app",
-        &[],
-        InterceptorOptions {
-            certify_url: &certify.url,
-            aggregator_url: Some(&ingest),
-            upstream_ca_file: None,
-            explicit_upstream: None,
-            extra_args: vec![],
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+        InterceptorOptions::shipping_to(&certify.url, &ingest),
+    );
     let workload = repo_root().join("hack/demo.d/workload.py");
     let out = pod
         .exec(&["python3", workload.to_str().unwrap(), n])

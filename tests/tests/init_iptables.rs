@@ -154,63 +154,39 @@ fn the_interceptors_uid_bypasses_the_redirect() {
     assert!(applied.success, "{applied:?}");
     // As the interceptor's UID, a TLS client reaches the real apiserver
     // (anything but a refused connection: an HTTP status came back).
-    let direct = pod
-        .exec(
-            &[],
-            &[
-                "setpriv",
-                "--reuid",
-                UID,
-                "--regid",
-                UID,
-                "--clear-groups",
-                "curl",
-                "-sk",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!(
-                    "https://{}/version",
-                    cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP")
-                ),
-            ],
-        )
-        .unwrap();
-    assert!(
-        direct.stdout.trim() != "000" && !direct.stdout.is_empty(),
-        "{direct:?}"
-    );
+    let direct = version_status_as(&pod, cluster, UID);
+    assert!(direct.trim() != "000" && !direct.is_empty(), "{direct:?}");
     // As any other UID, the same call is refused: nothing listens on the
     // interceptor's port yet.
-    let redirected = pod
-        .exec(
-            &[],
-            &[
-                "setpriv",
-                "--reuid",
-                "1000",
-                "--regid",
-                "1000",
-                "--clear-groups",
-                "curl",
-                "-sk",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!(
-                    "https://{}/version",
-                    cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP")
-                ),
-            ],
-        )
-        .unwrap();
-    assert_eq!(redirected.stdout.trim(), "000", "{redirected:?}");
+    let redirected = version_status_as(&pod, cluster, "1000");
+    assert_eq!(redirected.trim(), "000", "{redirected:?}");
+}
+
+/// The HTTP status of `GET /version` on the kubernetes Service, dialled as
+/// `uid` from inside the pod ("000": no HTTP answer at all).
+fn version_status_as(pod: &NetnsPod, cluster: &Cluster, uid: &str) -> String {
+    let url = format!(
+        "https://{}/version",
+        cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP")
+    );
+    let command = [
+        "setpriv",
+        "--reuid",
+        uid,
+        "--regid",
+        uid,
+        "--clear-groups",
+        "curl",
+        "-sk",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ];
+    pod.exec(&[], &command).unwrap().stdout
 }
 
 #[test]
