@@ -111,6 +111,16 @@ pub struct ServeArgs {
     )]
     pub cluster_domain: String,
 
+    /// Raw records older than this are removed (the coverage aggregates,
+    /// field counts and provenance versions stay); 0 keeps them forever.
+    #[arg(long, env = "APIWITNESS_RETENTION", value_parser = humantime::parse_duration, default_value = "30days")]
+    pub retention: std::time::Duration,
+
+    /// At most this many raw records are kept, the oldest going first; 0
+    /// sets no bound.
+    #[arg(long, env = "APIWITNESS_RETENTION_RECORDS", default_value_t = 0)]
+    pub retention_records: u64,
+
     /// How many decoded versions (with their objects) bisect may keep in
     /// memory, across objects; 0 keeps none.
     #[arg(

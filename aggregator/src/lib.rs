@@ -168,6 +168,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             shutdown_rx.clone(),
         ));
     }
+    tokio::spawn(prune(
+        store.clone(),
+        config.serve.retention,
+        config.serve.retention_records,
+        shutdown_rx.clone(),
+    ));
     let state = api::AppState {
         metrics: Arc::new(metrics::Metrics::new()),
         store,
@@ -323,5 +329,41 @@ async fn patch_apiservice(client: &kube::Client, name: &str, ca: &str) {
         Ok(true) => tracing::info!(apiservice = name, "caBundle set"),
         Ok(false) => {}
         Err(e) => tracing::warn!("the APIService's caBundle is not set yet: {e}"),
+    }
+}
+
+/// Applies the retention bounds to raw records, now and every 10 minutes.
+async fn prune(
+    store: Arc<dyn store::Store>,
+    age: std::time::Duration,
+    keep_at_most: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if age.is_zero() && keep_at_most == 0 {
+        return;
+    }
+    loop {
+        let before = if age.is_zero() {
+            String::new()
+        } else {
+            let cutoff = k8s_openapi::chrono::Utc::now()
+                - k8s_openapi::chrono::Duration::from_std(age)
+                    .unwrap_or(k8s_openapi::chrono::Duration::MAX);
+            cutoff.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Micros, true)
+        };
+        let s = store.clone();
+        let keep = (keep_at_most > 0).then_some(keep_at_most);
+        match blocking(move || s.prune_records(&before, keep)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(removed = n, "raw records past the retention bounds removed")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(StartError::Store(e)) => tracing::warn!("pruning raw records: {e}"),
+            Err(e) => tracing::warn!("pruning raw records: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
     }
 }

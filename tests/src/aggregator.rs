@@ -210,6 +210,10 @@ impl Aggregator {
                 "live",
                 "--spec-refresh",
                 "1s",
+                // Tests post records with fixed timestamps: no retention
+                // bound may remove them when a test restarts an aggregator.
+                "--retention",
+                "0s",
             ])
             .args(if self.insecure {
                 &["--insecure-no-auth"][..]

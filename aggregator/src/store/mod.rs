@@ -212,6 +212,10 @@ pub trait Store: Send + Sync {
     /// The namespaces that have a pod of this name.
     fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError>;
     fn record_count(&self) -> Result<u64, StoreError>;
+    /// Removes raw records that started before `before` (RFC 3339), and
+    /// then the oldest beyond `keep_at_most`; the aggregates (hits, fields,
+    /// versions) stay. Returns how many went.
+    fn prune_records(&self, before: &str, keep_at_most: Option<u64>) -> Result<u64, StoreError>;
     /// Every version of the objects a query names (unordered), tombstones
     /// included; with their objects only if `objects` (they are most of the
     /// bytes, and a listing or a diff needs few or none).

@@ -435,6 +435,19 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    fn prune_records(&self, before: &str, keep_at_most: Option<u64>) -> Result<u64, StoreError> {
+        let mut client = self.lock();
+        let mut gone = client.execute("DELETE FROM records WHERE started_at < $1", &[&before])?;
+        if let Some(keep) = keep_at_most {
+            let keep = keep as i64;
+            gone += client.execute(
+                "DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY started_at DESC OFFSET $1)",
+                &[&keep],
+            )?;
+        }
+        Ok(gone)
+    }
+
     fn record_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .lock()

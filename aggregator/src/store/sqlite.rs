@@ -428,6 +428,18 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    fn prune_records(&self, before: &str, keep_at_most: Option<u64>) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let mut gone = conn.execute("DELETE FROM records WHERE started_at < ?1", [before])? as u64;
+        if let Some(keep) = keep_at_most {
+            gone += conn.execute(
+                "DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY started_at DESC LIMIT -1 OFFSET ?1)",
+                [keep as i64],
+            )? as u64;
+        }
+        Ok(gone)
+    }
+
     fn record_count(&self) -> Result<u64, StoreError> {
         let conn = self.lock();
         let n: Option<i64> = conn
@@ -610,5 +622,44 @@ mod tests {
             .unwrap();
         assert_ne!(merged, store.versions_fingerprint(&query).unwrap());
         assert_eq!(store.version_keys(&query).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn pruning_removes_old_and_excess_records_and_keeps_the_aggregates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("p.db")).unwrap();
+        let at = |id: &str, time: &str| IngestItem {
+            started_at: time.into(),
+            ..item(id, "/x", 200)
+        };
+        store
+            .ingest(
+                &[
+                    at("old", "2026-11-01T00:00:00Z"),
+                    at("a", "2026-11-30T01:00:00Z"),
+                    at("b", "2026-11-30T02:00:00Z"),
+                    at("c", "2026-11-30T03:00:00Z"),
+                ],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            store.prune_records("2026-11-15T00:00:00Z", None).unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .prune_records("2026-11-15T00:00:00Z", Some(2))
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.record_count().unwrap(), 2);
+        let hits: u64 = store
+            .hits(&Scope::default())
+            .unwrap()
+            .iter()
+            .map(|h| h.hits)
+            .sum();
+        assert_eq!(hits, 4, "the aggregates keep every record counted");
     }
 }
