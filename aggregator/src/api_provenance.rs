@@ -8,7 +8,7 @@
 use crate::api::{ApiError, AppState, blocking, caller};
 use crate::auth::Caller;
 use crate::provenance::history::{self, HistoryError, Numbered};
-use crate::provenance::{ObjectQuery, yaml};
+use crate::provenance::{ObjectQuery, Version, yaml};
 use axum::Json;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, header};
@@ -85,13 +85,13 @@ pub async fn answer(
             "no view {view:?}: ask for versions, spechistory, diff or bisect"
         )));
     }
-    let store = state.store.clone();
-    let asked = query.clone();
-    // Objects are most of the bytes: only bisect (and a listing that asks)
-    // reads them all; a diff or a range of history loads its own below.
     if view == "bisect" {
         return bisect(state, reader, query, raw_query).await;
     }
+    // Objects are most of the bytes: only a listing that asks reads them
+    // all; a diff or a range of history loads its own below.
+    let store = state.store.clone();
+    let asked = query.clone();
     let objects = view == "versions" && q.objects;
     let keys_only = view == "diff";
     let (versions, attempts) = blocking(move || {
@@ -108,40 +108,20 @@ pub async fn answer(
     if versions.is_empty() && attempts.is_empty() {
         // Nothing was recorded of it: there is nothing to protect, and no
         // group to ask the apiserver about.
-        let at = if query.namespace.is_empty() {
-            String::new()
-        } else {
-            format!(" in namespace {}", query.namespace)
-        };
-        return Err(ApiError::NotFound(format!(
-            "no version of {} {}{at} was seen: no recorded traffic touched it",
-            query.resource, query.name
-        )));
+        return Err(not_found(&query, true));
     }
-    // The reader must be allowed to get the object, by the group and
-    // resource its records name.
-    if let (Some(auth), Some(reader)) = (&state.auth, &reader) {
-        let (group, resource) = versions
-            .first()
-            .map(|v| (v.group.clone(), v.resource.clone()))
-            .or_else(|| {
-                attempts
-                    .first()
-                    .map(|a| (a.group.clone(), a.resource.clone()))
-            })
-            .unwrap_or_default();
-        let namespace = Some(query.namespace.as_str()).filter(|n| !n.is_empty());
-        auth.may_get_object(reader, &group, &resource, namespace, &query.name)
-            .await?;
-    }
+    let (group, resource) = versions
+        .first()
+        .map(|v| (v.group.clone(), v.resource.clone()))
+        .or_else(|| {
+            attempts
+                .first()
+                .map(|a| (a.group.clone(), a.resource.clone()))
+        })
+        .unwrap_or_default();
+    authorize(&state, &reader, &query, &group, &resource).await?;
     let mut numbered = history::number(versions);
-    let object = json!({
-        "namespace": query.namespace,
-        "name": query.name,
-        "group": numbered.first().map(|n| n.version.group.clone()).unwrap_or_default(),
-        "resource": numbered.first().map(|n| n.version.resource.clone()).unwrap_or_default(),
-        "kind": numbered.iter().map(|n| n.version.kind.clone()).find(|k| !k.is_empty()).unwrap_or_default(),
-    });
+    let object = summary(&query, &numbered);
     match view {
         "versions" => {
             let listed: Vec<Value> = numbered
@@ -163,7 +143,8 @@ pub async fn answer(
         }
         "spechistory" => {
             let (start, end) = range(&numbered, q.start, q.end)?;
-            load_objects(&state, &mut numbered, start..=end).await?;
+            let ordinals: Vec<usize> = (start..=end).collect();
+            load_whole(&state, &mut numbered, &ordinals).await?;
             let specs: Vec<Value> = numbered[start - 1..end].iter().map(spec_entry).collect();
             Ok(Json(json!({"object": object, "spechistory": specs})).into_response())
         }
@@ -306,7 +287,8 @@ fn summary(query: &ObjectQuery, numbered: &[Numbered]) -> Value {
     })
 }
 
-/// Replaces the key-only versions at these ordinals with the whole ones.
+/// Replaces the versions at these ordinals with whole ones (documents and
+/// objects), where they were read without.
 async fn load_whole(
     state: &AppState,
     numbered: &mut [Numbered],
@@ -328,38 +310,15 @@ async fn load_whole(
         .collect();
     let store = state.store.clone();
     let whole = blocking(move || store.versions_by_key(&keys)).await?;
+    let mut whole: HashMap<(String, String), Version> = whole
+        .into_iter()
+        .map(|v| ((v.uid.clone(), v.resource_version.clone()), v))
+        .collect();
     for o in wanted {
         let n = &mut numbered[o - 1];
-        if let Some(v) = whole
-            .iter()
-            .find(|v| v.uid == n.version.uid && v.resource_version == n.version.resource_version)
-        {
-            n.version = v.clone();
-        }
-    }
-    Ok(())
-}
-
-/// Fills in the objects of the versions at these ordinals.
-async fn load_objects(
-    state: &AppState,
-    numbered: &mut [Numbered],
-    ordinals: std::ops::RangeInclusive<usize>,
-) -> Result<(), ApiError> {
-    let keys: Vec<(String, String)> = numbered[ordinals.start() - 1..*ordinals.end()]
-        .iter()
-        .filter(|n| n.version.object.is_none())
-        .map(|n| (n.version.uid.clone(), n.version.resource_version.clone()))
-        .collect();
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let store = state.store.clone();
-    let mut objects = blocking(move || store.version_objects(&keys)).await?;
-    for n in &mut numbered[ordinals.start() - 1..*ordinals.end()] {
-        if n.version.object.is_none() {
-            n.version.object =
-                objects.remove(&(n.version.uid.clone(), n.version.resource_version.clone()));
+        let key = (n.version.uid.clone(), n.version.resource_version.clone());
+        if let Some(v) = whole.remove(&key) {
+            n.version = v;
         }
     }
     Ok(())

@@ -141,12 +141,7 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
         // bodies that redaction has not seen.
         line: String::new(),
         line_number,
-        fields: match (&event.request_object, method) {
-            (Some(body), "POST" | "PUT" | "PATCH") if body.is_object() => {
-                crate::fields::body_leaves(body)
-            }
-            _ => Vec::new(),
-        },
+        fields: crate::fields::written_fields(method, event.request_object.as_ref()),
         versions: found.versions,
         attempts: found.attempts,
     }))

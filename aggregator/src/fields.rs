@@ -137,6 +137,17 @@ fn walk(
     }
 }
 
+/// The fields a request of `method` set with `body`: a write's JSON object
+/// body, as interceptor records and audit events carry it.
+pub fn written_fields(method: &str, body: Option<&Value>) -> Vec<String> {
+    match body {
+        Some(body) if body.is_object() && matches!(method, "POST" | "PUT" | "PATCH") => {
+            body_leaves(body)
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The leaf paths a request body sets, list items collapsed.
 pub fn body_leaves(body: &Value) -> Vec<String> {
     let mut out = BTreeSet::new();

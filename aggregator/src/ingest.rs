@@ -122,15 +122,11 @@ fn provenance_of(
 
 /// The fields a write's JSON object body set (field coverage).
 fn fields_of(exchange: &apiwitness_record::Exchange) -> Vec<String> {
-    if !matches!(exchange.method.as_str(), "POST" | "PUT" | "PATCH") {
-        return Vec::new();
-    }
-    match exchange.request_body.as_ref().map(|b| &b.content) {
-        Some(apiwitness_record::BodyContent::Json(body)) if body.is_object() => {
-            crate::fields::body_leaves(body)
-        }
-        _ => Vec::new(),
-    }
+    let body = match exchange.request_body.as_ref().map(|b| &b.content) {
+        Some(apiwitness_record::BodyContent::Json(body)) => Some(body),
+        _ => None,
+    };
+    crate::fields::written_fields(&exchange.method, body)
 }
 
 pub fn parse_batch(text: &str) -> ParsedBatch {

@@ -237,7 +237,9 @@ async fn start_aggregated_api(
             .await
             .map_err(|e| fail(e.to_string()))?,
     );
-    let names = aggregated_names(&client, config).await;
+    let names = aggregated_names(&client, config)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let lifetime = std::time::Duration::from_secs(30 * 24 * 3600);
     let bundle = apiwitness_selfcert::ensure_bundle(
         &client,
@@ -275,23 +277,27 @@ async fn start_aggregated_api(
                 _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let names = aggregated_names(&client, &config).await;
-            match apiwitness_selfcert::ensure_bundle(
-                &client,
-                &config.serve.namespace,
-                &config.serve.tls_secret,
-                &names,
-                lifetime,
-            )
-            .await
-            {
-                Ok(b) if b != current => {
-                    if let Ok(key) = b.certified_key() {
-                        resolver.set(key);
-                        current = b;
-                    }
+            let renewed = match aggregated_names(&client, &config).await {
+                Ok(names) => {
+                    apiwitness_selfcert::renew(
+                        &client,
+                        &config.serve.namespace,
+                        &config.serve.tls_secret,
+                        &names,
+                        lifetime,
+                        &current,
+                        &resolver,
+                    )
+                    .await
                 }
-                Ok(_) => {}
+                Err(e) => Err(e),
+            };
+            match renewed {
+                Ok(Some(bundle)) => {
+                    tracing::info!("the aggregated API's certificate reloaded");
+                    current = bundle;
+                }
+                Ok(None) => {}
                 Err(e) => tracing::warn!("the aggregated API's certificate: {e}"),
             }
             patch_apiservice(&client, &config.serve.apiservice, &current.ca_cert).await;
@@ -303,25 +309,15 @@ async fn start_aggregated_api(
 async fn aggregated_names(
     client: &kube::Client,
     config: &Config,
-) -> apiwitness_selfcert::ServingNames {
+) -> Result<apiwitness_selfcert::ServingNames, apiwitness_selfcert::CertError> {
     let serve = &config.serve;
-    let ip = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
-        client.clone(),
+    apiwitness_selfcert::ServingNames::of_service(
+        client,
         &serve.namespace,
+        &serve.service_name,
+        &serve.cluster_domain,
     )
-    .get_opt(&serve.service_name)
     .await
-    .ok()
-    .flatten()
-    .and_then(|s| s.spec)
-    .and_then(|s| s.cluster_ip)
-    .and_then(|ip| ip.parse().ok());
-    apiwitness_selfcert::ServingNames {
-        service: serve.service_name.clone(),
-        namespace: serve.namespace.clone(),
-        cluster_domain: serve.cluster_domain.clone(),
-        ips: ip.into_iter().collect(),
-    }
 }
 
 async fn patch_apiservice(client: &kube::Client, name: &str, ca: &str) {

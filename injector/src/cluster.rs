@@ -1,6 +1,6 @@
 //! What the injector learns from the cluster: where the apiserver is (its
-//! Service address and endpoints, for the redirect rules), whether native
-//! sidecars exist, and the injector's own Service address.
+//! Service address and endpoints, for the redirect rules), and whether
+//! native sidecars exist.
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -79,22 +79,6 @@ pub async fn has_native_sidecars(client: &kube::Client) -> Result<bool, Discover
 pub fn native_sidecars_in(major: &str, minor: &str) -> bool {
     let num = |s: &str| s.trim_end_matches('+').parse::<u32>().unwrap_or(0);
     (num(major), num(minor)) >= (1, 29)
-}
-
-/// The ClusterIP of the injector's own Service, if it has one yet.
-pub async fn service_ip(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<IpAddr>, DiscoveryError> {
-    let service = Api::<Service>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(api_err("reading the injector's Service"))?;
-    Ok(service
-        .and_then(|s| s.spec)
-        .and_then(|s| s.cluster_ip)
-        .and_then(|ip| ip.parse().ok()))
 }
 
 #[cfg(test)]

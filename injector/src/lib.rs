@@ -97,16 +97,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serving_names(client: &kube::Client, config: &Config) -> anyhow::Result<ServingNames> {
-    let ip = cluster::service_ip(client, &config.namespace, &config.service_name).await?;
-    if ip.is_none() {
+    let names = ServingNames::of_service(
+        client,
+        &config.namespace,
+        &config.service_name,
+        &config.cluster_domain,
+    )
+    .await?;
+    if names.ips.is_empty() {
         tracing::warn!(service = %config.service_name, "the injector's Service has no ClusterIP yet: the serving certificate names only its DNS names");
     }
-    Ok(ServingNames {
-        service: config.service_name.clone(),
-        namespace: config.namespace.clone(),
-        cluster_domain: config.cluster_domain.clone(),
-        ips: ip.into_iter().collect(),
-    })
+    Ok(names)
 }
 
 async fn patch_ca_bundle(client: &kube::Client, config: &Config, ca: &str) {
@@ -136,32 +137,30 @@ async fn refresh(
     loop {
         tokio::time::sleep(config.refresh_interval).await;
         match serving_names(&client, &config).await {
-            Ok(names) => match serving_cert::ensure_bundle(
+            Ok(names) => match serving_cert::renew(
                 &client,
                 &config.namespace,
                 &config.tls_secret,
                 &names,
                 config.serving_cert_lifetime,
+                &current,
+                &resolver,
             )
             .await
             {
-                Ok(bundle) if bundle != current => match bundle.certified_key() {
-                    Ok(key) => {
-                        resolver.set(key);
-                        if let Ok(mut shared) = ca.write() {
-                            *shared = (bundle.ca_cert.clone(), bundle.ca_key.clone());
-                        }
-                        let mut next = (*state.settings()).clone();
-                        next.certify_ca_pem = bundle.ca_cert.clone();
-                        if let Ok(mut s) = state.settings.write() {
-                            *s = Arc::new(next);
-                        }
-                        tracing::info!("serving certificate reloaded");
-                        current = bundle;
+                Ok(Some(bundle)) => {
+                    if let Ok(mut shared) = ca.write() {
+                        *shared = (bundle.ca_cert.clone(), bundle.ca_key.clone());
                     }
-                    Err(e) => tracing::warn!("the Secret's certificate is unusable: {e}"),
-                },
-                Ok(_) => {}
+                    let mut next = (*state.settings()).clone();
+                    next.certify_ca_pem = bundle.ca_cert.clone();
+                    if let Ok(mut s) = state.settings.write() {
+                        *s = Arc::new(next);
+                    }
+                    tracing::info!("serving certificate reloaded");
+                    current = bundle;
+                }
+                Ok(None) => {}
                 Err(e) => tracing::warn!("checking the serving certificate: {e}"),
             },
             Err(e) => tracing::warn!("{e}"),

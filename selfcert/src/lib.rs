@@ -7,7 +7,7 @@
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
@@ -54,6 +54,30 @@ pub struct ServingNames {
 }
 
 impl ServingNames {
+    /// The names of `namespace/service`: its DNS names, and its ClusterIP
+    /// once it has one.
+    pub async fn of_service(
+        client: &kube::Client,
+        namespace: &str,
+        service: &str,
+        cluster_domain: &str,
+    ) -> Result<ServingNames, CertError> {
+        let found = Api::<Service>::namespaced(client.clone(), namespace)
+            .get_opt(service)
+            .await
+            .map_err(|e| CertError::Api(format!("reading Service {namespace}/{service}: {e}")))?;
+        let ip = found
+            .and_then(|s| s.spec)
+            .and_then(|s| s.cluster_ip)
+            .and_then(|ip| ip.parse().ok());
+        Ok(ServingNames {
+            service: service.into(),
+            namespace: namespace.into(),
+            cluster_domain: cluster_domain.into(),
+            ips: ip.into_iter().collect(),
+        })
+    }
+
     pub fn dns(&self) -> Vec<String> {
         let (s, n) = (&self.service, &self.namespace);
         vec![
@@ -268,6 +292,26 @@ pub async fn ensure_bundle(
     Err(CertError::Api(format!(
         "Secret {namespace}/{secret_name} kept changing under us"
     )))
+}
+
+/// One refresh: what the Secret holds now, created or renewed as needed.
+/// When it differs from `current` (a renewal, another replica's rotation, a
+/// deleted Secret), the resolver serves it from then on, and it is returned.
+pub async fn renew(
+    client: &kube::Client,
+    namespace: &str,
+    secret_name: &str,
+    names: &ServingNames,
+    lifetime: Duration,
+    current: &Bundle,
+    resolver: &Resolver,
+) -> Result<Option<Bundle>, CertError> {
+    let bundle = ensure_bundle(client, namespace, secret_name, names, lifetime).await?;
+    if &bundle == current {
+        return Ok(None);
+    }
+    resolver.set(bundle.certified_key()?);
+    Ok(Some(bundle))
 }
 
 /// Sets the caBundle of an APIService to `ca_pem`; true if it changed.

@@ -6,7 +6,7 @@
 use crate::{Cluster, CommandOutput, NetnsPod, wait_until, workspace_binary};
 use anyhow::Context;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// The sidecar's UID, as the injector will set it (runAsUser).
@@ -58,8 +58,6 @@ impl InterceptedPod {
             redirect_to_interceptor(&pod, cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP"))?;
         }
 
-        let log_path = std::env::temp_dir().join(format!("apiwitness-interceptor-{name}.log"));
-        let log = std::fs::File::create(&log_path)?;
         let binary = workspace_binary("apiwitness-interceptor");
         let mut args: Vec<String> = vec![
             "--certify-url".into(),
@@ -89,19 +87,25 @@ impl InterceptedPod {
             args.extend(["--aggregator-url".into(), url.into()]);
         }
         args.extend(options.extra_args);
-        let mut cmd = cluster.hack("pod");
-        cmd.args(["exec", name])
-            .args(["-e", &format!("POD_NAMESPACE={namespace}")])
-            .args(["-e", &format!("POD_NAME={name}")])
-            .args(["-e", &format!("POD_SERVICE_ACCOUNT={serviceaccount}")])
-            .args(["-e", "APIWITNESS_LOG=info,apiwitness_interceptor=debug"])
-            .args(["-u", &INTERCEPTOR_UID.to_string(), "--"])
-            .arg(&binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd.spawn().context("starting the interceptor")?;
+        let env: Vec<(String, String)> = [
+            ("POD_NAMESPACE", namespace),
+            ("POD_NAME", name),
+            ("POD_SERVICE_ACCOUNT", serviceaccount),
+            ("APIWITNESS_LOG", "info,apiwitness_interceptor=debug"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut command = vec![binary.to_str().context("binary path")?];
+        command.extend(args.iter().map(String::as_str));
+        let (child, log_path) = pod
+            .spawn(
+                &env,
+                Some(u64::from(INTERCEPTOR_UID)),
+                &command,
+                &format!("interceptor-{name}"),
+            )
+            .context("starting the interceptor")?;
         let mut this = InterceptedPod {
             pod,
             child: Some(child),

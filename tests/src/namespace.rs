@@ -57,6 +57,33 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// ServiceAccount `reader`, which may `get` the given resources (as
+    /// `kubectl create role --resource` takes them) in this namespace.
+    pub fn add_reader(&self, resources: &str) {
+        let n = self.name.as_str();
+        let subject = format!("--serviceaccount={n}:reader");
+        let resource = format!("--resource={resources}");
+        for args in [
+            vec!["create", "serviceaccount", "reader", "-n", n],
+            vec!["create", "role", "reader", "-n", n, "--verb=get", &resource],
+            vec![
+                "create",
+                "rolebinding",
+                "reader",
+                "-n",
+                n,
+                "--role=reader",
+                &subject,
+            ],
+        ] {
+            self.cluster
+                .kubectl_ok(&args)
+                .unwrap_or_else(|e| panic!("setting up the reader of {n}: {e:#}"));
+        }
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let _ = self

@@ -73,38 +73,19 @@ fn prepare(cluster: &'static Cluster, prefix: &str, secret_value: &str) -> TestN
     let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.as_str();
     grant_postgres_admin(cluster, n, "app");
-    for args in [
-        vec![
+    let secret = format!("--from-literal=password={secret_value}");
+    cluster
+        .kubectl_ok(&[
             "create",
             "secret",
             "generic",
             "db-password",
             "-n",
             n,
-            &format!("--from-literal=password={secret_value}"),
-        ],
-        vec![
-            "create",
-            "role",
-            "reader",
-            "-n",
-            n,
-            "--verb=get",
-            "--resource=pods,configmaps,postgreses.postgrescontroller.kubeplus",
-        ],
-        vec!["create", "serviceaccount", "reader", "-n", n],
-        vec![
-            "create",
-            "rolebinding",
-            "reader",
-            "-n",
-            n,
-            "--role=reader",
-            &format!("--serviceaccount={n}:reader"),
-        ],
-    ] {
-        cluster.kubectl_ok(&args).unwrap();
-    }
+            &secret,
+        ])
+        .unwrap();
+    ns.add_reader("pods,configmaps,postgreses.postgrescontroller.kubeplus");
     ns
 }
 

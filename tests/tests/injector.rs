@@ -291,6 +291,11 @@ fn install(cluster: &'static Cluster, values: &[(&str, &str)]) -> Installed {
 
 /// The CA the injector keeps in its Secret (PEM).
 fn current_ca(cluster: &Cluster, release: &Release) -> String {
+    stored_ca(cluster, release).expect("the injector's Secret with its CA")
+}
+
+/// The injector's CA, if its Secret exists (it is deleted to rotate it).
+fn stored_ca(cluster: &Cluster, release: &Release) -> Option<String> {
     let secret = cluster
         .kubectl_json(&[
             "get",
@@ -301,8 +306,8 @@ fn current_ca(cluster: &Cluster, release: &Release) -> String {
             "-o",
             "json",
         ])
-        .unwrap();
-    decode_b64(secret["data"]["ca.crt"].as_str().unwrap())
+        .ok()?;
+    Some(decode_b64(secret["data"]["ca.crt"].as_str()?))
 }
 
 fn decode_b64(text: &str) -> String {
@@ -1086,18 +1091,7 @@ fn private_ca_signs_for_injected_pods_only_and_a_rotated_ca_is_served_without_re
         ])
         .unwrap();
     let rotated = wait_until("a new injector CA", Duration::from_secs(30), || {
-        let ca = cluster
-            .kubectl_json(&[
-                "get",
-                "secret",
-                &format!("{}-tls", release.part("injector")),
-                "-n",
-                &release.namespace,
-                "-o",
-                "json",
-            ])
-            .ok()?;
-        let ca = decode_b64(ca["data"]["ca.crt"].as_str()?);
+        let ca = stored_ca(cluster, release)?;
         (ca != injector_ca).then_some(ca)
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", injector_log()));

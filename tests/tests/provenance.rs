@@ -22,33 +22,12 @@ fn setup(
     ensure_postgres_crd(cluster);
     let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.as_str();
-    // The workload may manage Postgres objects; a reader may get them.
-    for args in [
-        vec!["create", "serviceaccount", "reader", "-n", n],
-        vec![
-            "create",
-            "role",
-            "reader",
-            "-n",
-            n,
-            "--verb=get",
-            "--resource=postgreses.postgrescontroller.kubeplus,deployments.apps,configmaps",
-        ],
-        vec![
-            "create",
-            "rolebinding",
-            "reader",
-            "-n",
-            n,
-            "--role=reader",
-            &format!("--serviceaccount={n}:reader"),
-        ],
-        vec!["create", "serviceaccount", "nobody", "-n", n],
-    ] {
-        cluster
-            .kubectl_ok(&args)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    // The workload may manage Postgres objects; a reader may get them;
+    // nobody may not.
+    ns.add_reader("postgreses.postgrescontroller.kubeplus,deployments.apps,configmaps");
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", "nobody", "-n", n])
+        .unwrap();
     grant_postgres_admin(cluster, n, "app");
     let aggregator = Aggregator::start_on(cluster, n, store).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();

@@ -107,11 +107,7 @@ pub(crate) fn hour_of(started_at: &str) -> &str {
 impl HitCounts {
     /// Counts a newly stored record toward each of its templates.
     pub fn add(&mut self, item: &IngestItem) {
-        let hour = item
-            .started_at
-            .get(..13)
-            .unwrap_or(&item.started_at)
-            .to_string();
+        let hour = hour_of(&item.started_at).to_string();
         for template in &item.templates {
             let key = HitKey {
                 pod_namespace: item.pod_namespace.clone(),
@@ -129,27 +125,30 @@ impl HitCounts {
                 last_seen: item.started_at.clone(),
             });
             entry.hits += 1;
-            if template == &item.templates[0] {
-                for field in &item.fields {
-                    let key = FieldKey {
-                        pod_namespace: item.pod_namespace.clone(),
-                        pod_name: item.pod_name.clone(),
-                        workload: item.workload.clone(),
-                        client: item.client.clone(),
-                        method: item.method.clone(),
-                        template: template.clone(),
-                        hour: hour.clone(),
-                        field: field.clone(),
-                    };
-                    *self.fields.entry(key).or_default() += 1;
-                }
-            }
             if item.started_at < entry.first_seen {
                 entry.first_seen = item.started_at.clone();
             }
             if item.started_at > entry.last_seen {
                 entry.last_seen = item.started_at.clone();
             }
+        }
+        // A body belongs to its request's own operation: the second template
+        // of a watch takes no body.
+        let Some(template) = item.templates.first() else {
+            return;
+        };
+        for field in &item.fields {
+            let key = FieldKey {
+                pod_namespace: item.pod_namespace.clone(),
+                pod_name: item.pod_name.clone(),
+                workload: item.workload.clone(),
+                client: item.client.clone(),
+                method: item.method.clone(),
+                template: template.clone(),
+                hour: hour.clone(),
+                field: field.clone(),
+            };
+            *self.fields.entry(key).or_default() += 1;
         }
     }
 }
@@ -220,8 +219,6 @@ pub trait Store: Send + Sync {
     /// included; with their objects only if `objects` (they are most of the
     /// bytes, and a listing or a diff needs few or none).
     fn versions(&self, query: &ObjectQuery, objects: bool) -> Result<Vec<Version>, StoreError>;
-    /// The objects of the given versions, by (uid, resourceVersion).
-    fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError>;
     /// What orders the versions of the objects a query names, from the key
     /// columns alone: each version with only its group, resource, kind,
     /// name, uid, resourceVersion and time (no document is decoded).
@@ -252,17 +249,13 @@ pub(crate) fn select_versions(query: &ObjectQuery, candidates: Vec<Version>) -> 
         .collect()
 }
 
-pub type VersionObjects = std::collections::HashMap<(String, String), serde_json::Value>;
-
 /// A version as stored: its document without the object, and the object
-/// apart.
-pub(crate) fn split(version: &Version) -> Result<(String, Option<String>), StoreError> {
-    let object = version.object.as_ref().map(doc).transpose()?;
-    let bare = Version {
-        object: None,
-        ..version.clone()
-    };
-    Ok((doc(&bare)?, object))
+/// apart. The object is taken out rather than copied: it is most of the
+/// bytes of every write that ingest stores.
+pub(crate) fn split(version: &mut Version) -> Result<(String, Option<String>), StoreError> {
+    let object = version.object.take();
+    let document = doc(version)?;
+    Ok((document, object.as_ref().map(doc).transpose()?))
 }
 
 /// A version that only says where it stands: for ordering.

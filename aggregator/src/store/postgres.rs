@@ -4,8 +4,8 @@
 //! same transaction, so concurrent replicas count each record once.
 
 use super::{
-    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc,
-    hour_of, join, key_version, split, undoc,
+    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, join,
+    key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -404,22 +404,6 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError> {
-        let uids: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-        let rvs: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let rows = self.lock().query(
-            "SELECT v.uid, v.resource_version, v.object FROM versions v
-             JOIN UNNEST($1::text[], $2::text[]) AS k(uid, rv) ON v.uid = k.uid AND v.resource_version = k.rv
-             WHERE v.object IS NOT NULL",
-            &[&uids, &rvs],
-        )?;
-        let mut out = VersionObjects::new();
-        for r in rows {
-            out.insert((r.get(0), r.get(1)), undoc(r.get::<_, &str>(2))?);
-        }
-        Ok(out)
-    }
-
     fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError> {
         let rows = self.lock().query(
             "SELECT doc FROM attempts WHERE namespace = $1 AND name = $2",
@@ -468,7 +452,7 @@ fn store_provenance(
             "SELECT doc, object FROM versions WHERE uid = $1 AND resource_version = $2 FOR UPDATE",
             &[&version.uid, &version.resource_version],
         )?;
-        let merged = match existing {
+        let mut merged = match existing {
             Some(row) => {
                 let mut stored = join(row.get::<_, &str>(0), row.get::<_, Option<&str>>(1))?;
                 stored.merge(version.clone());
@@ -476,7 +460,7 @@ fn store_provenance(
             }
             None => version.clone(),
         };
-        let (document, object) = split(&merged)?;
+        let (document, object) = split(&mut merged)?;
         tx.execute(
             "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)

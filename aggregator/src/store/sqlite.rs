@@ -2,8 +2,8 @@
 //! so that a batch acknowledged is a batch on disk.
 
 use super::{
-    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, VersionObjects, doc,
-    hour_of, join, key_version, split, undoc,
+    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, join,
+    key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -392,23 +392,6 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn version_objects(&self, keys: &[(String, String)]) -> Result<VersionObjects, StoreError> {
-        let conn = self.lock();
-        let mut select = conn.prepare_cached(
-            "SELECT object FROM versions WHERE uid = ?1 AND resource_version = ?2 AND object IS NOT NULL",
-        )?;
-        let mut out = VersionObjects::new();
-        for (uid, rv) in keys {
-            if let Some(text) = select
-                .query_row(params![uid, rv], |r| r.get::<_, String>(0))
-                .optional()?
-            {
-                out.insert((uid.clone(), rv.clone()), undoc(&text)?);
-            }
-        }
-        Ok(out)
-    }
-
     fn attempts(&self, query: &ObjectQuery) -> Result<Vec<Attempt>, StoreError> {
         let conn = self.lock();
         let mut select =
@@ -465,7 +448,7 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        let merged = match existing {
+        let mut merged = match existing {
             Some((text, object)) => {
                 let mut stored = join(&text, object.as_deref())?;
                 stored.merge(version.clone());
@@ -473,7 +456,7 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
             }
             None => version.clone(),
         };
-        let (document, object) = split(&merged)?;
+        let (document, object) = split(&mut merged)?;
         write.execute(params![
             merged.uid,
             merged.resource_version,
