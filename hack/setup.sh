@@ -6,7 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-apt_packages=(iproute2 iptables openssl curl procps util-linux psmisc postgresql nginx)
+apt_packages=(iproute2 iptables openssl curl procps util-linux psmisc postgresql nginx chromium chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Decoded histories for bisect.
     pub histories: Arc<crate::provenance::cache::HistoryCache>,
+    /// Wakes the pages that watch for new records.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// Every error answers JSON `{"error": "..."}` with a status that says whose
@@ -87,7 +89,7 @@ pub(crate) async fn caller(
     }
 }
 
-async fn check_read(
+pub(crate) async fn check_read(
     state: &AppState,
     caller: &Option<Caller>,
     namespace: Option<&str>,
@@ -122,6 +124,15 @@ pub fn app(state: AppState) -> Router {
             "/provenance/{resource}/{name}/{view}",
             get(crate::api_provenance::cluster_scoped),
         )
+        .route("/scopes", get(crate::api_browse::scopes))
+        .route("/spec/operations", get(crate::api_browse::operations))
+        .route(
+            "/spec/operations/{id}/fields",
+            get(crate::api_browse::operation_fields),
+        )
+        .route("/objects", get(crate::api_browse::objects))
+        .route("/events", get(crate::api_browse::events))
+        .merge(crate::ui::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -223,6 +234,7 @@ async fn ingest(
         batch.errors.len(),
     );
     state.metrics.drop_reports.inc_by(drop_reports as u64);
+    state.live.ingested(outcome.accepted);
     Ok(Json(IngestAnswer {
         outcome,
         drop_reports,
@@ -251,6 +263,7 @@ async fn audit_events(
         outcome.duplicates,
         parsed.errors.len(),
     );
+    state.live.ingested(outcome.accepted);
     Ok(Json(IngestAnswer {
         outcome,
         drop_reports: 0,
@@ -362,7 +375,7 @@ async fn coverage_of_namespaced_pod(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::spec::{Conformance, OperationIndex};
     use crate::store::sqlite::SqliteStore;
@@ -370,7 +383,7 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    fn state(dir: &std::path::Path) -> AppState {
+    pub(crate) fn state(dir: &std::path::Path) -> AppState {
         let doc = serde_json::json!({"paths": {"/api/v1/namespaces/{namespace}/configmaps": {
             "get": {"operationId": "listCoreV1NamespacedConfigMap"}}}});
         AppState {
@@ -383,10 +396,11 @@ mod tests {
             auth: None,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             histories: Arc::new(crate::provenance::cache::HistoryCache::new(1000)),
+            live: Default::default(),
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         app: Router,
         request: axum::http::Request<Body>,
     ) -> (StatusCode, serde_json::Value) {
@@ -399,7 +413,7 @@ mod tests {
         )
     }
 
-    const LINE: &str = r#"{"kind":"exchange","format":1,"id":"r1","pod":{"namespace":"ns","name":"web-1"},"started_at":"2026-11-24T06:00:00Z","duration_us":5,"method":"GET","path":"/api/v1/namespaces/ns/configmaps","status":200}"#;
+    pub(crate) const LINE: &str = r#"{"kind":"exchange","format":1,"id":"r1","pod":{"namespace":"ns","name":"web-1"},"started_at":"2026-11-24T06:00:00Z","duration_us":5,"method":"GET","path":"/api/v1/namespaces/ns/configmaps","status":200}"#;
 
     #[tokio::test]
     async fn ingest_then_report_a_pod() {

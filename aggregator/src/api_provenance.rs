@@ -178,8 +178,20 @@ pub async fn answer(
                             .into_response(),
                     )
                 }
+                Some("side-by-side") => Ok(Json(json!({
+                    "object": object,
+                    "start": start,
+                    "end": end,
+                    "labels": [label(&numbered[start - 1]), label(&numbered[end - 1])],
+                    "field": diff.field,
+                    "rows": yaml::side_by_side(
+                        &yaml::to_yaml(&diff.before),
+                        &yaml::to_yaml(&diff.after),
+                    ),
+                }))
+                .into_response()),
                 Some(other) => Err(ApiError::BadRequest(format!(
-                    "no format {other:?}: json or yaml-diff"
+                    "no format {other:?}: json, yaml-diff or side-by-side"
                 ))),
             }
         }

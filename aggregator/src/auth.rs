@@ -159,6 +159,18 @@ impl Authorizer {
             .await
     }
 
+    /// May `caller` get objects of this resource in `namespace` (cluster
+    /// scope for `None`)? What an object search lists.
+    pub async fn may_get_resource(
+        &self,
+        caller: &Caller,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<(), AuthError> {
+        self.may(caller, "get", group, resource, namespace).await
+    }
+
     /// May `caller` send audit events? Granted by RBAC on
     /// `auditevents.apiwitness.io`, verb `create`, which nobody has by default.
     pub async fn may_send_audit(&self, caller: &Caller) -> Result<(), AuthError> {

@@ -6,6 +6,7 @@
 
 pub mod aggregated;
 pub mod api;
+pub mod api_browse;
 pub mod api_provenance;
 pub mod audit;
 pub mod auth;
@@ -13,12 +14,14 @@ pub mod config;
 pub mod fields;
 pub mod front_proxy;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod provenance;
 pub mod report;
 pub mod spec;
 pub mod spec_live;
 pub mod store;
+pub mod ui;
 
 use crate::config::{Command, Config};
 use crate::spec::{Conformance, OperationIndex, SpecError};
@@ -182,6 +185,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         histories: Arc::new(provenance::cache::HistoryCache::new(
             config.serve.history_cache_versions,
         )),
+        live: Default::default(),
     };
     if let Some(addr) = config.serve.aggregated_api_listen {
         start_aggregated_api(&config, addr, state.clone(), shutdown_rx.clone()).await?;

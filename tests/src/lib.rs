@@ -7,6 +7,7 @@
 pub mod aggregator;
 pub mod audit_log;
 mod binaries;
+pub mod browser;
 pub mod certify;
 pub mod chart;
 mod cluster;

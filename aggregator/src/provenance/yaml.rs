@@ -101,6 +101,59 @@ pub fn unified_diff(a: &str, b: &str, label_a: &str, label_b: &str) -> String {
         .to_string()
 }
 
+/// How a row of a side-by-side diff differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Same,
+    Changed,
+    Removed,
+    Added,
+}
+
+/// A line of one side: its number (from 1) and text, without the newline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Line {
+    pub number: usize,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Row {
+    pub change: Change,
+    pub left: Option<Line>,
+    pub right: Option<Line>,
+}
+
+/// Two texts aligned line by line, as a side-by-side view shows them: a
+/// replaced block pairs its old lines with its new ones.
+pub fn side_by_side(a: &str, b: &str) -> Vec<Row> {
+    let old: Vec<&str> = a.lines().collect();
+    let new: Vec<&str> = b.lines().collect();
+    let line = |lines: &[&str], i: usize| Line {
+        number: i + 1,
+        text: lines[i].to_string(),
+    };
+    let mut rows = Vec::new();
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old, &new) {
+        let (tag, left, right) = op.as_tag_tuple();
+        let change = match tag {
+            similar::DiffTag::Equal => Change::Same,
+            similar::DiffTag::Delete => Change::Removed,
+            similar::DiffTag::Insert => Change::Added,
+            similar::DiffTag::Replace => Change::Changed,
+        };
+        for k in 0..left.len().max(right.len()) {
+            rows.push(Row {
+                change,
+                left: (k < left.len()).then(|| line(&old, left.start + k)),
+                right: (k < right.len()).then(|| line(&new, right.start + k)),
+            });
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +179,22 @@ mod tests {
         );
         assert!(d.contains("--- version 1\n+++ version 2\n"), "{d}");
         assert!(d.contains("-replicas: 1\n+replicas: 2\n"), "{d}");
+    }
+
+    #[test]
+    fn side_by_side_pairs_a_replaced_line_and_keeps_the_rest_aligned() {
+        let rows = side_by_side("a: 1\nb: 2\nc: 3\n", "a: 1\nb: 5\nc: 3\nd: 4\n");
+        let kinds: Vec<Change> = rows.iter().map(|r| r.change).collect();
+        assert_eq!(
+            kinds,
+            [Change::Same, Change::Changed, Change::Same, Change::Added]
+        );
+        assert_eq!(rows[1].left.as_ref().unwrap().text, "b: 2");
+        assert_eq!(rows[1].right.as_ref().unwrap().text, "b: 5");
+        assert_eq!(rows[3].left, None);
+        assert_eq!(rows[3].right.as_ref().unwrap().number, 4);
+        let removed = side_by_side("x: 1\ny: 2\n", "x: 1\n");
+        assert_eq!(removed[1].change, Change::Removed);
+        assert_eq!(removed[1].right, None);
     }
 }

@@ -187,6 +187,43 @@ pub struct Hit {
     pub last_seen: String,
 }
 
+/// Whose traffic a store holds: one pod and client, with its workload.
+/// What a reader picks a report's scope from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Origin {
+    pub namespace: String,
+    pub pod: String,
+    pub workload: String,
+    pub client: String,
+    pub hits: u64,
+    pub last_seen: String,
+}
+
+/// Which objects an object search returns. Empty fields match everything.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct ObjectFilter {
+    /// A Kind or a plural resource, in any case.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A part of the name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// An object with recorded versions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectSummary {
+    pub group: String,
+    pub resource: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub versions: u64,
+    pub last_seen: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the store failed: {0}")]
@@ -211,6 +248,15 @@ pub trait Store: Send + Sync {
     /// The namespaces that have a pod of this name.
     fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError>;
     fn record_count(&self) -> Result<u64, StoreError>;
+    /// Every (namespace, pod, workload, client) with traffic.
+    fn origins(&self) -> Result<Vec<Origin>, StoreError>;
+    /// Objects with versions that pass the filter, latest first, at most
+    /// `limit` of them.
+    fn objects(
+        &self,
+        filter: &ObjectFilter,
+        limit: usize,
+    ) -> Result<Vec<ObjectSummary>, StoreError>;
     /// Removes raw records that started before `before` (RFC 3339), and
     /// then the oldest beyond `keep_at_most`; the aggregates (hits, fields,
     /// versions) stay. Returns how many went.
@@ -233,6 +279,67 @@ pub trait Store: Send + Sync {
 }
 
 use crate::provenance::{Attempt, ObjectQuery, Version};
+
+/// What differs between the two stores' SQL in the queries they share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+}
+
+pub(crate) const ORIGINS_SQL: &str = "SELECT pod_namespace, pod_name, workload, client, CAST(SUM(hits) AS BIGINT), MAX(last_seen) FROM hits
+     GROUP BY pod_namespace, pod_name, workload, client ORDER BY 1, 2, 4";
+
+/// The object search, and its arguments in placeholder order.
+pub(crate) fn objects_sql(
+    filter: &ObjectFilter,
+    limit: usize,
+    dialect: Dialect,
+) -> (String, Vec<String>) {
+    let mut conditions = Vec::new();
+    let mut args = Vec::new();
+    fn given(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    if let Some(kind) = given(&filter.kind) {
+        args.push(kind.to_lowercase());
+        let p = dialect.placeholder(args.len());
+        conditions.push(format!("(LOWER(kind) = {p} OR resource = {p})"));
+    }
+    if let Some(namespace) = given(&filter.namespace) {
+        args.push(namespace.to_string());
+        conditions.push(format!("namespace = {}", dialect.placeholder(args.len())));
+    }
+    if let Some(name) = given(&filter.name) {
+        args.push(name.to_string());
+        let p = dialect.placeholder(args.len());
+        conditions.push(match dialect {
+            Dialect::Sqlite => format!("instr(name, {p}) > 0"),
+            Dialect::Postgres => format!("strpos(name, {p}) > 0"),
+        });
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    (
+        format!(
+            "SELECT grp, resource, MAX(kind), namespace, name, COUNT(*), MAX(time) FROM versions{filter}
+             GROUP BY grp, resource, namespace, name ORDER BY MAX(time) DESC, namespace, name LIMIT {limit}"
+        ),
+        args,
+    )
+}
 
 /// Of the versions stored under a namespace and name, those of the asked
 /// resource or Kind, and the rest of their lineages (a tombstone from a

@@ -4,8 +4,8 @@
 //! same transaction, so concurrent replicas count each record once.
 
 use super::{
-    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, join,
-    key_version, split, undoc,
+    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, ObjectFilter, ObjectSummary, Origin, Scope,
+    Store, StoreError, doc, hour_of, join, key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -438,6 +438,42 @@ impl Store for PostgresStore {
             .query_one("SELECT COUNT(*) FROM records", &[])?
             .get(0);
         Ok(n as u64)
+    }
+
+    fn origins(&self) -> Result<Vec<Origin>, StoreError> {
+        let rows = self.lock().query(super::ORIGINS_SQL, &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| Origin {
+                namespace: r.get(0),
+                pod: r.get(1),
+                workload: r.get(2),
+                client: r.get(3),
+                hits: r.get::<_, i64>(4) as u64,
+                last_seen: r.get(5),
+            })
+            .collect())
+    }
+
+    fn objects(
+        &self,
+        filter: &ObjectFilter,
+        limit: usize,
+    ) -> Result<Vec<ObjectSummary>, StoreError> {
+        let (sql, args) = super::objects_sql(filter, limit, Dialect::Postgres);
+        let rows = self.lock().query(&sql, &params(&args))?;
+        Ok(rows
+            .iter()
+            .map(|r| ObjectSummary {
+                group: r.get(0),
+                resource: r.get(1),
+                kind: r.get(2),
+                namespace: r.get(3),
+                name: r.get(4),
+                versions: r.get::<_, i64>(5) as u64,
+                last_seen: r.get(6),
+            })
+            .collect())
     }
 }
 

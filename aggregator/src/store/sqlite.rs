@@ -2,8 +2,8 @@
 //! so that a batch acknowledged is a batch on disk.
 
 use super::{
-    FieldHit, Hit, IngestItem, IngestOutcome, Scope, Store, StoreError, doc, hour_of, join,
-    key_version, split, undoc,
+    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, ObjectFilter, ObjectSummary, Origin, Scope,
+    Store, StoreError, doc, hour_of, join, key_version, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -429,6 +429,44 @@ impl Store for SqliteStore {
             .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
             .optional()?;
         Ok(n.unwrap_or(0) as u64)
+    }
+
+    fn origins(&self) -> Result<Vec<Origin>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(super::ORIGINS_SQL)?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Origin {
+                namespace: r.get(0)?,
+                pod: r.get(1)?,
+                workload: r.get(2)?,
+                client: r.get(3)?,
+                hits: r.get::<_, i64>(4)? as u64,
+                last_seen: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn objects(
+        &self,
+        filter: &ObjectFilter,
+        limit: usize,
+    ) -> Result<Vec<ObjectSummary>, StoreError> {
+        let (sql, args) = super::objects_sql(filter, limit, Dialect::Sqlite);
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            Ok(ObjectSummary {
+                group: r.get(0)?,
+                resource: r.get(1)?,
+                kind: r.get(2)?,
+                namespace: r.get(3)?,
+                name: r.get(4)?,
+                versions: r.get::<_, i64>(5)? as u64,
+                last_seen: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
