@@ -226,7 +226,7 @@ fn main() {
         let hits = sqlite.hits(&scope).expect("hits");
         let dropped = sqlite.dropped(&scope).expect("dropped");
         let built = report::build(scope, &hits, &[], &index, dropped);
-        let (_json, _) = built.render(report::Format::Json);
+        let (_json, _) = built.render(report::Format::Json, &index);
         println!(
             "report of {what} over {records} records: {:.1} ms ({} operations)",
             started.elapsed().as_secs_f64() * 1000.0,

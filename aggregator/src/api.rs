@@ -276,6 +276,8 @@ pub struct CoverageQuery {
     #[serde(flatten)]
     scope: Scope,
     format: Option<Format>,
+    /// The release APISnoop's format names (`format=apisnoop`).
+    release: Option<String>,
 }
 
 fn format_of(query: Option<Format>, headers: &HeaderMap) -> Format {
@@ -294,15 +296,21 @@ fn format_of(query: Option<Format>, headers: &HeaderMap) -> Format {
     })
 }
 
-async fn render(state: AppState, scope: Scope, format: Format) -> Result<Response, ApiError> {
+async fn render(
+    state: AppState,
+    scope: Scope,
+    format: Format,
+    release: Option<String>,
+) -> Result<Response, ApiError> {
     let store = state.store.clone();
     let s = scope.clone();
     let (hits, fields, dropped) =
         blocking(move || Ok((store.hits(&s)?, store.field_hits(&s)?, store.dropped(&s)?))).await?;
     let index = state.spec.get();
-    let report = report::build(scope, &hits, &fields, &index, dropped);
+    let mut report = report::build(scope, &hits, &fields, &index, dropped);
+    report.release = release;
     state.metrics.reports.inc();
-    let (body, content_type) = report.render(format);
+    let (body, content_type) = report.render(format, &index);
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
@@ -315,7 +323,7 @@ async fn coverage(
     let namespace = q.scope.namespace.as_deref().filter(|n| !n.is_empty());
     check_read(&state, &reader, namespace).await?;
     let format = format_of(q.format, &headers);
-    render(state, q.scope, format).await
+    render(state, q.scope, format, q.release).await
 }
 
 async fn coverage_of_pod(
@@ -355,7 +363,7 @@ async fn coverage_of_pod(
         pod: Some(pod),
         ..q.scope
     };
-    render(state, scope, format_of(q.format, &headers)).await
+    render(state, scope, format_of(q.format, &headers), q.release).await
 }
 
 async fn coverage_of_namespaced_pod(
@@ -371,7 +379,7 @@ async fn coverage_of_namespaced_pod(
         pod: Some(pod),
         ..q.scope
     };
-    render(state, scope, format_of(q.format, &headers)).await
+    render(state, scope, format_of(q.format, &headers), q.release).await
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod aggregated;
 pub mod api;
 pub mod api_browse;
 pub mod api_provenance;
+pub mod apisnoop;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -138,7 +139,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             blocking(move || Ok::<_, StartError>((s.hits(&q)?, s.field_hits(&q)?, s.dropped(&q)?)))
                 .await??;
         let report = report::build(scope.clone(), &hits, &fields, &index, dropped);
-        println!("{}", report.render(*format).0);
+        println!("{}", report.render(*format, &index).0);
         return Ok(());
     }
 

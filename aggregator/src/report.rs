@@ -15,6 +15,8 @@ pub enum Format {
     Json,
     Text,
     Junit,
+    /// APISnoop's per-endpoint coverage JSON.
+    Apisnoop,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -121,6 +123,10 @@ pub struct Report {
     /// Eligible operations that nothing called (JUnit failures).
     #[serde(skip)]
     pub untested_eligible: Vec<(String, String, String)>,
+    /// The Kubernetes release APISnoop's format names, when the reader gave
+    /// it.
+    #[serde(skip)]
+    pub release: Option<String>,
 }
 
 pub fn build(
@@ -240,11 +246,13 @@ pub fn build(
         unknown: unknown.into_values().collect(),
         dropped,
         untested_eligible,
+        release: None,
     }
 }
 
 impl Report {
-    pub fn render(&self, format: Format) -> (String, &'static str) {
+    /// The report in `format`; APISnoop's lists every operation of `index`.
+    pub fn render(&self, format: Format, index: &OperationIndex) -> (String, &'static str) {
         match format {
             Format::Json => (
                 serde_json::to_string_pretty(self).unwrap_or_default(),
@@ -252,6 +260,15 @@ impl Report {
             ),
             Format::Text => (self.text(), "text/plain; charset=utf-8"),
             Format::Junit => (self.junit(), "application/xml"),
+            Format::Apisnoop => (
+                serde_json::to_string_pretty(&crate::apisnoop::document(
+                    self,
+                    index,
+                    self.release.as_deref(),
+                ))
+                .unwrap_or_default(),
+                "application/json",
+            ),
         }
     }
 
@@ -429,13 +446,13 @@ mod tests {
         let reasons: Vec<_> = r.unknown.iter().map(|u| u.reason.clone()).collect();
         assert_eq!(reasons, [Unmatched::NotInSpec, Unmatched::MethodNotAllowed]);
         assert_eq!(r.untested_eligible.len(), 1);
-        let (text, _) = r.render(Format::Text);
+        let (text, _) = r.render(Format::Text, &OperationIndex::default());
         assert!(
             text.contains("listCoreV1NamespacedConfigMap")
                 && text.contains("7 records were dropped"),
             "{text}"
         );
-        let (xml, _) = r.render(Format::Junit);
+        let (xml, _) = r.render(Format::Junit, &OperationIndex::default());
         assert!(
             xml.contains("failures=\"1\"") && xml.contains("createCoreV1NamespacedConfigMap"),
             "{xml}"

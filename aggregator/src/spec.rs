@@ -39,6 +39,8 @@ pub struct Operation {
     pub method: String,
     pub path: String,
     pub action: String,
+    /// The spec's description of the operation.
+    pub description: String,
     pub group: String,
     pub version: String,
     pub kind: String,
@@ -190,6 +192,7 @@ impl OperationIndex {
                             method,
                             path: path.clone(),
                             action: op["x-kubernetes-action"].as_str().unwrap_or("").to_string(),
+                            description: op["description"].as_str().unwrap_or("").to_string(),
                             group,
                             version,
                             kind: gvk["kind"].as_str().unwrap_or("").to_string(),

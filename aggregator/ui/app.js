@@ -100,4 +100,13 @@ signOut.addEventListener("click", () => {
 });
 
 window.addEventListener("hashchange", render);
+// A page left open in the back-forward cache would keep its event stream,
+// one of the few connections a browser allows per host: leaving closes it,
+// and coming back draws afresh.
+window.addEventListener("pagehide", () => {
+  if (running) running.abort();
+});
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) render();
+});
 render();

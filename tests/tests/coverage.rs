@@ -152,6 +152,30 @@ fn pod_coverage(store: StoreKind, prefix: &str) {
         junit.contains("<testsuite") && junit.contains("<failure"),
         "untested eligible operations fail"
     );
+    // APISnoop's per-endpoint format: every operation of the live spec, the
+    // same ones tested.
+    let apisnoop = aggregator
+        .get_json(
+            &format!("/coverage/{n}/{pod_name}?format=apisnoop&release=1.35.4"),
+            Some(&reader),
+        )
+        .unwrap();
+    let endpoints = apisnoop["endpoints"].as_array().unwrap();
+    assert!(endpoints.len() > 1000, "{} endpoints", endpoints.len());
+    let tested: BTreeSet<String> = endpoints
+        .iter()
+        .filter(|e| e["tested"] == true)
+        .map(|e| e["endpoint"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tested, operation_ids(&report));
+    let listed = endpoints
+        .iter()
+        .find(|e| e["endpoint"] == "listCoreV1NamespacedConfigMap")
+        .unwrap();
+    assert_eq!(
+        (&listed["category"], &listed["level"], &listed["release"]),
+        (&json!("core"), &json!("stable"), &json!("1.35.4"))
+    );
     // A workload filter that matches nothing gives an empty report, not an error.
     let none = aggregator
         .get_json(

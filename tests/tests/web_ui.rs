@@ -186,7 +186,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
             .await
             .unwrap();
         assert_ne!(untouched.attr("data-state").await.unwrap().as_deref(), Some("hit"));
-        b.screenshot(&shots.join("coverage.png")).await.unwrap();
+        b.screenshot(&shots.join("ui-coverage.png")).await.unwrap();
 
         // New records redraw the page without a reload.
         kubectl(&pod, cluster, &["get", "configmaps", "-n", n], None);
@@ -240,7 +240,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
             let id = row.attr("data-operation").await.unwrap().unwrap_or_default();
             assert!(id.contains("PostgrescontrollerKubeplus"), "{id} is outside the zoom");
         }
-        b.screenshot(&shots.join("coverage-group.png")).await.unwrap();
+        b.screenshot(&shots.join("ui-coverage-group.png")).await.unwrap();
 
         // The shared link opens the same view in a fresh page.
         b.client.goto(&url).await.unwrap();
@@ -302,7 +302,21 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
             .await
             .unwrap();
         assert!(b.text_of(".bisect-answer").await.contains("version 2"));
-        b.screenshot(&shots.join("provenance.png")).await.unwrap();
+        b.client
+            .execute("window.scrollTo(0, 0)", vec![])
+            .await
+            .unwrap();
+        b.screenshot(&shots.join("ui-provenance.png")).await.unwrap();
+        b.client
+            .execute(
+                "document.querySelector('.bisect-answer').scrollIntoView()",
+                vec![],
+            )
+            .await
+            .unwrap();
+        b.screenshot(&shots.join("ui-provenance-diff.png"))
+            .await
+            .unwrap();
 
         // A narrow screen: no sideways scrolling of the page itself.
         b.client.set_window_size(414, 896).await.unwrap();
@@ -317,7 +331,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
             .await
             .unwrap();
         assert!(overflow.as_i64().unwrap_or(99) <= 1, "the page scrolls sideways by {overflow}");
-        b.screenshot(&shots.join("coverage-narrow.png")).await.unwrap();
+        b.screenshot(&shots.join("ui-coverage-narrow.png")).await.unwrap();
         browser.close().await;
     });
 }
