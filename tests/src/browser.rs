@@ -107,6 +107,24 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `css` matches, once there is one.
+    pub async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.wait_for(css, Duration::from_secs(30))
+            .await?
+            .click()
+            .await?;
+        Ok(())
+    }
+
+    /// Types `text` into the element `css` matches, once there is one.
+    pub async fn type_into(&self, css: &str, text: &str) -> anyhow::Result<()> {
+        self.wait_for(css, Duration::from_secs(30))
+            .await?
+            .send_keys(text)
+            .await?;
+        Ok(())
+    }
+
     /// Waits until the script returns true, for at most `timeout`.
     pub async fn wait_until(
         &self,

@@ -94,6 +94,10 @@ fn sign_with_cluster_ca(cluster: &Cluster, csr_pem: &str) -> anyhow::Result<Stri
     // Raw API paths throughout: a kubectl command that names a kind first
     // reads discovery, which stalls while other tests' CRDs come and go.
     let base = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    // Each step's time goes to stderr, and a CSR left unsigned is shown
+    // whole: what a slow signing under load needs to be understood.
+    let started = std::time::Instant::now();
+    let mut steps = Vec::new();
     cluster.kubectl_stdin(
         &["create", "--raw", base],
         &json!({
@@ -108,27 +112,42 @@ fn sign_with_cluster_ca(cluster: &Cluster, csr_pem: &str) -> anyhow::Result<Stri
             }
         }),
     )?;
+    steps.push(("created", started.elapsed()));
     let result = (|| {
         let mut csr: serde_json::Value = serde_json::from_str(&cluster.kubectl_ok(&[
             "get",
             "--raw",
             &format!("{base}/{name}"),
         ])?)?;
+        steps.push(("read", started.elapsed()));
         csr["status"]["conditions"] = json!([{"type": "Approved", "status": "True",
             "reason": "ApiwitnessTest", "message": "approved by the test's certify stand-in"}]);
         cluster.kubectl_stdin(
             &["replace", "--raw", &format!("{base}/{name}/approval")],
             &csr,
         )?;
+        steps.push(("approved", started.elapsed()));
+        let mut last = serde_json::Value::Null;
         let cert = wait_until("the CSR to be signed", Duration::from_secs(30), || {
             let out = cluster
                 .kubectl_ok(&["get", "--raw", &format!("{base}/{name}")])
                 .ok()?;
-            let csr: serde_json::Value = serde_json::from_str(&out).ok()?;
-            csr["status"]["certificate"].as_str().map(str::to_string)
-        })?;
+            last = serde_json::from_str(&out).ok()?;
+            last["status"]["certificate"].as_str().map(str::to_string)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:#}; the CSR's status: {}", last["status"]))?;
+        steps.push(("signed", started.elapsed()));
         Ok(String::from_utf8(b64.decode(cert)?)?)
     })();
+    // The name holds when it was asked for (nanoseconds since the epoch).
+    eprintln!(
+        "certify stand-in: {name}: {} {steps:?}",
+        if result.is_ok() {
+            "signed"
+        } else {
+            "NOT signed"
+        }
+    );
     let _ = cluster.kubectl(&["delete", "--raw", &format!("{base}/{name}")]);
     result
 }

@@ -186,6 +186,28 @@ fn kubelet_serving_csr_is_signed_by_the_controller_manager_and_verifies_against_
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Tests add pods in parallel. Two pods given one address would each get
+/// some of the other's replies: a connection that works one way only.
+#[test]
+fn pods_added_at_the_same_time_get_addresses_of_their_own() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "podaddr");
+    let pods: Vec<NetnsPod> = std::thread::scope(|scope| {
+        let adds: Vec<_> = (0..8)
+            .map(|i| {
+                let name = format!("{}-{i}", ns.name);
+                let namespace = ns.name.clone();
+                scope.spawn(move || NetnsPod::add(cluster, &name, &namespace, "default", &[]))
+            })
+            .collect();
+        adds.into_iter()
+            .map(|add| add.join().unwrap().unwrap())
+            .collect()
+    });
+    let addresses: BTreeSet<String> = pods.iter().map(|p| p.ip().unwrap()).collect();
+    assert_eq!(addresses.len(), pods.len(), "{addresses:?}");
+}
+
 #[test]
 fn in_cluster_kubectl_and_python_client_in_a_netns_pod_reach_the_kubernetes_service() {
     let cluster = Cluster::shared();

@@ -151,15 +151,8 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
         b.client.goto(&coverage_url).await.unwrap();
 
         // The reader signs in with its token, kept in the tab only.
-        let field = b.wait_for("#token", PATIENCE).await.unwrap();
-        field.send_keys(&token).await.unwrap();
-        b.client
-            .find(Locator::Css("#token-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.type_into("#token", &token).await.unwrap();
+        b.click("#token-form button[type=submit]").await.unwrap();
         b.wait_for("svg.sunburst path.leaf", PATIENCE).await.unwrap();
         assert!(b.text_of("h1").await.contains(&pod_name));
 
@@ -198,13 +191,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
         .unwrap();
 
         // The fields the create set, in the schema's tree.
-        b.client
-            .find(Locator::Css(&format!("tr[data-operation=\"{create}\"] td button.link")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click(&format!("tr[data-operation=\"{create}\"] td button.link")).await.unwrap();
         b.wait_for(
             &format!("tr[data-fields-of=\"{create}\"] li[data-field=\"spec.replicas\"][data-state=\"hit\"]"),
             PATIENCE,
@@ -215,13 +202,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
         // A click into the custom resource's group zooms there, and the
         // link says so.
         let group = "stable/postgrescontroller.kubeplus/v1";
-        b.client
-            .find(Locator::Css(&format!("path[data-node=\"{group}\"]")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click(&format!("path[data-node=\"{group}\"]")).await.unwrap();
         b.wait_until(
             "the breadcrumb shows the group",
             "return (document.querySelector('.crumbs [aria-current]')||{}).textContent === 'postgrescontroller.kubeplus/v1'",
@@ -253,21 +234,25 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
         .await
         .unwrap();
 
+        // The keyboard: Enter on the focused centre zooms out one level.
+        b.type_into("g.centre.zoomable", "\u{E007}").await.unwrap();
+        b.wait_until(
+            "Enter on the centre zooms out to the level",
+            "return (document.querySelector('.crumbs [aria-current]')||{}).textContent === 'stable'",
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+
         // Provenance: search, open the timeline, compare the first and the
         // last version.
         b.client
             .goto(&format!("{}/ui/#/provenance?kind=Postgres&namespace={n}", aggregator.url))
             .await
             .unwrap();
-        b.wait_for("#objects a", PATIENCE).await.unwrap().click().await.unwrap();
+        b.click("#objects a").await.unwrap();
         b.wait_for("#timeline tbody tr[data-ordinal=\"3\"]", PATIENCE).await.unwrap();
-        b.client
-            .find(Locator::Css("#timeline tr[data-ordinal=\"1\"] input[name=a]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("#timeline tr[data-ordinal=\"1\"] input[name=a]").await.unwrap();
         b.wait_until(
             "the diff of versions 1 and the last shows the replicas change",
             "const t = document.querySelector('#diff'); return !!t && t.querySelector('th').textContent === 'A: version 1' && [...t.querySelectorAll('tr[data-change=changed]')].some(r => r.textContent.includes('replicas: 1') && r.textContent.includes('replicas: 3'))",
@@ -277,27 +262,9 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
         .unwrap();
 
         // Bisect: the first version with 2 replicas.
-        b.client
-            .find(Locator::Css("#bisect-field"))
-            .await
-            .unwrap()
-            .send_keys("spec.replicas")
-            .await
-            .unwrap();
-        b.client
-            .find(Locator::Css("#bisect-value"))
-            .await
-            .unwrap()
-            .send_keys("2")
-            .await
-            .unwrap();
-        b.client
-            .find(Locator::Css("#bisect-form button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.type_into("#bisect-field", "spec.replicas").await.unwrap();
+        b.type_into("#bisect-value", "2").await.unwrap();
+        b.click("#bisect-form button").await.unwrap();
         b.wait_for("#timeline tr.first[data-ordinal=\"2\"]", PATIENCE)
             .await
             .unwrap();
