@@ -15,11 +15,27 @@ const SCOPES = [
   ["client", "Client (User-Agent)"],
 ];
 
+const WINDOWS = [
+  ["", "All time"],
+  ["1h", "Last hour"],
+  ["24h", "Last 24 hours"],
+  ["7d", "Last 7 days"],
+];
+const WINDOW_HOURS = { "1h": 1, "24h": 24, "7d": 168 };
+
+// `since` for a window, counted back from now: a link to "the last hour"
+// stays the last hour whenever it is opened.
+function sinceOf(params) {
+  if (params.get("since")) return params.get("since");
+  const hours = WINDOW_HOURS[params.get("window")];
+  return hours ? new Date(Date.now() - hours * 3600 * 1000).toISOString() : "";
+}
+
 // The report route and query of a scope, from the page's parameters.
 export function reportRequest(params) {
   const scope = params.get("scope") || "cluster";
   const ns = params.get("namespace") || "";
-  const since = params.get("since") || "";
+  const since = sinceOf(params);
   switch (scope) {
     case "pod":
       return {
@@ -203,9 +219,17 @@ export async function renderCoverage(view, params, ctx) {
   // The scope picker: a kind of scope, then one of those the reader may see.
   const go = (changes) => {
     const p = new URLSearchParams();
-    for (const [k, v] of Object.entries(changes)) if (v) p.set(k, v);
+    for (const [k, v] of Object.entries({ window: params.get("window"), ...changes })) if (v) p.set(k, v);
     ctx.go("/coverage", p);
   };
+  const windowSelect = select({ id: "window", "aria-label": "Time window" }, WINDOWS, params.get("window") || "");
+  windowSelect.addEventListener("change", () => {
+    const p = new URLSearchParams(params);
+    p.delete("since");
+    p.set("window", windowSelect.value);
+    if (!windowSelect.value) p.delete("window");
+    ctx.go("/coverage", p);
+  });
   const kinds = SCOPES.filter(([k]) => k !== "cluster" || scopes.cluster);
   const kindSelect = select({ id: "scope-kind", "aria-label": "Scope" }, kinds, scope);
   const valueOptions = {
@@ -253,7 +277,7 @@ export async function renderCoverage(view, params, ctx) {
 
   replace(view,
     h("h1", {}, "API coverage of ", h("span", { id: "scope-label" }, scopeLabel(params))),
-    h("div", { class: "controls" }, kindSelect, valueSelect,
+    h("div", { class: "controls" }, kindSelect, valueSelect, windowSelect,
       h("a", { class: "raw", href: reportRequest(params).path }, "JSON")),
     summary,
     h("div", { class: "coverage-grid" },

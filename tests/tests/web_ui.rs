@@ -285,6 +285,33 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
             .await
             .unwrap();
 
+        // A time window: the last hour holds every call, a window that
+        // starts after them none.
+        b.client
+            .goto(&format!("{coverage_url}&window=1h"))
+            .await
+            .unwrap();
+        b.client.refresh().await.unwrap();
+        let hit_arcs = format!(
+            "return document.querySelectorAll('svg.sunburst path.leaf[data-state=hit]').length === {}",
+            hit.len() + 1
+        );
+        b.wait_until("the last hour's hits", &hit_arcs, PATIENCE)
+            .await
+            .unwrap();
+        b.client
+            .goto(&format!("{coverage_url}&since=2099-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        b.client.refresh().await.unwrap();
+        b.wait_until(
+            "no hits after the calls",
+            "return document.querySelectorAll('svg.sunburst path.leaf').length > 0 && document.querySelectorAll('svg.sunburst path.leaf[data-state=hit]').length === 0",
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+
         // A narrow screen: no sideways scrolling of the page itself.
         b.client.set_window_size(414, 896).await.unwrap();
         b.client.goto(&coverage_url).await.unwrap();
