@@ -44,15 +44,20 @@ pub async fn scopes(
     let reader = caller(&state, &headers).await?;
     let store = state.store.clone();
     let origins = blocking(move || store.origins()).await?;
-    let mut readable = BTreeMap::new();
-    for origin in &origins {
-        if !readable.contains_key(&origin.namespace) {
-            let ok = check_read(&state, &reader, Some(&origin.namespace))
-                .await
-                .is_ok();
-            readable.insert(origin.namespace.clone(), ok);
-        }
-    }
+    // One review per namespace, all at once: a cluster of many namespaces
+    // is not read one round trip after another.
+    let namespaces: BTreeSet<&str> = origins.iter().map(|o| o.namespace.as_str()).collect();
+    let decisions = futures_util::future::join_all(
+        namespaces
+            .iter()
+            .map(|ns| check_read(&state, &reader, Some(ns))),
+    )
+    .await;
+    let readable: BTreeMap<String, bool> = namespaces
+        .iter()
+        .zip(decisions)
+        .map(|(ns, decision)| (ns.to_string(), decision.is_ok()))
+        .collect();
     let cluster = check_read(&state, &reader, None).await.is_ok();
     let mut pods = BTreeSet::new();
     let mut workloads = BTreeSet::new();

@@ -61,6 +61,12 @@ export async function watchIngest(onIngested, signal, onState = () => {}) {
         headers: headers({ Accept: "text/event-stream" }),
         signal,
       });
+      // A token that is no longer accepted will not be on the next try
+      // either: the page says so instead of retrying forever.
+      if (response.status === 401 || response.status === 403) {
+        onState("signed-out");
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       onState("live");
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -465,7 +465,11 @@ export async function renderCoverage(view, params, ctx) {
         if (!ctx.signal.aborted) ctx.setLive(`update failed: ${error.message}`);
       }
     }, 1000);
-  }, ctx.signal, (s) => ctx.setLive(s === "live" ? "live" : "reconnecting…"));
+  }, ctx.signal, (s) => ctx.setLive({
+    live: "live",
+    reconnecting: "reconnecting…",
+    "signed-out": "not live: the token is no longer accepted (reload to sign in)",
+  }[s]));
 }
 
 function legend() {

@@ -107,6 +107,14 @@ impl Browser {
         }
     }
 
+    /// Loads `url` as a fresh page, even when it differs from the current
+    /// one only in its hash (which a navigation alone would not reload).
+    pub async fn open(&self, url: &str) -> anyhow::Result<()> {
+        self.client.goto(url).await?;
+        self.client.refresh().await?;
+        Ok(())
+    }
+
     /// Clicks the element `css` matches, once there is one.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
         self.wait_for(css, Duration::from_secs(30))

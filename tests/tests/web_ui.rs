@@ -224,8 +224,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
         b.screenshot(&shots.join("ui-coverage-group.png")).await.unwrap();
 
         // The shared link opens the same view in a fresh page.
-        b.client.goto(&url).await.unwrap();
-        b.client.refresh().await.unwrap();
+        b.open(&url).await.unwrap();
         b.wait_until(
             "the shared link opens zoomed",
             "return (document.querySelector('.crumbs [aria-current]')||{}).textContent === 'postgrescontroller.kubeplus/v1'",
@@ -287,11 +286,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
 
         // A time window: the last hour holds every call, a window that
         // starts after them none.
-        b.client
-            .goto(&format!("{coverage_url}&window=1h"))
-            .await
-            .unwrap();
-        b.client.refresh().await.unwrap();
+        b.open(&format!("{coverage_url}&window=1h")).await.unwrap();
         let hit_arcs = format!(
             "return document.querySelectorAll('svg.sunburst path.leaf[data-state=hit]').length === {}",
             hit.len() + 1
@@ -299,11 +294,7 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance() {
         b.wait_until("the last hour's hits", &hit_arcs, PATIENCE)
             .await
             .unwrap();
-        b.client
-            .goto(&format!("{coverage_url}&since=2099-01-01T00:00:00Z"))
-            .await
-            .unwrap();
-        b.client.refresh().await.unwrap();
+        b.open(&format!("{coverage_url}&since=2099-01-01T00:00:00Z")).await.unwrap();
         b.wait_until(
             "no hits after the calls",
             "return document.querySelectorAll('svg.sunburst path.leaf').length > 0 && document.querySelectorAll('svg.sunburst path.leaf[data-state=hit]').length === 0",
