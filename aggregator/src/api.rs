@@ -145,6 +145,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .spec_operations
         .set(state.spec.get().len() as i64);
+    // Read at each scrape: what retention keeps is the store's, and several
+    // replicas share one PostgreSQL store.
+    let store = state.store.clone();
+    match blocking(move || store.record_count()).await {
+        Ok(n) => {
+            state.metrics.raw_records.set(n as i64);
+        }
+        Err(e) => tracing::warn!("counting raw records for /metrics: {e}"),
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -502,6 +511,10 @@ pub(crate) mod tests {
         );
         assert!(
             text.contains("apiwitness_aggregator_spec_operations 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiwitness_aggregator_raw_records 1"),
             "{text}"
         );
     }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub drop_reports: Counter,
     pub reports: Counter,
     pub spec_operations: Gauge,
+    pub raw_records: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,6 +64,12 @@ impl Metrics {
             "Operations in the loaded OpenAPI spec",
             spec_operations.clone(),
         );
+        let raw_records = Gauge::default();
+        registry.register(
+            "raw_records",
+            "Raw records kept in the store, within the retention bounds",
+            raw_records.clone(),
+        );
         Metrics {
             registry,
             accepted,
@@ -71,6 +78,7 @@ impl Metrics {
             drop_reports,
             reports,
             spec_operations,
+            raw_records,
         }
     }
 

@@ -62,6 +62,9 @@ pub struct Aggregator {
     /// A SQLite file or a PostgreSQL URL.
     pub db: String,
     pub log_path: PathBuf,
+    /// `--retention` and `--retention-records` at the next spawn. Tests post
+    /// records with fixed timestamps, so by default nothing is removed.
+    pub retention: (String, u64),
     child: Option<Child>,
     addr: String,
 }
@@ -188,6 +191,7 @@ impl Aggregator {
             insecure,
             db: db.unwrap_or_else(|| dir.join("apiwitness.db").display().to_string()),
             log_path: dir.join("aggregator.log"),
+            retention: ("0s".into(), 0),
             child: None,
             addr,
         };
@@ -210,10 +214,10 @@ impl Aggregator {
                 "live",
                 "--spec-refresh",
                 "1s",
-                // Tests post records with fixed timestamps: no retention
-                // bound may remove them when a test restarts an aggregator.
                 "--retention",
-                "0s",
+                &self.retention.0,
+                "--retention-records",
+                &self.retention.1.to_string(),
             ])
             .args(if self.insecure {
                 &["--insecure-no-auth"][..]

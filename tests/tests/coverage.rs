@@ -329,6 +329,88 @@ fn kill_mid_ingest(store: StoreKind, prefix: &str) {
     );
 }
 
+#[test]
+fn raw_records_past_the_retention_bounds_go_and_the_coverage_stays_on_sqlite() {
+    retention(StoreKind::Sqlite, "cov-keep");
+}
+
+#[test]
+fn raw_records_past_the_retention_bounds_go_and_the_coverage_stays_on_postgres() {
+    retention(StoreKind::Postgres, "cov-keep-pg");
+}
+
+/// Raw records past the age bound, then beyond the count bound, are removed
+/// when the aggregator starts; the hits they counted stay.
+fn retention(store: StoreKind, prefix: &str) {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::with_app(cluster, prefix);
+    let n = ns.name.clone();
+    let writer = token_of(cluster, &n, "app").unwrap();
+    let reader = reader_token(cluster).unwrap();
+    let mut aggregator = Aggregator::start_on(cluster, &n, store).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let line = |i: usize, started_at: &str| {
+        json!({"kind": "exchange", "format": 1, "id": format!("{n}-{i}"),
+            "pod": {"namespace": n, "name": "kept"}, "started_at": started_at,
+            "duration_us": 1, "method": "GET", "path": format!("/api/v1/namespaces/{n}/configmaps/c{i}"),
+            "status": 200})
+        .to_string()
+            + "\n"
+    };
+    // Two records from 2020, and four from this hour, a second apart.
+    let mut batch = line(0, "2020-01-01T00:00:00Z") + &line(1, "2020-01-01T00:00:01Z");
+    for i in 2..6 {
+        let at = now - 60 + i as u64;
+        batch += &line(i, &rfc3339(at));
+    }
+    post_batch(&aggregator, &batch, &writer).unwrap();
+    let stored = |aggregator: &Aggregator| -> u64 {
+        let text = aggregator.get_text("/metrics", None).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("apiwitness_aggregator_raw_records "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(stored(&aggregator), 6);
+
+    aggregator.kill();
+    aggregator.retention = ("30days".into(), 3);
+    aggregator.spawn(cluster).unwrap();
+    // The two from 2020 are past 30 days; of the four left, the oldest goes.
+    wait_until("the prune at start", Duration::from_secs(30), || {
+        (stored(&aggregator) == 3).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}; stored {}", stored(&aggregator)));
+    let report = aggregator
+        .get_json(&format!("/coverage/{n}/kept"), Some(&reader))
+        .unwrap();
+    let hits: u64 = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["hits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hits, 6, "the coverage still counts every record");
+}
+
+/// Seconds since the epoch as RFC 3339, by date(1).
+fn rfc3339(secs: u64) -> String {
+    CommandOutput::run(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{secs}"),
+        "+%Y-%m-%dT%H:%M:%SZ",
+    ]))
+    .and_then(|o| o.ok("date"))
+    .unwrap()
+    .stdout
+    .trim()
+    .to_string()
+}
+
 /// POSTs one NDJSON batch, gzip, with a bearer token, as the interceptor does.
 fn post_batch(aggregator: &Aggregator, ndjson: &str, token: &str) -> anyhow::Result<Value> {
     let (code, body) = post_batch_status(aggregator, ndjson, Some(token))?;
