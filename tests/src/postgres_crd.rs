@@ -56,3 +56,39 @@ pub fn grant_postgres_admin(cluster: &Cluster, namespace: &str, serviceaccount: 
         ])
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
+
+/// Where the tests that write a Postgres object through an interceptor
+/// start: the CRD served; a namespace whose `app` may manage Postgres
+/// objects, with a `reader` that may get `readable` and a `nobody` that may
+/// get nothing; an aggregator on `store`; and a certify stand-in signing
+/// with the cluster CA.
+pub struct CrdScenario {
+    pub cluster: &'static Cluster,
+    pub ns: crate::TestNamespace,
+    pub aggregator: crate::aggregator::Aggregator,
+    pub certify: crate::certify::CertifyStandIn,
+}
+
+impl CrdScenario {
+    pub fn start(prefix: &str, store: crate::aggregator::StoreKind, readable: &str) -> CrdScenario {
+        let cluster = Cluster::shared();
+        ensure_postgres_crd(cluster);
+        let ns = crate::TestNamespace::with_app(cluster, prefix);
+        let n = ns.name.as_str();
+        ns.add_reader(readable);
+        cluster
+            .kubectl_ok(&["create", "serviceaccount", "nobody", "-n", n])
+            .unwrap();
+        grant_postgres_admin(cluster, n, "app");
+        let aggregator = crate::aggregator::Aggregator::start_on(cluster, n, store).unwrap();
+        let certify =
+            crate::certify::CertifyStandIn::start(cluster, crate::certify::Signer::ClusterCa)
+                .unwrap();
+        CrdScenario {
+            cluster,
+            ns,
+            aggregator,
+            certify,
+        }
+    }
+}

@@ -258,13 +258,31 @@ fn killing_the_aggregator_mid_ingest_loses_nothing_and_counts_nothing_twice_on_p
     kill_mid_ingest(StoreKind::Postgres, "cov-crash-pg");
 }
 
-fn kill_mid_ingest(store: StoreKind, prefix: &str) {
+/// A namespace, its `app`'s token to write with, a reader's token, and an
+/// aggregator on `store`: where the tests that post records themselves start.
+fn posting(store: StoreKind, prefix: &str) -> (TestNamespace, String, String, Aggregator) {
     let cluster = Cluster::shared();
     let ns = TestNamespace::with_app(cluster, prefix);
-    let n = ns.name.clone();
-    let writer = token_of(cluster, &n, "app").unwrap();
+    let writer = token_of(cluster, &ns.name, "app").unwrap();
     let reader = reader_token(cluster).unwrap();
-    let mut aggregator = Aggregator::start_on(cluster, &n, store).unwrap();
+    let aggregator = Aggregator::start_on(cluster, &ns.name, store).unwrap();
+    (ns, writer, reader, aggregator)
+}
+
+/// All the hits of a report.
+fn total_hits(report: &Value) -> u64 {
+    report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["hits"].as_u64().unwrap())
+        .sum()
+}
+
+fn kill_mid_ingest(store: StoreKind, prefix: &str) {
+    let cluster = Cluster::shared();
+    let (ns, writer, reader, mut aggregator) = posting(store, prefix);
+    let n = ns.name.clone();
     const BATCHES: usize = 40;
     const PER_BATCH: usize = 250;
     let batch = |b: usize| -> String {
@@ -298,12 +316,7 @@ fn kill_mid_ingest(store: StoreKind, prefix: &str) {
     let report = aggregator
         .get_json(&format!("/coverage/{n}/busy"), Some(&reader))
         .unwrap();
-    let hits: u64 = report["operations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["hits"].as_u64().unwrap())
-        .sum();
+    let hits = total_hits(&report);
     assert_eq!(
         hits,
         (acknowledged.len() * PER_BATCH) as u64,
@@ -316,12 +329,7 @@ fn kill_mid_ingest(store: StoreKind, prefix: &str) {
     let report = aggregator
         .get_json(&format!("/coverage/{n}/busy"), Some(&reader))
         .unwrap();
-    let hits: u64 = report["operations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["hits"].as_u64().unwrap())
-        .sum();
+    let hits = total_hits(&report);
     assert_eq!(
         hits,
         (BATCHES * PER_BATCH) as u64,
@@ -343,11 +351,8 @@ fn raw_records_past_the_retention_bounds_go_and_the_coverage_stays_on_postgres()
 /// when the aggregator starts; the hits they counted stay.
 fn retention(store: StoreKind, prefix: &str) {
     let cluster = Cluster::shared();
-    let ns = TestNamespace::with_app(cluster, prefix);
+    let (ns, writer, reader, mut aggregator) = posting(store, prefix);
     let n = ns.name.clone();
-    let writer = token_of(cluster, &n, "app").unwrap();
-    let reader = reader_token(cluster).unwrap();
-    let mut aggregator = Aggregator::start_on(cluster, &n, store).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -387,12 +392,7 @@ fn retention(store: StoreKind, prefix: &str) {
     let report = aggregator
         .get_json(&format!("/coverage/{n}/kept"), Some(&reader))
         .unwrap();
-    let hits: u64 = report["operations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["hits"].as_u64().unwrap())
-        .sum();
+    let hits = total_hits(&report);
     assert_eq!(hits, 6, "the coverage still counts every record");
 }
 

@@ -6,9 +6,9 @@
 //! bisect from the records alone.
 
 use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
-use apiwitness_e2e::certify::{CertifyStandIn, Signer};
+use apiwitness_e2e::certify::CertifyStandIn;
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
-use apiwitness_e2e::postgres_crd::{ensure_postgres_crd, grant_postgres_admin};
+use apiwitness_e2e::postgres_crd::CrdScenario;
 use apiwitness_e2e::{Cluster, TestNamespace, repo_root, wait_until};
 use serde_json::{Value, json};
 use std::io::BufRead;
@@ -18,20 +18,14 @@ fn setup(
     prefix: &str,
     store: StoreKind,
 ) -> (&'static Cluster, TestNamespace, Aggregator, CertifyStandIn) {
-    let cluster = Cluster::shared();
-    ensure_postgres_crd(cluster);
-    let ns = TestNamespace::with_app(cluster, prefix);
-    let n = ns.name.as_str();
     // The workload may manage Postgres objects; a reader may get them;
     // nobody may not.
-    ns.add_reader("postgreses.postgrescontroller.kubeplus,deployments.apps,configmaps");
-    cluster
-        .kubectl_ok(&["create", "serviceaccount", "nobody", "-n", n])
-        .unwrap();
-    grant_postgres_admin(cluster, n, "app");
-    let aggregator = Aggregator::start_on(cluster, n, store).unwrap();
-    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
-    (cluster, ns, aggregator, certify)
+    let s = CrdScenario::start(
+        prefix,
+        store,
+        "postgreses.postgrescontroller.kubeplus,deployments.apps,configmaps",
+    );
+    (s.cluster, s.ns, s.aggregator, s.certify)
 }
 
 fn intercepted(

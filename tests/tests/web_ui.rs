@@ -6,12 +6,11 @@
 //! resource's timeline, a diff and a bisect. Screenshots go to
 //! `$APIWITNESS_SCREENSHOTS` (the ones in docs/ come from here).
 
-use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
+use apiwitness_e2e::aggregator::{StoreKind, token_of};
 use apiwitness_e2e::browser::Browser;
-use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
-use apiwitness_e2e::postgres_crd::{ensure_postgres_crd, grant_postgres_admin};
-use apiwitness_e2e::{Cluster, TestNamespace, wait_until};
+use apiwitness_e2e::postgres_crd::CrdScenario;
+use apiwitness_e2e::{Cluster, wait_until};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -56,17 +55,10 @@ fn the_web_ui_draws_a_real_workloads_coverage_and_provenance_on_postgres() {
 }
 
 fn web_ui(store: StoreKind, prefix: &str, take_screenshots: bool) {
-    let cluster = Cluster::shared();
-    ensure_postgres_crd(cluster);
-    let ns = TestNamespace::with_app(cluster, prefix);
-    let n = ns.name.as_str();
-    ns.add_reader("pods,postgreses.postgrescontroller.kubeplus");
-    cluster
-        .kubectl_ok(&["create", "serviceaccount", "nobody", "-n", n])
-        .unwrap();
-    grant_postgres_admin(cluster, n, "app");
-    let aggregator = Aggregator::start_on(cluster, n, store).unwrap();
-    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let scenario = CrdScenario::start(prefix, store, "pods,postgreses.postgrescontroller.kubeplus");
+    let (cluster, aggregator, certify) =
+        (scenario.cluster, &scenario.aggregator, &scenario.certify);
+    let n = scenario.ns.name.as_str();
     let ingest = aggregator.ingest_url();
     let pod = InterceptedPod::start_app(
         cluster,
