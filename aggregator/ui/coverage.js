@@ -105,6 +105,7 @@ export function operationTree(operations, hitIds, label) {
     resource.children.push({
       key: op.operation_id,
       label: op.operation_id,
+      short: shortName(op),
       op,
       state: hitIds.has(op.operation_id) ? "hit" : op.eligible ? "eligible" : "untested",
     });
@@ -118,6 +119,15 @@ export function operationTree(operations, hitIds, label) {
   };
   sort(root);
   return summarize(root);
+}
+
+const VERB_OF_ACTION = { post: "create", put: "replace", get: "read" };
+
+// What fits on an operation's arc: its verb, and its subresource if any
+// (`create`, `read status`); the operationId is in its title.
+function shortName(op) {
+  const verb = VERB_OF_ACTION[op.action] || op.action || op.method.toLowerCase();
+  return op.subresource ? `${verb} ${op.subresource}` : verb;
 }
 
 function leavesOf(node, out = []) {

@@ -124,11 +124,15 @@ export function draw(root, { onZoom, onPick, onFocus, depth = 4 }) {
         onfocus: () => onFocus(child),
       }, s("title", {}, describe(child)));
       svg.append(path);
+      labels.push(label(child, angle, angle + span, r0, r0 + ring - 1));
       place(child, angle, angle + span, level + 1);
       angle += span;
     }
   };
+  const labels = [];
   place(root, 0, Math.PI * 2, 1);
+  // Labels go over every arc, and let the pointer through to them.
+  svg.append(...labels.filter(Boolean));
   const up = root.parent;
   const centre = s("g", {
     class: up ? "centre zoomable" : "centre",
@@ -149,6 +153,33 @@ export function draw(root, { onZoom, onPick, onFocus, depth = 4 }) {
     `${root.hitLeaves}/${root.leaves}`));
   svg.append(centre);
   return svg;
+}
+
+// A name drawn across its arc, when the arc is long and wide enough to hold
+// a readable part of it; the title and the info line always give it whole.
+const CHAR_WIDTH = 6.2;
+
+function label(node, a0, a1, r0, r1) {
+  const middle = (r0 + r1) / 2;
+  const room = Math.min((a1 - a0) * middle, 2 * middle) - 8;
+  const fits = Math.floor(room / CHAR_WIDTH);
+  if (r1 - r0 < 14 || fits < 4) return null;
+  const name = node.short || node.label;
+  const text = name.length > fits ? `${name.slice(0, fits - 1)}…` : name;
+  const at = (a0 + a1) / 2;
+  const [x, y] = point(at, middle).split(",").map(Number);
+  // Upright, along the tangent: turned a half-turn on the lower half.
+  let degrees = (at * 180) / Math.PI;
+  if (degrees > 90 && degrees < 270) degrees -= 180;
+  return s("text", {
+    x: x.toFixed(1),
+    y: y.toFixed(1),
+    transform: `rotate(${degrees.toFixed(1)} ${x.toFixed(1)} ${y.toFixed(1)})`,
+    "text-anchor": "middle",
+    "dominant-baseline": "central",
+    class: "arc-label",
+    "aria-hidden": "true",
+  }, text);
 }
 
 function shorten(label) {
