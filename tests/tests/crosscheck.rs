@@ -311,22 +311,15 @@ fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_
     let mut aggregator = Aggregator::start_on(cluster, n, StoreKind::Sqlite).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     let ingest = aggregator.ingest_url();
-    let mut pod = InterceptedPod::start(
+    let mut pod = InterceptedPod::start_app(
         cluster,
-        &format!("{n}-p"),
         n,
-        "app",
-        &[],
         InterceptorOptions {
-            certify_url: &certify.url,
-            aggregator_url: Some(&ingest),
-            upstream_ca_file: None,
-            explicit_upstream: None,
             // A queue that cannot hold the whole run.
             extra_args: vec!["--queue-capacity".into(), "5".into()],
+            ..InterceptorOptions::shipping_to(&certify.url, &ingest)
         },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    );
 
     // The aggregator goes down for the whole run, and comes back after it.
     aggregator.kill();

@@ -90,11 +90,8 @@ fn start_pod<'a>(
         "app",
         &[],
         InterceptorOptions {
-            certify_url: &certify.url,
-            aggregator_url: Some(&collector.url),
-            upstream_ca_file: None,
-            explicit_upstream: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            ..InterceptorOptions::shipping_to(&certify.url, &collector.url)
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}"))

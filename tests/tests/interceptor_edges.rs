@@ -13,13 +13,7 @@ use std::time::Duration;
 const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 fn options<'a>(certify: &'a CertifyStandIn, collector: &'a Collector) -> InterceptorOptions<'a> {
-    InterceptorOptions {
-        certify_url: &certify.url,
-        aggregator_url: Some(&collector.url),
-        upstream_ca_file: None,
-        explicit_upstream: None,
-        extra_args: vec![],
-    }
+    InterceptorOptions::shipping_to(&certify.url, &collector.url)
 }
 
 #[test]

@@ -35,21 +35,11 @@ fn intercepted(
     certify: &CertifyStandIn,
 ) -> InterceptedPod {
     let ingest = aggregator.ingest_url();
-    InterceptedPod::start(
+    InterceptedPod::start_app(
         cluster,
-        &format!("{ns}-p"),
         ns,
-        "app",
-        &[],
-        InterceptorOptions {
-            certify_url: &certify.url,
-            aggregator_url: Some(&ingest),
-            upstream_ca_file: None,
-            explicit_upstream: None,
-            extra_args: vec![],
-        },
+        InterceptorOptions::shipping_to(&certify.url, &ingest),
     )
-    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn run(pod: &InterceptedPod, kubectl: &str, args: &[&str]) -> String {

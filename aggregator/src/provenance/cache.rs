@@ -86,27 +86,22 @@ impl HistoryCache {
 mod tests {
     use super::*;
     use crate::provenance::history::number;
-    use crate::provenance::{Source, Version, Who};
 
     fn history(n: usize) -> Arc<Vec<Numbered>> {
-        let v = |i: usize| Version {
-            group: String::new(),
-            resource: "configmaps".into(),
-            kind: "ConfigMap".into(),
-            api_version: "v1".into(),
-            namespace: "ns".into(),
-            name: "c".into(),
-            uid: "u".into(),
-            resource_version: i.to_string(),
-            generation: None,
-            time: "t".into(),
-            verb: "get".into(),
-            source: Source::Observed,
-            deleted: false,
-            partial: false,
-            who: Who::default(),
-            record: String::new(),
-            object: None,
+        let v = |i: usize| {
+            crate::store::key_version(
+                [
+                    "",
+                    "configmaps",
+                    "ConfigMap",
+                    "ns",
+                    "c",
+                    "u",
+                    &i.to_string(),
+                    "t",
+                ]
+                .map(String::from),
+            )
         };
         Arc::new(number((0..n).map(v).collect()))
     }

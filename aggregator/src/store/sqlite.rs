@@ -589,31 +589,32 @@ mod tests {
 
     #[test]
     fn the_versions_fingerprint_moves_on_a_new_version_and_on_a_merge() {
-        use crate::provenance::{Source, Version, Who};
+        use crate::provenance::{Source, Version};
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("f.db")).unwrap();
         let version = |rv: &str, source: Source| Version {
-            group: String::new(),
-            resource: "configmaps".into(),
-            kind: "ConfigMap".into(),
             api_version: "v1".into(),
-            namespace: "ns".into(),
-            name: "c".into(),
-            uid: "u".into(),
-            resource_version: rv.into(),
-            generation: None,
-            time: "2026-11-30T10:00:00Z".into(),
             verb: if source == Source::Write {
                 "update".into()
             } else {
                 "get".into()
             },
             source,
-            deleted: false,
-            partial: false,
-            who: Who::default(),
             record: format!("r{rv}"),
             object: Some(serde_json::json!({"data": {"v": rv}})),
+            ..key_version(
+                [
+                    "",
+                    "configmaps",
+                    "ConfigMap",
+                    "ns",
+                    "c",
+                    "u",
+                    rv,
+                    "2026-11-30T10:00:00Z",
+                ]
+                .map(String::from),
+            )
         };
         let with = |id: &str, v: Version| IngestItem {
             versions: vec![v],
