@@ -312,14 +312,14 @@ async fn render(
     release: Option<String>,
 ) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let s = scope.clone();
-    let (hits, fields, dropped) =
-        blocking(move || Ok((store.hits(&s)?, store.field_hits(&s)?, store.dropped(&s)?))).await?;
     let index = state.spec.get();
-    let mut report = report::build(scope, &hits, &fields, &index, dropped);
-    report.release = release;
+    let (body, content_type) = blocking(move || {
+        let mut report = report::from_store(store.as_ref(), scope, &index)?;
+        report.release = release;
+        Ok(report.render(format, &index))
+    })
+    .await?;
     state.metrics.reports.inc();
-    let (body, content_type) = report.render(format, &index);
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 

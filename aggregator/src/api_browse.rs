@@ -92,22 +92,16 @@ pub async fn scopes(
     })))
 }
 
-/// The resource an operation acts on, from its path: what a sunburst's
-/// third ring groups operations by. A path that names no resource (discovery,
-/// `/version`) is its own.
-fn resource_of(op: &Operation) -> String {
+/// The resource an operation acts on, and its subresource, from its path:
+/// what a sunburst's third ring groups operations by. A path that names no
+/// resource (discovery, `/version`) is its own.
+fn resource_of(op: &Operation) -> (String, String) {
     match ApiRequest::parse(&op.method, &op.path, "", None) {
         Ok(request) if request.is_resource_request && !request.resource.is_empty() => {
-            request.resource
+            (request.resource, request.subresource)
         }
-        _ => op.path.clone(),
+        _ => (op.path.clone(), String::new()),
     }
-}
-
-fn subresource_of(op: &Operation) -> String {
-    ApiRequest::parse(&op.method, &op.path, "", None)
-        .map(|r| r.subresource)
-        .unwrap_or_default()
 }
 
 /// `GET /spec/operations`: every operation of the live spec, so that what
@@ -121,6 +115,7 @@ pub async fn operations(
     let mut operations: Vec<Value> = index
         .operations()
         .map(|op| {
+            let (resource, subresource) = resource_of(op);
             json!({
                 "operation_id": op.operation_id,
                 "method": op.method,
@@ -129,8 +124,8 @@ pub async fn operations(
                 "group": op.group,
                 "version": op.version,
                 "kind": op.kind,
-                "resource": resource_of(op),
-                "subresource": subresource_of(op),
+                "resource": resource,
+                "subresource": subresource,
                 "action": op.action,
                 "deprecated": op.deprecated,
                 "eligible": op.eligible,

@@ -64,16 +64,7 @@ pub fn document(report: &Report, index: &OperationIndex, release: Option<&str>) 
         .collect();
     let release = release.map(Value::from).unwrap_or(Value::Null);
     let mut operations: Vec<_> = index.operations().collect();
-    let rank = |level: &str| match level {
-        "stable" => 0,
-        "beta" => 1,
-        _ => 2,
-    };
-    operations.sort_by(|a, b| {
-        rank(level_name(&a.level))
-            .cmp(&rank(level_name(&b.level)))
-            .then(a.operation_id.cmp(&b.operation_id))
-    });
+    operations.sort_by(|a, b| (&a.level, &a.operation_id).cmp(&(&b.level, &b.operation_id)));
     let mut clients = BTreeSet::new();
     let endpoints: Vec<Value> = operations
         .iter()

@@ -134,12 +134,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             user_agent: user_agent.clone(),
             since: None,
         };
-        let (s, q) = (store.clone(), scope.clone());
-        let (hits, fields, dropped) =
-            blocking(move || Ok::<_, StartError>((s.hits(&q)?, s.field_hits(&q)?, s.dropped(&q)?)))
-                .await??;
-        let report = report::build(scope.clone(), &hits, &fields, &index, dropped);
-        println!("{}", report.render(*format, &index).0);
+        let format = *format;
+        let (text, _) = blocking(move || {
+            report::from_store(store.as_ref(), scope, &index).map(|r| r.render(format, &index))
+        })
+        .await??;
+        println!("{text}");
         return Ok(());
     }
 
@@ -355,11 +355,11 @@ async fn prune(
         let s = store.clone();
         let keep = (keep_at_most > 0).then_some(keep_at_most);
         match blocking(move || s.prune_records(&before, keep)).await {
-            Ok(Ok(n)) if n > 0 => {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
                 tracing::info!(removed = n, "raw records past the retention bounds removed")
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) | Err(StartError::Store(e)) => tracing::warn!("pruning raw records: {e}"),
+            Ok(Err(e)) => tracing::warn!("pruning raw records: {e}"),
             Err(e) => tracing::warn!("pruning raw records: {e}"),
         }
         tokio::select! {

@@ -4,7 +4,7 @@
 //! plain-text table, or JUnit XML.
 
 use crate::spec::{OperationIndex, Unmatched, level_name};
-use crate::store::{FieldHit, Hit, Scope};
+use crate::store::{FieldHit, Hit, Scope, Store, StoreError};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,17 +26,21 @@ pub struct Tally {
     pub percent: f64,
 }
 
+/// `hit` of `total` in percent, to one decimal; 0 of nothing is 0.
+fn percent(hit: usize, total: usize) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        (hit as f64 * 1000.0 / total as f64).round() / 10.0
+    }
+}
+
 impl Tally {
     fn new(hit: usize, total: usize) -> Tally {
-        let percent = if total == 0 {
-            0.0
-        } else {
-            (hit as f64 * 1000.0 / total as f64).round() / 10.0
-        };
         Tally {
             hit,
             total,
-            percent,
+            percent: percent(hit, total),
         }
     }
 }
@@ -231,11 +235,7 @@ pub fn build(
     for entry in covered.values_mut() {
         if let Some(c) = entry.fields.as_mut() {
             c.hit = c.set.len();
-            c.percent = if c.total == 0 {
-                0.0
-            } else {
-                (c.hit as f64 * 1000.0 / c.total as f64).round() / 10.0
-            };
+            c.percent = percent(c.hit, c.total);
         }
     }
     Report {
@@ -248,6 +248,19 @@ pub fn build(
         untested_eligible,
         release: None,
     }
+}
+
+/// A scope's report from a store's aggregates: what the HTTP routes and the
+/// `report` command both answer.
+pub fn from_store(
+    store: &dyn Store,
+    scope: Scope,
+    index: &OperationIndex,
+) -> Result<Report, StoreError> {
+    let hits = store.hits(&scope)?;
+    let fields = store.field_hits(&scope)?;
+    let dropped = store.dropped(&scope)?;
+    Ok(build(scope, &hits, &fields, index, dropped))
 }
 
 impl Report {
