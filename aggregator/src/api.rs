@@ -145,15 +145,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .spec_operations
         .set(state.spec.get().len() as i64);
-    // Read at each scrape: what retention keeps is the store's, and several
-    // replicas share one PostgreSQL store.
-    let store = state.store.clone();
-    match blocking(move || store.record_count()).await {
-        Ok(n) => {
-            state.metrics.raw_records.set(n as i64);
-        }
-        Err(e) => tracing::warn!("counting raw records for /metrics: {e}"),
-    }
     (
         [(
             header::CONTENT_TYPE,
@@ -243,6 +234,7 @@ async fn ingest(
         batch.errors.len(),
     );
     state.metrics.drop_reports.inc_by(drop_reports as u64);
+    state.metrics.raw_records.inc_by(outcome.accepted as i64);
     state.live.ingested(outcome.accepted);
     Ok(Json(IngestAnswer {
         outcome,
@@ -272,6 +264,7 @@ async fn audit_events(
         outcome.duplicates,
         parsed.errors.len(),
     );
+    state.metrics.raw_records.inc_by(outcome.accepted as i64);
     state.live.ingested(outcome.accepted);
     Ok(Json(IngestAnswer {
         outcome,

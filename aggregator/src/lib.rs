@@ -172,14 +172,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             shutdown_rx.clone(),
         ));
     }
+    let metrics = Arc::new(metrics::Metrics::new());
     tokio::spawn(prune(
         store.clone(),
         config.serve.retention,
         config.serve.retention_records,
+        metrics.clone(),
         shutdown_rx.clone(),
     ));
     let state = api::AppState {
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         store,
         spec: shared,
         auth,
@@ -333,16 +335,17 @@ async fn patch_apiservice(client: &kube::Client, name: &str, ca: &str) {
     }
 }
 
-/// Applies the retention bounds to raw records, now and every 10 minutes.
+/// Applies the retention bounds to raw records, now and every 10 minutes,
+/// and then counts what is kept for `/metrics` (ingest adds to the count in
+/// between): a full count at every scrape would hold the store meanwhile.
 async fn prune(
     store: Arc<dyn store::Store>,
     age: std::time::Duration,
     keep_at_most: u64,
+    metrics: Arc<metrics::Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    if age.is_zero() && keep_at_most == 0 {
-        return;
-    }
+    let bounded = !age.is_zero() || keep_at_most > 0;
     loop {
         let before = if age.is_zero() {
             String::new()
@@ -354,13 +357,23 @@ async fn prune(
         };
         let s = store.clone();
         let keep = (keep_at_most > 0).then_some(keep_at_most);
-        match blocking(move || s.prune_records(&before, keep)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
-                tracing::info!(removed = n, "raw records past the retention bounds removed")
+        if bounded {
+            match blocking(move || s.prune_records(&before, keep)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::info!(removed = n, "raw records past the retention bounds removed")
+                }
+                Ok(Err(e)) => tracing::warn!("pruning raw records: {e}"),
+                Err(e) => tracing::warn!("pruning raw records: {e}"),
             }
-            Ok(Err(e)) => tracing::warn!("pruning raw records: {e}"),
-            Err(e) => tracing::warn!("pruning raw records: {e}"),
+        }
+        let s = store.clone();
+        match blocking(move || s.record_count()).await {
+            Ok(Ok(n)) => {
+                metrics.raw_records.set(n as i64);
+            }
+            Ok(Err(e)) => tracing::warn!("counting raw records: {e}"),
+            Err(e) => tracing::warn!("counting raw records: {e}"),
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
