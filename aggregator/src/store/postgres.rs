@@ -500,7 +500,7 @@ fn store_provenance(
         tx.execute(
             "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, doc = EXCLUDED.doc, object = EXCLUDED.object",
+             ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, time = EXCLUDED.time, doc = EXCLUDED.doc, object = EXCLUDED.object",
             &[
                 &merged.uid,
                 &merged.resource_version,
