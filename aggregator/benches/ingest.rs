@@ -19,6 +19,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+// The aggregator's own allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PODS: usize = 50;
 
 fn shared() -> PathBuf {

@@ -23,8 +23,6 @@ pub struct AppState {
     /// `None` only with --insecure-no-auth.
     pub auth: Option<Arc<Authorizer>>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Decoded histories for bisect.
-    pub histories: Arc<crate::provenance::cache::HistoryCache>,
     /// Wakes the pages that watch for new records.
     pub live: Arc<crate::live::Live>,
 }
@@ -405,7 +403,6 @@ pub(crate) mod tests {
             ))),
             auth: None,
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            histories: Arc::new(crate::provenance::cache::HistoryCache::new(1000)),
             live: Default::default(),
         }
     }

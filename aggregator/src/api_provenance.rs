@@ -121,7 +121,7 @@ pub async fn answer(
         .unwrap_or_default();
     authorize(&state, &reader, &query, &group, &resource).await?;
     let mut numbered = history::number(versions);
-    let object = summary(&query, &numbered);
+    let object = summary(&query, numbered.iter());
     match view {
         "versions" => {
             let listed: Vec<Value> = numbered
@@ -199,8 +199,10 @@ pub async fn answer(
     }
 }
 
-/// Bisect reads every version's object: its history is kept decoded, and
-/// used again while the store's fingerprint of the object's rows holds.
+/// Bisect looks at every version's object. The store reads each object's
+/// JSON text and the conditions are tested on it in place: a search rules
+/// out most objects, and the rest are probed for the conditions' fields
+/// without decoding the object. Only the first version found is read whole.
 async fn bisect(
     state: AppState,
     reader: Option<Caller>,
@@ -209,31 +211,21 @@ async fn bisect(
 ) -> Result<Response, ApiError> {
     let pairs = condition_pairs(&raw_query)?;
     let conditions = history::conditions(&pairs)?;
-    let key = (
-        query.namespace.clone(),
-        query.name.clone(),
-        query.resource.clone(),
-    );
     let store = state.store.clone();
     let asked = query.clone();
-    let fingerprint = blocking(move || store.versions_fingerprint(&asked)).await?;
-    let numbered = match state.histories.get(&key, &fingerprint) {
-        Some(history) => history,
-        None => {
-            let store = state.store.clone();
-            let asked = query.clone();
-            let (versions, attempts) =
-                blocking(move || Ok((store.versions(&asked, true)?, store.attempts(&asked)?)))
-                    .await?;
-            if versions.is_empty() {
-                return Err(not_found(&query, attempts.is_empty()));
-            }
-            let history = std::sync::Arc::new(history::number(versions));
-            state.histories.put(key, fingerprint, history.clone());
-            history
-        }
-    };
-    let first_version = &numbered[0].version;
+    let (versions, attempts) = blocking(move || {
+        let holds = |object: &[u8]| history::all_hold_in_text(&conditions, object);
+        Ok((
+            store.version_keys_where(&asked, &holds)?,
+            store.attempts(&asked)?,
+        ))
+    })
+    .await?;
+    if versions.is_empty() {
+        return Err(not_found(&query, attempts.is_empty()));
+    }
+    let numbered = history::number_with(versions);
+    let first_version = &numbered[0].0.version;
     authorize(
         &state,
         &reader,
@@ -242,10 +234,18 @@ async fn bisect(
         &first_version.resource,
     )
     .await?;
-    let found = history::bisect(&numbered, &conditions);
-    let first = found.first.map(|o| spec_entry(&numbered[o - 1]));
+    let found = history::bisect_states(numbered.iter().map(|(n, holds)| (n, *holds)));
+    let first = match found.first {
+        Some(ordinal) => {
+            // Read whole: the one version the answer shows.
+            let mut first = [numbered[ordinal - 1].0.clone()];
+            load_whole(&state, &mut first, &[1]).await?;
+            Some(spec_entry(&first[0]))
+        }
+        None => None,
+    };
     Ok(Json(json!({
-        "object": summary(&query, &numbered),
+        "object": summary(&query, numbered.iter().map(|(n, _)| n)),
         "conditions": pairs.iter().map(|(f, v)| json!({"field": f, "value": v})).collect::<Vec<_>>(),
         "first": first,
         "transitions": found.transitions,
@@ -289,13 +289,19 @@ async fn authorize(
     Ok(())
 }
 
-fn summary(query: &ObjectQuery, numbered: &[Numbered]) -> Value {
+fn summary<'a>(query: &ObjectQuery, mut numbered: impl Iterator<Item = &'a Numbered>) -> Value {
+    let first = numbered.next().map(|n| &n.version);
+    let kind = first
+        .map(|v| &v.kind)
+        .into_iter()
+        .chain(numbered.map(|n| &n.version.kind))
+        .find(|k| !k.is_empty());
     json!({
         "namespace": query.namespace,
         "name": query.name,
-        "group": numbered.first().map(|n| n.version.group.clone()).unwrap_or_default(),
-        "resource": numbered.first().map(|n| n.version.resource.clone()).unwrap_or_default(),
-        "kind": numbered.iter().map(|n| n.version.kind.clone()).find(|k| !k.is_empty()).unwrap_or_default(),
+        "group": first.map(|v| v.group.clone()).unwrap_or_default(),
+        "resource": first.map(|v| v.resource.clone()).unwrap_or_default(),
+        "kind": kind.cloned().unwrap_or_default(),
     })
 }
 

@@ -120,15 +120,6 @@ pub struct ServeArgs {
     /// sets no bound.
     #[arg(long, env = "APIWITNESS_RETENTION_RECORDS", default_value_t = 0)]
     pub retention_records: u64,
-
-    /// How many decoded versions (with their objects) bisect may keep in
-    /// memory, across objects; 0 keeps none.
-    #[arg(
-        long,
-        env = "APIWITNESS_HISTORY_CACHE_VERSIONS",
-        default_value_t = 20_000
-    )]
-    pub history_cache_versions: usize,
 }
 
 #[derive(Debug, Clone, Subcommand)]

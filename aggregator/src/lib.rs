@@ -185,9 +185,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         store,
         spec: shared,
         auth,
-        histories: Arc::new(provenance::cache::HistoryCache::new(
-            config.serve.history_cache_versions,
-        )),
         live: Default::default(),
     };
     if let Some(addr) = config.serve.aggregated_api_listen {

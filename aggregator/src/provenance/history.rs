@@ -34,9 +34,17 @@ fn rv_key(rv: &str) -> RvKey {
 /// Orders versions: lineages by their first sighting, and within a lineage
 /// by resourceVersion (etcd's revision, which orders writes however late an
 /// observer saw them), a tombstone last.
-pub fn number(mut versions: Vec<Version>) -> Vec<Numbered> {
+pub fn number(versions: Vec<Version>) -> Vec<Numbered> {
+    number_with(versions.into_iter().map(|v| (v, ())).collect())
+        .into_iter()
+        .map(|(n, ())| n)
+        .collect()
+}
+
+/// [`number`], each version keeping what came with it (its object's text).
+pub fn number_with<T>(mut versions: Vec<(Version, T)>) -> Vec<(Numbered, T)> {
     let mut first_time: BTreeMap<String, (String, RvKey)> = BTreeMap::new();
-    for v in &versions {
+    for (v, _) in &versions {
         let entry = first_time
             .entry(v.uid.clone())
             .or_insert((v.time.clone(), rv_key(&v.resource_version)));
@@ -52,20 +60,25 @@ pub fn number(mut versions: Vec<Version>) -> Vec<Numbered> {
         .enumerate()
         .map(|(i, (uid, _))| ((*uid).clone(), i + 1))
         .collect();
-    versions.sort_by(|a, b| {
-        (lineage_of[&a.uid], rv_key(&a.resource_version), &a.time).cmp(&(
-            lineage_of[&b.uid],
-            rv_key(&b.resource_version),
-            &b.time,
-        ))
+    versions.sort_by_cached_key(|(v, _)| {
+        (
+            lineage_of[&v.uid],
+            rv_key(&v.resource_version),
+            v.time.clone(),
+        )
     });
     versions
         .into_iter()
         .enumerate()
-        .map(|(i, version)| Numbered {
-            ordinal: i + 1,
-            lineage: lineage_of[&version.uid],
-            version,
+        .map(|(i, (version, with))| {
+            (
+                Numbered {
+                    ordinal: i + 1,
+                    lineage: lineage_of[&version.uid],
+                    version,
+                },
+                with,
+            )
         })
         .collect()
 }
@@ -200,6 +213,9 @@ pub fn diff(
 pub struct Condition {
     pub field: FieldPath,
     pub value: String,
+    /// Searches for text of which one appears in any object's JSON where
+    /// this holds.
+    needles: Vec<memchr::memmem::Finder<'static>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -227,28 +243,68 @@ pub fn conditions(pairs: &[(String, String)]) -> Result<Vec<Condition>, HistoryE
     pairs
         .iter()
         .map(|(f, v)| {
+            let field = FieldPath::parse(f)?;
             Ok(Condition {
-                field: FieldPath::parse(f)?,
+                needles: field
+                    .needles(v)
+                    .iter()
+                    .map(|n| memchr::memmem::Finder::new(n).into_owned())
+                    .collect(),
+                field,
                 value: v.clone(),
             })
         })
         .collect()
 }
 
+impl Condition {
+    fn holds_in(&self, object: &Value) -> bool {
+        self.field
+            .resolve(object)
+            .is_some_and(|x| scalar_text(x) == self.value)
+    }
+
+    /// Whether the condition may hold in an object's JSON text as the
+    /// store writes it: false only where it cannot.
+    pub fn may_hold_in_text(&self, object: &[u8]) -> bool {
+        self.needles.is_empty() || self.needles.iter().any(|n| n.find(object).is_some())
+    }
+
+    /// The same as on the decoded object, on its JSON text.
+    pub fn holds_in_text(&self, object: &[u8]) -> bool {
+        self.may_hold_in_text(object)
+            && self
+                .field
+                .resolve_text(object)
+                .is_some_and(|x| scalar_text(&x) == self.value)
+    }
+}
+
 pub fn bisect(versions: &[Numbered], conditions: &[Condition]) -> Bisect {
-    let holds = |v: &Numbered| {
-        v.version.object.as_ref().is_some_and(|o| {
-            conditions.iter().all(|c| {
-                c.field
-                    .resolve(o)
-                    .is_some_and(|x| scalar_text(x) == c.value)
-            })
-        })
-    };
+    bisect_states(versions.iter().map(|v| {
+        let holds = v
+            .version
+            .object
+            .as_ref()
+            .is_some_and(|o| conditions.iter().all(|c| c.holds_in(o)));
+        (v, holds)
+    }))
+}
+
+/// Whether every condition holds in an object's JSON text as the store
+/// writes it. Every condition's search comes first: it is far cheaper than
+/// a probe, and rules out most objects.
+pub fn all_hold_in_text(conditions: &[Condition], object: &[u8]) -> bool {
+    conditions.iter().all(|c| c.may_hold_in_text(object))
+        && conditions.iter().all(|c| c.holds_in_text(object))
+}
+
+/// Bisect over the versions in order, each with whether every condition
+/// holds there.
+pub fn bisect_states<'a>(states: impl Iterator<Item = (&'a Numbered, bool)>) -> Bisect {
     let mut transitions = Vec::new();
     let mut before = false;
-    for v in versions {
-        let now = holds(v);
+    for (v, now) in states {
         if now != before {
             transitions.push(Transition {
                 ordinal: v.ordinal,
@@ -399,6 +455,71 @@ mod tests {
         .unwrap();
         assert_eq!(bisect(&h, &c).first, Some(3));
         assert!(conditions(&[]).is_err());
+    }
+
+    #[test]
+    fn bisect_over_json_text_agrees_with_bisect_over_decoded_objects() {
+        let decoded = history();
+        let texts: Vec<Option<Vec<u8>>> = decoded
+            .iter()
+            .map(|n| {
+                n.version
+                    .object
+                    .as_ref()
+                    .map(|o| o.to_string().into_bytes())
+            })
+            .collect();
+        let bisect_texts = |texts: &[Option<Vec<u8>>], c: &[Condition]| {
+            bisect_states(
+                decoded
+                    .iter()
+                    .zip(texts)
+                    .map(|(n, text)| (n, text.as_deref().is_some_and(|o| all_hold_in_text(c, o)))),
+            )
+        };
+        for pairs in [
+            vec![(
+                "spec.template.spec.containers[name=web].image",
+                "nginx:1.25",
+            )],
+            vec![("/spec/template/spec/containers/0/image", "nginx:1.27")],
+            vec![
+                (
+                    "spec.template.spec.containers[name=web].image",
+                    "nginx:1.26",
+                ),
+                ("metadata.resourceVersion", "12"),
+            ],
+            vec![("spec.replicas", "3")],
+            // Quoted in the text: compared after decoding the field.
+            vec![(
+                "spec.template.spec.containers[name=web]",
+                r#"{"image":"nginx:1.26","name":"web"}"#,
+            )],
+        ] {
+            let c = conditions(
+                &pairs
+                    .iter()
+                    .map(|(f, v)| (f.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let (by_text, decoded) = (bisect_texts(&texts, &c), bisect(&decoded, &c));
+            assert_eq!(by_text.first, decoded.first, "{pairs:?}");
+            assert_eq!(by_text.transitions, decoded.transitions, "{pairs:?}");
+        }
+        let first_26 = conditions(&[(
+            "spec.template.spec.containers[name=web].image".into(),
+            "nginx:1.26".into(),
+        )])
+        .unwrap();
+        assert_eq!(bisect_texts(&texts, &first_26).first, Some(2));
+        let whole_container = conditions(&[(
+            "spec.template.spec.containers[name=web]".into(),
+            r#"{"image":"nginx:1.26","name":"web"}"#.into(),
+        )])
+        .unwrap();
+        assert_eq!(bisect_texts(&texts, &whole_container).first, Some(2));
     }
 
     #[test]

@@ -6,17 +6,16 @@
 //! - [`history`]: ordering, spec history, diff and bisect (pure);
 //! - [`path`]: field paths, as JSON Pointers or dotted paths with list
 //!   items by merge key;
-//! - [`yaml`]: YAML text and unified diffs of it;
-//! - [`cache`]: decoded histories kept for bisect, checked against the
-//!   store's fingerprint of the object's rows.
+//! - [`probe`]: one field read from an object's JSON text, for bisect;
+//! - [`yaml`]: YAML text and unified diffs of it.
 //!
 //! Versions are extracted at ingest, in the same transaction as their
 //! record, so that queries read only the versions of one object.
 
-pub mod cache;
 pub mod extract;
 pub mod history;
 pub mod path;
+pub mod probe;
 pub mod yaml;
 
 use serde::{Deserialize, Serialize};

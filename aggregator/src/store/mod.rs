@@ -199,6 +199,9 @@ pub struct Origin {
     pub last_seen: String,
 }
 
+/// A test of an object's JSON text, as the store wrote it.
+pub type ObjectTest<'a> = &'a dyn Fn(&[u8]) -> bool;
+
 /// Which objects an object search returns. Empty fields match everything.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct ObjectFilter {
@@ -269,9 +272,15 @@ pub trait Store: Send + Sync {
     /// columns alone: each version with only its group, resource, kind,
     /// name, uid, resourceVersion and time (no document is decoded).
     fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError>;
-    /// Changes whenever a version of a query's namespace and name is added
-    /// or merged: what a cached history is checked against.
-    fn versions_fingerprint(&self, query: &ObjectQuery) -> Result<String, StoreError>;
+    /// [`Store::version_keys`], each with whether `holds` is true of its
+    /// object's JSON text as the store wrote it (false for a tombstone
+    /// without an object). Bisect asks this: each object is looked at where
+    /// it is read, not copied out or decoded whole.
+    fn version_keys_where(
+        &self,
+        query: &ObjectQuery,
+        holds: ObjectTest<'_>,
+    ) -> Result<Vec<(Version, bool)>, StoreError>;
     /// Whole versions (documents and objects) by (uid, resourceVersion).
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError>;
     /// The writes to those objects that the apiserver refused.
@@ -345,14 +354,32 @@ pub(crate) fn objects_sql(
 /// resource or Kind, and the rest of their lineages (a tombstone from a
 /// Status does not know its Kind).
 pub(crate) fn select_versions(query: &ObjectQuery, candidates: Vec<Version>) -> Vec<Version> {
+    select_versions_by(query, candidates, |v| v)
+}
+
+/// [`select_versions`] of anything that carries a version.
+pub(crate) fn select_versions_by<T>(
+    query: &ObjectQuery,
+    candidates: Vec<T>,
+    version: impl Fn(&T) -> &Version,
+) -> Vec<T> {
+    // Most often every version is of the one resource asked for.
+    if candidates
+        .iter()
+        .map(&version)
+        .all(|v| query.matches(&v.group, &v.resource, &v.kind))
+    {
+        return candidates;
+    }
     let uids: std::collections::HashSet<String> = candidates
         .iter()
+        .map(&version)
         .filter(|v| query.matches(&v.group, &v.resource, &v.kind))
         .map(|v| v.uid.clone())
         .collect();
     candidates
         .into_iter()
-        .filter(|v| uids.contains(&v.uid))
+        .filter(|c| uids.contains(&version(c).uid))
         .collect()
 }
 
