@@ -29,39 +29,100 @@ fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s-openapi/v1.35")
 }
 
-/// Realistic record lines: a mix of reads and writes over a few resources,
-/// each with a 2 KiB JSON response body.
-fn record_lines(n: usize, offset: usize) -> String {
-    let body = format!(
-        "{{\"kind\":\"ConfigMap\",\"apiVersion\":\"v1\",\"data\":{{\"v\":\"{}\"}}}}",
-        "x".repeat(2000)
+/// Pseudo-random hex, the same for the same seed.
+fn hex(seed: u64, len: usize) -> String {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51afd7ed558ccd);
+        out.push_str(&format!("{:016x}", x));
+    }
+    out.truncate(len);
+    out
+}
+
+/// An object as the apiserver answers it, about 2 KiB: metadata with
+/// labels and annotations, and data that is half prose, half hashes.
+fn object(kind: &str, api_version: &str, ns: &str, name: &str, rv: u64) -> String {
+    let uid = hex(
+        name.len() as u64 * 7919 + ns.len() as u64 + name.bytes().map(u64::from).sum::<u64>(),
+        32,
     );
-    let paths = [
-        ("GET", "/api/v1/namespaces/ns{p}/configmaps/c{i}", 200),
-        ("GET", "/api/v1/namespaces/ns{p}/configmaps", 200),
-        ("POST", "/api/v1/namespaces/ns{p}/configmaps", 201),
-        (
-            "PATCH",
-            "/apis/apps/v1/namespaces/ns{p}/deployments/d{i}",
-            200,
-        ),
-        (
-            "GET",
-            "/apis/apps/v1/namespaces/ns{p}/deployments/d{i}/scale",
-            404,
-        ),
-        ("DELETE", "/api/v1/namespaces/ns{p}/secrets/s{i}", 200),
-    ];
-    let mut out = String::with_capacity(n * 2400);
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &uid[..8],
+        &uid[8..12],
+        &uid[12..16],
+        &uid[16..20],
+        &uid[20..]
+    );
+    let data: Vec<String> = (0..6)
+        .map(|j| {
+            format!(
+                "\"config-{j}.yaml\":\"listen: 0.0.0.0:80{j}0\\nlog_level: info\\nupstream: http://backend-{j}.{ns}.svc.cluster.local:8080\\ntoken_hash: {}\\nretries: 3\\ntimeout: 30s\\nfeatures: [tracing, metrics, gzip]\\n\"",
+                hex(rv * 31 + j, 64)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"kind\":\"{kind}\",\"apiVersion\":\"{api_version}\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{ns}\",\"uid\":\"{uid}\",\"resourceVersion\":\"{rv}\",\"generation\":{},\"creationTimestamp\":\"2026-11-24T05:00:00Z\",\"labels\":{{\"app.kubernetes.io/name\":\"{name}\",\"app.kubernetes.io/part-of\":\"shop\",\"tier\":\"backend\"}},\"annotations\":{{\"apiwitness.io/bench\":\"{}\"}}}},\"data\":{{{}}}}}",
+        rv % 50 + 1,
+        hex(rv, 48),
+        data.join(",")
+    )
+}
+
+/// Realistic record lines: a mix of reads and writes over a few resources,
+/// with bodies as the apiserver sends them (about 2 KiB). Reads see the
+/// same object again until it changes, as a polling or relisting client
+/// does; every write makes a new version.
+fn record_lines(n: usize, offset: usize) -> String {
+    let mut out = String::with_capacity(n * 2600);
     for k in offset..offset + n {
-        let (method, path, status) = paths[k % paths.len()];
         let p = k % PODS;
-        let path = path
-            .replace("{p}", &p.to_string())
-            .replace("{i}", &(k % 97).to_string());
+        let i = k % 97;
+        let ns = format!("ns{p}");
+        // Reads go to a few objects per namespace, and see the version of
+        // their 6,000-record epoch: the same state again and again, as a
+        // polling or relisting client does.
+        let watched = k % 7;
+        let seen = 1_000_000 + (k / 6000) as u64 * 1000 + watched as u64;
+        let (method, path, status, request, response) = match k % 6 {
+            0 => {
+                let name = format!("c{watched}");
+                ("GET", format!("/api/v1/namespaces/{ns}/configmaps/{name}"), 200, None,
+                 object("ConfigMap", "v1", &ns, &name, seen))
+            }
+            1 => ("GET", format!("/api/v1/namespaces/{ns}/configmaps"), 200, None,
+                  format!("{{\"kind\":\"ConfigMapList\",\"apiVersion\":\"v1\",\"metadata\":{{\"resourceVersion\":\"{seen}\"}},\"items\":[{}]}}",
+                          object("ConfigMap", "v1", &ns, &format!("c{watched}"), seen))),
+            2 => {
+                let name = format!("n{k}");
+                ("POST", format!("/api/v1/namespaces/{ns}/configmaps"), 201,
+                 Some(format!("{{\"kind\":\"ConfigMap\",\"apiVersion\":\"v1\",\"metadata\":{{\"name\":\"{name}\"}},\"data\":{{\"a\":\"b\"}}}}")),
+                 object("ConfigMap", "v1", &ns, &name, 2_000_000 + k as u64))
+            }
+            3 => {
+                let name = format!("d{i}");
+                ("PATCH", format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"), 200,
+                 Some("{\"spec\":{\"replicas\":3}}".to_string()),
+                 object("Deployment", "apps/v1", &ns, &name, 2_000_000 + k as u64))
+            }
+            4 => ("GET", format!("/apis/apps/v1/namespaces/{ns}/deployments/d{i}/scale"), 404, None,
+                  "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"reason\":\"NotFound\",\"code\":404}".to_string()),
+            _ => ("DELETE", format!("/api/v1/namespaces/{ns}/secrets/s{k}"), 200, None,
+                  format!("{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Success\",\"details\":{{\"name\":\"s{k}\",\"kind\":\"secrets\",\"uid\":\"{}\"}}}}", hex(k as u64, 32))),
+        };
+        let request = request
+            .map(|b| format!(",\"request_content_type\":\"application/merge-patch+json\",\"request_body\":{{\"json\":{b},\"size\":{}}}", b.len()))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "{{\"kind\":\"exchange\",\"format\":1,\"id\":\"r-{k}\",\"pod\":{{\"namespace\":\"ns{p}\",\"name\":\"pod-{p}\",\"workload\":{{\"kind\":\"Deployment\",\"name\":\"web\"}}}},\"started_at\":\"2026-11-24T06:{:02}:00.000001Z\",\"duration_us\":812,\"method\":\"{method}\",\"path\":\"{path}\",\"status\":{status},\"user_agent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\",\"response_content_type\":\"application/json\",\"response_body\":{{\"json\":{body},\"size\":2048}}}}\n",
-            k % 60
+            "{{\"kind\":\"exchange\",\"format\":1,\"id\":\"r-{k}\",\"pod\":{{\"namespace\":\"{ns}\",\"name\":\"pod-{p}\",\"workload\":{{\"kind\":\"Deployment\",\"name\":\"web\"}}}},\"started_at\":\"2026-11-24T06:{:02}:00.000001Z\",\"duration_us\":812,\"method\":\"{method}\",\"path\":\"{path}\",\"status\":{status},\"user_agent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\"{request},\"response_content_type\":\"application/json\",\"response_body\":{{\"json\":{response},\"size\":{}}}}}\n",
+            k % 60,
+            response.len()
         ));
     }
     out
@@ -110,13 +171,18 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
         texts.push(record_lines(batch.min(records - b * batch), b * batch));
     }
     let started = Instant::now();
+    let mut versions = 0;
     for text in &texts {
         let parsed = ingest::parse_batch(text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors.first());
+        versions += parsed.items.iter().map(|i| i.versions.len()).sum::<usize>();
         store.ingest(&parsed.items, &[]).expect("ingest");
     }
     let secs = started.elapsed().as_secs_f64();
+    let bytes: usize = texts.iter().map(String::len).sum();
     println!(
-        "ingest into {name:<10} {records} records (2 KiB bodies, batches of {batch}): {:.2}s, {}",
+        "ingest into {name:<10} {records} records ({:.1} KB each, batches of {batch}, {versions} object versions): {:.2}s, {}",
+        bytes as f64 / records as f64 / 1e3,
         secs,
         rate(records, secs)
     );

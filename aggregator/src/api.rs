@@ -110,6 +110,7 @@ pub fn app(state: AppState) -> Router {
         .route("/audit", post(audit_events))
         .route("/coverage", get(coverage))
         .route("/coverage/{pod}", get(coverage_of_pod))
+        .route("/records/{id}", get(record))
         .route(
             "/coverage/{namespace}/{pod}",
             get(coverage_of_namespaced_pod),
@@ -324,6 +325,33 @@ async fn coverage(
     check_read(&state, &reader, namespace).await?;
     let format = format_of(q.format, &headers);
     render(state, q.scope, format, q.release).await
+}
+
+/// One stored record, as it was ingested: what a version's `record` names.
+async fn record(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let reader = caller(&state, &headers).await?;
+    let store = state.store.clone();
+    let wanted = id.clone();
+    let found = blocking(move || store.record(&wanted)).await?;
+    let missing = || {
+        ApiError::NotFound(format!(
+            "no record {id:?}: never stored, or removed by retention"
+        ))
+    };
+    let Some(stored) = found else {
+        return Err(missing());
+    };
+    // Not found rather than forbidden: a reader learns nothing of a
+    // namespace it may not read.
+    let namespace = Some(stored.pod_namespace.as_str()).filter(|n| !n.is_empty());
+    if check_read(&state, &reader, namespace).await.is_err() {
+        return Err(missing());
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], stored.line).into_response())
 }
 
 async fn coverage_of_pod(

@@ -78,15 +78,21 @@ struct ExchangeKeys {
     request_content_type: Option<String>,
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug)]
 enum LineKeys {
     Exchange(ExchangeKeys),
     DropReport(DropReport),
 }
 
 fn parse_line(raw: &str) -> Result<LineKeys, String> {
-    let line: LineKeys = serde_json::from_str(raw).map_err(|e| format!("not a record: {e}"))?;
+    let line = match apiwitness_record::kind_of(raw).map_err(|e| e.to_string())? {
+        apiwitness_record::LineKind::Exchange => {
+            LineKeys::Exchange(serde_json::from_str(raw).map_err(|e| format!("not a record: {e}"))?)
+        }
+        apiwitness_record::LineKind::DropReport => LineKeys::DropReport(
+            serde_json::from_str(raw).map_err(|e| format!("not a record: {e}"))?,
+        ),
+    };
     let format = match &line {
         LineKeys::Exchange(e) => e.format,
         LineKeys::DropReport(d) => d.format,
@@ -111,12 +117,13 @@ fn provenance_of(
     if !may_show {
         return Default::default();
     }
-    match apiwitness_record::Line::parse(raw) {
-        Ok(apiwitness_record::Line::Exchange(exchange)) => (
+    // Known to be an exchange: read as one directly.
+    match serde_json::from_str::<apiwitness_record::Exchange>(raw) {
+        Ok(exchange) => (
             crate::provenance::extract::from_exchange(&exchange),
             fields_of(&exchange),
         ),
-        _ => Default::default(),
+        Err(_) => Default::default(),
     }
 }
 

@@ -173,12 +173,42 @@ pub enum LineError {
     Json(#[from] serde_json::Error),
     #[error("record format {found} is newer than this reader's {supported}")]
     NewerFormat { found: u32, supported: u32 },
+    #[error("not a record: unknown kind {0:?}, expected \"exchange\" or \"drop_report\"")]
+    UnknownKind(String),
+}
+
+/// What a line is, before it is read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    Exchange,
+    DropReport,
+}
+
+/// A line's kind alone: everything else is skipped.
+#[derive(Deserialize)]
+struct KindOnly {
+    kind: String,
+}
+
+/// Reads only a line's `kind`. A reader then parses the line as that kind:
+/// serde's tagged enum would copy every other field, bodies included, into
+/// a buffer before it knew the kind.
+pub fn kind_of(text: &str) -> Result<LineKind, LineError> {
+    let KindOnly { kind } = serde_json::from_str(text)?;
+    match kind.as_str() {
+        "exchange" => Ok(LineKind::Exchange),
+        "drop_report" => Ok(LineKind::DropReport),
+        _ => Err(LineError::UnknownKind(kind)),
+    }
 }
 
 impl Line {
     /// Parses one NDJSON line, refusing formats newer than this reader.
     pub fn parse(text: &str) -> Result<Line, LineError> {
-        let line: Line = serde_json::from_str(text)?;
+        let line = match kind_of(text)? {
+            LineKind::Exchange => Line::Exchange(serde_json::from_str(text)?),
+            LineKind::DropReport => Line::DropReport(serde_json::from_str(text)?),
+        };
         let found = match &line {
             Line::Exchange(e) => e.format,
             Line::DropReport(d) => d.format,
@@ -250,5 +280,10 @@ mod tests {
         assert!(err.contains("newer"), "{err}");
         assert!(Line::parse("{\"kind\":\"exchange\"}").is_err());
         assert!(Line::parse("not json").is_err());
+        let unknown = Line::parse("{\"kind\":\"gossip\",\"format\":1}").unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown kind \"gossip\""),
+            "{unknown}"
+        );
     }
 }

@@ -322,6 +322,24 @@ fn kill_mid_ingest(store: StoreKind, prefix: &str) {
         (acknowledged.len() * PER_BATCH) as u64,
         "nothing acknowledged was lost"
     );
+    // The raw lines too: the first and last record of each batch, exactly
+    // as sent.
+    let stored_line = |b: usize, i: usize| {
+        let sent = batch(b).lines().nth(i).unwrap().to_string();
+        let id = format!("{n}-{b}-{i}");
+        let stored = aggregator
+            .get_text(&format!("/records/{id}"), Some(&reader))
+            .unwrap();
+        assert_eq!(stored, sent, "record {id} as stored");
+    };
+    let (code, body) = aggregator
+        .get(&format!("/records/{n}-never"), Some(&reader))
+        .unwrap();
+    assert_eq!(code, 404, "{body}");
+    for &b in &acknowledged {
+        stored_line(b, 0);
+        stored_line(b, PER_BATCH - 1);
+    }
     // The sender retries everything (it cannot know what the kill interrupted).
     for b in 0..BATCHES {
         post_batch(&aggregator, &batch(b), &writer).unwrap();
@@ -335,6 +353,9 @@ fn kill_mid_ingest(store: StoreKind, prefix: &str) {
         (BATCHES * PER_BATCH) as u64,
         "every record counted exactly once"
     );
+    for b in 0..BATCHES {
+        stored_line(b, PER_BATCH / 2);
+    }
 }
 
 #[test]

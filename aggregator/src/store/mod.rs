@@ -4,6 +4,7 @@
 //! `hits` aggregates, which ingest keeps up to date, so a report never
 //! rescans raw records.
 
+mod packed;
 pub mod postgres;
 pub mod sqlite;
 
@@ -199,6 +200,14 @@ pub struct Origin {
     pub last_seen: String,
 }
 
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub pod_namespace: String,
+    /// The NDJSON line it was ingested from.
+    pub line: String,
+}
+
 /// A test of an object's JSON text, as the store wrote it.
 pub type ObjectTest<'a> = &'a dyn Fn(&[u8]) -> bool;
 
@@ -251,6 +260,8 @@ pub trait Store: Send + Sync {
     /// The namespaces that have a pod of this name.
     fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError>;
     fn record_count(&self) -> Result<u64, StoreError>;
+    /// A stored record: its line exactly as it came.
+    fn record(&self, id: &str) -> Result<Option<StoredRecord>, StoreError>;
     /// Every (namespace, pod, workload, client) with traffic.
     fn origins(&self) -> Result<Vec<Origin>, StoreError>;
     /// Objects with versions that pass the filter, latest first, at most
@@ -427,6 +438,40 @@ pub(crate) fn key_version(columns: [String; 8]) -> Version {
     }
 }
 
+/// What another sighting of a stored (uid, resourceVersion) writes.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Merged {
+    /// Nothing changes: the same state seen again, as a relist or a poll
+    /// sees it. Most sightings are this, and cost no write.
+    Nothing,
+    /// The document changes (who wrote it, how), the stored object stays.
+    Document(Version),
+    /// The object changes too (a whole object replaces a partial one).
+    Whole(Version),
+}
+
+/// Merges a sighting into a stored version, knowing only its document and
+/// whether it has an object: the stored object is neither read nor decoded.
+pub(crate) fn merge_into(
+    document: &str,
+    has_object: bool,
+    sighting: &Version,
+) -> Result<Merged, StoreError> {
+    let mut stored: Version = undoc(document)?;
+    // Stands in for the stored object, whose presence alone counts.
+    stored.object = has_object.then_some(serde_json::Value::Null);
+    let mut merged = stored.clone();
+    merged.merge(sighting.clone());
+    Ok(if merged == stored {
+        Merged::Nothing
+    } else if merged.object == stored.object {
+        merged.object = None;
+        Merged::Document(merged)
+    } else {
+        Merged::Whole(merged)
+    })
+}
+
 pub(crate) fn join(document: &str, object: Option<&str>) -> Result<Version, StoreError> {
     let mut version: Version = undoc(document)?;
     version.object = object.map(undoc).transpose()?;
@@ -442,4 +487,82 @@ pub(crate) fn doc<T: serde::Serialize>(value: &T) -> Result<String, StoreError> 
 pub(crate) fn undoc<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text)
         .map_err(|e| StoreError::Invalid(format!("a stored version is not readable: {e}")))
+}
+
+/// A record as tests ingest it.
+#[cfg(test)]
+pub(crate) fn test_item(id: &str, template: &str, status: u16) -> IngestItem {
+    IngestItem {
+        id: id.into(),
+        started_at: "2026-11-24T06:00:00.000001Z".into(),
+        pod_namespace: "ns".into(),
+        pod_name: "web-1".into(),
+        workload: "Deployment/web".into(),
+        client: "kubectl/v1.35.4".into(),
+        method: "GET".into(),
+        path: "/x".into(),
+        status,
+        templates: vec![template.into()],
+        line: format!("{{\"id\":\"{id}\"}}"),
+        line_number: 1,
+        fields: Vec::new(),
+        versions: Vec::new(),
+        attempts: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::Source;
+
+    fn sighting(source: Source, partial: bool) -> Version {
+        Version {
+            api_version: "v1".into(),
+            verb: "get".into(),
+            source,
+            partial,
+            record: "r1".into(),
+            object: Some(serde_json::json!({"data": {"k": "v"}})),
+            ..key_version(
+                ["", "configmaps", "ConfigMap", "ns", "c", "u", "7", "t1"].map(String::from),
+            )
+        }
+    }
+
+    #[test]
+    fn a_merge_writes_only_what_changes() {
+        let stored = |v: &Version| {
+            let mut v = v.clone();
+            let has_object = v.object.is_some();
+            let (document, _) = split(&mut v).unwrap();
+            (document, has_object)
+        };
+        let observed = sighting(Source::Observed, false);
+        let (document, has_object) = stored(&observed);
+        assert_eq!(
+            merge_into(&document, has_object, &observed).unwrap(),
+            Merged::Nothing
+        );
+        let written = Version {
+            verb: "update".into(),
+            record: "r2".into(),
+            time: "t2".into(),
+            ..sighting(Source::Write, false)
+        };
+        match merge_into(&document, has_object, &written).unwrap() {
+            Merged::Document(v) => {
+                assert_eq!(
+                    (v.source, v.verb.as_str(), v.object),
+                    (Source::Write, "update", None)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let (partial, has_object) = stored(&sighting(Source::Observed, true));
+        match merge_into(&partial, has_object, &observed).unwrap() {
+            Merged::Whole(v) => assert_eq!((v.partial, v.object), (false, observed.object.clone())),
+            other => panic!("{other:?}"),
+        }
+    }
 }

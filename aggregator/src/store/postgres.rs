@@ -4,8 +4,9 @@
 //! same transaction, so concurrent replicas count each record once.
 
 use super::{
-    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, ObjectFilter, ObjectSummary, ObjectTest,
-    Origin, Scope, Store, StoreError, doc, hour_of, join, key_version, split, undoc,
+    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
+    ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
+    merge_into, packed, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -87,6 +88,17 @@ CREATE TABLE field_hits (
     hits BIGINT NOT NULL,
     PRIMARY KEY (pod_namespace, pod_name, workload, client, method, template, hour, field)
 );
+"#,
+    // Raw lines move to one compressed blob per batch (`packed.rs`); the
+    // pod index was never read.
+    r#"
+CREATE TABLE record_batches (
+    id BIGSERIAL PRIMARY KEY,
+    lines BYTEA NOT NULL
+);
+ALTER TABLE records ADD COLUMN batch BIGINT, ADD COLUMN batch_line INTEGER;
+DROP INDEX records_by_pod;
+CREATE INDEX records_by_batch ON records (batch);
 "#,
 ];
 
@@ -220,10 +232,22 @@ impl Store for PostgresStore {
         // RETURNING says which were new.
         let column = |f: fn(&IngestItem) -> String| items.iter().map(f).collect::<Vec<String>>();
         let statuses: Vec<i32> = items.iter().map(|i| i32::from(i.status)).collect();
+        let batch: Option<i64> = if items.is_empty() {
+            None
+        } else {
+            let row = tx.query_one(
+                "INSERT INTO record_batches (lines) VALUES ($1) RETURNING id",
+                &[&packed::pack(items)?],
+            )?;
+            Some(row.get(0))
+        };
+        let lines: Vec<i32> = (0..items.len()).map(|i| i as i32).collect();
         let inserted: std::collections::HashSet<String> = tx
             .query(
-                "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[])
+                "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
+                 SELECT id, started_at, pod_namespace, pod_name, method, path, status, '', $8, batch_line
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $9::int[])
+                   AS t(id, started_at, pod_namespace, pod_name, method, path, status, batch_line)
                  ON CONFLICT (id) DO NOTHING RETURNING id",
                 &[
                     &column(|i| i.id.clone()),
@@ -233,7 +257,8 @@ impl Store for PostgresStore {
                     &column(|i| i.method.clone()),
                     &column(|i| i.path.clone()),
                     &statuses,
-                    &column(|i| i.line.clone()),
+                    &batch,
+                    &lines,
                 ],
             )?
             .iter()
@@ -316,6 +341,10 @@ impl Store for PostgresStore {
                  DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
                 &[&k.pod_namespace, &k.pod_name, &k.workload, &k.client, &k.method, &k.template, &k.hour, &k.field, &hits],
             )?;
+        }
+        if let (Some(batch), true) = (batch, inserted.is_empty()) {
+            // Every record was already stored: their lines are kept elsewhere.
+            tx.execute("DELETE FROM record_batches WHERE id = $1", &[&batch])?;
         }
         for d in drops {
             let dropped = d.dropped as i64;
@@ -447,7 +476,38 @@ impl Store for PostgresStore {
                 &[&keep],
             )?;
         }
+        // A batch's blob goes with its last record.
+        client.execute(
+            "DELETE FROM record_batches b WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.batch = b.id)",
+            &[],
+        )?;
         Ok(gone)
+    }
+
+    fn record(&self, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let Some(row) = self.lock().query_opt(
+            "SELECT r.pod_namespace, r.line, r.batch, r.batch_line, b.lines FROM records r LEFT JOIN record_batches b ON b.id = r.batch WHERE r.id = $1",
+            &[&id],
+        )?
+        else {
+            return Ok(None);
+        };
+        let line = match (row.get::<_, Option<i64>>(2), row.get::<_, Option<i32>>(3)) {
+            (Some(_), Some(index)) => {
+                let packed: Vec<u8> = row.get::<_, Option<Vec<u8>>>(4).ok_or_else(|| {
+                    StoreError::Invalid(format!("record {id}'s batch is missing"))
+                })?;
+                packed::unpack(&packed, usize::try_from(index).unwrap_or(usize::MAX))?.ok_or_else(
+                    || StoreError::Invalid(format!("record {id}'s line is missing from its batch")),
+                )?
+            }
+            // Stored before lines were packed.
+            _ => row.get(1),
+        };
+        Ok(Some(StoredRecord {
+            pod_namespace: row.get(0),
+            line,
+        }))
     }
 
     fn record_count(&self) -> Result<u64, StoreError> {
@@ -503,31 +563,38 @@ fn store_provenance(
 ) -> Result<(), StoreError> {
     for version in &item.versions {
         let existing = tx.query_opt(
-            "SELECT doc, object FROM versions WHERE uid = $1 AND resource_version = $2 FOR UPDATE",
+            "SELECT doc, object IS NOT NULL FROM versions WHERE uid = $1 AND resource_version = $2 FOR UPDATE",
             &[&version.uid, &version.resource_version],
         )?;
-        let mut merged = match existing {
-            Some(row) => {
-                let mut stored = join(row.get::<_, &str>(0), row.get::<_, Option<&str>>(1))?;
-                stored.merge(version.clone());
-                stored
-            }
+        let mut whole = match existing {
             None => version.clone(),
+            Some(row) => match merge_into(row.get::<_, &str>(0), row.get(1), version)? {
+                Merged::Nothing => continue,
+                Merged::Document(mut merged) => {
+                    let (document, _) = split(&mut merged)?;
+                    tx.execute(
+                        "UPDATE versions SET kind = $3, time = $4, doc = $5 WHERE uid = $1 AND resource_version = $2",
+                        &[&merged.uid, &merged.resource_version, &merged.kind, &merged.time, &document],
+                    )?;
+                    continue;
+                }
+                Merged::Whole(merged) => merged,
+            },
         };
-        let (document, object) = split(&mut merged)?;
+        let (document, object) = split(&mut whole)?;
         tx.execute(
             "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, time = EXCLUDED.time, doc = EXCLUDED.doc, object = EXCLUDED.object",
             &[
-                &merged.uid,
-                &merged.resource_version,
-                &merged.group,
-                &merged.resource,
-                &merged.kind,
-                &merged.namespace,
-                &merged.name,
-                &merged.time,
+                &whole.uid,
+                &whole.resource_version,
+                &whole.group,
+                &whole.resource,
+                &whole.kind,
+                &whole.namespace,
+                &whole.name,
+                &whole.time,
                 &document,
                 &object,
             ],

@@ -2,8 +2,9 @@
 //! so that a batch acknowledged is a batch on disk.
 
 use super::{
-    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, ObjectFilter, ObjectSummary, ObjectTest,
-    Origin, Scope, Store, StoreError, doc, hour_of, join, key_version, split, undoc,
+    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
+    ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
+    merge_into, packed, split, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -87,6 +88,18 @@ CREATE TABLE field_hits (
     hits INTEGER NOT NULL,
     PRIMARY KEY (pod_namespace, pod_name, workload, client, method, template, hour, field)
 );
+"#,
+    // Raw lines move to one compressed blob per batch (`packed.rs`); the
+    // pod index was never read.
+    r#"
+CREATE TABLE record_batches (
+    id INTEGER PRIMARY KEY,
+    lines BLOB NOT NULL
+);
+ALTER TABLE records ADD COLUMN batch INTEGER;
+ALTER TABLE records ADD COLUMN batch_line INTEGER;
+DROP INDEX records_by_pod;
+CREATE INDEX records_by_batch ON records (batch);
 "#,
 ];
 
@@ -217,13 +230,22 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut outcome = IngestOutcome::default();
+        let batch = if items.is_empty() {
+            None
+        } else {
+            tx.execute(
+                "INSERT INTO record_batches (lines) VALUES (?1)",
+                [packed::pack(items)?],
+            )?;
+            Some(tx.last_insert_rowid())
+        };
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9)",
             )?;
             let mut counts = super::HitCounts::default();
-            for item in items {
+            for (line, item) in items.iter().enumerate() {
                 let inserted = insert.execute(params![
                     item.id,
                     item.started_at,
@@ -232,7 +254,8 @@ impl Store for SqliteStore {
                     item.method,
                     item.path,
                     item.status,
-                    item.line
+                    batch,
+                    line as i64
                 ])?;
                 if inserted == 0 {
                     outcome.duplicates += 1;
@@ -296,6 +319,10 @@ impl Store for SqliteStore {
                     d.last_dropped_at
                 ])?;
             }
+        }
+        if let (Some(batch), 0) = (batch, outcome.accepted) {
+            // Every record was already stored: their lines are kept elsewhere.
+            tx.execute("DELETE FROM record_batches WHERE id = ?1", [batch])?;
         }
         tx.commit()?;
         Ok(outcome)
@@ -433,6 +460,38 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    fn record(&self, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let conn = self.lock();
+        let row: Option<(String, String, Option<i64>, Option<i64>)> = conn
+            .query_row(
+                "SELECT pod_namespace, line, batch, batch_line FROM records WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((pod_namespace, line, batch, index)) = row else {
+            return Ok(None);
+        };
+        let line = match (batch, index) {
+            (Some(batch), Some(index)) => {
+                let packed: Vec<u8> = conn.query_row(
+                    "SELECT lines FROM record_batches WHERE id = ?1",
+                    [batch],
+                    |r| r.get(0),
+                )?;
+                packed::unpack(&packed, usize::try_from(index).unwrap_or(usize::MAX))?.ok_or_else(
+                    || StoreError::Invalid(format!("record {id}'s line is missing from its batch")),
+                )?
+            }
+            // Stored before lines were packed.
+            _ => line,
+        };
+        Ok(Some(StoredRecord {
+            pod_namespace,
+            line,
+        }))
+    }
+
     fn prune_records(&self, before: &str, keep_at_most: Option<u64>) -> Result<u64, StoreError> {
         let conn = self.lock();
         let mut gone = conn.execute("DELETE FROM records WHERE started_at < ?1", [before])? as u64;
@@ -442,6 +501,11 @@ impl Store for SqliteStore {
                 [keep as i64],
             )? as u64;
         }
+        // A batch's blob goes with its last record.
+        conn.execute(
+            "DELETE FROM record_batches WHERE NOT EXISTS (SELECT 1 FROM records WHERE records.batch = record_batches.id)",
+            [],
+        )?;
         Ok(gone)
     }
 
@@ -496,36 +560,49 @@ impl Store for SqliteStore {
 /// same (uid, resourceVersion), and its refused writes.
 fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result<(), StoreError> {
     let mut read = tx.prepare_cached(
-        "SELECT doc, object FROM versions WHERE uid = ?1 AND resource_version = ?2",
+        "SELECT doc, object IS NOT NULL FROM versions WHERE uid = ?1 AND resource_version = ?2",
     )?;
     let mut write = tx.prepare_cached(
         "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE versions SET kind = ?3, time = ?4, doc = ?5 WHERE uid = ?1 AND resource_version = ?2",
+    )?;
     for version in &item.versions {
-        let existing: Option<(String, Option<String>)> = read
+        let existing: Option<(String, bool)> = read
             .query_row(params![version.uid, version.resource_version], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        let mut merged = match existing {
-            Some((text, object)) => {
-                let mut stored = join(&text, object.as_deref())?;
-                stored.merge(version.clone());
-                stored
-            }
+        let mut whole = match existing {
             None => version.clone(),
+            Some((document, has_object)) => match merge_into(&document, has_object, version)? {
+                Merged::Nothing => continue,
+                Merged::Document(mut merged) => {
+                    let (document, _) = split(&mut merged)?;
+                    update.execute(params![
+                        merged.uid,
+                        merged.resource_version,
+                        merged.kind,
+                        merged.time,
+                        document
+                    ])?;
+                    continue;
+                }
+                Merged::Whole(merged) => merged,
+            },
         };
-        let (document, object) = split(&mut merged)?;
+        let (document, object) = split(&mut whole)?;
         write.execute(params![
-            merged.uid,
-            merged.resource_version,
-            merged.group,
-            merged.resource,
-            merged.kind,
-            merged.namespace,
-            merged.name,
-            merged.time,
+            whole.uid,
+            whole.resource_version,
+            whole.group,
+            whole.resource,
+            whole.kind,
+            whole.namespace,
+            whole.name,
+            whole.time,
             document,
             object
         ])?;
@@ -551,25 +628,7 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
 mod tests {
     use super::*;
 
-    fn item(id: &str, template: &str, status: u16) -> IngestItem {
-        IngestItem {
-            id: id.into(),
-            started_at: "2026-11-24T06:00:00.000001Z".into(),
-            pod_namespace: "ns".into(),
-            pod_name: "web-1".into(),
-            workload: "Deployment/web".into(),
-            client: "kubectl/v1.35.4".into(),
-            method: "GET".into(),
-            path: "/x".into(),
-            status,
-            templates: vec![template.into()],
-            line: "{}".into(),
-            line_number: 1,
-            fields: Vec::new(),
-            versions: Vec::new(),
-            attempts: Vec::new(),
-        }
-    }
+    use crate::store::test_item as item;
 
     #[test]
     fn ingest_is_idempotent_and_survives_reopening() {
@@ -601,6 +660,20 @@ mod tests {
         assert_eq!(hits.len(), 2);
         assert_eq!((hits[0].status, hits[0].hits), (200, 2));
         assert_eq!(store.record_count().unwrap(), 3);
+        let stored = store.record("b").unwrap().unwrap();
+        assert_eq!(
+            (stored.pod_namespace.as_str(), stored.line.as_str()),
+            ("ns", r#"{"id":"b"}"#)
+        );
+        assert_eq!(store.record("z").unwrap(), None);
+        let blobs: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM record_batches", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            blobs, 1,
+            "the repeated batch kept no second copy of its lines"
+        );
         let other = Scope {
             namespace: Some("elsewhere".into()),
             ..Default::default()
@@ -704,6 +777,17 @@ mod tests {
             1
         );
         assert_eq!(store.record_count().unwrap(), 2);
+        assert_eq!(store.record("old").unwrap(), None);
+        assert_eq!(store.record("c").unwrap().unwrap().line, r#"{"id":"c"}"#);
+        // The batch's blob stays while one of its records does, then goes.
+        let blobs = |s: &SqliteStore| -> i64 {
+            s.lock()
+                .query_row("SELECT COUNT(*) FROM record_batches", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(blobs(&store), 1);
+        store.prune_records("2026-12-01T00:00:00Z", None).unwrap();
+        assert_eq!(blobs(&store), 0);
         let hits: u64 = store
             .hits(&Scope::default())
             .unwrap()

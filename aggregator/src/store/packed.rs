@@ -1,0 +1,58 @@
+//! The raw lines of an ingested batch, kept together in one compressed
+//! blob. A line stored as a row of its own cost SQLite about 15 µs at 2 KB
+//! and 3.5 µs at 600 bytes, so each record now gets a small row (its id,
+//! time, pod and request line, for idempotence and retention) and points
+//! to its line in the batch's blob. Records of one batch repeat the same
+//! keys, names and shapes, so zstd's fastest levels shrink a batch many
+//! times over at around a gigabyte a second.
+
+use super::{IngestItem, StoreError};
+
+/// zstd's level 1: within a few percent of level 3's ratio on record
+/// batches, and faster.
+const LEVEL: i32 = 1;
+
+/// The batch's lines, in order, newline-separated and compressed. A record's
+/// line is found again by its index in `items`.
+pub(crate) fn pack(items: &[IngestItem]) -> Result<Vec<u8>, StoreError> {
+    let mut text = String::with_capacity(items.iter().map(|i| i.line.len() + 1).sum());
+    for item in items {
+        // A line never holds a raw newline: NDJSON escapes it.
+        text.push_str(&item.line);
+        text.push('\n');
+    }
+    zstd::bulk::compress(text.as_bytes(), LEVEL)
+        .map_err(|e| StoreError::Invalid(format!("compressing a batch's lines: {e}")))
+}
+
+/// Line `index` of a packed batch.
+pub(crate) fn unpack(packed: &[u8], index: usize) -> Result<Option<String>, StoreError> {
+    let text = zstd::stream::decode_all(packed)
+        .map_err(|e| StoreError::Invalid(format!("a stored batch does not decompress: {e}")))?;
+    let text = String::from_utf8(text)
+        .map_err(|e| StoreError::Invalid(format!("a stored batch is not UTF-8: {e}")))?;
+    Ok(text.split('\n').nth(index).map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(line: &str) -> IngestItem {
+        IngestItem {
+            line: line.into(),
+            ..crate::store::test_item("r", "/t", 200)
+        }
+    }
+
+    #[test]
+    fn every_line_comes_back_from_the_packed_batch() {
+        let lines = [r#"{"id":"a","x":"\n"}"#, r#"{"id":"b","ü":1}"#, "{}"];
+        let items: Vec<IngestItem> = lines.iter().map(|l| item(l)).collect();
+        let packed = pack(&items).unwrap();
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(unpack(&packed, i).unwrap().as_deref(), Some(*line));
+        }
+        assert!(unpack(b"not zstd", 0).is_err());
+    }
+}
