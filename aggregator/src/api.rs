@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Wakes the pages that watch for new records.
     pub live: Arc<crate::live::Live>,
+    /// Stores ingested batches, several to a commit.
+    pub committer: crate::committer::Committer,
 }
 
 /// Every error answers JSON `{"error": "..."}` with a status that says whose
@@ -222,10 +224,8 @@ async fn ingest(
         batch.errors.sort_by_key(|e| e.line);
     }
     let drop_reports = batch.drops.len();
-    let store = state.store.clone();
-    let items = batch.items;
     let drops: Vec<_> = batch.drops.into_iter().map(|(_, d)| d).collect();
-    let outcome = blocking(move || store.ingest(&items, &drops)).await?;
+    let outcome = state.committer.ingest(batch.items, drops).await?;
     state.metrics.count_ingest(
         "interceptor",
         outcome.accepted,
@@ -254,9 +254,7 @@ async fn audit_events(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
     let parsed = crate::audit::parse_event_list(text).map_err(ApiError::BadRequest)?;
-    let store = state.store.clone();
-    let items = parsed.items;
-    let outcome = blocking(move || store.ingest(&items, &[])).await?;
+    let outcome = state.committer.ingest(parsed.items, Vec::new()).await?;
     state.metrics.count_ingest(
         "audit",
         outcome.accepted,
@@ -422,8 +420,10 @@ pub(crate) mod tests {
     pub(crate) fn state(dir: &std::path::Path) -> AppState {
         let doc = serde_json::json!({"paths": {"/api/v1/namespaces/{namespace}/configmaps": {
             "get": {"operationId": "listCoreV1NamespacedConfigMap"}}}});
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("t.db")).unwrap());
         AppState {
-            store: Arc::new(SqliteStore::open(&dir.join("t.db")).unwrap()),
+            committer: crate::committer::Committer::start(store.clone()).unwrap(),
+            store,
             spec: Arc::new(SharedIndex::new(OperationIndex::from_documents(
                 [&doc],
                 &Conformance::default(),

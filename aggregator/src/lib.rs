@@ -11,6 +11,7 @@ pub mod api_provenance;
 pub mod apisnoop;
 pub mod audit;
 pub mod auth;
+pub mod committer;
 pub mod config;
 pub mod fields;
 pub mod front_proxy;
@@ -50,6 +51,8 @@ pub enum StartError {
         "no Kubernetes credentials for the live spec: {0} (give --spec DIR to read files instead)"
     )]
     Kube(String),
+    #[error("cannot start the store's writer: {0}")]
+    Writer(std::io::Error),
 }
 
 /// Imports an audit log, in chunks, printing what was taken and what was not.
@@ -180,7 +183,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics.clone(),
         shutdown_rx.clone(),
     ));
+    let committer = committer::Committer::start(store.clone()).map_err(StartError::Writer)?;
     let state = api::AppState {
+        committer,
         metrics,
         store,
         spec: shared,

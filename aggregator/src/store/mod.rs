@@ -154,6 +154,13 @@ impl HitCounts {
     }
 }
 
+/// One batch as it came, for [`Store::ingest_group`].
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub items: &'a [IngestItem],
+    pub drops: &'a [DropReport],
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct IngestOutcome {
     pub accepted: usize,
@@ -251,7 +258,13 @@ pub trait Store: Send + Sync {
         &self,
         items: &[IngestItem],
         drops: &[DropReport],
-    ) -> Result<IngestOutcome, StoreError>;
+    ) -> Result<IngestOutcome, StoreError> {
+        let mut outcomes = self.ingest_group(&[Batch { items, drops }])?;
+        Ok(outcomes.pop().unwrap_or_default())
+    }
+    /// Stores several batches in one transaction, with one durable commit,
+    /// and tells each batch's outcome in order. All are stored, or none.
+    fn ingest_group(&self, batches: &[Batch<'_>]) -> Result<Vec<IngestOutcome>, StoreError>;
     fn hits(&self, scope: &Scope) -> Result<Vec<Hit>, StoreError>;
     /// The fields set in the scope's request bodies, by operation.
     fn field_hits(&self, scope: &Scope) -> Result<Vec<FieldHit>, StoreError>;

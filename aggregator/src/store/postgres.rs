@@ -4,7 +4,7 @@
 //! same transaction, so concurrent replicas count each record once.
 
 use super::{
-    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
+    Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
     ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
     merge_into, packed, split, undoc,
 };
@@ -221,141 +221,15 @@ fn params(args: &[String]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
 }
 
 impl Store for PostgresStore {
-    fn ingest(
-        &self,
-        items: &[IngestItem],
-        drops: &[DropReport],
-    ) -> Result<IngestOutcome, StoreError> {
+    fn ingest_group(&self, batches: &[Batch<'_>]) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut client = self.lock();
         let mut tx = client.transaction()?;
-        // One round trip for the whole batch: the rows go as arrays, and
-        // RETURNING says which were new.
-        let column = |f: fn(&IngestItem) -> String| items.iter().map(f).collect::<Vec<String>>();
-        let statuses: Vec<i32> = items.iter().map(|i| i32::from(i.status)).collect();
-        let batch: Option<i64> = if items.is_empty() {
-            None
-        } else {
-            let row = tx.query_one(
-                "INSERT INTO record_batches (lines) VALUES ($1) RETURNING id",
-                &[&packed::pack(items)?],
-            )?;
-            Some(row.get(0))
-        };
-        let lines: Vec<i32> = (0..items.len()).map(|i| i as i32).collect();
-        let inserted: std::collections::HashSet<String> = tx
-            .query(
-                "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
-                 SELECT id, started_at, pod_namespace, pod_name, method, path, status, '', $8, batch_line
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $9::int[])
-                   AS t(id, started_at, pod_namespace, pod_name, method, path, status, batch_line)
-                 ON CONFLICT (id) DO NOTHING RETURNING id",
-                &[
-                    &column(|i| i.id.clone()),
-                    &column(|i| i.started_at.clone()),
-                    &column(|i| i.pod_namespace.clone()),
-                    &column(|i| i.pod_name.clone()),
-                    &column(|i| i.method.clone()),
-                    &column(|i| i.path.clone()),
-                    &statuses,
-                    &batch,
-                    &lines,
-                ],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut outcome = IngestOutcome::default();
-        let mut counts = super::HitCounts::default();
-        let mut counted = std::collections::HashSet::new();
-        for item in items {
-            // A record is new once, even when a batch repeats it.
-            if inserted.contains(&item.id) && counted.insert(item.id.as_str()) {
-                outcome.accepted += 1;
-                counts.add(item);
-                store_provenance(&mut tx, item)?;
-            } else {
-                outcome.duplicates += 1;
-            }
-        }
-        let count = tx.prepare(
-            "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, status, hour)
-             DO UPDATE SET hits = hits.hits + EXCLUDED.hits,
-               first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
-               last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
-        )?;
-        // Sorted, so that replicas writing the same keys take their row locks
-        // in one order and never deadlock.
-        let mut rows: Vec<_> = counts.rows.iter().collect();
-        rows.sort_by(|a, b| {
-            (
-                &a.0.pod_namespace,
-                &a.0.pod_name,
-                &a.0.template,
-                &a.0.method,
-                a.0.status,
-                &a.0.client,
-                &a.0.workload,
-                &a.0.hour,
-            )
-                .cmp(&(
-                    &b.0.pod_namespace,
-                    &b.0.pod_name,
-                    &b.0.template,
-                    &b.0.method,
-                    b.0.status,
-                    &b.0.client,
-                    &b.0.workload,
-                    &b.0.hour,
-                ))
-        });
-        for (key, c) in rows {
-            let status = i32::from(key.status);
-            let hits = c.hits as i64;
-            tx.execute(
-                &count,
-                &[
-                    &key.pod_namespace,
-                    &key.pod_name,
-                    &key.workload,
-                    &key.client,
-                    &key.method,
-                    &key.template,
-                    &status,
-                    &key.hour,
-                    &hits,
-                    &c.first_seen,
-                    &c.last_seen,
-                ],
-            )?;
-        }
-        let mut fields: Vec<_> = counts.fields.iter().collect();
-        fields.sort();
-        for (k, hits) in fields {
-            let hits = *hits as i64;
-            tx.execute(
-                "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, hour, field)
-                 DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
-                &[&k.pod_namespace, &k.pod_name, &k.workload, &k.client, &k.method, &k.template, &k.hour, &k.field, &hits],
-            )?;
-        }
-        if let (Some(batch), true) = (batch, inserted.is_empty()) {
-            // Every record was already stored: their lines are kept elsewhere.
-            tx.execute("DELETE FROM record_batches WHERE id = $1", &[&batch])?;
-        }
-        for d in drops {
-            let dropped = d.dropped as i64;
-            tx.execute(
-                "INSERT INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                &[&d.id, &d.pod.namespace, &d.pod.name, &dropped, &d.first_dropped_at, &d.last_dropped_at],
-            )?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for b in batches {
+            outcomes.push(ingest_batch(&mut tx, b.items, b.drops)?);
         }
         tx.commit()?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     fn hits(&self, scope: &Scope) -> Result<Vec<Hit>, StoreError> {
@@ -557,49 +431,278 @@ impl Store for PostgresStore {
 
 /// A new record's versions, each merged with any earlier sighting of the
 /// same (uid, resourceVersion) under a row lock, and its refused writes.
-fn store_provenance(
+/// One batch, within the group's transaction.
+fn ingest_batch(
     tx: &mut postgres::Transaction<'_>,
-    item: &IngestItem,
-) -> Result<(), StoreError> {
-    for version in &item.versions {
-        let existing = tx.query_opt(
-            "SELECT doc, object IS NOT NULL FROM versions WHERE uid = $1 AND resource_version = $2 FOR UPDATE",
-            &[&version.uid, &version.resource_version],
+    items: &[IngestItem],
+    drops: &[DropReport],
+) -> Result<IngestOutcome, StoreError> {
+    // One round trip for the whole batch: the rows go as arrays, and
+    // RETURNING says which were new.
+    let column = |f: fn(&IngestItem) -> String| items.iter().map(f).collect::<Vec<String>>();
+    let statuses: Vec<i32> = items.iter().map(|i| i32::from(i.status)).collect();
+    let batch: Option<i64> = if items.is_empty() {
+        None
+    } else {
+        let row = tx.query_one(
+            "INSERT INTO record_batches (lines) VALUES ($1) RETURNING id",
+            &[&packed::pack(items)?],
         )?;
-        let mut whole = match existing {
-            None => version.clone(),
-            Some(row) => match merge_into(row.get::<_, &str>(0), row.get(1), version)? {
-                Merged::Nothing => continue,
-                Merged::Document(mut merged) => {
-                    let (document, _) = split(&mut merged)?;
-                    tx.execute(
-                        "UPDATE versions SET kind = $3, time = $4, doc = $5 WHERE uid = $1 AND resource_version = $2",
-                        &[&merged.uid, &merged.resource_version, &merged.kind, &merged.time, &document],
-                    )?;
-                    continue;
-                }
-                Merged::Whole(merged) => merged,
-            },
-        };
-        let (document, object) = split(&mut whole)?;
-        tx.execute(
-            "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, time = EXCLUDED.time, doc = EXCLUDED.doc, object = EXCLUDED.object",
+        Some(row.get(0))
+    };
+    let lines: Vec<i32> = (0..items.len()).map(|i| i as i32).collect();
+    let inserted: std::collections::HashSet<String> = tx
+        .query(
+            "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
+             SELECT id, started_at, pod_namespace, pod_name, method, path, status, '', $8, batch_line
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $9::int[])
+               AS t(id, started_at, pod_namespace, pod_name, method, path, status, batch_line)
+             ON CONFLICT (id) DO NOTHING RETURNING id",
             &[
-                &whole.uid,
-                &whole.resource_version,
-                &whole.group,
-                &whole.resource,
-                &whole.kind,
-                &whole.namespace,
-                &whole.name,
-                &whole.time,
-                &document,
-                &object,
+                &column(|i| i.id.clone()),
+                &column(|i| i.started_at.clone()),
+                &column(|i| i.pod_namespace.clone()),
+                &column(|i| i.pod_name.clone()),
+                &column(|i| i.method.clone()),
+                &column(|i| i.path.clone()),
+                &statuses,
+                &batch,
+                &lines,
+            ],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut outcome = IngestOutcome::default();
+    let mut counts = super::HitCounts::default();
+    let mut counted = std::collections::HashSet::new();
+    let mut new_items = Vec::new();
+    for item in items {
+        // A record is new once, even when a batch repeats it.
+        if inserted.contains(&item.id) && counted.insert(item.id.as_str()) {
+            outcome.accepted += 1;
+            counts.add(item);
+            new_items.push(item);
+        } else {
+            outcome.duplicates += 1;
+        }
+    }
+    store_provenance(tx, &new_items)?;
+    let count = tx.prepare(
+        "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, status, hour)
+         DO UPDATE SET hits = hits.hits + EXCLUDED.hits,
+           first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
+           last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
+    )?;
+    // Sorted, so that replicas writing the same keys take their row locks
+    // in one order and never deadlock.
+    let mut rows: Vec<_> = counts.rows.iter().collect();
+    rows.sort_by(|a, b| {
+        (
+            &a.0.pod_namespace,
+            &a.0.pod_name,
+            &a.0.template,
+            &a.0.method,
+            a.0.status,
+            &a.0.client,
+            &a.0.workload,
+            &a.0.hour,
+        )
+            .cmp(&(
+                &b.0.pod_namespace,
+                &b.0.pod_name,
+                &b.0.template,
+                &b.0.method,
+                b.0.status,
+                &b.0.client,
+                &b.0.workload,
+                &b.0.hour,
+            ))
+    });
+    for (key, c) in rows {
+        let status = i32::from(key.status);
+        let hits = c.hits as i64;
+        tx.execute(
+            &count,
+            &[
+                &key.pod_namespace,
+                &key.pod_name,
+                &key.workload,
+                &key.client,
+                &key.method,
+                &key.template,
+                &status,
+                &key.hour,
+                &hits,
+                &c.first_seen,
+                &c.last_seen,
             ],
         )?;
     }
+    let mut fields: Vec<_> = counts.fields.iter().collect();
+    fields.sort();
+    for (k, hits) in fields {
+        let hits = *hits as i64;
+        tx.execute(
+            "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, hour, field)
+             DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
+            &[&k.pod_namespace, &k.pod_name, &k.workload, &k.client, &k.method, &k.template, &k.hour, &k.field, &hits],
+        )?;
+    }
+    if let (Some(batch), true) = (batch, inserted.is_empty()) {
+        // Every record was already stored: their lines are kept elsewhere.
+        tx.execute("DELETE FROM record_batches WHERE id = $1", &[&batch])?;
+    }
+    for d in drops {
+        let dropped = d.dropped as i64;
+        tx.execute(
+            "INSERT INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            &[&d.id, &d.pod.namespace, &d.pod.name, &dropped, &d.first_dropped_at, &d.last_dropped_at],
+        )?;
+    }
+    Ok(outcome)
+}
+
+/// A version as the batch leaves it: the stored document, and what to write.
+struct Pending {
+    document: String,
+    has_object: bool,
+    write: Option<Merged>,
+}
+
+/// The versions and refused writes of a batch's new records. The stored
+/// versions they meet are read in one query, merged in memory, and written
+/// back in two statements: round trips, not rows, are what cost here.
+fn store_provenance(
+    tx: &mut postgres::Transaction<'_>,
+    items: &[&IngestItem],
+) -> Result<(), StoreError> {
+    let sightings: Vec<&Version> = items.iter().flat_map(|i| &i.versions).collect();
+    let (uids, rvs): (Vec<&str>, Vec<&str>) = sightings
+        .iter()
+        .map(|v| (v.uid.as_str(), v.resource_version.as_str()))
+        .unzip();
+    // Locked in key order, so that replicas never wait on each other in a
+    // cycle.
+    let stored = if sightings.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(
+            "SELECT uid, resource_version, doc, object IS NOT NULL FROM versions
+             WHERE (uid, resource_version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+             ORDER BY uid, resource_version FOR UPDATE",
+            &[&uids, &rvs],
+        )?
+    };
+    let mut pending: std::collections::BTreeMap<(String, String), Pending> = stored
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                Pending {
+                    document: r.get(2),
+                    has_object: r.get(3),
+                    write: None,
+                },
+            )
+        })
+        .collect();
+    for sighting in sightings {
+        let key = (sighting.uid.clone(), sighting.resource_version.clone());
+        match pending.get_mut(&key) {
+            None => {
+                pending.insert(
+                    key,
+                    Pending {
+                        document: String::new(),
+                        has_object: sighting.object.is_some(),
+                        write: Some(Merged::Whole(sighting.clone())),
+                    },
+                );
+            }
+            Some(Pending {
+                write: Some(Merged::Whole(whole)),
+                ..
+            }) => whole.merge(sighting.clone()),
+            Some(p) => match merge_into(&p.document, p.has_object, sighting)? {
+                Merged::Nothing => {}
+                Merged::Document(merged) => {
+                    p.document = doc(&merged)?;
+                    p.write = Some(Merged::Document(merged));
+                }
+                whole => p.write = Some(whole),
+            },
+        }
+    }
+    // Column arrays, for UNNEST.
+    let mut whole: [Vec<Option<String>>; 10] = Default::default();
+    let mut documents: [Vec<String>; 5] = Default::default();
+    for (_, p) in pending {
+        match p.write {
+            Some(Merged::Whole(mut v)) => {
+                let (document, object) = split(&mut v)?;
+                let row = [
+                    Some(v.uid),
+                    Some(v.resource_version),
+                    Some(v.group),
+                    Some(v.resource),
+                    Some(v.kind),
+                    Some(v.namespace),
+                    Some(v.name),
+                    Some(v.time),
+                    Some(document),
+                    object,
+                ];
+                for (column, value) in whole.iter_mut().zip(row) {
+                    column.push(value);
+                }
+            }
+            Some(Merged::Document(mut v)) => {
+                let (document, _) = split(&mut v)?;
+                let row = [v.uid, v.resource_version, v.kind, v.time, document];
+                for (column, value) in documents.iter_mut().zip(row) {
+                    column.push(value);
+                }
+            }
+            _ => {}
+        }
+    }
+    if !whole[0].is_empty() {
+        let args: Vec<&(dyn postgres::types::ToSql + Sync)> = whole
+            .iter()
+            .map(|c| c as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(
+            "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+             ON CONFLICT (uid, resource_version) DO UPDATE SET kind = EXCLUDED.kind, time = EXCLUDED.time, doc = EXCLUDED.doc, object = EXCLUDED.object",
+            &args,
+        )?;
+    }
+    if !documents[0].is_empty() {
+        let args: Vec<&(dyn postgres::types::ToSql + Sync)> = documents
+            .iter()
+            .map(|c| c as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(
+            "UPDATE versions v SET kind = u.kind, time = u.time, doc = u.doc
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(uid, resource_version, kind, time, doc)
+             WHERE v.uid = u.uid AND v.resource_version = u.resource_version",
+            &args,
+        )?;
+    }
+    for item in items {
+        store_attempts(tx, item)?;
+    }
+    Ok(())
+}
+
+fn store_attempts(tx: &mut postgres::Transaction<'_>, item: &IngestItem) -> Result<(), StoreError> {
     for a in &item.attempts {
         tx.execute(
             "INSERT INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES ($1, $2, $3, $4, $5, $6, $7)

@@ -2,7 +2,7 @@
 //! so that a batch acknowledged is a batch on disk.
 
 use super::{
-    Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
+    Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
     ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
     merge_into, packed, split, undoc,
 };
@@ -222,110 +222,15 @@ fn filter(scope: &Scope, has_workload: bool) -> Filter {
 }
 
 impl Store for SqliteStore {
-    fn ingest(
-        &self,
-        items: &[IngestItem],
-        drops: &[DropReport],
-    ) -> Result<IngestOutcome, StoreError> {
+    fn ingest_group(&self, batches: &[Batch<'_>]) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let mut outcome = IngestOutcome::default();
-        let batch = if items.is_empty() {
-            None
-        } else {
-            tx.execute(
-                "INSERT INTO record_batches (lines) VALUES (?1)",
-                [packed::pack(items)?],
-            )?;
-            Some(tx.last_insert_rowid())
-        };
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9)",
-            )?;
-            let mut counts = super::HitCounts::default();
-            for (line, item) in items.iter().enumerate() {
-                let inserted = insert.execute(params![
-                    item.id,
-                    item.started_at,
-                    item.pod_namespace,
-                    item.pod_name,
-                    item.method,
-                    item.path,
-                    item.status,
-                    batch,
-                    line as i64
-                ])?;
-                if inserted == 0 {
-                    outcome.duplicates += 1;
-                } else {
-                    outcome.accepted += 1;
-                    counts.add(item);
-                    store_provenance(&tx, item)?;
-                }
-            }
-            let mut count = tx.prepare_cached(
-                "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT DO UPDATE SET hits = hits + excluded.hits,
-                   first_seen = MIN(first_seen, excluded.first_seen),
-                   last_seen = MAX(last_seen, excluded.last_seen)",
-            )?;
-            for (key, c) in &counts.rows {
-                count.execute(params![
-                    key.pod_namespace,
-                    key.pod_name,
-                    key.workload,
-                    key.client,
-                    key.method,
-                    key.template,
-                    key.status,
-                    key.hour,
-                    c.hits as i64,
-                    c.first_seen,
-                    c.last_seen
-                ])?;
-            }
-            let mut count_field = tx.prepare_cached(
-                "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT DO UPDATE SET hits = hits + excluded.hits",
-            )?;
-            for (k, hits) in &counts.fields {
-                count_field.execute(params![
-                    k.pod_namespace,
-                    k.pod_name,
-                    k.workload,
-                    k.client,
-                    k.method,
-                    k.template,
-                    k.hour,
-                    k.field,
-                    *hits as i64
-                ])?;
-            }
-            let mut drop_insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for d in drops {
-                drop_insert.execute(params![
-                    d.id,
-                    d.pod.namespace,
-                    d.pod.name,
-                    d.dropped as i64,
-                    d.first_dropped_at,
-                    d.last_dropped_at
-                ])?;
-            }
-        }
-        if let (Some(batch), 0) = (batch, outcome.accepted) {
-            // Every record was already stored: their lines are kept elsewhere.
-            tx.execute("DELETE FROM record_batches WHERE id = ?1", [batch])?;
-        }
+        let outcomes = batches
+            .iter()
+            .map(|b| ingest_batch(&tx, b.items, b.drops))
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit()?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     fn hits(&self, scope: &Scope) -> Result<Vec<Hit>, StoreError> {
@@ -558,6 +463,110 @@ impl Store for SqliteStore {
 
 /// A new record's versions, each merged with any earlier sighting of the
 /// same (uid, resourceVersion), and its refused writes.
+/// One batch, within the group's transaction.
+fn ingest_batch(
+    tx: &rusqlite::Transaction<'_>,
+    items: &[IngestItem],
+    drops: &[DropReport],
+) -> Result<IngestOutcome, StoreError> {
+    let mut outcome = IngestOutcome::default();
+    let batch = if items.is_empty() {
+        None
+    } else {
+        tx.execute(
+            "INSERT INTO record_batches (lines) VALUES (?1)",
+            [packed::pack(items)?],
+        )?;
+        Some(tx.last_insert_rowid())
+    };
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9)",
+        )?;
+        let mut counts = super::HitCounts::default();
+        for (line, item) in items.iter().enumerate() {
+            let inserted = insert.execute(params![
+                item.id,
+                item.started_at,
+                item.pod_namespace,
+                item.pod_name,
+                item.method,
+                item.path,
+                item.status,
+                batch,
+                line as i64
+            ])?;
+            if inserted == 0 {
+                outcome.duplicates += 1;
+            } else {
+                outcome.accepted += 1;
+                counts.add(item);
+                store_provenance(tx, item)?;
+            }
+        }
+        let mut count = tx.prepare_cached(
+            "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT DO UPDATE SET hits = hits + excluded.hits,
+               first_seen = MIN(first_seen, excluded.first_seen),
+               last_seen = MAX(last_seen, excluded.last_seen)",
+        )?;
+        for (key, c) in &counts.rows {
+            count.execute(params![
+                key.pod_namespace,
+                key.pod_name,
+                key.workload,
+                key.client,
+                key.method,
+                key.template,
+                key.status,
+                key.hour,
+                c.hits as i64,
+                c.first_seen,
+                c.last_seen
+            ])?;
+        }
+        let mut count_field = tx.prepare_cached(
+            "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT DO UPDATE SET hits = hits + excluded.hits",
+        )?;
+        for (k, hits) in &counts.fields {
+            count_field.execute(params![
+                k.pod_namespace,
+                k.pod_name,
+                k.workload,
+                k.client,
+                k.method,
+                k.template,
+                k.hour,
+                k.field,
+                *hits as i64
+            ])?;
+        }
+        let mut drop_insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for d in drops {
+            drop_insert.execute(params![
+                d.id,
+                d.pod.namespace,
+                d.pod.name,
+                d.dropped as i64,
+                d.first_dropped_at,
+                d.last_dropped_at
+            ])?;
+        }
+    }
+    if let (Some(batch), 0) = (batch, outcome.accepted) {
+        // Every record was already stored: their lines are kept elsewhere.
+        tx.execute("DELETE FROM record_batches WHERE id = ?1", [batch])?;
+    }
+    Ok(outcome)
+}
+
 fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result<(), StoreError> {
     let mut read = tx.prepare_cached(
         "SELECT doc, object IS NOT NULL FROM versions WHERE uid = ?1 AND resource_version = ?2",
