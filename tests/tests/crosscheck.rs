@@ -12,6 +12,8 @@
 //! - with the aggregator down for the run and a small queue, what arrives is
 //!   a subset of the audit log, and the drop count explains the rest.
 
+use apiwitness_aggregator::store::Store;
+use apiwitness_aggregator::store::sqlite::SqliteStore;
 use apiwitness_e2e::aggregator::{Aggregator, StoreKind, token_of};
 use apiwitness_e2e::audit_log::AuditTail;
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
@@ -29,19 +31,22 @@ use std::time::Duration;
 /// (verb, URI, status), counted.
 type Calls = BTreeMap<(String, String, u16), usize>;
 
+/// The namespace's records, read back through the store as they were
+/// ingested.
 fn stored_records(db: &str, namespace: &str) -> Vec<Exchange> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut select = conn
-        .prepare("SELECT line FROM records WHERE pod_namespace = ?1")
+        .prepare("SELECT id FROM records WHERE pod_namespace = ?1")
         .unwrap();
-    let lines: Vec<String> = select
+    let ids: Vec<String> = select
         .query_map([namespace], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    lines
-        .iter()
-        .map(|l| match Line::parse(l).unwrap() {
+    let store = SqliteStore::open(std::path::Path::new(db)).unwrap();
+    ids.iter()
+        .map(|id| store.record(id).unwrap().unwrap().line)
+        .map(|l| match Line::parse(&l).unwrap() {
             Line::Exchange(e) => *e,
             other => panic!("not an exchange: {other:?}"),
         })

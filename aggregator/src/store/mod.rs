@@ -295,7 +295,10 @@ pub trait Store: Send + Sync {
     /// What orders the versions of the objects a query names, from the key
     /// columns alone: each version with only its group, resource, kind,
     /// name, uid, resourceVersion and time (no document is decoded).
-    fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError>;
+    fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
+        let keyed = self.keyed_versions(query, None)?;
+        Ok(keyed.into_iter().map(|(v, _)| v).collect())
+    }
     /// [`Store::version_keys`], each with whether `holds` is true of its
     /// object's JSON text as the store wrote it (false for a tombstone
     /// without an object). Bisect asks this: each object is looked at where
@@ -304,6 +307,15 @@ pub trait Store: Send + Sync {
         &self,
         query: &ObjectQuery,
         holds: ObjectTest<'_>,
+    ) -> Result<Vec<(Version, bool)>, StoreError> {
+        self.keyed_versions(query, Some(holds))
+    }
+    /// The key columns of a query's versions, and `holds` of each object's
+    /// text where given (false where not).
+    fn keyed_versions(
+        &self,
+        query: &ObjectQuery,
+        holds: Option<ObjectTest<'_>>,
     ) -> Result<Vec<(Version, bool)>, StoreError>;
     /// Whole versions (documents and objects) by (uid, resourceVersion).
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError>;

@@ -124,44 +124,6 @@ impl PostgresStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Client> {
         self.client.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// The key columns of a query's versions, and `holds` of each object's
-    /// text where asked, read in place from the received rows.
-    fn keyed_versions(
-        &self,
-        query: &ObjectQuery,
-        holds: Option<ObjectTest<'_>>,
-    ) -> Result<Vec<(Version, bool)>, StoreError> {
-        let rows = self.lock().query(
-            if holds.is_some() {
-                "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, object FROM versions WHERE namespace = $1 AND name = $2"
-            } else {
-                "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, NULL::text FROM versions WHERE namespace = $1 AND name = $2"
-            },
-            &[&query.namespace, &query.name],
-        )?;
-        let all = rows
-            .iter()
-            .map(|r| {
-                let keys = key_version([
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                    r.get(5),
-                    r.get(6),
-                    r.get(7),
-                ]);
-                let object: Option<&str> = r.get(8);
-                let held = holds
-                    .zip(object)
-                    .is_some_and(|(holds, o)| holds(o.as_bytes()));
-                (keys, held)
-            })
-            .collect();
-        Ok(super::select_versions_by(query, all, |(v, _)| v))
-    }
 }
 
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
@@ -299,17 +261,42 @@ impl Store for PostgresStore {
         Ok(super::select_versions(query, all))
     }
 
-    fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
-        let keyed = self.keyed_versions(query, None)?;
-        Ok(keyed.into_iter().map(|(v, _)| v).collect())
-    }
-
-    fn version_keys_where(
+    /// The key columns of a query's versions, and `holds` of each object's
+    /// text where asked, read in place from the received rows.
+    fn keyed_versions(
         &self,
         query: &ObjectQuery,
-        holds: ObjectTest<'_>,
+        holds: Option<ObjectTest<'_>>,
     ) -> Result<Vec<(Version, bool)>, StoreError> {
-        self.keyed_versions(query, Some(holds))
+        let rows = self.lock().query(
+            if holds.is_some() {
+                "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, object FROM versions WHERE namespace = $1 AND name = $2"
+            } else {
+                "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, NULL::text FROM versions WHERE namespace = $1 AND name = $2"
+            },
+            &[&query.namespace, &query.name],
+        )?;
+        let all = rows
+            .iter()
+            .map(|r| {
+                let keys = key_version([
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                    r.get(7),
+                ]);
+                let object: Option<&str> = r.get(8);
+                let held = holds
+                    .zip(object)
+                    .is_some_and(|(holds, o)| holds(o.as_bytes()));
+                (keys, held)
+            })
+            .collect();
+        Ok(super::select_versions_by(query, all, |(v, _)| v))
     }
 
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError> {

@@ -129,41 +129,6 @@ impl SqliteStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// The key columns of a query's versions, and `holds` of each object's
-    /// text where asked, read in place from SQLite's page.
-    fn keyed_versions(
-        &self,
-        query: &ObjectQuery,
-        holds: Option<ObjectTest<'_>>,
-    ) -> Result<Vec<(Version, bool)>, StoreError> {
-        let conn = self.lock();
-        let mut select = conn.prepare_cached(if holds.is_some() {
-            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, object FROM versions WHERE namespace = ?1 AND name = ?2"
-        } else {
-            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, NULL FROM versions WHERE namespace = ?1 AND name = ?2"
-        })?;
-        let mut all = Vec::new();
-        let mut rows = select.query(params![query.namespace, query.name])?;
-        while let Some(r) = rows.next()? {
-            let keys = key_version([
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ]);
-            let held = match (holds, r.get_ref(8)?) {
-                (Some(holds), ValueRef::Text(object)) => holds(object),
-                _ => false,
-            };
-            all.push((keys, held));
-        }
-        Ok(super::select_versions_by(query, all, |(v, _)| v))
-    }
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -316,17 +281,39 @@ impl Store for SqliteStore {
         Ok(super::select_versions(query, all))
     }
 
-    fn version_keys(&self, query: &ObjectQuery) -> Result<Vec<Version>, StoreError> {
-        let keyed = self.keyed_versions(query, None)?;
-        Ok(keyed.into_iter().map(|(v, _)| v).collect())
-    }
-
-    fn version_keys_where(
+    /// The key columns of a query's versions, and `holds` of each object's
+    /// text where asked, read in place from SQLite's page.
+    fn keyed_versions(
         &self,
         query: &ObjectQuery,
-        holds: ObjectTest<'_>,
+        holds: Option<ObjectTest<'_>>,
     ) -> Result<Vec<(Version, bool)>, StoreError> {
-        self.keyed_versions(query, Some(holds))
+        let conn = self.lock();
+        let mut select = conn.prepare_cached(if holds.is_some() {
+            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, object FROM versions WHERE namespace = ?1 AND name = ?2"
+        } else {
+            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, NULL FROM versions WHERE namespace = ?1 AND name = ?2"
+        })?;
+        let mut all = Vec::new();
+        let mut rows = select.query(params![query.namespace, query.name])?;
+        while let Some(r) = rows.next()? {
+            let keys = key_version([
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ]);
+            let held = match (holds, r.get_ref(8)?) {
+                (Some(holds), ValueRef::Text(object)) => holds(object),
+                _ => false,
+            };
+            all.push((keys, held));
+        }
+        Ok(super::select_versions_by(query, all, |(v, _)| v))
     }
 
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError> {
