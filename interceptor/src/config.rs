@@ -147,7 +147,8 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub queue_capacity: usize,
 
-    /// Bytes of bodies held in the queue; past it the oldest records go.
+    /// Bytes of records (their NDJSON lines) held in the queue; past it the
+    /// oldest records go.
     #[arg(long, env = "APIWITNESS_QUEUE_BYTES", default_value_t = 16 << 20)]
     pub queue_bytes: usize,
 

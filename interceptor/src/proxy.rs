@@ -132,16 +132,12 @@ impl Pending {
     fn finish(
         self,
         status: u16,
-        response: Option<(&HeaderMap, SharedCapture)>,
+        response: Option<ResponseHead>,
         upgrade: Option<String>,
         error: Option<String>,
     ) -> RawExchange {
         let (response_content_type, response_content_encoding, response_body) = match response {
-            Some((headers, capture)) => (
-                header_string(headers, header::CONTENT_TYPE),
-                header_string(headers, header::CONTENT_ENCODING),
-                Some(capture),
-            ),
+            Some(head) => (head.content_type, head.content_encoding, Some(head.body)),
             None => (None, None, None),
         };
         RawExchange {
@@ -160,6 +156,23 @@ impl Pending {
             watch: self.watch,
             upgrade,
             error,
+        }
+    }
+}
+
+/// What a record keeps of a response's head, and its captured body.
+struct ResponseHead {
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    body: SharedCapture,
+}
+
+impl ResponseHead {
+    fn of(headers: &HeaderMap, body: SharedCapture) -> ResponseHead {
+        ResponseHead {
+            content_type: header_string(headers, header::CONTENT_TYPE),
+            content_encoding: header_string(headers, header::CONTENT_ENCODING),
+            body,
         }
     }
 }
@@ -277,14 +290,12 @@ impl Proxy {
                     }
                 });
             }
-            let capture = Capture::new(CaptureMode::Plain, self.limits);
-            let headers = response.headers().clone();
-            self.recorder.record(pending.finish(
-                status.as_u16(),
-                Some((&headers, capture)),
-                Some(protocol),
-                None,
-            ));
+            let head = ResponseHead::of(
+                response.headers(),
+                Capture::new(CaptureMode::Plain, self.limits),
+            );
+            self.recorder
+                .record(pending.finish(status.as_u16(), Some(head), Some(protocol), None));
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(
                 parts,
@@ -310,15 +321,10 @@ impl Proxy {
         };
         let capture = Capture::new(mode, self.limits);
         let recorder = self.recorder.clone();
-        let headers = parts.headers.clone();
-        let capture_for_record = capture.clone();
+        // Only what the record keeps of the headers, not a copy of them all.
+        let head = ResponseHead::of(&parts.headers, capture.clone());
         let on_end = Box::new(move || {
-            recorder.record(pending.finish(
-                status.as_u16(),
-                Some((&headers, capture_for_record)),
-                None,
-                None,
-            ));
+            recorder.record(pending.finish(status.as_u16(), Some(head), None, None));
         });
         strip_hop_by_hop(&mut parts.headers, false);
         let body = CaptureBody::new(body, capture, Some(on_end)).boxed();

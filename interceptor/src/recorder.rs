@@ -85,18 +85,11 @@ impl Recorder {
     /// Runs until every handle is dropped and the channel is drained.
     pub async fn run(mut self) {
         while let Some(raw) = self.receiver.recv().await {
-            let (record, kept_bytes) = self.build_sized(raw);
-            self.queue.push_sized(record, kept_bytes);
+            self.queue.push(&self.build(raw));
         }
     }
 
     pub fn build(&self, raw: RawExchange) -> Exchange {
-        self.build_sized(raw).0
-    }
-
-    /// The record, and roughly how many bytes of bodies it holds (what the
-    /// queue's byte bound counts).
-    fn build_sized(&self, raw: RawExchange) -> (Exchange, usize) {
         let parsed = ApiRequest::parse(
             &raw.method,
             &raw.path,
@@ -105,7 +98,6 @@ impl Recorder {
         )
         .ok();
         let request_captured = Capture::take(&raw.request_body);
-        let mut kept_bytes = request_captured.bytes.len();
         self.metrics
             .bytes
             .get_or_create(&crate::metrics::DirectionLabel {
@@ -120,8 +112,6 @@ impl Recorder {
         let mut error = raw.error;
         if let Some(shared) = &raw.response_body {
             let captured = Capture::take(shared);
-            kept_bytes +=
-                captured.bytes.len() + captured.events.iter().map(|e| e.len()).sum::<usize>();
             self.metrics
                 .bytes
                 .get_or_create(&crate::metrics::DirectionLabel {
@@ -169,7 +159,7 @@ impl Recorder {
         }
 
         let table = response_body.as_ref().is_some_and(decode::is_table);
-        let record = Exchange {
+        Exchange {
             format: FORMAT_VERSION,
             id: uuid::Uuid::new_v4().to_string(),
             pod: self.pod.clone(),
@@ -188,7 +178,6 @@ impl Recorder {
             table,
             upgrade: raw.upgrade,
             error,
-        };
-        (record, kept_bytes + 512)
+        }
     }
 }

@@ -18,9 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
+/// Records as their NDJSON lines, each with its length. A record is
+/// serialized as soon as it is built: a decoded body (a `Value` tree) takes
+/// several times its text's memory, and the queue's byte bound is then
+/// exact.
 #[derive(Default)]
 struct Records {
-    items: VecDeque<(Exchange, usize)>,
+    items: VecDeque<(String, usize)>,
     bytes: usize,
 }
 
@@ -28,16 +32,16 @@ impl Records {
     fn len(&self) -> usize {
         self.items.len()
     }
-    fn pop_front(&mut self) -> Option<(Exchange, usize)> {
+    fn pop_front(&mut self) -> Option<(String, usize)> {
         let item = self.items.pop_front()?;
         self.bytes -= item.1;
         Some(item)
     }
-    fn push_back(&mut self, item: (Exchange, usize)) {
+    fn push_back(&mut self, item: (String, usize)) {
         self.bytes += item.1;
         self.items.push_back(item);
     }
-    fn push_front(&mut self, item: (Exchange, usize)) {
+    fn push_front(&mut self, item: (String, usize)) {
         self.bytes += item.1;
         self.items.push_front(item);
     }
@@ -88,14 +92,15 @@ impl Queue {
         self.metrics.dropped.inc_by(n);
     }
 
-    /// Adds a record; when full, the oldest one goes.
-    pub fn push(&self, record: Exchange) {
-        self.push_sized(record, 512)
+    /// Adds a record; the oldest records go until both bounds hold.
+    pub fn push(&self, record: &Exchange) {
+        // Serializing our own types cannot fail.
+        let line = serde_json::to_string(&LineRef::Exchange(record)).unwrap_or_default();
+        self.push_line(line);
     }
 
-    /// Adds a record holding about `bytes` of bodies; the oldest records go
-    /// until both bounds hold.
-    pub fn push_sized(&self, record: Exchange, bytes: usize) {
+    fn push_line(&self, line: String) {
+        let bytes = line.len();
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0;
         while records.len() >= self.capacity
@@ -104,7 +109,7 @@ impl Queue {
             records.pop_front();
             dropped += 1;
         }
-        records.push_back((record, bytes));
+        records.push_back((line, bytes));
         self.metrics.queue_depth.set(records.len() as i64);
         drop(records);
         self.note_drops(dropped);
@@ -121,7 +126,7 @@ impl Queue {
 
     /// The oldest records, up to `max` of them and `max_bytes` of bodies
     /// (but always at least one).
-    fn take(&self, max: usize, max_bytes: usize) -> Vec<(Exchange, usize)> {
+    fn take(&self, max: usize, max_bytes: usize) -> Vec<(String, usize)> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         let mut bytes = 0;
@@ -140,7 +145,7 @@ impl Queue {
 
     /// Puts an unacknowledged batch back at the front, in order. What no
     /// longer fits (newer records arrived meanwhile) is dropped, oldest first.
-    fn put_back(&self, batch: Vec<(Exchange, usize)>) {
+    fn put_back(&self, batch: Vec<(String, usize)>) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let room = self.capacity.saturating_sub(records.len());
         let mut skip = batch.len().saturating_sub(room);
@@ -352,7 +357,7 @@ impl Shipper {
 
     async fn send(
         &self,
-        batch: &[(Exchange, usize)],
+        batch: &[(String, usize)],
         drops: Option<(u64, SystemTime, SystemTime)>,
     ) -> Result<(), ShipError> {
         let body = encode_batch(&self.config.pod, batch, drops);
@@ -410,7 +415,7 @@ enum LineRef<'a> {
 /// A batch as gzip NDJSON: the drop report first, then the records.
 pub fn encode_batch(
     pod: &PodIdentity,
-    batch: &[(Exchange, usize)],
+    batch: &[(String, usize)],
     drops: Option<(u64, SystemTime, SystemTime)>,
 ) -> Bytes {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -429,8 +434,9 @@ pub fn encode_batch(
             last_dropped_at: humantime::format_rfc3339_micros(last).to_string(),
         }));
     }
-    for (record, _) in batch {
-        write_line(&LineRef::Exchange(record));
+    for (line, _) in batch {
+        let _ = gz.write_all(line.as_bytes());
+        let _ = gz.write_all(b"\n");
     }
     Bytes::from(gz.finish().unwrap_or_default())
 }
@@ -491,15 +497,26 @@ mod tests {
             .unwrap()
             .items
             .iter()
-            .map(|(r, _)| r.id.clone())
+            .map(|(line, _)| {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                record["id"].as_str().unwrap().to_string()
+            })
             .collect()
+    }
+
+    /// A record whose line is `len` bytes long.
+    fn sized(n: u32, len: usize) -> Exchange {
+        let mut r = record(n);
+        let base = serde_json::to_string(&LineRef::Exchange(&r)).unwrap().len();
+        r.path.push_str(&"p".repeat(len - base));
+        r
     }
 
     #[test]
     fn a_full_queue_drops_the_oldest_and_counts() {
         let q = Queue::new(3, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..5 {
-            q.push(record(n));
+            q.push(&record(n));
         }
         assert_eq!(ids(&q), ["2", "3", "4"]);
         assert_eq!(q.take_drops().map(|d| d.0), Some(2));
@@ -510,11 +527,11 @@ mod tests {
     fn a_failed_batch_goes_back_in_order_within_the_bound() {
         let q = Queue::new(4, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..3 {
-            q.push(record(n));
+            q.push(&record(n));
         }
         let batch = q.take(2, usize::MAX);
-        q.push(record(10));
-        q.push(record(11));
+        q.push(&record(10));
+        q.push(&record(11));
         q.put_back(batch);
         // Room for one of the two: the older one is dropped.
         assert_eq!(ids(&q), ["1", "2", "10", "11"]);
@@ -525,7 +542,7 @@ mod tests {
     fn batches_are_bounded_in_bytes_but_never_empty() {
         let q = Queue::new(100, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..5 {
-            q.push_sized(record(n), 1000);
+            q.push(&sized(n, 1000));
         }
         assert_eq!(q.take(100, 2500).len(), 2);
         assert_eq!(
@@ -540,11 +557,11 @@ mod tests {
     fn the_byte_bound_drops_the_oldest_too() {
         let q = Queue::new(100, 3000, Arc::new(Metrics::new()));
         for n in 0..4 {
-            q.push_sized(record(n), 1000);
+            q.push(&sized(n, 1000));
         }
         assert_eq!(ids(&q), ["1", "2", "3"]);
         // A record larger than the whole bound is still kept, alone.
-        q.push_sized(record(9), 5000);
+        q.push(&sized(9, 5000));
         assert_eq!(ids(&q), ["9"]);
         assert_eq!(q.take_drops().map(|d| d.0), Some(4));
     }
@@ -554,7 +571,11 @@ mod tests {
         let now = SystemTime::now();
         let bytes = encode_batch(
             &PodIdentity::default(),
-            &[(record(1), 0), (record(2), 0)],
+            &[1, 2].map(|n| {
+                let line = serde_json::to_string(&LineRef::Exchange(&record(n))).unwrap();
+                let len = line.len();
+                (line, len)
+            }),
             Some((7, now, now)),
         );
         let mut text = String::new();
