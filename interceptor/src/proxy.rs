@@ -47,14 +47,20 @@ fn upstream_client(
 ) -> Result<UpstreamClient, String> {
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("upstream server name {server_name:?}: {e}"))?;
+    // Small frames go out at once: with Nagle's algorithm, a frame written
+    // while an earlier one is unacknowledged waits for the peer's delayed
+    // ACK, which made the HTTP/2 tail 25 to 30 ms.
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
     let connector = if http2 {
-        builder.enable_http1().enable_http2().build()
+        builder.enable_http1().enable_http2().wrap_connector(tcp)
     } else {
-        builder.enable_http1().build()
+        builder.enable_http1().wrap_connector(tcp)
     };
     // A peer that vanishes without a FIN or RST would leave every stream of a
     // shared HTTP/2 connection waiting: PINGs find it out and close it.
