@@ -85,13 +85,14 @@ enum LineKeys {
 }
 
 fn parse_line(raw: &str) -> Result<LineKeys, String> {
+    let not_a_record = |e: serde_json::Error| format!("not a record: {e}");
     let line = match apiwitness_record::kind_of(raw).map_err(|e| e.to_string())? {
         apiwitness_record::LineKind::Exchange => {
-            LineKeys::Exchange(serde_json::from_str(raw).map_err(|e| format!("not a record: {e}"))?)
+            LineKeys::Exchange(serde_json::from_str(raw).map_err(not_a_record)?)
         }
-        apiwitness_record::LineKind::DropReport => LineKeys::DropReport(
-            serde_json::from_str(raw).map_err(|e| format!("not a record: {e}"))?,
-        ),
+        apiwitness_record::LineKind::DropReport => {
+            LineKeys::DropReport(serde_json::from_str(raw).map_err(not_a_record)?)
+        }
     };
     let format = match &line {
         LineKeys::Exchange(e) => e.format,

@@ -2,7 +2,9 @@
 //! looks at one or two fields of every version: decoding each whole object
 //! into a `Value` tree (10,000 objects of 1.7 KB take about 160 ms) is most
 //! of its cost, while skipping over the text to the field is a small part
-//! of that. Only the field's own value is decoded.
+//! of that. Only the field's own value is decoded. Before any probe, a
+//! search for text that must appear where the field has a value (its
+//! needles) passes over most objects.
 
 use super::path::{FieldPath, Step, scalar_text};
 use serde::Deserialize;
@@ -22,9 +24,7 @@ impl FieldPath {
     pub fn resolve_text(&self, object: &[u8]) -> Option<Value> {
         walk(object, &self.steps)
     }
-}
 
-impl FieldPath {
     /// Text of which one appears in an object's JSON, written compact as
     /// serde_json writes it (as the store does), wherever this field's
     /// value as text is `value`: a cheap search passes over most objects

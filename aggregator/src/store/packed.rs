@@ -25,13 +25,24 @@ pub(crate) fn pack(items: &[IngestItem]) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Invalid(format!("compressing a batch's lines: {e}")))
 }
 
+/// Record `id`'s line, at `index` in its packed batch.
+pub(crate) fn line(packed: &[u8], index: i64, id: &str) -> Result<String, StoreError> {
+    usize::try_from(index)
+        .ok()
+        .map(|i| unpack(packed, i))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| StoreError::Invalid(format!("record {id}'s line is missing from its batch")))
+}
+
 /// Line `index` of a packed batch.
-pub(crate) fn unpack(packed: &[u8], index: usize) -> Result<Option<String>, StoreError> {
+fn unpack(packed: &[u8], index: usize) -> Result<Option<String>, StoreError> {
     let text = zstd::stream::decode_all(packed)
         .map_err(|e| StoreError::Invalid(format!("a stored batch does not decompress: {e}")))?;
     let text = String::from_utf8(text)
         .map_err(|e| StoreError::Invalid(format!("a stored batch is not UTF-8: {e}")))?;
-    Ok(text.split('\n').nth(index).map(str::to_string))
+    // Each line ends with a newline: nothing follows the last.
+    Ok(text.split_terminator('\n').nth(index).map(str::to_string))
 }
 
 #[cfg(test)]
@@ -54,5 +65,10 @@ mod tests {
             assert_eq!(unpack(&packed, i).unwrap().as_deref(), Some(*line));
         }
         assert!(unpack(b"not zstd", 0).is_err());
+        assert_eq!(line(&packed, 1, "b").unwrap(), lines[1]);
+        for missing in [3, -1] {
+            let err = line(&packed, missing, "r9").unwrap_err().to_string();
+            assert!(err.contains("record r9's line is missing"), "{err}");
+        }
     }
 }

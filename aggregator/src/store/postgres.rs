@@ -358,9 +358,7 @@ impl Store for PostgresStore {
                 let packed: Vec<u8> = row.get::<_, Option<Vec<u8>>>(4).ok_or_else(|| {
                     StoreError::Invalid(format!("record {id}'s batch is missing"))
                 })?;
-                packed::unpack(&packed, usize::try_from(index).unwrap_or(usize::MAX))?.ok_or_else(
-                    || StoreError::Invalid(format!("record {id}'s line is missing from its batch")),
-                )?
+                packed::line(&packed, index.into(), id)?
             }
             // Stored before lines were packed.
             _ => row.get(1),
@@ -416,8 +414,6 @@ impl Store for PostgresStore {
     }
 }
 
-/// A new record's versions, each merged with any earlier sighting of the
-/// same (uid, resourceVersion) under a row lock, and its refused writes.
 /// One batch, within the group's transaction.
 fn ingest_batch(
     tx: &mut postgres::Transaction<'_>,

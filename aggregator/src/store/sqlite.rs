@@ -371,9 +371,7 @@ impl Store for SqliteStore {
                     [batch],
                     |r| r.get(0),
                 )?;
-                packed::unpack(&packed, usize::try_from(index).unwrap_or(usize::MAX))?.ok_or_else(
-                    || StoreError::Invalid(format!("record {id}'s line is missing from its batch")),
-                )?
+                packed::line(&packed, index, id)?
             }
             // Stored before lines were packed.
             _ => line,
@@ -448,8 +446,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// A new record's versions, each merged with any earlier sighting of the
-/// same (uid, resourceVersion), and its refused writes.
 /// One batch, within the group's transaction.
 fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
@@ -554,6 +550,8 @@ fn ingest_batch(
     Ok(outcome)
 }
 
+/// A new record's versions, each merged with any earlier sighting of the
+/// same (uid, resourceVersion), and its refused writes.
 fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result<(), StoreError> {
     let mut read = tx.prepare_cached(
         "SELECT doc, object IS NOT NULL FROM versions WHERE uid = ?1 AND resource_version = ?2",
