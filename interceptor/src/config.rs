@@ -155,7 +155,7 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_BATCH_RECORDS", default_value_t = 500)]
     pub batch_records: usize,
 
-    /// Bytes of bodies in one batch.
+    /// Bytes of records (their NDJSON lines) in one batch.
     #[arg(long, env = "APIWITNESS_BATCH_BYTES", default_value_t = 4 << 20)]
     pub batch_bytes: usize,
 

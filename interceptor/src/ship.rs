@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
-/// Records as their NDJSON lines, each with its length. A record is
+/// Records as their NDJSON lines, and the bytes they hold. A record is
 /// serialized as soon as it is built: a decoded body (a `Value` tree) takes
 /// several times its text's memory, and the queue's byte bound is then
 /// exact.
 #[derive(Default)]
 struct Records {
-    items: VecDeque<(String, usize)>,
+    items: VecDeque<String>,
     bytes: usize,
 }
 
@@ -32,18 +32,18 @@ impl Records {
     fn len(&self) -> usize {
         self.items.len()
     }
-    fn pop_front(&mut self) -> Option<(String, usize)> {
-        let item = self.items.pop_front()?;
-        self.bytes -= item.1;
-        Some(item)
+    fn pop_front(&mut self) -> Option<String> {
+        let line = self.items.pop_front()?;
+        self.bytes -= line.len();
+        Some(line)
     }
-    fn push_back(&mut self, item: (String, usize)) {
-        self.bytes += item.1;
-        self.items.push_back(item);
+    fn push_back(&mut self, line: String) {
+        self.bytes += line.len();
+        self.items.push_back(line);
     }
-    fn push_front(&mut self, item: (String, usize)) {
-        self.bytes += item.1;
-        self.items.push_front(item);
+    fn push_front(&mut self, line: String) {
+        self.bytes += line.len();
+        self.items.push_front(line);
     }
 }
 
@@ -96,10 +96,6 @@ impl Queue {
     pub fn push(&self, record: &Exchange) {
         // Serializing our own types cannot fail.
         let line = serde_json::to_string(&LineRef::Exchange(record)).unwrap_or_default();
-        self.push_line(line);
-    }
-
-    fn push_line(&self, line: String) {
         let bytes = line.len();
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0;
@@ -109,7 +105,7 @@ impl Queue {
             records.pop_front();
             dropped += 1;
         }
-        records.push_back((line, bytes));
+        records.push_back(line);
         self.metrics.queue_depth.set(records.len() as i64);
         drop(records);
         self.note_drops(dropped);
@@ -124,39 +120,39 @@ impl Queue {
         self.len() == 0
     }
 
-    /// The oldest records, up to `max` of them and `max_bytes` of bodies
+    /// The oldest records, up to `max` of them and `max_bytes` of lines
     /// (but always at least one).
-    fn take(&self, max: usize, max_bytes: usize) -> Vec<(String, usize)> {
+    fn take(&self, max: usize, max_bytes: usize) -> Vec<String> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         let mut bytes = 0;
-        for (_, b) in records.items.iter().take(max) {
-            if n > 0 && bytes + b > max_bytes {
+        for line in records.items.iter().take(max) {
+            if n > 0 && bytes + line.len() > max_bytes {
                 break;
             }
-            bytes += b;
+            bytes += line.len();
             n += 1;
         }
         let batch: Vec<_> = records.items.drain(..n).collect();
-        records.bytes -= batch.iter().map(|(_, b)| b).sum::<usize>();
+        records.bytes -= bytes;
         self.metrics.queue_depth.set(records.len() as i64);
         batch
     }
 
     /// Puts an unacknowledged batch back at the front, in order. What no
     /// longer fits (newer records arrived meanwhile) is dropped, oldest first.
-    fn put_back(&self, batch: Vec<(String, usize)>) {
+    fn put_back(&self, batch: Vec<String>) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let room = self.capacity.saturating_sub(records.len());
         let mut skip = batch.len().saturating_sub(room);
         // The byte bound too: the newest of the batch are kept first.
         let mut bytes = records.bytes;
         let mut keep = 0;
-        for (_, b) in batch.iter().skip(skip).rev() {
-            if bytes + b > self.max_bytes && keep > 0 {
+        for line in batch.iter().skip(skip).rev() {
+            if bytes + line.len() > self.max_bytes && keep > 0 {
                 break;
             }
-            bytes += b;
+            bytes += line.len();
             keep += 1;
         }
         skip = batch.len() - keep.min(batch.len() - skip);
@@ -199,7 +195,8 @@ pub struct ShipConfig {
     /// The aggregator's ingest URL, e.g. `https://aggregator.apiwitness:8443/ingest`.
     pub url: hyper::Uri,
     pub batch_records: usize,
-    /// Bytes of bodies in one batch: what the shipper holds while it sends.
+    /// Bytes of records (their lines) in one batch: what the shipper holds
+    /// while it sends.
     pub batch_bytes: usize,
     pub batch_wait: Duration,
     /// A bearer token file (the pod's projected token), read afresh for every
@@ -357,7 +354,7 @@ impl Shipper {
 
     async fn send(
         &self,
-        batch: &[(String, usize)],
+        batch: &[String],
         drops: Option<(u64, SystemTime, SystemTime)>,
     ) -> Result<(), ShipError> {
         let body = encode_batch(&self.config.pod, batch, drops);
@@ -415,7 +412,7 @@ enum LineRef<'a> {
 /// A batch as gzip NDJSON: the drop report first, then the records.
 pub fn encode_batch(
     pod: &PodIdentity,
-    batch: &[(String, usize)],
+    batch: &[String],
     drops: Option<(u64, SystemTime, SystemTime)>,
 ) -> Bytes {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -434,7 +431,7 @@ pub fn encode_batch(
             last_dropped_at: humantime::format_rfc3339_micros(last).to_string(),
         }));
     }
-    for (line, _) in batch {
+    for line in batch {
         let _ = gz.write_all(line.as_bytes());
         let _ = gz.write_all(b"\n");
     }
@@ -497,7 +494,7 @@ mod tests {
             .unwrap()
             .items
             .iter()
-            .map(|(line, _)| {
+            .map(|line| {
                 let record: serde_json::Value = serde_json::from_str(line).unwrap();
                 record["id"].as_str().unwrap().to_string()
             })
@@ -571,11 +568,7 @@ mod tests {
         let now = SystemTime::now();
         let bytes = encode_batch(
             &PodIdentity::default(),
-            &[1, 2].map(|n| {
-                let line = serde_json::to_string(&LineRef::Exchange(&record(n))).unwrap();
-                let len = line.len();
-                (line, len)
-            }),
+            &[1, 2].map(|n| serde_json::to_string(&LineRef::Exchange(&record(n))).unwrap()),
             Some((7, now, now)),
         );
         let mut text = String::new();
