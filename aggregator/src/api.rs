@@ -5,7 +5,8 @@ use crate::auth::{self, AuthError, Authorizer, Caller};
 use crate::ingest::{self, LineError};
 use crate::report::{self, Format};
 use crate::spec_live::SharedIndex;
-use crate::store::{IngestOutcome, Scope, Store, StoreError};
+use crate::store::{IngestItem, IngestOutcome, Scope, Store, StoreError};
+use apiwitness_record::DropReport;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -225,21 +226,38 @@ async fn ingest(
     }
     let drop_reports = batch.drops.len();
     let drops: Vec<_> = batch.drops.into_iter().map(|(_, d)| d).collect();
-    let outcome = state.committer.ingest(batch.items, drops).await?;
-    state.metrics.count_ingest(
+    let outcome = store_batch(
+        &state,
         "interceptor",
-        outcome.accepted,
-        outcome.duplicates,
+        batch.items,
+        drops,
         batch.errors.len(),
-    );
+    )
+    .await?;
     state.metrics.drop_reports.inc_by(drop_reports as u64);
-    state.metrics.raw_records.inc_by(outcome.accepted as i64);
-    state.live.ingested(outcome.accepted);
     Ok(Json(IngestAnswer {
         outcome,
         drop_reports,
         errors: batch.errors,
     }))
+}
+
+/// Stores a batch through the committer, and counts it: the metrics, the
+/// raw-record gauge and the pages that watch for new records.
+async fn store_batch(
+    state: &AppState,
+    source: &'static str,
+    items: Vec<IngestItem>,
+    drops: Vec<DropReport>,
+    refused_lines: usize,
+) -> Result<IngestOutcome, ApiError> {
+    let outcome = state.committer.ingest(items, drops).await?;
+    state
+        .metrics
+        .count_ingest(source, outcome.accepted, outcome.duplicates, refused_lines);
+    state.metrics.raw_records.inc_by(outcome.accepted as i64);
+    state.live.ingested(outcome.accepted);
+    Ok(outcome)
 }
 
 /// The audit webhook backend: an `audit.k8s.io/v1` EventList per request.
@@ -254,15 +272,14 @@ async fn audit_events(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
     let parsed = crate::audit::parse_event_list(text).map_err(ApiError::BadRequest)?;
-    let outcome = state.committer.ingest(parsed.items, Vec::new()).await?;
-    state.metrics.count_ingest(
+    let outcome = store_batch(
+        &state,
         "audit",
-        outcome.accepted,
-        outcome.duplicates,
+        parsed.items,
+        Vec::new(),
         parsed.errors.len(),
-    );
-    state.metrics.raw_records.inc_by(outcome.accepted as i64);
-    state.live.ingested(outcome.accepted);
+    )
+    .await?;
     Ok(Json(IngestAnswer {
         outcome,
         drop_reports: 0,
