@@ -312,7 +312,9 @@ impl Proxy {
         }
 
         let (mut parts, body) = response.into_parts();
+        // Only what the record keeps of the headers, not a copy of them all.
         let content_type = header_string(&parts.headers, header::CONTENT_TYPE);
+        let content_encoding = header_string(&parts.headers, header::CONTENT_ENCODING);
         let mode = if watch && status.is_success() {
             if content_type
                 .as_deref()
@@ -323,12 +325,15 @@ impl Proxy {
                 CaptureMode::WatchJson
             }
         } else {
-            capture_mode_for(header_string(&parts.headers, header::CONTENT_ENCODING).as_deref())
+            capture_mode_for(content_encoding.as_deref())
         };
         let capture = Capture::new(mode, self.limits);
         let recorder = self.recorder.clone();
-        // Only what the record keeps of the headers, not a copy of them all.
-        let head = ResponseHead::of(&parts.headers, capture.clone());
+        let head = ResponseHead {
+            content_type,
+            content_encoding,
+            body: capture.clone(),
+        };
         let on_end = Box::new(move || {
             recorder.record(pending.finish(status.as_u16(), Some(head), None, None));
         });
