@@ -14,7 +14,7 @@
 use apiwitness_aggregator::provenance::history::{self, conditions};
 use apiwitness_aggregator::provenance::{ObjectQuery, Source, Version, Who};
 use apiwitness_aggregator::store::sqlite::SqliteStore;
-use apiwitness_aggregator::store::{IngestItem, Store};
+use apiwitness_aggregator::store::{EncodedVersion, IngestItem, Store};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,10 @@ fn item(id: String, versions: Vec<Version>) -> IngestItem {
         line: "{}".into(),
         line_number: 1,
         fields: Vec::new(),
-        versions,
+        versions: versions
+            .into_iter()
+            .map(|v| EncodedVersion::new(v).expect("encode"))
+            .collect(),
         attempts: Vec::new(),
     }
 }

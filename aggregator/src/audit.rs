@@ -142,7 +142,12 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
         line: String::new(),
         line_number,
         fields: crate::fields::written_fields(method, event.request_object.as_ref()),
-        versions: found.versions,
+        versions: found
+            .versions
+            .into_iter()
+            .map(crate::store::EncodedVersion::new)
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
         attempts: found.attempts,
     }))
 }
@@ -194,7 +199,7 @@ fn versions_of(
         .and_then(|r| r.split_once(':'))
         .map(|(_, sa)| sa.to_string())
         .unwrap_or_default();
-    let exchange = Exchange {
+    let mut exchange = Exchange {
         format: apiwitness_record::FORMAT_VERSION,
         id: id.to_string(),
         pod: PodIdentity {
@@ -219,7 +224,7 @@ fn versions_of(
         upgrade: None,
         error: None,
     };
-    crate::provenance::extract::from_exchange(&exchange)
+    crate::provenance::extract::from_exchange(&mut exchange)
 }
 
 /// A Secret's values (and a SecretList's items' values) become a marker:
@@ -338,7 +343,8 @@ mod tests {
                 "metadata": {"name": "db", "namespace": "shop", "uid": "u1", "resourceVersion": "7"},
                 "data": {"password": "aHVudGVyMg=="}}});
         let parsed = parse_log(&event.to_string());
-        let v = &parsed.items[0].versions[0];
+        let encoded = &parsed.items[0].versions[0];
+        let v = &encoded.version;
         assert_eq!(
             (
                 v.verb.as_str(),
@@ -348,7 +354,7 @@ mod tests {
             ("create", "7", "shop/web-1")
         );
         assert_eq!(v.who.service_account, "web");
-        let text = serde_json::to_string(&v.object).unwrap();
+        let text = encoded.object.clone().unwrap();
         assert!(!text.contains("aHVudGVyMg=="), "{text}");
         assert!(text.contains("<redacted: 12 bytes>"), "{text}");
     }

@@ -2,8 +2,8 @@
 //! A bad line gets an error naming its line number; the valid lines of the
 //! same batch are still stored.
 
-use crate::store::IngestItem;
-use apiwitness_record::{ApiRequest, DropReport};
+use crate::store::{EncodedVersion, IngestItem, StoreError};
+use apiwitness_record::{ApiRequest, BodyContent, DropReport, Exchange};
 use std::io::Read;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -59,44 +59,26 @@ pub fn client_of(user_agent: Option<&str>) -> String {
         .to_string()
 }
 
-/// The parts of an exchange line that ingest needs. Bodies are checked to be
-/// JSON but not built into values: parsing stays cheap however large they are.
-#[derive(Debug, serde::Deserialize)]
-struct ExchangeKeys {
-    format: u32,
-    id: String,
-    pod: apiwitness_record::PodIdentity,
-    started_at: String,
-    method: String,
-    path: String,
-    #[serde(default)]
-    query: String,
-    status: u16,
-    #[serde(default)]
-    user_agent: Option<String>,
-    #[serde(default)]
-    request_content_type: Option<String>,
+enum ParsedLine {
+    Exchange(Box<Exchange>),
+    DropReport(Box<DropReport>),
 }
 
-#[derive(Debug)]
-enum LineKeys {
-    Exchange(ExchangeKeys),
-    DropReport(DropReport),
-}
-
-fn parse_line(raw: &str) -> Result<LineKeys, String> {
+/// A line is read once, bodies and all: the versions it shows are taken out
+/// of the decoded record rather than decoded again or copied.
+fn parse_line(raw: &str) -> Result<ParsedLine, String> {
     let not_a_record = |e: serde_json::Error| format!("not a record: {e}");
     let line = match apiwitness_record::kind_of(raw).map_err(|e| e.to_string())? {
         apiwitness_record::LineKind::Exchange => {
-            LineKeys::Exchange(serde_json::from_str(raw).map_err(not_a_record)?)
+            ParsedLine::Exchange(serde_json::from_str(raw).map_err(not_a_record)?)
         }
         apiwitness_record::LineKind::DropReport => {
-            LineKeys::DropReport(serde_json::from_str(raw).map_err(not_a_record)?)
+            ParsedLine::DropReport(serde_json::from_str(raw).map_err(not_a_record)?)
         }
     };
     let format = match &line {
-        LineKeys::Exchange(e) => e.format,
-        LineKeys::DropReport(d) => d.format,
+        ParsedLine::Exchange(e) => e.format,
+        ParsedLine::DropReport(d) => d.format,
     };
     if format > apiwitness_record::FORMAT_VERSION {
         return Err(format!(
@@ -107,34 +89,65 @@ fn parse_line(raw: &str) -> Result<LineKeys, String> {
     Ok(line)
 }
 
-/// The versions a record shows. Only records that can show one are read
-/// whole: a 2xx read or any write to a resource.
-fn provenance_of(
-    keys: &ExchangeKeys,
-    raw: &str,
-) -> (crate::provenance::extract::Found, Vec<String>) {
-    let may_show = matches!(keys.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
-        || (keys.method == "GET" && (200..300).contains(&keys.status));
-    if !may_show {
-        return Default::default();
-    }
-    // Known to be an exchange: read as one directly.
-    match serde_json::from_str::<apiwitness_record::Exchange>(raw) {
-        Ok(exchange) => (
-            crate::provenance::extract::from_exchange(&exchange),
-            fields_of(&exchange),
-        ),
-        Err(_) => Default::default(),
-    }
-}
-
 /// The fields a write's JSON object body set (field coverage).
-fn fields_of(exchange: &apiwitness_record::Exchange) -> Vec<String> {
+fn fields_of(exchange: &Exchange) -> Vec<String> {
     let body = match exchange.request_body.as_ref().map(|b| &b.content) {
-        Some(apiwitness_record::BodyContent::Json(body)) => Some(body),
+        Some(BodyContent::Json(body)) => Some(body),
         _ => None,
     };
     crate::fields::written_fields(&exchange.method, body)
+}
+
+/// What ingest stores of one exchange: its keys, the operations it counts
+/// for, the fields it set, and the versions it shows, encoded for the store.
+pub fn item_of(
+    mut e: Exchange,
+    line: String,
+    line_number: usize,
+) -> Result<IngestItem, StoreError> {
+    let templates = match ApiRequest::parse(
+        &e.method,
+        &e.path,
+        &e.query,
+        e.request_content_type.as_deref(),
+    ) {
+        Ok(r) => {
+            let mut t = vec![r.path_template()];
+            t.extend(r.watch_twin_template());
+            t
+        }
+        // Kept for the record, but it matches no operation.
+        Err(_) => vec![e.path.clone()],
+    };
+    let fields = fields_of(&e);
+    let found = crate::provenance::extract::from_exchange(&mut e);
+    let versions = found
+        .versions
+        .into_iter()
+        .map(EncodedVersion::new)
+        .collect::<Result<_, _>>()?;
+    Ok(IngestItem {
+        client: client_of(e.user_agent.as_deref()),
+        workload: e
+            .pod
+            .workload
+            .as_ref()
+            .map(|w| format!("{}/{}", w.kind, w.name))
+            .unwrap_or_default(),
+        id: e.id,
+        started_at: e.started_at,
+        pod_namespace: e.pod.namespace,
+        pod_name: e.pod.name,
+        method: e.method,
+        path: e.path,
+        status: e.status,
+        templates,
+        line,
+        line_number,
+        fields,
+        versions,
+        attempts: found.attempts,
+    })
 }
 
 pub fn parse_batch(text: &str) -> ParsedBatch {
@@ -143,56 +156,22 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
         if raw.trim().is_empty() {
             continue;
         }
-        match parse_line(raw) {
-            Ok(LineKeys::Exchange(e)) => {
-                if e.id.is_empty() {
-                    batch.errors.push(LineError {
-                        line: i + 1,
-                        error: "the record has no id".into(),
-                    });
+        let error = match parse_line(raw) {
+            Ok(ParsedLine::Exchange(e)) if e.id.is_empty() => "the record has no id".to_string(),
+            Ok(ParsedLine::Exchange(e)) => match item_of(*e, raw.to_string(), i + 1) {
+                Ok(item) => {
+                    batch.items.push(item);
                     continue;
                 }
-                let templates = match ApiRequest::parse(
-                    &e.method,
-                    &e.path,
-                    &e.query,
-                    e.request_content_type.as_deref(),
-                ) {
-                    Ok(r) => {
-                        let mut t = vec![r.path_template()];
-                        t.extend(r.watch_twin_template());
-                        t
-                    }
-                    // Kept for the record, but it matches no operation.
-                    Err(_) => vec![e.path.clone()],
-                };
-                let (found, fields) = provenance_of(&e, raw);
-                batch.items.push(IngestItem {
-                    client: client_of(e.user_agent.as_deref()),
-                    workload: e
-                        .pod
-                        .workload
-                        .as_ref()
-                        .map(|w| format!("{}/{}", w.kind, w.name))
-                        .unwrap_or_default(),
-                    id: e.id,
-                    started_at: e.started_at,
-                    pod_namespace: e.pod.namespace,
-                    pod_name: e.pod.name,
-                    method: e.method,
-                    path: e.path,
-                    status: e.status,
-                    templates,
-                    line: raw.to_string(),
-                    line_number: i + 1,
-                    fields,
-                    versions: found.versions,
-                    attempts: found.attempts,
-                });
+                Err(e) => e.to_string(),
+            },
+            Ok(ParsedLine::DropReport(d)) => {
+                batch.drops.push((i + 1, *d));
+                continue;
             }
-            Ok(LineKeys::DropReport(d)) => batch.drops.push((i + 1, d)),
-            Err(error) => batch.errors.push(LineError { line: i + 1, error }),
-        }
+            Err(error) => error,
+        };
+        batch.errors.push(LineError { line: i + 1, error });
     }
     batch
 }

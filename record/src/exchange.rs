@@ -107,7 +107,8 @@ pub struct WatchEvents {
 pub struct Exchange {
     /// The record format version, [`FORMAT_VERSION`] when written.
     pub format: u32,
-    /// Unique per exchange; the aggregator deduplicates on it.
+    /// Unique per exchange; the aggregator deduplicates on it. The
+    /// interceptor writes a UUIDv7, which sorts by time.
     pub id: String,
     pub pod: PodIdentity,
     /// RFC 3339, UTC, when the request arrived.

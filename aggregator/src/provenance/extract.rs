@@ -22,36 +22,37 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// Takes the object: a record's bodies are read once and never copied.
     fn version(
         &self,
-        object: &Value,
+        mut object: Value,
         verb: &str,
         source: Source,
         partial: bool,
     ) -> Option<Version> {
-        let meta = object.get("metadata")?;
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+        let meta = object.get_mut("metadata")?.as_object_mut()?;
+        // managedFields change with every write and say nothing a diff wants.
+        meta.remove("managedFields");
         let uid = meta.get("uid")?.as_str()?.to_string();
         let name = meta
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or(&self.request.name)
             .to_string();
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
-        let mut object = object.clone();
-        // managedFields change with every write and say nothing a diff wants.
-        if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("managedFields");
-        }
+        let namespace = text(meta.get("namespace")).if_empty(&self.request.namespace);
+        let resource_version = text(meta.get("resourceVersion"));
+        let generation = meta.get("generation").and_then(Value::as_i64);
         Some(Version {
             group: self.request.group.clone(),
             resource: self.request.resource.clone(),
             kind: text(object.get("kind")),
             api_version: text(object.get("apiVersion")),
-            namespace: text(meta.get("namespace")).if_empty(&self.request.namespace),
+            namespace,
             name,
             uid,
-            resource_version: text(meta.get("resourceVersion")),
-            generation: meta.get("generation").and_then(Value::as_i64),
+            resource_version,
+            generation,
             time: self.exchange.started_at.clone(),
             verb: verb.to_string(),
             source,
@@ -79,28 +80,38 @@ impl IfEmpty for String {
 }
 
 /// The body as a JSON object, and whether only its metadata was readable.
-fn object_of(body: &Option<Body>) -> Option<(Value, bool)> {
-    let body = body.as_ref()?;
+/// The body is taken out of the record: it is decoded once, and its objects
+/// move into versions.
+fn take_object(body: &mut Option<Body>) -> Option<(Value, bool)> {
+    let body = body.as_mut()?;
     if body.truncated {
         return None;
     }
-    match &body.content {
-        BodyContent::Json(v) if v.is_object() => Some((v.clone(), false)),
+    match &mut body.content {
+        BodyContent::Json(v) if v.is_object() => Some((v.take(), false)),
         BodyContent::Protobuf(p) => {
             let mut object = serde_json::json!({"apiVersion": p.api_version, "kind": p.kind});
-            if let Some(m) = &p.metadata {
-                object["metadata"] = m.clone();
+            if let Some(m) = p.metadata.take() {
+                object["metadata"] = m;
             }
-            if let Some(items) = &p.items {
+            if let Some(items) = p.items.take() {
                 object["items"] = Value::Array(
                     items
-                        .iter()
+                        .into_iter()
                         .map(|m| serde_json::json!({"metadata": m}))
                         .collect(),
                 );
             }
             Some((object, true))
         }
+        _ => None,
+    }
+}
+
+/// A body's JSON object, read in place.
+fn object_in(body: &Option<Body>) -> Option<&Value> {
+    match &body.as_ref()?.content {
+        BodyContent::Json(v) if v.is_object() => Some(v),
         _ => None,
     }
 }
@@ -118,8 +129,9 @@ fn percent_decode(v: &str) -> String {
         .into_owned()
 }
 
-/// The versions and attempts of one exchange.
-pub fn from_exchange(exchange: &Exchange) -> Found {
+/// The versions and attempts of one exchange. The objects of its response
+/// body and watch events move into the versions.
+pub fn from_exchange(exchange: &mut Exchange) -> Found {
     let mut found = Found::default();
     let Ok(request) = ApiRequest::parse(
         &exchange.method,
@@ -132,6 +144,9 @@ pub fn from_exchange(exchange: &Exchange) -> Found {
     if !request.is_resource_request || request.dry_run || exchange.table || exchange.status == 0 {
         return found;
     }
+    let mut response = exchange.response_body.take();
+    let watch = exchange.watch.take();
+    let exchange: &Exchange = exchange;
     let who = Who {
         pod: format!("{}/{}", exchange.pod.namespace, exchange.pod.name),
         service_account: exchange.pod.service_account.clone(),
@@ -159,20 +174,20 @@ pub fn from_exchange(exchange: &Exchange) -> Found {
             format!("{verb} {}", request.subresource)
         };
         if !ok {
-            found.attempts.push(attempt(&cx, &verb));
+            found.attempts.push(attempt(&cx, &verb, &response));
             return found;
         }
-        let Some((object, partial)) = object_of(&exchange.response_body) else {
+        let Some((object, partial)) = take_object(&mut response) else {
             return found;
         };
         if request.verb == Verb::Delete {
             found
                 .versions
-                .extend(tombstone(&cx, &object, partial, &verb));
+                .extend(tombstone(&cx, object, partial, &verb));
         } else {
             found
                 .versions
-                .extend(cx.version(&object, &verb, Source::Write, partial));
+                .extend(cx.version(object, &verb, Source::Write, partial));
         }
         return found;
     }
@@ -181,24 +196,22 @@ pub fn from_exchange(exchange: &Exchange) -> Found {
     }
     match request.verb {
         Verb::Get => {
-            if let Some((object, partial)) = object_of(&exchange.response_body) {
+            if let Some((object, partial)) = take_object(&mut response) {
                 found
                     .versions
-                    .extend(cx.version(&object, "get", Source::Observed, partial));
+                    .extend(cx.version(object, "get", Source::Observed, partial));
             }
         }
         Verb::List => {
-            if let Some((list, partial)) = object_of(&exchange.response_body) {
+            if let Some((mut list, partial)) = take_object(&mut response) {
                 let kind = list.get("kind").and_then(Value::as_str).unwrap_or_default();
                 let item_kind = kind.strip_suffix("List").unwrap_or(kind).to_string();
                 let api_version = list.get("apiVersion").cloned().unwrap_or(Value::Null);
-                for item in list
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let mut item = item.clone();
+                let items = match list.get_mut("items").map(Value::take) {
+                    Some(Value::Array(items)) => items,
+                    _ => Vec::new(),
+                };
+                for mut item in items {
                     // List items do not say what they are.
                     if let Some(o) = item.as_object_mut() {
                         o.entry("kind")
@@ -207,16 +220,16 @@ pub fn from_exchange(exchange: &Exchange) -> Found {
                     }
                     found
                         .versions
-                        .extend(cx.version(&item, "list", Source::Observed, partial));
+                        .extend(cx.version(item, "list", Source::Observed, partial));
                 }
             }
         }
         Verb::Watch => {
-            for event in exchange.watch.iter().flat_map(|w| &w.events) {
+            for event in watch.into_iter().flat_map(|w| w.events) {
                 match event.event_type.as_str() {
                     "ADDED" | "MODIFIED" => {
                         found.versions.extend(cx.version(
-                            &event.object,
+                            event.object,
                             "watch",
                             Source::Observed,
                             false,
@@ -224,7 +237,7 @@ pub fn from_exchange(exchange: &Exchange) -> Found {
                     }
                     "DELETED" => {
                         if let Some(mut v) =
-                            cx.version(&event.object, "watch", Source::Observed, false)
+                            cx.version(event.object, "watch", Source::Observed, false)
                         {
                             v.deleted = true;
                             found.versions.push(v);
@@ -241,7 +254,7 @@ pub fn from_exchange(exchange: &Exchange) -> Found {
 
 /// A delete's answer: the object (its last state, or with a deletion
 /// timestamp while finalizers hold it), or a Status naming what went.
-fn tombstone(cx: &Context<'_>, object: &Value, partial: bool, verb: &str) -> Option<Version> {
+fn tombstone(cx: &Context<'_>, object: Value, partial: bool, verb: &str) -> Option<Version> {
     if object.get("kind").and_then(Value::as_str) == Some("Status") {
         let details = object.get("details")?;
         let uid = details.get("uid").and_then(Value::as_str)?.to_string();
@@ -273,13 +286,13 @@ fn tombstone(cx: &Context<'_>, object: &Value, partial: bool, verb: &str) -> Opt
             object: None,
         });
     }
-    let mut version = cx.version(object, verb, Source::Write, partial)?;
     let meta = &object["metadata"];
     let held = meta.get("deletionTimestamp").is_some()
         && meta
             .get("finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
+    let mut version = cx.version(object, verb, Source::Write, partial)?;
     // Held by finalizers, the object still exists, terminating.
     version.deleted = !held;
     Some(version)
@@ -296,27 +309,25 @@ fn kind_of_resource_word(word: &str) -> String {
     }
 }
 
-fn attempt(cx: &Context<'_>, verb: &str) -> Attempt {
-    let request_object = object_of(&cx.exchange.request_body).map(|(o, _)| o);
-    let kind = request_object
-        .as_ref()
-        .and_then(|o| o.get("kind"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+fn attempt(cx: &Context<'_>, verb: &str, response: &Option<Body>) -> Attempt {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    // What the refused request said it was, from its JSON or protobuf body.
+    let (kind, named) = match cx.exchange.request_body.as_ref().map(|b| &b.content) {
+        Some(BodyContent::Json(o)) if o.is_object() => {
+            (text(o.get("kind")), text(o.pointer("/metadata/name")))
+        }
+        Some(BodyContent::Protobuf(p)) => (
+            p.kind.clone(),
+            text(p.metadata.as_ref().and_then(|m| m.get("name"))),
+        ),
+        _ => Default::default(),
+    };
     let name = if cx.request.name.is_empty() {
-        request_object
-            .as_ref()
-            .and_then(|o| o.pointer("/metadata/name"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
+        named
     } else {
         cx.request.name.clone()
     };
-    let message = object_of(&cx.exchange.response_body)
-        .and_then(|(o, _)| o.get("message").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_default();
+    let message = text(object_in(response).and_then(|o| o.get("message")));
     Attempt {
         group: cx.request.group.clone(),
         resource: cx.request.resource.clone(),
@@ -395,7 +406,7 @@ mod tests {
 
     #[test]
     fn an_apply_is_a_write_version_with_its_field_manager() {
-        let found = from_exchange(&exchange(
+        let found = from_exchange(&mut exchange(
             "PATCH",
             PATH,
             "fieldManager=kubectl&force=true",
@@ -423,7 +434,7 @@ mod tests {
     #[test]
     fn dry_runs_tables_and_refusals_are_not_versions() {
         assert_eq!(
-            from_exchange(&exchange(
+            from_exchange(&mut exchange(
                 "PATCH",
                 PATH,
                 "dryRun=All",
@@ -434,8 +445,8 @@ mod tests {
         );
         let mut table = exchange("GET", PATH, "", 200, Some(pg("12", 2)));
         table.table = true;
-        assert_eq!(from_exchange(&table), Found::default());
-        let refused = from_exchange(&exchange(
+        assert_eq!(from_exchange(&mut table), Found::default());
+        let refused = from_exchange(&mut exchange(
             "PUT",
             PATH,
             "",
@@ -450,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_status_write_belongs_to_the_parent() {
-        let found = from_exchange(&exchange(
+        let found = from_exchange(&mut exchange(
             "PUT",
             &format!("{PATH}/status"),
             "",
@@ -465,7 +476,7 @@ mod tests {
     fn a_custom_resources_delete_is_a_tombstone_from_its_status() {
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success",
             "details": {"name": "client25", "group": "postgrescontroller.kubeplus", "kind": "postgreses", "uid": "u1"}});
-        let found = from_exchange(&exchange("DELETE", PATH, "", 200, Some(status)));
+        let found = from_exchange(&mut exchange("DELETE", PATH, "", 200, Some(status)));
         let v = &found.versions[0];
         assert!(v.deleted);
         assert_eq!(
@@ -480,9 +491,9 @@ mod tests {
         let mut held = pg("20", 2);
         held["metadata"]["deletionTimestamp"] = json!("2026-11-30T10:00:01Z");
         held["metadata"]["finalizers"] = json!(["keep"]);
-        let found = from_exchange(&exchange("DELETE", PATH, "", 200, Some(held)));
+        let found = from_exchange(&mut exchange("DELETE", PATH, "", 200, Some(held)));
         assert!(!found.versions[0].deleted);
-        let found = from_exchange(&exchange("DELETE", PATH, "", 200, Some(pg("21", 2))));
+        let found = from_exchange(&mut exchange("DELETE", PATH, "", 200, Some(pg("21", 2))));
         assert!(found.versions[0].deleted);
     }
 
@@ -490,7 +501,7 @@ mod tests {
     fn lists_and_watches_are_observations() {
         let list = json!({"kind": "PostgresList", "apiVersion": "postgrescontroller.kubeplus/v1", "metadata": {"resourceVersion": "30"},
             "items": [{"metadata": {"name": "a", "uid": "ua", "resourceVersion": "3"}}, {"metadata": {"name": "b", "uid": "ub", "resourceVersion": "4"}}]});
-        let found = from_exchange(&exchange(
+        let found = from_exchange(&mut exchange(
             "GET",
             "/apis/postgrescontroller.kubeplus/v1/namespaces/shop/postgreses",
             "",
@@ -526,7 +537,7 @@ mod tests {
             ],
             cut: 0,
         });
-        let found = from_exchange(&watch);
+        let found = from_exchange(&mut watch);
         assert_eq!(found.versions.len(), 2);
         assert!(!found.versions[0].deleted && found.versions[1].deleted);
         assert_eq!(found.versions[0].verb, "watch");
@@ -534,10 +545,10 @@ mod tests {
 
     #[test]
     fn a_write_beats_an_observation_of_the_same_state() {
-        let mut seen = from_exchange(&exchange("GET", PATH, "", 200, Some(pg("12", 2))))
+        let mut seen = from_exchange(&mut exchange("GET", PATH, "", 200, Some(pg("12", 2))))
             .versions
             .remove(0);
-        let written = from_exchange(&exchange(
+        let written = from_exchange(&mut exchange(
             "PATCH",
             PATH,
             "fieldManager=ctl",

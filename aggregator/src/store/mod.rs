@@ -47,8 +47,32 @@ pub struct IngestItem {
     /// collapsed; the schema decides at report time which field each is.
     pub fields: Vec<String>,
     /// The object versions and refused writes it shows (provenance).
-    pub versions: Vec<crate::provenance::Version>,
+    pub versions: Vec<EncodedVersion>,
     pub attempts: Vec<crate::provenance::Attempt>,
+}
+
+/// A version as a store writes it: its document and its object already
+/// encoded. Ingest encodes them where it parses the record, on the request's
+/// thread, so the one thread that writes to the store only writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedVersion {
+    /// Without its object, which is `object`.
+    pub version: Version,
+    /// `version` as stored.
+    pub document: String,
+    /// Compact JSON, as bisect's text search expects it.
+    pub object: Option<String>,
+}
+
+impl EncodedVersion {
+    pub fn new(mut version: Version) -> Result<EncodedVersion, StoreError> {
+        let (document, object) = split(&mut version)?;
+        Ok(EncodedVersion {
+            version,
+            document,
+            object,
+        })
+    }
 }
 
 /// The `hits` rows a batch adds to: one entry per distinct key, so a batch
@@ -470,30 +494,38 @@ pub(crate) enum Merged {
     /// sees it. Most sightings are this, and cost no write.
     Nothing,
     /// The document changes (who wrote it, how), the stored object stays.
-    Document(Version),
-    /// The object changes too (a whole object replaces a partial one).
-    Whole(Version),
+    Document(Version, String),
+    /// The sighting's object replaces the stored one (a whole object
+    /// replaces a partial one). The version comes without its object, with
+    /// its document.
+    Whole(Version, String),
 }
 
 /// Merges a sighting into a stored version, knowing only its document and
-/// whether it has an object: the stored object is neither read nor decoded.
+/// whether it has an object: neither object is read or decoded.
 pub(crate) fn merge_into(
     document: &str,
     has_object: bool,
-    sighting: &Version,
+    sighting: &EncodedVersion,
 ) -> Result<Merged, StoreError> {
+    use serde_json::Value;
     let mut stored: Version = undoc(document)?;
-    // Stands in for the stored object, whose presence alone counts.
-    stored.object = has_object.then_some(serde_json::Value::Null);
+    // Two different stand-ins for the objects, whose presence alone counts:
+    // the merge's object then says which one it kept.
+    stored.object = has_object.then_some(Value::Null);
+    let mut seen = sighting.version.clone();
+    seen.object = sighting.object.is_some().then_some(Value::Bool(true));
     let mut merged = stored.clone();
-    merged.merge(sighting.clone());
-    Ok(if merged == stored {
-        Merged::Nothing
-    } else if merged.object == stored.object {
-        merged.object = None;
-        Merged::Document(merged)
+    merged.merge(seen);
+    if merged == stored {
+        return Ok(Merged::Nothing);
+    }
+    let took_object = merged.object.take() == Some(Value::Bool(true));
+    let document = doc(&merged)?;
+    Ok(if took_object {
+        Merged::Whole(merged, document)
     } else {
-        Merged::Whole(merged)
+        Merged::Document(merged, document)
     })
 }
 
@@ -557,26 +589,22 @@ mod tests {
 
     #[test]
     fn a_merge_writes_only_what_changes() {
-        let stored = |v: &Version| {
-            let mut v = v.clone();
-            let has_object = v.object.is_some();
-            let (document, _) = split(&mut v).unwrap();
-            (document, has_object)
-        };
-        let observed = sighting(Source::Observed, false);
-        let (document, has_object) = stored(&observed);
+        let encoded = |v: Version| EncodedVersion::new(v).unwrap();
+        let observed = encoded(sighting(Source::Observed, false));
+        let (document, has_object) = (observed.document.clone(), true);
         assert_eq!(
             merge_into(&document, has_object, &observed).unwrap(),
             Merged::Nothing
         );
-        let written = Version {
+        let written = encoded(Version {
             verb: "update".into(),
             record: "r2".into(),
             time: "t2".into(),
             ..sighting(Source::Write, false)
-        };
+        });
         match merge_into(&document, has_object, &written).unwrap() {
-            Merged::Document(v) => {
+            Merged::Document(_, d) => {
+                let v: Version = undoc(&d).unwrap();
                 assert_eq!(
                     (v.source, v.verb.as_str(), v.object),
                     (Source::Write, "update", None)
@@ -584,10 +612,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let (partial, has_object) = stored(&sighting(Source::Observed, true));
-        match merge_into(&partial, has_object, &observed).unwrap() {
-            Merged::Whole(v) => assert_eq!((v.partial, v.object), (false, observed.object.clone())),
+        // A whole object replaces a partial one; a partial one never
+        // replaces a whole one.
+        let partial = encoded(sighting(Source::Observed, true));
+        match merge_into(&partial.document, true, &observed).unwrap() {
+            Merged::Whole(_, d) => {
+                let v: Version = undoc(&d).unwrap();
+                assert_eq!((v.partial, v.object), (false, None));
+            }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            merge_into(&observed.document, true, &partial).unwrap(),
+            Merged::Nothing
+        );
+        // A stored version without an object takes the sighting's.
+        let mut bare = sighting(Source::Observed, false);
+        bare.object = None;
+        let bare = encoded(bare);
+        assert!(matches!(
+            merge_into(&bare.document, false, &observed).unwrap(),
+            Merged::Whole(..)
+        ));
     }
 }

@@ -4,9 +4,9 @@
 //! same transaction, so concurrent replicas count each record once.
 
 use super::{
-    Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
-    ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
-    merge_into, packed, split, undoc,
+    Batch, Dialect, EncodedVersion, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter,
+    ObjectSummary, ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join,
+    key_version, merge_into, packed, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -552,10 +552,22 @@ fn ingest_batch(
 }
 
 /// A version as the batch leaves it: the stored document, and what to write.
+/// A version the batch meets, as it will be written back.
 struct Pending {
+    /// Its document as it stands, stored or merged.
     document: String,
     has_object: bool,
-    write: Option<Merged>,
+    /// The version it stands for (without its object), once it changes.
+    version: Option<Version>,
+    write: Write,
+}
+
+enum Write {
+    Nothing,
+    /// The document (and kind and time) only.
+    Document,
+    /// The whole row, with this object.
+    Whole(Option<String>),
 }
 
 /// The versions and refused writes of a batch's new records. The stored
@@ -565,10 +577,10 @@ fn store_provenance(
     tx: &mut postgres::Transaction<'_>,
     items: &[&IngestItem],
 ) -> Result<(), StoreError> {
-    let sightings: Vec<&Version> = items.iter().flat_map(|i| &i.versions).collect();
+    let sightings: Vec<&EncodedVersion> = items.iter().flat_map(|i| &i.versions).collect();
     let (uids, rvs): (Vec<&str>, Vec<&str>) = sightings
         .iter()
-        .map(|v| (v.uid.as_str(), v.resource_version.as_str()))
+        .map(|s| (s.version.uid.as_str(), s.version.resource_version.as_str()))
         .unzip();
     // Locked in key order, so that replicas never wait on each other in a
     // cycle.
@@ -590,45 +602,52 @@ fn store_provenance(
                 Pending {
                     document: r.get(2),
                     has_object: r.get(3),
-                    write: None,
+                    version: None,
+                    write: Write::Nothing,
                 },
             )
         })
         .collect();
     for sighting in sightings {
-        let key = (sighting.uid.clone(), sighting.resource_version.clone());
-        match pending.get_mut(&key) {
-            None => {
-                pending.insert(
-                    key,
-                    Pending {
-                        document: String::new(),
-                        has_object: sighting.object.is_some(),
-                        write: Some(Merged::Whole(sighting.clone())),
-                    },
-                );
-            }
-            Some(Pending {
-                write: Some(Merged::Whole(whole)),
-                ..
-            }) => whole.merge(sighting.clone()),
-            Some(p) => match merge_into(&p.document, p.has_object, sighting)? {
-                Merged::Nothing => {}
-                Merged::Document(merged) => {
-                    p.document = doc(&merged)?;
-                    p.write = Some(Merged::Document(merged));
+        let v = &sighting.version;
+        let key = (v.uid.clone(), v.resource_version.clone());
+        let Some(p) = pending.get_mut(&key) else {
+            pending.insert(
+                key,
+                Pending {
+                    document: sighting.document.clone(),
+                    has_object: sighting.object.is_some(),
+                    version: Some(v.clone()),
+                    write: Write::Whole(sighting.object.clone()),
+                },
+            );
+            continue;
+        };
+        match merge_into(&p.document, p.has_object, sighting)? {
+            Merged::Nothing => {}
+            Merged::Document(merged, document) => {
+                p.document = document;
+                p.version = Some(merged);
+                // A row not yet written is still written whole.
+                if matches!(p.write, Write::Nothing) {
+                    p.write = Write::Document;
                 }
-                whole => p.write = Some(whole),
-            },
+            }
+            Merged::Whole(merged, document) => {
+                p.document = document;
+                p.version = Some(merged);
+                p.has_object = true;
+                p.write = Write::Whole(sighting.object.clone());
+            }
         }
     }
     // Column arrays, for UNNEST.
     let mut whole: [Vec<Option<String>>; 10] = Default::default();
     let mut documents: [Vec<String>; 5] = Default::default();
     for (_, p) in pending {
+        let Some(v) = p.version else { continue };
         match p.write {
-            Some(Merged::Whole(mut v)) => {
-                let (document, object) = split(&mut v)?;
+            Write::Whole(object) => {
                 let row = [
                     Some(v.uid),
                     Some(v.resource_version),
@@ -638,21 +657,20 @@ fn store_provenance(
                     Some(v.namespace),
                     Some(v.name),
                     Some(v.time),
-                    Some(document),
+                    Some(p.document),
                     object,
                 ];
                 for (column, value) in whole.iter_mut().zip(row) {
                     column.push(value);
                 }
             }
-            Some(Merged::Document(mut v)) => {
-                let (document, _) = split(&mut v)?;
-                let row = [v.uid, v.resource_version, v.kind, v.time, document];
+            Write::Document => {
+                let row = [v.uid, v.resource_version, v.kind, v.time, p.document];
                 for (column, value) in documents.iter_mut().zip(row) {
                     column.push(value);
                 }
             }
-            _ => {}
+            Write::Nothing => {}
         }
     }
     if !whole[0].is_empty() {

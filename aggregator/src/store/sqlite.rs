@@ -4,7 +4,7 @@
 use super::{
     Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
     ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
-    merge_into, packed, split, undoc,
+    merge_into, packed, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use apiwitness_record::DropReport;
@@ -103,6 +103,9 @@ CREATE INDEX records_by_batch ON records (batch);
 "#,
 ];
 
+/// The page size of a new store.
+const SQLITE_PAGE_BYTES: i64 = 16 * 1024;
+
 /// The page cache of the store's connection.
 const SQLITE_CACHE_KIB: i64 = 64 * 1024;
 
@@ -113,6 +116,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path)?;
+        // Set before the first table, so only a new store takes it. A
+        // version's row (its document and object, 2 to 3 KB) fits once in a
+        // 4 KiB page and leaves the rest unused; 16 KiB pages hold five or
+        // six, and the same ingest writes a fifth fewer bytes.
+        conn.pragma_update(None, "page_size", SQLITE_PAGE_BYTES)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // SQLite's own page cache defaults to 2 MiB, so reading an object's
@@ -563,18 +571,18 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
     let mut update = tx.prepare_cached(
         "UPDATE versions SET kind = ?3, time = ?4, doc = ?5 WHERE uid = ?1 AND resource_version = ?2",
     )?;
-    for version in &item.versions {
+    for sighting in &item.versions {
+        let version = &sighting.version;
         let existing: Option<(String, bool)> = read
             .query_row(params![version.uid, version.resource_version], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        let mut whole = match existing {
-            None => version.clone(),
-            Some((document, has_object)) => match merge_into(&document, has_object, version)? {
+        let (whole, document) = match existing {
+            None => (version, sighting.document.clone()),
+            Some((document, has_object)) => match merge_into(&document, has_object, sighting)? {
                 Merged::Nothing => continue,
-                Merged::Document(mut merged) => {
-                    let (document, _) = split(&mut merged)?;
+                Merged::Document(merged, document) => {
                     update.execute(params![
                         merged.uid,
                         merged.resource_version,
@@ -584,22 +592,13 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
                     ])?;
                     continue;
                 }
-                Merged::Whole(merged) => merged,
+                Merged::Whole(merged, document) => {
+                    write_version(&mut write, &merged, &document, sighting.object.as_deref())?;
+                    continue;
+                }
             },
         };
-        let (document, object) = split(&mut whole)?;
-        write.execute(params![
-            whole.uid,
-            whole.resource_version,
-            whole.group,
-            whole.resource,
-            whole.kind,
-            whole.namespace,
-            whole.name,
-            whole.time,
-            document,
-            object
-        ])?;
+        write_version(&mut write, whole, &document, sighting.object.as_deref())?;
     }
     let mut attempt = tx.prepare_cached(
         "INSERT OR IGNORE INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -615,6 +614,27 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
             doc(a)?
         ])?;
     }
+    Ok(())
+}
+
+fn write_version(
+    write: &mut rusqlite::CachedStatement<'_>,
+    version: &Version,
+    document: &str,
+    object: Option<&str>,
+) -> Result<(), StoreError> {
+    write.execute(params![
+        version.uid,
+        version.resource_version,
+        version.group,
+        version.resource,
+        version.kind,
+        version.namespace,
+        version.name,
+        version.time,
+        document,
+        object
+    ])?;
     Ok(())
 }
 
@@ -706,7 +726,7 @@ mod tests {
             )
         };
         let with = |id: &str, v: Version| IngestItem {
-            versions: vec![v],
+            versions: vec![crate::store::EncodedVersion::new(v).unwrap()],
             ..item(id, "/t", 200)
         };
         let query = ObjectQuery {
