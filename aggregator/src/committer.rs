@@ -17,6 +17,7 @@ const MAX_GROUP_RECORDS: usize = 20_000;
 struct Job {
     items: Vec<IngestItem>,
     drops: Vec<DropReport>,
+    packed: Option<Vec<u8>>,
     done: oneshot::Sender<Result<IngestOutcome, String>>,
 }
 
@@ -43,8 +44,19 @@ impl Committer {
     ) -> Result<IngestOutcome, StoreError> {
         let (done, outcome) = oneshot::channel();
         let stopped = || StoreError::Invalid("the store's writer has stopped".into());
+        // Compressed here, on the sender's thread: the writer only writes.
+        let packed = if items.is_empty() {
+            None
+        } else {
+            Some(crate::store::packed::pack(&items)?)
+        };
         self.jobs
-            .send(Job { items, drops, done })
+            .send(Job {
+                items,
+                drops,
+                packed,
+                done,
+            })
             .await
             .map_err(|_| stopped())?;
         outcome
@@ -72,6 +84,7 @@ fn write_groups(store: &dyn Store, mut queue: mpsc::Receiver<Job>) {
             .map(|j| Batch {
                 items: &j.items,
                 drops: &j.drops,
+                packed: j.packed.as_deref(),
             })
             .collect();
         match store.ingest_group(&batches) {

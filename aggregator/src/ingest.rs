@@ -105,12 +105,13 @@ pub fn item_of(
     line: String,
     line_number: usize,
 ) -> Result<IngestItem, StoreError> {
-    let templates = match ApiRequest::parse(
+    let request = ApiRequest::parse(
         &e.method,
         &e.path,
         &e.query,
         e.request_content_type.as_deref(),
-    ) {
+    );
+    let templates = match &request {
         Ok(r) => {
             let mut t = vec![r.path_template()];
             t.extend(r.watch_twin_template());
@@ -120,7 +121,10 @@ pub fn item_of(
         Err(_) => vec![e.path.clone()],
     };
     let fields = fields_of(&e);
-    let found = crate::provenance::extract::from_exchange(&mut e);
+    let found = match &request {
+        Ok(r) => crate::provenance::extract::from_request(&mut e, r),
+        Err(_) => Default::default(),
+    };
     let versions = found
         .versions
         .into_iter()

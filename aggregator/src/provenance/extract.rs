@@ -132,15 +132,20 @@ fn percent_decode(v: &str) -> String {
 /// The versions and attempts of one exchange. The objects of its response
 /// body and watch events move into the versions.
 pub fn from_exchange(exchange: &mut Exchange) -> Found {
-    let mut found = Found::default();
-    let Ok(request) = ApiRequest::parse(
+    match ApiRequest::parse(
         &exchange.method,
         &exchange.path,
         &exchange.query,
         exchange.request_content_type.as_deref(),
-    ) else {
-        return found;
-    };
+    ) {
+        Ok(request) => from_request(exchange, &request),
+        Err(_) => Found::default(),
+    }
+}
+
+/// [`from_exchange`], for a caller that has parsed the request already.
+pub fn from_request(exchange: &mut Exchange, request: &ApiRequest) -> Found {
+    let mut found = Found::default();
     if !request.is_resource_request || request.dry_run || exchange.table || exchange.status == 0 {
         return found;
     }
@@ -155,7 +160,7 @@ pub fn from_exchange(exchange: &mut Exchange) -> Found {
     };
     let cx = Context {
         exchange,
-        request: &request,
+        request,
         who,
     };
     let ok = (200..300).contains(&exchange.status);

@@ -4,7 +4,7 @@
 //! `hits` aggregates, which ingest keeps up to date, so a report never
 //! rescans raw records.
 
-mod packed;
+pub(crate) mod packed;
 pub mod postgres;
 pub mod sqlite;
 
@@ -183,6 +183,19 @@ impl HitCounts {
 pub struct Batch<'a> {
     pub items: &'a [IngestItem],
     pub drops: &'a [DropReport],
+    /// The items' lines packed (`packed::pack`) where the batch was
+    /// received, off the store's writing thread; `None` packs them here.
+    pub packed: Option<&'a [u8]>,
+}
+
+impl Batch<'_> {
+    /// The packed lines of a batch that has items.
+    pub(crate) fn packed_lines(&self) -> Result<std::borrow::Cow<'_, [u8]>, StoreError> {
+        Ok(match self.packed {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => std::borrow::Cow::Owned(packed::pack(self.items)?),
+        })
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -283,7 +296,11 @@ pub trait Store: Send + Sync {
         items: &[IngestItem],
         drops: &[DropReport],
     ) -> Result<IngestOutcome, StoreError> {
-        let mut outcomes = self.ingest_group(&[Batch { items, drops }])?;
+        let mut outcomes = self.ingest_group(&[Batch {
+            items,
+            drops,
+            packed: None,
+        }])?;
         Ok(outcomes.pop().unwrap_or_default())
     }
     /// Stores several batches in one transaction, with one durable commit,

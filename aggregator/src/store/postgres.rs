@@ -9,7 +9,6 @@ use super::{
     key_version, merge_into, packed, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
-use apiwitness_record::DropReport;
 use postgres::{Client, NoTls};
 use std::sync::Mutex;
 
@@ -188,7 +187,7 @@ impl Store for PostgresStore {
         let mut tx = client.transaction()?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for b in batches {
-            outcomes.push(ingest_batch(&mut tx, b.items, b.drops)?);
+            outcomes.push(ingest_batch(&mut tx, b)?);
         }
         tx.commit()?;
         Ok(outcomes)
@@ -417,9 +416,9 @@ impl Store for PostgresStore {
 /// One batch, within the group's transaction.
 fn ingest_batch(
     tx: &mut postgres::Transaction<'_>,
-    items: &[IngestItem],
-    drops: &[DropReport],
+    batch: &Batch<'_>,
 ) -> Result<IngestOutcome, StoreError> {
+    let (items, drops) = (batch.items, batch.drops);
     // One round trip for the whole batch: the rows go as arrays, and
     // RETURNING says which were new.
     let column = |f: fn(&IngestItem) -> String| items.iter().map(f).collect::<Vec<String>>();
@@ -429,7 +428,7 @@ fn ingest_batch(
     } else {
         let row = tx.query_one(
             "INSERT INTO record_batches (lines) VALUES ($1) RETURNING id",
-            &[&packed::pack(items)?],
+            &[&batch.packed_lines()?.as_ref()],
         )?;
         Some(row.get(0))
     };

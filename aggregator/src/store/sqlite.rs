@@ -7,7 +7,6 @@ use super::{
     merge_into, packed, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
-use apiwitness_record::DropReport;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -200,7 +199,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let outcomes = batches
             .iter()
-            .map(|b| ingest_batch(&tx, b.items, b.drops))
+            .map(|b| ingest_batch(&tx, b))
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit()?;
         Ok(outcomes)
@@ -457,16 +456,16 @@ impl Store for SqliteStore {
 /// One batch, within the group's transaction.
 fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
-    items: &[IngestItem],
-    drops: &[DropReport],
+    batch: &Batch<'_>,
 ) -> Result<IngestOutcome, StoreError> {
+    let (items, drops) = (batch.items, batch.drops);
     let mut outcome = IngestOutcome::default();
     let batch = if items.is_empty() {
         None
     } else {
         tx.execute(
             "INSERT INTO record_batches (lines) VALUES (?1)",
-            [packed::pack(items)?],
+            [batch.packed_lines()?],
         )?;
         Some(tx.last_insert_rowid())
     };
