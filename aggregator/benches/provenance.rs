@@ -75,6 +75,7 @@ fn item(id: String, versions: Vec<Version>) -> IngestItem {
         line: "{}".into(),
         line_number: 1,
         fields: Vec::new(),
+        later_part: false,
         versions: versions
             .into_iter()
             .map(|v| EncodedVersion::new(v).expect("encode"))

@@ -142,6 +142,7 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
         line: String::new(),
         line_number,
         fields: crate::fields::written_fields(method, event.request_object.as_ref()),
+        later_part: false,
         versions: found
             .versions
             .into_iter()
@@ -223,6 +224,7 @@ fn versions_of(
         table,
         upgrade: None,
         error: None,
+        part: None,
     };
     crate::provenance::extract::from_exchange(&mut exchange)
 }

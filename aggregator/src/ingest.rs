@@ -149,6 +149,7 @@ pub fn item_of(
         line,
         line_number,
         fields,
+        later_part: e.part.as_ref().is_some_and(|p| p.index > 0),
         versions,
         attempts: found.attempts,
     })
@@ -209,6 +210,52 @@ mod tests {
             "{:?}",
             batch.errors
         );
+    }
+
+    #[test]
+    fn a_watch_shipped_in_parts_counts_once_and_shows_every_part_s_versions() {
+        use crate::store::Store;
+        let object = |rv: u32| {
+            format!(
+                r#"{{"kind":"ConfigMap","apiVersion":"v1","metadata":{{"name":"c","namespace":"ns","uid":"u1","resourceVersion":"{rv}"}}}}"#
+            )
+        };
+        let part = |id: &str, index: u32, last: bool, rv: u32| {
+            RECORD
+                .replace(r#""id":"r1""#, &format!(r#""id":"{id}""#))
+                .replace(r#""format":1"#, r#""format":2"#)
+                .replace(
+                    r#""status":200"#,
+                    &format!(
+                        r#""status":200,"watch":{{"events":[{{"type":"ADDED","object":{}}}]}},"part":{{"watch":"w1","index":{index},"last":{last}}}"#,
+                        object(rv)
+                    ),
+                )
+        };
+        let text = [
+            part("w1", 0, false, 5),
+            part("w1-b", 1, false, 6),
+            part("w1-c", 2, true, 7),
+        ]
+        .join("\n");
+        let batch = parse_batch(&text);
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        let later: Vec<bool> = batch.items.iter().map(|i| i.later_part).collect();
+        assert_eq!(later, [false, true, true]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("w.db")).unwrap();
+        store.ingest(&batch.items, &[]).unwrap();
+        let hits = store.hits(&Default::default()).unwrap();
+        // The list and the watch operation, once each.
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        assert!(hits.iter().all(|h| h.hits == 1), "{hits:?}");
+        let query = crate::provenance::ObjectQuery {
+            namespace: "ns".into(),
+            resource: "configmaps".into(),
+            name: "c".into(),
+        };
+        assert_eq!(store.version_keys(&query).unwrap().len(), 3);
     }
 
     #[test]

@@ -30,8 +30,12 @@ pub struct Limits {
     pub body: usize,
     /// Bytes kept of one watch event; a larger one is counted as cut.
     pub watch_event: usize,
-    /// Watch events kept; later ones are counted as cut.
+    /// Watch events in one record: a watch that holds this many (or `body`
+    /// bytes of events) ships them as a part. Events past it before the
+    /// part is taken are counted as cut.
     pub watch_events: usize,
+    /// A watch ships the events it holds at least this often, however few.
+    pub watch_part_wait: std::time::Duration,
 }
 
 /// What a finished capture holds.
@@ -51,6 +55,17 @@ pub struct Captured {
     pub complete: bool,
     /// The bytes could not be decompressed.
     pub decode_error: Option<String>,
+    /// For a watch shipped in parts: which part this is.
+    pub part: Option<PartOf>,
+}
+
+/// Which part of a watch a capture holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartOf {
+    /// 0 for the first part.
+    pub index: u32,
+    /// The watch has ended.
+    pub last: bool,
 }
 
 /// Counts every byte written, keeps the first `limit`.
@@ -83,6 +98,8 @@ enum Reader {
 pub struct Capture {
     reader: Option<Reader>,
     result: Captured,
+    /// Parts of a watch taken while it runs.
+    parts_taken: u32,
 }
 
 pub type SharedCapture = Arc<Mutex<Capture>>;
@@ -103,7 +120,60 @@ impl Capture {
         Arc::new(Mutex::new(Capture {
             reader: Some(reader),
             result: Captured::default(),
+            parts_taken: 0,
         }))
+    }
+
+    /// A capture that is already finished, holding `result`.
+    pub fn finished(result: Captured) -> SharedCapture {
+        Arc::new(Mutex::new(Capture {
+            reader: None,
+            result,
+            parts_taken: 0,
+        }))
+    }
+
+    /// An open watch holds enough for a part: its event count limit, or its
+    /// body limit in bytes of events.
+    fn part_due(&self) -> bool {
+        match &self.reader {
+            Some(Reader::Watch(s)) => {
+                s.events.len() >= s.limits.watch_events || s.held >= s.limits.body
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes what an open watch has kept since its previous part, as its
+    /// next part. `None` once the watch has ended, or when nothing came.
+    pub fn take_part(shared: &SharedCapture) -> Option<Captured> {
+        let mut capture = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let index = capture.parts_taken;
+        let Some(Reader::Watch(splitter)) = &mut capture.reader else {
+            return None;
+        };
+        if splitter.events.is_empty() && splitter.cut == 0 {
+            return None;
+        }
+        let (events, cut, size) = splitter.take_part();
+        capture.parts_taken += 1;
+        Some(Captured {
+            size,
+            truncated: cut > 0,
+            events,
+            events_cut: cut,
+            part: Some(PartOf { index, last: false }),
+            ..Captured::default()
+        })
+    }
+
+    /// The watch has ended (or was never one).
+    pub fn is_finished(shared: &SharedCapture) -> bool {
+        shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reader
+            .is_none()
     }
 
     fn feed(&mut self, data: &[u8]) {
@@ -149,11 +219,17 @@ impl Capture {
                 result.size = sink.size;
                 result.bytes = std::mem::take(&mut sink.kept).freeze();
             }
-            Reader::Watch(splitter) => {
-                result.size = splitter.size;
-                result.events_cut = splitter.cut + u64::from(splitter.pending_is_partial());
-                result.events = splitter.events;
+            Reader::Watch(mut splitter) => {
+                let partial = u64::from(splitter.pending_is_partial());
+                let (events, cut, size) = splitter.take_part();
+                result.size = size;
+                result.events_cut = cut + partial;
+                result.events = events;
                 result.truncated = result.events_cut > 0;
+                result.part = (self.parts_taken > 0).then_some(PartOf {
+                    index: self.parts_taken,
+                    last: true,
+                });
             }
         }
     }
@@ -179,8 +255,12 @@ struct WatchSplitter {
     /// Bytes of an over-limit protobuf frame still to skip.
     skip_left: usize,
     events: Vec<Bytes>,
+    /// Bytes of `events`.
+    held: usize,
     cut: u64,
     size: u64,
+    /// `size` when the current part began.
+    part_began_at: u64,
 }
 
 impl WatchSplitter {
@@ -193,17 +273,33 @@ impl WatchSplitter {
             frame_len: None,
             skip_left: 0,
             events: Vec::new(),
+            held: 0,
             cut: 0,
             size: 0,
+            part_began_at: 0,
         }
     }
 
     fn keep(&mut self, event: Bytes) {
         if self.events.len() < self.limits.watch_events {
+            self.held += event.len();
             self.events.push(event);
         } else {
             self.cut += 1;
         }
+    }
+
+    /// The events, the count cut and the bytes of the stream since the
+    /// previous part.
+    fn take_part(&mut self) -> (Vec<Bytes>, u64, u64) {
+        self.held = 0;
+        let size = self.size - self.part_began_at;
+        self.part_began_at = self.size;
+        (
+            std::mem::take(&mut self.events),
+            std::mem::take(&mut self.cut),
+            size,
+        )
     }
 
     fn pending_is_partial(&self) -> bool {
@@ -306,6 +402,8 @@ pin_project_lite::pin_project! {
         inner: B,
         capture: SharedCapture,
         on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+        // A watch that holds enough for a part ships it (`Capture::take_part`).
+        on_part: Option<Box<dyn Fn() + Send + Sync>>,
     }
 
     impl<B> PinnedDrop for CaptureBody<B> {
@@ -337,7 +435,15 @@ impl<B: Body> CaptureBody<B> {
             inner,
             capture,
             on_end,
+            on_part: None,
         }
+    }
+
+    /// Calls `on_part` whenever the watch this body streams holds enough
+    /// for a part.
+    pub fn with_parts(mut self, on_part: Box<dyn Fn() + Send + Sync>) -> CaptureBody<B> {
+        self.on_part = Some(on_part);
+        self
     }
 }
 
@@ -380,9 +486,13 @@ where
             }
             Poll::Pending => false,
         };
+        let part_due = !ended && capture.part_due();
         drop(capture);
         if ended && let Some(on_end) = this.on_end.take() {
             on_end();
+        }
+        if part_due && let Some(on_part) = this.on_part.as_ref() {
+            on_part();
         }
         polled
     }
@@ -405,6 +515,7 @@ mod tests {
         body: 8,
         watch_event: 16,
         watch_events: 2,
+        watch_part_wait: std::time::Duration::from_secs(60),
     };
 
     async fn run(
@@ -503,6 +614,90 @@ mod tests {
         );
         // One over the per-event size, one over the count.
         assert_eq!(got.events_cut, 2);
+    }
+
+    #[tokio::test]
+    async fn a_watch_is_taken_in_parts_by_count_and_bytes_and_ends_with_its_last() {
+        // Parts of two events, or of 20 bytes of events, whichever first.
+        let limits = Limits {
+            body: 20,
+            watch_event: 64,
+            watch_events: 2,
+            ..LIMITS
+        };
+        let chunks: Vec<&'static [u8]> = vec![
+            b"{\"a\":1}\n{\"b\":2}\n",
+            b"{\"c\":3}\n",
+            b"{\"a long event, 22 b\"}\n",
+            b"{\"d\":4}\n{\"e\"",
+            b":5}\n",
+        ];
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(c)))),
+        );
+        let capture = Capture::new(CaptureMode::WatchJson, limits);
+        let parts = Arc::new(Mutex::new(Vec::new()));
+        let (taker, taken) = (capture.clone(), parts.clone());
+        let body = CaptureBody::new(StreamBody::new(stream), capture.clone(), None).with_parts(
+            Box::new(move || {
+                let part = Capture::take_part(&taker).expect("a part is due");
+                taken.lock().unwrap().push(part);
+            }),
+        );
+        assert!(!Capture::is_finished(&capture));
+        let passed = body.collect().await.unwrap().to_bytes();
+        assert_eq!(passed.len(), 63, "every byte passes");
+        assert!(Capture::is_finished(&capture));
+        // Nothing is taken from a finished watch but its last part.
+        assert!(Capture::take_part(&capture).is_none());
+        let last = Capture::take(&capture);
+
+        let parts = std::mem::take(&mut *parts.lock().unwrap());
+        let events = |c: &Captured| -> Vec<String> {
+            c.events
+                .iter()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect()
+        };
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert_eq!(events(&parts[0]), ["{\"a\":1}", "{\"b\":2}"]);
+        assert_eq!(
+            parts[0].part,
+            Some(PartOf {
+                index: 0,
+                last: false
+            })
+        );
+        // Two events again, the second alone over 20 bytes.
+        assert_eq!(events(&parts[1]), ["{\"c\":3}", "{\"a long event, 22 b\"}"]);
+        // An event split across chunks is whole in its part.
+        assert_eq!(events(&parts[2]), ["{\"d\":4}", "{\"e\":5}"]);
+        let indices: Vec<u32> = parts
+            .iter()
+            .filter_map(|p| p.part.map(|p| p.index))
+            .collect();
+        assert_eq!(indices, [0, 1, 2]);
+        // The last part carries how the watch ended, with what came after
+        // the part before: here nothing.
+        assert_eq!(
+            last.part,
+            Some(PartOf {
+                index: 3,
+                last: true
+            })
+        );
+        assert!(last.events.is_empty() && last.complete && !parts[0].complete);
+        // Each part counts the bytes since the one before.
+        let sizes: Vec<u64> = parts.iter().chain([&last]).map(|c| c.size).collect();
+        assert_eq!(sizes, [16, 31, 16, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_before_any_part_is_one_record() {
+        let (_, got) = run(CaptureMode::WatchJson, vec![b"{\"a\":1}\n"], LIMITS).await;
+        assert_eq!((got.events.len(), got.part), (1, None));
     }
 
     #[tokio::test]

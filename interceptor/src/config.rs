@@ -135,9 +135,15 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_WATCH_EVENT_LIMIT", default_value_t = 256 << 10)]
     pub watch_event_limit: usize,
 
-    /// Watch events kept per watch request.
-    #[arg(long, env = "APIWITNESS_WATCH_EVENTS", default_value_t = 10_000)]
+    /// Watch events in one record. A watch stays open for minutes or hours,
+    /// so it is shipped in parts: one when it holds this many events or
+    /// --body-limit bytes of them, or when --watch-part-wait has passed.
+    #[arg(long, env = "APIWITNESS_WATCH_EVENTS", default_value_t = 1_000)]
     pub watch_events: usize,
+
+    /// The longest a watch's events wait before they are shipped.
+    #[arg(long, env = "APIWITNESS_WATCH_PART_WAIT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub watch_part_wait: Duration,
 
     /// More JSON Pointers to redact in every body (comma-separated).
     #[arg(long, env = "APIWITNESS_REDACT_PATHS", value_delimiter = ',')]
@@ -256,6 +262,9 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.watch_part_wait.is_zero() {
+            return Err(ConfigError::Zero("watch-part-wait"));
         }
         Ok(())
     }

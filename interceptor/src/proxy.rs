@@ -122,6 +122,7 @@ fn capture_mode_for(content_encoding: Option<&str>) -> CaptureMode {
 }
 
 /// What is known of an exchange before its response body ends.
+#[derive(Clone)]
 struct Pending {
     started_at: SystemTime,
     started: Instant,
@@ -132,6 +133,8 @@ struct Pending {
     request_content_type: Option<String>,
     request_body: SharedCapture,
     watch: bool,
+    /// For a watch: the id of its first part, which stands for it.
+    watch_id: Option<Arc<str>>,
 }
 
 impl Pending {
@@ -160,9 +163,58 @@ impl Pending {
             request_body: self.request_body,
             response_body,
             watch: self.watch,
+            watch_id: self.watch_id,
             upgrade,
             error,
         }
+    }
+}
+
+/// An open watch, which ships its events in parts while it runs: when it
+/// holds enough for one, and at least every `watch_part_wait`.
+struct WatchParts {
+    pending: Pending,
+    status: u16,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    capture: SharedCapture,
+    recorder: RecorderHandle,
+}
+
+impl WatchParts {
+    /// Ships what the watch has kept since its previous part. False once the
+    /// watch has ended: its last part is shipped when its body ends.
+    fn ship(&self) -> bool {
+        let Some(part) = Capture::take_part(&self.capture) else {
+            return !Capture::is_finished(&self.capture);
+        };
+        let head = ResponseHead {
+            content_type: self.content_type.clone(),
+            content_encoding: self.content_encoding.clone(),
+            body: Capture::finished(part),
+        };
+        self.recorder.record_part(
+            self.pending
+                .clone()
+                .finish(self.status, Some(head), None, None),
+        );
+        true
+    }
+
+    /// Ships a part every `wait` while the watch is open; ends with it.
+    fn tick(self: Arc<Self>, wait: std::time::Duration) {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(wait);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is at once.
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if !self.ship() {
+                    break;
+                }
+            }
+        });
     }
 }
 
@@ -248,6 +300,7 @@ impl Proxy {
             request_content_type,
             request_body: request_body.clone(),
             watch,
+            watch_id: watch.then(|| Arc::from(uuid::Uuid::now_v7().to_string())),
         };
 
         let (mut parts, body) = request.into_parts();
@@ -328,6 +381,17 @@ impl Proxy {
             capture_mode_for(content_encoding.as_deref())
         };
         let capture = Capture::new(mode, self.limits);
+        let watch_parts =
+            matches!(mode, CaptureMode::WatchJson | CaptureMode::WatchProtobuf).then(|| {
+                Arc::new(WatchParts {
+                    pending: pending.clone(),
+                    status: status.as_u16(),
+                    content_type: content_type.clone(),
+                    content_encoding: content_encoding.clone(),
+                    capture: capture.clone(),
+                    recorder: self.recorder.clone(),
+                })
+            });
         let recorder = self.recorder.clone();
         let head = ResponseHead {
             content_type,
@@ -338,8 +402,14 @@ impl Proxy {
             recorder.record(pending.finish(status.as_u16(), Some(head), None, None));
         });
         strip_hop_by_hop(&mut parts.headers, false);
-        let body = CaptureBody::new(body, capture, Some(on_end)).boxed();
-        Ok(Response::from_parts(parts, body))
+        let mut body = CaptureBody::new(body, capture, Some(on_end));
+        if let Some(watch_parts) = watch_parts {
+            watch_parts.clone().tick(self.limits.watch_part_wait);
+            body = body.with_parts(Box::new(move || {
+                watch_parts.ship();
+            }));
+        }
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 }
 

@@ -8,7 +8,7 @@ use crate::decode;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::ship::Queue;
-use apiwitness_record::{ApiRequest, Exchange, FORMAT_VERSION, PodIdentity};
+use apiwitness_record::{ApiRequest, Exchange, FORMAT_VERSION, PodIdentity, WatchPart};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -28,6 +28,8 @@ pub struct RawExchange {
     pub request_body: SharedCapture,
     pub response_body: Option<SharedCapture>,
     pub watch: bool,
+    /// For a watch: the id of its first part, which stands for it.
+    pub watch_id: Option<Arc<str>>,
     pub upgrade: Option<String>,
     pub error: Option<String>,
 }
@@ -44,6 +46,16 @@ impl RecorderHandle {
         let label = Metrics::status_label(raw.status);
         self.metrics.exchanges.get_or_create(&label).inc();
         self.metrics.duration.observe(raw.duration.as_secs_f64());
+        self.hand_over(raw);
+    }
+
+    /// Hands over a part of a watch that is still open: the exchange is
+    /// counted once, when it ends.
+    pub fn record_part(&self, raw: RawExchange) {
+        self.hand_over(raw);
+    }
+
+    fn hand_over(&self, raw: RawExchange) {
         if self.sender.try_send(raw).is_err() {
             self.metrics.dropped.inc();
         }
@@ -110,8 +122,17 @@ impl Recorder {
         let mut response_body = None;
         let mut watch = None;
         let mut error = raw.error;
+        let mut part = None;
         if let Some(shared) = &raw.response_body {
             let captured = Capture::take(shared);
+            part = captured
+                .part
+                .zip(raw.watch_id.as_ref())
+                .map(|(p, id)| WatchPart {
+                    watch: id.to_string(),
+                    index: p.index,
+                    last: p.last,
+                });
             self.metrics
                 .bytes
                 .get_or_create(&crate::metrics::DirectionLabel {
@@ -159,11 +180,18 @@ impl Recorder {
         }
 
         let table = response_body.as_ref().is_some_and(decode::is_table);
-        Exchange {
-            format: FORMAT_VERSION,
+        // A watch's first part (or the whole of a watch recorded at once)
+        // takes the watch's id; every other record gets a new one.
+        let id = match (&raw.watch_id, &part) {
+            (Some(id), None) => id.to_string(),
+            (_, Some(p)) if p.index == 0 => p.watch.clone(),
             // Time-ordered (UUIDv7): the aggregator's index of record ids
             // grows at its end instead of at a random page per record.
-            id: uuid::Uuid::now_v7().to_string(),
+            _ => uuid::Uuid::now_v7().to_string(),
+        };
+        Exchange {
+            format: FORMAT_VERSION,
+            id,
             pod: self.pod.clone(),
             started_at: humantime::format_rfc3339_micros(raw.started_at).to_string(),
             duration_us: raw.duration.as_micros().min(u128::from(u64::MAX)) as u64,
@@ -180,6 +208,7 @@ impl Recorder {
             table,
             upgrade: raw.upgrade,
             error,
+            part,
         }
     }
 }

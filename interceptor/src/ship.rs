@@ -485,6 +485,7 @@ mod tests {
             table: false,
             upgrade: None,
             error: None,
+            part: None,
         }
     }
 

@@ -10,7 +10,10 @@ use serde_json::Value;
 
 /// The version of the record format. Readers refuse records from a newer
 /// major format, with a message that names both versions.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: a long watch is shipped in parts while it runs (`Exchange::part`). A
+/// reader of format 1 would count each part as a call of its own.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Who made the request: the pod the interceptor runs in, from downward-API
 /// environment variables.
@@ -144,6 +147,33 @@ pub struct Exchange {
     /// connection broke mid-body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// One part of a watch that was shipped while it ran; `None` for a
+    /// watch recorded whole and for every other exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<WatchPart>,
+}
+
+/// A watch stays open for minutes or hours, so the interceptor ships its
+/// events in parts as they come instead of holding them to its end. Each
+/// part is a record of its own, with its own id and the events since the
+/// previous part; they share everything else about the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchPart {
+    /// The id of the watch's first part, which stands for the whole watch:
+    /// the call is counted once, by that part.
+    pub watch: String,
+    /// 0 for the first part, then one more for each.
+    pub index: u32,
+    /// The watch has ended: this is its last part, with its final duration
+    /// and error.
+    pub last: bool,
+}
+
+impl Exchange {
+    /// A later part of a watch: its call was counted by the first part.
+    pub fn is_later_part(&self) -> bool {
+        self.part.as_ref().is_some_and(|p| p.index > 0)
+    }
 }
 
 /// Exchanges that an interceptor had to drop (its queue was full while the
@@ -258,6 +288,7 @@ mod tests {
             table: false,
             upgrade: None,
             error: None,
+            part: None,
         }
     }
 

@@ -697,3 +697,109 @@ fn the_apiservers_audit_log_imports_into_the_same_coverage() {
     let _ = std::fs::remove_file(&db);
     let _ = std::fs::remove_file(&log);
 }
+
+/// A watch stays open for minutes or hours. Its events reach the aggregator
+/// in parts while it runs, and the report counts it as the one call it is.
+#[test]
+fn a_long_watch_arrives_in_parts_while_it_runs_and_counts_once() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::with_app(cluster, "cov-watch-parts");
+    let n = ns.name.clone();
+    let aggregator = Aggregator::start(cluster, &n).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let ingest = aggregator.ingest_url();
+    let mut pod = InterceptedPod::start_app(
+        cluster,
+        &n,
+        InterceptorOptions {
+            // A part every two events, or every second.
+            extra_args: ["--watch-events", "2", "--watch-part-wait", "1s"]
+                .map(String::from)
+                .to_vec(),
+            ..InterceptorOptions::shipping_to(&certify.url, &ingest)
+        },
+    );
+    let reader = reader_token(cluster).unwrap();
+    let kubectl = cluster.bin("kubectl").to_string_lossy().into_owned();
+    let create = |name: &str| {
+        cluster
+            .kubectl_ok(&["create", "configmap", name, "-n", &n, "--from-literal=k=v"])
+            .unwrap();
+    };
+    let versions_of = |name: &str| -> usize {
+        aggregator
+            .get_json(
+                &format!("/provenance/namespaces/{n}/configmaps/{name}/versions"),
+                Some(&reader),
+            )
+            .ok()
+            .and_then(|v| v["versions"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    std::thread::scope(|s| {
+        // Stopped from outside: kubectl ignores its in-cluster config when
+        // given --request-timeout.
+        let watch = s.spawn(|| {
+            pod.exec(&[
+                "timeout",
+                "15",
+                &kubectl,
+                "get",
+                "configmaps",
+                "--watch-only",
+                "-o",
+                "name",
+            ])
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        for name in ["w1", "w2", "w3"] {
+            create(name);
+        }
+        // Seen at the aggregator while the watch still runs.
+        wait_until(
+            "the watch's first events at the aggregator",
+            Duration::from_secs(10),
+            || (versions_of("w1") > 0 && versions_of("w3") > 0).then_some(()),
+        )
+        .unwrap();
+        assert!(
+            !watch.is_finished(),
+            "the events arrived only once the watch had ended"
+        );
+        create("w4");
+        let out = watch.join().unwrap();
+        for name in ["w1", "w2", "w3", "w4"] {
+            assert!(out.stdout.contains(&format!("configmap/{name}")), "{out:?}");
+        }
+    });
+    pod.stop().unwrap();
+
+    for name in ["w1", "w2", "w3", "w4"] {
+        assert_eq!(versions_of(name), 1, "{name}");
+    }
+    let report = aggregator
+        .get_json(&format!("/coverage/{n}/{n}-p"), Some(&reader))
+        .unwrap();
+    let hits = |id: &str| {
+        report["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["operation_id"] == id)
+            .map(|o| o["hits"].clone())
+    };
+    // Four events in parts of two, and a last part when the watch ended:
+    // one call. It counts for the list operation too, beside the list that
+    // kubectl makes before it watches.
+    assert_eq!(
+        hits("watchCoreV1NamespacedConfigMapList"),
+        Some(json!(1)),
+        "{report:#}"
+    );
+    assert_eq!(
+        hits("listCoreV1NamespacedConfigMap"),
+        Some(json!(2)),
+        "{report:#}"
+    );
+}

@@ -397,6 +397,7 @@ mod tests {
             table: false,
             upgrade: None,
             error: None,
+            part: None,
         }
     }
 

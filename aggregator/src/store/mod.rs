@@ -46,6 +46,9 @@ pub struct IngestItem {
     /// The fields its request body set (field coverage), list items
     /// collapsed; the schema decides at report time which field each is.
     pub fields: Vec<String>,
+    /// A later part of a long watch: the call was counted by its first
+    /// part, so this one adds to no hit or field count.
+    pub later_part: bool,
     /// The object versions and refused writes it shows (provenance).
     pub versions: Vec<EncodedVersion>,
     pub attempts: Vec<crate::provenance::Attempt>,
@@ -132,6 +135,9 @@ pub(crate) fn hour_of(started_at: &str) -> &str {
 impl HitCounts {
     /// Counts a newly stored record toward each of its templates.
     pub fn add(&mut self, item: &IngestItem) {
+        if item.later_part {
+            return;
+        }
         let hour = hour_of(&item.started_at).to_string();
         for template in &item.templates {
             let key = HitKey {
@@ -580,6 +586,7 @@ pub(crate) fn test_item(id: &str, template: &str, status: u16) -> IngestItem {
         line: format!("{{\"id\":\"{id}\"}}"),
         line_number: 1,
         fields: Vec::new(),
+        later_part: false,
         versions: Vec::new(),
         attempts: Vec::new(),
     }
