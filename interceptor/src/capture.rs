@@ -234,6 +234,20 @@ impl Capture {
         }
     }
 
+    /// The bytes of body and events a capture holds.
+    pub fn held_bytes(shared: &SharedCapture) -> usize {
+        let capture = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let result = &capture.result;
+        let finished = result.bytes.len() + result.events.iter().map(Bytes::len).sum::<usize>();
+        finished
+            + match &capture.reader {
+                Some(Reader::Plain(sink)) => sink.kept.len(),
+                Some(Reader::Gzip(decoder)) => decoder.get_ref().kept.len(),
+                Some(Reader::Watch(splitter)) => splitter.held + splitter.pending.len(),
+                None => 0,
+            }
+    }
+
     /// Takes the result of a finished capture. A capture still open (its body
     /// was never polled to the end nor dropped) is closed as incomplete.
     pub fn take(shared: &SharedCapture) -> Captured {

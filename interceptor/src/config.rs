@@ -149,6 +149,11 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_REDACT_PATHS", value_delimiter = ',')]
     pub redact_paths: Vec<String>,
 
+    /// Bytes of bodies waiting for the recorder (which decodes, redacts and
+    /// queues them); past it, new exchanges are dropped and counted.
+    #[arg(long, env = "APIWITNESS_RECORDER_BYTES", default_value_t = 4 << 20)]
+    pub recorder_bytes: usize,
+
     /// Records held while the aggregator is unreachable; past it the oldest go.
     #[arg(long, env = "APIWITNESS_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub queue_capacity: usize,
@@ -161,8 +166,9 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_BATCH_RECORDS", default_value_t = 500)]
     pub batch_records: usize,
 
-    /// Bytes of records (their NDJSON lines) in one batch.
-    #[arg(long, env = "APIWITNESS_BATCH_BYTES", default_value_t = 4 << 20)]
+    /// Bytes of records (their NDJSON lines) in one batch. The shipper holds
+    /// a batch and its compressed copy while it sends.
+    #[arg(long, env = "APIWITNESS_BATCH_BYTES", default_value_t = 256 << 10)]
     pub batch_bytes: usize,
 
     #[arg(long, env = "APIWITNESS_BATCH_WAIT", value_parser = humantime::parse_duration, default_value = "1s")]
@@ -257,6 +263,7 @@ impl Config {
             ("queue-capacity", self.queue_capacity),
             ("batch-records", self.batch_records),
             ("batch-bytes", self.batch_bytes),
+            ("recorder-bytes", self.recorder_bytes),
             ("watch-events", self.watch_events),
         ] {
             if value == 0 {

@@ -84,8 +84,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
 
     let queue = ship::Queue::new(config.queue_capacity, config.queue_bytes, metrics.clone());
-    let (recorder_handle, recorder) =
-        recorder::channel(256, pod.clone(), redactor, queue.clone(), metrics.clone());
+    let (recorder_handle, recorder) = recorder::channel(
+        config.recorder_bytes,
+        pod.clone(),
+        redactor,
+        queue.clone(),
+        metrics.clone(),
+    );
     let recorder_task = tokio::spawn(recorder.run());
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -1,7 +1,9 @@
 //! Turns what the proxy saw into records, off the proxied path: decoding,
 //! redaction and serialization happen in this task, never in a client's
-//! request. The proxy hands over with `try_send`; if this task falls behind,
-//! the hand-over is dropped and counted rather than slowing traffic down.
+//! request. The proxy hands over without waiting; if this task falls behind,
+//! so that the bodies waiting for it would pass their byte bound, the
+//! exchange is dropped and counted (and reported to the aggregator like the
+//! queue's drops) rather than slowing traffic down or growing memory.
 
 use crate::capture::{Capture, SharedCapture};
 use crate::decode;
@@ -10,6 +12,7 @@ use crate::redact::Redactor;
 use crate::ship::Queue;
 use apiwitness_record::{ApiRequest, Exchange, FORMAT_VERSION, PodIdentity, WatchPart};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
@@ -34,9 +37,26 @@ pub struct RawExchange {
     pub error: Option<String>,
 }
 
+impl RawExchange {
+    fn held_bytes(&self) -> usize {
+        Capture::held_bytes(&self.request_body)
+            + self.response_body.as_ref().map_or(0, Capture::held_bytes)
+    }
+}
+
+/// An exchange handed over, with the bytes of body it holds.
+struct HandedOver {
+    raw: RawExchange,
+    bytes: usize,
+}
+
 #[derive(Clone)]
 pub struct RecorderHandle {
-    sender: mpsc::Sender<RawExchange>,
+    sender: mpsc::Sender<HandedOver>,
+    /// Bytes of bodies handed over and not yet recorded.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
 
@@ -56,35 +76,50 @@ impl RecorderHandle {
     }
 
     fn hand_over(&self, raw: RawExchange) {
-        if self.sender.try_send(raw).is_err() {
-            self.metrics.dropped.inc();
+        let bytes = raw.held_bytes();
+        let before = self.waiting.fetch_add(bytes, Ordering::AcqRel);
+        // One exchange is always taken when none waits, however large.
+        let over = before > 0 && before + bytes > self.max_waiting;
+        if over || self.sender.try_send(HandedOver { raw, bytes }).is_err() {
+            self.waiting.fetch_sub(bytes, Ordering::AcqRel);
+            self.queue.note_drops(1);
         }
     }
 }
 
 pub struct Recorder {
-    receiver: mpsc::Receiver<RawExchange>,
+    receiver: mpsc::Receiver<HandedOver>,
+    waiting: Arc<AtomicUsize>,
     pod: PodIdentity,
     redactor: Redactor,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
 
+/// The most exchanges waiting for the recorder, whatever their bytes.
+const MAX_WAITING_EXCHANGES: usize = 1024;
+
+/// `max_waiting_bytes` bounds the bodies waiting for the recorder.
 pub fn channel(
-    capacity: usize,
+    max_waiting_bytes: usize,
     pod: PodIdentity,
     redactor: Redactor,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) -> (RecorderHandle, Recorder) {
-    let (sender, receiver) = mpsc::channel(capacity.max(1));
+    let (sender, receiver) = mpsc::channel(MAX_WAITING_EXCHANGES);
+    let waiting = Arc::new(AtomicUsize::new(0));
     (
         RecorderHandle {
             sender,
+            waiting: waiting.clone(),
+            max_waiting: max_waiting_bytes,
+            queue: queue.clone(),
             metrics: metrics.clone(),
         },
         Recorder {
             receiver,
+            waiting,
             pod,
             redactor,
             queue,
@@ -96,9 +131,18 @@ pub fn channel(
 impl Recorder {
     /// Runs until every handle is dropped and the channel is drained.
     pub async fn run(mut self) {
-        while let Some(raw) = self.receiver.recv().await {
-            self.queue.push(&self.build(raw));
+        while let Some(handed) = self.receiver.recv().await {
+            let record = self.record(handed);
+            self.queue.push(&record);
         }
+    }
+
+    /// The record of an exchange handed over; its bodies stop counting
+    /// against the bound.
+    fn record(&self, handed: HandedOver) -> Exchange {
+        let record = self.build(handed.raw);
+        self.waiting.fetch_sub(handed.bytes, Ordering::AcqRel);
+        record
     }
 
     pub fn build(&self, raw: RawExchange) -> Exchange {
@@ -210,5 +254,66 @@ impl Recorder {
             error,
             part,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::Captured;
+
+    fn exchange_holding(bytes: usize) -> RawExchange {
+        RawExchange {
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(1),
+            method: "GET".into(),
+            path: "/api/v1/namespaces/ns/configmaps/c".into(),
+            query: String::new(),
+            status: 200,
+            user_agent: None,
+            request_content_type: None,
+            response_content_type: Some("text/plain".into()),
+            response_content_encoding: None,
+            request_body: Capture::finished(Captured::default()),
+            response_body: Some(Capture::finished(Captured {
+                bytes: vec![b'x'; bytes].into(),
+                size: bytes as u64,
+                complete: true,
+                ..Captured::default()
+            })),
+            watch: false,
+            watch_id: None,
+            upgrade: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_waiting_for_the_recorder_are_bounded_in_bytes_and_drops_reported() {
+        let metrics = Arc::new(Metrics::new());
+        let queue = Queue::new(100, usize::MAX, metrics.clone());
+        let (handle, mut recorder) = channel(
+            100,
+            PodIdentity::default(),
+            Redactor::new(Vec::new()).unwrap(),
+            queue.clone(),
+            metrics,
+        );
+        // One exchange is taken whatever its size; the next would pass the
+        // bound while the first waits, and is dropped.
+        handle.record(exchange_holding(150));
+        handle.record(exchange_holding(10));
+        assert_eq!(queue.take_drops().map(|d| d.0), Some(1));
+        assert_eq!(handle.waiting.load(Ordering::SeqCst), 150);
+
+        let handed = recorder.receiver.recv().await.unwrap();
+        assert_eq!(handed.bytes, 150);
+        let record = recorder.record(handed);
+        assert_eq!(record.response_body.map(|b| b.size), Some(150));
+        // Recorded, its bytes no longer count: two small ones fit.
+        handle.record(exchange_holding(40));
+        handle.record(exchange_holding(40));
+        assert_eq!(queue.take_drops(), None);
+        assert_eq!(handle.waiting.load(Ordering::SeqCst), 80);
     }
 }

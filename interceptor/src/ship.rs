@@ -80,7 +80,9 @@ impl Queue {
         })
     }
 
-    fn note_drops(&self, n: u64) {
+    /// Counts records lost before they could be queued or shipped, for
+    /// the metrics and the next drop report.
+    pub fn note_drops(&self, n: u64) {
         if n == 0 {
             return;
         }
@@ -95,7 +97,10 @@ impl Queue {
     /// Adds a record; the oldest records go until both bounds hold.
     pub fn push(&self, record: &Exchange) {
         // Serializing our own types cannot fail.
-        let line = serde_json::to_string(&LineRef::Exchange(record)).unwrap_or_default();
+        let mut line = serde_json::to_string(&LineRef::Exchange(record)).unwrap_or_default();
+        // The string grew by doubling: up to twice the line's bytes, which
+        // the queue would hold without counting.
+        line.shrink_to_fit();
         let bytes = line.len();
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0;
@@ -118,6 +123,12 @@ impl Queue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A whole batch is waiting: `max` records, or `max_bytes` of lines.
+    fn holds_a_batch(&self, max: usize, max_bytes: usize) -> bool {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.len() >= max || records.bytes >= max_bytes
     }
 
     /// The oldest records, up to `max` of them and `max_bytes` of lines
@@ -164,7 +175,7 @@ impl Queue {
         self.note_drops(skip as u64);
     }
 
-    fn take_drops(&self) -> Option<(u64, SystemTime, SystemTime)> {
+    pub(crate) fn take_drops(&self) -> Option<(u64, SystemTime, SystemTime)> {
         let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
         if drops.count == 0 {
             return None;
@@ -260,7 +271,7 @@ impl Shipper {
             if *shutdown.borrow() {
                 break;
             }
-            if self.queue.len() < self.config.batch_records {
+            if !self.holds_a_batch() {
                 let wait = tokio::time::sleep(self.config.batch_wait);
                 tokio::select! {
                     _ = wait => {}
@@ -285,8 +296,15 @@ impl Shipper {
         self.flush(flush_deadline).await;
     }
 
+    fn holds_a_batch(&self) -> bool {
+        self.queue
+            .holds_a_batch(self.config.batch_records, self.config.batch_bytes)
+    }
+
+    /// Until a batch is full by either bound: large records fill one by
+    /// bytes long before they fill it by count.
     async fn wait_for_full_batch(&self) {
-        while self.queue.len() < self.config.batch_records {
+        while !self.holds_a_batch() {
             self.queue.notify.notified().await;
         }
     }
@@ -562,6 +580,69 @@ mod tests {
         q.push(&sized(9, 5000));
         assert_eq!(ids(&q), ["9"]);
         assert_eq!(q.take_drops().map(|d| d.0), Some(4));
+    }
+
+    /// Large records fill a batch by bytes long before they fill it by
+    /// count: such a batch goes at once, not when the batch wait is over.
+    #[tokio::test]
+    async fn a_batch_full_by_bytes_is_shipped_without_waiting() {
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = received.clone();
+        let sink = axum::Router::new().route(
+            "/ingest",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::GzDecoder::new(&body[..]),
+                    &mut text,
+                )
+                .unwrap();
+                counter.fetch_add(text.lines().count(), std::sync::atomic::Ordering::SeqCst);
+                "{\"errors\":[]}"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+
+        let metrics = Arc::new(Metrics::new());
+        let queue = Queue::new(1000, usize::MAX, metrics.clone());
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let shipper = Shipper::new(
+            ShipConfig {
+                url: format!("http://{address}/ingest").parse().unwrap(),
+                batch_records: 500,
+                batch_bytes: 2500,
+                batch_wait: Duration::from_secs(600),
+                token_file: None,
+                pod: PodIdentity::default(),
+            },
+            queue.clone(),
+            tls,
+            metrics,
+        );
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(shipper.run(stopped, Duration::from_secs(1)));
+        // The shipper's first wait begins with an empty queue.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in 0..6 {
+            queue.push(&sized(n, 1000));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received.load(std::sync::atomic::Ordering::SeqCst) < 4 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Two batches of two records (a third would pass 2,500 bytes); the
+        // last two, less than a batch, wait for the batch wait.
+        assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 4);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(queue.len(), 2);
     }
 
     #[test]
