@@ -13,7 +13,11 @@
 # It also measures new TLS connections (Connection: close) and the
 # interceptor's peak RSS, and prints every figure with its ratio to nginx.
 #
-#   hack/bench/interceptor.sh [--duration 10] [--connections 16]
+#   hack/bench/interceptor.sh [--duration 10] [--connections 16] [--workers 1]
+#
+# --workers is the number of threads the interceptor serves with
+# (--worker-threads) and of nginx's worker processes, the same for both.
+# mitmproxy has one. The upstream nginx always has one per core.
 #
 # Everything listens on 127.0.0.1; it stops what it started on exit.
 set -euo pipefail
@@ -21,11 +25,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 duration=10
 connections=16
+proxy_workers=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
-    *) echo "usage: $0 [--duration SECONDS] [--connections N]" >&2; exit 2 ;;
+    --workers) proxy_workers=$2; shift 2 ;;
+    *) echo "usage: $0 [--duration SECONDS] [--connections N] [--workers N]" >&2; exit 2 ;;
   esac
 done
 
@@ -90,7 +96,7 @@ http {
 EOF
 write_proxy_conf() { # TARGET_HOSTPORT CA SERVER_NAME
   cat > "$work/nginx-proxy.conf" <<EOF
-worker_processes $workers;
+worker_processes $proxy_workers;
 pid $work/nginx-proxy.pid;
 error_log $work/nginx-proxy.err;
 events { worker_connections 4096; }
@@ -138,7 +144,7 @@ to_ms() { # wrk prints 812.00us, 1.20ms or 2.01s
 }
 
 start_interceptor() { # UPSTREAM_URL [SERVER_NAME] [CA] [EXTRA ARGS...]
-  "$interceptor" --mode explicit --upstream "$1" --listen "127.0.0.1:$icpt" \
+  "$interceptor" --mode explicit --upstream "$1" --listen "127.0.0.1:$icpt" --worker-threads "$proxy_workers" \
     --upstream-server-name "${2:-bench.local}" --upstream-ca-file "${3:-$work/ca.crt}" \
     --tls-cert-file "$work/chain.crt" --tls-key-file "$work/tls.key" \
     --aggregator-url "http://127.0.0.1:$sink/ingest" --admin-addr "127.0.0.1:$admin" \
@@ -239,4 +245,4 @@ for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
   [ "$via" = interceptor-peak-rss-mib ] && echo "- $label: $figures"
 done
-echo "($workers cores, wrk -t2 -c$connections -d${duration}s)"
+echo "($workers cores; the interceptor and nginx with $proxy_workers worker(s) each; wrk -t2 -c$connections -d${duration}s)"

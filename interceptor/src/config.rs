@@ -194,6 +194,13 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_LOG", default_value = "info")]
     pub log: String,
 
+    /// Threads that serve connections. A sidecar shares its pod's CPU with
+    /// the application, and on a node whose apiserver is busy every
+    /// wake-up between threads costs: one thread spends about a seventh
+    /// less CPU per proxied request than two (docs/benchmarks.md).
+    #[arg(long, env = "APIWITNESS_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
     #[arg(long, env = "POD_NAMESPACE", default_value = "")]
     pub pod_namespace: String,
     #[arg(long, env = "POD_NAME", default_value = "")]
@@ -264,6 +271,7 @@ impl Config {
             ("batch-records", self.batch_records),
             ("batch-bytes", self.batch_bytes),
             ("recorder-bytes", self.recorder_bytes),
+            ("worker-threads", self.worker_threads),
             ("watch-events", self.watch_events),
         ] {
             if value == 0 {
