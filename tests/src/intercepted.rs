@@ -149,6 +149,23 @@ impl InterceptedPod {
         self.pod.exec(&[], command)
     }
 
+    /// Watches the namespace's ConfigMaps with `kubectl` (its path) for
+    /// `seconds`, printing each one's name as it arrives. The watch is
+    /// stopped from outside: kubectl ignores its in-cluster config when
+    /// given --request-timeout.
+    pub fn watch_configmaps(&self, kubectl: &str, seconds: u32) -> anyhow::Result<CommandOutput> {
+        self.exec(&[
+            "timeout",
+            &seconds.to_string(),
+            kubectl,
+            "get",
+            "configmaps",
+            "--watch-only",
+            "-o",
+            "name",
+        ])
+    }
+
     /// Runs `command` with `input` on its standard input.
     pub fn exec_stdin(&self, command: &[&str], input: &str) -> anyhow::Result<CommandOutput> {
         CommandOutput::run_with_input(&mut self.pod.exec_command(&[], command), input.as_bytes())

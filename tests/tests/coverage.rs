@@ -737,21 +737,7 @@ fn a_long_watch_arrives_in_parts_while_it_runs_and_counts_once() {
             .unwrap_or(0)
     };
     std::thread::scope(|s| {
-        // Stopped from outside: kubectl ignores its in-cluster config when
-        // given --request-timeout.
-        let watch = s.spawn(|| {
-            pod.exec(&[
-                "timeout",
-                "15",
-                &kubectl,
-                "get",
-                "configmaps",
-                "--watch-only",
-                "-o",
-                "name",
-            ])
-            .unwrap()
-        });
+        let watch = s.spawn(|| pod.watch_configmaps(&kubectl, 15).unwrap());
         std::thread::sleep(Duration::from_millis(1500));
         for name in ["w1", "w2", "w3"] {
             create(name);

@@ -284,21 +284,7 @@ fn kubectl_sees_what_it_would_see_directly_and_every_exchange_is_recorded() {
 
     // A watch that sees one object arrive.
     let watcher = std::thread::scope(|s| {
-        // Stopped from outside: kubectl ignores its in-cluster config when
-        // given --request-timeout.
-        let watch = s.spawn(|| {
-            pod.exec(&[
-                "timeout",
-                "4",
-                k,
-                "get",
-                "configmaps",
-                "--watch-only",
-                "-o",
-                "name",
-            ])
-            .unwrap()
-        });
+        let watch = s.spawn(|| pod.watch_configmaps(k, 4).unwrap());
         std::thread::sleep(Duration::from_millis(1500));
         cluster
             .kubectl_ok(&["create", "configmap", "c3", "-n", &n, "--from-literal=w=1"])
