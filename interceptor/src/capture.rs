@@ -167,6 +167,15 @@ impl Capture {
         })
     }
 
+    /// Part `index` was taken but never shipped: the next part is numbered
+    /// `index` again, unless a later part was taken since.
+    pub fn give_back_part(shared: &SharedCapture, index: u32) {
+        let mut capture = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if capture.parts_taken == index + 1 {
+            capture.parts_taken = index;
+        }
+    }
+
     /// The watch has ended (or was never one).
     pub fn is_finished(shared: &SharedCapture) -> bool {
         shared
@@ -706,6 +715,29 @@ mod tests {
         // Each part counts the bytes since the one before.
         let sizes: Vec<u64> = parts.iter().chain([&last]).map(|c| c.size).collect();
         assert_eq!(sizes, [16, 31, 16, 0]);
+    }
+
+    #[test]
+    fn a_part_given_back_lends_its_index_to_the_next() {
+        let capture = Capture::new(CaptureMode::WatchJson, LIMITS);
+        let feed = |data: &[u8]| capture.lock().unwrap().feed(data);
+        feed(b"{\"a\":1}\n");
+        let first = Capture::take_part(&capture).unwrap();
+        assert_eq!(first.part.map(|p| p.index), Some(0));
+        // Dropped on the way to the recorder.
+        Capture::give_back_part(&capture, 0);
+        feed(b"{\"b\":2}\n");
+        let next = Capture::take_part(&capture).unwrap();
+        assert_eq!(next.part.map(|p| p.index), Some(0));
+        feed(b"{\"c\":3}\n");
+        assert_eq!(
+            Capture::take_part(&capture).unwrap().part.map(|p| p.index),
+            Some(1)
+        );
+        // Too late for part 0: part 1 was taken since.
+        Capture::give_back_part(&capture, 0);
+        let last = Capture::take(&capture);
+        assert_eq!(last.part.map(|p| p.index), Some(2));
     }
 
     #[tokio::test]

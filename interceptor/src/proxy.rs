@@ -188,16 +188,22 @@ impl WatchParts {
         let Some(part) = Capture::take_part(&self.capture) else {
             return !Capture::is_finished(&self.capture);
         };
+        let index = part.part.map_or(0, |p| p.index);
         let head = ResponseHead {
             content_type: self.content_type.clone(),
             content_encoding: self.content_encoding.clone(),
             body: Capture::finished(part),
         };
-        self.recorder.record_part(
-            self.pending
-                .clone()
-                .finish(self.status, Some(head), None, None),
-        );
+        let raw = self
+            .pending
+            .clone()
+            .finish(self.status, Some(head), None, None);
+        if !self.recorder.record_part(raw) {
+            // Its events are lost (and counted), but not its place: the
+            // next part takes its index, so that a watch whose first part
+            // was dropped is still counted, once.
+            Capture::give_back_part(&self.capture, index);
+        }
         true
     }
 

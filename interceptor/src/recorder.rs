@@ -71,11 +71,12 @@ impl RecorderHandle {
 
     /// Hands over a part of a watch that is still open: the exchange is
     /// counted once, when it ends.
-    pub fn record_part(&self, raw: RawExchange) {
-        self.hand_over(raw);
+    /// False when it was dropped.
+    pub fn record_part(&self, raw: RawExchange) -> bool {
+        self.hand_over(raw)
     }
 
-    fn hand_over(&self, raw: RawExchange) {
+    fn hand_over(&self, raw: RawExchange) -> bool {
         let bytes = raw.held_bytes();
         let before = self.waiting.fetch_add(bytes, Ordering::AcqRel);
         // One exchange is always taken when none waits, however large.
@@ -83,7 +84,9 @@ impl RecorderHandle {
         if over || self.sender.try_send(HandedOver { raw, bytes }).is_err() {
             self.waiting.fetch_sub(bytes, Ordering::AcqRel);
             self.queue.note_drops(1);
+            return false;
         }
+        true
     }
 }
 
