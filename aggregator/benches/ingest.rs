@@ -44,8 +44,13 @@ fn hex(seed: u64, len: usize) -> String {
     out
 }
 
-/// An object as the apiserver answers it, about 2 KiB: metadata with
-/// labels and annotations, and data that is half prose, half hashes.
+/// What the apiserver adds to every object that was written: which field
+/// manager owns which fields. Ingest strips it from the versions it stores.
+const MANAGED_FIELDS: &str = r#"[{"manager":"kubectl-client-side-apply","operation":"Update","apiVersion":"v1","time":"2026-11-24T05:00:00Z","fieldsType":"FieldsV1","fieldsV1":{"f:data":{".":{},"f:config-0.yaml":{},"f:config-1.yaml":{},"f:config-2.yaml":{},"f:config-3.yaml":{},"f:config-4.yaml":{},"f:config-5.yaml":{}},"f:metadata":{"f:annotations":{".":{},"f:apiwitness.io/bench":{}},"f:labels":{".":{},"f:app.kubernetes.io/name":{},"f:app.kubernetes.io/part-of":{},"f:tier":{}}}}}]"#;
+
+/// An object as the apiserver answers it, about 2.4 KiB: metadata with
+/// labels, annotations and managed fields, and data that is half prose,
+/// half hashes.
 fn object(kind: &str, api_version: &str, ns: &str, name: &str, rv: u64) -> String {
     let uid = hex(
         name.len() as u64 * 7919 + ns.len() as u64 + name.bytes().map(u64::from).sum::<u64>(),
@@ -68,7 +73,7 @@ fn object(kind: &str, api_version: &str, ns: &str, name: &str, rv: u64) -> Strin
         })
         .collect();
     format!(
-        "{{\"kind\":\"{kind}\",\"apiVersion\":\"{api_version}\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{ns}\",\"uid\":\"{uid}\",\"resourceVersion\":\"{rv}\",\"generation\":{},\"creationTimestamp\":\"2026-11-24T05:00:00Z\",\"labels\":{{\"app.kubernetes.io/name\":\"{name}\",\"app.kubernetes.io/part-of\":\"shop\",\"tier\":\"backend\"}},\"annotations\":{{\"apiwitness.io/bench\":\"{}\"}}}},\"data\":{{{}}}}}",
+        "{{\"kind\":\"{kind}\",\"apiVersion\":\"{api_version}\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{ns}\",\"uid\":\"{uid}\",\"resourceVersion\":\"{rv}\",\"generation\":{},\"creationTimestamp\":\"2026-11-24T05:00:00Z\",\"labels\":{{\"app.kubernetes.io/name\":\"{name}\",\"app.kubernetes.io/part-of\":\"shop\",\"tier\":\"backend\"}},\"annotations\":{{\"apiwitness.io/bench\":\"{}\"}},\"managedFields\":{MANAGED_FIELDS}}},\"data\":{{{}}}}}",
         rv % 50 + 1,
         hex(rv, 48),
         data.join(",")
