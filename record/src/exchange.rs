@@ -40,6 +40,7 @@ pub struct WorkloadRef {
 
 /// A captured body, decoded as far as it could be.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "BodyFields")]
 pub struct Body {
     #[serde(flatten)]
     pub content: BodyContent,
@@ -52,6 +53,55 @@ pub struct Body {
     /// The Content-Encoding it travelled with, if any (gzip is undone here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_encoding: Option<String>,
+}
+
+/// A body as a line holds it: its content under one of four keys beside
+/// its size. Read through these fields rather than through `flatten`, which
+/// decodes the whole body into serde's own buffer first, and then again.
+#[derive(Deserialize)]
+struct BodyFields {
+    #[serde(default, deserialize_with = "present")]
+    json: Option<Value>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    base64: Option<String>,
+    #[serde(default)]
+    protobuf: Option<ProtobufBody>,
+    size: u64,
+    #[serde(default)]
+    truncated: bool,
+    #[serde(default)]
+    content_encoding: Option<String>,
+}
+
+/// `"json": null` is a body too: the JSON document `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl TryFrom<BodyFields> for Body {
+    type Error = String;
+
+    fn try_from(f: BodyFields) -> Result<Body, String> {
+        let content = match (f.json, f.text, f.base64, f.protobuf) {
+            (Some(v), None, None, None) => BodyContent::Json(v),
+            (None, Some(t), None, None) => BodyContent::Text(t),
+            (None, None, Some(b), None) => BodyContent::Base64(b),
+            (None, None, None, Some(p)) => BodyContent::Protobuf(p),
+            _ => {
+                return Err(
+                    "a body holds exactly one of json, text, base64 and protobuf".to_string(),
+                );
+            }
+        };
+        Ok(Body {
+            content,
+            size: f.size,
+            truncated: f.truncated,
+            content_encoding: f.content_encoding,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,6 +351,41 @@ mod tests {
         assert_eq!(value["response_body"]["json"]["kind"], "ConfigMapList");
         assert!(value.get("request_body").is_none());
         assert_eq!(Line::parse(&text).unwrap(), line);
+    }
+
+    #[test]
+    fn every_kind_of_body_round_trips_and_a_body_has_one_content() {
+        let bodies = [
+            BodyContent::Json(json!({"kind": "ConfigMap"})),
+            BodyContent::Json(Value::Null),
+            BodyContent::Text("a: b\n".into()),
+            BodyContent::Base64("AAE=".into()),
+            BodyContent::Protobuf(ProtobufBody {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                metadata: Some(json!({"name": "c"})),
+                items: None,
+                base64: None,
+            }),
+        ];
+        for content in bodies {
+            let body = Body {
+                content,
+                size: 9,
+                truncated: true,
+                content_encoding: Some("gzip".into()),
+            };
+            let text = serde_json::to_string(&body).unwrap();
+            assert_eq!(serde_json::from_str::<Body>(&text).unwrap(), body, "{text}");
+        }
+        for wrong in [r#"{"size":1}"#, r#"{"json":{},"text":"t","size":1}"#] {
+            let err = serde_json::from_str::<Body>(wrong).unwrap_err().to_string();
+            assert!(err.contains("exactly one of"), "{err}");
+        }
+        assert!(
+            serde_json::from_str::<Body>(r#"{"json":{}}"#).is_err(),
+            "size is required"
+        );
     }
 
     #[test]
