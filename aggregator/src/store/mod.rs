@@ -108,7 +108,7 @@ pub struct FieldHit {
     pub hits: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HitKey {
     pub pod_namespace: String,
     pub pod_name: String,

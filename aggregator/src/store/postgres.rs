@@ -470,71 +470,7 @@ fn ingest_batch(
         }
     }
     store_provenance(tx, &new_items)?;
-    let count = tx.prepare(
-        "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, status, hour)
-         DO UPDATE SET hits = hits.hits + EXCLUDED.hits,
-           first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
-           last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
-    )?;
-    // Sorted, so that replicas writing the same keys take their row locks
-    // in one order and never deadlock.
-    let mut rows: Vec<_> = counts.rows.iter().collect();
-    rows.sort_by(|a, b| {
-        (
-            &a.0.pod_namespace,
-            &a.0.pod_name,
-            &a.0.template,
-            &a.0.method,
-            a.0.status,
-            &a.0.client,
-            &a.0.workload,
-            &a.0.hour,
-        )
-            .cmp(&(
-                &b.0.pod_namespace,
-                &b.0.pod_name,
-                &b.0.template,
-                &b.0.method,
-                b.0.status,
-                &b.0.client,
-                &b.0.workload,
-                &b.0.hour,
-            ))
-    });
-    for (key, c) in rows {
-        let status = i32::from(key.status);
-        let hits = c.hits as i64;
-        tx.execute(
-            &count,
-            &[
-                &key.pod_namespace,
-                &key.pod_name,
-                &key.workload,
-                &key.client,
-                &key.method,
-                &key.template,
-                &status,
-                &key.hour,
-                &hits,
-                &c.first_seen,
-                &c.last_seen,
-            ],
-        )?;
-    }
-    let mut fields: Vec<_> = counts.fields.iter().collect();
-    fields.sort();
-    for (k, hits) in fields {
-        let hits = *hits as i64;
-        tx.execute(
-            "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, hour, field)
-             DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
-            &[&k.pod_namespace, &k.pod_name, &k.workload, &k.client, &k.method, &k.template, &k.hour, &k.field, &hits],
-        )?;
-    }
+    upsert_hits(tx, &counts)?;
     if let (Some(batch), true) = (batch, inserted.is_empty()) {
         // Every record was already stored: their lines are kept elsewhere.
         tx.execute("DELETE FROM record_batches WHERE id = $1", &[&batch])?;
@@ -551,6 +487,81 @@ fn ingest_batch(
 }
 
 /// A version as the batch leaves it: the stored document, and what to write.
+/// Adds a batch's counts to `hits` and `field_hits`, one statement each:
+/// a batch touches a few hundred keys, and a round trip per key cost more
+/// than all the rest of its ingest. The rows go in key order, so replicas
+/// writing the same keys take their row locks in one order and never
+/// deadlock.
+fn upsert_hits(
+    tx: &mut postgres::Transaction<'_>,
+    counts: &super::HitCounts,
+) -> Result<(), StoreError> {
+    if !counts.rows.is_empty() {
+        let mut rows: Vec<_> = counts.rows.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let text = |f: fn(&super::HitKey) -> &String| -> Vec<&str> {
+            rows.iter().map(|(k, _)| f(k).as_str()).collect()
+        };
+        let statuses: Vec<i32> = rows.iter().map(|(k, _)| i32::from(k.status)).collect();
+        let hits: Vec<i64> = rows.iter().map(|(_, c)| c.hits as i64).collect();
+        let first: Vec<&str> = rows.iter().map(|(_, c)| c.first_seen.as_str()).collect();
+        let last: Vec<&str> = rows.iter().map(|(_, c)| c.last_seen.as_str()).collect();
+        tx.execute(
+            "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
+             SELECT pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[], $9::bigint[], $10::text[], $11::text[])
+               WITH ORDINALITY AS u(pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen, n)
+             ORDER BY n
+             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, status, hour)
+             DO UPDATE SET hits = hits.hits + EXCLUDED.hits,
+               first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
+               last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
+            &[
+                &text(|k| &k.pod_namespace),
+                &text(|k| &k.pod_name),
+                &text(|k| &k.workload),
+                &text(|k| &k.client),
+                &text(|k| &k.method),
+                &text(|k| &k.template),
+                &statuses,
+                &text(|k| &k.hour),
+                &hits,
+                &first,
+                &last,
+            ],
+        )?;
+    }
+    if !counts.fields.is_empty() {
+        let mut fields: Vec<_> = counts.fields.iter().collect();
+        fields.sort();
+        let text = |f: fn(&super::FieldKey) -> &String| -> Vec<&str> {
+            fields.iter().map(|(k, _)| f(k).as_str()).collect()
+        };
+        let hits: Vec<i64> = fields.iter().map(|(_, h)| **h as i64).collect();
+        tx.execute(
+            "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
+             SELECT pod_namespace, pod_name, workload, client, method, template, hour, field, hits
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[])
+               WITH ORDINALITY AS u(pod_namespace, pod_name, workload, client, method, template, hour, field, hits, n)
+             ORDER BY n
+             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, hour, field)
+             DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
+            &[
+                &text(|k| &k.pod_namespace),
+                &text(|k| &k.pod_name),
+                &text(|k| &k.workload),
+                &text(|k| &k.client),
+                &text(|k| &k.method),
+                &text(|k| &k.template),
+                &text(|k| &k.hour),
+                &text(|k| &k.field),
+                &hits,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// A version the batch meets, as it will be written back.
 struct Pending {
     /// Its document as it stands, stored or merged.
