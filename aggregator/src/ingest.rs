@@ -100,11 +100,7 @@ fn fields_of(exchange: &Exchange) -> Vec<String> {
 
 /// What ingest stores of one exchange: its keys, the operations it counts
 /// for, the fields it set, and the versions it shows, encoded for the store.
-pub fn item_of(
-    mut e: Exchange,
-    line: String,
-    line_number: usize,
-) -> Result<IngestItem, StoreError> {
+fn item_of(mut e: Exchange, line: String, line_number: usize) -> Result<IngestItem, StoreError> {
     let request = ApiRequest::parse(
         &e.method,
         &e.path,

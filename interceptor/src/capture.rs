@@ -541,21 +541,25 @@ mod tests {
         watch_part_wait: std::time::Duration::from_secs(60),
     };
 
+    /// A body that yields `chunks`, one frame each.
+    fn body_of(
+        chunks: Vec<&'static [u8]>,
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        StreamBody::new(futures_util::stream::iter(chunks.into_iter().map(|c| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(c)))
+        })))
+    }
+
     async fn run(
         mode: CaptureMode,
         chunks: Vec<&'static [u8]>,
         limits: Limits,
     ) -> (Bytes, Captured) {
-        let stream = futures_util::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(c)))),
-        );
         let capture = Capture::new(mode, limits);
         let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ended2 = ended.clone();
         let body = CaptureBody::new(
-            StreamBody::new(stream),
+            body_of(chunks),
             capture.clone(),
             Some(Box::new(move || {
                 ended2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -655,20 +659,15 @@ mod tests {
             b"{\"d\":4}\n{\"e\"",
             b":5}\n",
         ];
-        let stream = futures_util::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(c)))),
-        );
         let capture = Capture::new(CaptureMode::WatchJson, limits);
         let parts = Arc::new(Mutex::new(Vec::new()));
         let (taker, taken) = (capture.clone(), parts.clone());
-        let body = CaptureBody::new(StreamBody::new(stream), capture.clone(), None).with_parts(
-            Box::new(move || {
+        let body = CaptureBody::new(body_of(chunks), capture.clone(), None).with_parts(Box::new(
+            move || {
                 let part = Capture::take_part(&taker).expect("a part is due");
                 taken.lock().unwrap().push(part);
-            }),
-        );
+            },
+        ));
         assert!(!Capture::is_finished(&capture));
         let passed = body.collect().await.unwrap().to_bytes();
         assert_eq!(passed.len(), 63, "every byte passes");

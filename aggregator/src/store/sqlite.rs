@@ -577,27 +577,30 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        let (whole, document) = match existing {
-            None => (version, sighting.document.clone()),
-            Some((document, has_object)) => match merge_into(&document, has_object, sighting)? {
-                Merged::Nothing => continue,
-                Merged::Document(merged, document) => {
-                    update.execute(params![
-                        merged.uid,
-                        merged.resource_version,
-                        merged.kind,
-                        merged.time,
-                        document
-                    ])?;
-                    continue;
-                }
-                Merged::Whole(merged, document) => {
-                    write_version(&mut write, &merged, &document, sighting.object.as_deref())?;
-                    continue;
-                }
-            },
+        let Some((stored, has_object)) = existing else {
+            write_version(
+                &mut write,
+                version,
+                &sighting.document,
+                sighting.object.as_deref(),
+            )?;
+            continue;
         };
-        write_version(&mut write, whole, &document, sighting.object.as_deref())?;
+        match merge_into(&stored, has_object, sighting)? {
+            Merged::Nothing => {}
+            Merged::Document(merged, document) => {
+                update.execute(params![
+                    merged.uid,
+                    merged.resource_version,
+                    merged.kind,
+                    merged.time,
+                    document
+                ])?;
+            }
+            Merged::Whole(merged, document) => {
+                write_version(&mut write, &merged, &document, sighting.object.as_deref())?;
+            }
+        }
     }
     let mut attempt = tx.prepare_cached(
         "INSERT OR IGNORE INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
