@@ -44,6 +44,7 @@ impl IntoResponse for StatusError {
             ApiError::NotFound(_) => (404, "NotFound"),
             ApiError::Ambiguous(_) => (409, "Conflict"),
             ApiError::Unavailable(_) => (503, "ServiceUnavailable"),
+            ApiError::UnsupportedEncoding(_) => (415, "UnsupportedMediaType"),
         };
         let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": self.0.to_string(), "reason": reason, "code": code});

@@ -47,6 +47,10 @@ pub enum ApiError {
     /// The store failed: the client should retry (an interceptor will).
     #[error("{0}")]
     Unavailable(String),
+    /// A batch compressed in a way this aggregator does not read: an
+    /// interceptor falls back to gzip.
+    #[error("{0}")]
+    UnsupportedEncoding(String),
 }
 
 impl IntoResponse for ApiError {
@@ -58,6 +62,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Ambiguous(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         };
         (
             status,
@@ -191,12 +196,15 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IngestAnswer>, ApiError> {
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let encoding = ingest::Encoding::of_header(
+        headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("(not text)")),
+    )
+    .map_err(|e| ApiError::UnsupportedEncoding(e.to_string()))?;
     let writer = caller(&state, &headers).await?;
-    let text = ingest::decompress(&body, gzip).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let text =
+        ingest::decompress(&body, encoding).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut batch = ingest::parse_batch(&text);
     if let Some(writer) = &writer {
         let mut refused = Vec::new();
@@ -564,5 +572,31 @@ pub(crate) mod tests {
         let (status, error) = call(app(state(dir.path())), request).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(error["error"].as_str().unwrap().contains("gzip"));
+    }
+
+    #[tokio::test]
+    async fn a_zstd_batch_is_read_and_an_unknown_encoding_refused_with_415() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = r#"{"kind":"exchange","format":1,"id":"z1","pod":{"namespace":"ns","name":"p"},"started_at":"2026-11-24T06:00:00Z","duration_us":1,"method":"GET","path":"/api/v1/namespaces/ns/configmaps","status":200}"#;
+        let request = axum::http::Request::post("/ingest")
+            .header("content-encoding", "zstd")
+            .body(Body::from(
+                zstd::bulk::compress(line.as_bytes(), 1).unwrap(),
+            ))
+            .unwrap();
+        let (status, answer) = call(app(state(dir.path())), request).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["accepted"], 1, "{answer}");
+
+        let request = axum::http::Request::post("/ingest")
+            .header("content-encoding", "br")
+            .body(Body::from(line))
+            .unwrap();
+        let (status, error) = call(app(state(dir.path())), request).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(
+            error["error"].as_str().unwrap().contains("\"br\""),
+            "{error}"
+        );
     }
 }

@@ -23,27 +23,69 @@ pub struct ParsedBatch {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BatchError {
-    #[error("the body is marked gzip but is not: {0}")]
-    Gzip(String),
+    #[error("the body is marked {encoding} but is not: {reason}")]
+    Corrupt {
+        encoding: &'static str,
+        reason: String,
+    },
     #[error("the body is not UTF-8 text")]
     NotText,
     /// Over the size the aggregator accepts, once decompressed.
     #[error("the batch is larger than {0} bytes once decompressed")]
     TooLarge(usize),
+    #[error("content encoding {0:?} is not supported: send gzip, zstd or no encoding")]
+    UnsupportedEncoding(String),
 }
 
-/// The largest batch accepted, decompressed: a gzip bomb stops here.
+/// The largest batch accepted, decompressed: a compression bomb stops here.
 pub const MAX_BATCH_BYTES: usize = 256 << 20;
 
-pub fn decompress(body: &[u8], gzip: bool) -> Result<String, BatchError> {
-    if !gzip {
-        return String::from_utf8(body.to_vec()).map_err(|_| BatchError::NotText);
+/// How a batch's body is compressed (its Content-Encoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    /// The encoding a Content-Encoding header names; none is identity.
+    pub fn of_header(value: Option<&str>) -> Result<Encoding, BatchError> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Encoding::Identity),
+            Some(v) if v.eq_ignore_ascii_case("identity") => Ok(Encoding::Identity),
+            Some(v) if v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip") => {
+                Ok(Encoding::Gzip)
+            }
+            Some(v) if v.eq_ignore_ascii_case("zstd") => Ok(Encoding::Zstd),
+            Some(v) => Err(BatchError::UnsupportedEncoding(v.to_string())),
+        }
     }
+}
+
+pub fn decompress(body: &[u8], encoding: Encoding) -> Result<String, BatchError> {
+    let (name, read): (&'static str, Box<dyn Read + '_>) = match encoding {
+        Encoding::Identity => {
+            return String::from_utf8(body.to_vec()).map_err(|_| BatchError::NotText);
+        }
+        Encoding::Gzip => ("gzip", Box::new(flate2::read::GzDecoder::new(body))),
+        Encoding::Zstd => (
+            "zstd",
+            Box::new(zstd::stream::read::Decoder::with_buffer(body).map_err(|e| {
+                BatchError::Corrupt {
+                    encoding: "zstd",
+                    reason: e.to_string(),
+                }
+            })?),
+        ),
+    };
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(body)
-        .take(MAX_BATCH_BYTES as u64 + 1)
+    read.take(MAX_BATCH_BYTES as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| BatchError::Gzip(e.to_string()))?;
+        .map_err(|e| BatchError::Corrupt {
+            encoding: name,
+            reason: e.to_string(),
+        })?;
     if out.len() > MAX_BATCH_BYTES {
         return Err(BatchError::TooLarge(MAX_BATCH_BYTES));
     }
@@ -255,15 +297,46 @@ mod tests {
     }
 
     #[test]
-    fn gzip_is_undone_and_garbage_refused() {
+    fn gzip_and_zstd_are_undone_and_garbage_refused() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(RECORD.as_bytes()).unwrap();
-        let body = gz.finish().unwrap();
-        assert_eq!(decompress(&body, true).unwrap(), RECORD);
-        assert!(matches!(
-            decompress(b"plain", true),
-            Err(BatchError::Gzip(_))
-        ));
-        assert_eq!(decompress(&[0xff, 0xfe], false), Err(BatchError::NotText));
+        let gzipped = gz.finish().unwrap();
+        assert_eq!(decompress(&gzipped, Encoding::Gzip).unwrap(), RECORD);
+        let zstded = zstd::bulk::compress(RECORD.as_bytes(), 1).unwrap();
+        assert_eq!(decompress(&zstded, Encoding::Zstd).unwrap(), RECORD);
+        for (encoding, name) in [(Encoding::Gzip, "gzip"), (Encoding::Zstd, "zstd")] {
+            let error = decompress(b"plain", encoding).unwrap_err();
+            assert!(
+                matches!(&error, BatchError::Corrupt { encoding, .. } if *encoding == name),
+                "{error:?}"
+            );
+        }
+        // A zstd stream cut short is an error, not a shorter batch.
+        let cut = decompress(&zstded[..zstded.len() - 4], Encoding::Zstd);
+        assert!(matches!(cut, Err(BatchError::Corrupt { .. })), "{cut:?}");
+        assert_eq!(
+            decompress(&[0xff, 0xfe], Encoding::Identity),
+            Err(BatchError::NotText)
+        );
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_batch_bound() {
+        let big = zstd::bulk::compress(&vec![b' '; MAX_BATCH_BYTES + 10], 3).unwrap();
+        assert!(big.len() < 1 << 20);
+        assert_eq!(
+            decompress(&big, Encoding::Zstd),
+            Err(BatchError::TooLarge(MAX_BATCH_BYTES))
+        );
+    }
+
+    #[test]
+    fn content_encodings_are_read_from_the_header() {
+        assert_eq!(Encoding::of_header(None), Ok(Encoding::Identity));
+        assert_eq!(Encoding::of_header(Some("GZIP")), Ok(Encoding::Gzip));
+        assert_eq!(Encoding::of_header(Some("zstd")), Ok(Encoding::Zstd));
+        let error = Encoding::of_header(Some("br")).unwrap_err();
+        assert_eq!(error, BatchError::UnsupportedEncoding("br".into()));
+        assert!(error.to_string().contains("gzip, zstd"));
     }
 }

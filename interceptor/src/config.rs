@@ -62,8 +62,10 @@ pub struct Config {
     )]
     pub upstream_server_name: String,
 
-    /// Offer HTTP/2 to the apiserver. With it, every request shares one
-    /// pooled connection; without it, HTTP/1.1 connections are pooled.
+    /// Offer HTTP/2 to the apiserver for clients that speak HTTP/2 (as
+    /// client-go does): their requests then share one pooled connection.
+    /// An HTTP/1.1 client's requests always go over pooled HTTP/1.1
+    /// connections, as they would without the sidecar.
     #[arg(long, env = "APIWITNESS_UPSTREAM_HTTP2", default_value_t = true, action = clap::ArgAction::Set)]
     pub upstream_http2: bool,
 
@@ -170,6 +172,17 @@ pub struct Config {
     /// a batch and its compressed copy while it sends.
     #[arg(long, env = "APIWITNESS_BATCH_BYTES", default_value_t = 256 << 10)]
     pub batch_bytes: usize,
+
+    /// How batches are compressed: zstd, or gzip for an aggregator that does
+    /// not read zstd (the shipper also turns to gzip by itself when the
+    /// aggregator answers 415 to zstd).
+    #[arg(
+        long,
+        env = "APIWITNESS_SHIP_ENCODING",
+        value_enum,
+        default_value = "zstd"
+    )]
+    pub ship_encoding: crate::ship::ShipEncoding,
 
     #[arg(long, env = "APIWITNESS_BATCH_WAIT", value_parser = humantime::parse_duration, default_value = "1s")]
     pub batch_wait: Duration,

@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     batch_wait: config.batch_wait,
                     token_file: Some(config.token_file.clone()).filter(|p| p.exists()),
                     pod: pod.clone(),
+                    encoding: config.ship_encoding,
                 },
                 queue.clone(),
                 tls,

@@ -1,7 +1,7 @@
 //! The proxy: each client request goes to the apiserver over a pooled TLS
-//! connection (HTTP/2 where the apiserver offers it), and both bodies stream
-//! through a capture. Upgrades (exec, attach, port-forward) are spliced
-//! through over HTTP/1.1, their request and status recorded.
+//! connection (HTTP/2 where the client and the apiserver speak it), and both
+//! bodies stream through a capture. Upgrades (exec, attach, port-forward) are
+//! spliced through over HTTP/1.1, their request and status recorded.
 //!
 //! Headers pass unchanged, except the hop-by-hop ones that no proxy may
 //! forward. The Authorization header reaches the apiserver and nothing else.
@@ -33,8 +33,10 @@ pub enum ProxyError {
 }
 
 pub struct Proxy {
+    /// For clients that speak HTTP/2: HTTP/2 where the apiserver offers it.
     client: UpstreamClient,
-    upgrade_client: UpstreamClient,
+    /// For HTTP/1.1 clients, and upgrades (which only HTTP/1.1 carries).
+    http1_client: UpstreamClient,
     recorder: RecorderHandle,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -69,6 +71,11 @@ fn upstream_client(
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .pool_max_idle_per_host(64)
+        // A pooled HTTP/1.1 connection's read buffer would grow with the
+        // bodies it reads, up to about 400 KiB each; a TLS record holds
+        // 16 KiB. With 16 connections reading 64 KiB bodies, peak RSS was
+        // 17.3 MiB, and 13.7 to 14.5 MiB with this, at the same throughput.
+        .http1_read_buf_exact_size(16 * 1024)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .http2_keep_alive_timeout(std::time::Duration::from_secs(10))
         .build(connector))
@@ -252,7 +259,7 @@ impl Proxy {
     ) -> Result<Proxy, String> {
         Ok(Proxy {
             client: upstream_client(upstream_tls.clone(), upstream_server_name, upstream_http2)?,
-            upgrade_client: upstream_client(upstream_tls, upstream_server_name, false)?,
+            http1_client: upstream_client(upstream_tls, upstream_server_name, false)?,
             recorder,
             limits,
             metrics,
@@ -310,6 +317,10 @@ impl Proxy {
         };
 
         let (mut parts, body) = request.into_parts();
+        // An HTTP/1.1 client's requests reach the apiserver over HTTP/1.1, as
+        // they would without the sidecar: one at a time per connection,
+        // never multiplexed behind another client's streams.
+        let http1 = is_upgrade || parts.version != Version::HTTP_2;
         parts.uri = uri;
         // The pooled client speaks whichever version the apiserver chose.
         parts.version = Version::HTTP_11;
@@ -317,8 +328,8 @@ impl Proxy {
         let body = CaptureBody::new(body, request_body, None).boxed();
         let upstream_request = Request::from_parts(parts, body);
 
-        let sent = if is_upgrade {
-            self.upgrade_client.request(upstream_request).await
+        let sent = if http1 {
+            self.http1_client.request(upstream_request).await
         } else {
             self.client.request(upstream_request).await
         };

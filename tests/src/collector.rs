@@ -1,13 +1,14 @@
-//! Receives what interceptors ship, exactly as the aggregator's ingest
-//! endpoint will: gzip NDJSON batches of record lines. It keeps them for the
+//! Receives what interceptors ship, as the aggregator's ingest endpoint
+//! does: compressed NDJSON batches of record lines, undone by the
+//! aggregator's own code. It keeps them for the
 //! test to inspect, and can be switched off to play an unreachable aggregator.
 
 use crate::Cluster;
 use crate::server::TestServer;
+use apiwitness_aggregator::ingest::{Encoding, decompress};
 use apiwitness_record::{DropReport, Exchange, Line};
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -34,7 +35,7 @@ impl Collector {
             let available = available.clone();
             axum::Router::new().route(
                 "/ingest",
-                axum::routing::post(move |body: Bytes| {
+                axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
                     let received = received.clone();
                     let available = available.clone();
                     async move {
@@ -44,12 +45,15 @@ impl Collector {
                                 "down for the test".to_string(),
                             );
                         }
-                        let mut text = String::new();
-                        if let Err(e) =
-                            flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut text)
+                        let encoding = headers
+                            .get(axum::http::header::CONTENT_ENCODING)
+                            .and_then(|v| v.to_str().ok());
+                        let text = match Encoding::of_header(encoding)
+                            .and_then(|e| decompress(&body, e))
                         {
-                            return (StatusCode::BAD_REQUEST, format!("not gzip: {e}"));
-                        }
+                            Ok(text) => text,
+                            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()),
+                        };
                         let mut r = received.lock().unwrap();
                         r.batches += 1;
                         for line in text.lines().filter(|l| !l.trim().is_empty()) {
