@@ -13,11 +13,18 @@
 # It also measures new TLS connections (Connection: close) and the
 # interceptor's peak RSS, and prints every figure with its ratio to nginx.
 #
-#   hack/bench/interceptor.sh [--duration 10] [--connections 16] [--workers 1]
+#   hack/bench/interceptor.sh [--duration 10] [--connections 16] [--workers 1] [--rounds 3]
 #
 # --workers is the number of threads the interceptor serves with
 # (--worker-threads) and of nginx's worker processes, the same for both.
 # mitmproxy has one. The upstream nginx always has one per core.
+#
+# The interceptor and nginx run --rounds times each, one after the other, and
+# each figure is the median of its rounds: on a small machine the apiserver's
+# own rate drifts by 10 to 20% from one run to the next.
+#
+# Every upstream is measured with an HTTP/1.1 client (wrk) and an HTTP/2
+# client (h2load, as client-go speaks to the apiserver).
 #
 # Everything listens on 127.0.0.1; it stops what it started on exit.
 set -euo pipefail
@@ -26,21 +33,24 @@ repo=$(cd "$here/../.." && pwd)
 duration=10
 connections=16
 proxy_workers=1
+rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
     --workers) proxy_workers=$2; shift 2 ;;
-    *) echo "usage: $0 [--duration SECONDS] [--connections N] [--workers N]" >&2; exit 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    *) echo "usage: $0 [--duration SECONDS] [--connections N] [--workers N] [--rounds N]" >&2; exit 2 ;;
   esac
 done
 
 need() { command -v "$1" >/dev/null || { echo "bench: $1 is missing ($2)" >&2; exit 127; }; }
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v h2load >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx nghttp2-client >/dev/null
 fi
 command -v mitmdump >/dev/null || python3 -m pip install -q --disable-pip-version-check mitmproxy
-need wrk "apt-get install wrk"; need nginx "apt-get install nginx"; need mitmdump "pip install mitmproxy"
+need wrk "apt-get install wrk"; need nginx "apt-get install nginx"; need h2load "apt-get install nghttp2-client"
+need mitmdump "pip install mitmproxy"
 
 work=$(mktemp -d)
 # nginx workers run unprivileged and read their files from here.
@@ -105,7 +115,7 @@ http {
   keepalive_requests 1000000;
   upstream target { server $1; keepalive 64; }
   server {
-    listen 127.0.0.1:$nginx_proxy ssl;
+    listen 127.0.0.1:$nginx_proxy ssl http2;
     ssl_certificate $work/chain.crt;
     ssl_certificate_key $work/tls.key;
     location / {
@@ -133,6 +143,27 @@ run_wrk() { # URL [extra wrk args] -> "rps p50_ms p99_ms"
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
 }
+run_h2load() { # URL [extra h2load args] -> "rps p50_ms p99_ms"
+  local url=$1; shift
+  local out log=$work/h2load.log
+  rm -f "$log"
+  out=$(h2load -t2 -c"$connections" -m1 -D "$duration" --log-file="$log" "$@" "$url" 2>&1) || { echo "0 0 0"; return; }
+  local rps
+  rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
+  # The log has a line a request: start (us), status, duration (us).
+  read -r p50 p99 < <(awk '{print $3}' "$log" | sort -n | awk '{v[NR]=$1} END {
+    if (NR == 0) { print "0 0"; exit }
+    i50 = int(NR * 0.50); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+    printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
+  echo "$rps $p50 $p99"
+}
+median() { # lines of "rps p50 p99" -> the median of each column
+  local col out=()
+  for col in 1 2 3; do
+    out+=("$(awk -v c="$col" '{print $c}' <<<"$1" | sort -g | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}')")
+  done
+  echo "${out[*]}"
+}
 to_ms() { # wrk prints 812.00us, 1.20ms or 2.01s
   local v=$1
   case "$v" in
@@ -155,6 +186,13 @@ start_interceptor() { # UPSTREAM_URL [SERVER_NAME] [CA] [EXTRA ARGS...]
   echo "bench: the interceptor did not become ready:" >&2; cat "$work/interceptor.log" >&2; exit 1
 }
 stop_interceptor() { kill "$icpt_pid"; wait "$icpt_pid" 2>/dev/null || true; }
+shipping_figures() { # -> "shipped dropped", once the last batch had time to go
+  sleep 2
+  curl -s "http://127.0.0.1:$admin/metrics" | awk '
+    /^apiwitness_interceptor_records_shipped_total / {s=$NF}
+    /^apiwitness_interceptor_records_dropped_total / {d=$NF}
+    END {printf "%d %d\n", s, d}'
+}
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 start_mitm() { # UPSTREAM_URL
@@ -176,19 +214,29 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   [ -n "$auth" ] && hdr=(-H "$auth")
   echo "bench: $label" >&2
   record "$label" direct "$(run_wrk "$upstream$path" "${hdr[@]}")"
-  start_interceptor "$upstream" "$name" "$ca"
-  record "$label" interceptor "$(run_wrk "https://127.0.0.1:$icpt$path" "${hdr[@]}")"
-  rss=$(peak_rss_mib "$icpt_pid")
-  record "$label" interceptor-peak-rss-mib "$rss"
-  stop_interceptor
-  start_interceptor "$upstream" "$name" "$ca" --upstream-http2 false
-  record "$label" "interceptor, HTTP/1.1 upstream" "$(run_wrk "https://127.0.0.1:$icpt$path" "${hdr[@]}")"
-  stop_interceptor
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
-  nginx -c "$work/nginx-proxy.conf"
-  sleep 0.3
-  record "$label" nginx "$(run_wrk "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")"
-  kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+  local client tool
+  for client in "HTTP/1.1" "HTTP/2"; do
+    tool=run_wrk
+    [ "$client" = HTTP/2 ] && tool=run_h2load
+    local icpt_runs="" nginx_runs="" rss=0 shipped=0 dropped=0 r
+    for r in $(seq 1 "$rounds"); do
+      start_interceptor "$upstream" "$name" "$ca"
+      icpt_runs+="$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")"$'\n'
+      rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
+      read -r s d < <(shipping_figures)
+      shipped=$((shipped + s)); dropped=$((dropped + d))
+      stop_interceptor
+      nginx -c "$work/nginx-proxy.conf"
+      sleep 0.3
+      nginx_runs+="$($tool "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")"$'\n'
+      kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+    done
+    record "$label, $client client" interceptor "$(median "${icpt_runs%$'\n'}")"
+    record "$label, $client client" nginx "$(median "${nginx_runs%$'\n'}")"
+    record "$label, $client client" interceptor-peak-rss-mib "$rss"
+    record "$label, $client client" interceptor-records "$shipped shipped, $dropped dropped"
+  done
   start_mitm "$upstream"
   record "$label" mitmproxy "$(run_wrk "https://127.0.0.1:$mitm$path" "${hdr[@]}")"
   stop_mitm
@@ -231,18 +279,21 @@ echo "| upstream | via | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx
 echo "|---|---|---:|---:|---:|---:|---:|"
 for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
-  [ "$via" = interceptor-peak-rss-mib ] && continue
+  case "$via" in interceptor-*) continue ;; esac
   read -r rps p50 p99 <<<"$figures"
-  base=$(printf '%s\n' "${results[@]}" | awk -F'|' -v l="$label" '$1==l && $2=="nginx" {print $3}')
+  # direct and mitmproxy (HTTP/1.1 clients) compare with nginx's HTTP/1.1 row.
+  base=$(printf '%s\n' "${results[@]}" | awk -F'|' -v l="$label" -v l1="$label, HTTP/1.1 client" \
+    '($1==l || $1==l1) && $2=="nginx" {print $3}')
   read -r nrps _ np99 <<<"${base:-0 0 0}"
   ratio=$(awk -v a="$rps" -v b="$nrps" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }')
   lat=$(awk -v a="$p99" -v b="$np99" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }')
   echo "| $label | $via | $rps | $p50 | $p99 | $ratio | $lat |"
 done
 echo
-echo "Interceptor peak RSS (MiB) under the load above:"
+echo "Interceptor peak RSS (MiB) under the load above, and the records it shipped and dropped (all rounds):"
 for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
-  [ "$via" = interceptor-peak-rss-mib ] && echo "- $label: $figures"
+  [ "$via" = interceptor-peak-rss-mib ] && echo "- $label: $figures MiB"
+  [ "$via" = interceptor-records ] && echo "  records: $figures"
 done
-echo "($workers cores; the interceptor and nginx with $proxy_workers worker(s) each; wrk -t2 -c$connections -d${duration}s)"
+echo "($workers cores; the interceptor and nginx with $proxy_workers worker(s) each; wrk -t2 -c$connections -d${duration}s and h2load -t2 -c$connections -m1 -D $duration; medians of $rounds rounds)"
