@@ -210,7 +210,8 @@ pub struct Config {
     /// Threads that serve connections. A sidecar shares its pod's CPU with
     /// the application, and on a node whose apiserver is busy every
     /// wake-up between threads costs: one thread spends about a seventh
-    /// less CPU per proxied request than two (docs/benchmarks.md).
+    /// less CPU per proxied request than two (docs/benchmarks.md). One
+    /// thread runs tokio's current-thread scheduler.
     #[arg(long, env = "APIWITNESS_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
