@@ -10,8 +10,9 @@
 #
 # Upstreams: a local TLS server (nginx serving 1 KiB and 64 KiB bodies), and
 # the real kube-apiserver of hack/cluster (a 1 KiB and a 64 KiB ConfigMap).
-# It also measures new TLS connections (Connection: close) and the
-# interceptor's peak RSS, and prints every figure with its ratio to nginx.
+# It also measures new TLS connections (Connection: close), the interceptor's
+# peak RSS, and the CPU the interceptor and nginx spend a request, and prints
+# every figure with its ratio to nginx.
 #
 #   hack/bench/interceptor.sh [--duration 10] [--connections 16] [--workers 1] [--rounds 3]
 #
@@ -157,9 +158,9 @@ run_h2load() { # URL [extra h2load args] -> "rps p50_ms p99_ms"
     printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
   echo "$rps $p50 $p99"
 }
-median() { # lines of "rps p50 p99" -> the median of each column
+median() { # lines of "rps p50 p99 cpu_us" -> the median of each column
   local col out=()
-  for col in 1 2 3; do
+  for col in 1 2 3 4; do
     out+=("$(awk -v c="$col" '{print $c}' <<<"$1" | sort -g | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}')")
   done
   echo "${out[*]}"
@@ -193,6 +194,17 @@ shipping_figures() { # -> "shipped dropped", once the last batch had time to go
     /^apiwitness_interceptor_records_dropped_total / {d=$NF}
     END {printf "%d %d\n", s, d}'
 }
+cpu_ticks() { # PID -> user+system clock ticks (1/100 s) of the process so far
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+nginx_worker_ticks() { # the proxy nginx's workers, together
+  local t=0 p
+  for p in $(pgrep -P "$(cat "$work/nginx-proxy.pid")"); do t=$((t + $(cpu_ticks "$p"))); done
+  echo "$t"
+}
+cpu_us_per_request() { # TICKS FIGURES("rps ...") -> µs of CPU a request
+  awk -v t="$1" -v r="${2%% *}" -v d="$duration" 'BEGIN { if (r > 0) printf "%.0f", t * 10000 / (r * d); else print "-" }'
+}
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 start_mitm() { # UPSTREAM_URL
@@ -219,17 +231,23 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   for client in "HTTP/1.1" "HTTP/2"; do
     tool=run_wrk
     [ "$client" = HTTP/2 ] && tool=run_h2load
-    local icpt_runs="" nginx_runs="" rss=0 shipped=0 dropped=0 r
+    local icpt_runs="" nginx_runs="" rss=0 shipped=0 dropped=0 r figures ticks
     for r in $(seq 1 "$rounds"); do
       start_interceptor "$upstream" "$name" "$ca"
-      icpt_runs+="$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")"$'\n'
+      ticks=$(cpu_ticks "$icpt_pid")
+      figures=$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")
+      ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+      icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
       read -r s d < <(shipping_figures)
       shipped=$((shipped + s)); dropped=$((dropped + d))
       stop_interceptor
       nginx -c "$work/nginx-proxy.conf"
       sleep 0.3
-      nginx_runs+="$($tool "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")"$'\n'
+      ticks=$(nginx_worker_ticks)
+      figures=$($tool "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")
+      ticks=$(($(nginx_worker_ticks) - ticks))
+      nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
     done
     record "$label, $client client" interceptor "$(median "${icpt_runs%$'\n'}")"
@@ -275,19 +293,19 @@ else
 fi
 
 echo
-echo "| upstream | via | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+echo "| upstream | via | req/s | p50 ms | p99 ms | CPU µs a request | req/s vs nginx | p99 vs nginx |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
   case "$via" in interceptor-*) continue ;; esac
-  read -r rps p50 p99 <<<"$figures"
+  read -r rps p50 p99 cpu <<<"$figures"
   # direct and mitmproxy (HTTP/1.1 clients) compare with nginx's HTTP/1.1 row.
   base=$(printf '%s\n' "${results[@]}" | awk -F'|' -v l="$label" -v l1="$label, HTTP/1.1 client" \
     '($1==l || $1==l1) && $2=="nginx" {print $3}')
   read -r nrps _ np99 <<<"${base:-0 0 0}"
   ratio=$(awk -v a="$rps" -v b="$nrps" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }')
   lat=$(awk -v a="$p99" -v b="$np99" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }')
-  echo "| $label | $via | $rps | $p50 | $p99 | $ratio | $lat |"
+  echo "| $label | $via | $rps | $p50 | $p99 | ${cpu:--} | $ratio | $lat |"
 done
 echo
 echo "Interceptor peak RSS (MiB) under the load above, and the records it shipped and dropped (all rounds):"
