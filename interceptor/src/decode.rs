@@ -4,7 +4,7 @@
 //! now) is kept as base64 beside its content type, so nothing is silently lost.
 
 use crate::capture::Captured;
-use apiwitness_record::{Body, BodyContent, WatchEvent, WatchEvents};
+use apiwitness_record::{Body, BodyContent, RawJson, WatchEvent, WatchEvents};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
@@ -30,22 +30,44 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// The record's body for a captured body, or `None` for an empty one.
+/// `keeps_text`: the redactor has nothing to do in a JSON body of this
+/// request unless a Secret is inside it, so such a body may stay text.
 pub fn body(
     captured: &Captured,
     content_type: Option<&str>,
     content_encoding: Option<&str>,
+    keeps_text: bool,
 ) -> Option<Body> {
     if captured.size == 0 && captured.bytes.is_empty() {
         return None;
     }
     let media = media_type(content_type);
-    let content = decode_bytes(&captured.bytes, &media, captured.truncated);
+    let raw =
+        (keeps_text && is_json(&media) && !captured.truncated && needs_no_tree(&captured.bytes))
+            .then(|| RawJson::parse(&captured.bytes))
+            .flatten();
+    let content = match raw {
+        Some(raw) => BodyContent::RawJson(raw),
+        None => decode_bytes(&captured.bytes, &media, captured.truncated),
+    };
     Some(Body {
         content,
         size: captured.size,
         truncated: captured.truncated,
         content_encoding: content_encoding.map(str::to_string),
     })
+}
+
+/// Whether a JSON body can be recorded as its text. The redactor looks for
+/// objects of kind Secret in every body, and `is_table` for a Table: where
+/// neither name is in the text as a JSON string, there is nothing for them
+/// to find. A `\u` escape could spell either name without showing it, and
+/// `protobuf` is the key of a protobuf payload the redactor may strip, so
+/// both send the body the long way too.
+fn needs_no_tree(bytes: &[u8]) -> bool {
+    [&b"\"Secret\""[..], b"\"Table\"", b"\"protobuf\"", b"\\u"]
+        .iter()
+        .all(|needle| memchr::memmem::find(bytes, needle).is_none())
 }
 
 fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
@@ -127,11 +149,59 @@ mod tests {
     }
 
     #[test]
+    fn json_that_needs_no_tree_stays_text_on_one_line() {
+        let json = |text: &'static [u8]| {
+            body(&captured(text, false), Some("application/json"), None, true)
+                .unwrap()
+                .content
+        };
+        let plain = json(b"{\"kind\":\"ConfigMap\",\"data\":{\"a\":\"b\"}}\n");
+        assert!(
+            matches!(&plain, BodyContent::RawJson(r) if r.text() == "{\"kind\":\"ConfigMap\",\"data\":{\"a\":\"b\"}}"),
+            "{plain:?}"
+        );
+        // Whatever the redactor or `is_table` must see goes the long way: a
+        // Secret by kind, a Table, a `\u` escape that could spell either, a
+        // protobuf payload; and so does a document over several lines.
+        for text in [
+            &b"{\"kind\":\"List\",\"items\":[{\"kind\":\"Secret\",\"data\":{\"k\":\"dg==\"}}]}"[..],
+            b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\"}",
+            b"{\"kind\":\"Secr\\u0065t\",\"data\":{\"k\":\"dg==\"}}",
+            b"{\"protobuf\":{\"kind\":\"Secret\"}}",
+            b"{\n  \"kind\": \"ConfigMap\"\n}",
+        ] {
+            assert!(
+                matches!(json(text), BodyContent::Json(_)),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // Not for a request whose bodies the redactor must walk, nor when cut.
+        let b = body(
+            &captured(b"{\"a\":1}", false),
+            Some("application/json"),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(b.content, BodyContent::Json(json!({"a": 1})));
+        let b = body(
+            &captured(b"{\"a\":", true),
+            Some("application/json"),
+            None,
+            true,
+        )
+        .unwrap();
+        assert_eq!(b.content, BodyContent::Text("{\"a\":".into()));
+    }
+
+    #[test]
     fn json_text_and_binary() {
         let b = body(
             &captured(b"{\"a\":1}", false),
             Some("application/json"),
             None,
+            false,
         )
         .unwrap();
         assert_eq!(b.content, BodyContent::Json(json!({"a": 1})));
@@ -139,6 +209,7 @@ mod tests {
             &captured(b"a: 1\n", false),
             Some("application/apply-patch+yaml"),
             None,
+            false,
         )
         .unwrap();
         assert_eq!(b.content, BodyContent::Text("a: 1\n".into()));
@@ -147,6 +218,7 @@ mod tests {
             &captured(b"k8s\0\x0a\x01", false),
             Some("application/vnd.kubernetes.protobuf"),
             None,
+            false,
         )
         .unwrap();
         assert_eq!(b.content, BodyContent::Base64("azhzAAoB".into()));
@@ -155,12 +227,13 @@ mod tests {
             &captured(b"{\"a\":", true),
             Some("application/json"),
             Some("gzip"),
+            false,
         )
         .unwrap();
         assert_eq!(b.content, BodyContent::Text("{\"a\":".into()));
         assert!(b.truncated);
         assert_eq!(b.content_encoding.as_deref(), Some("gzip"));
-        assert!(body(&Captured::default(), None, None).is_none());
+        assert!(body(&Captured::default(), None, None, false).is_none());
     }
 
     #[test]
@@ -188,6 +261,8 @@ mod tests {
             ),
             Some("application/json"),
             None,
+            // Even where the body could stay text, a Table is read.
+            true,
         )
         .unwrap();
         assert!(is_table(&b));

@@ -156,6 +156,7 @@ impl Recorder {
             raw.request_content_type.as_deref(),
         )
         .ok();
+        let keeps_text = parsed.as_ref().is_some_and(|p| self.redactor.keeps_text(p));
         let request_captured = Capture::take(&raw.request_body);
         self.metrics
             .bytes
@@ -163,8 +164,12 @@ impl Recorder {
                 direction: "request",
             })
             .inc_by(request_captured.size);
-        let mut request_body =
-            decode::body(&request_captured, raw.request_content_type.as_deref(), None);
+        let mut request_body = decode::body(
+            &request_captured,
+            raw.request_content_type.as_deref(),
+            None,
+            keeps_text,
+        );
 
         let mut response_body = None;
         let mut watch = None;
@@ -199,6 +204,7 @@ impl Recorder {
                     &captured,
                     raw.response_content_type.as_deref(),
                     raw.response_content_encoding.as_deref(),
+                    keeps_text,
                 );
             }
             if let Some(e) = captured.decode_error {

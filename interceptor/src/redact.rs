@@ -72,10 +72,26 @@ impl Redactor {
         Ok(Redactor { extra_pointers })
     }
 
+    /// Whether the JSON bodies of `request` may be kept as their text: no
+    /// Secret or token is redacted in them by their resource, and no extra
+    /// path is. (Whether a Secret is inside, by its kind, is for the text to
+    /// show: see `decode`.)
+    pub fn keeps_text(&self, request: &ApiRequest) -> bool {
+        self.extra_pointers.is_empty() && sensitivity(request) == Sensitive::No
+    }
+
     /// Redacts a captured body of `request` in place.
     pub fn body(&self, request: &ApiRequest, body: &mut Body) {
         let sensitive = sensitivity(request);
+        if let BodyContent::RawJson(raw) = &body.content
+            && !self.keeps_text(request)
+        {
+            body.content = BodyContent::Json(raw.to_value());
+        }
         match &mut body.content {
+            // Made only where `keeps_text` holds, of text that names no
+            // Secret: nothing in it to redact.
+            BodyContent::RawJson(_) => {}
             BodyContent::Json(value) => self.json(sensitive, value),
             BodyContent::Protobuf(pb) => {
                 // The metadata is kept; the payload goes where it may hold a secret.
@@ -242,6 +258,36 @@ mod tests {
             BodyContent::Json(v) => v,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn text_kept_for_a_sensitive_request_is_still_redacted() {
+        let secrets =
+            ApiRequest::parse("GET", "/api/v1/namespaces/ns/secrets/s", "", None).unwrap();
+        let configmaps =
+            ApiRequest::parse("GET", "/api/v1/namespaces/ns/configmaps/c", "", None).unwrap();
+        let r = Redactor::default();
+        assert!(!r.keeps_text(&secrets));
+        assert!(r.keeps_text(&configmaps));
+        assert!(
+            !Redactor::new(vec!["/data/x".into()])
+                .unwrap()
+                .keeps_text(&configmaps)
+        );
+        let mut body = Body {
+            content: BodyContent::RawJson(
+                apiwitness_record::RawJson::parse(br#"{"data":{"password":"aHVudGVyMg=="}}"#)
+                    .unwrap(),
+            ),
+            size: 36,
+            truncated: false,
+            content_encoding: None,
+        };
+        r.body(&secrets, &mut body);
+        assert_eq!(
+            body.content,
+            BodyContent::Json(json!({"data": {"password": marker(12)}}))
+        );
     }
 
     #[test]

@@ -7,6 +7,6 @@ pub mod request;
 
 pub use exchange::{
     Body, BodyContent, DropReport, Exchange, FORMAT_VERSION, Line, LineError, LineKind,
-    PodIdentity, ProtobufBody, WatchEvent, WatchEvents, WatchPart, WorkloadRef, kind_of,
+    PodIdentity, ProtobufBody, RawJson, WatchEvent, WatchEvents, WatchPart, WorkloadRef, kind_of,
 };
 pub use request::{ApiRequest, PatchType, RequestError, Verb};
