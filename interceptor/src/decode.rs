@@ -148,13 +148,26 @@ mod tests {
         }
     }
 
+    /// The content recorded for `bytes`, sent as `content_type`.
+    fn content(
+        bytes: &'static [u8],
+        truncated: bool,
+        content_type: &str,
+        keeps_text: bool,
+    ) -> BodyContent {
+        body(
+            &captured(bytes, truncated),
+            Some(content_type),
+            None,
+            keeps_text,
+        )
+        .unwrap()
+        .content
+    }
+
     #[test]
     fn json_that_needs_no_tree_stays_text_on_one_line() {
-        let json = |text: &'static [u8]| {
-            body(&captured(text, false), Some("application/json"), None, true)
-                .unwrap()
-                .content
-        };
+        let json = |text: &'static [u8]| content(text, false, "application/json", true);
         let plain = json(b"{\"kind\":\"ConfigMap\",\"data\":{\"a\":\"b\"}}\n");
         assert!(
             matches!(&plain, BodyContent::RawJson(r) if r.text() == "{\"kind\":\"ConfigMap\",\"data\":{\"a\":\"b\"}}"),
@@ -177,51 +190,36 @@ mod tests {
             );
         }
         // Not for a request whose bodies the redactor must walk, nor when cut.
-        let b = body(
-            &captured(b"{\"a\":1}", false),
-            Some("application/json"),
-            None,
-            false,
-        )
-        .unwrap();
-        assert_eq!(b.content, BodyContent::Json(json!({"a": 1})));
-        let b = body(
-            &captured(b"{\"a\":", true),
-            Some("application/json"),
-            None,
-            true,
-        )
-        .unwrap();
-        assert_eq!(b.content, BodyContent::Text("{\"a\":".into()));
+        assert_eq!(
+            content(b"{\"a\":1}", false, "application/json", false),
+            BodyContent::Json(json!({"a": 1}))
+        );
+        assert_eq!(
+            content(b"{\"a\":", true, "application/json", true),
+            BodyContent::Text("{\"a\":".into())
+        );
     }
 
     #[test]
     fn json_text_and_binary() {
-        let b = body(
-            &captured(b"{\"a\":1}", false),
-            Some("application/json"),
-            None,
-            false,
-        )
-        .unwrap();
-        assert_eq!(b.content, BodyContent::Json(json!({"a": 1})));
-        let b = body(
-            &captured(b"a: 1\n", false),
-            Some("application/apply-patch+yaml"),
-            None,
-            false,
-        )
-        .unwrap();
-        assert_eq!(b.content, BodyContent::Text("a: 1\n".into()));
+        assert_eq!(
+            content(b"{\"a\":1}", false, "application/json", false),
+            BodyContent::Json(json!({"a": 1}))
+        );
+        assert_eq!(
+            content(b"a: 1\n", false, "application/apply-patch+yaml", false),
+            BodyContent::Text("a: 1\n".into())
+        );
         // A protobuf body that is not Kubernetes' envelope stays base64.
-        let b = body(
-            &captured(b"k8s\0\x0a\x01", false),
-            Some("application/vnd.kubernetes.protobuf"),
-            None,
-            false,
-        )
-        .unwrap();
-        assert_eq!(b.content, BodyContent::Base64("azhzAAoB".into()));
+        assert_eq!(
+            content(
+                b"k8s\0\x0a\x01",
+                false,
+                "application/vnd.kubernetes.protobuf",
+                false
+            ),
+            BodyContent::Base64("azhzAAoB".into())
+        );
         // Truncated JSON is kept as the text it is.
         let b = body(
             &captured(b"{\"a\":", true),
