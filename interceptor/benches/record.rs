@@ -1,23 +1,27 @@
 //! Interceptor benchmark: what turning one captured body into its record line
 //! costs, as a JSON tree (parsed, walked by the redactor, written out again)
-//! and as the text it came in, for a body that needs no redaction. Both run
-//! in the same process on the same bodies. Not a test: it prints figures.
+//! and as the text it came in, for a body that needs no redaction; and what
+//! compressing a batch of record lines costs, with gzip (the baseline) and
+//! zstd. Each pair runs in the same process on the same data. Not a test: it
+//! prints figures.
 //!
 //!   cargo bench -p apiwitness-interceptor --bench record
 
 use apiwitness_interceptor::capture::Captured;
 use apiwitness_interceptor::decode;
 use apiwitness_interceptor::redact::Redactor;
+use apiwitness_interceptor::ship::{ShipEncoding, encode_batch};
 use apiwitness_record::ApiRequest;
+use apiwitness_record::PodIdentity;
 use bytes::Bytes;
 use std::time::Instant;
 
 /// Base64 of pseudo-random bytes, as in `hack/bench/interceptor.sh`'s
 /// ConfigMaps: the hardest case for compression, and a long string to
 /// escape.
-fn base64_of_noise(len: usize) -> String {
+fn base64_of_noise(len: usize, seed: u64) -> String {
     use base64::Engine;
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0xff51_afd7_ed55_8ccd);
     let bytes: Vec<u8> = (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -56,6 +60,28 @@ fn per_body(
     started.elapsed().as_secs_f64() * 1e6 / rounds as f64
 }
 
+/// Microseconds and compressed bytes for one batch.
+fn per_batch(lines: &[String], encoding: ShipEncoding) -> (f64, usize) {
+    let bytes: usize = lines.iter().map(String::len).sum();
+    let rounds = (100_000_000 / bytes.max(1)).clamp(20, 10_000);
+    let pod = PodIdentity::default();
+    let started = Instant::now();
+    let mut size = 0;
+    for _ in 0..rounds {
+        size = encode_batch(&pod, lines, None, encoding).len();
+    }
+    (started.elapsed().as_secs_f64() * 1e6 / rounds as f64, size)
+}
+
+/// A record line with `body` as its response, as the recorder writes it.
+fn record_line(n: usize, body: &Bytes) -> String {
+    format!(
+        "{{\"kind\":\"exchange\",\"format\":2,\"id\":\"0193a1b2-0000-7000-8000-{n:012}\",\"pod\":{{\"namespace\":\"apiwitness-bench\",\"name\":\"bench-7d9f8-x2v4q\"}},\"started_at\":\"2026-12-01T01:00:00.000001Z\",\"duration_us\":812,\"method\":\"GET\",\"path\":\"/api/v1/namespaces/apiwitness-bench/configmaps/large\",\"status\":200,\"user_agent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\",\"response_content_type\":\"application/json\",\"response_body\":{{\"json\":{},\"size\":{}}}}}",
+        std::str::from_utf8(body.trim_ascii()).expect("UTF-8"),
+        body.len()
+    )
+}
+
 fn main() {
     let request = ApiRequest::parse(
         "GET",
@@ -68,7 +94,7 @@ fn main() {
     assert!(redactor.keeps_text(&request));
     println!("apiwitness interceptor benchmark: a captured JSON body to its record");
     for (label, value_bytes) in [("1 KiB", 768), ("64 KiB", 49_152)] {
-        let bytes = config_map(&base64_of_noise(value_bytes));
+        let bytes = config_map(&base64_of_noise(value_bytes, 0));
         let captured = Captured {
             size: bytes.len() as u64,
             bytes,
@@ -81,6 +107,27 @@ fn main() {
             "ConfigMap {label:>6} ({} bytes): as a tree {tree:7.1} µs, as its text {text:7.1} µs: {:.2}x",
             captured.bytes.len(),
             tree / text
+        );
+    }
+    println!("a batch of record lines, compressed for shipping");
+    for (label, value_bytes, records) in [
+        ("1 KiB ConfigMaps", 768, 180),
+        ("64 KiB ConfigMaps", 49_152, 4),
+    ] {
+        // Each record its own data: the same body again would compress to
+        // a reference to the first.
+        let lines: Vec<String> = (0..records)
+            .map(|n| record_line(n, &config_map(&base64_of_noise(value_bytes, n as u64 + 1))))
+            .collect();
+        let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        let (gzip_us, gzip_size) = per_batch(&lines, ShipEncoding::Gzip);
+        let (zstd_us, zstd_size) = per_batch(&lines, ShipEncoding::Zstd);
+        let rate = |us: f64| bytes as f64 / us;
+        println!(
+            "{records:>3} x {label:<17} ({bytes} bytes): gzip {gzip_us:7.0} µs ({:5.0} MB/s, {gzip_size} bytes), zstd {zstd_us:7.0} µs ({:5.0} MB/s, {zstd_size} bytes): {:.2}x",
+            rate(gzip_us),
+            rate(zstd_us),
+            gzip_us / zstd_us
         );
     }
 }
