@@ -30,22 +30,25 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// The record's body for a captured body, or `None` for an empty one.
-/// `keeps_text`: the redactor has nothing to do in a JSON body of this
-/// request unless a Secret is inside it, so such a body may stay text.
+/// `nothing_to_redact`: whether the redactor would leave a JSON body with
+/// this text as it is (`Redactor::has_nothing_to_redact`), so that it may
+/// stay text.
 pub fn body(
     captured: &Captured,
     content_type: Option<&str>,
     content_encoding: Option<&str>,
-    keeps_text: bool,
+    nothing_to_redact: &dyn Fn(&[u8]) -> bool,
 ) -> Option<Body> {
     if captured.size == 0 && captured.bytes.is_empty() {
         return None;
     }
     let media = media_type(content_type);
-    let raw =
-        (keeps_text && is_json(&media) && !captured.truncated && needs_no_tree(&captured.bytes))
-            .then(|| RawJson::parse(&captured.bytes))
-            .flatten();
+    let raw = (is_json(&media)
+        && !captured.truncated
+        && cannot_be_a_table(&captured.bytes)
+        && nothing_to_redact(&captured.bytes))
+    .then(|| RawJson::parse(&captured.bytes))
+    .flatten();
     let content = match raw {
         Some(raw) => BodyContent::RawJson(raw),
         None => decode_bytes(&captured.bytes, &media, captured.truncated),
@@ -58,14 +61,10 @@ pub fn body(
     })
 }
 
-/// Whether a JSON body can be recorded as its text. The redactor looks for
-/// objects of kind Secret in every body, and `is_table` for a Table: where
-/// neither name is in the text as a JSON string, there is nothing for them
-/// to find. A `\u` escape could spell either name without showing it, and
-/// `protobuf` is the key of a protobuf payload the redactor may strip, so
-/// both send the body the long way too.
-fn needs_no_tree(bytes: &[u8]) -> bool {
-    [&b"\"Secret\""[..], b"\"Table\"", b"\"protobuf\"", b"\\u"]
+/// Whether `is_table` has nothing to find in a JSON body: "Table" is not in
+/// its text as a JSON string, nor could a `\u` escape spell it.
+fn cannot_be_a_table(bytes: &[u8]) -> bool {
+    [&b"\"Table\""[..], b"\\u"]
         .iter()
         .all(|needle| memchr::memmem::find(bytes, needle).is_none())
 }
@@ -136,6 +135,8 @@ pub fn is_table(body: &Body) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redact::Redactor;
+    use apiwitness_record::ApiRequest;
     use serde_json::json;
 
     fn captured(bytes: &'static [u8], truncated: bool) -> Captured {
@@ -148,18 +149,25 @@ mod tests {
         }
     }
 
-    /// The content recorded for `bytes`, sent as `content_type`.
+    /// The content recorded for `bytes`, sent as `content_type` in a GET of
+    /// a ConfigMap; `keeps_text`: with the redactor's judgement of its text,
+    /// or as for a request whose bodies the redactor must walk.
     fn content(
         bytes: &'static [u8],
         truncated: bool,
         content_type: &str,
         keeps_text: bool,
     ) -> BodyContent {
+        let request =
+            ApiRequest::parse("GET", "/api/v1/namespaces/ns/configmaps/c", "", None).unwrap();
+        let redactor = Redactor::default();
+        let nothing_to_redact =
+            |text: &[u8]| keeps_text && redactor.has_nothing_to_redact(&request, text);
         body(
             &captured(bytes, truncated),
             Some(content_type),
             None,
-            keeps_text,
+            &nothing_to_redact,
         )
         .unwrap()
         .content
@@ -225,13 +233,13 @@ mod tests {
             &captured(b"{\"a\":", true),
             Some("application/json"),
             Some("gzip"),
-            false,
+            &|_| false,
         )
         .unwrap();
         assert_eq!(b.content, BodyContent::Text("{\"a\":".into()));
         assert!(b.truncated);
         assert_eq!(b.content_encoding.as_deref(), Some("gzip"));
-        assert!(body(&Captured::default(), None, None, false).is_none());
+        assert!(body(&Captured::default(), None, None, &|_| false).is_none());
     }
 
     #[test]
@@ -259,8 +267,8 @@ mod tests {
             ),
             Some("application/json"),
             None,
-            // Even where the body could stay text, a Table is read.
-            true,
+            // Even where the redactor would keep the text, a Table is read.
+            &|_| true,
         )
         .unwrap();
         assert!(is_table(&b));

@@ -156,7 +156,11 @@ impl Recorder {
             raw.request_content_type.as_deref(),
         )
         .ok();
-        let keeps_text = parsed.as_ref().is_some_and(|p| self.redactor.keeps_text(p));
+        let nothing_to_redact = |text: &[u8]| {
+            parsed
+                .as_ref()
+                .is_some_and(|p| self.redactor.has_nothing_to_redact(p, text))
+        };
         let request_captured = Capture::take(&raw.request_body);
         self.metrics
             .bytes
@@ -168,7 +172,7 @@ impl Recorder {
             &request_captured,
             raw.request_content_type.as_deref(),
             None,
-            keeps_text,
+            &nothing_to_redact,
         );
 
         let mut response_body = None;
@@ -204,7 +208,7 @@ impl Recorder {
                     &captured,
                     raw.response_content_type.as_deref(),
                     raw.response_content_encoding.as_deref(),
-                    keeps_text,
+                    &nothing_to_redact,
                 );
             }
             if let Some(e) = captured.decode_error {

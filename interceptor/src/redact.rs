@@ -72,11 +72,20 @@ impl Redactor {
         Ok(Redactor { extra_pointers })
     }
 
-    /// Whether the JSON bodies of `request` may be kept as their text: no
-    /// Secret or token is redacted in them by their resource, and no extra
-    /// path is. (Whether a Secret is inside, by its kind, is for the text to
-    /// show: see `decode`.)
-    pub fn keeps_text(&self, request: &ApiRequest) -> bool {
+    /// Whether a JSON body of `request` with this text would leave the
+    /// redactor as it came, so that it may be recorded as its text: nothing
+    /// is redacted in it by its resource (a Secret's, a token's) or by an
+    /// extra path, and no object of kind Secret is in it, since "Secret" is
+    /// not in the text as a JSON string, nor could a `\u` escape spell it.
+    /// Nor is a protobuf payload (its key, `protobuf`) to strip.
+    pub fn has_nothing_to_redact(&self, request: &ApiRequest, text: &[u8]) -> bool {
+        self.redacts_nothing_by_request(request)
+            && [&b"\"Secret\""[..], b"\"protobuf\"", b"\\u"]
+                .iter()
+                .all(|needle| memchr::memmem::find(text, needle).is_none())
+    }
+
+    fn redacts_nothing_by_request(&self, request: &ApiRequest) -> bool {
         self.extra_pointers.is_empty() && sensitivity(request) == Sensitive::No
     }
 
@@ -84,13 +93,12 @@ impl Redactor {
     pub fn body(&self, request: &ApiRequest, body: &mut Body) {
         let sensitive = sensitivity(request);
         if let BodyContent::RawJson(raw) = &body.content
-            && !self.keeps_text(request)
+            && !self.redacts_nothing_by_request(request)
         {
             body.content = BodyContent::Json(raw.to_value());
         }
         match &mut body.content {
-            // Made only where `keeps_text` holds, of text that names no
-            // Secret: nothing in it to redact.
+            // Made only of text `has_nothing_to_redact` passed.
             BodyContent::RawJson(_) => {}
             BodyContent::Json(value) => self.json(sensitive, value),
             BodyContent::Protobuf(pb) => {
@@ -267,12 +275,13 @@ mod tests {
         let configmaps =
             ApiRequest::parse("GET", "/api/v1/namespaces/ns/configmaps/c", "", None).unwrap();
         let r = Redactor::default();
-        assert!(!r.keeps_text(&secrets));
-        assert!(r.keeps_text(&configmaps));
+        let text = br#"{"data":{"a":"b"}}"#;
+        assert!(!r.has_nothing_to_redact(&secrets, text));
+        assert!(r.has_nothing_to_redact(&configmaps, text));
         assert!(
             !Redactor::new(vec!["/data/x".into()])
                 .unwrap()
-                .keeps_text(&configmaps)
+                .has_nothing_to_redact(&configmaps, text)
         );
         let mut body = Body {
             content: BodyContent::RawJson(
