@@ -243,6 +243,37 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
     secs
 }
 
+/// Where the bytes of a store go: writing them is most of what ingest
+/// costs (each page is written to the WAL, then checkpointed).
+fn print_what_is_stored(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).expect("sqlite");
+    let (versions, objects, documents): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(object)), 0), COALESCE(SUM(LENGTH(doc)), 0) FROM versions",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("versions");
+    println!(
+        "  stored: {versions} distinct versions, with {:.0} MB of objects and {:.0} MB of documents",
+        objects as f64 / 1e6,
+        documents as f64 / 1e6,
+    );
+    // SQLite's own account of its pages, table by table, where built in.
+    let Ok(mut pages) = conn.prepare(
+        "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name HAVING SUM(pgsize) > 1000000 ORDER BY 2 DESC",
+    ) else {
+        return;
+    };
+    let tables: Vec<String> = pages
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .expect("dbstat")
+        .filter_map(Result::ok)
+        .map(|(name, bytes)| format!("{name} {:.0} MB", bytes as f64 / 1e6))
+        .collect();
+    println!("  pages: {}", tables.join(", "));
+}
+
 /// As the aggregator ingests under load: `senders` interceptors post at once,
 /// each batch is parsed on the runtime's threads (as the HTTP handler does),
 /// and the committer stores the batches that wait together, one commit each
@@ -353,6 +384,7 @@ fn main() {
         on_disk as f64 / 1e6,
         on_disk as f64 / records as f64
     );
+    print_what_is_stored(&sqlite_path);
     ingest_concurrently(sqlite.clone(), records, 8);
     if let Ok(url) = std::env::var("APIWITNESS_BENCH_POSTGRES_URL") {
         let pg = store::open(&url).expect("postgres store");

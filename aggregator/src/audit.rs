@@ -125,7 +125,8 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
     };
     let id = format!("audit:{}", event.audit_id);
     let status = event.response_status.as_ref().map(|s| s.code).unwrap_or(0);
-    let found = versions_of(&event, &id, method, path, query, status, &namespace, &pod);
+    let found = versions_of(&event, &id, method, path, query, status, &namespace, &pod)
+        .map_err(|e| format!("encoding a version: {e}"))?;
     Ok(Some(IngestItem {
         id,
         started_at: event.request_received_timestamp.unwrap_or("").to_string(),
@@ -143,12 +144,7 @@ fn item_of(event: Event<'_>, line_number: usize) -> Result<Option<IngestItem>, S
         line_number,
         fields: crate::fields::written_fields(method, event.request_object.as_ref()),
         later_part: false,
-        versions: found
-            .versions
-            .into_iter()
-            .map(crate::store::EncodedVersion::new)
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?,
+        versions: found.versions,
         attempts: found.attempts,
     }))
 }
@@ -165,10 +161,10 @@ fn versions_of(
     status: u16,
     namespace: &str,
     pod: &str,
-) -> crate::provenance::extract::Found {
+) -> Result<crate::provenance::extract::Found, serde_json::Error> {
     use apiwitness_record::{Body, BodyContent, Exchange, PodIdentity};
     if event.response_object.is_none() && event.request_object.is_none() {
-        return Default::default();
+        return Ok(Default::default());
     }
     let secrets = event
         .object_ref

@@ -2,8 +2,8 @@
 //! A bad line gets an error naming its line number; the valid lines of the
 //! same batch are still stored.
 
-use crate::store::{EncodedVersion, IngestItem, StoreError};
-use apiwitness_record::{ApiRequest, BodyContent, DropReport, Exchange};
+use crate::store::{IngestItem, StoreError};
+use apiwitness_record::{ApiRequest, DropReport, Exchange};
 use std::io::Read;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -133,11 +133,11 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
 
 /// The fields a write's JSON object body set (field coverage).
 fn fields_of(exchange: &Exchange) -> Vec<String> {
-    let body = match exchange.request_body.as_ref().map(|b| &b.content) {
-        Some(BodyContent::Json(body)) => Some(body),
-        _ => None,
-    };
-    crate::fields::written_fields(&exchange.method, body)
+    let body = exchange
+        .request_body
+        .as_ref()
+        .and_then(|b| b.content.json());
+    crate::fields::written_fields(&exchange.method, body.as_deref())
 }
 
 /// What ingest stores of one exchange: its keys, the operations it counts
@@ -160,14 +160,10 @@ fn item_of(mut e: Exchange, line: String, line_number: usize) -> Result<IngestIt
     };
     let fields = fields_of(&e);
     let found = match &request {
-        Ok(r) => crate::provenance::extract::from_request(&mut e, r),
+        Ok(r) => crate::provenance::extract::from_request(&mut e, r)
+            .map_err(|e| StoreError::Invalid(format!("encoding a version: {e}")))?,
         Err(_) => Default::default(),
     };
-    let versions = found
-        .versions
-        .into_iter()
-        .map(EncodedVersion::new)
-        .collect::<Result<_, _>>()?;
     Ok(IngestItem {
         client: client_of(e.user_agent.as_deref()),
         workload: e
@@ -188,7 +184,7 @@ fn item_of(mut e: Exchange, line: String, line_number: usize) -> Result<IngestIt
         line_number,
         fields,
         later_part: e.part.as_ref().is_some_and(|p| p.index > 0),
-        versions,
+        versions: found.versions,
         attempts: found.attempts,
     })
 }

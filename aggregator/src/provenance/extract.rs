@@ -4,14 +4,16 @@
 //! or watch. Dry runs, Tables and refused writes are not versions; a refused
 //! write is an [`Attempt`].
 
-use super::{Attempt, Source, TOMBSTONE_RV, Version, Who};
+use super::text::{ListDefaults, ListText, is_canonical, read_canonical_object};
+use super::{Attempt, EncodedVersion, Source, TOMBSTONE_RV, Version, Who};
 use apiwitness_record::{ApiRequest, Body, BodyContent, Exchange, PatchType, Verb};
 use serde_json::Value;
+use std::borrow::Cow;
 
-/// What [`from_exchange`] found.
+/// What [`from_exchange`] found: versions encoded as the store writes them.
 #[derive(Debug, Default, PartialEq)]
 pub struct Found {
-    pub versions: Vec<Version>,
+    pub versions: Vec<EncodedVersion>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -63,6 +65,66 @@ impl Context<'_> {
             object: Some(object),
         })
     }
+
+    /// A version read from its object's text, which is kept as it came
+    /// (less managedFields); `None` where the tree must decide. The text is
+    /// known to be canonical ([`super::text::is_canonical`]).
+    fn version_of_canonical_text(
+        &self,
+        text: &str,
+        list: Option<ListDefaults<'_>>,
+        verb: &str,
+        source: Source,
+    ) -> Option<Result<EncodedVersion, serde_json::Error>> {
+        let object = read_canonical_object(text, list)?;
+        let version = Version {
+            group: self.request.group.clone(),
+            resource: self.request.resource.clone(),
+            kind: object.kind,
+            api_version: object.api_version,
+            namespace: object.namespace.if_empty(&self.request.namespace),
+            name: object.name.unwrap_or_else(|| self.request.name.clone()),
+            uid: object.uid,
+            resource_version: object.resource_version,
+            generation: object.generation,
+            time: self.exchange.started_at.clone(),
+            verb: verb.to_string(),
+            source,
+            deleted: false,
+            partial: false,
+            who: self.who.clone(),
+            record: self.exchange.id.clone(),
+            object: None,
+        };
+        Some(EncodedVersion::with_text(version, object.text))
+    }
+
+    /// The version of a whole body: from its text where it can be read
+    /// there, else from its tree.
+    fn version_of_body(
+        &self,
+        body: &mut Option<Body>,
+        verb: &str,
+        source: Source,
+    ) -> Result<Option<EncodedVersion>, serde_json::Error> {
+        if let Some(text) = json_text(body).filter(|t| is_canonical(t.as_bytes())) {
+            if let Some(version) = self.version_of_canonical_text(text, None, verb, source) {
+                return version.map(Some);
+            }
+        }
+        take_object(body)
+            .and_then(|(object, partial)| self.version(object, verb, source, partial))
+            .map(EncodedVersion::new)
+            .transpose()
+    }
+}
+
+/// The text of a whole JSON body, as it came.
+fn json_text(body: &Option<Body>) -> Option<&str> {
+    match body.as_ref().filter(|b| !b.truncated).map(|b| &b.content) {
+        Some(BodyContent::RawJson(raw)) => Some(raw.text()),
+        _ => None,
+    }
 }
 
 trait IfEmpty {
@@ -89,6 +151,9 @@ fn take_object(body: &mut Option<Body>) -> Option<(Value, bool)> {
     }
     match &mut body.content {
         BodyContent::Json(v) if v.is_object() => Some((v.take(), false)),
+        BodyContent::RawJson(raw) => Some(raw.to_value())
+            .filter(Value::is_object)
+            .map(|v| (v, false)),
         BodyContent::Protobuf(p) => {
             let mut object = serde_json::json!({"apiVersion": p.api_version, "kind": p.kind});
             if let Some(m) = p.metadata.take() {
@@ -108,12 +173,9 @@ fn take_object(body: &mut Option<Body>) -> Option<(Value, bool)> {
     }
 }
 
-/// A body's JSON object, read in place.
-fn object_in(body: &Option<Body>) -> Option<&Value> {
-    match &body.as_ref()?.content {
-        BodyContent::Json(v) if v.is_object() => Some(v),
-        _ => None,
-    }
+/// A body's JSON object.
+fn object_in(body: &Option<Body>) -> Option<Cow<'_, Value>> {
+    body.as_ref()?.content.json().filter(|v| v.is_object())
 }
 
 fn query_value(query: &str, key: &str) -> Option<String> {
@@ -131,7 +193,7 @@ fn percent_decode(v: &str) -> String {
 
 /// The versions and attempts of one exchange. The objects of its response
 /// body and watch events move into the versions.
-pub fn from_exchange(exchange: &mut Exchange) -> Found {
+pub fn from_exchange(exchange: &mut Exchange) -> Result<Found, serde_json::Error> {
     match ApiRequest::parse(
         &exchange.method,
         &exchange.path,
@@ -139,15 +201,19 @@ pub fn from_exchange(exchange: &mut Exchange) -> Found {
         exchange.request_content_type.as_deref(),
     ) {
         Ok(request) => from_request(exchange, &request),
-        Err(_) => Found::default(),
+        Err(_) => Ok(Found::default()),
     }
 }
 
 /// [`from_exchange`], for a caller that has parsed the request already.
-pub fn from_request(exchange: &mut Exchange, request: &ApiRequest) -> Found {
+/// Fails only where a version cannot be encoded as JSON text.
+pub fn from_request(
+    exchange: &mut Exchange,
+    request: &ApiRequest,
+) -> Result<Found, serde_json::Error> {
     let mut found = Found::default();
     if !request.is_resource_request || request.dry_run || exchange.table || exchange.status == 0 {
-        return found;
+        return Ok(found);
     }
     let mut response = exchange.response_body.take();
     let watch = exchange.watch.take();
@@ -163,6 +229,7 @@ pub fn from_request(exchange: &mut Exchange, request: &ApiRequest) -> Found {
         request,
         who,
     };
+    let encoded = |v: Option<Version>| v.map(EncodedVersion::new).transpose();
     let ok = (200..300).contains(&exchange.status);
     let write_verb = match request.verb {
         Verb::Create => Some("create"),
@@ -180,35 +247,59 @@ pub fn from_request(exchange: &mut Exchange, request: &ApiRequest) -> Found {
         };
         if !ok {
             found.attempts.push(attempt(&cx, &verb, &response));
-            return found;
+            return Ok(found);
         }
-        let Some((object, partial)) = take_object(&mut response) else {
-            return found;
-        };
         if request.verb == Verb::Delete {
-            found
-                .versions
-                .extend(tombstone(&cx, object, partial, &verb));
-        } else {
-            found
-                .versions
-                .extend(cx.version(object, &verb, Source::Write, partial));
-        }
-        return found;
-    }
-    if !ok {
-        return found;
-    }
-    match request.verb {
-        Verb::Get => {
             if let Some((object, partial)) = take_object(&mut response) {
                 found
                     .versions
-                    .extend(cx.version(object, "get", Source::Observed, partial));
+                    .extend(encoded(tombstone(&cx, object, partial, &verb))?);
             }
+        } else {
+            found
+                .versions
+                .extend(cx.version_of_body(&mut response, &verb, Source::Write)?);
+        }
+        return Ok(found);
+    }
+    if !ok {
+        return Ok(found);
+    }
+    match request.verb {
+        Verb::Get => {
+            found
+                .versions
+                .extend(cx.version_of_body(&mut response, "get", Source::Observed)?);
         }
         Verb::List => {
-            if let Some((mut list, partial)) = take_object(&mut response) {
+            if let Some(list) = json_text(&response).and_then(ListText::read) {
+                let item_kind = list.item_kind();
+                let api_version = list.defaults(&item_kind).api_version;
+                for item in list.items() {
+                    let text = cx.version_of_canonical_text(
+                        item.get(),
+                        Some(list.defaults(&item_kind)),
+                        "list",
+                        Source::Observed,
+                    );
+                    let version = match text {
+                        Some(version) => Some(version?),
+                        None => {
+                            let api_version = match api_version {
+                                Some(v) => serde_json::from_str(v.get())?,
+                                None => Value::Null,
+                            };
+                            let item = with_list_defaults(
+                                serde_json::from_str(item.get())?,
+                                &item_kind,
+                                &api_version,
+                            );
+                            encoded(cx.version(item, "list", Source::Observed, false))?
+                        }
+                    };
+                    found.versions.extend(version);
+                }
+            } else if let Some((mut list, partial)) = take_object(&mut response) {
                 let kind = list.get("kind").and_then(Value::as_str).unwrap_or_default();
                 let item_kind = kind.strip_suffix("List").unwrap_or(kind).to_string();
                 let api_version = list.get("apiVersion").cloned().unwrap_or(Value::Null);
@@ -216,45 +307,46 @@ pub fn from_request(exchange: &mut Exchange, request: &ApiRequest) -> Found {
                     Some(Value::Array(items)) => items,
                     _ => Vec::new(),
                 };
-                for mut item in items {
-                    // List items do not say what they are.
-                    if let Some(o) = item.as_object_mut() {
-                        o.entry("kind")
-                            .or_insert_with(|| Value::String(item_kind.clone()));
-                        o.entry("apiVersion").or_insert_with(|| api_version.clone());
-                    }
-                    found
-                        .versions
-                        .extend(cx.version(item, "list", Source::Observed, partial));
+                for item in items {
+                    let item = with_list_defaults(item, &item_kind, &api_version);
+                    found.versions.extend(encoded(cx.version(
+                        item,
+                        "list",
+                        Source::Observed,
+                        partial,
+                    ))?);
                 }
             }
         }
         Verb::Watch => {
             for event in watch.into_iter().flat_map(|w| w.events) {
-                match event.event_type.as_str() {
-                    "ADDED" | "MODIFIED" => {
-                        found.versions.extend(cx.version(
-                            event.object,
-                            "watch",
-                            Source::Observed,
-                            false,
-                        ));
-                    }
-                    "DELETED" => {
-                        if let Some(mut v) =
-                            cx.version(event.object, "watch", Source::Observed, false)
-                        {
-                            v.deleted = true;
-                            found.versions.push(v);
-                        }
-                    }
-                    _ => {}
-                }
+                let deleted = match event.event_type.as_str() {
+                    "ADDED" | "MODIFIED" => false,
+                    "DELETED" => true,
+                    _ => continue,
+                };
+                let version = cx
+                    .version(event.object, "watch", Source::Observed, false)
+                    .map(|mut v| {
+                        v.deleted = deleted;
+                        v
+                    });
+                found.versions.extend(encoded(version)?);
             }
         }
         _ => {}
     }
-    found
+    Ok(found)
+}
+
+/// List items do not say what they are: the list does.
+fn with_list_defaults(mut item: Value, item_kind: &str, api_version: &Value) -> Value {
+    if let Some(o) = item.as_object_mut() {
+        o.entry("kind")
+            .or_insert_with(|| Value::String(item_kind.to_string()));
+        o.entry("apiVersion").or_insert_with(|| api_version.clone());
+    }
+    item
 }
 
 /// A delete's answer: the object (its last state, or with a deletion
@@ -317,11 +409,10 @@ fn kind_of_resource_word(word: &str) -> String {
 fn attempt(cx: &Context<'_>, verb: &str, response: &Option<Body>) -> Attempt {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
     // What the refused request said it was, from its JSON or protobuf body.
-    let (kind, named) = match cx.exchange.request_body.as_ref().map(|b| &b.content) {
-        Some(BodyContent::Json(o)) if o.is_object() => {
-            (text(o.get("kind")), text(o.pointer("/metadata/name")))
-        }
-        Some(BodyContent::Protobuf(p)) => (
+    let content = cx.exchange.request_body.as_ref().map(|b| &b.content);
+    let (kind, named) = match (content, content.and_then(BodyContent::json)) {
+        (_, Some(o)) if o.is_object() => (text(o.get("kind")), text(o.pointer("/metadata/name"))),
+        (Some(BodyContent::Protobuf(p)), _) => (
             p.kind.clone(),
             text(p.metadata.as_ref().and_then(|m| m.get("name"))),
         ),
@@ -332,7 +423,11 @@ fn attempt(cx: &Context<'_>, verb: &str, response: &Option<Body>) -> Attempt {
     } else {
         cx.request.name.clone()
     };
-    let message = text(object_in(response).and_then(|o| o.get("message")));
+    let message = text(
+        object_in(response)
+            .as_deref()
+            .and_then(|o| o.get("message")),
+    );
     Attempt {
         group: cx.request.group.clone(),
         resource: cx.request.resource.clone(),
@@ -408,18 +503,52 @@ mod tests {
             "spec": {"replicas": replicas}})
     }
 
+    /// What an exchange shows, its bodies read both ways: as the text a
+    /// line holds (what ingest reads) and as trees. Both must find the same.
+    fn found(exchange: Exchange) -> Found {
+        let mut as_text = exchange.clone();
+        for body in [&mut as_text.request_body, &mut as_text.response_body]
+            .into_iter()
+            .flatten()
+        {
+            if let BodyContent::Json(v) = &body.content {
+                let text = serde_json::to_string(v).unwrap();
+                body.content = BodyContent::RawJson(
+                    apiwitness_record::RawJson::parse(text.as_bytes()).unwrap(),
+                );
+            }
+        }
+        let from_text = from_exchange(&mut as_text).unwrap();
+        let from_tree = from_exchange(&mut exchange.clone()).unwrap();
+        let decoded = |f: &Found| -> Vec<Version> {
+            f.versions.iter().map(|v| v.decoded().unwrap()).collect()
+        };
+        assert_eq!(decoded(&from_text), decoded(&from_tree));
+        assert_eq!(from_text.attempts, from_tree.attempts);
+        from_text
+    }
+
+    /// The versions an exchange shows, objects decoded.
+    fn versions(exchange: Exchange) -> Vec<Version> {
+        found(exchange)
+            .versions
+            .iter()
+            .map(|v| v.decoded().unwrap())
+            .collect()
+    }
+
     const PATH: &str = "/apis/postgrescontroller.kubeplus/v1/namespaces/shop/postgreses/client25";
 
     #[test]
     fn an_apply_is_a_write_version_with_its_field_manager() {
-        let found = from_exchange(&mut exchange(
+        let found = versions(exchange(
             "PATCH",
             PATH,
             "fieldManager=kubectl&force=true",
             200,
             Some(pg("12", 2)),
         ));
-        let v = &found.versions[0];
+        let v = &found[0];
         assert_eq!(
             (v.verb.as_str(), v.source, v.resource_version.as_str()),
             ("apply", Source::Write, "12")
@@ -440,7 +569,7 @@ mod tests {
     #[test]
     fn dry_runs_tables_and_refusals_are_not_versions() {
         assert_eq!(
-            from_exchange(&mut exchange(
+            found(exchange(
                 "PATCH",
                 PATH,
                 "dryRun=All",
@@ -451,8 +580,8 @@ mod tests {
         );
         let mut table = exchange("GET", PATH, "", 200, Some(pg("12", 2)));
         table.table = true;
-        assert_eq!(from_exchange(&mut table), Found::default());
-        let refused = from_exchange(&mut exchange(
+        assert_eq!(found(table), Found::default());
+        let refused = found(exchange(
             "PUT",
             PATH,
             "",
@@ -467,23 +596,23 @@ mod tests {
 
     #[test]
     fn a_status_write_belongs_to_the_parent() {
-        let found = from_exchange(&mut exchange(
+        let found = versions(exchange(
             "PUT",
             &format!("{PATH}/status"),
             "",
             200,
             Some(pg("14", 2)),
         ));
-        assert_eq!(found.versions[0].verb, "update status");
-        assert_eq!(found.versions[0].name, "client25");
+        assert_eq!(found[0].verb, "update status");
+        assert_eq!(found[0].name, "client25");
     }
 
     #[test]
     fn a_custom_resources_delete_is_a_tombstone_from_its_status() {
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Success",
             "details": {"name": "client25", "group": "postgrescontroller.kubeplus", "kind": "postgreses", "uid": "u1"}});
-        let found = from_exchange(&mut exchange("DELETE", PATH, "", 200, Some(status)));
-        let v = &found.versions[0];
+        let found = versions(exchange("DELETE", PATH, "", 200, Some(status)));
+        let v = &found[0];
         assert!(v.deleted);
         assert_eq!(
             (v.uid.as_str(), v.resource_version.as_str(), v.verb.as_str()),
@@ -497,26 +626,26 @@ mod tests {
         let mut held = pg("20", 2);
         held["metadata"]["deletionTimestamp"] = json!("2026-11-30T10:00:01Z");
         held["metadata"]["finalizers"] = json!(["keep"]);
-        let found = from_exchange(&mut exchange("DELETE", PATH, "", 200, Some(held)));
-        assert!(!found.versions[0].deleted);
-        let found = from_exchange(&mut exchange("DELETE", PATH, "", 200, Some(pg("21", 2))));
-        assert!(found.versions[0].deleted);
+        let found = versions(exchange("DELETE", PATH, "", 200, Some(held)));
+        assert!(!found[0].deleted);
+        let found = versions(exchange("DELETE", PATH, "", 200, Some(pg("21", 2))));
+        assert!(found[0].deleted);
     }
 
     #[test]
     fn lists_and_watches_are_observations() {
         let list = json!({"kind": "PostgresList", "apiVersion": "postgrescontroller.kubeplus/v1", "metadata": {"resourceVersion": "30"},
             "items": [{"metadata": {"name": "a", "uid": "ua", "resourceVersion": "3"}}, {"metadata": {"name": "b", "uid": "ub", "resourceVersion": "4"}}]});
-        let found = from_exchange(&mut exchange(
+        let found = versions(exchange(
             "GET",
             "/apis/postgrescontroller.kubeplus/v1/namespaces/shop/postgreses",
             "",
             200,
             Some(list),
         ));
-        assert_eq!(found.versions.len(), 2);
+        assert_eq!(found.len(), 2);
         assert_eq!(
-            (found.versions[1].kind.as_str(), found.versions[1].source),
+            (found[1].kind.as_str(), found[1].source),
             ("Postgres", Source::Observed)
         );
         let mut watch = exchange(
@@ -543,25 +672,22 @@ mod tests {
             ],
             cut: 0,
         });
-        let found = from_exchange(&mut watch);
-        assert_eq!(found.versions.len(), 2);
-        assert!(!found.versions[0].deleted && found.versions[1].deleted);
-        assert_eq!(found.versions[0].verb, "watch");
+        let found = versions(watch);
+        assert_eq!(found.len(), 2);
+        assert!(!found[0].deleted && found[1].deleted);
+        assert_eq!(found[0].verb, "watch");
     }
 
     #[test]
     fn a_write_beats_an_observation_of_the_same_state() {
-        let mut seen = from_exchange(&mut exchange("GET", PATH, "", 200, Some(pg("12", 2))))
-            .versions
-            .remove(0);
-        let written = from_exchange(&mut exchange(
+        let mut seen = versions(exchange("GET", PATH, "", 200, Some(pg("12", 2)))).remove(0);
+        let written = versions(exchange(
             "PATCH",
             PATH,
             "fieldManager=ctl",
             200,
             Some(pg("12", 2)),
         ))
-        .versions
         .remove(0);
         seen.merge(written);
         assert_eq!((seen.source, seen.verb.as_str()), (Source::Write, "apply"));

@@ -7,6 +7,7 @@
 //! - [`path`]: field paths, as JSON Pointers or dotted paths with list
 //!   items by merge key;
 //! - [`probe`]: one field read from an object's JSON text, for bisect;
+//! - [`text`]: a version read from its object's JSON text, for ingest;
 //! - [`yaml`]: YAML text and unified diffs of it.
 //!
 //! Versions are extracted at ingest, in the same transaction as their
@@ -16,6 +17,7 @@ pub mod extract;
 pub mod history;
 pub mod path;
 pub mod probe;
+pub mod text;
 pub mod yaml;
 
 use serde::{Deserialize, Serialize};
@@ -82,6 +84,58 @@ pub struct Version {
     /// came as a Status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<Value>,
+}
+
+/// A version as a store writes it: its document (the version without its
+/// object) and its object, each as JSON text. Ingest encodes them where it
+/// parses the record, on the request's thread, so the one thread that
+/// writes to the store only writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedVersion {
+    /// Without its object, which is `object`.
+    pub version: Version,
+    /// `version` as stored.
+    pub document: String,
+    /// Compact JSON, as bisect's text search expects it
+    /// ([`path::FieldPath::needles`]), without managedFields.
+    pub object: Option<String>,
+}
+
+impl EncodedVersion {
+    /// Encodes a version and its object tree. The object is taken out
+    /// rather than copied: it is most of the bytes ingest stores.
+    pub fn new(mut version: Version) -> Result<EncodedVersion, serde_json::Error> {
+        let object = version.object.take();
+        Ok(EncodedVersion {
+            document: serde_json::to_string(&version)?,
+            object: object.as_ref().map(serde_json::to_string).transpose()?,
+            version,
+        })
+    }
+
+    /// A version whose object is already compact JSON text.
+    pub fn with_text(
+        version: Version,
+        object: String,
+    ) -> Result<EncodedVersion, serde_json::Error> {
+        debug_assert!(version.object.is_none());
+        Ok(EncodedVersion {
+            document: serde_json::to_string(&version)?,
+            object: Some(object),
+            version,
+        })
+    }
+
+    /// The version with its object decoded.
+    pub fn decoded(&self) -> Result<Version, serde_json::Error> {
+        let mut version = self.version.clone();
+        version.object = self
+            .object
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()?;
+        Ok(version)
+    }
 }
 
 /// A write that the apiserver refused: it changed nothing.

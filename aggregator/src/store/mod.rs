@@ -54,29 +54,8 @@ pub struct IngestItem {
     pub attempts: Vec<crate::provenance::Attempt>,
 }
 
-/// A version as a store writes it: its document and its object already
-/// encoded. Ingest encodes them where it parses the record, on the request's
-/// thread, so the one thread that writes to the store only writes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EncodedVersion {
-    /// Without its object, which is `object`.
-    pub version: Version,
-    /// `version` as stored.
-    pub document: String,
-    /// Compact JSON, as bisect's text search expects it.
-    pub object: Option<String>,
-}
-
-impl EncodedVersion {
-    pub fn new(mut version: Version) -> Result<EncodedVersion, StoreError> {
-        let (document, object) = split(&mut version)?;
-        Ok(EncodedVersion {
-            version,
-            document,
-            object,
-        })
-    }
-}
+/// A version as a store writes it (see [`crate::provenance::EncodedVersion`]).
+pub use crate::provenance::EncodedVersion;
 
 /// The `hits` rows a batch adds to: one entry per distinct key, so a batch
 /// of many calls to the same operation costs one upsert, not one per call.
@@ -464,15 +443,6 @@ pub(crate) fn select_versions_by<T>(
         .into_iter()
         .filter(|c| uids.contains(&version(c).uid))
         .collect()
-}
-
-/// A version as stored: its document without the object, and the object
-/// apart. The object is taken out rather than copied: it is most of the
-/// bytes of every write that ingest stores.
-pub(crate) fn split(version: &mut Version) -> Result<(String, Option<String>), StoreError> {
-    let object = version.object.take();
-    let document = doc(version)?;
-    Ok((document, object.as_ref().map(doc).transpose()?))
 }
 
 /// A version that only says where it stands: for ordering.
