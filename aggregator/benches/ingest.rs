@@ -201,6 +201,18 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Bytes this process has handed to write calls so far.
+fn bytes_written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn rate(n: usize, secs: f64) -> String {
     format!("{:>9.0}/s", n as f64 / secs)
 }
@@ -217,8 +229,28 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
         std::hint::black_box(ingest::parse_batch(text));
     }
     let parse_secs = started.elapsed().as_secs_f64();
+    // Packing a batch's lines into one compressed blob, alone.
+    let parsed: Vec<_> = texts
+        .iter()
+        .take(40)
+        .map(|t| ingest::parse_batch(t))
+        .collect();
+    let started = Instant::now();
+    let packed: usize = parsed
+        .iter()
+        .map(|p| store::packed::pack(&p.items).expect("pack").len())
+        .sum();
+    let pack_secs = started.elapsed().as_secs_f64();
+    let packed_records: usize = parsed.iter().map(|p| p.items.len()).sum();
+    let packed_bytes: usize = parsed
+        .iter()
+        .flat_map(|p| &p.items)
+        .map(|i| i.line.len() + 1)
+        .sum();
+    drop(parsed);
     let started = Instant::now();
     let cpu = cpu_seconds();
+    let written = bytes_written();
     let mut versions = 0;
     for text in &texts {
         let parsed = ingest::parse_batch(text);
@@ -228,6 +260,7 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
+    let written = bytes_written() - written;
     let bytes: usize = texts.iter().map(String::len).sum();
     println!(
         "ingest into {name:<10} {records} records ({:.1} KB each, batches of {batch}, {versions} object versions): {:.2}s, {}",
@@ -239,6 +272,16 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
         "  CPU time {cpu:.2}s: {} per core; parsing (with version extraction) alone {:.1} µs a record",
         rate(records, cpu),
         parse_secs * 1e6 / records as f64
+    );
+    println!(
+        "  packing a batch's lines alone {:.1} µs a record ({:.1} times smaller)",
+        pack_secs * 1e6 / packed_records as f64,
+        packed_bytes as f64 / packed as f64
+    );
+    println!(
+        "  written to files: {:.0} MB, {:.0} bytes a record (the WAL, then the database at checkpoints)",
+        written as f64 / 1e6,
+        written as f64 / records as f64
     );
     secs
 }

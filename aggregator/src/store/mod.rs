@@ -4,7 +4,7 @@
 //! `hits` aggregates, which ingest keeps up to date, so a report never
 //! rescans raw records.
 
-pub(crate) mod packed;
+pub mod packed;
 pub mod postgres;
 pub mod sqlite;
 

@@ -14,7 +14,7 @@ const LEVEL: i32 = 1;
 
 /// The batch's lines, in order, newline-separated and compressed. A record's
 /// line is found again by its index in `items`.
-pub(crate) fn pack(items: &[IngestItem]) -> Result<Vec<u8>, StoreError> {
+pub fn pack(items: &[IngestItem]) -> Result<Vec<u8>, StoreError> {
     let mut text = String::with_capacity(items.iter().map(|i| i.line.len() + 1).sum());
     for item in items {
         // A line never holds a raw newline: NDJSON escapes it.

@@ -99,6 +99,10 @@ ALTER TABLE records ADD COLUMN batch BIGINT, ADD COLUMN batch_line INTEGER;
 DROP INDEX records_by_pod;
 CREATE INDEX records_by_batch ON records (batch);
 "#,
+    // As in SQLite: the newest versions go to the end of the key.
+    r#"
+ALTER TABLE versions DROP CONSTRAINT versions_pkey, ADD PRIMARY KEY (resource_version, uid);
+"#,
 ];
 
 pub struct PostgresStore {
