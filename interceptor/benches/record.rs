@@ -9,10 +9,10 @@
 
 use apiwitness_interceptor::capture::Captured;
 use apiwitness_interceptor::decode;
+use apiwitness_interceptor::drops::Reports;
 use apiwitness_interceptor::redact::Redactor;
 use apiwitness_interceptor::ship::{ShipEncoding, encode_batch};
 use apiwitness_record::ApiRequest;
-use apiwitness_record::PodIdentity;
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -68,11 +68,11 @@ fn per_body(
 fn per_batch(lines: &[String], encoding: ShipEncoding) -> (f64, usize) {
     let bytes: usize = lines.iter().map(String::len).sum();
     let rounds = (100_000_000 / bytes.max(1)).clamp(20, 10_000);
-    let pod = PodIdentity::default();
+    let no_drops = Reports::default();
     let started = Instant::now();
     let mut size = 0;
     for _ in 0..rounds {
-        size = encode_batch(&pod, lines, None, encoding).len();
+        size = encode_batch(lines, &no_drops, encoding).len();
     }
     (started.elapsed().as_secs_f64() * 1e6 / rounds as f64, size)
 }

@@ -5,13 +5,15 @@
 //! destination) → [`tls`] (serving certificate, upstream trust) → [`serve`]
 //! (HTTP/1.1 and HTTP/2 per connection) → [`proxy`] (forwarding, upgrades) →
 //! [`capture`] (tee of both bodies) → [`recorder`] (off the hot path:
-//! [`decode`], [`redact`]) → [`ship`] (bounded queue to the aggregator).
+//! [`decode`], [`redact`]) → [`ship`] (bounded queue to the aggregator, with
+//! [`drops`] accounting for what the queue could not keep).
 
 pub mod accept;
 pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod decode;
+pub mod drops;
 pub mod metrics;
 pub mod protobuf;
 pub mod proxy;

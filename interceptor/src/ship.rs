@@ -5,8 +5,9 @@
 //! for long enough to fill the queue, the oldest records are dropped; the
 //! drops are counted, and reported to the aggregator once it is back.
 
+use crate::drops::{Drops, Failure, Reports};
 use crate::metrics::Metrics;
-use apiwitness_record::{DropReport, Exchange, FORMAT_VERSION, PodIdentity};
+use apiwitness_record::{DropReport, Exchange, PodIdentity};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -47,17 +48,11 @@ impl Records {
     }
 }
 
-struct Drops {
-    count: u64,
-    first: Option<SystemTime>,
-    last: Option<SystemTime>,
-}
-
 /// The bounded queue between the recorder and the shipper: at most
 /// `capacity` records and `max_bytes` of their bodies.
 pub struct Queue {
     records: Mutex<Records>,
-    drops: Mutex<Drops>,
+    pub(crate) drops: Drops,
     capacity: usize,
     max_bytes: usize,
     notify: Notify,
@@ -68,11 +63,7 @@ impl Queue {
     pub fn new(capacity: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Arc<Queue> {
         Arc::new(Queue {
             records: Mutex::new(Records::default()),
-            drops: Mutex::new(Drops {
-                count: 0,
-                first: None,
-                last: None,
-            }),
+            drops: Drops::default(),
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
             notify: Notify::new(),
@@ -86,11 +77,7 @@ impl Queue {
         if n == 0 {
             return;
         }
-        let now = SystemTime::now();
-        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
-        drops.count += n;
-        drops.first.get_or_insert(now);
-        drops.last = Some(now);
+        self.drops.note(n, SystemTime::now());
         self.metrics.dropped.inc_by(n);
     }
 
@@ -174,31 +161,6 @@ impl Queue {
         drop(records);
         self.note_drops(skip as u64);
     }
-
-    pub(crate) fn take_drops(&self) -> Option<(u64, SystemTime, SystemTime)> {
-        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
-        if drops.count == 0 {
-            return None;
-        }
-        let report = (
-            drops.count,
-            drops.first.unwrap_or_else(SystemTime::now),
-            drops.last.unwrap_or_else(SystemTime::now),
-        );
-        *drops = Drops {
-            count: 0,
-            first: None,
-            last: None,
-        };
-        Some(report)
-    }
-
-    fn restore_drops(&self, (count, first, last): (u64, SystemTime, SystemTime)) {
-        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
-        drops.count += count;
-        drops.first = Some(drops.first.map_or(first, |f| f.min(first)));
-        drops.last = Some(drops.last.map_or(last, |l| l.max(last)));
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -257,10 +219,25 @@ pub struct Shipper {
 pub enum ShipError {
     #[error("the aggregator could not be reached: {0}")]
     Unreachable(String),
+    /// The batch went out and no answer came: it may have been stored.
+    #[error("the aggregator did not answer: {0}")]
+    NoAnswer(String),
     #[error("the aggregator answered {status}: {body}")]
     Refused { status: u16, body: String },
     #[error("could not read the token file {path}: {error}")]
     Token { path: String, error: std::io::Error },
+}
+
+impl ShipError {
+    /// Whether the batch may have been stored all the same. An answer of
+    /// 5xx may come from a proxy in front of an aggregator that stored it.
+    pub fn failure(&self) -> Failure {
+        match self {
+            ShipError::Unreachable(_) | ShipError::Token { .. } => Failure::NotStored,
+            ShipError::Refused { status, .. } if *status < 500 => Failure::NotStored,
+            ShipError::Refused { .. } | ShipError::NoAnswer(_) => Failure::AnswerLost,
+        }
+    }
 }
 
 impl Shipper {
@@ -336,11 +313,7 @@ impl Shipper {
     }
 
     fn has_drops(&self) -> bool {
-        self.queue
-            .drops
-            .lock()
-            .map(|d| d.count > 0)
-            .unwrap_or(false)
+        self.queue.drops.pending()
     }
 
     /// Ships what is queued, retrying briefly, until the deadline.
@@ -378,15 +351,15 @@ impl Shipper {
         let batch = self
             .queue
             .take(self.config.batch_records, self.config.batch_bytes);
-        let drops = self.queue.take_drops();
-        let mut result = self.send(&batch, drops, self.encoding()).await;
+        let reports = self.queue.drops.take(&self.config.pod);
+        let mut result = self.send(&batch, &reports, self.encoding()).await;
         if let Err(ShipError::Refused { status: 415, .. }) = &result
             && self.encoding() == ShipEncoding::Zstd
         {
             tracing::warn!("the aggregator does not read zstd batches: shipping gzip from now on");
             self.gzip_only
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            result = self.send(&batch, drops, ShipEncoding::Gzip).await;
+            result = self.send(&batch, &reports, ShipEncoding::Gzip).await;
         }
         match result {
             Ok(()) => {
@@ -395,9 +368,7 @@ impl Shipper {
             }
             Err(e) => {
                 self.metrics.ship_failures.inc();
-                if let Some(d) = drops {
-                    self.queue.restore_drops(d);
-                }
+                self.queue.drops.give_back(reports, e.failure());
                 self.queue.put_back(batch);
                 Err(e)
             }
@@ -415,10 +386,10 @@ impl Shipper {
     async fn send(
         &self,
         batch: &[String],
-        drops: Option<(u64, SystemTime, SystemTime)>,
+        reports: &Reports,
         encoding: ShipEncoding,
     ) -> Result<(), ShipError> {
-        let body = encode_batch(&self.config.pod, batch, drops, encoding);
+        let body = encode_batch(batch, reports, encoding);
         let mut request = hyper::Request::post(self.config.url.clone())
             .header(http::header::CONTENT_TYPE, "application/x-ndjson")
             .header(http::header::CONTENT_ENCODING, encoding.header());
@@ -439,8 +410,16 @@ impl Shipper {
         // goes back to the queue and is retried.
         let response = tokio::time::timeout(SEND_TIMEOUT, self.client.request(request))
             .await
-            .map_err(|_| ShipError::Unreachable(format!("no answer within {SEND_TIMEOUT:?}")))?
-            .map_err(|e| ShipError::Unreachable(format!("{e:#}")))?;
+            .map_err(|_| ShipError::NoAnswer(format!("no answer within {SEND_TIMEOUT:?}")))?
+            .map_err(|e| {
+                // Only a connection never made is sure to have carried
+                // nothing.
+                if e.is_connect() {
+                    ShipError::Unreachable(format!("{e:#}"))
+                } else {
+                    ShipError::NoAnswer(format!("{e:#}"))
+                }
+            })?;
         let status = response.status();
         let text = tokio::time::timeout(SEND_TIMEOUT, response.into_body().collect())
             .await
@@ -470,26 +449,14 @@ enum LineRef<'a> {
     DropReport(&'a DropReport),
 }
 
-/// A batch as compressed NDJSON: the drop report first, then the records.
-pub fn encode_batch(
-    pod: &PodIdentity,
-    batch: &[String],
-    drops: Option<(u64, SystemTime, SystemTime)>,
-    encoding: ShipEncoding,
-) -> Bytes {
-    let report = drops.map(|(count, first, last)| {
-        let line = LineRef::DropReport(&DropReport {
-            format: FORMAT_VERSION,
-            id: uuid::Uuid::new_v4().to_string(),
-            pod: pod.clone(),
-            dropped: count,
-            first_dropped_at: humantime::format_rfc3339_micros(first).to_string(),
-            last_dropped_at: humantime::format_rfc3339_micros(last).to_string(),
-        });
-        // Serializing our own types cannot fail.
-        serde_json::to_string(&line).unwrap_or_default()
-    });
-    let lines = || report.iter().chain(batch.iter());
+/// A batch as compressed NDJSON: the drop reports first, then the records.
+pub fn encode_batch(batch: &[String], reports: &Reports, encoding: ShipEncoding) -> Bytes {
+    // Serializing our own types cannot fail.
+    let reports: Vec<String> = reports
+        .iter()
+        .map(|r| serde_json::to_string(&LineRef::DropReport(r)).unwrap_or_default())
+        .collect();
+    let lines = || reports.iter().chain(batch.iter());
     let bytes: usize = lines().map(|l| l.len() + 1).sum();
     // Writing into a Vec cannot fail.
     let compressed = match encoding {
@@ -553,6 +520,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apiwitness_record::FORMAT_VERSION;
 
     fn record(n: u32) -> Exchange {
         Exchange {
@@ -606,8 +574,8 @@ mod tests {
             q.push(&record(n));
         }
         assert_eq!(ids(&q), ["2", "3", "4"]);
-        assert_eq!(q.take_drops().map(|d| d.0), Some(2));
-        assert_eq!(q.take_drops(), None);
+        assert_eq!(taken_drops(&q), Some(2));
+        assert_eq!(taken_drops(&q), None);
     }
 
     #[test]
@@ -622,7 +590,7 @@ mod tests {
         q.put_back(batch);
         // Room for one of the two: the older one is dropped.
         assert_eq!(ids(&q), ["1", "2", "10", "11"]);
-        assert_eq!(q.take_drops().map(|d| d.0), Some(1));
+        assert_eq!(taken_drops(&q), Some(1));
     }
 
     #[test]
@@ -650,7 +618,7 @@ mod tests {
         // A record larger than the whole bound is still kept, alone.
         q.push(&sized(9, 5000));
         assert_eq!(ids(&q), ["9"]);
-        assert_eq!(q.take_drops().map(|d| d.0), Some(4));
+        assert_eq!(taken_drops(&q), Some(4));
     }
 
     /// Lines of a batch as the aggregator reads them.
@@ -701,6 +669,72 @@ mod tests {
         (address, received)
     }
 
+    /// The drops a queue would report next.
+    fn taken_drops(q: &Queue) -> Option<u64> {
+        q.drops.take(&PodIdentity::default()).new.map(|r| r.dropped)
+    }
+
+    /// An aggregator that reads the first batch whole and closes the
+    /// connection without an answer (it may have stored it), then answers
+    /// 400 to the second and 200 to the rest. Each batch's lines are kept.
+    async fn forgetful_sink() -> (
+        std::net::SocketAddr,
+        Arc<Mutex<Vec<Vec<apiwitness_record::Line>>>>,
+    ) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let batches = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let batches = batches.clone();
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let batches = batches.clone();
+                        async move {
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_err(std::io::Error::other)?
+                                .to_bytes();
+                            let lines = decoded("zstd", &body)
+                                .lines()
+                                .map(|l| apiwitness_record::Line::parse(l).unwrap())
+                                .collect();
+                            let n = {
+                                let mut batches = batches.lock().unwrap();
+                                batches.push(lines);
+                                batches.len()
+                            };
+                            let status = match n {
+                                // An error instead of an answer: hyper closes
+                                // the connection.
+                                1 => return Err(std::io::Error::other("no answer")),
+                                2 => 400,
+                                _ => 200,
+                            };
+                            Ok::<_, std::io::Error>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from_static(b"{}")))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (address, seen)
+    }
+
     fn shipper_to(address: std::net::SocketAddr, batch_bytes: usize, queue: Arc<Queue>) -> Shipper {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -727,6 +761,51 @@ mod tests {
 
     fn received_lines(received: &Mutex<Vec<(String, usize)>>) -> usize {
         received.lock().unwrap().iter().map(|(_, n)| n).sum()
+    }
+
+    #[tokio::test]
+    async fn a_drop_report_whose_answer_was_lost_keeps_its_id_and_is_counted_once() {
+        let (address, batches) = forgetful_sink().await;
+        let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
+        let shipper = shipper_to(address, 1 << 20, queue.clone());
+        queue.note_drops(5);
+        queue.push(&record(1));
+        let lost = shipper.ship_one_batch().await.unwrap_err();
+        assert_eq!(lost.failure(), Failure::AnswerLost, "{lost}");
+        // Drops meanwhile, then a refusal: nothing of that batch was stored.
+        queue.note_drops(2);
+        let refused = shipper.ship_one_batch().await.unwrap_err();
+        assert_eq!(refused.failure(), Failure::NotStored, "{refused}");
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 1);
+        assert!(!queue.drops.pending());
+
+        let reports = |batch: &Vec<apiwitness_record::Line>| -> Vec<(String, u64)> {
+            batch
+                .iter()
+                .filter_map(|l| match l {
+                    apiwitness_record::Line::DropReport(d) => Some((d.id.clone(), d.dropped)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let batches = batches.lock().unwrap();
+        assert_eq!(batches.len(), 3);
+        let first = reports(&batches[0]);
+        assert_eq!(first.len(), 1);
+        // Sent again under its id: if the first batch was stored, the
+        // aggregator counts it once.
+        assert_eq!(reports(&batches[1])[0], first[0]);
+        assert_eq!(reports(&batches[2])[0], first[0]);
+        // The two of the refused batch, surely not stored, under a new id.
+        assert_eq!(reports(&batches[1])[1].1, 2);
+        assert_eq!(reports(&batches[2])[1].1, 2);
+        assert_ne!(reports(&batches[2])[1].0, reports(&batches[1])[1].0);
+        assert_eq!(reports(&batches[2]).len(), 2);
+        // The record went each time, and is stored once by its id.
+        assert!(batches.iter().all(|b| {
+            b.iter()
+                .any(|l| matches!(l, apiwitness_record::Line::Exchange(e) if e.id == "1"))
+        }));
     }
 
     /// With 64 KiB bodies, a batch is full by bytes long before it is full by
@@ -777,10 +856,11 @@ mod tests {
     fn batches_are_compressed_ndjson_with_the_drop_report_first() {
         let now = SystemTime::now();
         for (encoding, name) in [(ShipEncoding::Zstd, "zstd"), (ShipEncoding::Gzip, "gzip")] {
+            let drops = Drops::default();
+            drops.note(7, now);
             let bytes = encode_batch(
-                &PodIdentity::default(),
                 &[1, 2].map(|n| serde_json::to_string(&LineRef::Exchange(&record(n))).unwrap()),
-                Some((7, now, now)),
+                &drops.take(&PodIdentity::default()),
                 encoding,
             );
             let text = decoded(name, &bytes);
