@@ -27,6 +27,7 @@ pub struct Metrics {
     pub duration: Histogram,
     pub queue_depth: Gauge,
     pub dropped: Counter,
+    pub stripped: Counter,
     pub shipped: Counter,
     pub ship_failures: Counter,
     pub upstream_errors: Counter,
@@ -73,6 +74,12 @@ impl Metrics {
             "Records dropped because the queue was full",
             dropped.clone(),
         );
+        let stripped = Counter::default();
+        registry.register(
+            "records_stripped",
+            "Records kept without their bodies and watch events because the queue was full",
+            stripped.clone(),
+        );
         let shipped = Counter::default();
         registry.register(
             "records_shipped",
@@ -110,6 +117,7 @@ impl Metrics {
             duration,
             queue_depth,
             dropped,
+            stripped,
             shipped,
             ship_failures,
             upstream_errors,

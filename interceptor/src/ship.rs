@@ -23,33 +23,54 @@ use tokio::sync::Notify;
 /// serialized as soon as it is built: a decoded body (a `Value` tree) takes
 /// several times its text's memory, and the queue's byte bound is then
 /// exact.
+///
+/// Short of room, the oldest record first loses its bodies and watch events
+/// (it is stripped: the call, its status and its sizes stay, and so does
+/// the coverage it counts for, and a watch's last part keeps its final
+/// duration and error); only a stripped record is ever dropped. Stripped
+/// records are the oldest, so they stand first.
 #[derive(Default)]
 struct Records {
-    items: VecDeque<String>,
+    lines: VecDeque<String>,
     bytes: usize,
+    /// How many of the first lines are stripped.
+    stripped: usize,
 }
 
 impl Records {
     fn len(&self) -> usize {
-        self.items.len()
+        self.lines.len()
     }
-    fn pop_front(&mut self) -> Option<String> {
-        let line = self.items.pop_front()?;
-        self.bytes -= line.len();
-        Some(line)
+    fn whole(&self) -> usize {
+        self.lines.len() - self.stripped
     }
     fn push_back(&mut self, line: String) {
         self.bytes += line.len();
-        self.items.push_back(line);
-    }
-    fn push_front(&mut self, line: String) {
-        self.bytes += line.len();
-        self.items.push_front(line);
+        self.lines.push_back(line);
     }
 }
 
+/// A record's line without its bodies and watch events; `None` if the line
+/// is not an exchange.
+fn stripped(line: &str) -> Option<String> {
+    let apiwitness_record::Line::Exchange(mut exchange) =
+        apiwitness_record::Line::parse(line).ok()?
+    else {
+        return None;
+    };
+    exchange.drop_bodies();
+    serde_json::to_string(&LineRef::Exchange(&exchange)).ok()
+}
+
+/// Lines taken for a batch: the stripped ones first.
+pub(crate) struct Taken {
+    pub lines: Vec<String>,
+    stripped: usize,
+}
+
 /// The bounded queue between the recorder and the shipper: at most
-/// `capacity` records and `max_bytes` of their bodies.
+/// `capacity` whole records, as many stripped ones, and `max_bytes` of
+/// lines in all.
 pub struct Queue {
     records: Mutex<Records>,
     pub(crate) drops: Drops,
@@ -81,22 +102,63 @@ impl Queue {
         self.metrics.dropped.inc_by(n);
     }
 
-    /// Adds a record; the oldest records go until both bounds hold.
+    /// Makes room for `incoming` more bytes and one more whole record:
+    /// the oldest whole record is stripped, and when none is left to
+    /// strip, the oldest stripped one goes. Returns how many went.
+    fn make_room(&self, records: &mut Records, incoming: usize, whole_incoming: usize) -> u64 {
+        let mut dropped = 0;
+        loop {
+            let over_count = records.whole() + whole_incoming > self.capacity;
+            let over_bytes = records.len() > 0 && records.bytes + incoming > self.max_bytes;
+            if !(over_count || over_bytes) {
+                return dropped;
+            }
+            if records.whole() > 0 && records.stripped < self.capacity {
+                let at = records.stripped;
+                let old = std::mem::take(&mut records.lines[at]);
+                records.bytes -= old.len();
+                match stripped(&old) {
+                    Some(line) => {
+                        records.bytes += line.len();
+                        records.lines[at] = line;
+                        records.stripped += 1;
+                        self.metrics.stripped.inc();
+                        continue;
+                    }
+                    None => {
+                        // Not a record this queue wrote: it goes.
+                        records.lines.remove(at);
+                        dropped += 1;
+                        continue;
+                    }
+                }
+            }
+            if records.stripped == 0 {
+                // Only whole records, and no room to strip them: the oldest goes.
+                if let Some(line) = records.lines.pop_front() {
+                    records.bytes -= line.len();
+                    dropped += 1;
+                    continue;
+                }
+                return dropped;
+            }
+            let line = records.lines.pop_front().unwrap_or_default();
+            records.bytes -= line.len();
+            records.stripped -= 1;
+            dropped += 1;
+        }
+    }
+
+    /// Adds a record; older ones are stripped, then dropped, until both
+    /// bounds hold.
     pub fn push(&self, record: &Exchange) {
         // Serializing our own types cannot fail.
         let mut line = serde_json::to_string(&LineRef::Exchange(record)).unwrap_or_default();
         // The string grew by doubling: up to twice the line's bytes, which
         // the queue would hold without counting.
         line.shrink_to_fit();
-        let bytes = line.len();
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let mut dropped = 0;
-        while records.len() >= self.capacity
-            || (records.len() > 0 && records.bytes + bytes > self.max_bytes)
-        {
-            records.pop_front();
-            dropped += 1;
-        }
+        let dropped = self.make_room(&mut records, line.len(), 1);
         records.push_back(line);
         self.metrics.queue_depth.set(records.len() as i64);
         drop(records);
@@ -120,46 +182,46 @@ impl Queue {
 
     /// The oldest records, up to `max` of them and `max_bytes` of lines
     /// (but always at least one).
-    fn take(&self, max: usize, max_bytes: usize) -> Vec<String> {
+    fn take(&self, max: usize, max_bytes: usize) -> Taken {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         let mut bytes = 0;
-        for line in records.items.iter().take(max) {
+        for line in records.lines.iter().take(max) {
             if n > 0 && bytes + line.len() > max_bytes {
                 break;
             }
             bytes += line.len();
             n += 1;
         }
-        let batch: Vec<_> = records.items.drain(..n).collect();
+        let lines: Vec<_> = records.lines.drain(..n).collect();
         records.bytes -= bytes;
+        let stripped = records.stripped.min(n);
+        records.stripped -= stripped;
         self.metrics.queue_depth.set(records.len() as i64);
-        batch
+        Taken { lines, stripped }
     }
 
-    /// Puts an unacknowledged batch back at the front, in order. What no
-    /// longer fits (newer records arrived meanwhile) is dropped, oldest first.
-    fn put_back(&self, batch: Vec<String>) {
+    /// Puts an unacknowledged batch back at the front, in order. Where
+    /// newer records arrived meanwhile and the bounds no longer hold, the
+    /// oldest are stripped, then dropped.
+    fn put_back(&self, taken: Taken) {
+        let taken_stripped = taken.stripped;
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let room = self.capacity.saturating_sub(records.len());
-        let mut skip = batch.len().saturating_sub(room);
-        // The byte bound too: the newest of the batch are kept first.
-        let mut bytes = records.bytes;
-        let mut keep = 0;
-        for line in batch.iter().skip(skip).rev() {
-            if bytes + line.len() > self.max_bytes && keep > 0 {
-                break;
-            }
-            bytes += line.len();
-            keep += 1;
-        }
-        skip = batch.len() - keep.min(batch.len() - skip);
-        for record in batch.into_iter().skip(skip).rev() {
-            records.push_front(record);
-        }
+        // Stripped lines first, the batch's before those stripped since.
+        let mut taken = taken.lines.into_iter();
+        let stripped_since = records.stripped;
+        let newly_stripped: Vec<String> = records.lines.drain(..stripped_since).collect();
+        let mut lines: VecDeque<String> = taken.by_ref().take(taken_stripped).collect();
+        lines.extend(newly_stripped);
+        lines.extend(taken);
+        lines.append(&mut records.lines);
+        records.lines = lines;
+        records.bytes = records.lines.iter().map(String::len).sum();
+        records.stripped += taken_stripped;
+        let dropped = self.make_room(&mut records, 0, 0);
         self.metrics.queue_depth.set(records.len() as i64);
         drop(records);
-        self.note_drops(skip as u64);
+        self.note_drops(dropped);
     }
 }
 
@@ -348,18 +410,19 @@ impl Shipper {
     /// Sends one batch: a drop report (if any drops happened) and up to
     /// `batch_records` records. On failure everything goes back.
     pub async fn ship_one_batch(&self) -> Result<usize, ShipError> {
-        let batch = self
+        let taken = self
             .queue
             .take(self.config.batch_records, self.config.batch_bytes);
+        let batch = &taken.lines;
         let reports = self.queue.drops.take(&self.config.pod);
-        let mut result = self.send(&batch, &reports, self.encoding()).await;
+        let mut result = self.send(batch, &reports, self.encoding()).await;
         if let Err(ShipError::Refused { status: 415, .. }) = &result
             && self.encoding() == ShipEncoding::Zstd
         {
             tracing::warn!("the aggregator does not read zstd batches: shipping gzip from now on");
             self.gzip_only
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            result = self.send(&batch, &reports, ShipEncoding::Gzip).await;
+            result = self.send(batch, &reports, ShipEncoding::Gzip).await;
         }
         match result {
             Ok(()) => {
@@ -369,7 +432,7 @@ impl Shipper {
             Err(e) => {
                 self.metrics.ship_failures.inc();
                 self.queue.drops.give_back(reports, e.failure());
-                self.queue.put_back(batch);
+                self.queue.put_back(taken);
                 Err(e)
             }
         }
@@ -550,7 +613,7 @@ mod tests {
         q.records
             .lock()
             .unwrap()
-            .items
+            .lines
             .iter()
             .map(|line| {
                 let record: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -567,14 +630,79 @@ mod tests {
         r
     }
 
+    /// A record with a response body and a watch event.
+    fn with_bodies(n: u32) -> Exchange {
+        let mut r = record(n);
+        r.response_body = Some(apiwitness_record::Body {
+            content: apiwitness_record::BodyContent::Text(format!("body of {n}")),
+            size: 9,
+            truncated: false,
+            content_encoding: None,
+        });
+        r.watch = Some(apiwitness_record::WatchEvents {
+            events: vec![apiwitness_record::WatchEvent {
+                event_type: "ADDED".into(),
+                object: serde_json::json!({"n": n}),
+            }],
+            cut: 0,
+        });
+        r
+    }
+
+    /// The ids of the stripped records, and of the whole ones, in order.
+    fn kept(q: &Queue) -> (Vec<String>, Vec<String>) {
+        let records = q.records.lock().unwrap();
+        let parsed: Vec<Exchange> = records
+            .lines
+            .iter()
+            .map(|line| match apiwitness_record::Line::parse(line).unwrap() {
+                apiwitness_record::Line::Exchange(e) => *e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        for (i, e) in parsed.iter().enumerate() {
+            let body = e.response_body.as_ref().unwrap();
+            let events = e.watch.as_ref().unwrap();
+            if i < records.stripped {
+                assert!(body.truncated && events.events.is_empty() && events.cut == 1);
+                assert_eq!(body.size, 9, "the true size stays");
+            } else {
+                assert!(!body.truncated && events.events.len() == 1);
+            }
+        }
+        let (stripped, whole) = parsed.split_at(records.stripped);
+        let ids = |es: &[Exchange]| es.iter().map(|e| e.id.clone()).collect();
+        (ids(stripped), ids(whole))
+    }
+
     #[test]
-    fn a_full_queue_drops_the_oldest_and_counts() {
+    fn a_full_queue_strips_the_oldest_then_drops_and_counts() {
         let q = Queue::new(3, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..5 {
-            q.push(&record(n));
+            q.push(&with_bodies(n));
         }
-        assert_eq!(ids(&q), ["2", "3", "4"]);
-        assert_eq!(taken_drops(&q), Some(2));
+        // Past the bound, the oldest keep their call but not their bodies.
+        assert_eq!(
+            kept(&q),
+            (
+                vec!["0".into(), "1".into()],
+                vec!["2".into(), "3".into(), "4".into()]
+            )
+        );
+        assert_eq!(taken_drops(&q), None);
+        for n in 5..9 {
+            q.push(&with_bodies(n));
+        }
+        // As many stripped as whole; the oldest stripped ones go.
+        assert_eq!(
+            kept(&q),
+            (
+                vec!["3".into(), "4".into(), "5".into()],
+                vec!["6".into(), "7".into(), "8".into()]
+            )
+        );
+        assert_eq!(taken_drops(&q), Some(3));
+        assert_eq!(q.metrics.stripped.get(), 6);
         assert_eq!(taken_drops(&q), None);
     }
 
@@ -582,15 +710,37 @@ mod tests {
     fn a_failed_batch_goes_back_in_order_within_the_bound() {
         let q = Queue::new(4, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..3 {
-            q.push(&record(n));
+            q.push(&with_bodies(n));
         }
         let batch = q.take(2, usize::MAX);
-        q.push(&record(10));
-        q.push(&record(11));
+        q.push(&with_bodies(10));
+        q.push(&with_bodies(11));
         q.put_back(batch);
-        // Room for one of the two: the older one is dropped.
-        assert_eq!(ids(&q), ["1", "2", "10", "11"]);
-        assert_eq!(taken_drops(&q), Some(1));
+        // Room for one of the two whole: the older one is stripped.
+        assert_eq!(
+            kept(&q),
+            (
+                vec!["0".into()],
+                vec!["1".into(), "2".into(), "10".into(), "11".into()]
+            )
+        );
+        assert_eq!(taken_drops(&q), None);
+        // Stripped lines go first, and come back first.
+        let batch = q.take(2, usize::MAX);
+        assert_eq!(batch.stripped, 1);
+        for n in 12..14 {
+            q.push(&with_bodies(n));
+        }
+        q.put_back(batch);
+        // 2 was stripped to make room for 13, then 1 for the batch's return:
+        // stripped records stand in the order they were stripped.
+        assert_eq!(
+            kept(&q),
+            (
+                vec!["0".into(), "2".into(), "1".into()],
+                vec!["10".into(), "11".into(), "12".into(), "13".into()]
+            )
+        );
     }
 
     #[test]
@@ -599,9 +749,9 @@ mod tests {
         for n in 0..5 {
             q.push(&sized(n, 1000));
         }
-        assert_eq!(q.take(100, 2500).len(), 2);
+        assert_eq!(q.take(100, 2500).lines.len(), 2);
         assert_eq!(
-            q.take(100, 10).len(),
+            q.take(100, 10).lines.len(),
             1,
             "one record larger than the bound still goes"
         );

@@ -293,6 +293,24 @@ pub struct WatchPart {
 }
 
 impl Exchange {
+    /// Lets the bodies and watch events go and keeps the rest: what was
+    /// called, when, by whom, with what status, and each body's true size
+    /// (marked truncated, with nothing kept). A queue short of room keeps
+    /// the call this way rather than lose it.
+    pub fn drop_bodies(&mut self) {
+        for body in [&mut self.request_body, &mut self.response_body]
+            .into_iter()
+            .flatten()
+        {
+            body.content = BodyContent::Text(String::new());
+            body.truncated = true;
+        }
+        if let Some(watch) = &mut self.watch {
+            watch.cut += watch.events.len() as u64;
+            watch.events.clear();
+        }
+    }
+
     /// A later part of a watch: its call was counted by the first part.
     pub fn is_later_part(&self) -> bool {
         self.part.as_ref().is_some_and(|p| p.index > 0)
@@ -418,6 +436,53 @@ mod tests {
         assert_eq!(content, BodyContent::Json(raw.to_value()));
         assert_ne!(content, BodyContent::Json(json!({"kind": "ConfigMap"})));
         assert_eq!(raw.to_value()["data"]["v"], "a\"b");
+    }
+
+    #[test]
+    fn an_exchange_without_its_bodies_keeps_the_call_and_the_true_sizes() {
+        let mut e = exchange();
+        e.request_body = Some(Body {
+            content: BodyContent::Text("a: b".into()),
+            size: 4,
+            truncated: false,
+            content_encoding: None,
+        });
+        e.watch = Some(WatchEvents {
+            events: vec![WatchEvent {
+                event_type: "ADDED".into(),
+                object: json!({"kind": "ConfigMap"}),
+            }],
+            cut: 2,
+        });
+        let whole = e.clone();
+        e.drop_bodies();
+        for (body, size) in [(&e.request_body, 4), (&e.response_body, 24)] {
+            let body = body.as_ref().unwrap();
+            assert_eq!(body.content, BodyContent::Text(String::new()));
+            assert!(body.truncated);
+            assert_eq!(body.size, size);
+        }
+        let watch = e.watch.as_ref().unwrap();
+        assert!(watch.events.is_empty());
+        assert_eq!(watch.cut, 3);
+        assert_eq!(
+            (
+                &e.method,
+                &e.path,
+                &e.query,
+                e.status,
+                &e.started_at,
+                e.duration_us
+            ),
+            (
+                &whole.method,
+                &whole.path,
+                &whole.query,
+                whole.status,
+                &whole.started_at,
+                whole.duration_us
+            )
+        );
     }
 
     #[test]

@@ -712,7 +712,8 @@ fn records_survive_an_unreachable_aggregator_and_drops_are_reported() {
     let ns = namespace_with_app(cluster, "icpt-down");
     let collector = Collector::start(cluster).unwrap();
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
-    // Room for 10 records while the aggregator is down.
+    // Room for 10 whole records, and 10 stripped of their bodies, while the
+    // aggregator is down.
     let mut pod = start_pod(
         cluster,
         &ns,
@@ -756,19 +757,39 @@ fn records_survive_an_unreachable_aggregator_and_drops_are_reported() {
         .iter()
         .map(|e| format!("{} {}?{} {}", e.method, e.path, e.query, e.status))
         .collect();
-    let mut missing: Vec<_> = all
-        .iter()
-        .filter(|e| e.path.contains("/configmaps/missing-"))
-        .map(|e| e.path.rsplit('-').next().unwrap().parse::<u32>().unwrap())
-        .collect();
-    missing.sort();
-    // The newest ten were kept, the oldest fifteen dropped and reported.
-    assert_eq!(missing, (15..25).collect::<Vec<_>>(), "{summary:#?}");
-    // Every record is either here or counted in a drop report: the fifteen
+    let numbered = |stripped: bool| -> Vec<u32> {
+        let mut n: Vec<u32> = all
+            .iter()
+            .filter(|e| e.path.contains("/configmaps/missing-"))
+            .filter(|e| e.response_body.as_ref().is_some_and(|b| b.truncated) == stripped)
+            .map(|e| e.path.rsplit('-').next().unwrap().parse().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    // The newest ten were kept whole; the ten before them kept their call
+    // and status but not their bodies; the oldest were dropped and reported.
+    assert_eq!(
+        numbered(false),
+        (15..25).collect::<Vec<_>>(),
+        "{summary:#?}"
+    );
+    assert_eq!(numbered(true), (5..15).collect::<Vec<_>>(), "{summary:#?}");
+    assert!(
+        all.iter()
+            .filter(|e| e.path.contains("/configmaps/missing-"))
+            .all(|e| e.status == 404 && e.response_body.as_ref().is_some_and(|b| b.size > 0)),
+        "{summary:#?}"
+    );
+    // Every record is either here or counted in a drop report: the five
     // oldest gets, and whatever kubectl did before them.
     let dropped: u64 = collector.drops().iter().map(|d| d.dropped).sum();
-    assert!(dropped >= 15, "dropped {dropped}");
-    assert_eq!(all.len(), 10, "nothing but the newest ten arrive");
+    assert!(dropped >= 5, "dropped {dropped}");
+    assert_eq!(
+        all.len(),
+        20,
+        "the newest ten whole and ten stripped arrive"
+    );
     pod.stop().unwrap();
 }
 
