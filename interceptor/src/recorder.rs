@@ -136,7 +136,7 @@ impl Recorder {
     pub async fn run(mut self) {
         while let Some(handed) = self.receiver.recv().await {
             let record = self.record(handed);
-            self.queue.push(&record);
+            self.queue.push(record);
         }
     }
 

@@ -31,10 +31,37 @@ use tokio::sync::Notify;
 /// records are the oldest, so they stand first.
 #[derive(Default)]
 struct Records {
-    lines: VecDeque<String>,
+    lines: VecDeque<Queued>,
+    /// Of the lines, and of their stripped forms made ahead.
     bytes: usize,
     /// How many of the first lines are stripped.
     stripped: usize,
+}
+
+struct Queued {
+    line: String,
+    stripped: Stripped,
+}
+
+/// A queued line's stripped form.
+enum Stripped {
+    /// Not made: stripping reads the whole line.
+    NotMade,
+    /// The record has no bodies or events: stripped, it is the same.
+    Same,
+    /// Made when the record was queued into a queue already half full:
+    /// from the record it is a small write, from the line a read of all
+    /// of it.
+    Made(String),
+}
+
+impl Queued {
+    fn bytes(&self) -> usize {
+        match &self.stripped {
+            Stripped::Made(stripped) => self.line.len() + stripped.len(),
+            _ => self.line.len(),
+        }
+    }
 }
 
 impl Records {
@@ -44,9 +71,9 @@ impl Records {
     fn whole(&self) -> usize {
         self.lines.len() - self.stripped
     }
-    fn push_back(&mut self, line: String) {
-        self.bytes += line.len();
-        self.lines.push_back(line);
+    fn push_back(&mut self, queued: Queued) {
+        self.bytes += queued.bytes();
+        self.lines.push_back(queued);
     }
 }
 
@@ -115,51 +142,71 @@ impl Queue {
             }
             if records.whole() > 0 && records.stripped < self.capacity {
                 let at = records.stripped;
-                let old = std::mem::take(&mut records.lines[at]);
-                records.bytes -= old.len();
-                match stripped(&old) {
+                let old = &mut records.lines[at];
+                let freed = old.bytes();
+                let form = match std::mem::replace(&mut old.stripped, Stripped::Same) {
+                    Stripped::Made(line) => Some(Some(line)),
+                    // Nothing to strip: it only moves among the stripped.
+                    Stripped::Same => Some(None),
+                    Stripped::NotMade => stripped(&old.line).map(Some),
+                };
+                match form {
                     Some(line) => {
-                        records.bytes += line.len();
-                        records.lines[at] = line;
+                        if let Some(line) = line {
+                            old.line = line;
+                            self.metrics.stripped.inc();
+                        }
+                        let now = old.bytes();
+                        records.bytes = records.bytes - freed + now;
                         records.stripped += 1;
-                        self.metrics.stripped.inc();
-                        continue;
                     }
                     None => {
                         // Not a record this queue wrote: it goes.
                         records.lines.remove(at);
+                        records.bytes -= freed;
                         dropped += 1;
-                        continue;
                     }
                 }
+                continue;
             }
-            if records.stripped == 0 {
-                // Only whole records, and no room to strip them: the oldest goes.
-                if let Some(line) = records.lines.pop_front() {
-                    records.bytes -= line.len();
-                    dropped += 1;
-                    continue;
-                }
+            let Some(oldest) = records.lines.pop_front() else {
                 return dropped;
-            }
-            let line = records.lines.pop_front().unwrap_or_default();
-            records.bytes -= line.len();
-            records.stripped -= 1;
+            };
+            records.bytes -= oldest.bytes();
+            // Stripped ones go first; a whole one only where none is left
+            // (a record larger than the byte bound).
+            records.stripped = records.stripped.saturating_sub(1);
             dropped += 1;
         }
     }
 
     /// Adds a record; older ones are stripped, then dropped, until both
     /// bounds hold.
-    pub fn push(&self, record: &Exchange) {
+    pub fn push(&self, mut record: Exchange) {
         // Serializing our own types cannot fail.
-        let mut line = serde_json::to_string(&LineRef::Exchange(record)).unwrap_or_default();
+        let mut line = serde_json::to_string(&LineRef::Exchange(&record)).unwrap_or_default();
         // The string grew by doubling: up to twice the line's bytes, which
         // the queue would hold without counting.
         line.shrink_to_fit();
+        let half_full = {
+            let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            records.whole() >= self.capacity / 2 || records.bytes >= self.max_bytes / 2
+        };
+        let has_bodies = record.request_body.is_some()
+            || record.response_body.is_some()
+            || record.watch.as_ref().is_some_and(|w| !w.events.is_empty());
+        let stripped = if !has_bodies {
+            Stripped::Same
+        } else if half_full {
+            record.drop_bodies();
+            Stripped::Made(serde_json::to_string(&LineRef::Exchange(&record)).unwrap_or_default())
+        } else {
+            Stripped::NotMade
+        };
+        let queued = Queued { line, stripped };
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let dropped = self.make_room(&mut records, line.len(), 1);
-        records.push_back(line);
+        let dropped = self.make_room(&mut records, queued.bytes(), 1);
+        records.push_back(queued);
         self.metrics.queue_depth.set(records.len() as i64);
         drop(records);
         self.note_drops(dropped);
@@ -186,15 +233,16 @@ impl Queue {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         let mut bytes = 0;
-        for line in records.lines.iter().take(max) {
-            if n > 0 && bytes + line.len() > max_bytes {
+        for queued in records.lines.iter().take(max) {
+            if n > 0 && bytes + queued.line.len() > max_bytes {
                 break;
             }
-            bytes += line.len();
+            bytes += queued.line.len();
             n += 1;
         }
-        let lines: Vec<_> = records.lines.drain(..n).collect();
-        records.bytes -= bytes;
+        let taken: Vec<Queued> = records.lines.drain(..n).collect();
+        records.bytes -= taken.iter().map(Queued::bytes).sum::<usize>();
+        let lines: Vec<String> = taken.into_iter().map(|q| q.line).collect();
         let stripped = records.stripped.min(n);
         records.stripped -= stripped;
         self.metrics.queue_depth.set(records.len() as i64);
@@ -208,15 +256,18 @@ impl Queue {
         let taken_stripped = taken.stripped;
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         // Stripped lines first, the batch's before those stripped since.
-        let mut taken = taken.lines.into_iter();
+        let mut taken = taken.lines.into_iter().map(|line| Queued {
+            line,
+            stripped: Stripped::NotMade,
+        });
         let stripped_since = records.stripped;
-        let newly_stripped: Vec<String> = records.lines.drain(..stripped_since).collect();
-        let mut lines: VecDeque<String> = taken.by_ref().take(taken_stripped).collect();
+        let newly_stripped: Vec<Queued> = records.lines.drain(..stripped_since).collect();
+        let mut lines: VecDeque<Queued> = taken.by_ref().take(taken_stripped).collect();
         lines.extend(newly_stripped);
         lines.extend(taken);
         lines.append(&mut records.lines);
         records.lines = lines;
-        records.bytes = records.lines.iter().map(String::len).sum();
+        records.bytes = records.lines.iter().map(Queued::bytes).sum();
         records.stripped += taken_stripped;
         let dropped = self.make_room(&mut records, 0, 0);
         self.metrics.queue_depth.set(records.len() as i64);
@@ -615,8 +666,8 @@ mod tests {
             .unwrap()
             .lines
             .iter()
-            .map(|line| {
-                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            .map(|queued| {
+                let record: serde_json::Value = serde_json::from_str(&queued.line).unwrap();
                 record["id"].as_str().unwrap().to_string()
             })
             .collect()
@@ -655,10 +706,12 @@ mod tests {
         let parsed: Vec<Exchange> = records
             .lines
             .iter()
-            .map(|line| match apiwitness_record::Line::parse(line).unwrap() {
-                apiwitness_record::Line::Exchange(e) => *e,
-                other => panic!("{other:?}"),
-            })
+            .map(
+                |queued| match apiwitness_record::Line::parse(&queued.line).unwrap() {
+                    apiwitness_record::Line::Exchange(e) => *e,
+                    other => panic!("{other:?}"),
+                },
+            )
             .collect();
         for (i, e) in parsed.iter().enumerate() {
             let body = e.response_body.as_ref().unwrap();
@@ -679,7 +732,7 @@ mod tests {
     fn a_full_queue_strips_the_oldest_then_drops_and_counts() {
         let q = Queue::new(3, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..5 {
-            q.push(&with_bodies(n));
+            q.push(with_bodies(n));
         }
         // Past the bound, the oldest keep their call but not their bodies.
         assert_eq!(
@@ -691,7 +744,7 @@ mod tests {
         );
         assert_eq!(taken_drops(&q), None);
         for n in 5..9 {
-            q.push(&with_bodies(n));
+            q.push(with_bodies(n));
         }
         // As many stripped as whole; the oldest stripped ones go.
         assert_eq!(
@@ -710,11 +763,11 @@ mod tests {
     fn a_failed_batch_goes_back_in_order_within_the_bound() {
         let q = Queue::new(4, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..3 {
-            q.push(&with_bodies(n));
+            q.push(with_bodies(n));
         }
         let batch = q.take(2, usize::MAX);
-        q.push(&with_bodies(10));
-        q.push(&with_bodies(11));
+        q.push(with_bodies(10));
+        q.push(with_bodies(11));
         q.put_back(batch);
         // Room for one of the two whole: the older one is stripped.
         assert_eq!(
@@ -729,7 +782,7 @@ mod tests {
         let batch = q.take(2, usize::MAX);
         assert_eq!(batch.stripped, 1);
         for n in 12..14 {
-            q.push(&with_bodies(n));
+            q.push(with_bodies(n));
         }
         q.put_back(batch);
         // 2 was stripped to make room for 13, then 1 for the batch's return:
@@ -747,7 +800,7 @@ mod tests {
     fn batches_are_bounded_in_bytes_but_never_empty() {
         let q = Queue::new(100, usize::MAX, Arc::new(Metrics::new()));
         for n in 0..5 {
-            q.push(&sized(n, 1000));
+            q.push(sized(n, 1000));
         }
         assert_eq!(q.take(100, 2500).lines.len(), 2);
         assert_eq!(
@@ -762,11 +815,11 @@ mod tests {
     fn the_byte_bound_drops_the_oldest_too() {
         let q = Queue::new(100, 3000, Arc::new(Metrics::new()));
         for n in 0..4 {
-            q.push(&sized(n, 1000));
+            q.push(sized(n, 1000));
         }
         assert_eq!(ids(&q), ["1", "2", "3"]);
         // A record larger than the whole bound is still kept, alone.
-        q.push(&sized(9, 5000));
+        q.push(sized(9, 5000));
         assert_eq!(ids(&q), ["9"]);
         assert_eq!(taken_drops(&q), Some(4));
     }
@@ -919,7 +972,7 @@ mod tests {
         let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
         let shipper = shipper_to(address, 1 << 20, queue.clone());
         queue.note_drops(5);
-        queue.push(&record(1));
+        queue.push(record(1));
         let lost = shipper.ship_one_batch().await.unwrap_err();
         assert_eq!(lost.failure(), Failure::AnswerLost, "{lost}");
         // Drops meanwhile, then a refusal: nothing of that batch was stored.
@@ -970,7 +1023,7 @@ mod tests {
         // The shipper's first wait begins with an empty queue.
         tokio::time::sleep(Duration::from_millis(100)).await;
         for n in 0..6 {
-            queue.push(&sized(n, 1000));
+            queue.push(sized(n, 1000));
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while received_lines(&received) < 4 && Instant::now() < deadline {
@@ -990,10 +1043,10 @@ mod tests {
         let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
         let shipper = shipper_to(address, 1 << 20, queue.clone());
         for n in 0..3 {
-            queue.push(&record(n));
+            queue.push(record(n));
         }
         assert_eq!(shipper.ship_one_batch().await.unwrap(), 3);
-        queue.push(&record(4));
+        queue.push(record(4));
         assert_eq!(shipper.ship_one_batch().await.unwrap(), 1);
         assert_eq!(
             *received.lock().unwrap(),
