@@ -26,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const PODS: usize = 50;
 
 fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s-openapi/v1.35")
+    PathBuf::from(apiwitness_runtime::manifest_dir!()).join("../../shared/k8s-openapi/v1.35")
 }
 
 /// Pseudo-random hex, the same for the same seed.

@@ -211,9 +211,9 @@ mod tests {
 
     fn spec() -> Value {
         let v3: Value = serde_json::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/k8s-openapi/v1.35/v3/apis__apps__v1_openapi.json"
+            &std::fs::read_to_string(format!(
+                "{}/../../shared/k8s-openapi/v1.35/v3/apis__apps__v1_openapi.json",
+                apiwitness_runtime::manifest_dir!()
             ))
             .expect("the reference spec"),
         )

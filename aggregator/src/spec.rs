@@ -344,7 +344,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn shared() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s-openapi/v1.35")
+        PathBuf::from(apiwitness_runtime::manifest_dir!()).join("../../shared/k8s-openapi/v1.35")
     }
 
     fn index() -> OperationIndex {

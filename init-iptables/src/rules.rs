@@ -173,7 +173,10 @@ mod tests {
     }
 
     fn golden(name: &str) -> String {
-        let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/golden/{name}",
+            apiwitness_runtime::manifest_dir!()
+        );
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 

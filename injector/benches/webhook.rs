@@ -24,7 +24,7 @@ use tower::ServiceExt;
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
         "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
+        apiwitness_runtime::manifest_dir!()
     ))
     .unwrap()
 }

@@ -59,6 +59,18 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The calling package's directory, as cargo gives it to a running test or
+/// bench, and the one compiled in where cargo does not. A test binary built
+/// in another checkout that shares the target directory has that checkout's
+/// directory compiled in.
+#[macro_export]
+macro_rules! manifest_dir {
+    () => {
+        ::std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 /// The repository's root: the tests call its `hack/` scripts.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&apiwitness_runtime::manifest_dir!())
         .parent()
         .expect("the tests crate sits in the repository")
         .to_path_buf()
