@@ -187,12 +187,13 @@ start_interceptor() { # UPSTREAM_URL [SERVER_NAME] [CA] [EXTRA ARGS...]
   echo "bench: the interceptor did not become ready:" >&2; cat "$work/interceptor.log" >&2; exit 1
 }
 stop_interceptor() { kill "$icpt_pid"; wait "$icpt_pid" 2>/dev/null || true; }
-shipping_figures() { # -> "shipped dropped", once the last batch had time to go
+shipping_figures() { # -> "shipped stripped dropped", once the last batch had time to go
   sleep 2
   curl -s "http://127.0.0.1:$admin/metrics" | awk '
     /^apiwitness_interceptor_records_shipped_total / {s=$NF}
+    /^apiwitness_interceptor_records_stripped_total / {t=$NF}
     /^apiwitness_interceptor_records_dropped_total / {d=$NF}
-    END {printf "%d %d\n", s, d}'
+    END {printf "%d %d %d\n", s, t, d}'
 }
 cpu_ticks() { # PID -> user+system clock ticks (1/100 s) of the process so far
   awk '{print $14 + $15}' "/proc/$1/stat"
@@ -231,7 +232,7 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   for client in "HTTP/1.1" "HTTP/2"; do
     tool=run_wrk
     [ "$client" = HTTP/2 ] && tool=run_h2load
-    local icpt_runs="" nginx_runs="" rss=0 shipped=0 dropped=0 r figures ticks
+    local icpt_runs="" nginx_runs="" rss=0 shipped=0 stripped=0 dropped=0 r figures ticks
     for r in $(seq 1 "$rounds"); do
       start_interceptor "$upstream" "$name" "$ca"
       ticks=$(cpu_ticks "$icpt_pid")
@@ -239,8 +240,8 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
       icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
-      read -r s d < <(shipping_figures)
-      shipped=$((shipped + s)); dropped=$((dropped + d))
+      read -r s t d < <(shipping_figures)
+      shipped=$((shipped + s)); stripped=$((stripped + t)); dropped=$((dropped + d))
       stop_interceptor
       nginx -c "$work/nginx-proxy.conf"
       sleep 0.3
@@ -253,7 +254,7 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
     record "$label, $client client" interceptor "$(median "${icpt_runs%$'\n'}")"
     record "$label, $client client" nginx "$(median "${nginx_runs%$'\n'}")"
     record "$label, $client client" interceptor-peak-rss-mib "$rss"
-    record "$label, $client client" interceptor-records "$shipped shipped, $dropped dropped"
+    record "$label, $client client" interceptor-records "$shipped shipped ($stripped stripped of their bodies when the queue was full), $dropped dropped"
   done
   start_mitm "$upstream"
   record "$label" mitmproxy "$(run_wrk "https://127.0.0.1:$mitm$path" "${hdr[@]}")"
@@ -308,7 +309,7 @@ for r in "${results[@]}"; do
   echo "| $label | $via | $rps | $p50 | $p99 | ${cpu:--} | $ratio | $lat |"
 done
 echo
-echo "Interceptor peak RSS (MiB) under the load above, and the records it shipped and dropped (all rounds):"
+echo "Interceptor peak RSS (MiB) under the load above, and the records it shipped, stripped and dropped (all rounds):"
 for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
   [ "$via" = interceptor-peak-rss-mib ] && echo "- $label: $figures MiB"
