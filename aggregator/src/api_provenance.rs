@@ -106,9 +106,8 @@ pub async fn answer(
     })
     .await?;
     if versions.is_empty() && attempts.is_empty() {
-        // Nothing was recorded of it: there is nothing to protect, and no
-        // group to ask the apiserver about.
-        return Err(not_found(&query, true));
+        // Nothing was recorded of it: no group to ask the apiserver about.
+        return Err(nothing_recorded(&state, &reader, &query).await);
     }
     let (group, resource) = versions
         .first()
@@ -222,7 +221,13 @@ async fn bisect(
     })
     .await?;
     if versions.is_empty() {
-        return Err(not_found(&query, attempts.is_empty()));
+        return Err(match attempts.first() {
+            Some(a) => {
+                authorize(&state, &reader, &query, &a.group, &a.resource).await?;
+                not_found(&query, false)
+            }
+            None => nothing_recorded(&state, &reader, &query).await,
+        });
     }
     let numbered = history::number_with(versions);
     let first_version = &numbered[0].0.version;
@@ -251,6 +256,49 @@ async fn bisect(
         "transitions": found.transitions,
     }))
     .into_response())
+}
+
+/// Nothing was recorded of the object. That is said only to a reader who
+/// may get it, were it there; anyone else is refused as for an object that
+/// was recorded, so that nobody learns which names apiwitness saw where
+/// they may not look. The group comes from the query (`resource.group`) or
+/// from any recorded object of the same resource; for a resource never
+/// recorded, the reader must be allowed to read the namespace (get pods
+/// there, as every report asks).
+async fn nothing_recorded(
+    state: &AppState,
+    reader: &Option<Caller>,
+    query: &ObjectQuery,
+) -> ApiError {
+    let (Some(auth), Some(reader)) = (&state.auth, reader) else {
+        return not_found(query, true);
+    };
+    let namespace = Some(query.namespace.as_str()).filter(|n| !n.is_empty());
+    let kind = match query.resource.split_once('.') {
+        Some((resource, group)) => Some((group.to_string(), resource.to_string())),
+        None => {
+            let store = state.store.clone();
+            let filter = crate::store::ObjectFilter {
+                kind: Some(query.resource.clone()),
+                ..Default::default()
+            };
+            match blocking(move || store.objects(&filter, 1)).await {
+                Ok(found) => found.into_iter().next().map(|o| (o.group, o.resource)),
+                Err(e) => return e,
+            }
+        }
+    };
+    let allowed = match &kind {
+        Some((group, resource)) => {
+            auth.may_get_object(reader, group, resource, namespace, &query.name)
+                .await
+        }
+        None => auth.may_get_resource(reader, "", "pods", namespace).await,
+    };
+    match allowed {
+        Ok(()) => not_found(query, true),
+        Err(refused) => refused.into(),
+    }
 }
 
 fn not_found(query: &ObjectQuery, nothing_at_all: bool) -> ApiError {

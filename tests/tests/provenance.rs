@@ -372,6 +372,15 @@ fn seed_scenario(prefix: &str, store: StoreKind) {
         body.contains("may not get postgreses.postgrescontroller.kubeplus"),
         "{body}"
     );
+    // Nor does such a reader learn which names were never seen: refused
+    // too, where a reader of the namespace is told there is nothing.
+    for view in ["versions", "bisect?field=spec.replicas&value=3"] {
+        let path = format!("/provenance/namespaces/{n}/postgreses/nobody-here/{view}");
+        let (status, body) = aggregator.get(&path, Some(&nobody)).unwrap();
+        assert_eq!(status, 403, "{path}: {body}");
+        let (status, body) = aggregator.get(&path, Some(&reader)).unwrap();
+        assert_eq!(status, 404, "{path}: {body}");
+    }
 }
 
 #[test]
