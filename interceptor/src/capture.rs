@@ -75,6 +75,14 @@ struct BoundedSink {
     size: u64,
 }
 
+impl BoundedSink {
+    /// Keeps nothing more, and lets go of what it kept; it goes on counting.
+    fn let_go(&mut self) {
+        self.kept = BytesMut::new();
+        self.limit = 0;
+    }
+}
+
 impl Write for BoundedSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.size += data.len() as u64;
@@ -255,6 +263,33 @@ impl Capture {
                 Some(Reader::Watch(splitter)) => splitter.held + splitter.pending.len(),
                 None => 0,
             }
+    }
+
+    /// Lets go of the bytes and events kept, and keeps the sizes, so that
+    /// the record still says how large the body was (marked truncated): for
+    /// an exchange that the recorder has no room for.
+    pub fn let_go_of_kept(shared: &SharedCapture) {
+        let mut capture = shared.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut capture.reader {
+            Some(Reader::Plain(sink)) => sink.let_go(),
+            Some(Reader::Gzip(decoder)) => decoder.get_mut().let_go(),
+            Some(Reader::Watch(splitter)) => {
+                splitter.cut += splitter.events.len() as u64;
+                splitter.events.clear();
+                splitter.held = 0;
+            }
+            None => {}
+        }
+        let result = &mut capture.result;
+        if !result.bytes.is_empty() {
+            result.bytes = Bytes::new();
+            result.truncated = true;
+        }
+        if !result.events.is_empty() {
+            result.events_cut += result.events.len() as u64;
+            result.events.clear();
+            result.truncated = true;
+        }
     }
 
     /// Takes the result of a finished capture. A capture still open (its body
@@ -714,6 +749,33 @@ mod tests {
         // Each part counts the bytes since the one before.
         let sizes: Vec<u64> = parts.iter().chain([&last]).map(|c| c.size).collect();
         assert_eq!(sizes, [16, 31, 16, 0]);
+    }
+
+    #[test]
+    fn letting_go_of_what_was_kept_keeps_the_sizes() {
+        // An open body: what came and what comes still counts.
+        let open = Capture::new(CaptureMode::Plain, LIMITS);
+        open.lock().unwrap().feed(b"hello ");
+        Capture::let_go_of_kept(&open);
+        open.lock().unwrap().feed(b"world");
+        assert_eq!(Capture::held_bytes(&open), 0);
+        let got = Capture::take(&open);
+        assert_eq!((got.bytes.len(), got.size, got.truncated), (0, 11, true));
+        // A watch part: its events become the count cut.
+        let part = Capture::finished(Captured {
+            events: vec![Bytes::from_static(b"{\"a\":1}"); 3],
+            events_cut: 1,
+            size: 27,
+            part: Some(PartOf {
+                index: 4,
+                last: true,
+            }),
+            ..Captured::default()
+        });
+        Capture::let_go_of_kept(&part);
+        let got = Capture::take(&part);
+        assert_eq!((got.events.len(), got.events_cut, got.size), (0, 4, 27));
+        assert_eq!(got.part.map(|p| (p.index, p.last)), Some((4, true)));
     }
 
     #[test]

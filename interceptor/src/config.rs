@@ -152,16 +152,18 @@ pub struct Config {
     pub redact_paths: Vec<String>,
 
     /// Bytes of bodies waiting for the recorder (which decodes, redacts and
-    /// queues them); past it, new exchanges are dropped and counted.
+    /// queues them); past it, new exchanges go to it without their bodies.
     #[arg(long, env = "APIWITNESS_RECORDER_BYTES", default_value_t = 4 << 20)]
     pub recorder_bytes: usize,
 
-    /// Records held while the aggregator is unreachable; past it the oldest go.
+    /// Whole records held while the aggregator is unreachable; past it the
+    /// oldest are stripped of their bodies (as many again are kept so), and
+    /// then dropped.
     #[arg(long, env = "APIWITNESS_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub queue_capacity: usize,
 
     /// Bytes of records (their NDJSON lines) held in the queue; past it the
-    /// oldest records go.
+    /// oldest records are stripped of their bodies, and then dropped.
     #[arg(long, env = "APIWITNESS_QUEUE_BYTES", default_value_t = 16 << 20)]
     pub queue_bytes: usize,
 

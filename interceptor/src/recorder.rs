@@ -2,8 +2,10 @@
 //! redaction and serialization happen in this task, never in a client's
 //! request. The proxy hands over without waiting; if this task falls behind,
 //! so that the bodies waiting for it would pass their byte bound, the
-//! exchange is dropped and counted (and reported to the aggregator like the
-//! queue's drops) rather than slowing traffic down or growing memory.
+//! exchange is handed over without its bodies (their sizes stay), rather
+//! than slowing traffic down or growing memory. Only when even that finds
+//! no room (1024 exchanges waiting) is it dropped and counted, and reported
+//! to the aggregator like the queue's drops.
 
 use crate::capture::{Capture, SharedCapture};
 use crate::decode;
@@ -42,6 +44,13 @@ impl RawExchange {
         Capture::held_bytes(&self.request_body)
             + self.response_body.as_ref().map_or(0, Capture::held_bytes)
     }
+
+    fn let_go_of_bodies(&self) {
+        Capture::let_go_of_kept(&self.request_body);
+        if let Some(response) = &self.response_body {
+            Capture::let_go_of_kept(response);
+        }
+    }
 }
 
 /// An exchange handed over, with the bytes of body it holds.
@@ -77,11 +86,17 @@ impl RecorderHandle {
     }
 
     fn hand_over(&self, raw: RawExchange) -> bool {
-        let bytes = raw.held_bytes();
+        let mut bytes = raw.held_bytes();
         let before = self.waiting.fetch_add(bytes, Ordering::AcqRel);
         // One exchange is always taken when none waits, however large.
-        let over = before > 0 && before + bytes > self.max_waiting;
-        if over || self.sender.try_send(HandedOver { raw, bytes }).is_err() {
+        if before > 0 && before + bytes > self.max_waiting {
+            // No room for its bodies: the call is still recorded, without them.
+            self.waiting.fetch_sub(bytes, Ordering::AcqRel);
+            raw.let_go_of_bodies();
+            self.metrics.stripped.inc();
+            bytes = 0;
+        }
+        if self.sender.try_send(HandedOver { raw, bytes }).is_err() {
             self.waiting.fetch_sub(bytes, Ordering::AcqRel);
             self.queue.note_drops(1);
             return false;
@@ -302,7 +317,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bodies_waiting_for_the_recorder_are_bounded_in_bytes_and_drops_reported() {
+    async fn bodies_waiting_for_the_recorder_are_bounded_in_bytes_and_calls_past_the_bound_kept_without_them()
+     {
         let metrics = Arc::new(Metrics::new());
         let queue = Queue::new(100, usize::MAX, metrics.clone());
         let (handle, mut recorder) = channel(
@@ -313,20 +329,31 @@ mod tests {
             metrics,
         );
         // One exchange is taken whatever its size; the next would pass the
-        // bound while the first waits, and is dropped.
+        // bound while the first waits, and goes without its body.
         handle.record(exchange_holding(150));
         handle.record(exchange_holding(10));
-        assert_eq!(queue.drops.count(), 1);
+        assert_eq!(queue.drops.count(), 0);
         assert_eq!(handle.waiting.load(Ordering::SeqCst), 150);
 
         let handed = recorder.receiver.recv().await.unwrap();
         assert_eq!(handed.bytes, 150);
         let record = recorder.record(handed);
-        assert_eq!(record.response_body.map(|b| b.size), Some(150));
+        let body = record.response_body.unwrap();
+        assert_eq!((body.size, body.truncated), (150, false));
+        let handed = recorder.receiver.recv().await.unwrap();
+        assert_eq!(handed.bytes, 0);
+        let stripped = recorder.record(handed);
+        let body = stripped.response_body.unwrap();
+        assert_eq!((body.size, body.truncated), (10, true), "{body:?}");
+        assert_eq!(
+            body.content,
+            apiwitness_record::BodyContent::Text(String::new())
+        );
+        assert_eq!(stripped.status, 200);
         // Recorded, its bytes no longer count: two small ones fit.
         handle.record(exchange_holding(40));
         handle.record(exchange_holding(40));
-        assert_eq!(queue.drops.count(), 1, "no more drops");
         assert_eq!(handle.waiting.load(Ordering::SeqCst), 80);
+        assert_eq!(queue.drops.count(), 0, "nothing dropped");
     }
 }
