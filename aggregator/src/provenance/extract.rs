@@ -5,7 +5,7 @@
 //! write is an [`Attempt`].
 
 use super::text::{ListDefaults, ListText, is_canonical, read_canonical_object};
-use super::{Attempt, EncodedVersion, Source, TOMBSTONE_RV, Version, Who};
+use super::{Attempt, EncodedVersion, ObjectHead, Source, TOMBSTONE_RV, Version, Who};
 use apiwitness_record::{ApiRequest, Body, BodyContent, Exchange, PatchType, Verb};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -37,33 +37,48 @@ impl Context<'_> {
         // managedFields change with every write and say nothing a diff wants.
         meta.remove("managedFields");
         let uid = meta.get("uid")?.as_str()?.to_string();
-        let name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or(&self.request.name)
-            .to_string();
-        let namespace = text(meta.get("namespace")).if_empty(&self.request.namespace);
+        let name = meta.get("name").and_then(Value::as_str).map(str::to_string);
+        let namespace = text(meta.get("namespace"));
         let resource_version = text(meta.get("resourceVersion"));
         let generation = meta.get("generation").and_then(Value::as_i64);
-        Some(Version {
-            group: self.request.group.clone(),
-            resource: self.request.resource.clone(),
+        let head = ObjectHead {
             kind: text(object.get("kind")),
             api_version: text(object.get("apiVersion")),
-            namespace,
-            name,
             uid,
+            name,
+            namespace,
             resource_version,
             generation,
+        };
+        Some(Version {
+            partial,
+            object: Some(object),
+            ..self.stamped(head, verb, source)
+        })
+    }
+
+    /// The version an object shows, without the object: its head, and
+    /// who saw it where and how.
+    fn stamped(&self, head: ObjectHead, verb: &str, source: Source) -> Version {
+        Version {
+            group: self.request.group.clone(),
+            resource: self.request.resource.clone(),
+            kind: head.kind,
+            api_version: head.api_version,
+            namespace: head.namespace.if_empty(&self.request.namespace),
+            name: head.name.unwrap_or_else(|| self.request.name.clone()),
+            uid: head.uid,
+            resource_version: head.resource_version,
+            generation: head.generation,
             time: self.exchange.started_at.clone(),
             verb: verb.to_string(),
             source,
             deleted: false,
-            partial,
+            partial: false,
             who: self.who.clone(),
             record: self.exchange.id.clone(),
-            object: Some(object),
-        })
+            object: None,
+        }
     }
 
     /// A version read from its object's text, which is kept as it came
@@ -77,25 +92,7 @@ impl Context<'_> {
         source: Source,
     ) -> Option<Result<EncodedVersion, serde_json::Error>> {
         let object = read_canonical_object(text, list)?;
-        let version = Version {
-            group: self.request.group.clone(),
-            resource: self.request.resource.clone(),
-            kind: object.kind,
-            api_version: object.api_version,
-            namespace: object.namespace.if_empty(&self.request.namespace),
-            name: object.name.unwrap_or_else(|| self.request.name.clone()),
-            uid: object.uid,
-            resource_version: object.resource_version,
-            generation: object.generation,
-            time: self.exchange.started_at.clone(),
-            verb: verb.to_string(),
-            source,
-            deleted: false,
-            partial: false,
-            who: self.who.clone(),
-            record: self.exchange.id.clone(),
-            object: None,
-        };
+        let version = self.stamped(object.head, verb, source);
         Some(EncodedVersion::with_text(version, object.text))
     }
 
@@ -274,18 +271,18 @@ pub fn from_request(
         Verb::List => {
             if let Some(list) = json_text(&response).and_then(ListText::read) {
                 let item_kind = list.item_kind();
-                let api_version = list.defaults(&item_kind).api_version;
+                let defaults = list.defaults(&item_kind);
                 for item in list.items() {
                     let text = cx.version_of_canonical_text(
                         item.get(),
-                        Some(list.defaults(&item_kind)),
+                        Some(defaults),
                         "list",
                         Source::Observed,
                     );
                     let version = match text {
                         Some(version) => Some(version?),
                         None => {
-                            let api_version = match api_version {
+                            let api_version = match defaults.api_version {
                                 Some(v) => serde_json::from_str(v.get())?,
                                 None => Value::Null,
                             };

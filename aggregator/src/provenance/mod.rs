@@ -86,6 +86,22 @@ pub struct Version {
     pub object: Option<Value>,
 }
 
+/// What a version takes from its object, read from its tree or from its
+/// text ([`text`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectHead {
+    /// Empty where the object does not say, or says it with no string.
+    pub kind: String,
+    pub api_version: String,
+    pub uid: String,
+    /// `None` where the object does not name itself.
+    pub name: Option<String>,
+    /// Empty where the object does not say.
+    pub namespace: String,
+    pub resource_version: String,
+    pub generation: Option<i64>,
+}
+
 /// A version as a store writes it: its document (the version without its
 /// object) and its object, each as JSON text. Ingest encodes them where it
 /// parses the record, on the request's thread, so the one thread that

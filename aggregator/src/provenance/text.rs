@@ -13,6 +13,7 @@
 //! `"key":value` (see [`super::path::FieldPath::needles`]). Anything else,
 //! and anything this reader cannot tell for sure, goes through the tree.
 
+use super::ObjectHead;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -112,15 +113,7 @@ impl<'de: 'a, 'a> Visitor<'de> for HeadReader<'_, 'a> {
 /// One object read from its text.
 #[derive(Debug, PartialEq)]
 pub struct ObjectText {
-    pub kind: String,
-    pub api_version: String,
-    pub uid: String,
-    /// `None` where the object does not name itself.
-    pub name: Option<String>,
-    /// Empty where the object does not say.
-    pub namespace: String,
-    pub resource_version: String,
-    pub generation: Option<i64>,
+    pub head: ObjectHead,
     /// The object without managedFields, compact.
     pub text: String,
 }
@@ -228,13 +221,15 @@ pub fn read_canonical_object(text: &str, list: Option<ListDefaults<'_>>) -> Opti
         }
     }
     Some(ObjectText {
-        kind,
-        api_version: string_or_empty(api_version),
-        uid,
-        name: meta.name.and_then(string_in),
-        namespace: string_or_empty(meta.namespace),
-        resource_version: string_or_empty(meta.resource_version),
-        generation,
+        head: ObjectHead {
+            kind,
+            api_version: string_or_empty(api_version),
+            uid,
+            name: meta.name.and_then(string_in),
+            namespace: string_or_empty(meta.namespace),
+            resource_version: string_or_empty(meta.resource_version),
+            generation,
+        },
         text,
     })
 }
@@ -351,12 +346,12 @@ mod tests {
         ];
         for text in objects {
             let read = read_object(text).unwrap_or_else(|| panic!("{text}"));
-            assert_eq!(read.uid, "u1");
+            assert_eq!(read.head.uid, "u1");
             let back: Value = serde_json::from_str(&read.text).unwrap();
             assert_eq!(back, through_the_tree(text), "{text} became {}", read.text);
             assert!(!read.text.contains("managedFields"), "{}", read.text);
         }
-        let first = read_object(objects[0]).unwrap();
+        let first = read_object(objects[0]).unwrap().head;
         assert_eq!(
             (
                 first.kind.as_str(),
@@ -369,7 +364,7 @@ mod tests {
             ("ConfigMap", "v1", Some("c"), "ns", "7", Some(2))
         );
         assert_eq!(
-            read_object(objects[4]).unwrap().name.as_deref(),
+            read_object(objects[4]).unwrap().head.name.as_deref(),
             Some("with \"quotes\" and \\")
         );
     }
@@ -447,6 +442,7 @@ mod tests {
             .map(|item| {
                 read_canonical_object(item.get(), Some(read.defaults(&item_kind)))
                     .unwrap()
+                    .head
                     .kind
             })
             .collect();
@@ -460,9 +456,9 @@ mod tests {
     fn reading_stops_after_the_head_and_the_first_of_a_repeated_key_counts() {
         // Past the head, the text is not read: what follows is not looked at.
         let text = r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"uid":"u1"},"data":{"a":"b"},"metadata":{"uid":"u2"}}"#;
-        assert_eq!(read_object(text).unwrap().uid, "u1");
+        assert_eq!(read_object(text).unwrap().head.uid, "u1");
         // Kind after the metadata is still read.
         let late = r#"{"metadata":{"uid":"u1"},"data":{},"kind":"ConfigMap"}"#;
-        assert_eq!(read_object(late).unwrap().kind, "ConfigMap");
+        assert_eq!(read_object(late).unwrap().head.kind, "ConfigMap");
     }
 }
