@@ -31,6 +31,15 @@ impl Ledger {
         self.first = Some(self.first.map_or(first, |f| f.min(first)));
         self.last = Some(self.last.map_or(last, |l| l.max(last)));
     }
+
+    /// A report's drops back into the running count, to be reported anew.
+    fn recount(&mut self, report: &DropReport) {
+        self.add(
+            report.dropped,
+            parse_time(&report.first_dropped_at),
+            parse_time(&report.last_dropped_at),
+        );
+    }
 }
 
 #[derive(Default)]
@@ -127,11 +136,7 @@ impl Drops {
         if let Some(report) = new {
             match failure {
                 Failure::AnswerLost => ledger.unacknowledged.push(report),
-                Failure::NotStored => ledger.add(
-                    report.dropped,
-                    parse_time(&report.first_dropped_at),
-                    parse_time(&report.last_dropped_at),
-                ),
+                Failure::NotStored => ledger.recount(&report),
             }
         }
         let excess = ledger
@@ -143,11 +148,7 @@ impl Drops {
                 dropped = report.dropped,
                 "too many drop reports await an answer: the oldest is counted again, and may be counted twice"
             );
-            ledger.add(
-                report.dropped,
-                parse_time(&report.first_dropped_at),
-                parse_time(&report.last_dropped_at),
-            );
+            ledger.recount(&report);
         }
     }
 }

@@ -62,6 +62,23 @@ impl Queued {
             _ => self.line.len(),
         }
     }
+
+    /// Puts the stripped form in the line's place. `None` where the line is
+    /// no record (not one this queue wrote); else whether anything was let
+    /// go.
+    fn strip(&mut self) -> Option<bool> {
+        match std::mem::replace(&mut self.stripped, Stripped::Same) {
+            Stripped::Same => Some(false),
+            Stripped::Made(line) => {
+                self.line = line;
+                Some(true)
+            }
+            Stripped::NotMade => {
+                self.line = stripped(&self.line)?;
+                Some(true)
+            }
+        }
+    }
 }
 
 impl Records {
@@ -142,22 +159,15 @@ impl Queue {
             }
             if records.whole() > 0 && records.stripped < self.capacity {
                 let at = records.stripped;
-                let old = &mut records.lines[at];
-                let freed = old.bytes();
-                let form = match std::mem::replace(&mut old.stripped, Stripped::Same) {
-                    Stripped::Made(line) => Some(Some(line)),
-                    // Nothing to strip: it only moves among the stripped.
-                    Stripped::Same => Some(None),
-                    Stripped::NotMade => stripped(&old.line).map(Some),
-                };
-                match form {
-                    Some(line) => {
-                        if let Some(line) = line {
-                            old.line = line;
+                let oldest_whole = &mut records.lines[at];
+                let freed = oldest_whole.bytes();
+                match oldest_whole.strip() {
+                    Some(let_go) => {
+                        // Without bodies, it only moves among the stripped.
+                        if let_go {
                             self.metrics.stripped.inc();
                         }
-                        let now = old.bytes();
-                        records.bytes = records.bytes - freed + now;
+                        records.bytes = records.bytes - freed + oldest_whole.bytes();
                         records.stripped += 1;
                     }
                     None => {
@@ -192,10 +202,7 @@ impl Queue {
             let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
             records.whole() >= self.capacity / 2 || records.bytes >= self.max_bytes / 2
         };
-        let has_bodies = record.request_body.is_some()
-            || record.response_body.is_some()
-            || record.watch.as_ref().is_some_and(|w| !w.events.is_empty());
-        let stripped = if !has_bodies {
+        let stripped = if !record.has_bodies() {
             Stripped::Same
         } else if half_full {
             record.drop_bodies();

@@ -293,6 +293,14 @@ pub struct WatchPart {
 }
 
 impl Exchange {
+    /// Whether it holds a body or a watch event: what [`Exchange::drop_bodies`]
+    /// lets go.
+    pub fn has_bodies(&self) -> bool {
+        self.request_body.is_some()
+            || self.response_body.is_some()
+            || self.watch.as_ref().is_some_and(|w| !w.events.is_empty())
+    }
+
     /// Lets the bodies and watch events go and keeps the rest: what was
     /// called, when, by whom, with what status, and each body's true size
     /// (marked truncated, with nothing kept). A queue short of room keeps
