@@ -59,23 +59,25 @@ pub use crate::provenance::EncodedVersion;
 
 /// The `hits` rows a batch adds to: one entry per distinct key, so a batch
 /// of many calls to the same operation costs one upsert, not one per call.
+/// The keys borrow the batch's own strings: a batch of 500 records made
+/// eight copies of each record's names for keys that mostly exist already.
 #[derive(Debug, Default)]
-pub struct HitCounts {
-    pub rows: std::collections::HashMap<HitKey, HitCount>,
+pub struct HitCounts<'a> {
+    pub rows: std::collections::HashMap<HitKey<'a>, HitCount<'a>>,
     /// How often each field was set, by the same keys less the status.
-    pub fields: std::collections::HashMap<FieldKey, u64>,
+    pub fields: std::collections::HashMap<FieldKey<'a>, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FieldKey {
-    pub pod_namespace: String,
-    pub pod_name: String,
-    pub workload: String,
-    pub client: String,
-    pub method: String,
-    pub template: String,
-    pub hour: String,
-    pub field: String,
+pub struct FieldKey<'a> {
+    pub pod_namespace: &'a str,
+    pub pod_name: &'a str,
+    pub workload: &'a str,
+    pub client: &'a str,
+    pub method: &'a str,
+    pub template: &'a str,
+    pub hour: &'a str,
+    pub field: &'a str,
 }
 
 /// How often one field of one operation's request body was set.
@@ -88,22 +90,22 @@ pub struct FieldHit {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HitKey {
-    pub pod_namespace: String,
-    pub pod_name: String,
-    pub workload: String,
-    pub client: String,
-    pub method: String,
-    pub template: String,
+pub struct HitKey<'a> {
+    pub pod_namespace: &'a str,
+    pub pod_name: &'a str,
+    pub workload: &'a str,
+    pub client: &'a str,
+    pub method: &'a str,
+    pub template: &'a str,
     pub status: u16,
-    pub hour: String,
+    pub hour: &'a str,
 }
 
 #[derive(Debug, Clone)]
-pub struct HitCount {
+pub struct HitCount<'a> {
     pub hits: u64,
-    pub first_seen: String,
-    pub last_seen: String,
+    pub first_seen: &'a str,
+    pub last_seen: &'a str,
 }
 
 /// `2026-11-24T06:00:00.123456Z` -> `2026-11-24T06`: the hour bucket of hits.
@@ -111,36 +113,33 @@ pub(crate) fn hour_of(started_at: &str) -> &str {
     started_at.get(..13).unwrap_or(started_at)
 }
 
-impl HitCounts {
+impl<'a> HitCounts<'a> {
     /// Counts a newly stored record toward each of its templates.
-    pub fn add(&mut self, item: &IngestItem) {
+    pub fn add(&mut self, item: &'a IngestItem) {
         if item.later_part {
             return;
         }
-        let hour = hour_of(&item.started_at).to_string();
+        let hour = hour_of(&item.started_at);
+        let started_at = item.started_at.as_str();
         for template in &item.templates {
             let key = HitKey {
-                pod_namespace: item.pod_namespace.clone(),
-                pod_name: item.pod_name.clone(),
-                workload: item.workload.clone(),
-                client: item.client.clone(),
-                method: item.method.clone(),
-                template: template.clone(),
+                pod_namespace: &item.pod_namespace,
+                pod_name: &item.pod_name,
+                workload: &item.workload,
+                client: &item.client,
+                method: &item.method,
+                template,
                 status: item.status,
-                hour: hour.clone(),
+                hour,
             };
-            let entry = self.rows.entry(key).or_insert_with(|| HitCount {
+            let entry = self.rows.entry(key).or_insert(HitCount {
                 hits: 0,
-                first_seen: item.started_at.clone(),
-                last_seen: item.started_at.clone(),
+                first_seen: started_at,
+                last_seen: started_at,
             });
             entry.hits += 1;
-            if item.started_at < entry.first_seen {
-                entry.first_seen = item.started_at.clone();
-            }
-            if item.started_at > entry.last_seen {
-                entry.last_seen = item.started_at.clone();
-            }
+            entry.first_seen = entry.first_seen.min(started_at);
+            entry.last_seen = entry.last_seen.max(started_at);
         }
         // A body belongs to its request's own operation: the second template
         // of a watch takes no body.
@@ -149,14 +148,14 @@ impl HitCounts {
         };
         for field in &item.fields {
             let key = FieldKey {
-                pod_namespace: item.pod_namespace.clone(),
-                pod_name: item.pod_name.clone(),
-                workload: item.workload.clone(),
-                client: item.client.clone(),
-                method: item.method.clone(),
-                template: template.clone(),
-                hour: hour.clone(),
-                field: field.clone(),
+                pod_namespace: &item.pod_namespace,
+                pod_name: &item.pod_name,
+                workload: &item.workload,
+                client: &item.client,
+                method: &item.method,
+                template,
+                hour,
+                field,
             };
             *self.fields.entry(key).or_default() += 1;
         }

@@ -496,20 +496,20 @@ fn ingest_batch(
 /// than all the rest of its ingest. The rows go in key order, so replicas
 /// writing the same keys take their row locks in one order and never
 /// deadlock.
-fn upsert_hits(
+fn upsert_hits<'a>(
     tx: &mut postgres::Transaction<'_>,
-    counts: &super::HitCounts,
+    counts: &super::HitCounts<'a>,
 ) -> Result<(), StoreError> {
     if !counts.rows.is_empty() {
         let mut rows: Vec<_> = counts.rows.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
-        let text = |f: fn(&super::HitKey) -> &String| -> Vec<&str> {
-            rows.iter().map(|(k, _)| f(k).as_str()).collect()
+        let text = |f: fn(&super::HitKey<'a>) -> &'a str| -> Vec<&str> {
+            rows.iter().map(|(k, _)| f(k)).collect()
         };
         let statuses: Vec<i32> = rows.iter().map(|(k, _)| i32::from(k.status)).collect();
         let hits: Vec<i64> = rows.iter().map(|(_, c)| c.hits as i64).collect();
-        let first: Vec<&str> = rows.iter().map(|(_, c)| c.first_seen.as_str()).collect();
-        let last: Vec<&str> = rows.iter().map(|(_, c)| c.last_seen.as_str()).collect();
+        let first: Vec<&str> = rows.iter().map(|(_, c)| c.first_seen).collect();
+        let last: Vec<&str> = rows.iter().map(|(_, c)| c.last_seen).collect();
         tx.execute(
             "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
              SELECT pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen
@@ -521,14 +521,14 @@ fn upsert_hits(
                first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
                last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
             &[
-                &text(|k| &k.pod_namespace),
-                &text(|k| &k.pod_name),
-                &text(|k| &k.workload),
-                &text(|k| &k.client),
-                &text(|k| &k.method),
-                &text(|k| &k.template),
+                &text(|k| k.pod_namespace),
+                &text(|k| k.pod_name),
+                &text(|k| k.workload),
+                &text(|k| k.client),
+                &text(|k| k.method),
+                &text(|k| k.template),
                 &statuses,
-                &text(|k| &k.hour),
+                &text(|k| k.hour),
                 &hits,
                 &first,
                 &last,
@@ -538,8 +538,8 @@ fn upsert_hits(
     if !counts.fields.is_empty() {
         let mut fields: Vec<_> = counts.fields.iter().collect();
         fields.sort();
-        let text = |f: fn(&super::FieldKey) -> &String| -> Vec<&str> {
-            fields.iter().map(|(k, _)| f(k).as_str()).collect()
+        let text = |f: fn(&super::FieldKey<'a>) -> &'a str| -> Vec<&str> {
+            fields.iter().map(|(k, _)| f(k)).collect()
         };
         let hits: Vec<i64> = fields.iter().map(|(_, h)| **h as i64).collect();
         tx.execute(
@@ -551,14 +551,14 @@ fn upsert_hits(
              ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, hour, field)
              DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
             &[
-                &text(|k| &k.pod_namespace),
-                &text(|k| &k.pod_name),
-                &text(|k| &k.workload),
-                &text(|k| &k.client),
-                &text(|k| &k.method),
-                &text(|k| &k.template),
-                &text(|k| &k.hour),
-                &text(|k| &k.field),
+                &text(|k| k.pod_namespace),
+                &text(|k| k.pod_name),
+                &text(|k| k.workload),
+                &text(|k| k.client),
+                &text(|k| k.method),
+                &text(|k| k.template),
+                &text(|k| k.hour),
+                &text(|k| k.field),
                 &hits,
             ],
         )?;

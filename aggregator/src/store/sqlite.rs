@@ -125,7 +125,42 @@ DROP TABLE versions;
 ALTER TABLE versions_by_rv RENAME TO versions;
 CREATE INDEX versions_by_name ON versions (namespace, name);
 "#,
+    // Versions found by name through a table of their names, and new names
+    // wait in a small one before they join it (see RECENT_NAMES_TO_MERGE).
+    r#"
+CREATE TABLE version_names (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, resource_version, uid)
+) WITHOUT ROWID;
+CREATE TABLE version_names_recent (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, resource_version, uid)
+) WITHOUT ROWID;
+INSERT INTO version_names SELECT namespace, name, resource_version, uid FROM versions;
+DROP INDEX versions_by_name;
+"#,
 ];
+
+/// Versions whose (namespace, name) are ?1 and ?2: the versions table has
+/// no index by name of its own (see [`RECENT_NAMES_TO_MERGE`]).
+macro_rules! versions_named {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM versions WHERE (resource_version, uid) IN (
+               SELECT resource_version, uid FROM version_names WHERE namespace = ?1 AND name = ?2
+               UNION ALL
+               SELECT resource_version, uid FROM version_names_recent WHERE namespace = ?1 AND name = ?2)"
+        )
+    };
+}
 
 /// The page size of a new store.
 const SQLITE_PAGE_BYTES: i64 = 16 * 1024;
@@ -135,6 +170,8 @@ const SQLITE_CACHE_KIB: i64 = 64 * 1024;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// [`RECENT_NAMES_TO_MERGE`], but for tests.
+    names_to_merge: i64,
 }
 
 impl SqliteStore {
@@ -155,6 +192,7 @@ impl SqliteStore {
         migrate(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            names_to_merge: RECENT_NAMES_TO_MERGE,
         })
     }
 
@@ -226,6 +264,7 @@ impl Store for SqliteStore {
             .iter()
             .map(|b| ingest_batch(&tx, b))
             .collect::<Result<Vec<_>, _>>()?;
+        merge_recent_names(&tx, self.names_to_merge)?;
         tx.commit()?;
         Ok(outcomes)
     }
@@ -296,9 +335,9 @@ impl Store for SqliteStore {
     fn versions(&self, query: &ObjectQuery, objects: bool) -> Result<Vec<Version>, StoreError> {
         let conn = self.lock();
         let sql = if objects {
-            "SELECT doc, object FROM versions WHERE namespace = ?1 AND name = ?2"
+            versions_named!("doc, object")
         } else {
-            "SELECT doc, NULL FROM versions WHERE namespace = ?1 AND name = ?2"
+            versions_named!("doc, NULL")
         };
         let mut select = conn.prepare_cached(sql)?;
         let rows = select
@@ -322,9 +361,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(Version, bool)>, StoreError> {
         let conn = self.lock();
         let mut select = conn.prepare_cached(if holds.is_some() {
-            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, object FROM versions WHERE namespace = ?1 AND name = ?2"
+            versions_named!(
+                "grp, resource, kind, namespace, name, uid, resource_version, time, object"
+            )
         } else {
-            "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, NULL FROM versions WHERE namespace = ?1 AND name = ?2"
+            versions_named!(
+                "grp, resource, kind, namespace, name, uid, resource_version, time, NULL"
+            )
         })?;
         let mut all = Vec::new();
         let mut rows = select.query(params![query.namespace, query.name])?;
@@ -479,6 +522,45 @@ impl Store for SqliteStore {
 }
 
 /// One batch, within the group's transaction.
+/// The statements a batch runs once a record or a version, prepared once a
+/// batch: looking each up in rusqlite's cache, a hash of its SQL text, cost
+/// about as much as running some of them.
+struct Statements<'t> {
+    insert_record: rusqlite::CachedStatement<'t>,
+    read_version: rusqlite::CachedStatement<'t>,
+    write_version: rusqlite::CachedStatement<'t>,
+    update_version: rusqlite::CachedStatement<'t>,
+    name_version: rusqlite::CachedStatement<'t>,
+    insert_attempt: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> Statements<'t> {
+    fn prepare(tx: &'t rusqlite::Transaction<'_>) -> Result<Statements<'t>, StoreError> {
+        Ok(Statements {
+            insert_record: tx.prepare_cached(
+                "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9)",
+            )?,
+            read_version: tx.prepare_cached(
+                "SELECT doc, object IS NOT NULL FROM versions WHERE uid = ?1 AND resource_version = ?2",
+            )?,
+            write_version: tx.prepare_cached(
+                "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?,
+            update_version: tx.prepare_cached(
+                "UPDATE versions SET kind = ?3, time = ?4, doc = ?5 WHERE uid = ?1 AND resource_version = ?2",
+            )?,
+            name_version: tx.prepare_cached(
+                "INSERT OR IGNORE INTO version_names_recent (namespace, name, resource_version, uid) VALUES (?1, ?2, ?3, ?4)",
+            )?,
+            insert_attempt: tx.prepare_cached(
+                "INSERT OR IGNORE INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?,
+        })
+    }
+}
+
 fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
     batch: &Batch<'_>,
@@ -495,13 +577,10 @@ fn ingest_batch(
         Some(tx.last_insert_rowid())
     };
     {
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9)",
-        )?;
+        let mut statements = Statements::prepare(tx)?;
         let mut counts = super::HitCounts::default();
         for (line, item) in items.iter().enumerate() {
-            let inserted = insert.execute(params![
+            let inserted = statements.insert_record.execute(params![
                 item.id,
                 item.started_at,
                 item.pod_namespace,
@@ -517,7 +596,7 @@ fn ingest_batch(
             } else {
                 outcome.accepted += 1;
                 counts.add(item);
-                store_provenance(tx, item)?;
+                store_provenance(&mut statements, item)?;
             }
         }
         let mut count = tx.prepare_cached(
@@ -582,39 +661,58 @@ fn ingest_batch(
     Ok(outcome)
 }
 
+/// How many versions' names wait in `version_names_recent` before they go
+/// into `version_names` at once. Names land at random places in their
+/// index, so each commit wrote nearly every page of an index by name, twice
+/// (the WAL, then the checkpoint): a third of all the bytes ingest wrote.
+/// New names wait in a table of a few dozen pages instead, and join the
+/// large index in runs of this many, which touch each of its pages once.
+const RECENT_NAMES_TO_MERGE: i64 = 8192;
+
+/// Moves the waiting names into `version_names` once there are enough.
+fn merge_recent_names(tx: &rusqlite::Transaction<'_>, at: i64) -> Result<(), StoreError> {
+    let waiting: i64 = tx.query_row("SELECT COUNT(*) FROM version_names_recent", [], |r| {
+        r.get(0)
+    })?;
+    if waiting >= at {
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO version_names SELECT * FROM version_names_recent;
+             DELETE FROM version_names_recent;",
+        )?;
+    }
+    Ok(())
+}
+
 /// A new record's versions, each merged with any earlier sighting of the
 /// same (uid, resourceVersion), and its refused writes.
-fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result<(), StoreError> {
-    let mut read = tx.prepare_cached(
-        "SELECT doc, object IS NOT NULL FROM versions WHERE uid = ?1 AND resource_version = ?2",
-    )?;
-    let mut write = tx.prepare_cached(
-        "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
-    let mut update = tx.prepare_cached(
-        "UPDATE versions SET kind = ?3, time = ?4, doc = ?5 WHERE uid = ?1 AND resource_version = ?2",
-    )?;
+fn store_provenance(statements: &mut Statements<'_>, item: &IngestItem) -> Result<(), StoreError> {
     for sighting in &item.versions {
         let version = &sighting.version;
-        let existing: Option<(String, bool)> = read
+        let existing: Option<(String, bool)> = statements
+            .read_version
             .query_row(params![version.uid, version.resource_version], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
         let Some((stored, has_object)) = existing else {
             write_version(
-                &mut write,
+                &mut statements.write_version,
                 version,
                 &sighting.document,
                 sighting.object.as_deref(),
             )?;
+            statements.name_version.execute(params![
+                version.namespace,
+                version.name,
+                version.resource_version,
+                version.uid
+            ])?;
             continue;
         };
         match merge_into(&stored, has_object, sighting)? {
             Merged::Nothing => {}
             Merged::Document(merged, document) => {
-                update.execute(params![
+                statements.update_version.execute(params![
                     merged.uid,
                     merged.resource_version,
                     merged.kind,
@@ -623,15 +721,17 @@ fn store_provenance(tx: &rusqlite::Transaction<'_>, item: &IngestItem) -> Result
                 ])?;
             }
             Merged::Whole(merged, document) => {
-                write_version(&mut write, &merged, &document, sighting.object.as_deref())?;
+                write_version(
+                    &mut statements.write_version,
+                    &merged,
+                    &document,
+                    sighting.object.as_deref(),
+                )?;
             }
         }
     }
-    let mut attempt = tx.prepare_cached(
-        "INSERT OR IGNORE INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
     for a in &item.attempts {
-        attempt.execute(params![
+        statements.insert_attempt.execute(params![
             a.record,
             a.group,
             a.resource,
@@ -821,6 +921,12 @@ mod tests {
             .versions_by_key(&[("u1".to_string(), "7".to_string())])
             .unwrap();
         assert_eq!(back, [encoded.decoded().unwrap()]);
+        let by_name = ObjectQuery {
+            namespace: "ns".into(),
+            resource: "configmaps".into(),
+            name: "c".into(),
+        };
+        assert_eq!(store.versions(&by_name, true).unwrap(), back);
         let key: Vec<String> = store
             .lock()
             .prepare(
@@ -833,6 +939,77 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(key, ["resource_version", "uid"]);
+    }
+
+    #[test]
+    fn versions_are_found_by_name_while_their_names_wait_and_after_they_join_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("n.db")).unwrap();
+        store.names_to_merge = 3;
+        let with = |id: &str, name: &str, rv: usize| IngestItem {
+            versions: vec![
+                crate::store::EncodedVersion::new(crate::provenance::Version {
+                    object: Some(serde_json::json!({"data": {"v": rv}})),
+                    ..key_version(
+                        [
+                            "",
+                            "configmaps",
+                            "ConfigMap",
+                            "ns",
+                            name,
+                            &format!("uid-{name}"),
+                            &rv.to_string(),
+                            "2026-11-30T10:00:00Z",
+                        ]
+                        .map(String::from),
+                    )
+                })
+                .unwrap(),
+            ],
+            ..item(id, "/t", 200)
+        };
+        let query = |name: &str| ObjectQuery {
+            namespace: "ns".into(),
+            resource: "configmaps".into(),
+            name: name.into(),
+        };
+        let rows = |store: &SqliteStore, table: &str| -> i64 {
+            store
+                .lock()
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        let mut seen_waiting = false;
+        let mut seen_merged = false;
+        for rv in 1..=7 {
+            store
+                .ingest(
+                    &[
+                        with(&format!("c{rv}"), "c", rv),
+                        with(&format!("d{rv}"), "d", 100 + rv),
+                    ],
+                    &[],
+                )
+                .unwrap();
+            // Every version so far, wherever its name is at the moment.
+            let mut found: Vec<String> = store
+                .versions(&query("c"), true)
+                .unwrap()
+                .into_iter()
+                .map(|v| v.resource_version)
+                .collect();
+            found.sort_by_key(|rv| rv.parse::<usize>().unwrap());
+            let expected: Vec<String> = (1..=rv).map(|r| r.to_string()).collect();
+            assert_eq!(found, expected);
+            assert_eq!(store.version_keys(&query("d")).unwrap().len(), rv);
+            let waiting = rows(&store, "version_names_recent");
+            assert!(waiting < 3, "{waiting} names wait after {rv} batches");
+            seen_waiting |= waiting > 0;
+            seen_merged |= rows(&store, "version_names") > 0;
+            assert_eq!(rows(&store, "version_names") + waiting, 2 * rv as i64);
+        }
+        assert!(seen_waiting && seen_merged);
+        assert!(store.versions(&query("e"), true).unwrap().is_empty());
     }
 
     #[test]
