@@ -318,6 +318,64 @@ fn print_what_is_stored(path: &std::path::Path) {
         .map(|(name, bytes)| format!("{name} {:.0} MB", bytes as f64 / 1e6))
         .collect();
     println!("  pages: {}", tables.join(", "));
+    print_pages_each_commit_writes(&conn, path);
+}
+
+/// Which tables' pages the last commits wrote, from the frames still in
+/// the WAL: a commit writes every page it touched, so a table whose rows
+/// land at random places costs whole pages for a few bytes of change.
+fn print_pages_each_commit_writes(conn: &rusqlite::Connection, path: &std::path::Path) {
+    let mut wal_path = path.as_os_str().to_owned();
+    wal_path.push("-wal");
+    let Ok(wal) = std::fs::read(&wal_path) else {
+        return;
+    };
+    let word = |at: usize| u32::from_be_bytes(wal[at..at + 4].try_into().expect("4 bytes"));
+    if wal.len() < 32 {
+        return;
+    }
+    let page_size = word(8) as usize;
+    let salts = (word(16), word(20));
+    // The frames since the last checkpoint carry the header's salts; older
+    // ones past them are left from before and do not count.
+    let mut written = Vec::new();
+    let mut commits = 0;
+    let mut at = 32;
+    while at + 24 + page_size <= wal.len() && (word(at + 8), word(at + 12)) == salts {
+        written.push(i64::from(word(at)));
+        if word(at + 4) != 0 {
+            commits += 1;
+        }
+        at += 24 + page_size;
+    }
+    if commits == 0 {
+        return;
+    }
+    let Ok(mut owners) = conn.prepare("SELECT pageno, name FROM dbstat") else {
+        return;
+    };
+    let owner: std::collections::HashMap<i64, String> = owners
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("dbstat")
+        .filter_map(Result::ok)
+        .collect();
+    let mut by_table: std::collections::BTreeMap<&str, usize> = Default::default();
+    for page in &written {
+        *by_table
+            .entry(owner.get(page).map_or("(free or new)", String::as_str))
+            .or_default() += 1;
+    }
+    let mut by_table: Vec<_> = by_table.into_iter().collect();
+    by_table.sort_by_key(|(_, frames)| std::cmp::Reverse(*frames));
+    let shown: Vec<String> = by_table
+        .iter()
+        .map(|(table, frames)| format!("{table} {:.1}", *frames as f64 / commits as f64))
+        .collect();
+    println!(
+        "  pages a commit wrote to the WAL (last {commits} commits): {:.1} in all; {}",
+        written.len() as f64 / commits as f64,
+        shown.join(", ")
+    );
 }
 
 /// As the aggregator ingests under load: `senders` interceptors post at once,

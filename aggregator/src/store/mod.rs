@@ -7,6 +7,7 @@
 pub mod packed;
 pub mod postgres;
 pub mod sqlite;
+mod version_tail;
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode, with `synchronous=FULL`
 //! so that a batch acknowledged is a batch on disk.
 
+use super::version_tail::{TailAdditions, TailEntry, VersionTail, sorted_runs};
 use super::{
     Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
     ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
@@ -125,40 +126,55 @@ DROP TABLE versions;
 ALTER TABLE versions_by_rv RENAME TO versions;
 CREATE INDEX versions_by_name ON versions (namespace, name);
 "#,
-    // Versions found by name through a table of their names, and new names
-    // wait in a small one before they join it (see RECENT_NAMES_TO_MERGE).
+    // Versions in the order they came (`seq`), found by key and by name
+    // through indexes of their own, which the newest versions join in
+    // sorted runs (see `version_tail`).
     r#"
+CREATE TABLE versions_by_seq (
+    seq INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    time TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    object TEXT
+);
+INSERT INTO versions_by_seq (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
+    SELECT uid, resource_version, grp, resource, kind, namespace, name, time, doc, object FROM versions
+    ORDER BY resource_version, uid;
+DROP TABLE versions;
+ALTER TABLE versions_by_seq RENAME TO versions;
+CREATE TABLE version_keys (
+    resource_version TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (resource_version, uid)
+) WITHOUT ROWID;
+INSERT INTO version_keys SELECT resource_version, uid, seq FROM versions;
 CREATE TABLE version_names (
     namespace TEXT NOT NULL,
     name TEXT NOT NULL,
-    resource_version TEXT NOT NULL,
-    uid TEXT NOT NULL,
-    PRIMARY KEY (namespace, name, resource_version, uid)
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, seq)
 ) WITHOUT ROWID;
-CREATE TABLE version_names_recent (
-    namespace TEXT NOT NULL,
-    name TEXT NOT NULL,
-    resource_version TEXT NOT NULL,
-    uid TEXT NOT NULL,
-    PRIMARY KEY (namespace, name, resource_version, uid)
-) WITHOUT ROWID;
-INSERT INTO version_names SELECT namespace, name, resource_version, uid FROM versions;
-DROP INDEX versions_by_name;
+INSERT INTO version_names SELECT namespace, name, seq FROM versions;
+CREATE TABLE version_index (merged_upto INTEGER NOT NULL);
+INSERT INTO version_index SELECT COALESCE(MAX(seq), 0) FROM versions;
 "#,
 ];
 
-/// Versions whose (namespace, name) are ?1 and ?2: the versions table has
-/// no index by name of its own (see [`RECENT_NAMES_TO_MERGE`]).
+/// `FROM versions` where (namespace, name) are ?1 and ?2: those in
+/// `version_names`, and those of the tail, whose seqs ?3 lists as JSON.
 macro_rules! versions_named {
-    ($columns:literal) => {
-        concat!(
-            "SELECT ",
-            $columns,
-            " FROM versions WHERE (resource_version, uid) IN (
-               SELECT resource_version, uid FROM version_names WHERE namespace = ?1 AND name = ?2
-               UNION ALL
-               SELECT resource_version, uid FROM version_names_recent WHERE namespace = ?1 AND name = ?2)"
-        )
+    () => {
+        " FROM versions WHERE seq IN (
+           SELECT seq FROM version_names WHERE namespace = ?1 AND name = ?2
+           UNION ALL
+           SELECT value FROM json_each(?3))"
     };
 }
 
@@ -169,9 +185,31 @@ const SQLITE_PAGE_BYTES: i64 = 16 * 1024;
 const SQLITE_CACHE_KIB: i64 = 64 * 1024;
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    /// [`RECENT_NAMES_TO_MERGE`], but for tests.
-    names_to_merge: i64,
+    inner: Mutex<Inner>,
+    /// [`TAIL_TO_MERGE`], but for tests.
+    tail_to_merge: usize,
+}
+
+/// The connection, and the newest versions, which only it writes.
+struct Inner {
+    conn: Connection,
+    tail: VersionTail,
+}
+
+impl Inner {
+    /// The seqs of the tail's versions that a query names, as a JSON array.
+    fn tail_named(&self, query: &ObjectQuery) -> String {
+        let seqs = self.tail.seqs_named(&query.namespace, &query.name);
+        let listed: Vec<String> = seqs.iter().map(i64::to_string).collect();
+        format!("[{}]", listed.join(","))
+    }
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
 }
 
 impl SqliteStore {
@@ -190,15 +228,70 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", -SQLITE_CACHE_KIB)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         migrate(&conn)?;
+        let tail = read_tail(&conn)?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            names_to_merge: RECENT_NAMES_TO_MERGE,
+            inner: Mutex::new(Inner { conn, tail }),
+            tail_to_merge: TAIL_TO_MERGE,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The versions past the indexes' last run, as the store holds them.
+fn read_tail(conn: &Connection) -> Result<VersionTail, StoreError> {
+    let merged_upto: i64 =
+        conn.query_row("SELECT merged_upto FROM version_index", [], |r| r.get(0))?;
+    let mut select = conn.prepare(
+        "SELECT seq, uid, resource_version, namespace, name FROM versions WHERE seq > ?1",
+    )?;
+    let entries = select
+        .query_map([merged_upto], |r| {
+            Ok(TailEntry {
+                seq: r.get(0)?,
+                uid: r.get(1)?,
+                resource_version: r.get(2)?,
+                namespace: r.get(3)?,
+                name: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(VersionTail::new(entries))
+}
+
+/// How many new versions the memory holds before their keys and names join
+/// the store's indexes in one run. A run touches most pages of those
+/// indexes; the waiting costs a few hundred bytes of memory a version (a
+/// few MB in all) and nothing on disk. Keyed on insert, the ingest bench's
+/// commits wrote 124 pages each, two thirds of them index pages (random
+/// tombstone uids and names); with the tail, 56, most of them new rows.
+const TAIL_TO_MERGE: usize = 8192;
+
+/// Moves the tail's keys and names into the indexes, in their order.
+fn merge_tail(
+    tx: &rusqlite::Transaction<'_>,
+    tail: &VersionTail,
+    added: &TailAdditions,
+) -> Result<(), StoreError> {
+    let (keys, names) = sorted_runs(tail.entries().iter().chain(added.entries()));
+    let mut insert_key = tx.prepare_cached(
+        "INSERT INTO version_keys (resource_version, uid, seq) VALUES (?1, ?2, ?3)",
+    )?;
+    for (rv, uid, seq) in keys {
+        insert_key.execute(params![rv, uid, seq])?;
+    }
+    let mut insert_name =
+        tx.prepare_cached("INSERT INTO version_names (namespace, name, seq) VALUES (?1, ?2, ?3)")?;
+    for (namespace, name, seq) in names {
+        insert_name.execute(params![namespace, name, seq])?;
+    }
+    let upto: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM versions", [], |r| {
+        r.get(0)
+    })?;
+    tx.execute("UPDATE version_index SET merged_upto = ?1", [upto])?;
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -258,14 +351,24 @@ fn filter(scope: &Scope, has_workload: bool) -> Filter {
 
 impl Store for SqliteStore {
     fn ingest_group(&self, batches: &[Batch<'_>]) -> Result<Vec<IngestOutcome>, StoreError> {
-        let mut conn = self.lock();
+        let mut guard = self.lock();
+        let Inner { conn, tail } = &mut *guard;
         let tx = conn.transaction()?;
+        let mut added = TailAdditions::default();
         let outcomes = batches
             .iter()
-            .map(|b| ingest_batch(&tx, b))
+            .map(|b| ingest_batch(&tx, b, tail, &mut added))
             .collect::<Result<Vec<_>, _>>()?;
-        merge_recent_names(&tx, self.names_to_merge)?;
+        let merge = tail.len() + added.len() >= self.tail_to_merge;
+        if merge {
+            merge_tail(&tx, tail, &added)?;
+        }
         tx.commit()?;
+        if merge {
+            tail.merged();
+        } else {
+            tail.extend(added.into_entries());
+        }
         Ok(outcomes)
     }
 
@@ -333,17 +436,18 @@ impl Store for SqliteStore {
     }
 
     fn versions(&self, query: &ObjectQuery, objects: bool) -> Result<Vec<Version>, StoreError> {
-        let conn = self.lock();
+        let inner = self.lock();
         let sql = if objects {
-            versions_named!("doc, object")
+            concat!("SELECT doc, object", versions_named!())
         } else {
-            versions_named!("doc, NULL")
+            concat!("SELECT doc, NULL", versions_named!())
         };
-        let mut select = conn.prepare_cached(sql)?;
+        let mut select = inner.prepare_cached(sql)?;
         let rows = select
-            .query_map(params![query.namespace, query.name], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-            })?
+            .query_map(
+                params![query.namespace, query.name, inner.tail_named(query)],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         let all = rows
             .iter()
@@ -359,18 +463,24 @@ impl Store for SqliteStore {
         query: &ObjectQuery,
         holds: Option<ObjectTest<'_>>,
     ) -> Result<Vec<(Version, bool)>, StoreError> {
-        let conn = self.lock();
-        let mut select = conn.prepare_cached(if holds.is_some() {
-            versions_named!(
-                "grp, resource, kind, namespace, name, uid, resource_version, time, object"
+        let inner = self.lock();
+        let mut select = inner.prepare_cached(if holds.is_some() {
+            concat!(
+                "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, object",
+                versions_named!()
             )
         } else {
-            versions_named!(
-                "grp, resource, kind, namespace, name, uid, resource_version, time, NULL"
+            concat!(
+                "SELECT grp, resource, kind, namespace, name, uid, resource_version, time, NULL",
+                versions_named!()
             )
         })?;
         let mut all = Vec::new();
-        let mut rows = select.query(params![query.namespace, query.name])?;
+        let mut rows = select.query(params![
+            query.namespace,
+            query.name,
+            inner.tail_named(query)
+        ])?;
         while let Some(r) = rows.next()? {
             let keys = key_version([
                 r.get(0)?,
@@ -392,15 +502,19 @@ impl Store for SqliteStore {
     }
 
     fn versions_by_key(&self, keys: &[(String, String)]) -> Result<Vec<Version>, StoreError> {
-        let conn = self.lock();
-        let mut select = conn.prepare_cached(
-            "SELECT doc, object FROM versions WHERE uid = ?1 AND resource_version = ?2",
+        let inner = self.lock();
+        let mut by_seq = inner.prepare_cached("SELECT doc, object FROM versions WHERE seq = ?1")?;
+        let mut by_key = inner.prepare_cached(
+            "SELECT v.doc, v.object FROM version_keys k JOIN versions v ON v.seq = k.seq
+             WHERE k.resource_version = ?1 AND k.uid = ?2",
         )?;
         let mut out = Vec::new();
         for (uid, rv) in keys {
-            let row: Option<(String, Option<String>)> = select
-                .query_row(params![uid, rv], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+            let row: Option<(String, Option<String>)> = match inner.tail.seq_of(uid, rv) {
+                Some(seq) => by_seq.query_row([seq], read).optional()?,
+                None => by_key.query_row(params![rv, uid], read).optional()?,
+            };
             if let Some((d, o)) = row {
                 out.push(join(&d, o.as_deref())?);
             }
@@ -527,10 +641,11 @@ impl Store for SqliteStore {
 /// about as much as running some of them.
 struct Statements<'t> {
     insert_record: rusqlite::CachedStatement<'t>,
-    read_version: rusqlite::CachedStatement<'t>,
-    write_version: rusqlite::CachedStatement<'t>,
+    read_version_by_seq: rusqlite::CachedStatement<'t>,
+    read_version_by_key: rusqlite::CachedStatement<'t>,
+    insert_version: rusqlite::CachedStatement<'t>,
+    rewrite_version: rusqlite::CachedStatement<'t>,
     update_version: rusqlite::CachedStatement<'t>,
-    name_version: rusqlite::CachedStatement<'t>,
     insert_attempt: rusqlite::CachedStatement<'t>,
 }
 
@@ -541,18 +656,23 @@ impl<'t> Statements<'t> {
                 "INSERT OR IGNORE INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '', ?8, ?9)",
             )?,
-            read_version: tx.prepare_cached(
-                "SELECT doc, object IS NOT NULL FROM versions WHERE uid = ?1 AND resource_version = ?2",
+            read_version_by_seq: tx.prepare_cached(
+                "SELECT doc, object IS NOT NULL FROM versions WHERE seq = ?1",
             )?,
-            write_version: tx.prepare_cached(
-                "INSERT OR REPLACE INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
+            read_version_by_key: tx.prepare_cached(
+                "SELECT v.seq, v.doc, v.object IS NOT NULL FROM version_keys k JOIN versions v ON v.seq = k.seq
+                 WHERE k.resource_version = ?1 AND k.uid = ?2",
+            )?,
+            insert_version: tx.prepare_cached(
+                "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
-            update_version: tx.prepare_cached(
-                "UPDATE versions SET kind = ?3, time = ?4, doc = ?5 WHERE uid = ?1 AND resource_version = ?2",
+            rewrite_version: tx.prepare_cached(
+                "UPDATE versions SET grp = ?2, resource = ?3, kind = ?4, namespace = ?5, name = ?6, time = ?7, doc = ?8, object = ?9
+                 WHERE seq = ?1",
             )?,
-            name_version: tx.prepare_cached(
-                "INSERT OR IGNORE INTO version_names_recent (namespace, name, resource_version, uid) VALUES (?1, ?2, ?3, ?4)",
+            update_version: tx.prepare_cached(
+                "UPDATE versions SET kind = ?2, time = ?3, doc = ?4 WHERE seq = ?1",
             )?,
             insert_attempt: tx.prepare_cached(
                 "INSERT OR IGNORE INTO attempts (record, grp, resource, kind, namespace, name, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -564,6 +684,8 @@ impl<'t> Statements<'t> {
 fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
     batch: &Batch<'_>,
+    tail: &VersionTail,
+    added: &mut TailAdditions,
 ) -> Result<IngestOutcome, StoreError> {
     let (items, drops) = (batch.items, batch.drops);
     let mut outcome = IngestOutcome::default();
@@ -596,7 +718,7 @@ fn ingest_batch(
             } else {
                 outcome.accepted += 1;
                 counts.add(item);
-                store_provenance(&mut statements, item)?;
+                store_provenance(&mut statements, tail, added, item)?;
             }
         }
         let mut count = tx.prepare_cached(
@@ -661,72 +783,72 @@ fn ingest_batch(
     Ok(outcome)
 }
 
-/// How many versions' names wait in `version_names_recent` before they go
-/// into `version_names` at once. Names land at random places in their
-/// index, so each commit wrote nearly every page of an index by name, twice
-/// (the WAL, then the checkpoint): a third of all the bytes ingest wrote.
-/// New names wait in a table of a few dozen pages instead, and join the
-/// large index in runs of this many, which touch each of its pages once.
-const RECENT_NAMES_TO_MERGE: i64 = 8192;
-
-/// Moves the waiting names into `version_names` once there are enough.
-fn merge_recent_names(tx: &rusqlite::Transaction<'_>, at: i64) -> Result<(), StoreError> {
-    let waiting: i64 = tx.query_row("SELECT COUNT(*) FROM version_names_recent", [], |r| {
-        r.get(0)
-    })?;
-    if waiting >= at {
-        tx.execute_batch(
-            "INSERT OR IGNORE INTO version_names SELECT * FROM version_names_recent;
-             DELETE FROM version_names_recent;",
-        )?;
-    }
-    Ok(())
-}
-
 /// A new record's versions, each merged with any earlier sighting of the
 /// same (uid, resourceVersion), and its refused writes.
-fn store_provenance(statements: &mut Statements<'_>, item: &IngestItem) -> Result<(), StoreError> {
+fn store_provenance(
+    statements: &mut Statements<'_>,
+    tail: &VersionTail,
+    added: &mut TailAdditions,
+    item: &IngestItem,
+) -> Result<(), StoreError> {
     for sighting in &item.versions {
         let version = &sighting.version;
-        let existing: Option<(String, bool)> = statements
-            .read_version
-            .query_row(params![version.uid, version.resource_version], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        let Some((stored, has_object)) = existing else {
-            write_version(
-                &mut statements.write_version,
-                version,
-                &sighting.document,
-                sighting.object.as_deref(),
-            )?;
-            statements.name_version.execute(params![
+        let (uid, rv) = (&version.uid, &version.resource_version);
+        let existing: Option<(i64, String, bool)> =
+            match tail.seq_of(uid, rv).or_else(|| added.seq_of(uid, rv)) {
+                Some(seq) => statements
+                    .read_version_by_seq
+                    .query_row([seq], |r| Ok((seq, r.get(0)?, r.get(1)?)))
+                    .optional()?,
+                None => statements
+                    .read_version_by_key
+                    .query_row(params![rv, uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?,
+            };
+        let Some((seq, stored, has_object)) = existing else {
+            let seq = statements.insert_version.insert(params![
+                version.uid,
+                version.resource_version,
+                version.group,
+                version.resource,
+                version.kind,
                 version.namespace,
                 version.name,
-                version.resource_version,
-                version.uid
+                version.time,
+                sighting.document,
+                sighting.object.as_deref()
             ])?;
+            added.push(TailEntry {
+                seq,
+                uid: version.uid.clone(),
+                resource_version: version.resource_version.clone(),
+                namespace: version.namespace.clone(),
+                name: version.name.clone(),
+            });
             continue;
         };
         match merge_into(&stored, has_object, sighting)? {
             Merged::Nothing => {}
             Merged::Document(merged, document) => {
                 statements.update_version.execute(params![
-                    merged.uid,
-                    merged.resource_version,
+                    seq,
                     merged.kind,
                     merged.time,
                     document
                 ])?;
             }
             Merged::Whole(merged, document) => {
-                write_version(
-                    &mut statements.write_version,
-                    &merged,
-                    &document,
-                    sighting.object.as_deref(),
-                )?;
+                statements.rewrite_version.execute(params![
+                    seq,
+                    merged.group,
+                    merged.resource,
+                    merged.kind,
+                    merged.namespace,
+                    merged.name,
+                    merged.time,
+                    document,
+                    sighting.object.as_deref()
+                ])?;
             }
         }
     }
@@ -741,27 +863,6 @@ fn store_provenance(statements: &mut Statements<'_>, item: &IngestItem) -> Resul
             doc(a)?
         ])?;
     }
-    Ok(())
-}
-
-fn write_version(
-    write: &mut rusqlite::CachedStatement<'_>,
-    version: &Version,
-    document: &str,
-    object: Option<&str>,
-) -> Result<(), StoreError> {
-    write.execute(params![
-        version.uid,
-        version.resource_version,
-        version.group,
-        version.resource,
-        version.kind,
-        version.namespace,
-        version.name,
-        version.time,
-        document,
-        object
-    ])?;
     Ok(())
 }
 
@@ -931,7 +1032,7 @@ mod tests {
             .lock()
             .prepare(
                 "SELECT name FROM pragma_index_info(
-                   (SELECT name FROM pragma_index_list('versions') WHERE origin = 'pk'))",
+                   (SELECT name FROM pragma_index_list('version_keys') WHERE origin = 'pk'))",
             )
             .unwrap()
             .query_map([], |r| r.get(0))
@@ -942,10 +1043,12 @@ mod tests {
     }
 
     #[test]
-    fn versions_are_found_by_name_while_their_names_wait_and_after_they_join_the_index() {
+    fn versions_are_found_while_they_wait_in_memory_after_they_join_the_indexes_and_after_a_reopening()
+     {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(&dir.path().join("n.db")).unwrap();
-        store.names_to_merge = 3;
+        let path = dir.path().join("n.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.tail_to_merge = 3;
         let with = |id: &str, name: &str, rv: usize| IngestItem {
             versions: vec![
                 crate::store::EncodedVersion::new(crate::provenance::Version {
@@ -991,7 +1094,13 @@ mod tests {
                     &[],
                 )
                 .unwrap();
-            // Every version so far, wherever its name is at the moment.
+            if rv == 4 {
+                // What waited in memory is read back from the store.
+                drop(store);
+                store = SqliteStore::open(&path).unwrap();
+                store.tail_to_merge = 3;
+            }
+            // Every version so far, wherever its keys are at the moment.
             let mut found: Vec<String> = store
                 .versions(&query("c"), true)
                 .unwrap()
@@ -1002,11 +1111,22 @@ mod tests {
             let expected: Vec<String> = (1..=rv).map(|r| r.to_string()).collect();
             assert_eq!(found, expected);
             assert_eq!(store.version_keys(&query("d")).unwrap().len(), rv);
-            let waiting = rows(&store, "version_names_recent");
-            assert!(waiting < 3, "{waiting} names wait after {rv} batches");
+            let by_key = store
+                .versions_by_key(&[("uid-c".to_string(), rv.to_string())])
+                .unwrap();
+            assert_eq!(by_key.len(), 1, "version {rv} by its key");
+            // Seen again: merged into its row, not a second one.
+            store
+                .ingest(&[with(&format!("again{rv}"), "c", rv)], &[])
+                .unwrap();
+            assert_eq!(rows(&store, "versions"), 2 * rv as i64);
+            let waiting = store.lock().tail.len();
+            assert!(waiting < 3, "{waiting} versions wait after {rv} batches");
             seen_waiting |= waiting > 0;
-            seen_merged |= rows(&store, "version_names") > 0;
-            assert_eq!(rows(&store, "version_names") + waiting, 2 * rv as i64);
+            let indexed = rows(&store, "version_keys");
+            seen_merged |= indexed > 0;
+            assert_eq!(indexed + waiting as i64, 2 * rv as i64);
+            assert_eq!(rows(&store, "version_names"), indexed);
         }
         assert!(seen_waiting && seen_merged);
         assert!(store.versions(&query("e"), true).unwrap().is_empty());
