@@ -116,8 +116,10 @@ pub enum BodyContent {
     Json(Value),
     /// UTF-8 text that is not JSON, such as a YAML apply patch, or a JSON
     /// body that was truncated.
+    #[serde(serialize_with = "crate::json_string::serialize")]
     Text(String),
     /// Anything else, as base64, with the content type saying what it is.
+    #[serde(serialize_with = "crate::json_string::serialize")]
     Base64(String),
     /// A Kubernetes protobuf body (`application/vnd.kubernetes.protobuf`).
     Protobuf(ProtobufBody),

@@ -3,6 +3,7 @@
 //! between them).
 
 pub mod exchange;
+pub mod json_string;
 pub mod request;
 
 pub use exchange::{
