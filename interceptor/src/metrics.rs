@@ -28,6 +28,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub dropped: Counter,
     pub stripped: Counter,
+    pub batches_compressed_fast: Counter,
     pub shipped: Counter,
     pub ship_failures: Counter,
     pub upstream_errors: Counter,
@@ -80,6 +81,12 @@ impl Metrics {
             "Records kept without their bodies and watch events because the queue was full",
             stripped.clone(),
         );
+        let batches_compressed_fast = Counter::default();
+        registry.register(
+            "batches_compressed_fast",
+            "Batches compressed at zstd's fastest level because the queue was half full",
+            batches_compressed_fast.clone(),
+        );
         let shipped = Counter::default();
         registry.register(
             "records_shipped",
@@ -118,6 +125,7 @@ impl Metrics {
             queue_depth,
             dropped,
             stripped,
+            batches_compressed_fast,
             shipped,
             ship_failures,
             upstream_errors,

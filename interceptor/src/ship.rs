@@ -106,6 +106,10 @@ fn stripped(line: &str) -> Option<String> {
     serde_json::to_string(&LineRef::Exchange(&exchange)).ok()
 }
 
+/// What a record line holds beside its bodies, give or take: ids, times, the
+/// call, the pod.
+const LINE_BYTES_BESIDE_BODIES: usize = 1024;
+
 /// Lines taken for a batch: the stripped ones first.
 pub(crate) struct Taken {
     pub lines: Vec<String>,
@@ -193,15 +197,16 @@ impl Queue {
     /// Adds a record; older ones are stripped, then dropped, until both
     /// bounds hold.
     pub fn push(&self, mut record: Exchange) {
-        // Serializing our own types cannot fail.
-        let mut line = serde_json::to_string(&LineRef::Exchange(&record)).unwrap_or_default();
-        // The string grew by doubling: up to twice the line's bytes, which
-        // the queue would hold without counting.
+        // Sized for its bodies up front: grown by doubling from nothing, a
+        // 64 KiB body's line was copied nine times, and then once more to
+        // give back what doubling left over (which the queue would hold
+        // without counting).
+        let mut line = Vec::with_capacity(record.body_bytes() + LINE_BYTES_BESIDE_BODIES);
+        // Serializing our own types into a Vec cannot fail, and gives UTF-8.
+        let _ = serde_json::to_writer(&mut line, &LineRef::Exchange(&record));
         line.shrink_to_fit();
-        let half_full = {
-            let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-            records.whole() >= self.capacity / 2 || records.bytes >= self.max_bytes / 2
-        };
+        let line = String::from_utf8(line).unwrap_or_default();
+        let half_full = self.is_behind();
         let stripped = if !record.has_bodies() {
             Stripped::Same
         } else if half_full {
@@ -222,6 +227,12 @@ impl Queue {
 
     pub fn len(&self) -> usize {
         self.records.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Half full, by whole records or by bytes: shipping is not keeping up.
+    pub fn is_behind(&self) -> bool {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.whole() >= self.capacity / 2 || records.bytes >= self.max_bytes / 2
     }
 
     pub fn is_empty(&self) -> bool {
@@ -468,19 +479,26 @@ impl Shipper {
     /// Sends one batch: a drop report (if any drops happened) and up to
     /// `batch_records` records. On failure everything goes back.
     pub async fn ship_one_batch(&self) -> Result<usize, ShipError> {
+        // Judged before the batch leaves the queue.
+        let effort = if self.queue.is_behind() {
+            self.metrics.batches_compressed_fast.inc();
+            Effort::Fast
+        } else {
+            Effort::Normal
+        };
         let taken = self
             .queue
             .take(self.config.batch_records, self.config.batch_bytes);
         let batch = &taken.lines;
         let reports = self.queue.drops.take(&self.config.pod);
-        let mut result = self.send(batch, &reports, self.encoding()).await;
+        let mut result = self.send(batch, &reports, self.encoding(), effort).await;
         if let Err(ShipError::Refused { status: 415, .. }) = &result
             && self.encoding() == ShipEncoding::Zstd
         {
             tracing::warn!("the aggregator does not read zstd batches: shipping gzip from now on");
             self.gzip_only
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            result = self.send(batch, &reports, ShipEncoding::Gzip).await;
+            result = self.send(batch, &reports, ShipEncoding::Gzip, effort).await;
         }
         match result {
             Ok(()) => {
@@ -509,8 +527,9 @@ impl Shipper {
         batch: &[String],
         reports: &Reports,
         encoding: ShipEncoding,
+        effort: Effort,
     ) -> Result<(), ShipError> {
-        let body = encode_batch(batch, reports, encoding);
+        let body = encode_batch(batch, reports, encoding, effort);
         let mut request = hyper::Request::post(self.config.url.clone())
             .header(http::header::CONTENT_TYPE, "application/x-ndjson")
             .header(http::header::CONTENT_ENCODING, encoding.header());
@@ -571,7 +590,34 @@ enum LineRef<'a> {
 }
 
 /// A batch as compressed NDJSON: the drop reports first, then the records.
-pub fn encode_batch(batch: &[String], reports: &Reports, encoding: ShipEncoding) -> Bytes {
+/// How hard compression works on a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    /// zstd's level 1.
+    Normal,
+    /// zstd's level -1, for when the queue is falling behind (half full):
+    /// several times faster, but it leaves literals unencoded, so batches
+    /// are larger (base64 of random bytes, the worst case, does not shrink
+    /// at all; at level 1 it shrinks by a quarter). Better larger batches
+    /// than records stripped of their bodies to make room.
+    Fast,
+}
+
+impl Effort {
+    fn zstd_level(self) -> i32 {
+        match self {
+            Effort::Normal => 1,
+            Effort::Fast => -1,
+        }
+    }
+}
+
+pub fn encode_batch(
+    batch: &[String],
+    reports: &Reports,
+    encoding: ShipEncoding,
+    effort: Effort,
+) -> Bytes {
     // Serializing our own types cannot fail.
     let reports: Vec<String> = reports
         .iter()
@@ -591,14 +637,15 @@ pub fn encode_batch(batch: &[String], reports: &Reports, encoding: ShipEncoding)
         }
         ShipEncoding::Zstd => {
             let mut out = Vec::with_capacity(bytes / 4);
-            let written = zstd::stream::write::Encoder::new(&mut out, 1).and_then(|mut z| {
-                // Told the size, zstd sizes its window and tables to the
-                // batch instead of its level's defaults (512 KiB and up).
-                z.set_pledged_src_size(Some(bytes as u64))?;
-                z.include_contentsize(true)?;
-                write_lines(&mut z, lines());
-                z.finish()
-            });
+            let written = zstd::stream::write::Encoder::new(&mut out, effort.zstd_level())
+                .and_then(|mut z| {
+                    // Told the size, zstd sizes its window and tables to the
+                    // batch instead of its level's defaults (512 KiB and up).
+                    z.set_pledged_src_size(Some(bytes as u64))?;
+                    z.include_contentsize(true)?;
+                    write_lines(&mut z, lines());
+                    z.finish()
+                });
             if written.is_err() {
                 out.clear();
             }
@@ -1021,6 +1068,27 @@ mod tests {
     /// With 64 KiB bodies, a batch is full by bytes long before it is full by
     /// count: such a batch goes at once, not when the batch wait is over.
     #[tokio::test]
+    async fn a_queue_falling_behind_ships_batches_compressed_fast_and_they_arrive_whole() {
+        let (address, received) = sink(false).await;
+        let queue = Queue::new(4, usize::MAX, Arc::new(Metrics::new()));
+        let shipper = shipper_to(address, 2500, queue.clone());
+        // One record of four: not behind.
+        queue.push(sized(0, 1000));
+        assert!(!queue.is_behind());
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 1);
+        assert_eq!(shipper.metrics.batches_compressed_fast.get(), 0);
+        // Three of four: behind, and the batch goes at the fast level.
+        for n in 1..4 {
+            queue.push(sized(n, 1000));
+        }
+        assert!(queue.is_behind());
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 2);
+        assert_eq!(shipper.metrics.batches_compressed_fast.get(), 1);
+        assert_eq!(received_lines(&received), 3);
+        assert!(received.lock().unwrap().iter().all(|(e, _)| e == "zstd"));
+    }
+
+    #[tokio::test]
     async fn a_batch_full_by_bytes_is_shipped_without_waiting() {
         let (address, received) = sink(false).await;
         let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
@@ -1065,13 +1133,18 @@ mod tests {
     #[test]
     fn batches_are_compressed_ndjson_with_the_drop_report_first() {
         let now = SystemTime::now();
-        for (encoding, name) in [(ShipEncoding::Zstd, "zstd"), (ShipEncoding::Gzip, "gzip")] {
+        for (encoding, name, effort) in [
+            (ShipEncoding::Zstd, "zstd", Effort::Normal),
+            (ShipEncoding::Zstd, "zstd", Effort::Fast),
+            (ShipEncoding::Gzip, "gzip", Effort::Normal),
+        ] {
             let drops = Drops::default();
             drops.note(7, now);
             let bytes = encode_batch(
                 &[1, 2].map(|n| serde_json::to_string(&LineRef::Exchange(&record(n))).unwrap()),
                 &drops.take(&PodIdentity::default()),
                 encoding,
+                effort,
             );
             let text = decoded(name, &bytes);
             let lines: Vec<apiwitness_record::Line> = text

@@ -303,6 +303,20 @@ impl Exchange {
             || self.watch.as_ref().is_some_and(|w| !w.events.is_empty())
     }
 
+    /// The bytes of the bodies kept as text, a writer's estimate of what they
+    /// take in a line (a body kept as a tree counts nothing).
+    pub fn body_bytes(&self) -> usize {
+        [&self.request_body, &self.response_body]
+            .into_iter()
+            .flatten()
+            .map(|body| match &body.content {
+                BodyContent::Text(t) | BodyContent::Base64(t) => t.len(),
+                BodyContent::RawJson(raw) => raw.text().len(),
+                BodyContent::Json(_) | BodyContent::Protobuf(_) => 0,
+            })
+            .sum()
+    }
+
     /// Lets the bodies and watch events go and keeps the rest: what was
     /// called, when, by whom, with what status, and each body's true size
     /// (marked truncated, with nothing kept). A queue short of room keeps
