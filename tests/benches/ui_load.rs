@@ -236,6 +236,12 @@ fn main() {
         "filled through /ingest in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    let pid = _aggregator.0.id();
+    println!(
+        "aggregator memory: peak {} while it ingested batches of {batch} records, {} after",
+        process_memory(pid, "VmHWM"),
+        process_memory(pid, "VmRSS")
+    );
 
     // The report, and the rescan of raw records it avoids.
     let mut ours = Vec::new();
@@ -334,8 +340,29 @@ fn main() {
         println!("  ratio: drawn at {:.2}x the time its data took to arrive", drawn_ms / fetched_ms);
         browser.close().await;
     });
+    println!(
+        "aggregator memory: peak {} over the whole run, reports and pages included",
+        process_memory(pid, "VmHWM")
+    );
     drop(_aggregator);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One memory figure of a process, as `/proc/<pid>/status` gives it.
+fn process_memory(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                Some(
+                    l.strip_prefix(field)?
+                        .trim_start_matches(':')
+                        .trim()
+                        .to_string(),
+                )
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// The aggregator goes with the benchmark, even when it panics.
