@@ -278,7 +278,7 @@ impl ParsedEvents {
 /// An audit log file: one Event per line. Large logs are parsed on every
 /// core, in contiguous slices, and the results joined in order.
 pub fn parse_log(text: &str) -> ParsedEvents {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = crate::ingest::lines_of(text).collect();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -189,9 +189,27 @@ fn item_of(mut e: Exchange, line: String, line_number: usize) -> Result<IngestIt
     })
 }
 
+/// The lines of a text as `str::lines` cuts them, found with memchr:
+/// `str::lines` took a twentieth of parsing a batch of 2 KB lines.
+pub(crate) fn lines_of(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some(at) = memchr::memchr(b'\n', rest.as_bytes()) else {
+            // The last line, without a line break: kept as it is.
+            return Some(std::mem::take(&mut rest));
+        };
+        let line = &rest[..at];
+        rest = &rest[at + 1..];
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    })
+}
+
 pub fn parse_batch(text: &str) -> ParsedBatch {
     let mut batch = ParsedBatch::default();
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in lines_of(text).enumerate() {
         if raw.trim().is_empty() {
             continue;
         }
@@ -218,6 +236,28 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_cut_as_str_lines_cuts_them() {
+        for text in [
+            "",
+            "a",
+            "a\n",
+            "a\nb",
+            "a\r\nb\r\n",
+            "\n",
+            "\n\n",
+            "a\n\nb\n",
+            "a\rb\n",
+            "ü\r\n日本\n\r",
+        ] {
+            assert_eq!(
+                lines_of(text).collect::<Vec<_>>(),
+                text.lines().collect::<Vec<_>>(),
+                "{text:?}"
+            );
+        }
+    }
     use std::io::Write;
 
     const RECORD: &str = r#"{"kind":"exchange","format":1,"id":"r1","pod":{"namespace":"ns","name":"p","workload":{"kind":"Deployment","name":"web"}},"started_at":"2026-11-24T06:00:00Z","duration_us":5,"method":"GET","path":"/api/v1/namespaces/ns/configmaps","query":"watch=true","status":200,"user_agent":"kubectl/v1.35.4 (linux/amd64) kubernetes/abc"}"#;
