@@ -153,5 +153,7 @@ mod tests {
         let line = serde_json::to_string(&Holder { text }).unwrap();
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["text"], text);
+        // Into a tree, too, as serde_json's other serializer writes it.
+        assert_eq!(serde_json::to_value(Holder { text }).unwrap()["text"], text);
     }
 }

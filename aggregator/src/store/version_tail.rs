@@ -16,8 +16,23 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub(crate) struct VersionTail {
     entries: Vec<TailEntry>,
-    keys: HashMap<(String, String), i64>,
-    names: HashMap<(String, String), Vec<i64>>,
+    /// Nested (uid, then resourceVersion) so that a lookup by two `&str`s
+    /// builds no key.
+    keys: SeqsByKey,
+    names: HashMap<String, HashMap<String, Vec<i64>>>,
+}
+
+/// uid -> resourceVersion -> seq.
+type SeqsByKey = HashMap<String, HashMap<String, i64>>;
+
+fn seq_in(keys: &SeqsByKey, uid: &str, resource_version: &str) -> Option<i64> {
+    keys.get(uid)?.get(resource_version).copied()
+}
+
+fn add_key(keys: &mut SeqsByKey, e: &TailEntry) {
+    keys.entry(e.uid.clone())
+        .or_default()
+        .insert(e.resource_version.clone(), e.seq);
 }
 
 /// One new version's keys.
@@ -38,31 +53,29 @@ impl VersionTail {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.keys.len()
+        self.entries.len()
     }
 
     /// The `seq` of the version (uid, resourceVersion), if it is here.
     pub(crate) fn seq_of(&self, uid: &str, resource_version: &str) -> Option<i64> {
-        // Keyed by owned pairs: a lookup builds one, as cheap as the
-        // hashing of the two strings it copies.
-        self.keys
-            .get(&(uid.to_string(), resource_version.to_string()))
-            .copied()
+        seq_in(&self.keys, uid, resource_version)
     }
 
     /// The `seq`s of the versions named (namespace, name) here.
     pub(crate) fn seqs_named(&self, namespace: &str, name: &str) -> &[i64] {
         self.names
-            .get(&(namespace.to_string(), name.to_string()))
+            .get(namespace)
+            .and_then(|names| names.get(name))
             .map_or(&[], Vec::as_slice)
     }
 
     pub(crate) fn extend(&mut self, entries: impl IntoIterator<Item = TailEntry>) {
         for e in entries {
-            self.keys
-                .insert((e.uid.clone(), e.resource_version.clone()), e.seq);
+            add_key(&mut self.keys, &e);
             self.names
-                .entry((e.namespace.clone(), e.name.clone()))
+                .entry(e.namespace.clone())
+                .or_default()
+                .entry(e.name.clone())
                 .or_default()
                 .push(e.seq);
             self.entries.push(e);
@@ -104,22 +117,17 @@ pub(crate) fn sorted_runs<'a>(
 #[derive(Debug, Default)]
 pub(crate) struct TailAdditions {
     entries: Vec<TailEntry>,
-    keys: HashMap<(String, String), i64>,
+    keys: SeqsByKey,
 }
 
 impl TailAdditions {
     pub(crate) fn push(&mut self, entry: TailEntry) {
-        self.keys.insert(
-            (entry.uid.clone(), entry.resource_version.clone()),
-            entry.seq,
-        );
+        add_key(&mut self.keys, &entry);
         self.entries.push(entry);
     }
 
     pub(crate) fn seq_of(&self, uid: &str, resource_version: &str) -> Option<i64> {
-        self.keys
-            .get(&(uid.to_string(), resource_version.to_string()))
-            .copied()
+        seq_in(&self.keys, uid, resource_version)
     }
 
     pub(crate) fn len(&self) -> usize {
