@@ -237,6 +237,8 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
 mod tests {
     use super::*;
 
+    use std::io::Write;
+
     #[test]
     fn lines_are_cut_as_str_lines_cuts_them() {
         for text in [
@@ -258,7 +260,6 @@ mod tests {
             );
         }
     }
-    use std::io::Write;
 
     const RECORD: &str = r#"{"kind":"exchange","format":1,"id":"r1","pod":{"namespace":"ns","name":"p","workload":{"kind":"Deployment","name":"web"}},"started_at":"2026-11-24T06:00:00Z","duration_us":5,"method":"GET","path":"/api/v1/namespaces/ns/configmaps","query":"watch=true","status":200,"user_agent":"kubectl/v1.35.4 (linux/amd64) kubernetes/abc"}"#;
 

@@ -590,7 +590,6 @@ enum LineRef<'a> {
     DropReport(&'a DropReport),
 }
 
-/// A batch as compressed NDJSON: the drop reports first, then the records.
 /// Compresses a batch on a thread of its own, and gives the batch back with
 /// it. At zstd's level 1 a batch of 256 KiB takes about 250 µs: on the
 /// proxy's one thread, that held up every exchange in flight.
@@ -639,6 +638,7 @@ impl Effort {
     }
 }
 
+/// A batch as compressed NDJSON: the drop reports first, then the records.
 pub fn encode_batch(
     batch: &[String],
     reports: &Reports,
@@ -1092,8 +1092,6 @@ mod tests {
         }));
     }
 
-    /// With 64 KiB bodies, a batch is full by bytes long before it is full by
-    /// count: such a batch goes at once, not when the batch wait is over.
     #[tokio::test]
     async fn a_queue_falling_behind_ships_batches_compressed_fast_and_they_arrive_whole() {
         let (address, received) = sink(false).await;
@@ -1115,6 +1113,8 @@ mod tests {
         assert!(received.lock().unwrap().iter().all(|(e, _)| e == "zstd"));
     }
 
+    /// With 64 KiB bodies, a batch is full by bytes long before it is full by
+    /// count: such a batch goes at once, not when the batch wait is over.
     #[tokio::test]
     async fn a_batch_full_by_bytes_is_shipped_without_waiting() {
         let (address, received) = sink(false).await;

@@ -635,7 +635,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// One batch, within the group's transaction.
 /// The statements a batch runs once a record or a version, prepared once a
 /// batch: looking each up in rusqlite's cache, a hash of its SQL text, cost
 /// about as much as running some of them.
@@ -681,6 +680,7 @@ impl<'t> Statements<'t> {
     }
 }
 
+/// One batch, within the group's transaction.
 fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
     batch: &Batch<'_>,
