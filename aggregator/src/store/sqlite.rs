@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode, with `synchronous=FULL`
 //! so that a batch acknowledged is a batch on disk.
 
-use super::version_tail::{TailAdditions, TailEntry, VersionTail, sorted_runs};
+use super::version_tail::{TailEntry, VersionTail, sorted_runs};
 use super::{
     Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
     ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
@@ -273,9 +273,9 @@ const TAIL_TO_MERGE: usize = 8192;
 fn merge_tail(
     tx: &rusqlite::Transaction<'_>,
     tail: &VersionTail,
-    added: &TailAdditions,
+    added: &VersionTail,
 ) -> Result<(), StoreError> {
-    let (keys, names) = sorted_runs(tail.entries().iter().chain(added.entries()));
+    let (keys, names) = sorted_runs(&[tail, added]);
     let mut insert_key = tx.prepare_cached(
         "INSERT INTO version_keys (resource_version, uid, seq) VALUES (?1, ?2, ?3)",
     )?;
@@ -354,7 +354,7 @@ impl Store for SqliteStore {
         let mut guard = self.lock();
         let Inner { conn, tail } = &mut *guard;
         let tx = conn.transaction()?;
-        let mut added = TailAdditions::default();
+        let mut added = VersionTail::default();
         let outcomes = batches
             .iter()
             .map(|b| ingest_batch(&tx, b, tail, &mut added))
@@ -367,7 +367,7 @@ impl Store for SqliteStore {
         if merge {
             tail.merged();
         } else {
-            tail.extend(added.into_entries());
+            tail.absorb(added);
         }
         Ok(outcomes)
     }
@@ -685,7 +685,7 @@ fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
     batch: &Batch<'_>,
     tail: &VersionTail,
-    added: &mut TailAdditions,
+    added: &mut VersionTail,
 ) -> Result<IngestOutcome, StoreError> {
     let (items, drops) = (batch.items, batch.drops);
     let mut outcome = IngestOutcome::default();
@@ -788,7 +788,7 @@ fn ingest_batch(
 fn store_provenance(
     statements: &mut Statements<'_>,
     tail: &VersionTail,
-    added: &mut TailAdditions,
+    added: &mut VersionTail,
     item: &IngestItem,
 ) -> Result<(), StoreError> {
     for sighting in &item.versions {

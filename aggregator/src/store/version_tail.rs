@@ -12,27 +12,17 @@
 
 use std::collections::HashMap;
 
-/// The versions stored after the indexes' last run, by key and by name.
+/// Versions stored after the indexes' last run, by key and by name: those
+/// the store holds, and, as a tail of their own, those a transaction adds,
+/// which join the store's once it commits (so that a rolled-back batch
+/// leaves no version behind in memory).
 #[derive(Debug, Default)]
 pub(crate) struct VersionTail {
-    entries: Vec<TailEntry>,
-    /// Nested (uid, then resourceVersion) so that a lookup by two `&str`s
-    /// builds no key.
-    keys: SeqsByKey,
+    /// uid, then resourceVersion, to seq: nested so that a lookup by two
+    /// `&str`s builds no key.
+    keys: HashMap<String, HashMap<String, i64>>,
+    /// namespace, then name, to seqs.
     names: HashMap<String, HashMap<String, Vec<i64>>>,
-}
-
-/// uid -> resourceVersion -> seq.
-type SeqsByKey = HashMap<String, HashMap<String, i64>>;
-
-fn seq_in(keys: &SeqsByKey, uid: &str, resource_version: &str) -> Option<i64> {
-    keys.get(uid)?.get(resource_version).copied()
-}
-
-fn add_key(keys: &mut SeqsByKey, e: &TailEntry) {
-    keys.entry(e.uid.clone())
-        .or_default()
-        .insert(e.resource_version.clone(), e.seq);
 }
 
 /// One new version's keys.
@@ -48,17 +38,45 @@ pub(crate) struct TailEntry {
 impl VersionTail {
     pub(crate) fn new(entries: impl IntoIterator<Item = TailEntry>) -> Self {
         let mut tail = VersionTail::default();
-        tail.extend(entries);
+        for e in entries {
+            tail.push(e);
+        }
         tail
     }
 
+    pub(crate) fn push(&mut self, e: TailEntry) {
+        self.keys
+            .entry(e.uid)
+            .or_default()
+            .insert(e.resource_version, e.seq);
+        self.names
+            .entry(e.namespace)
+            .or_default()
+            .entry(e.name)
+            .or_default()
+            .push(e.seq);
+    }
+
+    /// Takes in another tail's versions.
+    pub(crate) fn absorb(&mut self, other: VersionTail) {
+        for (uid, versions) in other.keys {
+            self.keys.entry(uid).or_default().extend(versions);
+        }
+        for (namespace, names) in other.names {
+            let here = self.names.entry(namespace).or_default();
+            for (name, seqs) in names {
+                here.entry(name).or_default().extend(seqs);
+            }
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.keys.values().map(HashMap::len).sum()
     }
 
     /// The `seq` of the version (uid, resourceVersion), if it is here.
     pub(crate) fn seq_of(&self, uid: &str, resource_version: &str) -> Option<i64> {
-        seq_in(&self.keys, uid, resource_version)
+        self.keys.get(uid)?.get(resource_version).copied()
     }
 
     /// The `seq`s of the versions named (namespace, name) here.
@@ -67,23 +85,6 @@ impl VersionTail {
             .get(namespace)
             .and_then(|names| names.get(name))
             .map_or(&[], Vec::as_slice)
-    }
-
-    pub(crate) fn extend(&mut self, entries: impl IntoIterator<Item = TailEntry>) {
-        for e in entries {
-            add_key(&mut self.keys, &e);
-            self.names
-                .entry(e.namespace.clone())
-                .or_default()
-                .entry(e.name.clone())
-                .or_default()
-                .push(e.seq);
-            self.entries.push(e);
-        }
-    }
-
-    pub(crate) fn entries(&self) -> &[TailEntry] {
-        &self.entries
     }
 
     /// Empties the tail, once its versions are in the indexes.
@@ -97,50 +98,30 @@ impl VersionTail {
 /// index page once.
 pub(crate) type IndexRow<'a> = (&'a str, &'a str, i64);
 
-pub(crate) fn sorted_runs<'a>(
-    entries: impl Iterator<Item = &'a TailEntry> + Clone,
-) -> (Vec<IndexRow<'a>>, Vec<IndexRow<'a>>) {
-    let mut keys: Vec<IndexRow<'a>> = entries
-        .clone()
-        .map(|e| (e.resource_version.as_str(), e.uid.as_str(), e.seq))
+/// The index rows of the versions of these tails, each run sorted.
+pub(crate) fn sorted_runs<'a>(tails: &[&'a VersionTail]) -> (Vec<IndexRow<'a>>, Vec<IndexRow<'a>>) {
+    let mut keys: Vec<IndexRow<'a>> = tails
+        .iter()
+        .flat_map(|t| &t.keys)
+        .flat_map(|(uid, versions)| {
+            versions
+                .iter()
+                .map(move |(rv, seq)| (rv.as_str(), uid.as_str(), *seq))
+        })
         .collect();
     keys.sort_unstable();
-    let mut names: Vec<IndexRow<'a>> = entries
-        .map(|e| (e.namespace.as_str(), e.name.as_str(), e.seq))
+    let mut names: Vec<IndexRow<'a>> = tails
+        .iter()
+        .flat_map(|t| &t.names)
+        .flat_map(|(namespace, names)| {
+            names.iter().flat_map(move |(name, seqs)| {
+                seqs.iter()
+                    .map(move |seq| (namespace.as_str(), name.as_str(), *seq))
+            })
+        })
         .collect();
     names.sort_unstable();
     (keys, names)
-}
-
-/// What a transaction adds to the tail: applied only once it commits, so
-/// that a rolled-back batch leaves no version behind in memory.
-#[derive(Debug, Default)]
-pub(crate) struct TailAdditions {
-    entries: Vec<TailEntry>,
-    keys: SeqsByKey,
-}
-
-impl TailAdditions {
-    pub(crate) fn push(&mut self, entry: TailEntry) {
-        add_key(&mut self.keys, &entry);
-        self.entries.push(entry);
-    }
-
-    pub(crate) fn seq_of(&self, uid: &str, resource_version: &str) -> Option<i64> {
-        seq_in(&self.keys, uid, resource_version)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub(crate) fn entries(&self) -> &[TailEntry] {
-        &self.entries
-    }
-
-    pub(crate) fn into_entries(self) -> Vec<TailEntry> {
-        self.entries
-    }
 }
 
 #[cfg(test)]
@@ -170,7 +151,7 @@ mod tests {
         assert_eq!(tail.seq_of("u-a", "8"), None);
         assert_eq!(tail.seqs_named("ns", "a"), [12, 13]);
         assert!(tail.seqs_named("other", "a").is_empty());
-        let (keys, names) = sorted_runs(tail.entries().iter());
+        let (keys, names) = sorted_runs(&[&tail]);
         assert_eq!(
             keys,
             [
@@ -192,14 +173,17 @@ mod tests {
     }
 
     #[test]
-    fn additions_are_seen_before_they_join_the_tail() {
-        let mut added = TailAdditions::default();
+    fn additions_are_seen_before_they_join_the_tail_and_after() {
+        let mut added = VersionTail::default();
         added.push(entry(3, "u", "5", "x"));
         assert_eq!(added.seq_of("u", "5"), Some(3));
         assert_eq!(added.len(), 1);
-        let mut tail = VersionTail::default();
+        let mut tail = VersionTail::new([entry(2, "u", "4", "x")]);
         assert_eq!(tail.seq_of("u", "5"), None);
-        tail.extend(added.into_entries());
+        tail.absorb(added);
         assert_eq!(tail.seq_of("u", "5"), Some(3));
+        assert_eq!(tail.seq_of("u", "4"), Some(2));
+        assert_eq!(tail.seqs_named("ns", "x"), [2, 3]);
+        assert_eq!(tail.len(), 2);
     }
 }
