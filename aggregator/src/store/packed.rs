@@ -1,8 +1,8 @@
 //! The raw lines of an ingested batch, kept together in one compressed
 //! blob. A line stored as a row of its own cost SQLite about 15 µs at 2 KB
 //! and 3.5 µs at 600 bytes, so each record now gets a small row (its id,
-//! time, pod and request line, for idempotence and retention) and points
-//! to its line in the batch's blob. Records of one batch repeat the same
+//! time and pod namespace, for idempotence, retention and access checks)
+//! and points to its line in the batch's blob. Records of one batch repeat the same
 //! keys, names and shapes, so zstd's fastest levels shrink a batch many
 //! times over at around a gigabyte a second.
 
