@@ -234,11 +234,16 @@ async fn ingest(
     }
     let drop_reports = batch.drops.len();
     let drops: Vec<_> = batch.drops.into_iter().map(|(_, d)| d).collect();
+    // Kept as it came only when every line of it is stored: a malformed or
+    // refused line stays out of the store.
+    let received =
+        (encoding == ingest::Encoding::Zstd && batch.errors.is_empty()).then(|| body.to_vec());
     let outcome = store_batch(
         &state,
         "interceptor",
         batch.items,
         drops,
+        received,
         batch.errors.len(),
     )
     .await?;
@@ -257,9 +262,10 @@ async fn store_batch(
     source: &'static str,
     items: Vec<IngestItem>,
     drops: Vec<DropReport>,
+    received: Option<Vec<u8>>,
     refused_lines: usize,
 ) -> Result<IngestOutcome, ApiError> {
-    let outcome = state.committer.ingest(items, drops).await?;
+    let outcome = state.committer.ingest(items, drops, received).await?;
     state
         .metrics
         .count_ingest(source, outcome.accepted, outcome.duplicates, refused_lines);
@@ -285,6 +291,7 @@ async fn audit_events(
         "audit",
         parsed.items,
         Vec::new(),
+        None,
         parsed.errors.len(),
     )
     .await?;
@@ -572,6 +579,69 @@ pub(crate) mod tests {
         let (status, error) = call(app(state(dir.path())), request).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(error["error"].as_str().unwrap().contains("gzip"));
+    }
+
+    #[tokio::test]
+    async fn each_record_reads_back_as_sent_whether_its_zstd_batch_is_kept_as_it_came_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(state(dir.path()));
+        let line = |id: &str| LINE.replace(r#""id":"r1""#, &format!(r#""id":"{id}""#));
+        let drops = r#"{"kind":"drop_report","format":1,"id":"d1","pod":{"namespace":"ns","name":"web-1"},"dropped":3,"first_dropped_at":"2026-11-24T06:00:00Z","last_dropped_at":"2026-11-24T06:00:01Z"}"#;
+        let post = |text: String| {
+            axum::http::Request::post("/ingest")
+                .header("content-encoding", "zstd")
+                .body(Body::from(
+                    zstd::bulk::compress(text.as_bytes(), 1).unwrap(),
+                ))
+                .unwrap()
+        };
+        // Every line stored: the batch is kept as it came, its lines
+        // numbered with the blank one and a drop report among them.
+        let whole = format!("{}\r\n\n{drops}\n{}", line("a"), line("b"));
+        let (status, answer) = call(app.clone(), post(whole.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            (answer["accepted"].as_u64(), answer["drop_reports"].as_u64()),
+            (Some(2), Some(1))
+        );
+        // A malformed line: only the records' lines are kept.
+        let (_, answer) = call(
+            app.clone(),
+            post(format!("{}\ngarbage\n{}\n", line("c"), line("d"))),
+        )
+        .await;
+        assert_eq!(answer["accepted"], 2, "{answer}");
+        for id in ["a", "b", "c", "d"] {
+            let response = app
+                .clone()
+                .oneshot(
+                    axum::http::Request::get(format!("/records/{id}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{id}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(std::str::from_utf8(&body).unwrap(), line(id), "{id}");
+        }
+        let blobs: Vec<Vec<u8>> = rusqlite::Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .prepare("SELECT lines FROM record_batches ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let texts: Vec<Vec<u8>> = blobs
+            .iter()
+            .map(|b| zstd::stream::decode_all(b.as_slice()).unwrap())
+            .collect();
+        assert_eq!(texts[0], whole.as_bytes(), "kept as it came");
+        assert_eq!(
+            texts[1],
+            format!("{}\n{}\n", line("c"), line("d")).as_bytes()
+        );
     }
 
     #[tokio::test]

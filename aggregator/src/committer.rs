@@ -5,6 +5,7 @@
 //! many interceptors shipping at once share commits instead of queueing for
 //! one each. A lone sender waits for no one.
 
+use crate::store::packed::{self, Lines};
 use crate::store::{Batch, IngestItem, IngestOutcome, Store, StoreError};
 use apiwitness_record::DropReport;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ const MAX_GROUP_RECORDS: usize = 20_000;
 struct Job {
     items: Vec<IngestItem>,
     drops: Vec<DropReport>,
-    packed: Option<Vec<u8>>,
+    packed: Option<(Vec<u8>, Lines)>,
     done: oneshot::Sender<Result<IngestOutcome, String>>,
 }
 
@@ -37,18 +38,22 @@ impl Committer {
     }
 
     /// Stores a batch durably, with whatever other batches are waiting.
+    /// `received` is the batch as its sender compressed it with zstd, kept
+    /// as the records' lines ([`Lines::Received`]) when every line of it
+    /// is stored; without it the items' lines are packed.
     pub async fn ingest(
         &self,
         items: Vec<IngestItem>,
         drops: Vec<DropReport>,
+        received: Option<Vec<u8>>,
     ) -> Result<IngestOutcome, StoreError> {
         let (done, outcome) = oneshot::channel();
         let stopped = || StoreError::Invalid("the store's writer has stopped".into());
         // Compressed here, on the sender's thread: the writer only writes.
-        let packed = if items.is_empty() {
-            None
-        } else {
-            Some(crate::store::packed::pack(&items)?)
+        let packed = match received {
+            _ if items.is_empty() => None,
+            Some(blob) => Some((blob, Lines::Received)),
+            None => Some((packed::pack(&items)?, Lines::Items)),
         };
         self.jobs
             .send(Job {
@@ -84,7 +89,10 @@ fn write_groups(store: &dyn Store, mut queue: mpsc::Receiver<Job>) {
             .map(|j| Batch {
                 items: &j.items,
                 drops: &j.drops,
-                packed: j.packed.as_deref(),
+                packed: j
+                    .packed
+                    .as_ref()
+                    .map(|(blob, lines)| (blob.as_slice(), *lines)),
             })
             .collect();
         match store.ingest_group(&batches) {
@@ -125,7 +133,7 @@ mod tests {
         let sends = (0..40).map(|b| {
             let committer = committer.clone();
             // Every batch twice: the second counts as duplicates.
-            async move { committer.ingest(batch(b % 20), Vec::new()).await }
+            async move { committer.ingest(batch(b % 20), Vec::new(), None).await }
         });
         let outcomes: Vec<IngestOutcome> = futures_util::future::join_all(sends)
             .await

@@ -171,17 +171,24 @@ impl<'a> HitCounts<'a> {
 pub struct Batch<'a> {
     pub items: &'a [IngestItem],
     pub drops: &'a [DropReport],
-    /// The items' lines packed (`packed::pack`) where the batch was
-    /// received, off the store's writing thread; `None` packs them here.
-    pub packed: Option<&'a [u8]>,
+    /// The batch's lines, packed where the batch was received, off the
+    /// store's writing thread, and how its records' lines are found in
+    /// them; `None` packs the items' lines here.
+    pub packed: Option<(&'a [u8], packed::Lines)>,
 }
 
 impl Batch<'_> {
-    /// The packed lines of a batch that has items.
-    pub(crate) fn packed_lines(&self) -> Result<std::borrow::Cow<'_, [u8]>, StoreError> {
+    /// The packed lines of a batch that has items, and how to find a
+    /// record's line in them.
+    pub(crate) fn packed_lines(
+        &self,
+    ) -> Result<(std::borrow::Cow<'_, [u8]>, packed::Lines), StoreError> {
         Ok(match self.packed {
-            Some(p) => std::borrow::Cow::Borrowed(p),
-            None => std::borrow::Cow::Owned(packed::pack(self.items)?),
+            Some((blob, lines)) => (std::borrow::Cow::Borrowed(blob), lines),
+            None => (
+                std::borrow::Cow::Owned(packed::pack(self.items)?),
+                packed::Lines::Items,
+            ),
         })
     }
 }

@@ -427,16 +427,21 @@ fn ingest_batch(
     // RETURNING says which were new.
     let column = |f: fn(&IngestItem) -> String| items.iter().map(f).collect::<Vec<String>>();
     let statuses: Vec<i32> = items.iter().map(|i| i32::from(i.status)).collect();
-    let batch: Option<i64> = if items.is_empty() {
-        None
+    let (batch, lines) = if items.is_empty() {
+        (None, packed::Lines::Items)
     } else {
+        let (blob, lines) = batch.packed_lines()?;
         let row = tx.query_one(
             "INSERT INTO record_batches (lines) VALUES ($1) RETURNING id",
-            &[&batch.packed_lines()?.as_ref()],
+            &[&blob.as_ref()],
         )?;
-        Some(row.get(0))
+        (Some(row.get::<_, i64>(0)), lines)
     };
-    let lines: Vec<i32> = (0..items.len()).map(|i| i as i32).collect();
+    let lines: Vec<i32> = items
+        .iter()
+        .enumerate()
+        .map(|(position, item)| lines.index_of(position, item) as i32)
+        .collect();
     let inserted: std::collections::HashSet<String> = tx
         .query(
             "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line, batch, batch_line)

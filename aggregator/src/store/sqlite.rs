@@ -710,25 +710,23 @@ fn ingest_batch(
 ) -> Result<IngestOutcome, StoreError> {
     let (items, drops) = (batch.items, batch.drops);
     let mut outcome = IngestOutcome::default();
-    let batch = if items.is_empty() {
-        None
+    let (batch, lines) = if items.is_empty() {
+        (None, packed::Lines::Items)
     } else {
-        tx.execute(
-            "INSERT INTO record_batches (lines) VALUES (?1)",
-            [batch.packed_lines()?],
-        )?;
-        Some(tx.last_insert_rowid())
+        let (blob, lines) = batch.packed_lines()?;
+        tx.execute("INSERT INTO record_batches (lines) VALUES (?1)", [blob])?;
+        (Some(tx.last_insert_rowid()), lines)
     };
     {
         let mut statements = Statements::prepare(tx)?;
         let mut counts = super::HitCounts::default();
-        for (line, item) in items.iter().enumerate() {
+        for (position, item) in items.iter().enumerate() {
             let inserted = statements.insert_record.execute(params![
                 item.id,
                 item.started_at,
                 item.pod_namespace,
                 batch,
-                line as i64
+                lines.index_of(position, item)
             ])?;
             if inserted == 0 {
                 outcome.duplicates += 1;
