@@ -1004,6 +1004,19 @@ mod tests {
         assert_eq!(tested, [("1".to_string(), false), ("2".to_string(), true)]);
     }
 
+    /// A store as an aggregator left it that knew the first `migrations`.
+    fn store_at_migration(path: &Path, migrations: usize) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+            .unwrap();
+        for (i, sql) in MIGRATIONS[..migrations].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.execute("INSERT INTO schema_migrations VALUES (?1)", [i + 1])
+                .unwrap();
+        }
+        conn
+    }
+
     #[test]
     fn a_store_from_before_versions_were_keyed_by_resource_version_keeps_its_versions() {
         let dir = tempfile::tempdir().unwrap();
@@ -1017,14 +1030,7 @@ mod tests {
         let encoded = crate::store::EncodedVersion::new(version).unwrap();
         {
             // The store as the aggregator before this key left it.
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
-                .unwrap();
-            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
-                conn.execute_batch(sql).unwrap();
-                conn.execute("INSERT INTO schema_migrations VALUES (?1)", [i + 1])
-                    .unwrap();
-            }
+            let conn = store_at_migration(&path, 4);
             conn.execute(
                 "INSERT INTO versions (uid, resource_version, grp, resource, kind, namespace, name, time, doc, object)
                  VALUES ('u1', '7', '', 'configmaps', 'ConfigMap', 'ns', 'c', 't', ?1, ?2)",
@@ -1065,14 +1071,7 @@ mod tests {
         {
             // The store as the aggregator before this key left it: one
             // record from before lines were packed, one packed.
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
-                .unwrap();
-            for (i, sql) in MIGRATIONS[..6].iter().enumerate() {
-                conn.execute_batch(sql).unwrap();
-                conn.execute("INSERT INTO schema_migrations VALUES (?1)", [i + 1])
-                    .unwrap();
-            }
+            let conn = store_at_migration(&path, 6);
             conn.execute(
                 "INSERT INTO records (id, started_at, pod_namespace, pod_name, method, path, status, line)
                  VALUES ('legacy', '2026-11-01T00:00:00Z', 'old-ns', 'p', 'GET', '/x', 200, '{\"id\":\"legacy\"}')",
