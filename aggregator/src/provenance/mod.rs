@@ -174,26 +174,105 @@ pub struct Attempt {
     pub record: String,
 }
 
-impl Version {
-    /// Merges another sighting of the same (uid, resourceVersion): the
-    /// pod's own write names who and how; a whole object beats a partial
-    /// one (or a subresource's view, such as a Scale).
-    pub fn merge(&mut self, other: Version) {
-        let take_object = match (&self.object, &other.object) {
-            (None, Some(_)) => true,
-            (Some(_), Some(_)) => {
+/// What a merge looks at in each of two sightings of a version.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Standing<'a> {
+    pub has_object: bool,
+    pub partial: bool,
+    pub kind: &'a str,
+    pub source: Source,
+    pub deleted: bool,
+    pub has_generation: bool,
+}
+
+impl Standing<'_> {
+    fn is_subresource_view(&self) -> bool {
+        self.kind == "Scale"
+    }
+
+    /// Whether merging `other` into a version standing so takes its object.
+    fn takes_object_of(&self, other: &Standing<'_>) -> bool {
+        match (self.has_object, other.has_object) {
+            (false, true) => true,
+            (true, true) => {
                 self.partial && !other.partial
                     || self.is_subresource_view() && !other.is_subresource_view()
             }
             _ => false,
-        };
+        }
+    }
+
+    /// Whether merging `other` takes who wrote it and how.
+    fn takes_write_of(&self, other: &Standing<'_>) -> bool {
+        self.source == Source::Observed && other.source == Source::Write
+    }
+
+    /// Whether merging `other` into a version standing so changes it at all
+    /// ([`Version::merge`]): a sighting seen again, as a relist or a poll
+    /// sees it, mostly does not, and a store can tell that from a few
+    /// fields of its stored document instead of decoding the whole.
+    pub(crate) fn changed_by(&self, other: &Standing<'_>) -> bool {
+        self.takes_object_of(other)
+            || self.takes_write_of(other)
+            || other.deleted && !self.deleted
+            || !self.has_generation && other.has_generation
+    }
+}
+
+/// The fields of a stored version's document that make its [`Standing`].
+#[derive(Debug, Deserialize)]
+pub(crate) struct StandingFields<'a> {
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    source: Source,
+    #[serde(default)]
+    partial: bool,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    generation: Option<i64>,
+}
+
+impl StandingFields<'_> {
+    pub(crate) fn standing(&self, has_object: bool) -> Standing<'_> {
+        Standing {
+            has_object,
+            partial: self.partial,
+            kind: &self.kind,
+            source: self.source,
+            deleted: self.deleted,
+            has_generation: self.generation.is_some(),
+        }
+    }
+}
+
+impl Version {
+    /// How this version stands for a merge.
+    pub(crate) fn standing(&self) -> Standing<'_> {
+        Standing {
+            has_object: self.object.is_some(),
+            partial: self.partial,
+            kind: &self.kind,
+            source: self.source,
+            deleted: self.deleted,
+            has_generation: self.generation.is_some(),
+        }
+    }
+
+    /// Merges another sighting of the same (uid, resourceVersion): the
+    /// pod's own write names who and how; a whole object beats a partial
+    /// one (or a subresource's view, such as a Scale).
+    pub fn merge(&mut self, other: Version) {
+        let (mine, theirs) = (self.standing(), other.standing());
+        let (take_object, take_write) =
+            (mine.takes_object_of(&theirs), mine.takes_write_of(&theirs));
         if take_object {
             self.object = other.object.clone();
             self.partial = other.partial;
             self.kind = other.kind.clone();
             self.api_version = other.api_version.clone();
         }
-        if self.source == Source::Observed && other.source == Source::Write {
+        if take_write {
             self.source = Source::Write;
             self.verb = other.verb;
             self.who = other.who;
@@ -204,10 +283,6 @@ impl Version {
         if self.generation.is_none() {
             self.generation = other.generation;
         }
-    }
-
-    fn is_subresource_view(&self) -> bool {
-        self.kind == "Scale"
     }
 }
 
