@@ -9,6 +9,7 @@
 
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 
 /// What a request does, in the vocabulary of the OpenAPI spec's
@@ -151,14 +152,14 @@ impl ApiRequest {
             extra_path: false,
         };
 
-        let rest: &[String] = match segments.first().map(String::as_str) {
+        let rest: &[Cow<'_, str>] = match segments.first().map(|s| &**s) {
             Some("api") if segments.len() >= 2 => {
-                parsed.version = segments[1].clone();
+                parsed.version = segments[1].to_string();
                 &segments[2..]
             }
             Some("apis") if segments.len() >= 3 => {
-                parsed.group = segments[1].clone();
-                parsed.version = segments[2].clone();
+                parsed.group = segments[1].to_string();
+                parsed.version = segments[2].to_string();
                 &segments[3..]
             }
             _ => return Ok(parsed),
@@ -169,7 +170,7 @@ impl ApiRequest {
         }
 
         let mut rest = rest;
-        if matches!(rest[0].as_str(), "watch" | "proxy") {
+        if matches!(&*rest[0], "watch" | "proxy") {
             parsed.legacy_prefix = Some(if rest[0] == "watch" {
                 Verb::Watch
             } else {
@@ -185,7 +186,7 @@ impl ApiRequest {
         // `namespaces/<ns>/<resource>...` scopes the request, except when the
         // resource is the namespace itself (`namespaces/<name>[/status]`).
         if rest[0] == "namespaces" && rest.len() >= 2 {
-            parsed.namespace = rest[1].clone();
+            parsed.namespace = rest[1].to_string();
             let namespace_subresource = rest
                 .get(2)
                 .is_some_and(|s| s == "status" || s == "finalize");
@@ -193,12 +194,12 @@ impl ApiRequest {
                 rest = &rest[2..];
             }
         }
-        parsed.resource = rest[0].clone();
+        parsed.resource = rest[0].to_string();
         if let Some(name) = rest.get(1) {
-            parsed.name = name.clone();
+            parsed.name = name.to_string();
         }
         if let Some(sub) = rest.get(2) {
-            parsed.subresource = sub.clone();
+            parsed.subresource = sub.to_string();
         }
         parsed.extra_path = rest.len() > 3;
 
@@ -322,13 +323,14 @@ impl ApiRequest {
     }
 }
 
-fn split_path(path: &str) -> Result<Vec<String>, RequestError> {
+/// The path's segments, decoded; borrowed from the path where they hold
+/// no escape, as nearly all do.
+fn split_path(path: &str) -> Result<Vec<Cow<'_, str>>, RequestError> {
     path.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {
             percent_decode_str(s)
                 .decode_utf8()
-                .map(|c| c.into_owned())
                 .map_err(|_| RequestError::BadEncoding(s.to_string()))
         })
         .collect()
