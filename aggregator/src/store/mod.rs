@@ -72,8 +72,10 @@ pub struct HitCounts<'a> {
     pub fields: std::collections::HashMap<FieldKey<'a>, u64, foldhash::fast::RandomState>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FieldKey<'a> {
+/// Who called which operation in which hour: what a row of `hits` and a
+/// row of `field_hits` are both counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey<'a> {
     pub pod_namespace: &'a str,
     pub pod_name: &'a str,
     pub workload: &'a str,
@@ -81,6 +83,35 @@ pub struct FieldKey<'a> {
     pub method: &'a str,
     pub template: &'a str,
     pub hour: &'a str,
+}
+
+/// The columns of a [`CallKey`], in the order [`CallKey::columns`] gives
+/// their values.
+macro_rules! call_columns {
+    () => {
+        "pod_namespace, pod_name, workload, client, method, template, hour"
+    };
+}
+pub(crate) use call_columns;
+
+impl<'a> CallKey<'a> {
+    /// Its values, in the order of [`call_columns!`].
+    pub(crate) fn columns(&self) -> [&'a str; 7] {
+        [
+            self.pod_namespace,
+            self.pod_name,
+            self.workload,
+            self.client,
+            self.method,
+            self.template,
+            self.hour,
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FieldKey<'a> {
+    pub call: CallKey<'a>,
     pub field: &'a str,
 }
 
@@ -95,14 +126,8 @@ pub struct FieldHit {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HitKey<'a> {
-    pub pod_namespace: &'a str,
-    pub pod_name: &'a str,
-    pub workload: &'a str,
-    pub client: &'a str,
-    pub method: &'a str,
-    pub template: &'a str,
+    pub call: CallKey<'a>,
     pub status: u16,
-    pub hour: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -125,16 +150,19 @@ impl<'a> HitCounts<'a> {
         }
         let hour = hour_of(&item.started_at);
         let started_at = item.started_at.as_str();
+        let call = |template: &'a str| CallKey {
+            pod_namespace: &item.pod_namespace,
+            pod_name: &item.pod_name,
+            workload: &item.workload,
+            client: &item.client,
+            method: &item.method,
+            template,
+            hour,
+        };
         for template in &item.templates {
             let key = HitKey {
-                pod_namespace: &item.pod_namespace,
-                pod_name: &item.pod_name,
-                workload: &item.workload,
-                client: &item.client,
-                method: &item.method,
-                template,
+                call: call(template),
                 status: item.status,
-                hour,
             };
             let entry = self.rows.entry(key).or_insert(HitCount {
                 hits: 0,
@@ -152,13 +180,7 @@ impl<'a> HitCounts<'a> {
         };
         for field in &item.fields {
             let key = FieldKey {
-                pod_namespace: &item.pod_namespace,
-                pod_name: &item.pod_name,
-                workload: &item.workload,
-                client: &item.client,
-                method: &item.method,
-                template,
-                hour,
+                call: call(template),
                 field,
             };
             *self.fields.entry(key).or_default() += 1;

@@ -4,9 +4,9 @@
 //! same transaction, so concurrent replicas count each record once.
 
 use super::{
-    Batch, Dialect, EncodedVersion, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter,
-    ObjectSummary, ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join,
-    key_version, merge_into, packed, undoc,
+    Batch, CallKey, Dialect, EncodedVersion, FieldHit, Hit, IngestItem, IngestOutcome, Merged,
+    ObjectFilter, ObjectSummary, ObjectTest, Origin, Scope, Store, StoreError, StoredRecord,
+    call_columns, doc, hour_of, join, key_version, merge_into, packed, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use postgres::{Client, NoTls};
@@ -499,7 +499,6 @@ fn ingest_batch(
     Ok(outcome)
 }
 
-/// A version as the batch leaves it: the stored document, and what to write.
 /// Adds a batch's counts to `hits` and `field_hits`, one statement each:
 /// a batch touches a few hundred keys, and a round trip per key cost more
 /// than all the rest of its ingest. The rows go in key order, so replicas
@@ -512,67 +511,73 @@ fn upsert_hits<'a>(
     if !counts.rows.is_empty() {
         let mut rows: Vec<_> = counts.rows.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
-        let text = |f: fn(&super::HitKey<'a>) -> &'a str| -> Vec<&str> {
-            rows.iter().map(|(k, _)| f(k)).collect()
-        };
+        let [a, b, c, d, e, f, g] = &call_arrays(rows.iter().map(|(k, _)| &k.call));
         let statuses: Vec<i32> = rows.iter().map(|(k, _)| i32::from(k.status)).collect();
         let hits: Vec<i64> = rows.iter().map(|(_, c)| c.hits as i64).collect();
         let first: Vec<&str> = rows.iter().map(|(_, c)| c.first_seen).collect();
         let last: Vec<&str> = rows.iter().map(|(_, c)| c.last_seen).collect();
         tx.execute(
-            "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
-             SELECT pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[], $9::bigint[], $10::text[], $11::text[])
-               WITH ORDINALITY AS u(pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen, n)
+            concat!(
+                "INSERT INTO hits (",
+                call_columns!(),
+                ", status, hits, first_seen, last_seen)
+             SELECT ",
+                call_columns!(),
+                ", status, hits, first_seen, last_seen
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::bigint[], $10::text[], $11::text[])
+               WITH ORDINALITY AS u(",
+                call_columns!(),
+                ", status, hits, first_seen, last_seen, n)
              ORDER BY n
-             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, status, hour)
+             ON CONFLICT (",
+                call_columns!(),
+                ", status)
              DO UPDATE SET hits = hits.hits + EXCLUDED.hits,
                first_seen = LEAST(hits.first_seen, EXCLUDED.first_seen),
-               last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)",
-            &[
-                &text(|k| k.pod_namespace),
-                &text(|k| k.pod_name),
-                &text(|k| k.workload),
-                &text(|k| k.client),
-                &text(|k| k.method),
-                &text(|k| k.template),
-                &statuses,
-                &text(|k| k.hour),
-                &hits,
-                &first,
-                &last,
-            ],
+               last_seen = GREATEST(hits.last_seen, EXCLUDED.last_seen)"
+            ),
+            &[a, b, c, d, e, f, g, &statuses, &hits, &first, &last],
         )?;
     }
     if !counts.fields.is_empty() {
         let mut fields: Vec<_> = counts.fields.iter().collect();
         fields.sort();
-        let text = |f: fn(&super::FieldKey<'a>) -> &'a str| -> Vec<&str> {
-            fields.iter().map(|(k, _)| f(k)).collect()
-        };
+        let [a, b, c, d, e, f, g] = &call_arrays(fields.iter().map(|(k, _)| &k.call));
+        let names: Vec<&str> = fields.iter().map(|(k, _)| k.field).collect();
         let hits: Vec<i64> = fields.iter().map(|(_, h)| **h as i64).collect();
         tx.execute(
-            "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
-             SELECT pod_namespace, pod_name, workload, client, method, template, hour, field, hits
+            concat!(
+                "INSERT INTO field_hits (",
+                call_columns!(),
+                ", field, hits)
+             SELECT ",
+                call_columns!(),
+                ", field, hits
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[])
-               WITH ORDINALITY AS u(pod_namespace, pod_name, workload, client, method, template, hour, field, hits, n)
+               WITH ORDINALITY AS u(",
+                call_columns!(),
+                ", field, hits, n)
              ORDER BY n
-             ON CONFLICT (pod_namespace, pod_name, workload, client, method, template, hour, field)
-             DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits",
-            &[
-                &text(|k| k.pod_namespace),
-                &text(|k| k.pod_name),
-                &text(|k| k.workload),
-                &text(|k| k.client),
-                &text(|k| k.method),
-                &text(|k| k.template),
-                &text(|k| k.hour),
-                &text(|k| k.field),
-                &hits,
-            ],
+             ON CONFLICT (",
+                call_columns!(),
+                ", field)
+             DO UPDATE SET hits = field_hits.hits + EXCLUDED.hits"
+            ),
+            &[a, b, c, d, e, f, g, &names, &hits],
         )?;
     }
     Ok(())
+}
+
+/// The keys' columns as arrays, one a column, for `UNNEST`.
+fn call_arrays<'a, 'k: 'a>(calls: impl Iterator<Item = &'a CallKey<'k>>) -> [Vec<&'k str>; 7] {
+    let mut arrays: [Vec<&str>; 7] = Default::default();
+    for call in calls {
+        for (array, value) in arrays.iter_mut().zip(call.columns()) {
+            array.push(value);
+        }
+    }
+    arrays
 }
 
 /// A version the batch meets, as it will be written back.

@@ -4,8 +4,8 @@
 use super::version_tail::{TailEntry, VersionTail, sorted_runs};
 use super::{
     Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
-    ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, doc, hour_of, join, key_version,
-    merge_into, packed, undoc,
+    ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, call_columns, doc, hour_of, join,
+    key_version, merge_into, packed, undoc,
 };
 use crate::provenance::{Attempt, ObjectQuery, Version};
 use rusqlite::types::ValueRef;
@@ -736,45 +736,40 @@ fn ingest_batch(
                 store_provenance(&mut statements, tail, added, item)?;
             }
         }
-        let mut count = tx.prepare_cached(
-            "INSERT INTO hits (pod_namespace, pod_name, workload, client, method, template, status, hour, hits, first_seen, last_seen)
+        let mut count = tx.prepare_cached(concat!(
+            "INSERT INTO hits (",
+            call_columns!(),
+            ", status, hits, first_seen, last_seen)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT DO UPDATE SET hits = hits + excluded.hits,
                first_seen = MIN(first_seen, excluded.first_seen),
-               last_seen = MAX(last_seen, excluded.last_seen)",
-        )?;
+               last_seen = MAX(last_seen, excluded.last_seen)"
+        ))?;
         for (key, c) in &counts.rows {
+            let [a, b, c_, d, e, f, g] = key.call.columns();
             count.execute(params![
-                key.pod_namespace,
-                key.pod_name,
-                key.workload,
-                key.client,
-                key.method,
-                key.template,
+                a,
+                b,
+                c_,
+                d,
+                e,
+                f,
+                g,
                 key.status,
-                key.hour,
                 c.hits as i64,
                 c.first_seen,
                 c.last_seen
             ])?;
         }
-        let mut count_field = tx.prepare_cached(
-            "INSERT INTO field_hits (pod_namespace, pod_name, workload, client, method, template, hour, field, hits)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT DO UPDATE SET hits = hits + excluded.hits",
-        )?;
-        for (k, hits) in &counts.fields {
-            count_field.execute(params![
-                k.pod_namespace,
-                k.pod_name,
-                k.workload,
-                k.client,
-                k.method,
-                k.template,
-                k.hour,
-                k.field,
-                *hits as i64
-            ])?;
+        let mut count_field = tx.prepare_cached(concat!(
+            "INSERT INTO field_hits (",
+            call_columns!(),
+            ", field, hits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT DO UPDATE SET hits = hits + excluded.hits"
+        ))?;
+        for (key, hits) in &counts.fields {
+            let [a, b, c, d, e, f, g] = key.call.columns();
+            count_field.execute(params![a, b, c, d, e, f, g, key.field, *hits as i64])?;
         }
         let mut drop_insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO drop_reports (id, pod_namespace, pod_name, dropped, first_dropped_at, last_dropped_at)
