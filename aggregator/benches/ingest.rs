@@ -214,6 +214,16 @@ fn bytes_written() -> u64 {
         .unwrap_or(0)
 }
 
+/// A batch as an interceptor sends it: zstd at level 1, saying its size.
+fn as_sent(text: &str) -> Vec<u8> {
+    zstd::bulk::compress(text.as_bytes(), 1).expect("zstd")
+}
+
+/// A sent batch's text, as `/ingest` reads it.
+fn as_received(body: &[u8]) -> String {
+    ingest::decompress(body, ingest::Encoding::Zstd).expect("zstd")
+}
+
 fn rate(n: usize, secs: f64) -> String {
     format!("{:>9.0}/s", n as f64 / secs)
 }
@@ -226,14 +236,11 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
     }
     // Each batch as an interceptor sends it: zstd at level 1. Sending is
     // the interceptor's work, not the aggregator's: done before the clock.
-    let bodies: Vec<Vec<u8>> = texts
-        .iter()
-        .map(|t| zstd::bulk::compress(t.as_bytes(), 1).expect("zstd"))
-        .collect();
+    let bodies: Vec<Vec<u8>> = texts.iter().map(|t| as_sent(t)).collect();
     // Decompressing alone, and parsing alone, to show where the time goes.
     let started = Instant::now();
     for body in &bodies {
-        std::hint::black_box(ingest::decompress(body, ingest::Encoding::Zstd).expect("zstd"));
+        std::hint::black_box(as_received(body));
     }
     let decompress_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -268,7 +275,7 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
     // As `/ingest` does: decompress, parse, and store with the batch kept
     // as it came.
     for body in &bodies {
-        let text = ingest::decompress(body, ingest::Encoding::Zstd).expect("zstd");
+        let text = as_received(body);
         let parsed = ingest::parse_batch(&text);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors.first());
         versions += parsed.items.iter().map(|i| i.versions.len()).sum::<usize>();
@@ -439,7 +446,7 @@ fn ingest_concurrently(store: std::sync::Arc<dyn Store>, records: usize, senders
     let batch = 500;
     let bodies: Vec<Vec<u8>> = (0..records.div_ceil(batch))
         .map(|b| record_lines(batch.min(records - b * batch), 10_000_000 + b * batch))
-        .map(|text| zstd::bulk::compress(text.as_bytes(), 1).expect("zstd"))
+        .map(|text| as_sent(&text))
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
@@ -460,7 +467,7 @@ fn ingest_concurrently(store: std::sync::Arc<dyn Store>, records: usize, senders
                 let (bodies, committer) = (bodies.clone(), committer.clone());
                 tokio::spawn(async move {
                     for body in bodies.iter().skip(s).step_by(senders) {
-                        let text = ingest::decompress(body, ingest::Encoding::Zstd).expect("zstd");
+                        let text = as_received(body);
                         let parsed = ingest::parse_batch(&text);
                         committer
                             .ingest(parsed.items, Vec::new(), Some(body.clone()))

@@ -85,7 +85,7 @@ const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-ali
 const PROXY_CONNECTION: header::HeaderName = header::HeaderName::from_static("proxy-connection");
 
 /// The headers that are hop-by-hop whatever Connection says.
-const HOP_BY_HOP: [header::HeaderName; 5] = [
+static HOP_BY_HOP: [header::HeaderName; 5] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -116,7 +116,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name.as_str());
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if headers

@@ -745,20 +745,20 @@ fn ingest_batch(
                first_seen = MIN(first_seen, excluded.first_seen),
                last_seen = MAX(last_seen, excluded.last_seen)"
         ))?;
-        for (key, c) in &counts.rows {
-            let [a, b, c_, d, e, f, g] = key.call.columns();
+        for (key, hit) in &counts.rows {
+            let [a, b, c, d, e, f, g] = key.call.columns();
             count.execute(params![
                 a,
                 b,
-                c_,
+                c,
                 d,
                 e,
                 f,
                 g,
                 key.status,
-                c.hits as i64,
-                c.first_seen,
-                c.last_seen
+                hit.hits as i64,
+                hit.first_seen,
+                hit.last_seen
             ])?;
         }
         let mut count_field = tx.prepare_cached(concat!(
