@@ -84,7 +84,7 @@ impl Metrics {
         let batches_compressed_fast = Counter::default();
         registry.register(
             "batches_compressed_fast",
-            "Batches compressed at zstd's fastest level because the queue was half full",
+            "Batches compressed at zstd's fastest level, because the queue was half full or the batch before kept more than half its size",
             batches_compressed_fast.clone(),
         );
         let shipped = Counter::default();
