@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode, with `synchronous=FULL`
 //! so that a batch acknowledged is a batch on disk.
 
-use super::version_tail::{TailEntry, VersionTail, sorted_runs};
+use super::version_tail::{RvCeiling, TailEntry, VersionTail, sorted_runs};
 use super::{
     Batch, Dialect, FieldHit, Hit, IngestItem, IngestOutcome, Merged, ObjectFilter, ObjectSummary,
     ObjectTest, Origin, Scope, Store, StoreError, StoredRecord, call_columns, doc, hour_of, join,
@@ -184,6 +184,11 @@ INSERT INTO records_by_id SELECT id, started_at, pod_namespace, batch, batch_lin
 DROP TABLE records;
 ALTER TABLE records_by_id RENAME TO records;
 "#,
+    // The indexes' `RvCeiling`, as `RvCeiling::to_stored` writes it; NULL
+    // until `read_ceiling` reads the indexes of a store made before it.
+    r#"
+ALTER TABLE version_index ADD COLUMN rv_ceiling TEXT;
+"#,
 ];
 
 /// `FROM versions` where (namespace, name) are ?1 and ?2: those in
@@ -213,6 +218,8 @@ pub struct SqliteStore {
 struct Inner {
     conn: Connection,
     tail: VersionTail,
+    /// Of the versions in the indexes, those the tail is not.
+    ceiling: RvCeiling,
 }
 
 impl Inner {
@@ -248,8 +255,13 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         migrate(&conn)?;
         let tail = read_tail(&conn)?;
+        let ceiling = read_ceiling(&conn)?;
         Ok(SqliteStore {
-            inner: Mutex::new(Inner { conn, tail }),
+            inner: Mutex::new(Inner {
+                conn,
+                tail,
+                ceiling,
+            }),
             tail_to_merge: TAIL_TO_MERGE,
         })
     }
@@ -257,6 +269,29 @@ impl SqliteStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The ceiling of the indexes' resourceVersions. A store made before it was
+/// kept has it worked out here, once, from every key.
+fn read_ceiling(conn: &Connection) -> Result<RvCeiling, StoreError> {
+    let stored: Option<String> =
+        conn.query_row("SELECT rv_ceiling FROM version_index", [], |r| r.get(0))?;
+    if let Some(ceiling) = stored.as_deref().and_then(RvCeiling::from_stored) {
+        return Ok(ceiling);
+    }
+    let mut ceiling = RvCeiling::default();
+    let mut keys = conn.prepare("SELECT resource_version FROM version_keys")?;
+    let mut rows = keys.query([])?;
+    while let Some(row) = rows.next()? {
+        if let ValueRef::Text(rv) = row.get_ref(0)? {
+            ceiling.raise(std::str::from_utf8(rv).unwrap_or_default());
+        }
+    }
+    conn.execute(
+        "UPDATE version_index SET rv_ceiling = ?1",
+        [ceiling.to_stored()],
+    )?;
+    Ok(ceiling)
 }
 
 /// The versions past the indexes' last run, as the store holds them.
@@ -288,18 +323,21 @@ fn read_tail(conn: &Connection) -> Result<VersionTail, StoreError> {
 /// tombstone uids and names); with the tail, 56, most of them new rows.
 const TAIL_TO_MERGE: usize = 8192;
 
-/// Moves the tail's keys and names into the indexes, in their order.
+/// Moves the tail's keys and names into the indexes, in their order, and
+/// gives the indexes' ceiling with them in.
 fn merge_tail(
     tx: &rusqlite::Transaction<'_>,
     tail: &VersionTail,
     added: &VersionTail,
-) -> Result<(), StoreError> {
+    mut ceiling: RvCeiling,
+) -> Result<RvCeiling, StoreError> {
     let (keys, names) = sorted_runs(&[tail, added]);
     let mut insert_key = tx.prepare_cached(
         "INSERT INTO version_keys (resource_version, uid, seq) VALUES (?1, ?2, ?3)",
     )?;
     for (rv, uid, seq) in keys {
         insert_key.execute(params![rv, uid, seq])?;
+        ceiling.raise(rv);
     }
     let mut insert_name =
         tx.prepare_cached("INSERT INTO version_names (namespace, name, seq) VALUES (?1, ?2, ?3)")?;
@@ -309,8 +347,11 @@ fn merge_tail(
     let upto: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM versions", [], |r| {
         r.get(0)
     })?;
-    tx.execute("UPDATE version_index SET merged_upto = ?1", [upto])?;
-    Ok(())
+    tx.execute(
+        "UPDATE version_index SET merged_upto = ?1, rv_ceiling = ?2",
+        params![upto, ceiling.to_stored()],
+    )?;
+    Ok(ceiling)
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -371,22 +412,33 @@ fn filter(scope: &Scope, has_workload: bool) -> Filter {
 impl Store for SqliteStore {
     fn ingest_group(&self, batches: &[Batch<'_>]) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut guard = self.lock();
-        let Inner { conn, tail } = &mut *guard;
+        let Inner {
+            conn,
+            tail,
+            ceiling,
+        } = &mut *guard;
         let tx = conn.transaction()?;
         let mut added = VersionTail::default();
+        let known = Known {
+            tail,
+            ceiling: *ceiling,
+        };
         let outcomes = batches
             .iter()
-            .map(|b| ingest_batch(&tx, b, tail, &mut added))
+            .map(|b| ingest_batch(&tx, b, known, &mut added))
             .collect::<Result<Vec<_>, _>>()?;
-        let merge = tail.len() + added.len() >= self.tail_to_merge;
-        if merge {
-            merge_tail(&tx, tail, &added)?;
-        }
-        tx.commit()?;
-        if merge {
-            tail.merged();
+        let merged = if tail.len() + added.len() >= self.tail_to_merge {
+            Some(merge_tail(&tx, tail, &added, *ceiling)?)
         } else {
-            tail.absorb(added);
+            None
+        };
+        tx.commit()?;
+        match merged {
+            Some(raised) => {
+                tail.merged();
+                *ceiling = raised;
+            }
+            None => tail.absorb(added),
         }
         Ok(outcomes)
     }
@@ -702,10 +754,18 @@ impl<'t> Statements<'t> {
 }
 
 /// One batch, within the group's transaction.
+/// Where a transaction finds the versions stored before it: the tail, and
+/// the indexes, which the ceiling may tell a version is not in.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    tail: &'a VersionTail,
+    ceiling: RvCeiling,
+}
+
 fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
     batch: &Batch<'_>,
-    tail: &VersionTail,
+    known: Known<'_>,
     added: &mut VersionTail,
 ) -> Result<IngestOutcome, StoreError> {
     let (items, drops) = (batch.items, batch.drops);
@@ -733,7 +793,7 @@ fn ingest_batch(
             } else {
                 outcome.accepted += 1;
                 counts.add(item);
-                store_provenance(&mut statements, tail, added, item)?;
+                store_provenance(&mut statements, known, added, item)?;
             }
         }
         let mut count = tx.prepare_cached(concat!(
@@ -797,7 +857,7 @@ fn ingest_batch(
 /// same (uid, resourceVersion), and its refused writes.
 fn store_provenance(
     statements: &mut Statements<'_>,
-    tail: &VersionTail,
+    known: Known<'_>,
     added: &mut VersionTail,
     item: &IngestItem,
 ) -> Result<(), StoreError> {
@@ -805,11 +865,14 @@ fn store_provenance(
         let version = &sighting.version;
         let (uid, rv) = (&version.uid, &version.resource_version);
         let existing: Option<(i64, String, bool)> =
-            match tail.seq_of(uid, rv).or_else(|| added.seq_of(uid, rv)) {
+            match known.tail.seq_of(uid, rv).or_else(|| added.seq_of(uid, rv)) {
                 Some(seq) => statements
                     .read_version_by_seq
                     .query_row([seq], |r| Ok((seq, r.get(0)?, r.get(1)?)))
                     .optional()?,
+                // Writes and watch events show versions above all indexed:
+                // the index would be searched for nothing.
+                None if known.ceiling.rules_out(rv) => None,
                 None => statements
                     .read_version_by_key
                     .query_row(params![rv, uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -1056,6 +1119,29 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(key, ["resource_version", "uid"]);
+        // Its keys were read for the ceiling once, on opening: the version
+        // seen again is found in the index, and one above it is new.
+        let ceiling: String = store
+            .lock()
+            .query_row("SELECT rv_ceiling FROM version_index", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ceiling, "7");
+        let seen = |id: &str, rv: &str| IngestItem {
+            versions: vec![
+                crate::store::EncodedVersion::new(crate::provenance::Version {
+                    object: Some(serde_json::json!({"data": {"v": rv}})),
+                    ..key_version(
+                        ["", "configmaps", "ConfigMap", "ns", "c", "u1", rv, "t"].map(String::from),
+                    )
+                })
+                .unwrap(),
+            ],
+            ..item(id, "/t", 200)
+        };
+        store.ingest(&[seen("again", "7")], &[]).unwrap();
+        assert_eq!(store.versions(&by_name, true).unwrap().len(), 1);
+        store.ingest(&[seen("next", "8")], &[]).unwrap();
+        assert_eq!(store.versions(&by_name, true).unwrap().len(), 2);
     }
 
     #[test]
@@ -1191,10 +1277,18 @@ mod tests {
                 .versions_by_key(&[("uid-c".to_string(), rv.to_string())])
                 .unwrap();
             assert_eq!(by_key.len(), 1, "version {rv} by its key");
-            // Seen again: merged into its row, not a second one.
-            store
-                .ingest(&[with(&format!("again{rv}"), "c", rv)], &[])
-                .unwrap();
+            // Seen again, every version so far, those of the indexes below
+            // and at their ceiling among them: each merged into its row,
+            // not a second one.
+            let again: Vec<IngestItem> = (1..=rv)
+                .flat_map(|r| {
+                    [
+                        with(&format!("again-c{rv}-{r}"), "c", r),
+                        with(&format!("again-d{rv}-{r}"), "d", 100 + r),
+                    ]
+                })
+                .collect();
+            store.ingest(&again, &[]).unwrap();
             assert_eq!(rows(&store, "versions"), 2 * rv as i64);
             let waiting = store.lock().tail.len();
             assert!(waiting < 3, "{waiting} versions wait after {rv} batches");
