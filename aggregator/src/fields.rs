@@ -165,14 +165,14 @@ fn leaves(v: &Value, at: String, out: &mut BTreeSet<String>) {
                 let next = if at.is_empty() {
                     k.clone()
                 } else {
-                    format!("{at}.{k}")
+                    [&*at, ".", k].concat()
                 };
                 leaves(sub, next, out);
             }
         }
         Value::Array(a) if !a.is_empty() => {
             for item in a {
-                leaves(item, format!("{at}[]"), out);
+                leaves(item, [&*at, "[]"].concat(), out);
             }
         }
         _ if !at.is_empty() => {

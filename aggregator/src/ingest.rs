@@ -187,7 +187,7 @@ fn item_of(mut e: Exchange, line: String, line_number: usize) -> Result<IngestIt
             .pod
             .workload
             .as_ref()
-            .map(|w| format!("{}/{}", w.kind, w.name))
+            .map(|w| [&*w.kind, "/", &w.name].concat())
             .unwrap_or_default(),
         id: e.id,
         started_at: e.started_at,

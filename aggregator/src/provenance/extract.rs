@@ -216,7 +216,7 @@ pub fn from_request(
     let watch = exchange.watch.take();
     let exchange: &Exchange = exchange;
     let who = Who {
-        pod: format!("{}/{}", exchange.pod.namespace, exchange.pod.name),
+        pod: [&*exchange.pod.namespace, "/", &exchange.pod.name].concat(),
         service_account: exchange.pod.service_account.clone(),
         user_agent: exchange.user_agent.clone().unwrap_or_default(),
         field_manager: query_value(&exchange.query, "fieldManager"),

@@ -140,9 +140,10 @@ fn span_in(whole: &str, part: &str) -> Option<std::ops::Range<usize>> {
 /// `text` without the member whose value is at `value` (`"key":value` and
 /// one comma beside it). `None` where the text before it is not the key.
 fn without_member(text: &str, value: std::ops::Range<usize>, key: &str) -> Option<String> {
-    let quoted = format!("\"{key}\":");
-    let key_start = value.start.checked_sub(quoted.len())?;
-    if text.get(key_start..value.start)? != quoted {
+    // `"key":` just before the value.
+    let key_start = value.start.checked_sub(key.len() + 3)?;
+    let before = text.get(key_start..value.start)?;
+    if before.strip_prefix('"').and_then(|b| b.strip_suffix("\":")) != Some(key) {
         return None;
     }
     let cut = if text[..key_start].ends_with(',') {
