@@ -26,6 +26,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PODS: usize = 50;
 
+/// Records a batch carries: an interceptor's batch holds those of its own
+/// pod, so each batch is one pod's.
+const BATCH_RECORDS: usize = 500;
+
 fn shared() -> PathBuf {
     PathBuf::from(apiwitness_runtime::manifest_dir!()).join("../../shared/k8s-openapi/v1.35")
 }
@@ -84,11 +88,13 @@ fn object(kind: &str, api_version: &str, ns: &str, name: &str, rv: u64) -> Strin
 /// Realistic record lines: a mix of reads and writes over a few resources,
 /// with bodies as the apiserver sends them (about 2 KiB). Reads see the
 /// same object again until it changes, as a polling or relisting client
-/// does; every write makes a new version.
+/// does; every write makes a new version. Each batch is one pod's calls,
+/// as its interceptor ships them, to objects in all `PODS` namespaces.
 fn record_lines(n: usize, offset: usize) -> String {
     let mut out = String::with_capacity(n * 2600);
     for k in offset..offset + n {
         let p = k % PODS;
+        let caller = (k / BATCH_RECORDS) % PODS;
         let i = k % 97;
         let ns = format!("ns{p}");
         // Reads go to a few objects per namespace, and see the version of
@@ -126,7 +132,7 @@ fn record_lines(n: usize, offset: usize) -> String {
             .map(|b| format!(",\"request_content_type\":\"application/merge-patch+json\",\"request_body\":{{\"json\":{b},\"size\":{}}}", b.len()))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{{\"kind\":\"exchange\",\"format\":1,\"id\":\"{}\",\"pod\":{{\"namespace\":\"{ns}\",\"name\":\"pod-{p}\",\"workload\":{{\"kind\":\"Deployment\",\"name\":\"web\"}}}},\"started_at\":\"2026-11-24T06:{:02}:00.000001Z\",\"duration_us\":812,\"method\":\"{method}\",\"path\":\"{path}\",\"status\":{status},\"user_agent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\"{request},\"response_content_type\":\"application/json\",\"response_body\":{{\"json\":{response},\"size\":{}}}}}\n",
+            "{{\"kind\":\"exchange\",\"format\":1,\"id\":\"{}\",\"pod\":{{\"namespace\":\"ns{caller}\",\"name\":\"pod-{caller}\",\"workload\":{{\"kind\":\"Deployment\",\"name\":\"web\"}}}},\"started_at\":\"2026-11-24T06:{:02}:00.000001Z\",\"duration_us\":812,\"method\":\"{method}\",\"path\":\"{path}\",\"status\":{status},\"user_agent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\"{request},\"response_content_type\":\"application/json\",\"response_body\":{{\"json\":{response},\"size\":{}}}}}\n",
             record_id(k),
             k % 60,
             response.len()
@@ -229,7 +235,7 @@ fn rate(n: usize, secs: f64) -> String {
 }
 
 fn ingest_into(name: &str, store: &dyn Store, records: usize) -> f64 {
-    let batch = 500;
+    let batch = BATCH_RECORDS;
     let mut texts = Vec::new();
     for b in 0..records.div_ceil(batch) {
         texts.push(record_lines(batch.min(records - b * batch), b * batch));
@@ -443,7 +449,7 @@ fn print_pages_each_commit_writes(conn: &rusqlite::Connection, path: &std::path:
 /// and the committer stores the batches that wait together, one commit each
 /// group.
 fn ingest_concurrently(store: std::sync::Arc<dyn Store>, records: usize, senders: usize) -> f64 {
-    let batch = 500;
+    let batch = BATCH_RECORDS;
     let bodies: Vec<Vec<u8>> = (0..records.div_ceil(batch))
         .map(|b| record_lines(batch.min(records - b * batch), 10_000_000 + b * batch))
         .map(|text| as_sent(&text))
