@@ -29,8 +29,27 @@ fn postgres_base_url() -> anyhow::Result<String> {
     .map_err(anyhow::Error::msg)
 }
 
+/// A database a test made for its aggregator: dropped with it, so that runs
+/// do not pile up databases (each run's names are new).
+struct OwnDatabase {
+    base_url: String,
+    name: String,
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        // FORCE: a replica the test left running still holds connections.
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = CommandOutput::run(Command::new("psql").args([&self.base_url, "-qc", &sql]))
+            .and_then(|o| o.ok("psql"))
+        {
+            eprintln!("dropping the test database {}: {e:#}", self.name);
+        }
+    }
+}
+
 /// A fresh database for one aggregator, and its URL.
-fn postgres_database(name: &str) -> anyhow::Result<String> {
+fn postgres_database(name: &str) -> anyhow::Result<(String, OwnDatabase)> {
     let base = postgres_base_url()?;
     let db: String = format!("apiwitness_{name}")
         .chars()
@@ -48,9 +67,13 @@ fn postgres_database(name: &str) -> anyhow::Result<String> {
     ] {
         CommandOutput::run(Command::new("psql").args([&base, "-qc", &sql]))?.ok("psql")?;
     }
-    Ok(format!(
-        "{}/{db}",
-        base.rsplit_once('/').context("a URL")?.0
+    let url = format!("{}/{db}", base.rsplit_once('/').context("a URL")?.0);
+    Ok((
+        url,
+        OwnDatabase {
+            base_url: base,
+            name: db,
+        },
     ))
 }
 
@@ -67,6 +90,8 @@ pub struct Aggregator {
     pub retention: (String, u64),
     child: Option<Child>,
     addr: String,
+    /// Dropped after the process is stopped (`Drop` runs before fields drop).
+    _database: Option<OwnDatabase>,
 }
 
 /// A curl header file holding `Authorization: Bearer <token>`, readable by
@@ -160,11 +185,16 @@ impl Aggregator {
         insecure: bool,
         store: StoreKind,
     ) -> anyhow::Result<Aggregator> {
-        let db = match store {
-            StoreKind::Sqlite => None,
-            StoreKind::Postgres => Some(postgres_database(name)?),
+        let (db, database) = match store {
+            StoreKind::Sqlite => (None, None),
+            StoreKind::Postgres => {
+                let (url, database) = postgres_database(name)?;
+                (Some(url), Some(database))
+            }
         };
-        Aggregator::launch(cluster, name, insecure, db)
+        let mut aggregator = Aggregator::launch(cluster, name, insecure, db)?;
+        aggregator._database = database;
+        Ok(aggregator)
     }
 
     /// Another aggregator on the same store (a PostgreSQL URL): a replica.
@@ -194,6 +224,7 @@ impl Aggregator {
             retention: ("0s".into(), 0),
             child: None,
             addr,
+            _database: None,
         };
         aggregator.spawn(cluster)?;
         Ok(aggregator)
