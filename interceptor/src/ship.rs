@@ -669,12 +669,11 @@ impl Effort {
     }
 }
 
-thread_local! {
-    /// The compressor of the thread that compresses batches, kept from one
-    /// batch to the next: making one and its tables took 5 µs a batch.
-    static ZSTD_CONTEXT: std::cell::RefCell<zstd::zstd_safe::CCtx<'static>> =
-        std::cell::RefCell::new(zstd::zstd_safe::CCtx::create());
-}
+/// One compressor, kept from one batch to the next: making one and its
+/// tables took 5 µs a batch. One batch is compressed at a time, on
+/// whichever blocking thread; one kept per thread would hold its 1.1 MB
+/// (for a 256 KiB batch) on each.
+static ZSTD_CONTEXT: Mutex<Option<zstd::zstd_safe::CCtx<'static>>> = Mutex::new(None);
 
 /// A batch as compressed NDJSON: the drop reports first, then the records.
 pub fn encode_batch(
@@ -702,20 +701,26 @@ pub fn encode_batch(
         }
         ShipEncoding::Zstd => {
             let mut out = Vec::with_capacity(bytes / 4);
-            let written = ZSTD_CONTEXT.with_borrow_mut(|context| {
-                context
-                    .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(
-                        effort.zstd_level(),
-                    ))
-                    .map_err(|code| std::io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
-                let mut z = zstd::stream::write::Encoder::with_context(&mut out, context);
-                // Told the size, zstd sizes its window and tables to the
-                // batch instead of its level's defaults (512 KiB and up).
-                z.set_pledged_src_size(Some(bytes as u64))?;
-                z.include_contentsize(true)?;
-                write_lines(&mut z, lines());
-                z.finish().map(drop)
-            });
+            let kept = ZSTD_CONTEXT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let mut context = kept.unwrap_or_else(zstd::zstd_safe::CCtx::create);
+            let written = context
+                .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(
+                    effort.zstd_level(),
+                ))
+                .map_err(|code| std::io::Error::other(zstd::zstd_safe::get_error_name(code)))
+                .and_then(|_| {
+                    let mut z = zstd::stream::write::Encoder::with_context(&mut out, &mut context);
+                    // Told the size, zstd sizes its window and tables to the
+                    // batch instead of its level's defaults (512 KiB and up).
+                    z.set_pledged_src_size(Some(bytes as u64))?;
+                    z.include_contentsize(true)?;
+                    write_lines(&mut z, lines());
+                    z.finish().map(drop)
+                });
+            *ZSTD_CONTEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some(context);
             if written.is_err() {
                 out.clear();
             }
