@@ -1162,17 +1162,11 @@ mod tests {
     }
 
     /// A record whose response body is `len` bytes of text: base64 of
-    /// pseudo-random bytes when `random`, else one short phrase repeated.
+    /// random bytes when `random`, else one short phrase repeated.
     fn with_text_body(n: u32, len: usize, random: bool) -> Exchange {
         let text = if random {
-            let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(n);
-            let bytes: Vec<u8> = (0..len * 3 / 4)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
+            let bytes: Vec<u8> = (0..len * 3 / 4 / 16)
+                .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
                 .collect();
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
         } else {
