@@ -218,7 +218,8 @@ pub struct SqliteStore {
 struct Inner {
     conn: Connection,
     tail: VersionTail,
-    /// Of the versions in the indexes, those the tail is not.
+    /// Of the versions in the indexes (not the tail's): what versions
+    /// above it are known to be new.
     ceiling: RvCeiling,
 }
 
