@@ -345,8 +345,8 @@ pub struct Shipper {
     /// Set once the aggregator refused a zstd batch as unsupported (an
     /// older aggregator): from then on, batches go as gzip.
     gzip_only: std::sync::atomic::AtomicBool,
-    /// Set while batches shrink to no less than half their size: then their
-    /// bytes are mostly high-entropy text, such as base64 of binary data.
+    /// Set while batches keep more than half their size: then their bytes
+    /// are mostly high-entropy text, such as base64 of binary data.
     compressing_poorly: std::sync::atomic::AtomicBool,
 }
 
@@ -636,10 +636,11 @@ pub enum Effort {
     /// zstd's level 1.
     Normal,
     /// zstd's level -1, for when the queue is falling behind (half full) or
-    /// batches compress poorly: several times faster, but it leaves literals unencoded, so batches
-    /// are larger (base64 of random bytes, the worst case, does not shrink
-    /// at all; at level 1 it shrinks by a quarter). Better larger batches
-    /// than records stripped of their bodies to make room.
+    /// batches compress poorly: several times faster, but it leaves
+    /// literals unencoded, so batches are larger (base64 of random bytes,
+    /// the worst case, does not shrink at all; at level 1 it shrinks by a
+    /// quarter). Better larger batches than records stripped of their
+    /// bodies to make room.
     Fast,
 }
 
