@@ -152,6 +152,8 @@ struct Pending {
     user_agent: Option<String>,
     request_content_type: Option<String>,
     request_body: SharedCapture,
+    /// The request as the apiserver reads it, if it is one of its API's.
+    request: Option<ApiRequest>,
     watch: bool,
     /// For a watch: the id of its first part, which stands for it.
     watch_id: Option<Arc<str>>,
@@ -182,6 +184,7 @@ impl Pending {
             response_content_encoding,
             request_body: self.request_body,
             response_body,
+            request: self.request,
             watch: self.watch,
             watch_id: self.watch_id,
             upgrade,
@@ -325,6 +328,7 @@ impl Proxy {
             user_agent: header_string(request.headers(), header::USER_AGENT),
             request_content_type,
             request_body: request_body.clone(),
+            request: parsed,
             watch,
             watch_id: watch.then(|| Arc::from(uuid::Uuid::now_v7().to_string())),
         };
