@@ -754,7 +754,6 @@ impl<'t> Statements<'t> {
     }
 }
 
-/// One batch, within the group's transaction.
 /// Where a transaction finds the versions stored before it: the tail, and
 /// the indexes, which the ceiling may tell a version is not in.
 #[derive(Clone, Copy)]
@@ -763,6 +762,7 @@ struct Known<'a> {
     ceiling: RvCeiling,
 }
 
+/// One batch, within the group's transaction.
 fn ingest_batch(
     tx: &rusqlite::Transaction<'_>,
     batch: &Batch<'_>,
