@@ -207,6 +207,16 @@ impl Standing<'_> {
         self.source == Source::Observed && other.source == Source::Write
     }
 
+    /// Whether merging `other` marks the version deleted.
+    fn takes_deletion_of(&self, other: &Standing<'_>) -> bool {
+        other.deleted && !self.deleted
+    }
+
+    /// Whether merging `other` takes its generation.
+    fn takes_generation_of(&self, other: &Standing<'_>) -> bool {
+        !self.has_generation && other.has_generation
+    }
+
     /// Whether merging `other` into a version standing so changes it at all
     /// ([`Version::merge`]): a sighting seen again, as a relist or a poll
     /// sees it, mostly does not, and a store can tell that from a few
@@ -214,8 +224,8 @@ impl Standing<'_> {
     pub(crate) fn changed_by(&self, other: &Standing<'_>) -> bool {
         self.takes_object_of(other)
             || self.takes_write_of(other)
-            || other.deleted && !self.deleted
-            || !self.has_generation && other.has_generation
+            || self.takes_deletion_of(other)
+            || self.takes_generation_of(other)
     }
 }
 
@@ -264,8 +274,12 @@ impl Version {
     /// one (or a subresource's view, such as a Scale).
     pub fn merge(&mut self, other: Version) {
         let (mine, theirs) = (self.standing(), other.standing());
-        let (take_object, take_write) =
-            (mine.takes_object_of(&theirs), mine.takes_write_of(&theirs));
+        let (take_object, take_write, take_deletion, take_generation) = (
+            mine.takes_object_of(&theirs),
+            mine.takes_write_of(&theirs),
+            mine.takes_deletion_of(&theirs),
+            mine.takes_generation_of(&theirs),
+        );
         if take_object {
             self.object = other.object.clone();
             self.partial = other.partial;
@@ -279,8 +293,10 @@ impl Version {
             self.record = other.record;
             self.time = other.time;
         }
-        self.deleted |= other.deleted;
-        if self.generation.is_none() {
+        if take_deletion {
+            self.deleted = true;
+        }
+        if take_generation {
             self.generation = other.generation;
         }
     }
