@@ -3,6 +3,7 @@
 //! between them).
 
 pub mod exchange;
+pub mod json_reader;
 pub mod json_string;
 pub mod request;
 

@@ -4,7 +4,7 @@
 //! or watch. Dry runs, Tables and refused writes are not versions; a refused
 //! write is an [`Attempt`].
 
-use super::text::{ListDefaults, ListText, is_canonical, read_canonical_object};
+use super::text::{ListText, ObjectText, read_object};
 use super::{Attempt, EncodedVersion, ObjectHead, Source, TOMBSTONE_RV, Version, Who};
 use apiwitness_record::{ApiRequest, Body, BodyContent, Exchange, PatchType, Verb};
 use serde_json::Value;
@@ -82,18 +82,15 @@ impl Context<'_> {
     }
 
     /// A version read from its object's text, which is kept as it came
-    /// (less managedFields); `None` where the tree must decide. The text is
-    /// known to be canonical ([`super::text::is_canonical`]).
-    fn version_of_canonical_text(
+    /// (less managedFields).
+    fn version_of_text(
         &self,
-        text: &str,
-        list: Option<ListDefaults<'_>>,
+        object: ObjectText,
         verb: &str,
         source: Source,
-    ) -> Option<Result<EncodedVersion, serde_json::Error>> {
-        let object = read_canonical_object(text, list)?;
+    ) -> Result<EncodedVersion, serde_json::Error> {
         let version = self.stamped(object.head, verb, source);
-        Some(EncodedVersion::with_text(version, object.text))
+        EncodedVersion::with_text(version, object.text)
     }
 
     /// The version of a whole body: from its text where it can be read
@@ -104,10 +101,8 @@ impl Context<'_> {
         verb: &str,
         source: Source,
     ) -> Result<Option<EncodedVersion>, serde_json::Error> {
-        if let Some(text) = json_text(body).filter(|t| is_canonical(t.as_bytes())) {
-            if let Some(version) = self.version_of_canonical_text(text, None, verb, source) {
-                return version.map(Some);
-            }
+        if let Some(object) = json_text(body).and_then(read_object) {
+            return self.version_of_text(object, verb, source).map(Some);
         }
         take_object(body)
             .and_then(|(object, partial)| self.version(object, verb, source, partial))
@@ -270,31 +265,26 @@ pub fn from_request(
         }
         Verb::List => {
             if let Some(list) = json_text(&response).and_then(ListText::read) {
-                let item_kind = list.item_kind();
-                let defaults = list.defaults(&item_kind);
-                for item in list.items() {
-                    let text = cx.version_of_canonical_text(
-                        item.get(),
-                        Some(defaults),
-                        "list",
-                        Source::Observed,
-                    );
-                    let version = match text {
-                        Some(version) => Some(version?),
+                for item in list.items {
+                    let version = match item.object {
+                        Some(object) => cx.version_of_text(object, "list", Source::Observed)?,
                         None => {
-                            let api_version = match defaults.api_version {
-                                Some(v) => serde_json::from_str(v.get())?,
+                            let api_version = match list.api_version {
+                                Some(v) => serde_json::from_str(v)?,
                                 None => Value::Null,
                             };
                             let item = with_list_defaults(
-                                serde_json::from_str(item.get())?,
-                                &item_kind,
+                                serde_json::from_str(item.text)?,
+                                &list.item_kind,
                                 &api_version,
                             );
-                            encoded(cx.version(item, "list", Source::Observed, false))?
+                            match encoded(cx.version(item, "list", Source::Observed, false))? {
+                                Some(version) => version,
+                                None => continue,
+                            }
                         }
                     };
-                    found.versions.extend(version);
+                    found.versions.push(version);
                 }
             } else if let Some((mut list, partial)) = take_object(&mut response) {
                 let kind = list.get("kind").and_then(Value::as_str).unwrap_or_default();
