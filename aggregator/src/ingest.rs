@@ -2,6 +2,8 @@
 //! A bad line gets an error naming its line number; the valid lines of the
 //! same batch are still stored.
 
+use crate::provenance::text::Outline;
+use crate::record_line::read_exchange;
 use crate::store::{IngestItem, StoreError};
 use apiwitness_record::{ApiRequest, DropReport, Exchange};
 use std::io::Read;
@@ -119,7 +121,8 @@ pub fn client_of(user_agent: Option<&str>) -> String {
 }
 
 enum ParsedLine {
-    Exchange(Box<Exchange>),
+    /// With its response body's outline, where that is JSON.
+    Exchange(Box<Exchange>, Option<Box<Outline>>),
     DropReport(Box<DropReport>),
 }
 
@@ -129,14 +132,15 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
     let not_a_record = |e: serde_json::Error| format!("not a record: {e}");
     let line = match apiwitness_record::kind_of(raw).map_err(|e| e.to_string())? {
         apiwitness_record::LineKind::Exchange => {
-            ParsedLine::Exchange(serde_json::from_str(raw).map_err(not_a_record)?)
+            let (exchange, outline) = read_exchange(raw).map_err(not_a_record)?;
+            ParsedLine::Exchange(exchange, outline.map(Box::new))
         }
         apiwitness_record::LineKind::DropReport => {
             ParsedLine::DropReport(serde_json::from_str(raw).map_err(not_a_record)?)
         }
     };
     let format = match &line {
-        ParsedLine::Exchange(e) => e.format,
+        ParsedLine::Exchange(e, _) => e.format,
         ParsedLine::DropReport(d) => d.format,
     };
     if format > apiwitness_record::FORMAT_VERSION {
@@ -159,7 +163,12 @@ fn fields_of(exchange: &Exchange) -> Vec<String> {
 
 /// What ingest stores of one exchange: its keys, the operations it counts
 /// for, the fields it set, and the versions it shows, encoded for the store.
-fn item_of(mut e: Exchange, line: String, line_number: usize) -> Result<IngestItem, StoreError> {
+fn item_of(
+    mut e: Exchange,
+    response_outline: Option<Box<Outline>>,
+    line: String,
+    line_number: usize,
+) -> Result<IngestItem, StoreError> {
     let request = ApiRequest::parse(
         &e.method,
         &e.path,
@@ -177,7 +186,7 @@ fn item_of(mut e: Exchange, line: String, line_number: usize) -> Result<IngestIt
     };
     let fields = fields_of(&e);
     let found = match &request {
-        Ok(r) => crate::provenance::extract::from_request(&mut e, r)
+        Ok(r) => crate::provenance::extract::from_request(&mut e, r, response_outline.as_deref())
             .map_err(|e| StoreError::Invalid(format!("encoding a version: {e}")))?,
         Err(_) => Default::default(),
     };
@@ -231,14 +240,16 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
             continue;
         }
         let error = match parse_line(raw) {
-            Ok(ParsedLine::Exchange(e)) if e.id.is_empty() => "the record has no id".to_string(),
-            Ok(ParsedLine::Exchange(e)) => match item_of(*e, raw.to_string(), i + 1) {
-                Ok(item) => {
-                    batch.items.push(item);
-                    continue;
+            Ok(ParsedLine::Exchange(e, _)) if e.id.is_empty() => "the record has no id".to_string(),
+            Ok(ParsedLine::Exchange(e, outline)) => {
+                match item_of(*e, outline, raw.to_string(), i + 1) {
+                    Ok(item) => {
+                        batch.items.push(item);
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
                 }
-                Err(e) => e.to_string(),
-            },
+            }
             Ok(ParsedLine::DropReport(d)) => {
                 batch.drops.push((i + 1, *d));
                 continue;

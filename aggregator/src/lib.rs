@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod provenance;
+pub mod record_line;
 pub mod report;
 pub mod spec;
 pub mod spec_live;

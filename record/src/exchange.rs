@@ -90,7 +90,7 @@ impl TryFrom<BodyFields> for Body {
 
     fn try_from(f: BodyFields) -> Result<Body, String> {
         let content = match (f.json, f.text, f.base64, f.protobuf) {
-            (Some(v), None, None, None) => BodyContent::RawJson(RawJson(v)),
+            (Some(v), None, None, None) => BodyContent::RawJson(RawJson(RawText::Serde(v))),
             (None, Some(t), None, None) => BodyContent::Text(t),
             (None, None, Some(b), None) => BodyContent::Base64(b),
             (None, None, None, Some(p)) => BodyContent::Protobuf(p),
@@ -158,9 +158,31 @@ impl PartialEq for BodyContent {
 }
 
 /// The text of one JSON document, checked to be JSON, on one line.
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct RawJson(Box<serde_json::value::RawValue>);
+#[derive(Debug, Clone)]
+pub struct RawJson(RawText);
+
+#[derive(Debug, Clone)]
+enum RawText {
+    /// As serde_json checked it: written into a line as it is.
+    Serde(Box<serde_json::value::RawValue>),
+    /// As a [`crate::json_reader::JsonReader`] checked it while reading a
+    /// line: serde_json would check it again to make it a `RawValue`, which
+    /// was a sixth of reading a record.
+    Read(Box<str>),
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            RawText::Serde(raw) => raw.serialize(serializer),
+            // Only what a reader read is written again, rarely (the
+            // aggregator keeps lines as they came): checked once more.
+            RawText::Read(text) => serde_json::value::RawValue::from_string(text.to_string())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(serializer),
+        }
+    }
+}
 
 impl RawJson {
     /// The document in `bytes`, if they hold exactly one JSON document and
@@ -173,17 +195,27 @@ impl RawJson {
         }
         serde_json::from_slice::<Box<serde_json::value::RawValue>>(trimmed)
             .ok()
-            .map(RawJson)
+            .map(|raw| RawJson(RawText::Serde(raw)))
+    }
+
+    /// A document a [`crate::json_reader::JsonReader`] read as one JSON
+    /// value (the span [`crate::json_reader::JsonReader::skip_value`] gave):
+    /// not checked again.
+    pub fn read(text: &str) -> RawJson {
+        RawJson(RawText::Read(text.into()))
     }
 
     pub fn text(&self) -> &str {
-        self.0.get()
+        match &self.0 {
+            RawText::Serde(raw) => raw.get(),
+            RawText::Read(text) => text,
+        }
     }
 
     /// The document as a tree.
     pub fn to_value(&self) -> Value {
         // It was checked to be JSON when it was made.
-        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+        serde_json::from_str(self.text()).unwrap_or(Value::Null)
     }
 }
 

@@ -162,6 +162,24 @@ impl<'a> JsonReader<'a> {
         self.at
     }
 
+    /// Where the next value starts, past any whitespace.
+    pub fn start_of_value(&mut self) -> usize {
+        self.skip_whitespace();
+        self.at
+    }
+
+    /// From here on, [`JsonReader::canonical`] speaks of what is read from
+    /// here on only: of one value, read next.
+    pub fn restart_canonical(&mut self) {
+        self.skip_whitespace();
+        self.canonical = true;
+    }
+
+    /// The text of a span the reader gave.
+    pub fn bytes(&self, span: Range<usize>) -> &'a [u8] {
+        &self.text[span]
+    }
+
     fn error<T>(&self, what: &'static str) -> Result<T, JsonError> {
         Err(JsonError { at: self.at, what })
     }

@@ -4,7 +4,7 @@
 //! or watch. Dry runs, Tables and refused writes are not versions; a refused
 //! write is an [`Attempt`].
 
-use super::text::{ListText, ObjectText, read_object};
+use super::text::{ListText, ObjectText, Outline, object_of, read_object};
 use super::{Attempt, EncodedVersion, ObjectHead, Source, TOMBSTONE_RV, Version, Who};
 use apiwitness_record::{ApiRequest, Body, BodyContent, Exchange, PatchType, Verb};
 use serde_json::Value;
@@ -21,6 +21,8 @@ struct Context<'a> {
     exchange: &'a Exchange,
     request: &'a ApiRequest,
     who: Who,
+    /// The response body's, where the line's reading outlined it.
+    response_outline: Option<&'a Outline>,
 }
 
 impl Context<'_> {
@@ -101,7 +103,11 @@ impl Context<'_> {
         verb: &str,
         source: Source,
     ) -> Result<Option<EncodedVersion>, serde_json::Error> {
-        if let Some(object) = json_text(body).and_then(read_object) {
+        let object = json_text(body).and_then(|text| match self.response_outline {
+            Some(outline) => object_of(text, outline),
+            None => read_object(text),
+        });
+        if let Some(object) = object {
             return self.version_of_text(object, verb, source).map(Some);
         }
         take_object(body)
@@ -192,16 +198,19 @@ pub fn from_exchange(exchange: &mut Exchange) -> Result<Found, serde_json::Error
         &exchange.query,
         exchange.request_content_type.as_deref(),
     ) {
-        Ok(request) => from_request(exchange, &request),
+        Ok(request) => from_request(exchange, &request, None),
         Err(_) => Ok(Found::default()),
     }
 }
 
-/// [`from_exchange`], for a caller that has parsed the request already.
-/// Fails only where a version cannot be encoded as JSON text.
+/// [`from_exchange`], for a caller that has parsed the request already,
+/// and may have outlined the response body as it read the record
+/// ([`crate::record_line`]). Fails only where a version cannot be encoded
+/// as JSON text.
 pub fn from_request(
     exchange: &mut Exchange,
     request: &ApiRequest,
+    response_outline: Option<&Outline>,
 ) -> Result<Found, serde_json::Error> {
     let mut found = Found::default();
     if !request.is_resource_request || request.dry_run || exchange.table || exchange.status == 0 {
@@ -220,6 +229,7 @@ pub fn from_request(
         exchange,
         request,
         who,
+        response_outline,
     };
     let encoded = |v: Option<Version>| v.map(EncodedVersion::new).transpose();
     let ok = (200..300).contains(&exchange.status);
@@ -264,7 +274,11 @@ pub fn from_request(
                 .extend(cx.version_of_body(&mut response, "get", Source::Observed)?);
         }
         Verb::List => {
-            if let Some(list) = json_text(&response).and_then(ListText::read) {
+            let list = json_text(&response).and_then(|text| match response_outline {
+                Some(outline) => ListText::of(text, outline),
+                None => ListText::read(text),
+            });
+            if let Some(list) = list {
                 for item in list.items {
                     let version = match item.object {
                         Some(object) => cx.version_of_text(object, "list", Source::Observed)?,

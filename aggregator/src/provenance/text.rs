@@ -18,6 +18,30 @@ use super::ObjectHead;
 use apiwitness_record::json_reader::{JsonError, JsonReader};
 use std::ops::Range;
 
+/// Where the parts of a body that versions need lie in the text it was
+/// read from, found in the one pass that checked it: its head, and a
+/// list's items. Ingest reads it while it reads the record's line, so that
+/// the body is walked once in all.
+#[derive(Debug)]
+pub struct Outline {
+    /// Where the body starts and ends in that text: positions count from
+    /// its start.
+    base: usize,
+    end: usize,
+    /// Whether the whole body is canonical ([`JsonReader::canonical`]).
+    canonical: bool,
+    /// `None` where the body is not an object.
+    object: Option<ObjectSpans>,
+}
+
+impl Outline {
+    /// Whether `text` is as long as the body outlined: a text that is not
+    /// the body is never read through its outline.
+    fn outlines(&self, text: &str) -> bool {
+        self.end - self.base == text.len()
+    }
+}
+
 /// Where the parts of an object a version needs lie in its text.
 #[derive(Debug, Default)]
 struct ObjectSpans {
@@ -27,6 +51,20 @@ struct ObjectSpans {
     /// The metadata cannot be read from the text: it is no object, or it
     /// says one of its fields twice (serde refuses that; the tree decides).
     metadata_unread: bool,
+    /// Only read at the top: a list's.
+    items: Option<Items>,
+    /// Kind, apiVersion or items said twice: a list is then left to the
+    /// tree (an object takes the first).
+    list_key_twice: bool,
+}
+
+#[derive(Debug)]
+enum Items {
+    Null,
+    /// Neither an array nor null.
+    Other,
+    /// Each item's span, and where its head lies.
+    Array(Vec<(Range<usize>, Option<ObjectSpans>)>),
 }
 
 #[derive(Debug, Default)]
@@ -40,11 +78,28 @@ struct MetadataSpans {
     managed_fields: Option<(usize, Range<usize>)>,
 }
 
+/// Reads one whole value at the reader, which must not have read anything
+/// yet that its canonical state should not cover (see
+/// [`JsonReader::restart_canonical`]).
+pub fn read_outline(reader: &mut JsonReader<'_>) -> Result<Outline, JsonError> {
+    let base = reader.start_of_value();
+    let object = read_object_spans(reader, true)?;
+    Ok(Outline {
+        base,
+        end: reader.position(),
+        canonical: reader.canonical(),
+        object,
+    })
+}
+
 /// Reads the value at the reader, which it consumes whole, and where it
-/// is an object, where its head lies. Where a key repeats in the object,
-/// which the apiserver never writes, the first counts, as in bisect's
-/// probe.
-fn read_object_spans(reader: &mut JsonReader<'_>) -> Result<Option<ObjectSpans>, JsonError> {
+/// is an object, where its head lies (and at the `top`, its items). Where
+/// a key repeats in the object, which the apiserver never writes, the
+/// first counts, as in bisect's probe.
+fn read_object_spans(
+    reader: &mut JsonReader<'_>,
+    top: bool,
+) -> Result<Option<ObjectSpans>, JsonError> {
     let Some(mut members) = reader.object() else {
         reader.skip_value()?;
         return Ok(None);
@@ -53,9 +108,15 @@ fn read_object_spans(reader: &mut JsonReader<'_>) -> Result<Option<ObjectSpans>,
     let mut metadata_seen = false;
     while let Some(key) = reader.next_key(&mut members)? {
         match key.raw {
-            b"kind" if spans.kind.is_none() => spans.kind = Some(reader.skip_value()?),
-            b"apiVersion" if spans.api_version.is_none() => {
-                spans.api_version = Some(reader.skip_value()?);
+            b"kind" => {
+                let value = reader.skip_value()?;
+                spans.list_key_twice |= spans.kind.is_some();
+                spans.kind.get_or_insert(value);
+            }
+            b"apiVersion" => {
+                let value = reader.skip_value()?;
+                spans.list_key_twice |= spans.api_version.is_some();
+                spans.api_version.get_or_insert(value);
             }
             b"metadata" if !metadata_seen => {
                 metadata_seen = true;
@@ -64,12 +125,34 @@ fn read_object_spans(reader: &mut JsonReader<'_>) -> Result<Option<ObjectSpans>,
                     None => spans.metadata_unread = true,
                 }
             }
+            b"items" if top => {
+                spans.list_key_twice |= spans.items.is_some();
+                spans.items = Some(read_items(reader)?);
+            }
             _ => {
                 reader.skip_value()?;
             }
         }
     }
     Ok(Some(spans))
+}
+
+fn read_items(reader: &mut JsonReader<'_>) -> Result<Items, JsonError> {
+    let Some(mut elements) = reader.array() else {
+        let value = reader.skip_value()?;
+        return Ok(if reader.bytes(value) == b"null" {
+            Items::Null
+        } else {
+            Items::Other
+        });
+    };
+    let mut items = Vec::new();
+    while reader.next_element(&mut elements)? {
+        let start = reader.start_of_value();
+        let spans = read_object_spans(reader, false)?;
+        items.push((start..reader.position(), spans));
+    }
+    Ok(Items::Array(items))
 }
 
 /// `None` for metadata that is not an object (read whole all the same), or
@@ -155,40 +238,54 @@ pub struct ListDefaults<'a> {
 /// take as it is (see [`JsonReader::canonical`]: bisect searches the stored
 /// text for `"key":value`).
 pub fn read_object(text: &str) -> Option<ObjectText> {
-    let mut reader = JsonReader::new(text);
-    let spans = read_object_spans(&mut reader).ok()??;
-    reader.finish().ok()?;
-    if !reader.canonical() {
-        return None;
-    }
-    object_text(text, 0..text.len(), spans, None)
+    object_of(text, &outline_of(text)?)
 }
 
-/// The object at `span` of `whole`, from where its head lies; a list item
-/// gets the kind and apiVersion it lacks from its list, as the tree path
-/// adds them.
+/// The outline of a whole text, `None` where it is not one JSON value.
+fn outline_of(text: &str) -> Option<Outline> {
+    let mut reader = JsonReader::new(text);
+    let outline = read_outline(&mut reader).ok()?;
+    reader.finish().ok()?;
+    Some(outline)
+}
+
+/// [`read_object`], from the body's outline.
+pub fn object_of(text: &str, outline: &Outline) -> Option<ObjectText> {
+    if !outline.canonical || !outline.outlines(text) {
+        return None;
+    }
+    let spans = outline.object.as_ref()?;
+    let whole = outline.base..outline.base + text.len();
+    object_text(text, outline.base, whole, spans, None)
+}
+
+/// The object at `span` of `text`, whose positions (the span's too) count
+/// from `base`, from where its head lies; a list item gets the kind and
+/// apiVersion it lacks from its list, as the tree path adds them.
 fn object_text(
-    whole: &str,
+    text: &str,
+    base: usize,
     span: Range<usize>,
-    spans: ObjectSpans,
+    spans: &ObjectSpans,
     list: Option<ListDefaults<'_>>,
 ) -> Option<ObjectText> {
     if spans.metadata_unread {
         return None;
     }
-    let meta = spans.metadata?;
-    let at = |part: Option<Range<usize>>| part.map(|p| &whole[p]);
-    let uid = string_in(at(meta.uid)?)?;
-    let generation = match at(meta.generation) {
+    let meta = spans.metadata.as_ref()?;
+    let at =
+        |part: &Option<Range<usize>>| part.as_ref().map(|p| &text[p.start - base..p.end - base]);
+    let uid = string_in(at(&meta.uid)?)?;
+    let generation = match at(&meta.generation) {
         None => None,
         // A generation that is no integer counts as none, as in the tree.
         Some(g) => serde_json::from_str::<serde_json::Value>(g).ok()?.as_i64(),
     };
-    let kind_raw = at(spans.kind);
-    let mut api_version = at(spans.api_version);
+    let kind_raw = at(&spans.kind);
+    let mut api_version = at(&spans.api_version);
     let mut kind = string_or_empty(kind_raw);
-    let object = &whole[span.clone()];
-    let mut text = match meta.managed_fields {
+    let object = &text[span.start - base..span.end - base];
+    let mut object_text = match &meta.managed_fields {
         Some((key, value)) => without_member(
             object,
             key - span.start,
@@ -211,10 +308,10 @@ fn object_text(
             added.push(',');
         }
         if !added.is_empty() {
-            if text == "{}" {
+            if object_text == "{}" {
                 added.pop();
             }
-            text.insert_str(1, &added);
+            object_text.insert_str(1, &added);
         }
     }
     Some(ObjectText {
@@ -222,12 +319,12 @@ fn object_text(
             kind,
             api_version: string_or_empty(api_version),
             uid,
-            name: at(meta.name).and_then(string_in),
-            namespace: string_or_empty(at(meta.namespace)),
-            resource_version: string_or_empty(at(meta.resource_version)),
+            name: at(&meta.name).and_then(string_in),
+            namespace: string_or_empty(at(&meta.namespace)),
+            resource_version: string_or_empty(at(&meta.resource_version)),
             generation,
         },
-        text,
+        text: object_text,
     })
 }
 
@@ -252,57 +349,37 @@ impl<'a> ListText<'a> {
     /// `None` where the tree must read the list: not canonical, no object,
     /// or a kind, apiVersion or items said twice.
     pub fn read(text: &'a str) -> Option<ListText<'a>> {
-        let mut reader = JsonReader::new(text);
-        let mut members = reader.object()?;
-        let (mut kind, mut api_version) = (None, None);
-        // Each item's text, and where its head lies.
-        let mut items: Option<Vec<(Range<usize>, Option<ObjectSpans>)>> = None;
-        let mut twice = false;
-        while let Some(key) = reader.next_key(&mut members).ok()? {
-            match key.raw {
-                b"kind" => twice |= kind.replace(reader.skip_value().ok()?).is_some(),
-                b"apiVersion" => {
-                    twice |= api_version.replace(reader.skip_value().ok()?).is_some();
-                }
-                b"items" => {
-                    twice |= items.is_some();
-                    let mut read = Vec::new();
-                    if let Some(mut elements) = reader.array() {
-                        while reader.next_element(&mut elements).ok()? {
-                            let start = reader.peek().map(|_| reader.position())?;
-                            let spans = read_object_spans(&mut reader).ok()?;
-                            read.push((start..reader.position(), spans));
-                        }
-                    } else if &text[reader.skip_value().ok()?] != "null" {
-                        // Items that are neither a list nor null.
-                        return None;
-                    }
-                    items = Some(read);
-                }
-                _ => {
-                    reader.skip_value().ok()?;
-                }
-            }
-        }
-        reader.finish().ok()?;
-        if twice || !reader.canonical() {
+        ListText::of(text, &outline_of(text)?)
+    }
+
+    /// [`ListText::read`], from the body's outline.
+    pub fn of(text: &'a str, outline: &Outline) -> Option<ListText<'a>> {
+        let spans = outline.object.as_ref()?;
+        if !outline.canonical || spans.list_key_twice || !outline.outlines(text) {
             return None;
         }
-        let kind = string_or_empty(kind.map(|k| &text[k]));
+        let base = outline.base;
+        let at = |part: &Range<usize>| &text[part.start - base..part.end - base];
+        let kind = string_or_empty(spans.kind.as_ref().map(at));
         let item_kind = kind.strip_suffix("List").unwrap_or(&kind).to_string();
-        let api_version = api_version.map(|v| &text[v]);
+        let api_version = spans.api_version.as_ref().map(at);
         let defaults = ListDefaults {
             item_kind: &item_kind,
             api_version,
         };
-        let items = items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(span, spans)| ListItem {
-                text: &text[span.clone()],
-                object: spans.and_then(|s| object_text(text, span.clone(), s, Some(defaults))),
-            })
-            .collect();
+        let items = match &spans.items {
+            None | Some(Items::Null) => Vec::new(),
+            Some(Items::Other) => return None,
+            Some(Items::Array(items)) => items
+                .iter()
+                .map(|(span, item)| ListItem {
+                    text: at(span),
+                    object: item.as_ref().and_then(|item| {
+                        object_text(text, base, span.clone(), item, Some(defaults))
+                    }),
+                })
+                .collect(),
+        };
         Some(ListText {
             item_kind,
             api_version,
