@@ -184,7 +184,12 @@ impl<'a> JsonReader<'a> {
         Err(JsonError { at: self.at, what })
     }
 
+    #[inline]
     fn skip_whitespace(&mut self) {
+        // Canonical text has none: one comparison says so.
+        if self.text.get(self.at).is_some_and(|&b| b > b' ') {
+            return;
+        }
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.get(self.at) {
             self.at += 1;
             self.canonical = false;
@@ -217,9 +222,12 @@ impl<'a> JsonReader<'a> {
     /// The rest of a string whose opening quote was read; whether it held
     /// an escape.
     fn string_rest(&mut self) -> Result<bool, JsonError> {
+        // A local slice, advanced as the string is read: the reader's own
+        // fields, behind `&mut self`, would be loaded and stored at each
+        // step (a third of the cost of a short string).
+        let mut rest = &self.text[self.at..];
         let mut escaped = false;
-        loop {
-            let rest = &self.text[self.at..];
+        let outcome = loop {
             let stop = if self.clean {
                 self.string_end.find(rest)
             } else {
@@ -227,41 +235,48 @@ impl<'a> JsonReader<'a> {
                     .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
             };
             let Some(stop) = stop else {
-                self.at = self.text.len();
-                return self.error("unterminated string");
+                rest = &rest[rest.len()..];
+                break Err("unterminated string");
             };
-            self.at += stop;
-            match self.text[self.at] {
-                b'"' => {
-                    self.at += 1;
-                    return Ok(escaped);
+            rest = &rest[stop..];
+            match rest {
+                [b'"', after @ ..] => {
+                    rest = after;
+                    break Ok(escaped);
                 }
-                b'\\' => {
+                [
+                    b'\\',
+                    b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f',
+                    after @ ..,
+                ] => {
                     escaped = true;
-                    match self.text.get(self.at + 1) {
-                        Some(b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f') => self.at += 2,
-                        Some(b'/') => {
-                            self.canonical = false;
-                            self.at += 2;
-                        }
-                        Some(b'u') => {
-                            let hex = self.text.get(self.at + 2..self.at + 6);
-                            if !hex.is_some_and(|h| h.iter().all(|&b| is_hex(b))) {
-                                self.at += 2;
-                                return self.error("invalid \\u escape");
-                            }
-                            self.canonical = false;
-                            self.at += 6;
-                        }
-                        _ => {
-                            self.at += 1;
-                            return self.error("invalid escape");
-                        }
-                    }
+                    rest = after;
                 }
-                _ => return self.error("control character in a string"),
+                [b'\\', b'/', after @ ..] => {
+                    escaped = true;
+                    self.canonical = false;
+                    rest = after;
+                }
+                [b'\\', b'u', a, b, c, d, after @ ..]
+                    if [a, b, c, d].iter().all(|&&h| is_hex(h)) =>
+                {
+                    escaped = true;
+                    self.canonical = false;
+                    rest = after;
+                }
+                [b'\\', b'u', after @ ..] => {
+                    rest = after;
+                    break Err("invalid \\u escape");
+                }
+                [b'\\', ..] => {
+                    rest = &rest[1..];
+                    break Err("invalid escape");
+                }
+                _ => break Err("control character in a string"),
             }
-        }
+        };
+        self.at = self.text.len() - rest.len();
+        outcome.or_else(|what| self.error(what))
     }
 
     fn literal(&mut self, word: &'static [u8]) -> Result<(), JsonError> {
@@ -323,6 +338,12 @@ impl<'a> JsonReader<'a> {
     pub fn skip_value(&mut self) -> Result<Range<usize>, JsonError> {
         self.skip_whitespace();
         let start = self.at;
+        // Most values asked for are strings: no containers to keep.
+        if self.text.get(self.at) == Some(&b'"') {
+            self.at += 1;
+            self.string_rest()?;
+            return Ok(start..self.at);
+        }
         let mut nesting = Nesting::default();
         'value: loop {
             self.skip_whitespace();
@@ -386,24 +407,25 @@ impl<'a> JsonReader<'a> {
         }
     }
 
-    fn key(&mut self) -> Result<Key<'a>, JsonError> {
+    fn key_and_colon(&mut self) -> Result<Key<'a>, JsonError> {
         if self.peek() != Some(b'"') {
             return self.error("expected a key");
         }
         let start = self.at;
         self.at += 1;
         let escaped = self.string_rest()?;
+        let raw = &self.text[start + 1..self.at - 1];
+        // Canonical text has the colon right after the key.
+        if self.text.get(self.at) == Some(&b':') {
+            self.at += 1;
+        } else {
+            self.expect(b':', "expected `:`")?;
+        }
         Ok(Key {
-            raw: &self.text[start + 1..self.at - 1],
+            raw,
             start,
             escaped,
         })
-    }
-
-    fn key_and_colon(&mut self) -> Result<Key<'a>, JsonError> {
-        let key = self.key()?;
-        self.expect(b':', "expected `:`")?;
-        Ok(key)
     }
 
     /// Starts reading an object. `None` (nothing consumed) where the next
