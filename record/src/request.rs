@@ -329,6 +329,9 @@ fn split_path(path: &str) -> Result<Vec<Cow<'_, str>>, RequestError> {
     path.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {
+            if !s.contains('%') {
+                return Ok(Cow::Borrowed(s));
+            }
             percent_decode_str(s)
                 .decode_utf8()
                 .map_err(|_| RequestError::BadEncoding(s.to_string()))

@@ -13,6 +13,7 @@
 //! Versions are extracted at ingest, in the same transaction as their
 //! record, so that queries read only the versions of one object.
 
+pub mod document;
 pub mod extract;
 pub mod history;
 pub mod path;
@@ -123,7 +124,7 @@ impl EncodedVersion {
     pub fn new(mut version: Version) -> Result<EncodedVersion, serde_json::Error> {
         let object = version.object.take();
         Ok(EncodedVersion {
-            document: serde_json::to_string(&version)?,
+            document: document::document_of(&version),
             object: object.as_ref().map(serde_json::to_string).transpose()?,
             version,
         })
@@ -136,7 +137,7 @@ impl EncodedVersion {
     ) -> Result<EncodedVersion, serde_json::Error> {
         debug_assert!(version.object.is_none());
         Ok(EncodedVersion {
-            document: serde_json::to_string(&version)?,
+            document: document::document_of(&version),
             object: Some(object),
             version,
         })
