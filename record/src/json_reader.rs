@@ -441,17 +441,31 @@ impl<'a> JsonReader<'a> {
     /// The next key of `members`, with its colon read, or `None` past the
     /// object's end.
     pub fn next_key(&mut self, members: &mut Members) -> Result<Option<Key<'a>>, JsonError> {
-        match self.peek() {
-            Some(b'}') => {
-                self.at += 1;
-                return Ok(None);
-            }
-            Some(b',') if !members.first => self.at += 1,
-            _ if members.first => {}
-            _ => return self.error("expected `,` or `}`"),
+        if !self.next_in(&mut members.first, b'}', "expected `,` or `}`")? {
+            return Ok(None);
         }
-        members.first = false;
         self.key_and_colon().map(Some)
+    }
+
+    /// Past the comma before a container's next member or element
+    /// (`true`), or past its `close` (`false`).
+    fn next_in(
+        &mut self,
+        first: &mut bool,
+        close: u8,
+        what: &'static str,
+    ) -> Result<bool, JsonError> {
+        match self.peek() {
+            Some(b) if b == close => {
+                self.at += 1;
+                return Ok(false);
+            }
+            Some(b',') if !*first => self.at += 1,
+            _ if *first => {}
+            _ => return self.error(what),
+        }
+        *first = false;
+        Ok(true)
     }
 
     /// Starts reading an array. `None` (nothing consumed) where the next
@@ -466,17 +480,7 @@ impl<'a> JsonReader<'a> {
 
     /// Whether another element follows (and is next to read).
     pub fn next_element(&mut self, elements: &mut Elements) -> Result<bool, JsonError> {
-        match self.peek() {
-            Some(b']') => {
-                self.at += 1;
-                return Ok(false);
-            }
-            Some(b',') if !elements.first => self.at += 1,
-            _ if elements.first => {}
-            _ => return self.error("expected `,` or `]`"),
-        }
-        elements.first = false;
-        Ok(true)
+        self.next_in(&mut elements.first, b']', "expected `,` or `]`")
     }
 }
 
