@@ -680,6 +680,82 @@ mod tests {
         }
     }
 
+    /// Documents serde_json writes, from generated trees: each is read as
+    /// JSON, and as canonical exactly where it holds no float and no string
+    /// that serde_json writes with a `\u` escape (control characters other
+    /// than the five with short escapes); pretty-printed, never canonical.
+    #[test]
+    fn what_serde_json_writes_is_canonical_unless_it_holds_a_float_or_a_u_escape() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        let pieces = [
+            "a", "é", "日本", "\"", "\\", "\n", "\t", "\r", "\u{8}", "\u{c}", "\u{1}", "\u{1f}",
+            "/", "<", "\u{7f}", " ", "0", "e", ".",
+        ];
+        fn tree(next: &mut dyn FnMut(u64) -> u64, pieces: &[&str], depth: u32) -> Value {
+            let mut string = |next: &mut dyn FnMut(u64) -> u64| -> String {
+                (0..next(6))
+                    .map(|_| pieces[next(pieces.len() as u64) as usize])
+                    .collect()
+            };
+            match next(if depth > 3 { 6 } else { 8 }) {
+                0 => Value::Null,
+                1 => Value::Bool(next(2) == 0),
+                2 => serde_json::json!(next(u64::MAX) as i64),
+                3 => serde_json::json!(next(u64::MAX)),
+                4 => serde_json::json!((next(1000) as f64) / 8.0),
+                5 => Value::String(string(next)),
+                6 => Value::Array(
+                    (0..next(4))
+                        .map(|_| tree(next, pieces, depth + 1))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..next(4))
+                        .map(|_| (string(next), tree(next, pieces, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        fn written_plainly(v: &Value) -> bool {
+            let plain = |s: &str| {
+                !s.chars()
+                    .any(|c| c < ' ' && !"\n\r\t\u{8}\u{c}".contains(c))
+            };
+            match v {
+                Value::Number(n) => !n.is_f64(),
+                Value::String(s) => plain(s),
+                Value::Array(items) => items.iter().all(written_plainly),
+                Value::Object(members) => {
+                    members.iter().all(|(k, v)| plain(k) && written_plainly(v))
+                }
+                _ => true,
+            }
+        }
+        let (mut canonical, mut not) = (0, 0);
+        for _ in 0..3000 {
+            let value = tree(&mut next, &pieces, 0);
+            let compact = serde_json::to_string(&value).unwrap();
+            let expected = written_plainly(&value);
+            assert_eq!(check(&compact), Ok(expected), "{compact}");
+            if expected {
+                canonical += 1;
+            } else {
+                not += 1;
+            }
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            if pretty != compact {
+                assert_eq!(check(&pretty), Ok(false), "{pretty}");
+            }
+        }
+        assert!(canonical > 500 && not > 500, "{canonical} {not}");
+    }
+
     #[test]
     fn an_object_is_read_member_by_member_and_each_value_found() {
         let text = r#"{"kind":"ConfigMap","a\"b":[1,{"x":2}],"metadata":{"uid":"u"},"n":null}"#;
