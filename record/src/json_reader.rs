@@ -698,7 +698,7 @@ mod tests {
             "/", "<", "\u{7f}", " ", "0", "e", ".",
         ];
         fn tree(next: &mut dyn FnMut(u64) -> u64, pieces: &[&str], depth: u32) -> Value {
-            let mut string = |next: &mut dyn FnMut(u64) -> u64| -> String {
+            let string = |next: &mut dyn FnMut(u64) -> u64| -> String {
                 (0..next(6))
                     .map(|_| pieces[next(pieces.len() as u64) as usize])
                     .collect()
