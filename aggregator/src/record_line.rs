@@ -10,7 +10,7 @@
 //! record keeps serde's rules and serde's error messages.
 
 use crate::provenance::text::{Outline, read_outline};
-use apiwitness_record::json_reader::{JsonError, JsonReader};
+use apiwitness_record::json_reader::{JsonError, JsonReader, string_value};
 use apiwitness_record::{
     Body, BodyContent, Exchange, PodIdentity, ProtobufBody, RawJson, WatchEvents, WatchPart,
     WorkloadRef,
@@ -44,20 +44,11 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
     }
 }
 
-/// The string a JSON value's text holds.
-fn string_of(text: &str) -> Option<String> {
-    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
-        return Some(inner.to_string());
-    }
-    serde_json::from_str(text).ok()
-}
-
 fn optional_string_of(text: &str) -> Option<Option<String>> {
     if text == "null" {
         return Some(None);
     }
-    string_of(text).map(Some)
+    string_value(text).map(Some)
 }
 
 /// An integer written with digits alone, as serde reads it into a `u64`.
@@ -108,12 +99,12 @@ impl Fields {
                 &mut self.format,
                 unsigned_of(text).and_then(|n| u32::try_from(n).ok()),
             ),
-            b"id" => set(&mut self.id, string_of(text)),
-            b"started_at" => set(&mut self.started_at, string_of(text)),
+            b"id" => set(&mut self.id, string_value(text)),
+            b"started_at" => set(&mut self.started_at, string_value(text)),
             b"duration_us" => set(&mut self.duration_us, unsigned_of(text)),
-            b"method" => set(&mut self.method, string_of(text)),
-            b"path" => set(&mut self.path, string_of(text)),
-            b"query" => set(&mut self.query, string_of(text)),
+            b"method" => set(&mut self.method, string_value(text)),
+            b"path" => set(&mut self.path, string_value(text)),
+            b"query" => set(&mut self.query, string_value(text)),
             b"status" => set(
                 &mut self.status,
                 unsigned_of(text).and_then(|n| u16::try_from(n).ok()),
@@ -312,7 +303,7 @@ fn read_pod(reader: &mut JsonReader<'_>, line: &str) -> Result<Option<PodIdentit
         if !reading {
             continue;
         }
-        let value = string_of(&line[span]);
+        let value = string_value(&line[span]);
         reading = match key.raw {
             b"namespace" => set(&mut namespace, value),
             b"name" => set(&mut name, value),
@@ -354,8 +345,8 @@ fn read_workload(
             continue;
         }
         reading = match key.raw {
-            b"kind" => set(&mut kind, string_of(&line[span])),
-            b"name" => set(&mut name, string_of(&line[span])),
+            b"kind" => set(&mut kind, string_value(&line[span])),
+            b"name" => set(&mut name, string_value(&line[span])),
             _ => true,
         };
     }

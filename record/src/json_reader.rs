@@ -132,10 +132,6 @@ impl StringEnd {
     }
 }
 
-fn is_hex(b: u8) -> bool {
-    b.is_ascii_hexdigit()
-}
-
 impl<'a> JsonReader<'a> {
     pub fn new(text: &'a str) -> JsonReader<'a> {
         JsonReader {
@@ -258,7 +254,7 @@ impl<'a> JsonReader<'a> {
                     rest = after;
                 }
                 [b'\\', b'u', a, b, c, d, after @ ..]
-                    if [a, b, c, d].iter().all(|&&h| is_hex(h)) =>
+                    if [a, b, c, d].iter().all(|h| h.is_ascii_hexdigit()) =>
                 {
                     escaped = true;
                     self.canonical = false;
@@ -500,19 +496,30 @@ fn written_as_is(digits: &[u8], negative: bool) -> bool {
     }
 }
 
-/// Whether `text` is exactly one JSON value (whitespace around it aside),
-/// and whether serde_json would write it so.
-pub fn check(text: &str) -> Result<bool, JsonError> {
-    let mut reader = JsonReader::new(text);
-    reader.skip_value()?;
-    reader.finish()?;
-    Ok(reader.canonical())
+/// The string a value holds, given the value's text as a reader found it
+/// (a span it gave); `None` for any other value. A string without an
+/// escape is its text less the quotes; serde_json decodes the others.
+pub fn string_value(text: &str) -> Option<String> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+        return Some(inner.to_string());
+    }
+    serde_json::from_str(text).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    /// Whether `text` is exactly one JSON value (whitespace around it
+    /// aside), and whether serde_json would write it so.
+    fn check(text: &str) -> Result<bool, JsonError> {
+        let mut reader = JsonReader::new(text);
+        reader.skip_value()?;
+        reader.finish()?;
+        Ok(reader.canonical())
+    }
 
     fn serde_takes(text: &str) -> bool {
         serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
@@ -802,6 +809,22 @@ mod tests {
             assert!(read.is_err(), "{bad}");
         }
         assert!(JsonReader::new("[1]").object().is_none());
+    }
+
+    #[test]
+    fn a_string_value_is_its_text_less_the_quotes_or_serde_json_decodes_it() {
+        for (text, expected) in [
+            (r#""plain""#, Some("plain")),
+            (r#""""#, Some("")),
+            (r#""a\"b\\c\n""#, Some("a\"b\\c\n")),
+            (r#""\u00e9\ud83d\ude00""#, Some("é😀")),
+            (r#""\ud800""#, None),
+            ("7", None),
+            ("null", None),
+            (r#"{"a":"b"}"#, None),
+        ] {
+            assert_eq!(string_value(text).as_deref(), expected, "{text}");
+        }
     }
 
     #[test]

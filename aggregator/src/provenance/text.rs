@@ -15,7 +15,7 @@
 //! and anything this reader cannot tell for sure, goes through the tree.
 
 use super::ObjectHead;
-use apiwitness_record::json_reader::{JsonError, JsonReader};
+use apiwitness_record::json_reader::{JsonError, JsonReader, string_value};
 use std::ops::Range;
 
 /// Where the parts of a body that versions need lie in the text it was
@@ -194,19 +194,10 @@ pub struct ObjectText {
     pub text: String,
 }
 
-/// The string a JSON value holds, and `None` for any other value.
-fn string_in(raw: &str) -> Option<String> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
-        return Some(inner.to_string());
-    }
-    serde_json::from_str(raw).ok()
-}
-
 /// The string a JSON value holds, and empty for any other value, as the
 /// tree's `as_str().unwrap_or_default()` reads it.
 fn string_or_empty(raw: Option<&str>) -> String {
-    raw.and_then(string_in).unwrap_or_default()
+    raw.and_then(string_value).unwrap_or_default()
 }
 
 /// `text` without the member from `key_start` to the end of `value`, and
@@ -228,9 +219,9 @@ fn without_member(text: &str, key_start: usize, value: Range<usize>) -> String {
 /// What a list says of its items, which do not say it themselves: their
 /// kind, and the list's apiVersion as it is (even where it is no string).
 #[derive(Debug, Clone, Copy)]
-pub struct ListDefaults<'a> {
-    pub item_kind: &'a str,
-    pub api_version: Option<&'a str>,
+struct ListDefaults<'a> {
+    item_kind: &'a str,
+    api_version: Option<&'a str>,
 }
 
 /// Reads one object from its text. `None` where the tree must decide: not
@@ -259,6 +250,11 @@ pub fn object_of(text: &str, outline: &Outline) -> Option<ObjectText> {
     object_text(text, outline.base, whole, spans, None)
 }
 
+/// The part of `text` at `span`, a position that counts from `base`.
+fn at_span<'t>(text: &'t str, base: usize, span: &Range<usize>) -> &'t str {
+    &text[span.start - base..span.end - base]
+}
+
 /// The object at `span` of `text`, whose positions (the span's too) count
 /// from `base`, from where its head lies; a list item gets the kind and
 /// apiVersion it lacks from its list, as the tree path adds them.
@@ -273,9 +269,8 @@ fn object_text(
         return None;
     }
     let meta = spans.metadata.as_ref()?;
-    let at =
-        |part: &Option<Range<usize>>| part.as_ref().map(|p| &text[p.start - base..p.end - base]);
-    let uid = string_in(at(&meta.uid)?)?;
+    let at = |part: &Option<Range<usize>>| part.as_ref().map(|p| at_span(text, base, p));
+    let uid = string_value(at(&meta.uid)?)?;
     let generation = match at(&meta.generation) {
         None => None,
         // A generation that is no integer counts as none, as in the tree.
@@ -284,7 +279,7 @@ fn object_text(
     let kind_raw = at(&spans.kind);
     let mut api_version = at(&spans.api_version);
     let mut kind = string_or_empty(kind_raw);
-    let object = &text[span.start - base..span.end - base];
+    let object = at_span(text, base, &span);
     let mut object_text = match &meta.managed_fields {
         Some((key, value)) => without_member(
             object,
@@ -319,7 +314,7 @@ fn object_text(
             kind,
             api_version: string_or_empty(api_version),
             uid,
-            name: at(&meta.name).and_then(string_in),
+            name: at(&meta.name).and_then(string_value),
             namespace: string_or_empty(at(&meta.namespace)),
             resource_version: string_or_empty(at(&meta.resource_version)),
             generation,
@@ -359,7 +354,7 @@ impl<'a> ListText<'a> {
             return None;
         }
         let base = outline.base;
-        let at = |part: &Range<usize>| &text[part.start - base..part.end - base];
+        let at = |part: &Range<usize>| at_span(text, base, part);
         let kind = string_or_empty(spans.kind.as_ref().map(at));
         let item_kind = kind.strip_suffix("List").unwrap_or(&kind).to_string();
         let api_version = spans.api_version.as_ref().map(at);
