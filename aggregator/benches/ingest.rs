@@ -13,9 +13,11 @@
 //! - Report: the coverage of one pod and of the whole cluster over the store
 //!   filled above.
 //!
-//! To profile the one-sender ingest into SQLite and nothing else, give perf
-//! a control FIFO and name it in APIWITNESS_BENCH_PERF_CTL: the benchmark
-//! enables perf just before that timed loop and disables it just after.
+//! To profile one timed pass and nothing else, give perf a control FIFO and
+//! name it in APIWITNESS_BENCH_PERF_CTL: the benchmark enables perf just
+//! before that pass and disables it just after. The pass is the one-sender
+//! ingest into SQLite, or with APIWITNESS_BENCH_PERF_PASS=senders the
+//! 8-sender one.
 //!
 //!   mkfifo /tmp/ctl && APIWITNESS_BENCH_PERF_CTL=/tmp/ctl \
 //!     perf record -D -1 --control fifo:/tmp/ctl -g <bench binary> 200000
@@ -242,12 +244,17 @@ fn rate(n: usize, secs: f64) -> String {
 }
 
 /// Tells a perf that listens on the FIFO named in APIWITNESS_BENCH_PERF_CTL
-/// to start or stop sampling. perf reads the FIFO only when told to, so it
-/// is opened read-write: opening it for writing alone would wait for perf.
-fn perf_control(command: &str) {
+/// to start or stop sampling, if `pass` is the one to profile. perf reads
+/// the FIFO only when told to, so it is opened read-write: opening it for
+/// writing alone would wait for perf.
+fn perf_control(pass: &str, command: &str) {
     let Ok(path) = std::env::var("APIWITNESS_BENCH_PERF_CTL") else {
         return;
     };
+    let profiled = std::env::var("APIWITNESS_BENCH_PERF_PASS").unwrap_or_else(|_| "SQLite".into());
+    if !profiled.eq_ignore_ascii_case(pass) {
+        return;
+    }
     let written = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -354,15 +361,10 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize, scratch: Option<&P
     let started = Instant::now();
     let cpu = cpu_seconds();
     let written = bytes_written();
-    let profiled = name == "SQLite";
-    if profiled {
-        perf_control("enable");
-    }
+    perf_control(name, "enable");
     let versions = store_all(store, &bodies);
     let secs = started.elapsed().as_secs_f64();
-    if profiled {
-        perf_control("disable");
-    }
+    perf_control(name, "disable");
     let cpu = cpu_seconds() - cpu;
     let written = bytes_written() - written;
     let bytes: usize = texts.iter().map(String::len).sum();
@@ -517,7 +519,7 @@ fn print_pages_each_commit_writes(conn: &rusqlite::Connection, path: &std::path:
 /// each batch is parsed on the runtime's threads (as the HTTP handler does),
 /// and the committer stores the batches that wait together, one commit each
 /// group.
-fn ingest_concurrently(store: std::sync::Arc<dyn Store>, records: usize, senders: usize) -> f64 {
+fn ingest_concurrently(dir: &Path, records: usize, senders: usize) -> f64 {
     let batch = BATCH_RECORDS;
     let bodies: Vec<Vec<u8>> = (0..records.div_ceil(batch))
         .map(|b| record_lines(batch.min(records - b * batch), 10_000_000 + b * batch))
@@ -531,9 +533,43 @@ fn ingest_concurrently(store: std::sync::Arc<dyn Store>, records: usize, senders
         )
         .build()
         .expect("runtime");
-    let committer = committer::Committer::start(store).expect("committer");
     let bodies = std::sync::Arc::new(bodies);
+    // First into a scratch store, deleted, for the reason `warm_up` gives.
+    let scratch = dir.join("scratch-senders.db");
+    let store = store::open(scratch.to_str().expect("path")).expect("scratch store");
+    let (first_secs, first_cpu) = send_all(&runtime, store, &bodies, senders);
+    for file in sqlite_files(&scratch) {
+        let _ = std::fs::remove_file(file);
+    }
+    let store = store::open(dir.join("senders.db").to_str().expect("path")).expect("store");
     let memory = memory_from_here();
+    perf_control("senders", "enable");
+    let (secs, cpu) = send_all(&runtime, store, &bodies, senders);
+    perf_control("senders", "disable");
+    println!(
+        "ingest into SQLite     {records} records from {senders} senders at once (group commit), into a store of their own: {secs:.2}s, {}; CPU time {cpu:.2}s, {} per core",
+        rate(records, secs),
+        rate(records, cpu)
+    );
+    println!(
+        "  first pass, into a scratch store then deleted (memory not backed yet): {first_secs:.2}s, {}; CPU time {first_cpu:.2}s, {} per core",
+        rate(records, first_secs),
+        rate(records, first_cpu)
+    );
+    print_memory_since("parsing and storing from 8 senders", memory);
+    secs
+}
+
+/// Each sender decompresses and parses its share of the batches and hands
+/// them to one committer, as the HTTP route does. Gives the seconds and the
+/// CPU seconds it took, the committer stopped and the store closed.
+fn send_all(
+    runtime: &tokio::runtime::Runtime,
+    store: std::sync::Arc<dyn Store>,
+    bodies: &std::sync::Arc<Vec<Vec<u8>>>,
+    senders: usize,
+) -> (f64, f64) {
+    let committer = committer::Committer::start(store).expect("committer");
     let started = Instant::now();
     let cpu = cpu_seconds();
     runtime.block_on(async {
@@ -556,15 +592,7 @@ fn ingest_concurrently(store: std::sync::Arc<dyn Store>, records: usize, senders
             t.await.expect("sender");
         }
     });
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu;
-    println!(
-        "ingest into SQLite     {records} records from {senders} senders at once (group commit): {secs:.2}s, {}; CPU time {cpu:.2}s, {} per core",
-        rate(records, secs),
-        rate(records, cpu)
-    );
-    print_memory_since("parsing and storing from 8 senders", memory);
-    secs
+    (started.elapsed().as_secs_f64(), cpu_seconds() - cpu)
 }
 
 /// The baseline: each line inserted as it is, with its id, into a table of
@@ -645,7 +673,7 @@ fn main() {
         on_disk as f64 / records as f64
     );
     print_what_is_stored(&sqlite_path);
-    ingest_concurrently(sqlite.clone(), records, 8);
+    ingest_concurrently(dir.path(), records, 8);
     if let Ok(url) = std::env::var("APIWITNESS_BENCH_POSTGRES_URL") {
         let pg = store::open(&url).expect("postgres store");
         ingest_into("PostgreSQL", pg.as_ref(), records.min(50_000), None);
