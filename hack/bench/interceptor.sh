@@ -28,6 +28,11 @@
 # client (h2load, as client-go speaks to the apiserver).
 #
 # Everything listens on 127.0.0.1; it stops what it started on exit.
+#
+# To look into one row: APIWITNESS_BENCH_ONLY=TEXT runs only the rows whose
+# label holds TEXT (such as "ConfigMap large"), and APIWITNESS_BENCH_PERF_DIR=DIR
+# has perf record the interceptor and nginx's workers in each of their rounds,
+# into DIR (then perf report -i DIR/<file>).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -221,8 +226,27 @@ stop_mitm() { kill "$mitm_pid"; wait "$mitm_pid" 2>/dev/null || true; }
 results=()
 record() { results+=("$1|$2|$3"); printf '  %-44s %-12s %s\n' "$1" "$2" "$3" >&2; }
 
+wanted() { # LABEL -> whether APIWITNESS_BENCH_ONLY lets this row run
+  [ -z "${APIWITNESS_BENCH_ONLY:-}" ] || [[ "$1" == *"$APIWITNESS_BENCH_ONLY"* ]]
+}
+perf_start() { # NAME PIDS(comma-separated): perf records them for the round, if asked
+  perf_pid=""
+  [ -n "${APIWITNESS_BENCH_PERF_DIR:-}" ] || return 0
+  mkdir -p "$APIWITNESS_BENCH_PERF_DIR"
+  perf record -q -F 499 --call-graph dwarf,16384 -p "$2" \
+    -o "$APIWITNESS_BENCH_PERF_DIR/$1.data" >/dev/null 2>&1 &
+  perf_pid=$!
+  sleep 0.5
+}
+perf_stop() {
+  [ -n "$perf_pid" ] || return 0
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+}
+
 bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME CA
   local label=$1 path=$2 auth=$3 upstream=$4 name=$5 ca=$6
+  wanted "$label" || return 0
   local hdr=()
   [ -n "$auth" ] && hdr=(-H "$auth")
   echo "bench: $label" >&2
@@ -235,9 +259,11 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
     local icpt_runs="" nginx_runs="" rss=0 shipped=0 stripped=0 dropped=0 r figures ticks
     for r in $(seq 1 "$rounds"); do
       start_interceptor "$upstream" "$name" "$ca"
+      perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"interceptor-$label-$client-$r")" "$icpt_pid"
       ticks=$(cpu_ticks "$icpt_pid")
       figures=$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")
       ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+      perf_stop
       icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
       read -r s t d < <(shipping_figures)
@@ -245,9 +271,12 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       stop_interceptor
       nginx -c "$work/nginx-proxy.conf"
       sleep 0.3
+      perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"nginx-$label-$client-$r")" \
+        "$(pgrep -d, -P "$(cat "$work/nginx-proxy.pid")")"
       ticks=$(nginx_worker_ticks)
       figures=$($tool "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")
       ticks=$(($(nginx_worker_ticks) - ticks))
+      perf_stop
       nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
     done
@@ -267,11 +296,13 @@ local_up="https://127.0.0.1:$up"
 bench_target "local TLS server, 1 KiB" /1k "" "$local_up" bench.local "$work/ca.crt"
 bench_target "local TLS server, 64 KiB" /64k "" "$local_up" bench.local "$work/ca.crt"
 
-echo "bench: new TLS connection per request (Connection: close)" >&2
-record "new TLS connections, 1 KiB" direct "$(run_wrk "$local_up/1k" -H 'Connection: close')"
-start_interceptor "$local_up"
-record "new TLS connections, 1 KiB" interceptor "$(run_wrk "https://127.0.0.1:$icpt/1k" -H 'Connection: close')"
-stop_interceptor
+if wanted "new TLS connections, 1 KiB"; then
+  echo "bench: new TLS connection per request (Connection: close)" >&2
+  record "new TLS connections, 1 KiB" direct "$(run_wrk "$local_up/1k" -H 'Connection: close')"
+  start_interceptor "$local_up"
+  record "new TLS connections, 1 KiB" interceptor "$(run_wrk "https://127.0.0.1:$icpt/1k" -H 'Connection: close')"
+  stop_interceptor
+fi
 
 if [ "${APIWITNESS_BENCH_LOCAL_ONLY:-0}" != 1 ] && "$repo/hack/cluster" status >/dev/null 2>&1; then
   eval "$("$repo/hack/cluster" env)"

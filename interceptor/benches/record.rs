@@ -2,19 +2,26 @@
 //! costs, as a JSON tree (parsed, walked by the redactor, written out again)
 //! and as the text it came in, for a body that needs no redaction; and what
 //! compressing a batch of record lines costs, with gzip (the baseline) and
-//! zstd. Each pair runs in the same process on the same data. Not a test: it
-//! prints figures.
+//! zstd. Each pair runs in the same process on the same data. It also times
+//! the whole of an exchange's way from the proxy's hand-over to its line in
+//! the queue. Not a test: it prints figures.
 //!
 //!   cargo bench -p apiwitness-interceptor --bench record
 
-use apiwitness_interceptor::capture::Captured;
+use apiwitness_interceptor::capture::{Capture, Captured};
 use apiwitness_interceptor::decode;
 use apiwitness_interceptor::drops::Reports;
+use apiwitness_interceptor::metrics::Metrics;
+use apiwitness_interceptor::recorder::{self, RawExchange};
 use apiwitness_interceptor::redact::Redactor;
+use apiwitness_interceptor::ship::Queue;
 use apiwitness_interceptor::ship::{Effort, ShipEncoding, encode_batch};
 use apiwitness_record::ApiRequest;
+use apiwitness_record::PodIdentity;
 use bytes::Bytes;
+use std::sync::Arc;
 use std::time::Instant;
+use std::time::{Duration, SystemTime};
 
 /// Base64 of pseudo-random bytes, as in `hack/bench/interceptor.sh`'s
 /// ConfigMaps: the hardest case for compression, and a long string to
@@ -86,6 +93,57 @@ fn record_line(n: usize, body: &Bytes) -> String {
     )
 }
 
+/// Microseconds for one exchange with `body` as its response, from what the
+/// proxy hands over to its line in the shipper's queue: the recorder's
+/// `build` (decoding, redaction, the record's fields) and the queue's
+/// `push` (the line written), as the recorder's task runs them.
+fn per_exchange(body: &Bytes) -> f64 {
+    let metrics = Arc::new(Metrics::new());
+    let mut queue = Queue::new(10_000, 16 << 20, metrics.clone());
+    let (_handle, recorder) = recorder::channel(
+        4 << 20,
+        PodIdentity::default(),
+        Redactor::default(),
+        queue.clone(),
+        metrics,
+    );
+    let path = "/api/v1/namespaces/apiwitness-bench/configmaps/large";
+    let rounds = (50_000_000 / body.len()).clamp(1_000, 100_000);
+    let started = Instant::now();
+    for n in 0..rounds {
+        // A new queue every thousand, as batches leave the real one.
+        if n % 1_000 == 0 {
+            queue = Queue::new(10_000, 16 << 20, Arc::new(Metrics::new()));
+        }
+        let raw = RawExchange {
+            started_at: SystemTime::now(),
+            duration: Duration::from_micros(812),
+            method: "GET".into(),
+            path: path.into(),
+            query: String::new(),
+            status: 200,
+            user_agent: Some("kubectl/v1.35.4 (linux/amd64) kubernetes/abc".into()),
+            request_content_type: None,
+            response_content_type: Some("application/json".into()),
+            response_content_encoding: None,
+            request_body: Capture::finished(Captured::default()),
+            response_body: Some(Capture::finished(Captured {
+                bytes: body.clone(),
+                size: body.len() as u64,
+                complete: true,
+                ..Captured::default()
+            })),
+            request: ApiRequest::parse("GET", path, "", None).ok(),
+            watch: false,
+            watch_id: None,
+            upgrade: None,
+            error: None,
+        };
+        queue.push(recorder.build(raw));
+    }
+    started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+}
+
 fn main() {
     let request = ApiRequest::parse(
         "GET",
@@ -111,6 +169,15 @@ fn main() {
             "ConfigMap {label:>6} ({} bytes): as a tree {tree:7.1} µs, as its text {text:7.1} µs: {:.2}x",
             captured.bytes.len(),
             tree / text
+        );
+    }
+    println!("an exchange from the proxy's hand-over to its line in the queue");
+    for (label, value_bytes) in [("1 KiB", 768), ("64 KiB", 49_152)] {
+        let body = config_map(&base64_of_noise(value_bytes, 3));
+        println!(
+            "ConfigMap {label:>6} ({} bytes): {:7.2} µs",
+            body.len(),
+            per_exchange(&body)
         );
     }
     println!("a text body (not JSON) written into its record line as a JSON string");
