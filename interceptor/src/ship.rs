@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
@@ -126,6 +127,11 @@ pub struct Queue {
     capacity: usize,
     max_bytes: usize,
     notify: Notify,
+    /// A push wakes the shipper once the queue holds this many records, or
+    /// this many bytes of lines: a batch it would send. Until a shipper
+    /// says its batch, every push does.
+    wake_at_records: AtomicUsize,
+    wake_at_bytes: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -137,8 +143,21 @@ impl Queue {
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
             notify: Notify::new(),
+            wake_at_records: AtomicUsize::new(1),
+            wake_at_bytes: AtomicUsize::new(usize::MAX),
             metrics,
         })
+    }
+
+    /// Pushes wake the shipper only once a batch of `records` records or
+    /// `bytes` bytes of lines waits; a smaller one waits for the shipper's
+    /// own timer. Woken on every push, the shipper's task ran for each
+    /// record only to find the batch not full yet.
+    fn wake_at(&self, records: usize, bytes: usize) {
+        self.wake_at_records
+            .store(records.max(1), AtomicOrdering::Relaxed);
+        self.wake_at_bytes
+            .store(bytes.max(1), AtomicOrdering::Relaxed);
     }
 
     /// Counts records lost before they could be queued or shipped, for
@@ -221,9 +240,13 @@ impl Queue {
         let dropped = self.make_room(&mut records, queued.bytes(), 1);
         records.push_back(queued);
         self.metrics.queue_depth.set(records.len() as i64);
+        let batch_waits = records.len() >= self.wake_at_records.load(AtomicOrdering::Relaxed)
+            || records.bytes >= self.wake_at_bytes.load(AtomicOrdering::Relaxed);
         drop(records);
         self.note_drops(dropped);
-        self.notify.notify_one();
+        if batch_waits {
+            self.notify.notify_one();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -391,6 +414,7 @@ impl Shipper {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        queue.wake_at(config.batch_records, config.batch_bytes);
         Shipper {
             config,
             queue,
@@ -856,6 +880,33 @@ mod tests {
         let (stripped, whole) = parsed.split_at(records.stripped);
         let ids = |es: &[Exchange]| es.iter().map(|e| e.id.clone()).collect();
         (ids(stripped), ids(whole))
+    }
+
+    #[test]
+    fn pushes_wake_the_shipper_only_once_a_batch_waits() {
+        use futures_util::FutureExt;
+        let q = Queue::new(100, usize::MAX, Arc::new(Metrics::new()));
+        let woken = |q: &Queue| q.notify.notified().now_or_never().is_some();
+        // Before a shipper says its batch, every push wakes it.
+        q.push(record(0));
+        assert!(woken(&q));
+        // Three records a batch.
+        q.wake_at(3, usize::MAX);
+        q.push(record(1));
+        assert!(!woken(&q), "two records: no batch yet");
+        q.push(record(2));
+        assert!(woken(&q), "three records");
+        // Or so many bytes of lines, whatever the count.
+        let q = Queue::new(100, usize::MAX, Arc::new(Metrics::new()));
+        let line_bytes = {
+            q.push(record(0));
+            q.records.lock().unwrap().bytes
+        };
+        assert!(woken(&q));
+        q.wake_at(1_000, line_bytes * 2);
+        assert!(!woken(&q), "the one it gave is taken");
+        q.push(record(1));
+        assert!(woken(&q), "two lines' bytes");
     }
 
     #[test]
