@@ -285,10 +285,12 @@ fn store_all(store: &dyn Store, bodies: &[Vec<u8>]) -> usize {
     versions
 }
 
-/// The files of a SQLite store, or of the baseline's database.
-fn sqlite_files(db: &Path) -> [PathBuf; 3] {
+/// Deletes a SQLite store, or the baseline's database, with its WAL.
+fn delete_sqlite(db: &Path) {
     let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
-    [db.to_path_buf(), with("-wal"), with("-shm")]
+    for file in [db.to_path_buf(), with("-wal"), with("-shm")] {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// The same ingest into a scratch store, which is then deleted, so that the
@@ -305,9 +307,7 @@ fn warm_up(bodies: &[Vec<u8>], scratch: &Path, records: usize) {
     store_all(store.as_ref(), bodies);
     let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     drop(store);
-    for file in sqlite_files(scratch) {
-        let _ = std::fs::remove_file(file);
-    }
+    delete_sqlite(scratch);
     println!(
         "  first pass, into a scratch store then deleted (memory not backed yet): {secs:.2}s, {}; CPU time {cpu:.2}s, {} per core",
         rate(records, secs),
@@ -538,9 +538,7 @@ fn ingest_concurrently(dir: &Path, records: usize, senders: usize) -> f64 {
     let scratch = dir.join("scratch-senders.db");
     let store = store::open(scratch.to_str().expect("path")).expect("scratch store");
     let (first_secs, first_cpu) = send_all(&runtime, store, &bodies, senders);
-    for file in sqlite_files(&scratch) {
-        let _ = std::fs::remove_file(file);
-    }
+    delete_sqlite(&scratch);
     let store = store::open(dir.join("senders.db").to_str().expect("path")).expect("store");
     let memory = memory_from_here();
     perf_control("senders", "enable");
@@ -638,9 +636,7 @@ fn main() {
     let text = record_lines(records, 0);
     let scratch = dir.path().join("raw-scratch.db");
     let first_secs = raw_insert(&scratch, &text);
-    for file in sqlite_files(&scratch) {
-        let _ = std::fs::remove_file(file);
-    }
+    delete_sqlite(&scratch);
     let raw_secs = raw_insert(&dir.path().join("raw.db"), &text);
     println!(
         "baseline: raw SQLite INSERT of the same {records} lines: {:.2}s, {} (first pass, into a scratch database then deleted: {})",
