@@ -93,6 +93,10 @@ impl Records {
         self.bytes += queued.bytes();
         self.lines.push_back(queued);
     }
+    /// A whole batch is waiting: `max` records, or `max_bytes` of lines.
+    fn hold_a_batch(&self, max: usize, max_bytes: usize) -> bool {
+        self.len() >= max || self.bytes >= max_bytes
+    }
 }
 
 /// A record's line without its bodies and watch events; `None` if the line
@@ -240,8 +244,10 @@ impl Queue {
         let dropped = self.make_room(&mut records, queued.bytes(), 1);
         records.push_back(queued);
         self.metrics.queue_depth.set(records.len() as i64);
-        let batch_waits = records.len() >= self.wake_at_records.load(AtomicOrdering::Relaxed)
-            || records.bytes >= self.wake_at_bytes.load(AtomicOrdering::Relaxed);
+        let batch_waits = records.hold_a_batch(
+            self.wake_at_records.load(AtomicOrdering::Relaxed),
+            self.wake_at_bytes.load(AtomicOrdering::Relaxed),
+        );
         drop(records);
         self.note_drops(dropped);
         if batch_waits {
@@ -265,8 +271,10 @@ impl Queue {
 
     /// A whole batch is waiting: `max` records, or `max_bytes` of lines.
     fn holds_a_batch(&self, max: usize, max_bytes: usize) -> bool {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        records.len() >= max || records.bytes >= max_bytes
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hold_a_batch(max, max_bytes)
     }
 
     /// The oldest records, up to `max` of them and `max_bytes` of lines
