@@ -14,14 +14,11 @@ use apiwitness_interceptor::drops::Reports;
 use apiwitness_interceptor::metrics::Metrics;
 use apiwitness_interceptor::recorder::{self, RawExchange};
 use apiwitness_interceptor::redact::Redactor;
-use apiwitness_interceptor::ship::Queue;
-use apiwitness_interceptor::ship::{Effort, ShipEncoding, encode_batch};
-use apiwitness_record::ApiRequest;
-use apiwitness_record::PodIdentity;
+use apiwitness_interceptor::ship::{Effort, Queue, ShipEncoding, encode_batch};
+use apiwitness_record::{ApiRequest, PodIdentity};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Instant;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Base64 of pseudo-random bytes, as in `hack/bench/interceptor.sh`'s
 /// ConfigMaps: the hardest case for compression, and a long string to
@@ -96,24 +93,26 @@ fn record_line(n: usize, body: &Bytes) -> String {
 /// Microseconds for one exchange with `body` as its response, from what the
 /// proxy hands over to its line in the shipper's queue: the recorder's
 /// `build` (decoding, redaction, the record's fields) and the queue's
-/// `push` (the line written), as the recorder's task runs them.
+/// `push` (the line written), as the recorder's task runs them. The
+/// request comes parsed, as the proxy hands it over.
 fn per_exchange(body: &Bytes) -> f64 {
-    let metrics = Arc::new(Metrics::new());
-    let mut queue = Queue::new(10_000, 16 << 20, metrics.clone());
+    let new_queue = || Queue::new(10_000, 16 << 20, Arc::new(Metrics::new()));
+    let mut queue = new_queue();
     let (_handle, recorder) = recorder::channel(
         4 << 20,
         PodIdentity::default(),
         Redactor::default(),
         queue.clone(),
-        metrics,
+        Arc::new(Metrics::new()),
     );
     let path = "/api/v1/namespaces/apiwitness-bench/configmaps/large";
+    let request = ApiRequest::parse("GET", path, "", None).ok();
     let rounds = (50_000_000 / body.len()).clamp(1_000, 100_000);
     let started = Instant::now();
-    for n in 0..rounds {
+    for n in 1..=rounds {
         // A new queue every thousand, as batches leave the real one.
         if n % 1_000 == 0 {
-            queue = Queue::new(10_000, 16 << 20, Arc::new(Metrics::new()));
+            queue = new_queue();
         }
         let raw = RawExchange {
             started_at: SystemTime::now(),
@@ -133,7 +132,7 @@ fn per_exchange(body: &Bytes) -> f64 {
                 complete: true,
                 ..Captured::default()
             })),
-            request: ApiRequest::parse("GET", path, "", None).ok(),
+            request: request.clone(),
             watch: false,
             watch_id: None,
             upgrade: None,
