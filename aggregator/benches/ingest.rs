@@ -293,21 +293,24 @@ fn delete_sqlite(db: &Path) {
     }
 }
 
-/// The same ingest into a scratch store, which is then deleted, so that the
-/// timed pass writes into memory that this machine has already backed.
-/// On this virtual machine the first touch of a page of memory costs about
-/// 2.5 s a GB (the host backs it then), and the host takes freed memory
-/// back within seconds: a store's new pages land in such memory, where an
-/// aggregator that has run for a while, or that keeps its store at the
-/// retention bound, reuses pages it holds. The first pass's rate is printed
-/// too.
-fn warm_up(bodies: &[Vec<u8>], scratch: &Path, records: usize) {
+/// Runs `pass` into a scratch store, which is then deleted, so that the
+/// timed pass after it writes into memory that this machine has already
+/// backed. On this virtual machine the first touch of a page of memory
+/// costs about 2.5 s a GB (the host backs it then), and the host takes
+/// freed memory back within seconds: a store's new pages land in such
+/// memory, where an aggregator that has run for a while, or that keeps its
+/// store at the retention bound, reuses pages it holds. Gives the seconds
+/// and CPU seconds the pass took, for [`print_first_pass`].
+fn first_pass(scratch: &Path, pass: impl FnOnce(std::sync::Arc<dyn Store>)) -> (f64, f64) {
     let store = store::open(scratch.to_str().expect("path")).expect("scratch store");
     let (started, cpu) = (Instant::now(), cpu_seconds());
-    store_all(store.as_ref(), bodies);
-    let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
-    drop(store);
+    pass(store);
+    let taken = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     delete_sqlite(scratch);
+    taken
+}
+
+fn print_first_pass(records: usize, (secs, cpu): (f64, f64)) {
     println!(
         "  first pass, into a scratch store then deleted (memory not backed yet): {secs:.2}s, {}; CPU time {cpu:.2}s, {} per core",
         rate(records, secs),
@@ -354,9 +357,11 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize, scratch: Option<&P
         .map(|i| i.line.len() + 1)
         .sum();
     drop(parsed);
-    if let Some(scratch) = scratch {
-        warm_up(&bodies, scratch, records);
-    }
+    let first = scratch.map(|scratch| {
+        first_pass(scratch, |store| {
+            store_all(store.as_ref(), &bodies);
+        })
+    });
     let memory = memory_from_here();
     let started = Instant::now();
     let cpu = cpu_seconds();
@@ -380,6 +385,9 @@ fn ingest_into(name: &str, store: &dyn Store, records: usize, scratch: Option<&P
         decompress_secs * 1e6 / records as f64,
         parse_secs * 1e6 / records as f64
     );
+    if let Some(first) = first {
+        print_first_pass(records, first);
+    }
     print_memory_since("parsing and storing", memory);
     println!(
         "  packing a batch's lines alone (for batches not sent in zstd) {:.1} µs a record ({:.1} times smaller)",
@@ -534,11 +542,9 @@ fn ingest_concurrently(dir: &Path, records: usize, senders: usize) -> f64 {
         .build()
         .expect("runtime");
     let bodies = std::sync::Arc::new(bodies);
-    // First into a scratch store, deleted, for the reason `warm_up` gives.
-    let scratch = dir.join("scratch-senders.db");
-    let store = store::open(scratch.to_str().expect("path")).expect("scratch store");
-    let (first_secs, first_cpu) = send_all(&runtime, store, &bodies, senders);
-    delete_sqlite(&scratch);
+    let first = first_pass(&dir.join("scratch-senders.db"), |store| {
+        send_all(&runtime, store, &bodies, senders);
+    });
     let store = store::open(dir.join("senders.db").to_str().expect("path")).expect("store");
     let memory = memory_from_here();
     perf_control("senders", "enable");
@@ -549,18 +555,15 @@ fn ingest_concurrently(dir: &Path, records: usize, senders: usize) -> f64 {
         rate(records, secs),
         rate(records, cpu)
     );
-    println!(
-        "  first pass, into a scratch store then deleted (memory not backed yet): {first_secs:.2}s, {}; CPU time {first_cpu:.2}s, {} per core",
-        rate(records, first_secs),
-        rate(records, first_cpu)
-    );
+    print_first_pass(records, first);
     print_memory_since("parsing and storing from 8 senders", memory);
     secs
 }
 
 /// Each sender decompresses and parses its share of the batches and hands
 /// them to one committer, as the HTTP route does. Gives the seconds and the
-/// CPU seconds it took, the committer stopped and the store closed.
+/// CPU seconds it took; the committer's handles are dropped, so the store
+/// closes once its writer ends.
 fn send_all(
     runtime: &tokio::runtime::Runtime,
     store: std::sync::Arc<dyn Store>,
@@ -632,7 +635,7 @@ fn main() {
     );
 
     // Baseline: the same rows, inserted raw; first into a scratch database,
-    // deleted, for the reason `warm_up` gives.
+    // deleted, for the reason `first_pass` gives.
     let text = record_lines(records, 0);
     let scratch = dir.path().join("raw-scratch.db");
     let first_secs = raw_insert(&scratch, &text);
