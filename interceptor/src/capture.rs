@@ -197,7 +197,7 @@ impl Capture {
     /// be kept: `coming` is those bytes and what the body says is still to
     /// come. Grown by doubling instead, a 65 KB body was copied three times
     /// over and held in 128 KiB.
-    fn expect(&mut self, coming: u64) {
+    fn reserve_for(&mut self, coming: u64) {
         if let Some(Reader::Plain(sink)) = &mut self.reader
             && sink.kept.is_empty()
         {
@@ -537,7 +537,7 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     // Asked after the frame was taken: what is left after it.
-                    capture.expect(data.len() as u64 + this.inner.size_hint().lower());
+                    capture.reserve_for(data.len() as u64 + this.inner.size_hint().lower());
                     capture.feed(data);
                 }
                 // The last frame: a server that trusts is_end_stream() will not
