@@ -1,7 +1,8 @@
 //! Captured bytes into the record's body and watch events.
 //!
-//! JSON stays JSON, text stays text, and anything else (protobuf included, for
-//! now) is kept as base64 beside its content type, so nothing is silently lost.
+//! JSON stays JSON, text stays text, Kubernetes protobuf becomes the JSON the
+//! apiserver would have sent, and anything else is kept as base64 beside its
+//! content type, so nothing is silently lost.
 
 use crate::capture::Captured;
 use apiwitness_record::{Body, BodyContent, RawJson, WatchEvent, WatchEvents};
@@ -108,11 +109,7 @@ pub fn watch(captured: &Captured, content_type: Option<&str>) -> WatchEvents {
     for raw in &captured.events {
         if media.contains("protobuf") {
             match crate::protobuf::decode_watch_frame(raw) {
-                Ok((event_type, body)) => out.events.push(WatchEvent {
-                    event_type,
-                    object: serde_json::to_value(BodyContent::Protobuf(body))
-                        .unwrap_or(Value::Null),
-                }),
+                Ok((event_type, object)) => out.events.push(WatchEvent { event_type, object }),
                 Err(_) => out.cut += 1,
             }
             continue;

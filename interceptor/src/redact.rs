@@ -9,8 +9,10 @@
 //! - the token of a TokenRequest response and of a TokenReview;
 //! - any JSON Pointer configured by the operator.
 //!
-//! A body that belongs to a Secret, a TokenRequest or a TokenReview but is not
-//! JSON (protobuf, a YAML apply patch) cannot be walked, so it is replaced whole.
+//! A protobuf body of a kind the decoder knows arrives here as JSON and is
+//! walked like any other. A body that belongs to a Secret, a TokenRequest or a
+//! TokenReview but is not JSON (a YAML apply patch, protobuf of a kind the
+//! decoder does not know) cannot be walked, so it is replaced whole.
 
 use apiwitness_record::{ApiRequest, Body, BodyContent};
 use serde_json::Value;
@@ -143,8 +145,8 @@ impl Redactor {
     }
 }
 
-/// Watch events in protobuf carry `{"protobuf": {..., "base64"}}` objects:
-/// the payload goes where it may hold a secret.
+/// A watch event's object of a kind the protobuf decoder does not know is
+/// `{"protobuf": {..., "base64"}}`: the payload goes where it may hold a secret.
 fn strip_protobuf_payloads(sensitive: Sensitive, value: &mut Value) {
     if let Some(Value::Object(pb)) = value.get_mut("protobuf") {
         let secret_kind = pb

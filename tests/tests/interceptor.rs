@@ -6,7 +6,7 @@ use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::collector::Collector;
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
 use apiwitness_e2e::{Cluster, CommandOutput, NetnsPod, TestNamespace, repo_root, wait_until};
-use apiwitness_record::{ApiRequest, BodyContent, Exchange, Verb};
+use apiwitness_record::{ApiRequest, Exchange, Verb};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -129,15 +129,6 @@ fn json_of(body: &Option<apiwitness_record::Body>) -> Value {
     match body.as_ref().and_then(|b| b.content.json()) {
         Some(v) => v.into_owned(),
         None => panic!("expected a JSON body, got {body:?}"),
-    }
-}
-
-/// The object metadata of a body, JSON or protobuf alike.
-fn metadata_of(body: &Option<apiwitness_record::Body>) -> Value {
-    match body.as_ref().map(|b| &b.content) {
-        Some(BodyContent::Protobuf(pb)) => pb.metadata.clone().unwrap_or(Value::Null),
-        Some(content) if content.json().is_some() => content.json().unwrap()["metadata"].clone(),
-        other => panic!("expected a JSON or protobuf body, got {other:?}"),
     }
 }
 
@@ -299,24 +290,40 @@ fn kubectl_sees_what_it_would_see_directly_and_every_exchange_is_recorded() {
     let base = format!("/api/v1/namespaces/{n}/configmaps");
 
     let create = one(&all, "POST", &base, 201);
-    // kubectl sends built-in types as protobuf: the envelope and metadata are read.
-    assert_eq!(metadata_of(&create.request_body)["name"], json!("c1"));
-    if let Some(BodyContent::Protobuf(pb)) = create.request_body.as_ref().map(|b| &b.content) {
-        assert_eq!(
-            (pb.api_version.as_str(), pb.kind.as_str()),
-            ("v1", "ConfigMap")
-        );
-    }
-    let created_meta = metadata_of(&create.response_body);
-    for field in [
-        "uid",
-        "resourceVersion",
-        "creationTimestamp",
-        "name",
-        "namespace",
-    ] {
-        assert_eq!(created_meta[field], created["metadata"][field], "{field}");
-    }
+    // kubectl sends built-in types as protobuf, and asks for them so: both
+    // bodies are recorded as the JSON the apiserver would have written.
+    assert_eq!(
+        create.request_content_type.as_deref(),
+        Some("application/vnd.kubernetes.protobuf")
+    );
+    let sent = json_of(&create.request_body);
+    assert_eq!(
+        (
+            &sent["kind"],
+            &sent["apiVersion"],
+            &sent["metadata"]["name"],
+            &sent["data"]
+        ),
+        (
+            &json!("ConfigMap"),
+            &json!("v1"),
+            &json!("c1"),
+            &json!({"a": "1"})
+        ),
+        "{sent}"
+    );
+    let mut answered = json_of(&create.response_body);
+    let managed = answered["metadata"]
+        .as_object_mut()
+        .and_then(|m| m.remove("managedFields"));
+    assert_eq!(
+        managed.as_ref().and_then(|m| m[0]["manager"].as_str()),
+        Some("kubectl-create")
+    );
+    assert_eq!(
+        answered, created,
+        "the created object, as kubectl printed it (which hides managedFields)"
+    );
     assert!(
         create
             .user_agent
@@ -676,27 +683,14 @@ fn protobuf_gzip_and_exec_are_recorded() {
         pb.response_content_type.as_deref(),
         Some("application/vnd.kubernetes.protobuf")
     );
-    match &pb.response_body.as_ref().unwrap().content {
-        BodyContent::Protobuf(body) => {
-            assert_eq!(
-                (body.api_version.as_str(), body.kind.as_str()),
-                ("v1", "ConfigMap")
-            );
-            let direct = cluster
-                .kubectl_json(&["get", "configmap", "big-1", "-n", &n])
-                .unwrap();
-            assert_eq!(
-                body.metadata.as_ref().unwrap()["uid"],
-                direct["metadata"]["uid"]
-            );
-            assert_eq!(
-                body.metadata.as_ref().unwrap()["resourceVersion"],
-                direct["metadata"]["resourceVersion"]
-            );
-            assert!(body.base64.is_some(), "the whole body is kept too");
-        }
-        other => panic!("expected a decoded protobuf body: {other:?}"),
-    }
+    // Read into the very JSON the apiserver writes for it.
+    let direct: Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok(&["get", "--raw", &format!("{base}/big-1")])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json_of(&pb.response_body), direct);
 
     let exec_record = all
         .iter()

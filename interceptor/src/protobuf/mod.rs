@@ -1,0 +1,496 @@
+//! Kubernetes protobuf bodies (`application/vnd.kubernetes.protobuf`), read
+//! into the JSON the apiserver would have written for the same object.
+//!
+//! k8s-pb reads the `k8s\0` envelope (runtime.Unknown: apiVersion, kind and
+//! the object's bytes) and a watch stream's frames. Its structs carry Rust
+//! field names, not the JSON ones nor Go's rules for leaving a field out, so
+//! the object itself is read with a table made from the Go types
+//! (`generated.rs`, by `hack/tools/gen-protobuf-schema.sh`). A kind the
+//! table does not know (a newer apiserver's) is kept as its envelope and its
+//! ObjectMeta, which every Kubernetes object carries as field 1 (a list: its
+//! ListMeta as field 1 and its items as field 2), beside the whole body as
+//! base64.
+
+#[rustfmt::skip]
+mod generated;
+mod json;
+mod schema;
+
+use apiwitness_record::ProtobufBody;
+use base64::Engine;
+use k8s_pb::apimachinery::pkg::runtime::Unknown;
+use prost::Message;
+use serde_json::Value;
+
+const MAGIC: &[u8] = b"k8s\0";
+
+/// Any object, of a kind the table does not know: field 1 is its ObjectMeta.
+#[derive(Clone, PartialEq, Message)]
+struct AnyObject {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    metadata: Option<Vec<u8>>,
+}
+
+/// Any list: field 1 is its ListMeta, field 2 its items.
+#[derive(Clone, PartialEq, Message)]
+struct AnyList {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    metadata: Option<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    items: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtobufError {
+    #[error("not a Kubernetes protobuf body (no k8s envelope)")]
+    NoEnvelope,
+    #[error("undecodable protobuf: {0}")]
+    Decode(String),
+}
+
+/// A protobuf body as far as it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// Decoded whole, into the JSON the apiserver would have sent.
+    Full(Value),
+    /// A kind the table does not know: envelope and metadata only.
+    Partial(ProtobufBody),
+}
+
+/// Reads one body.
+pub fn decode_body(bytes: &[u8]) -> Result<Decoded, ProtobufError> {
+    let (api_version, kind, raw) = envelope(bytes)?;
+    match json::message_of(&api_version, &kind) {
+        Some(index) => Ok(Decoded::Full(typed_object(
+            index,
+            api_version,
+            kind,
+            &raw,
+            0,
+        )?)),
+        None => partial(bytes, api_version, kind, &raw).map(Decoded::Partial),
+    }
+}
+
+/// An enveloped object nested in another (a RawExtension), as a JSON value:
+/// the object itself, or for a kind the table does not know, the record's
+/// `{"protobuf": ...}` form.
+fn object_json(bytes: &[u8], depth: usize) -> Result<Value, ProtobufError> {
+    let (api_version, kind, raw) = envelope(bytes)?;
+    match json::message_of(&api_version, &kind) {
+        Some(index) => typed_object(index, api_version, kind, &raw, depth),
+        None => Ok(serde_json::json!({
+            "protobuf": partial(bytes, api_version, kind, &raw)?
+        })),
+    }
+}
+
+fn typed_object(
+    index: u16,
+    api_version: String,
+    kind: String,
+    raw: &[u8],
+    depth: usize,
+) -> Result<Value, ProtobufError> {
+    let mut object = json::message(index, raw, depth)?;
+    object.insert("kind".into(), Value::String(kind));
+    object.insert("apiVersion".into(), Value::String(api_version));
+    Ok(Value::Object(object))
+}
+
+/// The envelope and metadata of a body of a kind the table does not know.
+fn partial(
+    bytes: &[u8],
+    api_version: String,
+    kind: String,
+    raw: &[u8],
+) -> Result<ProtobufBody, ProtobufError> {
+    let meta = |index, bytes: Option<&Vec<u8>>| {
+        bytes
+            .map(|b| json::message(index, b, 0).map(Value::Object))
+            .transpose()
+    };
+    let (metadata, items) = if kind.ends_with("List") {
+        let list = AnyList::decode(raw).map_err(|e| ProtobufError::Decode(e.to_string()))?;
+        let items = list
+            .items
+            .iter()
+            .map(|item| {
+                AnyObject::decode(&item[..])
+                    .ok()
+                    .and_then(|o| {
+                        meta(generated::OBJECT_META, o.metadata.as_ref())
+                            .ok()
+                            .flatten()
+                    })
+                    .unwrap_or(Value::Null)
+            })
+            .collect();
+        (
+            meta(generated::LIST_META, list.metadata.as_ref())?,
+            Some(items),
+        )
+    } else {
+        let object = AnyObject::decode(raw).map_err(|e| ProtobufError::Decode(e.to_string()))?;
+        (
+            meta(generated::OBJECT_META, object.metadata.as_ref())?,
+            None,
+        )
+    };
+    Ok(ProtobufBody {
+        api_version,
+        kind,
+        metadata,
+        items,
+        base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    })
+}
+
+/// apiVersion, kind and the object's bytes.
+fn envelope(bytes: &[u8]) -> Result<(String, String, Vec<u8>), ProtobufError> {
+    let inner = bytes.strip_prefix(MAGIC).ok_or(ProtobufError::NoEnvelope)?;
+    let unknown = Unknown::decode(inner).map_err(|e| ProtobufError::Decode(e.to_string()))?;
+    let type_meta = unknown.type_meta.unwrap_or_default();
+    Ok((
+        type_meta.api_version.unwrap_or_default(),
+        type_meta.kind.unwrap_or_default(),
+        unknown.raw.unwrap_or_default(),
+    ))
+}
+
+/// One frame of a protobuf watch stream: the event type and its object.
+pub fn decode_watch_frame(frame: &[u8]) -> Result<(String, Value), ProtobufError> {
+    let (_, _, raw) = envelope(frame)?;
+    let event = k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent::decode(&raw[..])
+        .map_err(|e| ProtobufError::Decode(e.to_string()))?;
+    let object_raw = event.object.and_then(|o| o.raw).unwrap_or_default();
+    Ok((
+        event.r#type.unwrap_or_default(),
+        object_json(&object_raw, 0)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_pb::api::core::v1 as core;
+    use k8s_pb::apimachinery::pkg::api::resource::Quantity;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta, Time};
+    use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
+    use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
+    use serde_json::json;
+
+    fn enveloped(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        }
+        .encode(&mut out)
+        .unwrap();
+        out
+    }
+
+    fn meta(name: &str, rv: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some("u-1".into()),
+            resource_version: Some(rv.into()),
+            creation_timestamp: Some(Time {
+                seconds: Some(1_700_000_000),
+                nanos: Some(0),
+            }),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn config_map(name: &str, rv: &str) -> core::ConfigMap {
+        core::ConfigMap {
+            metadata: Some(meta(name, rv)),
+            data: [("k".to_string(), "v".to_string())].into(),
+            binary_data: [("b".to_string(), vec![0u8, 1, 2])].into(),
+            ..Default::default()
+        }
+    }
+
+    fn full(body: &[u8]) -> Value {
+        match decode_body(body).unwrap() {
+            Decoded::Full(v) => v,
+            other => panic!("expected a whole decode: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_object_reads_as_the_json_the_apiserver_writes() {
+        let body = enveloped("v1", "ConfigMap", config_map("c1", "42").encode_to_vec());
+        assert_eq!(
+            full(&body),
+            json!({
+                "kind": "ConfigMap", "apiVersion": "v1",
+                "metadata": {"name": "c1", "namespace": "ns", "uid": "u-1", "resourceVersion": "42",
+                             "creationTimestamp": "2023-11-14T22:13:20Z", "labels": {"app": "web"}},
+                "data": {"k": "v"},
+                "binaryData": {"b": "AAEC"}
+            })
+        );
+    }
+
+    #[test]
+    fn fields_missing_from_the_message_appear_as_go_writes_them() {
+        // Go writes a field that is not `omitempty` even when unset, a struct
+        // even when `omitempty`, and its own forms for Quantity, IntOrString
+        // and an inline struct (a probe's handler).
+        let pod = core::Pod {
+            metadata: Some(ObjectMeta {
+                name: Some("p".into()),
+                ..Default::default()
+            }),
+            spec: Some(core::PodSpec {
+                containers: vec![core::Container {
+                    name: Some("c".into()),
+                    resources: Some(core::ResourceRequirements {
+                        limits: [(
+                            "cpu".to_string(),
+                            Quantity {
+                                string: Some("500m".into()),
+                            },
+                        )]
+                        .into(),
+                        ..Default::default()
+                    }),
+                    liveness_probe: Some(core::Probe {
+                        handler: Some(core::ProbeHandler {
+                            http_get: Some(core::HttpGetAction {
+                                port: Some(IntOrString {
+                                    r#type: Some(1),
+                                    str_val: Some("http".into()),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        period_seconds: Some(0),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = full(&enveloped("v1", "Pod", pod.encode_to_vec()));
+        assert_eq!(
+            v["metadata"],
+            json!({"name": "p"}),
+            "omitzero leaves out a zero creationTimestamp"
+        );
+        assert_eq!(
+            v["status"],
+            json!({}),
+            "an unset struct is written, its omitempty fields left out"
+        );
+        let container = &v["spec"]["containers"][0];
+        assert_eq!(container["resources"], json!({"limits": {"cpu": "500m"}}));
+        assert_eq!(
+            container["livenessProbe"],
+            json!({"httpGet": {"port": "http"}}),
+            "the handler is inline; periodSeconds 0 is omitempty"
+        );
+        assert!(container.get("image").is_none(), "image is omitempty");
+        assert_eq!(container["name"], json!("c"));
+        // `containers` is not omitempty; an unset slice of it would be null.
+        let empty = core::Pod {
+            spec: Some(core::PodSpec::default()),
+            ..Default::default()
+        };
+        let v = full(&enveloped("v1", "Pod", empty.encode_to_vec()));
+        assert_eq!(v["spec"]["containers"], Value::Null);
+        assert!(v["spec"].as_object().unwrap().contains_key("containers"));
+    }
+
+    #[test]
+    fn a_list_reads_whole() {
+        let list = core::ConfigMapList {
+            metadata: Some(ListMeta {
+                resource_version: Some("99".into()),
+                ..Default::default()
+            }),
+            items: vec![config_map("a", "1"), config_map("b", "2")],
+        };
+        let v = full(&enveloped("v1", "ConfigMapList", list.encode_to_vec()));
+        assert_eq!(v["metadata"], json!({"resourceVersion": "99"}));
+        assert_eq!(v["items"][1]["metadata"]["name"], json!("b"));
+        assert_eq!(v["items"][1]["data"], json!({"k": "v"}));
+        assert!(
+            v["items"][1].get("kind").is_none(),
+            "items carry no kind, as in JSON"
+        );
+    }
+
+    #[test]
+    fn a_watch_frame_gives_the_event_and_its_object() {
+        let object = enveloped("v1", "ConfigMap", config_map("w", "7").encode_to_vec());
+        let event = k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent {
+            r#type: Some("MODIFIED".into()),
+            object: Some(k8s_pb::apimachinery::pkg::runtime::RawExtension { raw: Some(object) }),
+        };
+        let frame = enveloped("v1", "WatchEvent", event.encode_to_vec());
+        let (event_type, object) = decode_watch_frame(&frame).unwrap();
+        assert_eq!(event_type, "MODIFIED");
+        assert_eq!(object["metadata"]["resourceVersion"], json!("7"));
+        assert_eq!(object["kind"], json!("ConfigMap"));
+    }
+
+    #[test]
+    fn a_status_is_decoded_whole() {
+        let status = k8s_pb::apimachinery::pkg::apis::meta::v1::Status {
+            status: Some("Failure".into()),
+            message: Some("configmaps \"c1\" already exists".into()),
+            reason: Some("AlreadyExists".into()),
+            details: Some(k8s_pb::apimachinery::pkg::apis::meta::v1::StatusDetails {
+                name: Some("c1".into()),
+                kind: Some("configmaps".into()),
+                ..Default::default()
+            }),
+            code: Some(409),
+            ..Default::default()
+        };
+        let v = full(&enveloped("v1", "Status", status.encode_to_vec()));
+        assert_eq!(v["reason"], json!("AlreadyExists"));
+        assert_eq!(v["code"], json!(409));
+        assert_eq!(v["details"], json!({"name": "c1", "kind": "configmaps"}));
+        assert_eq!(v["metadata"], json!({}));
+    }
+
+    #[test]
+    fn a_kind_the_table_does_not_know_keeps_its_metadata_and_bytes() {
+        // Any object carries its ObjectMeta as field 1.
+        let body = enveloped(
+            "example.com/v1",
+            "Gadget",
+            config_map("g", "5").encode_to_vec(),
+        );
+        let Decoded::Partial(pb) = decode_body(&body).unwrap() else {
+            panic!("an unknown kind cannot be read whole")
+        };
+        assert_eq!(
+            (pb.api_version.as_str(), pb.kind.as_str()),
+            ("example.com/v1", "Gadget")
+        );
+        assert_eq!(pb.metadata.unwrap()["name"], json!("g"));
+        assert!(pb.base64.is_some());
+        let list = core::ConfigMapList {
+            items: vec![config_map("a", "1")],
+            ..Default::default()
+        };
+        let Decoded::Partial(pb) = decode_body(&enveloped(
+            "example.com/v1",
+            "GadgetList",
+            list.encode_to_vec(),
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(pb.items.unwrap()[0]["name"], json!("a"));
+    }
+
+    #[test]
+    fn bodies_without_the_envelope_or_broken_are_refused() {
+        assert_eq!(
+            decode_body(b"{\"kind\":\"x\"}"),
+            Err(ProtobufError::NoEnvelope)
+        );
+        assert!(matches!(
+            decode_body(b"k8s\0\xff\xff"),
+            Err(ProtobufError::Decode(_))
+        ));
+        // A ConfigMap cut short names the field it broke in.
+        let mut raw = config_map("c", "1").encode_to_vec();
+        raw.truncate(raw.len() - 2);
+        let err = decode_body(&enveloped("v1", "ConfigMap", raw)).unwrap_err();
+        assert!(err.to_string().contains("ConfigMap"), "{err}");
+    }
+
+    /// The JSONSchemaProps message of apiextensions.k8s.io/v1.
+    fn schema_props() -> u16 {
+        generated::MESSAGES
+            .iter()
+            .position(|m| {
+                m.name == "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.JSONSchemaProps"
+            })
+            .unwrap() as u16
+    }
+
+    fn key(tag: u32, wire: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire)), &mut out);
+        out
+    }
+
+    fn length_delimited(tag: u32, inner: &[u8]) -> Vec<u8> {
+        let mut out = key(tag, 2);
+        prost::encoding::encode_varint(inner.len() as u64, &mut out);
+        out.extend_from_slice(inner);
+        out
+    }
+
+    #[test]
+    fn schemas_write_their_unions_and_whole_floats_as_go_does() {
+        let mut props = length_delimited(5, b"object"); // type
+        props.extend(key(9, 1)); // maximum
+        props.extend(100.0f64.to_le_bytes());
+        props.extend(key(11, 1)); // minimum
+        props.extend(0.5f64.to_le_bytes());
+        // additionalProperties: {allows: false}; items: {jSONSchemas: [{}, {}]}
+        props.extend(length_delimited(30, &[8, 0]));
+        props.extend(length_delimited(
+            24,
+            &[length_delimited(2, &[]), length_delimited(2, &[])].concat(),
+        ));
+        let v = json::message(schema_props(), &props, 0).unwrap();
+        assert_eq!(v["type"], json!("object"));
+        assert_eq!(serde_json::to_string(&v["maximum"]).unwrap(), "100");
+        assert_eq!(v["minimum"], json!(0.5));
+        assert_eq!(v["additionalProperties"], json!(false));
+        assert_eq!(v["items"], json!([{}, {}]));
+    }
+
+    #[test]
+    fn nesting_past_any_real_object_is_an_error_not_a_crash() {
+        // `not` (field 28) holds another schema, 10,000 deep.
+        let mut nested = Vec::new();
+        for _ in 0..10_000 {
+            nested = length_delimited(28, &nested);
+        }
+        let err = json::message(schema_props(), &nested, 0).unwrap_err();
+        assert!(err.to_string().contains("nest too deep"), "{err}");
+    }
+
+    #[test]
+    fn times_are_written_to_the_second_and_micro_times_to_the_microsecond() {
+        let lease = k8s_pb::api::coordination::v1::Lease {
+            spec: Some(k8s_pb::api::coordination::v1::LeaseSpec {
+                renew_time: Some(k8s_pb::apimachinery::pkg::apis::meta::v1::MicroTime {
+                    seconds: Some(1_700_000_000),
+                    nanos: Some(123_456_789),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = full(&enveloped(
+            "coordination.k8s.io/v1",
+            "Lease",
+            lease.encode_to_vec(),
+        ));
+        assert_eq!(v["spec"]["renewTime"], json!("2023-11-14T22:13:20.123456Z"));
+    }
+}
