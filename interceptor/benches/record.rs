@@ -143,6 +143,144 @@ fn per_exchange(body: &Bytes) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / rounds as f64
 }
 
+/// A Pod as a Deployment's controller would make it, in protobuf.
+fn pod(n: usize) -> k8s_pb::api::core::v1::Pod {
+    use k8s_pb::api::core::v1 as core;
+    use k8s_pb::apimachinery::pkg::api::resource::Quantity;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+    let quantity = |s: &str| Quantity {
+        string: Some(s.into()),
+    };
+    let time = Some(Time {
+        seconds: Some(1_764_550_800 + n as i64),
+        nanos: Some(0),
+    });
+    core::Pod {
+        metadata: Some(ObjectMeta {
+            name: Some(format!("web-7d9c8b6f5-{n:05}")),
+            generate_name: Some("web-7d9c8b6f5-".into()),
+            namespace: Some("apiwitness-bench".into()),
+            uid: Some(format!("0b7c4f6e-5a0e-4b8e-9d0f-{n:012}")),
+            resource_version: Some(format!("{}", 1000 + n)),
+            creation_timestamp: time,
+            labels: [
+                ("app".to_string(), "web".to_string()),
+                ("pod-template-hash".to_string(), "7d9c8b6f5".to_string()),
+            ]
+            .into(),
+            owner_references: vec![OwnerReference {
+                api_version: Some("apps/v1".into()),
+                kind: Some("ReplicaSet".into()),
+                name: Some("web-7d9c8b6f5".into()),
+                uid: Some("5a0e4b8e-9d0f-3c2e-1a1b-2c3d0b7c4f6e".into()),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }],
+            ..Default::default()
+        }),
+        spec: Some(core::PodSpec {
+            containers: vec![core::Container {
+                name: Some("web".into()),
+                image: Some("registry.k8s.io/nginx:1.27".into()),
+                ports: vec![core::ContainerPort {
+                    name: Some("http".into()),
+                    container_port: Some(8080),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }],
+                resources: Some(core::ResourceRequirements {
+                    limits: [
+                        ("cpu".to_string(), quantity("500m")),
+                        ("memory".to_string(), quantity("128Mi")),
+                    ]
+                    .into(),
+                    requests: [("cpu".to_string(), quantity("100m"))].into(),
+                    ..Default::default()
+                }),
+                termination_message_path: Some("/dev/termination-log".into()),
+                termination_message_policy: Some("File".into()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                ..Default::default()
+            }],
+            restart_policy: Some("Always".into()),
+            termination_grace_period_seconds: Some(30),
+            dns_policy: Some("ClusterFirst".into()),
+            service_account_name: Some("default".into()),
+            scheduler_name: Some("default-scheduler".into()),
+            ..Default::default()
+        }),
+        status: Some(core::PodStatus {
+            phase: Some("Pending".into()),
+            qos_class: Some("Burstable".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Reading a protobuf body into JSON, against parsing the same object's JSON
+/// into a tree (what the recorder does with a JSON body it must walk).
+fn protobuf_rows() {
+    use apiwitness_interceptor::protobuf::{Decoded, decode_body};
+    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+    use prost::Message;
+    println!("a protobuf body read into JSON, against parsing the same JSON");
+    let enveloped = |kind: &str, raw: Vec<u8>| {
+        let mut out = b"k8s\0".to_vec();
+        Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some("v1".into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        }
+        .encode(&mut out)
+        .expect("encodable");
+        out
+    };
+    for (label, pods) in [("one Pod", 1), ("a list of 50 Pods", 50)] {
+        let body = if pods == 1 {
+            enveloped("Pod", pod(0).encode_to_vec())
+        } else {
+            let list = k8s_pb::api::core::v1::PodList {
+                metadata: None,
+                items: (0..pods).map(pod).collect(),
+            };
+            enveloped("PodList", list.encode_to_vec())
+        };
+        let Ok(Decoded::Full(value)) = decode_body(&body) else {
+            panic!("the bench's body does not decode")
+        };
+        let json = serde_json::to_vec(&value).expect("serializable");
+        let rounds = (20_000_000 / json.len()).clamp(100, 100_000);
+        let time = |read: &dyn Fn() -> usize| {
+            let started = Instant::now();
+            let mut sum = 0;
+            for _ in 0..rounds {
+                sum += read();
+            }
+            std::hint::black_box(sum);
+            started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+        };
+        let from_json = time(&|| {
+            serde_json::from_slice::<serde_json::Value>(std::hint::black_box(&json))
+                .map(|v| v.as_object().map_or(0, |m| m.len()))
+                .expect("JSON")
+        });
+        let from_protobuf = time(&|| match decode_body(std::hint::black_box(&body)) {
+            Ok(Decoded::Full(v)) => v.as_object().map_or(0, |m| m.len()),
+            _ => 0,
+        });
+        println!(
+            "{label:<18}: protobuf ({} bytes) {from_protobuf:8.1} µs, its JSON ({} bytes) parsed {from_json:8.1} µs: {:.2}x",
+            body.len(),
+            json.len(),
+            from_json / from_protobuf
+        );
+    }
+}
+
 fn main() {
     let request = ApiRequest::parse(
         "GET",
@@ -202,6 +340,7 @@ fn main() {
             serde / words
         );
     }
+    protobuf_rows();
     println!("a batch of record lines, compressed for shipping");
     for (label, value_bytes, records) in [
         ("1 KiB ConfigMaps", 768, 180),

@@ -106,15 +106,6 @@ fn decode_error(message: impl Into<String>) -> ProtobufError {
     ProtobufError::Decode(message.into())
 }
 
-/// What was read of one field before its JSON is written.
-enum Slot {
-    Absent,
-    One(Value),
-    Many(Vec<Value>),
-    Entries(Map<String, Value>),
-    Inline(Map<String, Value>),
-}
-
 fn read_message(
     index: u16,
     bytes: &[u8],
@@ -125,19 +116,26 @@ fn read_message(
         return Err(decode_error("messages nest too deep"));
     }
     let message = &MESSAGES[usize::from(index)];
-    let mut slots: Vec<Slot> = message.fields.iter().map(|_| Slot::Absent).collect();
+    // Which fields came; no message has more than 64 (a test checks).
+    let mut seen = 0u64;
     let mut reader = Reader::new(bytes);
     let in_message = |e: ProtobufError| match e {
         ProtobufError::Decode(m) => decode_error(format!("{}: {m}", message.name)),
         other => other,
     };
     while let Some((tag, wire)) = reader.next_field().map_err(in_message)? {
-        // A field the table does not know (a newer apiserver's) is skipped,
-        // as Go's decoder would skip it.
-        let Some(at) = message.fields.iter().position(|f| f.tag == tag) else {
-            continue;
+        // Fields mostly come numbered from 1 in the struct's order.
+        let at = match message.fields.get(tag as usize - 1) {
+            Some(f) if f.tag == tag => tag as usize - 1,
+            // A field the table does not know (a newer apiserver's) is
+            // skipped, as Go's decoder would skip it.
+            _ => match message.fields.iter().position(|f| f.tag == tag) {
+                Some(at) => at,
+                None => continue,
+            },
         };
         let field = &message.fields[at];
+        seen |= 1 << at;
         let context = |e: ProtobufError| match e {
             ProtobufError::Decode(m) => {
                 decode_error(format!("{}.{}: {m}", message.name, json_name(field)))
@@ -146,7 +144,12 @@ fn read_message(
         };
         match field.shape {
             Shape::Single | Shape::Pointer => {
-                slots[at] = Slot::One(value(field.ty, wire, depth).map_err(context)?);
+                let v = value(field.ty, wire, depth).map_err(context)?;
+                if field.shape == Shape::Single && left_out(field, &v) {
+                    out.remove(field.json);
+                } else {
+                    out.insert(field.json.to_string(), v);
+                }
             }
             Shape::Inline => {
                 let (Ty::Message(inner), Wire::Bytes(b)) = (field.ty, wire) else {
@@ -154,36 +157,41 @@ fn read_message(
                         "an inline field that is not a message",
                     )));
                 };
-                let mut map = match std::mem::replace(&mut slots[at], Slot::Absent) {
-                    Slot::Inline(map) => map,
-                    _ => Map::new(),
-                };
-                read_message(inner, b, depth + 1, &mut map).map_err(context)?;
-                slots[at] = Slot::Inline(map);
+                read_message(inner, b, depth + 1, out).map_err(context)?;
             }
-            Shape::Repeated => {
-                if !matches!(slots[at], Slot::Many(_)) {
-                    slots[at] = Slot::Many(Vec::new());
-                }
-                if let Slot::Many(items) = &mut slots[at] {
+            Shape::Repeated => match out.get_mut(field.json) {
+                Some(Value::Array(items)) => {
                     repeated(field.ty, wire, depth, items).map_err(context)?;
                 }
-            }
+                _ => {
+                    let mut items = Vec::new();
+                    repeated(field.ty, wire, depth, &mut items).map_err(context)?;
+                    out.insert(field.json.to_string(), Value::Array(items));
+                }
+            },
             Shape::Map => {
                 let Wire::Bytes(entry) = wire else {
                     return Err(context(decode_error("a map entry that is not a message")));
                 };
                 let (key, v) = map_entry(field.ty, entry, depth).map_err(context)?;
-                if let Slot::Entries(map) = &mut slots[at] {
-                    map.insert(key, v);
-                } else {
-                    slots[at] = Slot::Entries(Map::from_iter([(key, v)]));
+                match out.get_mut(field.json) {
+                    Some(Value::Object(map)) => {
+                        map.insert(key, v);
+                    }
+                    _ => {
+                        out.insert(
+                            field.json.to_string(),
+                            Value::Object(Map::from_iter([(key, v)])),
+                        );
+                    }
                 }
             }
         }
     }
-    for (field, slot) in message.fields.iter().zip(slots) {
-        write_field(field, slot, out);
+    for (at, field) in message.fields.iter().enumerate() {
+        if seen & (1 << at) == 0 {
+            write_absent(field, out);
+        }
     }
     Ok(())
 }
@@ -196,42 +204,35 @@ fn json_name(field: &Field) -> &'static str {
     }
 }
 
-/// Puts one field into its object, or leaves it out as encoding/json would.
-fn write_field(field: &Field, slot: Slot, out: &mut Map<String, Value>) {
-    let value = match slot {
-        Slot::Inline(map) => {
-            out.extend(map);
-            return;
-        }
-        Slot::Absent if field.shape == Shape::Inline => {
+/// Whether encoding/json leaves out a value the message holds.
+fn left_out(field: &Field, v: &Value) -> bool {
+    match field.omit {
+        Omit::Never => false,
+        Omit::Empty => !is_struct(field.ty) && is_empty(v),
+        // Only Time and MicroTime carry omitzero; zero, they are null.
+        Omit::EmptyOrZero => v.is_null() || (!is_struct(field.ty) && is_empty(v)),
+    }
+}
+
+/// Writes what Go writes for a field the message does not hold: its zero
+/// value, unless encoding/json leaves it out.
+fn write_absent(field: &Field, out: &mut Map<String, Value>) {
+    let value = match (field.shape, field.omit) {
+        (Shape::Inline, _) => {
             if let Ty::Message(inner) = field.ty {
                 zero_message(inner, out);
             }
             return;
         }
-        Slot::Absent => match (field.shape, field.omit) {
-            (Shape::Single, Omit::Never) => zero(field.ty),
-            (Shape::Single, Omit::Empty) if is_struct(field.ty) => zero(field.ty),
-            (_, Omit::Never) => Value::Null,
-            _ => return,
-        },
-        Slot::One(v) => {
-            let omitted = field.shape == Shape::Single
-                && match field.omit {
-                    Omit::Never => false,
-                    Omit::Empty => !is_struct(field.ty) && is_empty(&v),
-                    // Only Time and MicroTime carry omitzero; zero, they are null.
-                    Omit::EmptyOrZero => v.is_null() || (!is_struct(field.ty) && is_empty(&v)),
-                };
-            if omitted {
-                return;
-            }
-            v
-        }
-        Slot::Many(items) => Value::Array(items),
-        Slot::Entries(map) => Value::Object(map),
+        (Shape::Single, Omit::Never) => zero(field.ty),
+        (Shape::Single, Omit::Empty) if is_struct(field.ty) => zero(field.ty),
+        (_, Omit::Never) => Value::Null,
+        _ => return,
     };
-    out.insert(field.json.to_string(), value);
+    // An inline struct's field may have come already.
+    if !out.contains_key(field.json) {
+        out.insert(field.json.to_string(), value);
+    }
 }
 
 /// Whether Go holds the type as a struct, which `omitempty` never leaves out.
@@ -291,7 +292,7 @@ fn zero(ty: Ty) -> Value {
 
 fn zero_message(index: u16, out: &mut Map<String, Value>) {
     for field in MESSAGES[usize::from(index)].fields {
-        write_field(field, Slot::Absent, out);
+        write_absent(field, out);
     }
 }
 

@@ -419,6 +419,28 @@ mod tests {
         assert!(err.to_string().contains("ConfigMap"), "{err}");
     }
 
+    #[test]
+    fn the_table_fits_the_decoder() {
+        // The decoder marks the fields that came in a u64, and finds kinds
+        // by binary search.
+        for m in &generated::MESSAGES {
+            assert!(
+                m.fields.len() <= 64,
+                "{} has {} fields",
+                m.name,
+                m.fields.len()
+            );
+        }
+        assert!(
+            generated::KINDS
+                .windows(2)
+                .all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1))
+        );
+        assert!(json::message_of("v1", "Pod").is_some());
+        assert!(json::message_of("apps/v1", "Deployment").is_some());
+        assert!(json::message_of("meta.k8s.io/v1", "Table").is_none());
+    }
+
     /// The JSONSchemaProps message of apiextensions.k8s.io/v1.
     fn schema_props() -> u16 {
         generated::MESSAGES
