@@ -32,7 +32,11 @@
 # To look into one row: APIWITNESS_BENCH_ONLY=TEXT runs only the rows whose
 # label holds TEXT (such as "ConfigMap large"), and APIWITNESS_BENCH_PERF_DIR=DIR
 # has perf record the interceptor and nginx's workers in each of their rounds,
-# into DIR (then perf report -i DIR/<file>).
+# into DIR (then perf report -i DIR/<file>). APIWITNESS_BENCH_STRACE_DIR=DIR
+# has strace count their system calls instead (which slows them down; read
+# the counts, not the rates). With APIWITNESS_BENCH_PERF_EVENTS=E1,E2 as
+# well, perf counts those events (perf stat) instead of sampling: say
+# probe_libc:malloc, once `perf probe -x <libc> malloc` has made it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -208,8 +212,16 @@ nginx_worker_ticks() { # the proxy nginx's workers, together
   for p in $(pgrep -P "$(cat "$work/nginx-proxy.pid")"); do t=$((t + $(cpu_ticks "$p"))); done
   echo "$t"
 }
+per_request() { # COUNT FIGURES("rps ...") -> COUNT a request, to two decimals
+  awk -v n="$1" -v r="${2%% *}" -v d="$duration" 'BEGIN { if (r > 0) printf "%.2f", n / (r * d); else print "-" }'
+}
 cpu_us_per_request() { # TICKS FIGURES("rps ...") -> µs of CPU a request
   awk -v t="$1" -v r="${2%% *}" -v d="$duration" 'BEGIN { if (r > 0) printf "%.0f", t * 10000 / (r * d); else print "-" }'
+}
+switches() { # PIDS... -> context switches of every thread of these processes so far
+  local p
+  for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+    awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n + 0}'
 }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
@@ -231,8 +243,23 @@ wanted() { # LABEL -> whether APIWITNESS_BENCH_ONLY lets this row run
 }
 perf_start() { # NAME PIDS(comma-separated): perf records them for the round, if asked
   perf_pid=""
+  if [ -n "${APIWITNESS_BENCH_STRACE_DIR:-}" ]; then
+    mkdir -p "$APIWITNESS_BENCH_STRACE_DIR"
+    local p args=()
+    for p in ${2//,/ }; do args+=(-p "$p"); done
+    strace -c -f "${args[@]}" -o "$APIWITNESS_BENCH_STRACE_DIR/$1.txt" 2>/dev/null &
+    perf_pid=$!
+    sleep 0.5
+    return 0
+  fi
   [ -n "${APIWITNESS_BENCH_PERF_DIR:-}" ] || return 0
   mkdir -p "$APIWITNESS_BENCH_PERF_DIR"
+  if [ -n "${APIWITNESS_BENCH_PERF_EVENTS:-}" ]; then
+    perf stat -e "$APIWITNESS_BENCH_PERF_EVENTS" -p "$2" -o "$APIWITNESS_BENCH_PERF_DIR/$1.txt" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+    return 0
+  fi
   perf record -q -F 499 --call-graph dwarf,16384 -p "$2" \
     -o "$APIWITNESS_BENCH_PERF_DIR/$1.data" >/dev/null 2>&1 &
   perf_pid=$!
@@ -256,13 +283,15 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   for client in "HTTP/1.1" "HTTP/2"; do
     tool=run_wrk
     [ "$client" = HTTP/2 ] && tool=run_h2load
-    local icpt_runs="" nginx_runs="" rss=0 shipped=0 stripped=0 dropped=0 r figures ticks
+    local icpt_runs="" nginx_runs="" icpt_cs="" nginx_cs="" rss=0 shipped=0 stripped=0 dropped=0 r figures ticks
     for r in $(seq 1 "$rounds"); do
       start_interceptor "$upstream" "$name" "$ca"
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"interceptor-$label-$client-$r")" "$icpt_pid"
       ticks=$(cpu_ticks "$icpt_pid")
+      cs=$(switches "$icpt_pid")
       figures=$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")
       ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+      icpt_cs+="$(per_request $(($(switches "$icpt_pid") - cs)) "$figures") "
       perf_stop
       icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
@@ -274,14 +303,20 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"nginx-$label-$client-$r")" \
         "$(pgrep -d, -P "$(cat "$work/nginx-proxy.pid")")"
       ticks=$(nginx_worker_ticks)
+      workers=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')
+      # shellcheck disable=SC2086
+      cs=$(switches $workers)
       figures=$($tool "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")
       ticks=$(($(nginx_worker_ticks) - ticks))
+      # shellcheck disable=SC2086
+      nginx_cs+="$(per_request $(($(switches $workers) - cs)) "$figures") "
       perf_stop
       nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
     done
     record "$label, $client client" interceptor "$(median "${icpt_runs%$'\n'}")"
     record "$label, $client client" nginx "$(median "${nginx_runs%$'\n'}")"
+    record "$label, $client client" context-switches-a-request "interceptor ${icpt_cs% }, nginx ${nginx_cs% }"
     record "$label, $client client" interceptor-peak-rss-mib "$rss"
     record "$label, $client client" interceptor-records "$shipped shipped ($stripped stripped of their bodies when the queue was full), $dropped dropped"
   done
@@ -329,7 +364,7 @@ echo "| upstream | via | req/s | p50 ms | p99 ms | CPU µs a request | req/s vs 
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
-  case "$via" in interceptor-*) continue ;; esac
+  case "$via" in interceptor-* | context-switches-*) continue ;; esac
   read -r rps p50 p99 cpu <<<"$figures"
   # direct and mitmproxy (HTTP/1.1 clients) compare with nginx's HTTP/1.1 row.
   base=$(printf '%s\n' "${results[@]}" | awk -F'|' -v l="$label" -v l1="$label, HTTP/1.1 client" \
@@ -345,5 +380,6 @@ for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
   [ "$via" = interceptor-peak-rss-mib ] && echo "- $label: $figures MiB"
   [ "$via" = interceptor-records ] && echo "  records: $figures"
+  [ "$via" = context-switches-a-request ] && echo "  context switches a request, each round: $figures"
 done
 echo "($workers cores; the interceptor and nginx with $proxy_workers worker(s) each; wrk -t2 -c$connections -d${duration}s and h2load -t2 -c$connections -m1 -D $duration; medians of $rounds rounds)"
