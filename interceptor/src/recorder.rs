@@ -168,11 +168,9 @@ impl Recorder {
 
     pub fn build(&self, mut raw: RawExchange) -> Exchange {
         let parsed = raw.request.take();
-        let nothing_to_redact = |text: &[u8]| {
-            parsed
-                .as_ref()
-                .is_some_and(|p| self.redactor.has_nothing_to_redact(p, text))
-        };
+        let redactor_keeps = parsed
+            .as_ref()
+            .is_some_and(|p| self.redactor.redacts_nothing_by_request(p));
         let request_captured = Capture::take(&raw.request_body);
         self.metrics
             .bytes
@@ -184,7 +182,7 @@ impl Recorder {
             &request_captured,
             raw.request_content_type.as_deref(),
             None,
-            &nothing_to_redact,
+            redactor_keeps,
         );
 
         let mut response_body = None;
@@ -220,7 +218,7 @@ impl Recorder {
                     &captured,
                     raw.response_content_type.as_deref(),
                     raw.response_content_encoding.as_deref(),
-                    &nothing_to_redact,
+                    redactor_keeps,
                 );
             }
             if let Some(e) = captured.decode_error {

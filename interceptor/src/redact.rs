@@ -74,20 +74,25 @@ impl Redactor {
         Ok(Redactor { extra_pointers })
     }
 
+    /// The strings that, standing whole in a JSON body (a key or a value),
+    /// give the redactor something to look at: the kind of a Secret, and
+    /// the key of a protobuf payload. A `\u` escape could spell either.
+    pub const WORDS: &'static [&'static [u8]] = &[b"Secret", b"protobuf"];
+
     /// Whether a JSON body of `request` with this text would leave the
-    /// redactor as it came, so that it may be recorded as its text: nothing
-    /// is redacted in it by its resource (a Secret's, a token's) or by an
-    /// extra path, and no object of kind Secret is in it, since "Secret" is
-    /// not in the text as a JSON string, nor could a `\u` escape spell it.
-    /// Nor is a protobuf payload (its key, `protobuf`) to strip.
+    /// redactor as it came, so that it may be recorded as its text: the
+    /// text is one JSON document, nothing is redacted in it by its resource
+    /// (a Secret's, a token's) or by an extra path, and none of
+    /// [`Redactor::WORDS`] is in it, nor a `\u` escape that could spell one.
     pub fn has_nothing_to_redact(&self, request: &ApiRequest, text: &[u8]) -> bool {
         self.redacts_nothing_by_request(request)
-            && [&b"\"Secret\""[..], b"\"protobuf\"", b"\\u"]
-                .iter()
-                .all(|needle| memchr::memmem::find(text, needle).is_none())
+            && apiwitness_record::RawJson::scan(text, Self::WORDS)
+                .is_some_and(|scan| scan.words_seen == 0 && !scan.unicode_escape)
     }
 
-    fn redacts_nothing_by_request(&self, request: &ApiRequest) -> bool {
+    /// Whether no body of `request` is redacted for what it is: no Secret or
+    /// token resource, and no extra path. Its text may still hold a Secret.
+    pub fn redacts_nothing_by_request(&self, request: &ApiRequest) -> bool {
         self.extra_pointers.is_empty() && sensitivity(request) == Sensitive::No
     }
 

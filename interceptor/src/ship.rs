@@ -108,7 +108,9 @@ fn stripped(line: &str) -> Option<String> {
         return None;
     };
     exchange.drop_bodies();
-    serde_json::to_string(&LineRef::Exchange(&exchange)).ok()
+    let mut line = String::with_capacity(LINE_BYTES_BESIDE_BODIES);
+    exchange.write_line(&mut line);
+    Some(line)
 }
 
 /// What a record line holds beside its bodies, give or take: ids, times, the
@@ -225,17 +227,17 @@ impl Queue {
         // 64 KiB body's line was copied nine times, and then once more to
         // give back what doubling left over (which the queue would hold
         // without counting).
-        let mut line = Vec::with_capacity(record.body_bytes() + LINE_BYTES_BESIDE_BODIES);
-        // Serializing our own types into a Vec cannot fail, and gives UTF-8.
-        let _ = serde_json::to_writer(&mut line, &LineRef::Exchange(&record));
+        let mut line = String::with_capacity(record.body_bytes() + LINE_BYTES_BESIDE_BODIES);
+        record.write_line(&mut line);
         line.shrink_to_fit();
-        let line = String::from_utf8(line).unwrap_or_default();
         let half_full = self.is_behind();
         let stripped = if !record.has_bodies() {
             Stripped::Same
         } else if half_full {
             record.drop_bodies();
-            Stripped::Made(serde_json::to_string(&LineRef::Exchange(&record)).unwrap_or_default())
+            let mut stripped = String::with_capacity(LINE_BYTES_BESIDE_BODIES);
+            record.write_line(&mut stripped);
+            Stripped::Made(stripped)
         } else {
             Stripped::NotMade
         };
@@ -627,12 +629,12 @@ impl Shipper {
     }
 }
 
-/// One line of a batch, serialized as [`apiwitness_record::Line`] is, without
-/// copying the record.
+/// A drop report's line, serialized as [`apiwitness_record::Line`] is,
+/// without copying the report. (An exchange's line is written by
+/// `Exchange::write_line`.)
 #[derive(serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum LineRef<'a> {
-    Exchange(&'a Exchange),
     DropReport(&'a DropReport),
 }
 
@@ -796,6 +798,12 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line_of(record: &Exchange) -> String {
+        let mut line = String::new();
+        record.write_line(&mut line);
+        line
+    }
     use apiwitness_record::FORMAT_VERSION;
 
     fn record(n: u32) -> Exchange {
@@ -838,7 +846,7 @@ mod tests {
     /// A record whose line is `len` bytes long.
     fn sized(n: u32, len: usize) -> Exchange {
         let mut r = record(n);
-        let base = serde_json::to_string(&LineRef::Exchange(&r)).unwrap().len();
+        let base = line_of(&r).len();
         r.path.push_str(&"p".repeat(len - base));
         r
     }
@@ -1335,7 +1343,7 @@ mod tests {
             let drops = Drops::default();
             drops.note(7, now);
             let bytes = encode_batch(
-                &[1, 2].map(|n| serde_json::to_string(&LineRef::Exchange(&record(n))).unwrap()),
+                &[1, 2].map(|n| line_of(&record(n))),
                 &drops.take(&PodIdentity::default()),
                 encoding,
                 effort,

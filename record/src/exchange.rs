@@ -157,6 +157,16 @@ impl PartialEq for BodyContent {
     }
 }
 
+/// A document [`RawJson::scan`] checked, and what it found in it.
+#[derive(Debug)]
+pub struct Scanned {
+    pub json: RawJson,
+    /// Bit i: the i-th word asked for stands in the document.
+    pub words_seen: u32,
+    /// It holds a `\u` escape, which could spell any word.
+    pub unicode_escape: bool,
+}
+
 /// The text of one JSON document, checked to be JSON, on one line.
 #[derive(Debug, Clone)]
 pub struct RawJson(RawText);
@@ -189,13 +199,28 @@ impl RawJson {
     /// no line break (a line of NDJSON holds the whole record). Surrounding
     /// whitespace is left out.
     pub fn parse(bytes: &[u8]) -> Option<RawJson> {
+        RawJson::scan(bytes, &[]).map(|scan| scan.json)
+    }
+
+    /// As [`RawJson::parse`], noting on the way which of `words` stand in
+    /// the document as a whole string, key or value (see
+    /// [`crate::json_reader::JsonReader::noting`]).
+    pub fn scan(bytes: &[u8], words: &'static [&'static [u8]]) -> Option<Scanned> {
         let trimmed = bytes.trim_ascii();
         if memchr::memchr2(b'\n', b'\r', trimmed).is_some() {
             return None;
         }
-        serde_json::from_slice::<Box<serde_json::value::RawValue>>(trimmed)
-            .ok()
-            .map(|raw| RawJson(RawText::Serde(raw)))
+        // The reader takes what serde_json takes, and finds a string's end
+        // with a vector search where serde_json looks at each byte.
+        let text = std::str::from_utf8(trimmed).ok()?;
+        let mut reader = crate::json_reader::JsonReader::new(text).noting(words);
+        reader.skip_value().ok()?;
+        reader.finish().ok()?;
+        Some(Scanned {
+            words_seen: reader.words_seen(),
+            unicode_escape: reader.read_unicode_escape(),
+            json: RawJson(RawText::Read(text.into())),
+        })
     }
 
     /// A document a [`crate::json_reader::JsonReader`] read as one JSON

@@ -35,6 +35,12 @@ pub struct JsonReader<'a> {
     /// clean.
     clean: bool,
     string_end: StringEnd,
+    /// Strings to note when one stands whole (a key or a value, unescaped).
+    words: &'static [&'static [u8]],
+    /// Bit i: `words[i]` was read.
+    words_seen: u32,
+    /// A `\u` escape was read, which could spell anything.
+    unicode_escape: bool,
 }
 
 /// A key of an object as it stands in the text, without its quotes.
@@ -140,7 +146,29 @@ impl<'a> JsonReader<'a> {
             canonical: true,
             clean: !has_control_bytes(text.as_bytes()),
             string_end: StringEnd::new(),
+            words: &[],
+            words_seen: 0,
+            unicode_escape: false,
         }
+    }
+
+    /// Has the reader note which of `words` (up to 32) stand as a whole
+    /// string, key or value, as it reads: [`JsonReader::words_seen`]. A
+    /// string that holds an escape is never one of them, and a `\u` escape
+    /// could spell any: [`JsonReader::read_unicode_escape`].
+    pub fn noting(mut self, words: &'static [&'static [u8]]) -> JsonReader<'a> {
+        self.words = &words[..words.len().min(32)];
+        self
+    }
+
+    /// Bit i is set where `words[i]` of [`JsonReader::noting`] was read.
+    pub fn words_seen(&self) -> u32 {
+        self.words_seen
+    }
+
+    /// Whether a `\u` escape was read.
+    pub fn read_unicode_escape(&self) -> bool {
+        self.unicode_escape
     }
 
     /// Whether all that was read so far is written as serde_json writes a
@@ -221,6 +249,7 @@ impl<'a> JsonReader<'a> {
         // A local slice, advanced as the string is read: the reader's own
         // fields, behind `&mut self`, would be loaded and stored at each
         // step (a third of the cost of a short string).
+        let start = self.at;
         let mut rest = &self.text[self.at..];
         let mut escaped = false;
         let outcome = loop {
@@ -237,6 +266,14 @@ impl<'a> JsonReader<'a> {
             rest = &rest[stop..];
             match rest {
                 [b'"', after @ ..] => {
+                    if !self.words.is_empty() && !escaped {
+                        let content = &self.text[start..self.text.len() - rest.len()];
+                        for (i, word) in self.words.iter().enumerate() {
+                            if content == *word {
+                                self.words_seen |= 1 << i;
+                            }
+                        }
+                    }
                     rest = after;
                     break Ok(escaped);
                 }
@@ -258,6 +295,7 @@ impl<'a> JsonReader<'a> {
                 {
                     escaped = true;
                     self.canonical = false;
+                    self.unicode_escape = true;
                     rest = after;
                 }
                 [b'\\', b'u', after @ ..] => {
@@ -825,6 +863,30 @@ mod tests {
         ] {
             assert_eq!(string_value(text).as_deref(), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn words_are_noted_where_they_stand_whole() {
+        const WORDS: &[&[u8]] = &[b"Secret", b"Table", b"protobuf"];
+        let seen = |text: &str| {
+            let mut reader = JsonReader::new(text).noting(WORDS);
+            reader.skip_value().unwrap();
+            (reader.words_seen(), reader.read_unicode_escape())
+        };
+        assert_eq!(
+            seen(r#"{"kind":"ConfigMap","data":{"a":"Secrets"}}"#),
+            (0, false)
+        );
+        assert_eq!(seen(r#"{"items":[{"kind":"Secret"}]}"#), (0b001, false));
+        assert_eq!(seen(r#"{"protobuf":{"kind":"Table"}}"#), (0b110, false));
+        assert_eq!(seen(r#""Secret""#), (0b001, false));
+        // Escaped, it is not the word; spelled with `\u`, it might be.
+        assert_eq!(seen(r#"["a\"Secret"]"#), (0, false));
+        assert_eq!(seen(r#"["Secr\u0065t"]"#), (0, true));
+        // Not asked: nothing noted.
+        let mut plain = JsonReader::new(r#"["Secret"]"#);
+        plain.skip_value().unwrap();
+        assert_eq!(plain.words_seen(), 0);
     }
 
     #[test]

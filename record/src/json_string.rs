@@ -26,8 +26,15 @@ fn needs_escape(word: u64) -> bool {
 
 /// `text` as a JSON string, quotes included.
 pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    push_json_string(&mut out, text);
+    out
+}
+
+/// Appends `text` as a JSON string, quotes included.
+pub fn push_json_string(out: &mut String, text: &str) {
     let bytes = text.as_bytes();
-    let mut out = String::with_capacity(bytes.len() + 2);
+    out.reserve(bytes.len() + 2);
     out.push('"');
     // Bytes before `copied` are in `out`; the escapes all fall on ASCII
     // bytes, so every cut below is on a character boundary.
@@ -57,14 +64,13 @@ pub fn json_string(text: &str) -> String {
     while at + 8 <= bytes.len() {
         let word = u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
         if needs_escape(word) {
-            escape_from(&mut out, at, at + 8, &mut copied);
+            escape_from(out, at, at + 8, &mut copied);
         }
         at += 8;
     }
-    escape_from(&mut out, at, bytes.len(), &mut copied);
+    escape_from(out, at, bytes.len(), &mut copied);
     out.push_str(&text[copied..]);
     out.push('"');
-    out
 }
 
 enum Escape {

@@ -5,10 +5,12 @@
 pub mod exchange;
 pub mod json_reader;
 pub mod json_string;
+mod line_writer;
 pub mod request;
 
 pub use exchange::{
     Body, BodyContent, DropReport, Exchange, FORMAT_VERSION, Line, LineError, LineKind,
-    PodIdentity, ProtobufBody, RawJson, WatchEvent, WatchEvents, WatchPart, WorkloadRef, kind_of,
+    PodIdentity, ProtobufBody, RawJson, Scanned, WatchEvent, WatchEvents, WatchPart, WorkloadRef,
+    kind_of,
 };
 pub use request::{ApiRequest, PatchType, RequestError, Verb};
