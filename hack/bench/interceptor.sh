@@ -303,13 +303,13 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"nginx-$label-$client-$r")" \
         "$(pgrep -d, -P "$(cat "$work/nginx-proxy.pid")")"
       ticks=$(nginx_worker_ticks)
-      workers=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')
+      nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')
       # shellcheck disable=SC2086
-      cs=$(switches $workers)
+      cs=$(switches $nginx_workers)
       figures=$($tool "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")
       ticks=$(($(nginx_worker_ticks) - ticks))
       # shellcheck disable=SC2086
-      nginx_cs+="$(per_request $(($(switches $workers) - cs)) "$figures") "
+      nginx_cs+="$(per_request $(($(switches $nginx_workers) - cs)) "$figures") "
       perf_stop
       nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
@@ -376,10 +376,14 @@ for r in "${results[@]}"; do
 done
 echo
 echo "Interceptor peak RSS (MiB) under the load above, and the records it shipped, stripped and dropped (all rounds):"
+row_figure() { # LABEL VIA -> its figures
+  printf '%s\n' "${results[@]}" | awk -F'|' -v l="$1" -v v="$2" '$1==l && $2==v {print $3}'
+}
 for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
-  [ "$via" = interceptor-peak-rss-mib ] && echo "- $label: $figures MiB"
-  [ "$via" = interceptor-records ] && echo "  records: $figures"
-  [ "$via" = context-switches-a-request ] && echo "  context switches a request, each round: $figures"
+  [ "$via" = interceptor-peak-rss-mib ] || continue
+  echo "- $label: $figures MiB"
+  echo "  records: $(row_figure "$label" interceptor-records)"
+  echo "  context switches a request, each round: $(row_figure "$label" context-switches-a-request)"
 done
 echo "($workers cores; the interceptor and nginx with $proxy_workers worker(s) each; wrk -t2 -c$connections -d${duration}s and h2load -t2 -c$connections -m1 -D $duration; medians of $rounds rounds)"

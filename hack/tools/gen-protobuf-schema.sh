@@ -11,4 +11,4 @@ export KUBE_VERSION GOTOOLCHAIN=local GOFLAGS=-mod=readonly
 out="$here/../../interceptor/src/protobuf/generated.rs"
 (cd "$here/k8s" && go run ./protoschema) > "$out.partial"
 mv "$out.partial" "$out"
-echo "gen-protobuf-schema: $(grep -c '^    (' "$out") kinds into ${out#"$here/../../"}"
+echo "gen-protobuf-schema: $(grep -c '^    k(' "$out") kinds into ${out#"$here/../../"}"

@@ -5,11740 +5,6725 @@
 // - meta.k8s.io/v1 Table: k8s.io/apimachinery/pkg/apis/meta/v1.Table.ListMeta has no protobuf number
 // - meta.k8s.io/v1beta1 Table: k8s.io/apimachinery/pkg/apis/meta/v1.Table.ListMeta has no protobuf number
 
-use super::schema::{Message, Omit, Shape, Ty, field as f};
+use super::schema::{Field, Kind, Message, Omit, Shape, Ty, field as f, kind as k, message as m};
 
 pub(super) const OBJECT_META: u16 = 6;
 pub(super) const LIST_META: u16 = 18;
 
-pub(super) static KINDS: [(&str, &str, u16); 747] = [
-    ("admissionregistration.k8s.io/v1", "CreateOptions", 0),
-    ("admissionregistration.k8s.io/v1", "DeleteOptions", 1),
-    ("admissionregistration.k8s.io/v1", "GetOptions", 3),
-    ("admissionregistration.k8s.io/v1", "ListOptions", 4),
-    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", 5),
-    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfigurationList", 17),
-    ("admissionregistration.k8s.io/v1", "PatchOptions", 19),
-    ("admissionregistration.k8s.io/v1", "UpdateOptions", 20),
-    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", 21),
-    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding", 33),
-    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBindingList", 36),
-    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyList", 37),
-    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", 38),
-    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfigurationList", 40),
-    ("admissionregistration.k8s.io/v1", "WatchEvent", 41),
-    ("admissionregistration.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("admissionregistration.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("admissionregistration.k8s.io/v1alpha1", "GetOptions", 3),
-    ("admissionregistration.k8s.io/v1alpha1", "ListOptions", 4),
-    ("admissionregistration.k8s.io/v1alpha1", "MutatingAdmissionPolicy", 42),
-    ("admissionregistration.k8s.io/v1alpha1", "MutatingAdmissionPolicyBinding", 52),
-    ("admissionregistration.k8s.io/v1alpha1", "MutatingAdmissionPolicyBindingList", 55),
-    ("admissionregistration.k8s.io/v1alpha1", "MutatingAdmissionPolicyList", 56),
-    ("admissionregistration.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("admissionregistration.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("admissionregistration.k8s.io/v1alpha1", "ValidatingAdmissionPolicy", 57),
-    ("admissionregistration.k8s.io/v1alpha1", "ValidatingAdmissionPolicyBinding", 64),
-    ("admissionregistration.k8s.io/v1alpha1", "ValidatingAdmissionPolicyBindingList", 66),
-    ("admissionregistration.k8s.io/v1alpha1", "ValidatingAdmissionPolicyList", 67),
-    ("admissionregistration.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("admissionregistration.k8s.io/v1beta1", "CreateOptions", 0),
-    ("admissionregistration.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("admissionregistration.k8s.io/v1beta1", "GetOptions", 3),
-    ("admissionregistration.k8s.io/v1beta1", "ListOptions", 4),
-    ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicy", 68),
-    ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicyBinding", 78),
-    ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicyBindingList", 81),
-    ("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicyList", 82),
-    ("admissionregistration.k8s.io/v1beta1", "MutatingWebhookConfiguration", 83),
-    ("admissionregistration.k8s.io/v1beta1", "MutatingWebhookConfigurationList", 87),
-    ("admissionregistration.k8s.io/v1beta1", "PatchOptions", 19),
-    ("admissionregistration.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("admissionregistration.k8s.io/v1beta1", "ValidatingAdmissionPolicy", 88),
-    ("admissionregistration.k8s.io/v1beta1", "ValidatingAdmissionPolicyBinding", 95),
-    ("admissionregistration.k8s.io/v1beta1", "ValidatingAdmissionPolicyBindingList", 97),
-    ("admissionregistration.k8s.io/v1beta1", "ValidatingAdmissionPolicyList", 98),
-    ("admissionregistration.k8s.io/v1beta1", "ValidatingWebhookConfiguration", 99),
-    ("admissionregistration.k8s.io/v1beta1", "ValidatingWebhookConfigurationList", 101),
-    ("admissionregistration.k8s.io/v1beta1", "WatchEvent", 41),
-    ("apiextensions.k8s.io/v1", "ConversionReview", 102),
-    ("apiextensions.k8s.io/v1", "CreateOptions", 0),
-    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", 108),
-    ("apiextensions.k8s.io/v1", "CustomResourceDefinitionList", 127),
-    ("apiextensions.k8s.io/v1", "DeleteOptions", 1),
-    ("apiextensions.k8s.io/v1", "GetOptions", 3),
-    ("apiextensions.k8s.io/v1", "ListOptions", 4),
-    ("apiextensions.k8s.io/v1", "PatchOptions", 19),
-    ("apiextensions.k8s.io/v1", "UpdateOptions", 20),
-    ("apiextensions.k8s.io/v1", "WatchEvent", 41),
-    ("apiextensions.k8s.io/v1beta1", "ConversionReview", 128),
-    ("apiextensions.k8s.io/v1beta1", "CreateOptions", 0),
-    ("apiextensions.k8s.io/v1beta1", "CustomResourceDefinition", 131),
-    ("apiextensions.k8s.io/v1beta1", "CustomResourceDefinitionList", 149),
-    ("apiextensions.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("apiextensions.k8s.io/v1beta1", "GetOptions", 3),
-    ("apiextensions.k8s.io/v1beta1", "ListOptions", 4),
-    ("apiextensions.k8s.io/v1beta1", "PatchOptions", 19),
-    ("apiextensions.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("apiextensions.k8s.io/v1beta1", "WatchEvent", 41),
-    ("apiregistration.k8s.io/v1", "APIService", 150),
-    ("apiregistration.k8s.io/v1", "APIServiceList", 155),
-    ("apiregistration.k8s.io/v1", "CreateOptions", 0),
-    ("apiregistration.k8s.io/v1", "DeleteOptions", 1),
-    ("apiregistration.k8s.io/v1", "GetOptions", 3),
-    ("apiregistration.k8s.io/v1", "ListOptions", 4),
-    ("apiregistration.k8s.io/v1", "PatchOptions", 19),
-    ("apiregistration.k8s.io/v1", "UpdateOptions", 20),
-    ("apiregistration.k8s.io/v1", "WatchEvent", 41),
-    ("apiregistration.k8s.io/v1beta1", "APIService", 156),
-    ("apiregistration.k8s.io/v1beta1", "APIServiceList", 161),
-    ("apiregistration.k8s.io/v1beta1", "CreateOptions", 0),
-    ("apiregistration.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("apiregistration.k8s.io/v1beta1", "GetOptions", 3),
-    ("apiregistration.k8s.io/v1beta1", "ListOptions", 4),
-    ("apiregistration.k8s.io/v1beta1", "PatchOptions", 19),
-    ("apiregistration.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("apiregistration.k8s.io/v1beta1", "WatchEvent", 41),
-    ("apps/v1", "ControllerRevision", 162),
-    ("apps/v1", "ControllerRevisionList", 163),
-    ("apps/v1", "CreateOptions", 0),
-    ("apps/v1", "DaemonSet", 164),
-    ("apps/v1", "DaemonSetList", 278),
-    ("apps/v1", "DeleteOptions", 1),
-    ("apps/v1", "Deployment", 279),
-    ("apps/v1", "DeploymentList", 285),
-    ("apps/v1", "GetOptions", 3),
-    ("apps/v1", "ListOptions", 4),
-    ("apps/v1", "PatchOptions", 19),
-    ("apps/v1", "ReplicaSet", 286),
-    ("apps/v1", "ReplicaSetList", 290),
-    ("apps/v1", "StatefulSet", 291),
-    ("apps/v1", "StatefulSetList", 303),
-    ("apps/v1", "UpdateOptions", 20),
-    ("apps/v1", "WatchEvent", 41),
-    ("apps/v1beta1", "ControllerRevision", 304),
-    ("apps/v1beta1", "ControllerRevisionList", 305),
-    ("apps/v1beta1", "CreateOptions", 0),
-    ("apps/v1beta1", "DeleteOptions", 1),
-    ("apps/v1beta1", "Deployment", 306),
-    ("apps/v1beta1", "DeploymentList", 313),
-    ("apps/v1beta1", "DeploymentRollback", 314),
-    ("apps/v1beta1", "GetOptions", 3),
-    ("apps/v1beta1", "ListOptions", 4),
-    ("apps/v1beta1", "PatchOptions", 19),
-    ("apps/v1beta1", "Scale", 315),
-    ("apps/v1beta1", "StatefulSet", 318),
-    ("apps/v1beta1", "StatefulSetList", 326),
-    ("apps/v1beta1", "UpdateOptions", 20),
-    ("apps/v1beta1", "WatchEvent", 41),
-    ("apps/v1beta2", "ControllerRevision", 327),
-    ("apps/v1beta2", "ControllerRevisionList", 328),
-    ("apps/v1beta2", "CreateOptions", 0),
-    ("apps/v1beta2", "DaemonSet", 329),
-    ("apps/v1beta2", "DaemonSetList", 335),
-    ("apps/v1beta2", "DeleteOptions", 1),
-    ("apps/v1beta2", "Deployment", 336),
-    ("apps/v1beta2", "DeploymentList", 342),
-    ("apps/v1beta2", "GetOptions", 3),
-    ("apps/v1beta2", "ListOptions", 4),
-    ("apps/v1beta2", "PatchOptions", 19),
-    ("apps/v1beta2", "ReplicaSet", 343),
-    ("apps/v1beta2", "ReplicaSetList", 347),
-    ("apps/v1beta2", "Scale", 348),
-    ("apps/v1beta2", "StatefulSet", 351),
-    ("apps/v1beta2", "StatefulSetList", 359),
-    ("apps/v1beta2", "UpdateOptions", 20),
-    ("apps/v1beta2", "WatchEvent", 41),
-    ("authentication.k8s.io/v1", "CreateOptions", 0),
-    ("authentication.k8s.io/v1", "DeleteOptions", 1),
-    ("authentication.k8s.io/v1", "GetOptions", 3),
-    ("authentication.k8s.io/v1", "ListOptions", 4),
-    ("authentication.k8s.io/v1", "PatchOptions", 19),
-    ("authentication.k8s.io/v1", "SelfSubjectReview", 360),
-    ("authentication.k8s.io/v1", "TokenRequest", 363),
-    ("authentication.k8s.io/v1", "TokenReview", 367),
-    ("authentication.k8s.io/v1", "UpdateOptions", 20),
-    ("authentication.k8s.io/v1", "WatchEvent", 41),
-    ("authentication.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("authentication.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("authentication.k8s.io/v1alpha1", "GetOptions", 3),
-    ("authentication.k8s.io/v1alpha1", "ListOptions", 4),
-    ("authentication.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("authentication.k8s.io/v1alpha1", "SelfSubjectReview", 370),
-    ("authentication.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("authentication.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("authentication.k8s.io/v1beta1", "CreateOptions", 0),
-    ("authentication.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("authentication.k8s.io/v1beta1", "GetOptions", 3),
-    ("authentication.k8s.io/v1beta1", "ListOptions", 4),
-    ("authentication.k8s.io/v1beta1", "PatchOptions", 19),
-    ("authentication.k8s.io/v1beta1", "SelfSubjectReview", 372),
-    ("authentication.k8s.io/v1beta1", "TokenReview", 374),
-    ("authentication.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("authentication.k8s.io/v1beta1", "WatchEvent", 41),
-    ("authorization.k8s.io/v1", "CreateOptions", 0),
-    ("authorization.k8s.io/v1", "DeleteOptions", 1),
-    ("authorization.k8s.io/v1", "GetOptions", 3),
-    ("authorization.k8s.io/v1", "ListOptions", 4),
-    ("authorization.k8s.io/v1", "LocalSubjectAccessReview", 378),
-    ("authorization.k8s.io/v1", "PatchOptions", 19),
-    ("authorization.k8s.io/v1", "SelfSubjectAccessReview", 386),
-    ("authorization.k8s.io/v1", "SelfSubjectRulesReview", 388),
-    ("authorization.k8s.io/v1", "SubjectAccessReview", 393),
-    ("authorization.k8s.io/v1", "UpdateOptions", 20),
-    ("authorization.k8s.io/v1", "WatchEvent", 41),
-    ("authorization.k8s.io/v1beta1", "CreateOptions", 0),
-    ("authorization.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("authorization.k8s.io/v1beta1", "GetOptions", 3),
-    ("authorization.k8s.io/v1beta1", "ListOptions", 4),
-    ("authorization.k8s.io/v1beta1", "LocalSubjectAccessReview", 394),
-    ("authorization.k8s.io/v1beta1", "PatchOptions", 19),
-    ("authorization.k8s.io/v1beta1", "SelfSubjectAccessReview", 399),
-    ("authorization.k8s.io/v1beta1", "SelfSubjectRulesReview", 401),
-    ("authorization.k8s.io/v1beta1", "SubjectAccessReview", 406),
-    ("authorization.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("authorization.k8s.io/v1beta1", "WatchEvent", 41),
-    ("autoscaling/v1", "CreateOptions", 0),
-    ("autoscaling/v1", "DeleteOptions", 1),
-    ("autoscaling/v1", "GetOptions", 3),
-    ("autoscaling/v1", "HorizontalPodAutoscaler", 407),
-    ("autoscaling/v1", "HorizontalPodAutoscalerList", 411),
-    ("autoscaling/v1", "ListOptions", 4),
-    ("autoscaling/v1", "PatchOptions", 19),
-    ("autoscaling/v1", "Scale", 412),
-    ("autoscaling/v1", "UpdateOptions", 20),
-    ("autoscaling/v1", "WatchEvent", 41),
-    ("autoscaling/v2", "CreateOptions", 0),
-    ("autoscaling/v2", "DeleteOptions", 1),
-    ("autoscaling/v2", "GetOptions", 3),
-    ("autoscaling/v2", "HorizontalPodAutoscaler", 415),
-    ("autoscaling/v2", "HorizontalPodAutoscalerList", 438),
-    ("autoscaling/v2", "ListOptions", 4),
-    ("autoscaling/v2", "PatchOptions", 19),
-    ("autoscaling/v2", "UpdateOptions", 20),
-    ("autoscaling/v2", "WatchEvent", 41),
-    ("autoscaling/v2beta1", "CreateOptions", 0),
-    ("autoscaling/v2beta1", "DeleteOptions", 1),
-    ("autoscaling/v2beta1", "GetOptions", 3),
-    ("autoscaling/v2beta1", "HorizontalPodAutoscaler", 439),
-    ("autoscaling/v2beta1", "HorizontalPodAutoscalerList", 456),
-    ("autoscaling/v2beta1", "ListOptions", 4),
-    ("autoscaling/v2beta1", "PatchOptions", 19),
-    ("autoscaling/v2beta1", "UpdateOptions", 20),
-    ("autoscaling/v2beta1", "WatchEvent", 41),
-    ("autoscaling/v2beta2", "CreateOptions", 0),
-    ("autoscaling/v2beta2", "DeleteOptions", 1),
-    ("autoscaling/v2beta2", "GetOptions", 3),
-    ("autoscaling/v2beta2", "HorizontalPodAutoscaler", 457),
-    ("autoscaling/v2beta2", "HorizontalPodAutoscalerList", 480),
-    ("autoscaling/v2beta2", "ListOptions", 4),
-    ("autoscaling/v2beta2", "PatchOptions", 19),
-    ("autoscaling/v2beta2", "UpdateOptions", 20),
-    ("autoscaling/v2beta2", "WatchEvent", 41),
-    ("batch/v1", "CreateOptions", 0),
-    ("batch/v1", "CronJob", 481),
-    ("batch/v1", "CronJobList", 493),
-    ("batch/v1", "DeleteOptions", 1),
-    ("batch/v1", "GetOptions", 3),
-    ("batch/v1", "Job", 494),
-    ("batch/v1", "JobList", 498),
-    ("batch/v1", "ListOptions", 4),
-    ("batch/v1", "PatchOptions", 19),
-    ("batch/v1", "UpdateOptions", 20),
-    ("batch/v1", "WatchEvent", 41),
-    ("batch/v1beta1", "CreateOptions", 0),
-    ("batch/v1beta1", "CronJob", 499),
-    ("batch/v1beta1", "CronJobList", 503),
-    ("batch/v1beta1", "DeleteOptions", 1),
-    ("batch/v1beta1", "GetOptions", 3),
-    ("batch/v1beta1", "ListOptions", 4),
-    ("batch/v1beta1", "PatchOptions", 19),
-    ("batch/v1beta1", "UpdateOptions", 20),
-    ("batch/v1beta1", "WatchEvent", 41),
-    ("certificates.k8s.io/v1", "CertificateSigningRequest", 504),
-    ("certificates.k8s.io/v1", "CertificateSigningRequestList", 508),
-    ("certificates.k8s.io/v1", "CreateOptions", 0),
-    ("certificates.k8s.io/v1", "DeleteOptions", 1),
-    ("certificates.k8s.io/v1", "GetOptions", 3),
-    ("certificates.k8s.io/v1", "ListOptions", 4),
-    ("certificates.k8s.io/v1", "PatchOptions", 19),
-    ("certificates.k8s.io/v1", "UpdateOptions", 20),
-    ("certificates.k8s.io/v1", "WatchEvent", 41),
-    ("certificates.k8s.io/v1alpha1", "ClusterTrustBundle", 509),
-    ("certificates.k8s.io/v1alpha1", "ClusterTrustBundleList", 511),
-    ("certificates.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("certificates.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("certificates.k8s.io/v1alpha1", "GetOptions", 3),
-    ("certificates.k8s.io/v1alpha1", "ListOptions", 4),
-    ("certificates.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("certificates.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("certificates.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("certificates.k8s.io/v1beta1", "CertificateSigningRequest", 512),
-    ("certificates.k8s.io/v1beta1", "CertificateSigningRequestList", 516),
-    ("certificates.k8s.io/v1beta1", "ClusterTrustBundle", 517),
-    ("certificates.k8s.io/v1beta1", "ClusterTrustBundleList", 519),
-    ("certificates.k8s.io/v1beta1", "CreateOptions", 0),
-    ("certificates.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("certificates.k8s.io/v1beta1", "GetOptions", 3),
-    ("certificates.k8s.io/v1beta1", "ListOptions", 4),
-    ("certificates.k8s.io/v1beta1", "PatchOptions", 19),
-    ("certificates.k8s.io/v1beta1", "PodCertificateRequest", 520),
-    ("certificates.k8s.io/v1beta1", "PodCertificateRequestList", 523),
-    ("certificates.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("certificates.k8s.io/v1beta1", "WatchEvent", 41),
-    ("coordination.k8s.io/v1", "CreateOptions", 0),
-    ("coordination.k8s.io/v1", "DeleteOptions", 1),
-    ("coordination.k8s.io/v1", "GetOptions", 3),
-    ("coordination.k8s.io/v1", "Lease", 524),
-    ("coordination.k8s.io/v1", "LeaseList", 526),
-    ("coordination.k8s.io/v1", "ListOptions", 4),
-    ("coordination.k8s.io/v1", "PatchOptions", 19),
-    ("coordination.k8s.io/v1", "UpdateOptions", 20),
-    ("coordination.k8s.io/v1", "WatchEvent", 41),
-    ("coordination.k8s.io/v1alpha2", "CreateOptions", 0),
-    ("coordination.k8s.io/v1alpha2", "DeleteOptions", 1),
-    ("coordination.k8s.io/v1alpha2", "GetOptions", 3),
-    ("coordination.k8s.io/v1alpha2", "LeaseCandidate", 527),
-    ("coordination.k8s.io/v1alpha2", "LeaseCandidateList", 529),
-    ("coordination.k8s.io/v1alpha2", "ListOptions", 4),
-    ("coordination.k8s.io/v1alpha2", "PatchOptions", 19),
-    ("coordination.k8s.io/v1alpha2", "UpdateOptions", 20),
-    ("coordination.k8s.io/v1alpha2", "WatchEvent", 41),
-    ("coordination.k8s.io/v1beta1", "CreateOptions", 0),
-    ("coordination.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("coordination.k8s.io/v1beta1", "GetOptions", 3),
-    ("coordination.k8s.io/v1beta1", "Lease", 530),
-    ("coordination.k8s.io/v1beta1", "LeaseCandidate", 532),
-    ("coordination.k8s.io/v1beta1", "LeaseCandidateList", 534),
-    ("coordination.k8s.io/v1beta1", "LeaseList", 535),
-    ("coordination.k8s.io/v1beta1", "ListOptions", 4),
-    ("coordination.k8s.io/v1beta1", "PatchOptions", 19),
-    ("coordination.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("coordination.k8s.io/v1beta1", "WatchEvent", 41),
-    ("discovery.k8s.io/v1", "CreateOptions", 0),
-    ("discovery.k8s.io/v1", "DeleteOptions", 1),
-    ("discovery.k8s.io/v1", "EndpointSlice", 536),
-    ("discovery.k8s.io/v1", "EndpointSliceList", 543),
-    ("discovery.k8s.io/v1", "GetOptions", 3),
-    ("discovery.k8s.io/v1", "ListOptions", 4),
-    ("discovery.k8s.io/v1", "PatchOptions", 19),
-    ("discovery.k8s.io/v1", "UpdateOptions", 20),
-    ("discovery.k8s.io/v1", "WatchEvent", 41),
-    ("discovery.k8s.io/v1beta1", "CreateOptions", 0),
-    ("discovery.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("discovery.k8s.io/v1beta1", "EndpointSlice", 544),
-    ("discovery.k8s.io/v1beta1", "EndpointSliceList", 551),
-    ("discovery.k8s.io/v1beta1", "GetOptions", 3),
-    ("discovery.k8s.io/v1beta1", "ListOptions", 4),
-    ("discovery.k8s.io/v1beta1", "PatchOptions", 19),
-    ("discovery.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("discovery.k8s.io/v1beta1", "WatchEvent", 41),
-    ("events.k8s.io/v1", "CreateOptions", 0),
-    ("events.k8s.io/v1", "DeleteOptions", 1),
-    ("events.k8s.io/v1", "Event", 552),
-    ("events.k8s.io/v1", "EventList", 555),
-    ("events.k8s.io/v1", "GetOptions", 3),
-    ("events.k8s.io/v1", "ListOptions", 4),
-    ("events.k8s.io/v1", "PatchOptions", 19),
-    ("events.k8s.io/v1", "UpdateOptions", 20),
-    ("events.k8s.io/v1", "WatchEvent", 41),
-    ("events.k8s.io/v1beta1", "CreateOptions", 0),
-    ("events.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("events.k8s.io/v1beta1", "Event", 556),
-    ("events.k8s.io/v1beta1", "EventList", 558),
-    ("events.k8s.io/v1beta1", "GetOptions", 3),
-    ("events.k8s.io/v1beta1", "ListOptions", 4),
-    ("events.k8s.io/v1beta1", "PatchOptions", 19),
-    ("events.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("events.k8s.io/v1beta1", "WatchEvent", 41),
-    ("extensions/v1beta1", "CreateOptions", 0),
-    ("extensions/v1beta1", "DaemonSet", 559),
-    ("extensions/v1beta1", "DaemonSetList", 565),
-    ("extensions/v1beta1", "DeleteOptions", 1),
-    ("extensions/v1beta1", "Deployment", 566),
-    ("extensions/v1beta1", "DeploymentList", 573),
-    ("extensions/v1beta1", "DeploymentRollback", 574),
-    ("extensions/v1beta1", "GetOptions", 3),
-    ("extensions/v1beta1", "Ingress", 575),
-    ("extensions/v1beta1", "IngressList", 587),
-    ("extensions/v1beta1", "ListOptions", 4),
-    ("extensions/v1beta1", "NetworkPolicy", 588),
-    ("extensions/v1beta1", "NetworkPolicyList", 595),
-    ("extensions/v1beta1", "PatchOptions", 19),
-    ("extensions/v1beta1", "ReplicaSet", 596),
-    ("extensions/v1beta1", "ReplicaSetList", 600),
-    ("extensions/v1beta1", "Scale", 601),
-    ("extensions/v1beta1", "UpdateOptions", 20),
-    ("extensions/v1beta1", "WatchEvent", 41),
-    ("flowcontrol.apiserver.k8s.io/v1", "CreateOptions", 0),
-    ("flowcontrol.apiserver.k8s.io/v1", "DeleteOptions", 1),
-    ("flowcontrol.apiserver.k8s.io/v1", "FlowSchema", 604),
-    ("flowcontrol.apiserver.k8s.io/v1", "FlowSchemaList", 617),
-    ("flowcontrol.apiserver.k8s.io/v1", "GetOptions", 3),
-    ("flowcontrol.apiserver.k8s.io/v1", "ListOptions", 4),
-    ("flowcontrol.apiserver.k8s.io/v1", "PatchOptions", 19),
-    ("flowcontrol.apiserver.k8s.io/v1", "PriorityLevelConfiguration", 618),
-    ("flowcontrol.apiserver.k8s.io/v1", "PriorityLevelConfigurationList", 626),
-    ("flowcontrol.apiserver.k8s.io/v1", "UpdateOptions", 20),
-    ("flowcontrol.apiserver.k8s.io/v1", "WatchEvent", 41),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "CreateOptions", 0),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "FlowSchema", 627),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "FlowSchemaList", 640),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "GetOptions", 3),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "ListOptions", 4),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "PatchOptions", 19),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "PriorityLevelConfiguration", 641),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "PriorityLevelConfigurationList", 649),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("flowcontrol.apiserver.k8s.io/v1beta1", "WatchEvent", 41),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "CreateOptions", 0),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "DeleteOptions", 1),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "FlowSchema", 650),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "FlowSchemaList", 663),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "GetOptions", 3),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "ListOptions", 4),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "PatchOptions", 19),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "PriorityLevelConfiguration", 664),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "PriorityLevelConfigurationList", 672),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "UpdateOptions", 20),
-    ("flowcontrol.apiserver.k8s.io/v1beta2", "WatchEvent", 41),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "CreateOptions", 0),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "DeleteOptions", 1),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "FlowSchema", 673),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "FlowSchemaList", 686),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "GetOptions", 3),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "ListOptions", 4),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "PatchOptions", 19),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "PriorityLevelConfiguration", 687),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "PriorityLevelConfigurationList", 695),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "UpdateOptions", 20),
-    ("flowcontrol.apiserver.k8s.io/v1beta3", "WatchEvent", 41),
-    ("internal.apiserver.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("internal.apiserver.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("internal.apiserver.k8s.io/v1alpha1", "GetOptions", 3),
-    ("internal.apiserver.k8s.io/v1alpha1", "ListOptions", 4),
-    ("internal.apiserver.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("internal.apiserver.k8s.io/v1alpha1", "StorageVersion", 696),
-    ("internal.apiserver.k8s.io/v1alpha1", "StorageVersionList", 701),
-    ("internal.apiserver.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("internal.apiserver.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("meta.k8s.io/v1", "CreateOptions", 0),
-    ("meta.k8s.io/v1", "DeleteOptions", 1),
-    ("meta.k8s.io/v1", "GetOptions", 3),
-    ("meta.k8s.io/v1", "ListOptions", 4),
-    ("meta.k8s.io/v1", "PartialObjectMetadata", 702),
-    ("meta.k8s.io/v1", "PartialObjectMetadataList", 703),
-    ("meta.k8s.io/v1", "PatchOptions", 19),
-    ("meta.k8s.io/v1", "TableOptions", 704),
-    ("meta.k8s.io/v1", "UpdateOptions", 20),
-    ("meta.k8s.io/v1", "WatchEvent", 41),
-    ("meta.k8s.io/v1beta1", "PartialObjectMetadata", 702),
-    ("meta.k8s.io/v1beta1", "PartialObjectMetadataList", 705),
-    ("meta.k8s.io/v1beta1", "TableOptions", 704),
-    ("networking.k8s.io/v1", "CreateOptions", 0),
-    ("networking.k8s.io/v1", "DeleteOptions", 1),
-    ("networking.k8s.io/v1", "GetOptions", 3),
-    ("networking.k8s.io/v1", "IPAddress", 706),
-    ("networking.k8s.io/v1", "IPAddressList", 709),
-    ("networking.k8s.io/v1", "Ingress", 710),
-    ("networking.k8s.io/v1", "IngressClass", 724),
-    ("networking.k8s.io/v1", "IngressClassList", 727),
-    ("networking.k8s.io/v1", "IngressList", 728),
-    ("networking.k8s.io/v1", "ListOptions", 4),
-    ("networking.k8s.io/v1", "NetworkPolicy", 729),
-    ("networking.k8s.io/v1", "NetworkPolicyList", 736),
-    ("networking.k8s.io/v1", "PatchOptions", 19),
-    ("networking.k8s.io/v1", "ServiceCIDR", 737),
-    ("networking.k8s.io/v1", "ServiceCIDRList", 740),
-    ("networking.k8s.io/v1", "UpdateOptions", 20),
-    ("networking.k8s.io/v1", "WatchEvent", 41),
-    ("networking.k8s.io/v1beta1", "CreateOptions", 0),
-    ("networking.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("networking.k8s.io/v1beta1", "GetOptions", 3),
-    ("networking.k8s.io/v1beta1", "IPAddress", 741),
-    ("networking.k8s.io/v1beta1", "IPAddressList", 744),
-    ("networking.k8s.io/v1beta1", "Ingress", 745),
-    ("networking.k8s.io/v1beta1", "IngressClass", 757),
-    ("networking.k8s.io/v1beta1", "IngressClassList", 760),
-    ("networking.k8s.io/v1beta1", "IngressList", 761),
-    ("networking.k8s.io/v1beta1", "ListOptions", 4),
-    ("networking.k8s.io/v1beta1", "PatchOptions", 19),
-    ("networking.k8s.io/v1beta1", "ServiceCIDR", 762),
-    ("networking.k8s.io/v1beta1", "ServiceCIDRList", 765),
-    ("networking.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("networking.k8s.io/v1beta1", "WatchEvent", 41),
-    ("node.k8s.io/v1", "CreateOptions", 0),
-    ("node.k8s.io/v1", "DeleteOptions", 1),
-    ("node.k8s.io/v1", "GetOptions", 3),
-    ("node.k8s.io/v1", "ListOptions", 4),
-    ("node.k8s.io/v1", "PatchOptions", 19),
-    ("node.k8s.io/v1", "RuntimeClass", 766),
-    ("node.k8s.io/v1", "RuntimeClassList", 769),
-    ("node.k8s.io/v1", "UpdateOptions", 20),
-    ("node.k8s.io/v1", "WatchEvent", 41),
-    ("node.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("node.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("node.k8s.io/v1alpha1", "GetOptions", 3),
-    ("node.k8s.io/v1alpha1", "ListOptions", 4),
-    ("node.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("node.k8s.io/v1alpha1", "RuntimeClass", 770),
-    ("node.k8s.io/v1alpha1", "RuntimeClassList", 774),
-    ("node.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("node.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("node.k8s.io/v1beta1", "CreateOptions", 0),
-    ("node.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("node.k8s.io/v1beta1", "GetOptions", 3),
-    ("node.k8s.io/v1beta1", "ListOptions", 4),
-    ("node.k8s.io/v1beta1", "PatchOptions", 19),
-    ("node.k8s.io/v1beta1", "RuntimeClass", 775),
-    ("node.k8s.io/v1beta1", "RuntimeClassList", 778),
-    ("node.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("node.k8s.io/v1beta1", "WatchEvent", 41),
-    ("policy/v1", "CreateOptions", 0),
-    ("policy/v1", "DeleteOptions", 1),
-    ("policy/v1", "Eviction", 779),
-    ("policy/v1", "GetOptions", 3),
-    ("policy/v1", "ListOptions", 4),
-    ("policy/v1", "PatchOptions", 19),
-    ("policy/v1", "PodDisruptionBudget", 780),
-    ("policy/v1", "PodDisruptionBudgetList", 783),
-    ("policy/v1", "UpdateOptions", 20),
-    ("policy/v1", "WatchEvent", 41),
-    ("policy/v1beta1", "CreateOptions", 0),
-    ("policy/v1beta1", "DeleteOptions", 1),
-    ("policy/v1beta1", "Eviction", 784),
-    ("policy/v1beta1", "GetOptions", 3),
-    ("policy/v1beta1", "ListOptions", 4),
-    ("policy/v1beta1", "PatchOptions", 19),
-    ("policy/v1beta1", "PodDisruptionBudget", 785),
-    ("policy/v1beta1", "PodDisruptionBudgetList", 788),
-    ("policy/v1beta1", "UpdateOptions", 20),
-    ("policy/v1beta1", "WatchEvent", 41),
-    ("rbac.authorization.k8s.io/v1", "ClusterRole", 789),
-    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", 792),
-    ("rbac.authorization.k8s.io/v1", "ClusterRoleBindingList", 795),
-    ("rbac.authorization.k8s.io/v1", "ClusterRoleList", 796),
-    ("rbac.authorization.k8s.io/v1", "CreateOptions", 0),
-    ("rbac.authorization.k8s.io/v1", "DeleteOptions", 1),
-    ("rbac.authorization.k8s.io/v1", "GetOptions", 3),
-    ("rbac.authorization.k8s.io/v1", "ListOptions", 4),
-    ("rbac.authorization.k8s.io/v1", "PatchOptions", 19),
-    ("rbac.authorization.k8s.io/v1", "Role", 797),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding", 798),
-    ("rbac.authorization.k8s.io/v1", "RoleBindingList", 799),
-    ("rbac.authorization.k8s.io/v1", "RoleList", 800),
-    ("rbac.authorization.k8s.io/v1", "UpdateOptions", 20),
-    ("rbac.authorization.k8s.io/v1", "WatchEvent", 41),
-    ("rbac.authorization.k8s.io/v1alpha1", "ClusterRole", 801),
-    ("rbac.authorization.k8s.io/v1alpha1", "ClusterRoleBinding", 804),
-    ("rbac.authorization.k8s.io/v1alpha1", "ClusterRoleBindingList", 807),
-    ("rbac.authorization.k8s.io/v1alpha1", "ClusterRoleList", 808),
-    ("rbac.authorization.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("rbac.authorization.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("rbac.authorization.k8s.io/v1alpha1", "GetOptions", 3),
-    ("rbac.authorization.k8s.io/v1alpha1", "ListOptions", 4),
-    ("rbac.authorization.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("rbac.authorization.k8s.io/v1alpha1", "Role", 809),
-    ("rbac.authorization.k8s.io/v1alpha1", "RoleBinding", 810),
-    ("rbac.authorization.k8s.io/v1alpha1", "RoleBindingList", 811),
-    ("rbac.authorization.k8s.io/v1alpha1", "RoleList", 812),
-    ("rbac.authorization.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("rbac.authorization.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("rbac.authorization.k8s.io/v1beta1", "ClusterRole", 813),
-    ("rbac.authorization.k8s.io/v1beta1", "ClusterRoleBinding", 816),
-    ("rbac.authorization.k8s.io/v1beta1", "ClusterRoleBindingList", 819),
-    ("rbac.authorization.k8s.io/v1beta1", "ClusterRoleList", 820),
-    ("rbac.authorization.k8s.io/v1beta1", "CreateOptions", 0),
-    ("rbac.authorization.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("rbac.authorization.k8s.io/v1beta1", "GetOptions", 3),
-    ("rbac.authorization.k8s.io/v1beta1", "ListOptions", 4),
-    ("rbac.authorization.k8s.io/v1beta1", "PatchOptions", 19),
-    ("rbac.authorization.k8s.io/v1beta1", "Role", 821),
-    ("rbac.authorization.k8s.io/v1beta1", "RoleBinding", 822),
-    ("rbac.authorization.k8s.io/v1beta1", "RoleBindingList", 823),
-    ("rbac.authorization.k8s.io/v1beta1", "RoleList", 824),
-    ("rbac.authorization.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("rbac.authorization.k8s.io/v1beta1", "WatchEvent", 41),
-    ("resource.k8s.io/v1", "CreateOptions", 0),
-    ("resource.k8s.io/v1", "DeleteOptions", 1),
-    ("resource.k8s.io/v1", "DeviceClass", 825),
-    ("resource.k8s.io/v1", "DeviceClassList", 832),
-    ("resource.k8s.io/v1", "GetOptions", 3),
-    ("resource.k8s.io/v1", "ListOptions", 4),
-    ("resource.k8s.io/v1", "PatchOptions", 19),
-    ("resource.k8s.io/v1", "ResourceClaim", 833),
-    ("resource.k8s.io/v1", "ResourceClaimList", 851),
-    ("resource.k8s.io/v1", "ResourceClaimTemplate", 852),
-    ("resource.k8s.io/v1", "ResourceClaimTemplateList", 854),
-    ("resource.k8s.io/v1", "ResourceSlice", 855),
-    ("resource.k8s.io/v1", "ResourceSliceList", 867),
-    ("resource.k8s.io/v1", "UpdateOptions", 20),
-    ("resource.k8s.io/v1", "WatchEvent", 41),
-    ("resource.k8s.io/v1alpha3", "CreateOptions", 0),
-    ("resource.k8s.io/v1alpha3", "DeleteOptions", 1),
-    ("resource.k8s.io/v1alpha3", "DeviceTaintRule", 868),
-    ("resource.k8s.io/v1alpha3", "DeviceTaintRuleList", 873),
-    ("resource.k8s.io/v1alpha3", "GetOptions", 3),
-    ("resource.k8s.io/v1alpha3", "ListOptions", 4),
-    ("resource.k8s.io/v1alpha3", "PatchOptions", 19),
-    ("resource.k8s.io/v1alpha3", "UpdateOptions", 20),
-    ("resource.k8s.io/v1alpha3", "WatchEvent", 41),
-    ("resource.k8s.io/v1beta1", "CreateOptions", 0),
-    ("resource.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("resource.k8s.io/v1beta1", "DeviceClass", 874),
-    ("resource.k8s.io/v1beta1", "DeviceClassList", 881),
-    ("resource.k8s.io/v1beta1", "GetOptions", 3),
-    ("resource.k8s.io/v1beta1", "ListOptions", 4),
-    ("resource.k8s.io/v1beta1", "PatchOptions", 19),
-    ("resource.k8s.io/v1beta1", "ResourceClaim", 882),
-    ("resource.k8s.io/v1beta1", "ResourceClaimList", 899),
-    ("resource.k8s.io/v1beta1", "ResourceClaimTemplate", 900),
-    ("resource.k8s.io/v1beta1", "ResourceClaimTemplateList", 902),
-    ("resource.k8s.io/v1beta1", "ResourceSlice", 903),
-    ("resource.k8s.io/v1beta1", "ResourceSliceList", 916),
-    ("resource.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("resource.k8s.io/v1beta1", "WatchEvent", 41),
-    ("resource.k8s.io/v1beta2", "CreateOptions", 0),
-    ("resource.k8s.io/v1beta2", "DeleteOptions", 1),
-    ("resource.k8s.io/v1beta2", "DeviceClass", 917),
-    ("resource.k8s.io/v1beta2", "DeviceClassList", 924),
-    ("resource.k8s.io/v1beta2", "GetOptions", 3),
-    ("resource.k8s.io/v1beta2", "ListOptions", 4),
-    ("resource.k8s.io/v1beta2", "PatchOptions", 19),
-    ("resource.k8s.io/v1beta2", "ResourceClaim", 925),
-    ("resource.k8s.io/v1beta2", "ResourceClaimList", 943),
-    ("resource.k8s.io/v1beta2", "ResourceClaimTemplate", 944),
-    ("resource.k8s.io/v1beta2", "ResourceClaimTemplateList", 946),
-    ("resource.k8s.io/v1beta2", "ResourceSlice", 947),
-    ("resource.k8s.io/v1beta2", "ResourceSliceList", 959),
-    ("resource.k8s.io/v1beta2", "UpdateOptions", 20),
-    ("resource.k8s.io/v1beta2", "WatchEvent", 41),
-    ("scheduling.k8s.io/v1", "CreateOptions", 0),
-    ("scheduling.k8s.io/v1", "DeleteOptions", 1),
-    ("scheduling.k8s.io/v1", "GetOptions", 3),
-    ("scheduling.k8s.io/v1", "ListOptions", 4),
-    ("scheduling.k8s.io/v1", "PatchOptions", 19),
-    ("scheduling.k8s.io/v1", "PriorityClass", 960),
-    ("scheduling.k8s.io/v1", "PriorityClassList", 961),
-    ("scheduling.k8s.io/v1", "UpdateOptions", 20),
-    ("scheduling.k8s.io/v1", "WatchEvent", 41),
-    ("scheduling.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("scheduling.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("scheduling.k8s.io/v1alpha1", "GetOptions", 3),
-    ("scheduling.k8s.io/v1alpha1", "ListOptions", 4),
-    ("scheduling.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("scheduling.k8s.io/v1alpha1", "PriorityClass", 962),
-    ("scheduling.k8s.io/v1alpha1", "PriorityClassList", 963),
-    ("scheduling.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("scheduling.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("scheduling.k8s.io/v1alpha1", "Workload", 964),
-    ("scheduling.k8s.io/v1alpha1", "WorkloadList", 971),
-    ("scheduling.k8s.io/v1beta1", "CreateOptions", 0),
-    ("scheduling.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("scheduling.k8s.io/v1beta1", "GetOptions", 3),
-    ("scheduling.k8s.io/v1beta1", "ListOptions", 4),
-    ("scheduling.k8s.io/v1beta1", "PatchOptions", 19),
-    ("scheduling.k8s.io/v1beta1", "PriorityClass", 972),
-    ("scheduling.k8s.io/v1beta1", "PriorityClassList", 973),
-    ("scheduling.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("scheduling.k8s.io/v1beta1", "WatchEvent", 41),
-    ("storage.k8s.io/v1", "CSIDriver", 974),
-    ("storage.k8s.io/v1", "CSIDriverList", 977),
-    ("storage.k8s.io/v1", "CSINode", 978),
-    ("storage.k8s.io/v1", "CSINodeList", 982),
-    ("storage.k8s.io/v1", "CSIStorageCapacity", 983),
-    ("storage.k8s.io/v1", "CSIStorageCapacityList", 984),
-    ("storage.k8s.io/v1", "CreateOptions", 0),
-    ("storage.k8s.io/v1", "DeleteOptions", 1),
-    ("storage.k8s.io/v1", "GetOptions", 3),
-    ("storage.k8s.io/v1", "ListOptions", 4),
-    ("storage.k8s.io/v1", "PatchOptions", 19),
-    ("storage.k8s.io/v1", "StorageClass", 985),
-    ("storage.k8s.io/v1", "StorageClassList", 988),
-    ("storage.k8s.io/v1", "UpdateOptions", 20),
-    ("storage.k8s.io/v1", "VolumeAttachment", 989),
-    ("storage.k8s.io/v1", "VolumeAttachmentList", 1009),
-    ("storage.k8s.io/v1", "VolumeAttributesClass", 1010),
-    ("storage.k8s.io/v1", "VolumeAttributesClassList", 1011),
-    ("storage.k8s.io/v1", "WatchEvent", 41),
-    ("storage.k8s.io/v1alpha1", "CSIStorageCapacity", 1012),
-    ("storage.k8s.io/v1alpha1", "CSIStorageCapacityList", 1013),
-    ("storage.k8s.io/v1alpha1", "CreateOptions", 0),
-    ("storage.k8s.io/v1alpha1", "DeleteOptions", 1),
-    ("storage.k8s.io/v1alpha1", "GetOptions", 3),
-    ("storage.k8s.io/v1alpha1", "ListOptions", 4),
-    ("storage.k8s.io/v1alpha1", "PatchOptions", 19),
-    ("storage.k8s.io/v1alpha1", "UpdateOptions", 20),
-    ("storage.k8s.io/v1alpha1", "VolumeAttachment", 1014),
-    ("storage.k8s.io/v1alpha1", "VolumeAttachmentList", 1019),
-    ("storage.k8s.io/v1alpha1", "VolumeAttributesClass", 1020),
-    ("storage.k8s.io/v1alpha1", "VolumeAttributesClassList", 1021),
-    ("storage.k8s.io/v1alpha1", "WatchEvent", 41),
-    ("storage.k8s.io/v1beta1", "CSIDriver", 1022),
-    ("storage.k8s.io/v1beta1", "CSIDriverList", 1025),
-    ("storage.k8s.io/v1beta1", "CSINode", 1026),
-    ("storage.k8s.io/v1beta1", "CSINodeList", 1030),
-    ("storage.k8s.io/v1beta1", "CSIStorageCapacity", 1031),
-    ("storage.k8s.io/v1beta1", "CSIStorageCapacityList", 1032),
-    ("storage.k8s.io/v1beta1", "CreateOptions", 0),
-    ("storage.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("storage.k8s.io/v1beta1", "GetOptions", 3),
-    ("storage.k8s.io/v1beta1", "ListOptions", 4),
-    ("storage.k8s.io/v1beta1", "PatchOptions", 19),
-    ("storage.k8s.io/v1beta1", "StorageClass", 1033),
-    ("storage.k8s.io/v1beta1", "StorageClassList", 1034),
-    ("storage.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("storage.k8s.io/v1beta1", "VolumeAttachment", 1035),
-    ("storage.k8s.io/v1beta1", "VolumeAttachmentList", 1040),
-    ("storage.k8s.io/v1beta1", "VolumeAttributesClass", 1041),
-    ("storage.k8s.io/v1beta1", "VolumeAttributesClassList", 1042),
-    ("storage.k8s.io/v1beta1", "WatchEvent", 41),
-    ("storagemigration.k8s.io/v1beta1", "CreateOptions", 0),
-    ("storagemigration.k8s.io/v1beta1", "DeleteOptions", 1),
-    ("storagemigration.k8s.io/v1beta1", "GetOptions", 3),
-    ("storagemigration.k8s.io/v1beta1", "ListOptions", 4),
-    ("storagemigration.k8s.io/v1beta1", "PatchOptions", 19),
-    ("storagemigration.k8s.io/v1beta1", "StorageVersionMigration", 1043),
-    ("storagemigration.k8s.io/v1beta1", "StorageVersionMigrationList", 1047),
-    ("storagemigration.k8s.io/v1beta1", "UpdateOptions", 20),
-    ("storagemigration.k8s.io/v1beta1", "WatchEvent", 41),
-    ("v1", "APIGroup", 1048),
-    ("v1", "APIGroupList", 1051),
-    ("v1", "APIResourceList", 1052),
-    ("v1", "APIVersions", 1054),
-    ("v1", "Binding", 1055),
-    ("v1", "ComponentStatus", 1056),
-    ("v1", "ComponentStatusList", 1058),
-    ("v1", "ConfigMap", 1059),
-    ("v1", "ConfigMapList", 1060),
-    ("v1", "CreateOptions", 0),
-    ("v1", "DeleteOptions", 1),
-    ("v1", "Endpoints", 1061),
-    ("v1", "EndpointsList", 1065),
-    ("v1", "Event", 1066),
-    ("v1", "EventList", 1068),
-    ("v1", "GetOptions", 3),
-    ("v1", "LimitRange", 1069),
-    ("v1", "LimitRangeList", 1072),
-    ("v1", "List", 1073),
-    ("v1", "ListOptions", 4),
-    ("v1", "Namespace", 1074),
-    ("v1", "NamespaceList", 1078),
-    ("v1", "Node", 1079),
-    ("v1", "NodeList", 1097),
-    ("v1", "NodeProxyOptions", 1098),
-    ("v1", "PatchOptions", 19),
-    ("v1", "PersistentVolume", 1099),
-    ("v1", "PersistentVolumeClaim", 293),
-    ("v1", "PersistentVolumeClaimList", 1101),
-    ("v1", "PersistentVolumeList", 1102),
-    ("v1", "Pod", 1103),
-    ("v1", "PodAttachOptions", 1121),
-    ("v1", "PodExecOptions", 1122),
-    ("v1", "PodList", 1123),
-    ("v1", "PodLogOptions", 1124),
-    ("v1", "PodPortForwardOptions", 1125),
-    ("v1", "PodProxyOptions", 1126),
-    ("v1", "PodStatusResult", 1127),
-    ("v1", "PodTemplate", 1128),
-    ("v1", "PodTemplateList", 1129),
-    ("v1", "RangeAllocation", 1130),
-    ("v1", "ReplicationController", 1131),
-    ("v1", "ReplicationControllerList", 1135),
-    ("v1", "ResourceQuota", 1136),
-    ("v1", "ResourceQuotaList", 1141),
-    ("v1", "Secret", 1142),
-    ("v1", "SecretList", 1143),
-    ("v1", "SerializedReference", 1144),
-    ("v1", "Service", 1145),
-    ("v1", "ServiceAccount", 1154),
-    ("v1", "ServiceAccountList", 1155),
-    ("v1", "ServiceList", 1156),
-    ("v1", "ServiceProxyOptions", 1157),
-    ("v1", "Status", 105),
-    ("v1", "UpdateOptions", 20),
-    ("v1", "WatchEvent", 41),
+/// The names the tables below refer to by place (offset, length): a table
+/// of pointers would be fixed up by the loader, on pages of its own, in
+/// every process, where this one stays on read-only pages until read.
+pub(super) static NAMES: &str = "\
+admissionregistration.k8s.io/v1CreateOptionsDeleteOptionsGetOptionsListOptionsMutatingWebh\
+ookConfigurationMutatingWebhookConfigurationListPatchOptionsUpdateOptionsValidatingAdmissi\
+onPolicyValidatingAdmissionPolicyBindingValidatingAdmissionPolicyBindingListValidatingAdmi\
+ssionPolicyListValidatingWebhookConfigurationValidatingWebhookConfigurationListWatchEventa\
+dmissionregistration.k8s.io/v1alpha1MutatingAdmissionPolicyMutatingAdmissionPolicyBindingM\
+utatingAdmissionPolicyBindingListMutatingAdmissionPolicyListadmissionregistration.k8s.io/v\
+1beta1apiextensions.k8s.io/v1ConversionReviewCustomResourceDefinitionCustomResourceDefinit\
+ionListapiextensions.k8s.io/v1beta1apiregistration.k8s.io/v1APIServiceAPIServiceListapireg\
+istration.k8s.io/v1beta1apps/v1ControllerRevisionControllerRevisionListDaemonSetDaemonSetL\
+istDeploymentDeploymentListReplicaSetReplicaSetListStatefulSetStatefulSetListapps/v1beta1D\
+eploymentRollbackScaleapps/v1beta2authentication.k8s.io/v1SelfSubjectReviewTokenRequestTok\
+enReviewauthentication.k8s.io/v1alpha1authentication.k8s.io/v1beta1authorization.k8s.io/v1\
+LocalSubjectAccessReviewSelfSubjectAccessReviewSelfSubjectRulesReviewSubjectAccessReviewau\
+thorization.k8s.io/v1beta1autoscaling/v1HorizontalPodAutoscalerHorizontalPodAutoscalerList\
+autoscaling/v2autoscaling/v2beta1autoscaling/v2beta2batch/v1CronJobCronJobListJobJobListba\
+tch/v1beta1certificates.k8s.io/v1CertificateSigningRequestCertificateSigningRequestListcer\
+tificates.k8s.io/v1alpha1ClusterTrustBundleClusterTrustBundleListcertificates.k8s.io/v1bet\
+a1PodCertificateRequestPodCertificateRequestListcoordination.k8s.io/v1LeaseLeaseListcoordi\
+nation.k8s.io/v1alpha2LeaseCandidateLeaseCandidateListcoordination.k8s.io/v1beta1discovery\
+.k8s.io/v1EndpointSliceEndpointSliceListdiscovery.k8s.io/v1beta1events.k8s.io/v1EventEvent\
+Listevents.k8s.io/v1beta1extensions/v1beta1IngressIngressListNetworkPolicyNetworkPolicyLis\
+tflowcontrol.apiserver.k8s.io/v1FlowSchemaFlowSchemaListPriorityLevelConfigurationPriority\
+LevelConfigurationListflowcontrol.apiserver.k8s.io/v1beta1flowcontrol.apiserver.k8s.io/v1b\
+eta2flowcontrol.apiserver.k8s.io/v1beta3internal.apiserver.k8s.io/v1alpha1StorageVersionSt\
+orageVersionListmeta.k8s.io/v1PartialObjectMetadataPartialObjectMetadataListTableOptionsme\
+ta.k8s.io/v1beta1networking.k8s.io/v1IPAddressIPAddressListIngressClassIngressClassListSer\
+viceCIDRServiceCIDRListnetworking.k8s.io/v1beta1node.k8s.io/v1RuntimeClassRuntimeClassList\
+node.k8s.io/v1alpha1node.k8s.io/v1beta1policy/v1EvictionPodDisruptionBudgetPodDisruptionBu\
+dgetListpolicy/v1beta1rbac.authorization.k8s.io/v1ClusterRoleClusterRoleBindingClusterRole\
+BindingListClusterRoleListRoleRoleBindingRoleBindingListRoleListrbac.authorization.k8s.io/\
+v1alpha1rbac.authorization.k8s.io/v1beta1resource.k8s.io/v1DeviceClassDeviceClassListResou\
+rceClaimResourceClaimListResourceClaimTemplateResourceClaimTemplateListResourceSliceResour\
+ceSliceListresource.k8s.io/v1alpha3DeviceTaintRuleDeviceTaintRuleListresource.k8s.io/v1bet\
+a1resource.k8s.io/v1beta2scheduling.k8s.io/v1PriorityClassPriorityClassListscheduling.k8s.\
+io/v1alpha1WorkloadWorkloadListscheduling.k8s.io/v1beta1storage.k8s.io/v1CSIDriverCSIDrive\
+rListCSINodeCSINodeListCSIStorageCapacityCSIStorageCapacityListStorageClassStorageClassLis\
+tVolumeAttachmentVolumeAttachmentListVolumeAttributesClassVolumeAttributesClassListstorage\
+.k8s.io/v1alpha1storage.k8s.io/v1beta1storagemigration.k8s.io/v1beta1StorageVersionMigrati\
+onStorageVersionMigrationListv1APIGroupAPIGroupListAPIResourceListAPIVersionsBindingCompon\
+entStatusComponentStatusListConfigMapConfigMapListEndpointsEndpointsListLimitRangeLimitRan\
+geListListNamespaceNamespaceListNodeNodeListNodeProxyOptionsPersistentVolumePersistentVolu\
+meClaimPersistentVolumeClaimListPersistentVolumeListPodPodAttachOptionsPodExecOptionsPodLi\
+stPodLogOptionsPodPortForwardOptionsPodProxyOptionsPodStatusResultPodTemplatePodTemplateLi\
+stRangeAllocationReplicationControllerReplicationControllerListResourceQuotaResourceQuotaL\
+istSecretSecretListSerializedReferenceServiceServiceAccountServiceAccountListServiceListSe\
+rviceProxyOptionsStatusk8s.io/apimachinery/pkg/apis/meta/v1.CreateOptionsdryRunfieldManage\
+rfieldValidationk8s.io/apimachinery/pkg/apis/meta/v1.DeleteOptionsgracePeriodSecondsprecon\
+ditionsorphanDependentspropagationPolicyignoreStoreReadErrorWithClusterBreakingPotentialk8\
+s.io/apimachinery/pkg/apis/meta/v1.PreconditionsuidresourceVersionk8s.io/apimachinery/pkg/\
+apis/meta/v1.GetOptionsk8s.io/apimachinery/pkg/apis/meta/v1.ListOptionslabelSelectorfieldS\
+electorwatchallowWatchBookmarksresourceVersionMatchtimeoutSecondslimitcontinuesendInitialE\
+ventsk8s.io/api/admissionregistration/v1.MutatingWebhookConfigurationmetadatawebhooksk8s.i\
+o/apimachinery/pkg/apis/meta/v1.ObjectMetanamegenerateNamenamespaceselfLinkgenerationcreat\
+ionTimestampdeletionTimestampdeletionGracePeriodSecondslabelsannotationsownerReferencesfin\
+alizersmanagedFieldsk8s.io/apimachinery/pkg/apis/meta/v1.OwnerReferenceapiVersionkindcontr\
+ollerblockOwnerDeletionk8s.io/apimachinery/pkg/apis/meta/v1.ManagedFieldsEntrymanageropera\
+tiontimefieldsTypefieldsV1subresourcek8s.io/api/admissionregistration/v1.MutatingWebhookcl\
+ientConfigrulesfailurePolicymatchPolicynamespaceSelectorobjectSelectorsideEffectsadmission\
+ReviewVersionsreinvocationPolicymatchConditionsk8s.io/api/admissionregistration/v1.Webhook\
+ClientConfigurlservicecaBundlek8s.io/api/admissionregistration/v1.ServiceReferencepathport\
+k8s.io/api/admissionregistration/v1.RuleWithOperationsoperationsk8s.io/api/admissionregist\
+ration/v1.RuleapiGroupsapiVersionsresourcesscopek8s.io/apimachinery/pkg/apis/meta/v1.Label\
+SelectormatchLabelsmatchExpressionsk8s.io/apimachinery/pkg/apis/meta/v1.LabelSelectorRequi\
+rementkeyoperatorvaluesk8s.io/api/admissionregistration/v1.MatchConditionexpressionk8s.io/\
+api/admissionregistration/v1.MutatingWebhookConfigurationListitemsk8s.io/apimachinery/pkg/\
+apis/meta/v1.ListMetaremainingItemCountk8s.io/apimachinery/pkg/apis/meta/v1.PatchOptionsfo\
+rcek8s.io/apimachinery/pkg/apis/meta/v1.UpdateOptionsk8s.io/api/admissionregistration/v1.V\
+alidatingAdmissionPolicyspecstatusk8s.io/api/admissionregistration/v1.ValidatingAdmissionP\
+olicySpecparamKindmatchConstraintsvalidationsauditAnnotationsvariablesk8s.io/api/admission\
+registration/v1.ParamKindk8s.io/api/admissionregistration/v1.MatchResourcesresourceRulesex\
+cludeResourceRulesk8s.io/api/admissionregistration/v1.NamedRuleWithOperationsresourceNames\
+k8s.io/api/admissionregistration/v1.ValidationmessagereasonmessageExpressionk8s.io/api/adm\
+issionregistration/v1.AuditAnnotationvalueExpressionk8s.io/api/admissionregistration/v1.Va\
+riablek8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyStatusobservedGeneratio\
+ntypeCheckingconditionsk8s.io/api/admissionregistration/v1.TypeCheckingexpressionWarningsk\
+8s.io/api/admissionregistration/v1.ExpressionWarningfieldRefwarningk8s.io/apimachinery/pkg\
+/apis/meta/v1.ConditiontypelastTransitionTimek8s.io/api/admissionregistration/v1.Validatin\
+gAdmissionPolicyBindingk8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyBindin\
+gSpecpolicyNameparamRefmatchResourcesvalidationActionsk8s.io/api/admissionregistration/v1.\
+ParamRefselectorparameterNotFoundActionk8s.io/api/admissionregistration/v1.ValidatingAdmis\
+sionPolicyBindingListk8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyListk8s.\
+io/api/admissionregistration/v1.ValidatingWebhookConfigurationk8s.io/api/admissionregistra\
+tion/v1.ValidatingWebhookk8s.io/api/admissionregistration/v1.ValidatingWebhookConfiguratio\
+nListk8s.io/apimachinery/pkg/apis/meta/v1.WatchEventobjectk8s.io/api/admissionregistration\
+/v1alpha1.MutatingAdmissionPolicyk8s.io/api/admissionregistration/v1alpha1.MutatingAdmissi\
+onPolicySpecmutationsk8s.io/api/admissionregistration/v1alpha1.ParamKindk8s.io/api/admissi\
+onregistration/v1alpha1.MatchResourcesk8s.io/api/admissionregistration/v1alpha1.NamedRuleW\
+ithOperationsk8s.io/api/admissionregistration/v1alpha1.Variablek8s.io/api/admissionregistr\
+ation/v1alpha1.MutationpatchTypeapplyConfigurationjsonPatchk8s.io/api/admissionregistratio\
+n/v1alpha1.ApplyConfigurationk8s.io/api/admissionregistration/v1alpha1.JSONPatchk8s.io/api\
+/admissionregistration/v1alpha1.MatchConditionk8s.io/api/admissionregistration/v1alpha1.Mu\
+tatingAdmissionPolicyBindingk8s.io/api/admissionregistration/v1alpha1.MutatingAdmissionPol\
+icyBindingSpeck8s.io/api/admissionregistration/v1alpha1.ParamRefk8s.io/api/admissionregist\
+ration/v1alpha1.MutatingAdmissionPolicyBindingListk8s.io/api/admissionregistration/v1alpha\
+1.MutatingAdmissionPolicyListk8s.io/api/admissionregistration/v1alpha1.ValidatingAdmission\
+Policyk8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicySpeck8s.io/api/ad\
+missionregistration/v1alpha1.Validationk8s.io/api/admissionregistration/v1alpha1.AuditAnno\
+tationk8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyStatusk8s.io/api/\
+admissionregistration/v1alpha1.TypeCheckingk8s.io/api/admissionregistration/v1alpha1.Expre\
+ssionWarningk8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyBindingk8s.\
+io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyBindingSpeck8s.io/api/admis\
+sionregistration/v1alpha1.ValidatingAdmissionPolicyBindingListk8s.io/api/admissionregistra\
+tion/v1alpha1.ValidatingAdmissionPolicyListk8s.io/api/admissionregistration/v1beta1.Mutati\
+ngAdmissionPolicyk8s.io/api/admissionregistration/v1beta1.MutatingAdmissionPolicySpeck8s.i\
+o/api/admissionregistration/v1beta1.ParamKindk8s.io/api/admissionregistration/v1beta1.Matc\
+hResourcesk8s.io/api/admissionregistration/v1beta1.NamedRuleWithOperationsk8s.io/api/admis\
+sionregistration/v1beta1.Variablek8s.io/api/admissionregistration/v1beta1.Mutationk8s.io/a\
+pi/admissionregistration/v1beta1.ApplyConfigurationk8s.io/api/admissionregistration/v1beta\
+1.JSONPatchk8s.io/api/admissionregistration/v1beta1.MatchConditionk8s.io/api/admissionregi\
+stration/v1beta1.MutatingAdmissionPolicyBindingk8s.io/api/admissionregistration/v1beta1.Mu\
+tatingAdmissionPolicyBindingSpeck8s.io/api/admissionregistration/v1beta1.ParamRefk8s.io/ap\
+i/admissionregistration/v1beta1.MutatingAdmissionPolicyBindingListk8s.io/api/admissionregi\
+stration/v1beta1.MutatingAdmissionPolicyListk8s.io/api/admissionregistration/v1beta1.Mutat\
+ingWebhookConfigurationk8s.io/api/admissionregistration/v1beta1.MutatingWebhookk8s.io/api/\
+admissionregistration/v1beta1.WebhookClientConfigk8s.io/api/admissionregistration/v1beta1.\
+ServiceReferencek8s.io/api/admissionregistration/v1beta1.MutatingWebhookConfigurationListk\
+8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicyk8s.io/api/admissionregis\
+tration/v1beta1.ValidatingAdmissionPolicySpeck8s.io/api/admissionregistration/v1beta1.Vali\
+dationk8s.io/api/admissionregistration/v1beta1.AuditAnnotationk8s.io/api/admissionregistra\
+tion/v1beta1.ValidatingAdmissionPolicyStatusk8s.io/api/admissionregistration/v1beta1.TypeC\
+heckingk8s.io/api/admissionregistration/v1beta1.ExpressionWarningk8s.io/api/admissionregis\
+tration/v1beta1.ValidatingAdmissionPolicyBindingk8s.io/api/admissionregistration/v1beta1.V\
+alidatingAdmissionPolicyBindingSpeck8s.io/api/admissionregistration/v1beta1.ValidatingAdmi\
+ssionPolicyBindingListk8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicyLi\
+stk8s.io/api/admissionregistration/v1beta1.ValidatingWebhookConfigurationk8s.io/api/admiss\
+ionregistration/v1beta1.ValidatingWebhookk8s.io/api/admissionregistration/v1beta1.Validati\
+ngWebhookConfigurationListk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.Convers\
+ionReviewrequestresponsek8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.Conversio\
+nRequestdesiredAPIVersionobjectsk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.C\
+onversionResponseconvertedObjectsresultk8s.io/apimachinery/pkg/apis/meta/v1.Statusdetailsc\
+odek8s.io/apimachinery/pkg/apis/meta/v1.StatusDetailsgroupcausesretryAfterSecondsk8s.io/ap\
+imachinery/pkg/apis/meta/v1.StatusCausefieldk8s.io/apiextensions-apiserver/pkg/apis/apiext\
+ensions/v1.CustomResourceDefinitionk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v\
+1.CustomResourceDefinitionSpecnamesversionsconversionpreserveUnknownFieldsk8s.io/apiextens\
+ions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionNamespluralsingularshortN\
+ameslistKindcategoriesk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResou\
+rceDefinitionVersionservedstoragedeprecateddeprecationWarningschemasubresourcesadditionalP\
+rinterColumnsselectableFieldsk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.Cust\
+omResourceValidationopenAPIV3Schemak8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v\
+1.JSONSchemaPropsid$schema$refdescriptionformattitledefaultmaximumexclusiveMaximumminimume\
+xclusiveMinimummaxLengthminLengthpatternmaxItemsminItemsuniqueItemsmultipleOfenummaxProper\
+tiesminPropertiesrequiredallOfoneOfanyOfnotpropertiesadditionalPropertiespatternProperties\
+dependenciesadditionalItemsdefinitionsexternalDocsexamplenullablex-kubernetes-preserve-unk\
+nown-fieldsx-kubernetes-embedded-resourcex-kubernetes-int-or-stringx-kubernetes-list-map-k\
+eysx-kubernetes-list-typex-kubernetes-map-typex-kubernetes-validationsk8s.io/apiextensions\
+-apiserver/pkg/apis/apiextensions/v1.ExternalDocumentationk8s.io/apiextensions-apiserver/p\
+kg/apis/apiextensions/v1.ValidationRulerulefieldPathoptionalOldSelfk8s.io/apiextensions-ap\
+iserver/pkg/apis/apiextensions/v1.CustomResourceSubresourcesscalek8s.io/apiextensions-apis\
+erver/pkg/apis/apiextensions/v1.CustomResourceSubresourceStatusk8s.io/apiextensions-apiser\
+ver/pkg/apis/apiextensions/v1.CustomResourceSubresourceScalespecReplicasPathstatusReplicas\
+PathlabelSelectorPathk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResour\
+ceColumnDefinitionpriorityjsonPathk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1\
+.SelectableFieldk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceCon\
+versionstrategywebhookk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.WebhookConv\
+ersionconversionReviewVersionsk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.Web\
+hookClientConfigk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.ServiceReferencek\
+8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionStatusacce\
+ptedNamesstoredVersionsk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomReso\
+urceDefinitionConditionk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomReso\
+urceDefinitionListk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.Conversion\
+Reviewk8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ConversionRequestk8s.i\
+o/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ConversionResponsek8s.io/apiexten\
+sions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionk8s.io/apiextension\
+s-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionSpecversionvalidationk8\
+s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionNamesk\
+8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceValidationk8s.i\
+o/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.JSONSchemaPropsk8s.io/apiextensio\
+ns-apiserver/pkg/apis/apiextensions/v1beta1.ExternalDocumentationk8s.io/apiextensions-apis\
+erver/pkg/apis/apiextensions/v1beta1.ValidationRulek8s.io/apiextensions-apiserver/pkg/apis\
+/apiextensions/v1beta1.CustomResourceSubresourcesk8s.io/apiextensions-apiserver/pkg/apis/a\
+piextensions/v1beta1.CustomResourceSubresourceStatusk8s.io/apiextensions-apiserver/pkg/api\
+s/apiextensions/v1beta1.CustomResourceSubresourceScalek8s.io/apiextensions-apiserver/pkg/a\
+pis/apiextensions/v1beta1.CustomResourceDefinitionVersionk8s.io/apiextensions-apiserver/pk\
+g/apis/apiextensions/v1beta1.CustomResourceColumnDefinitionJSONPathk8s.io/apiextensions-ap\
+iserver/pkg/apis/apiextensions/v1beta1.SelectableFieldk8s.io/apiextensions-apiserver/pkg/a\
+pis/apiextensions/v1beta1.CustomResourceConversionwebhookClientConfigk8s.io/apiextensions-\
+apiserver/pkg/apis/apiextensions/v1beta1.WebhookClientConfigk8s.io/apiextensions-apiserver\
+/pkg/apis/apiextensions/v1beta1.ServiceReferencek8s.io/apiextensions-apiserver/pkg/apis/ap\
+iextensions/v1beta1.CustomResourceDefinitionStatusk8s.io/apiextensions-apiserver/pkg/apis/\
+apiextensions/v1beta1.CustomResourceDefinitionConditionk8s.io/apiextensions-apiserver/pkg/\
+apis/apiextensions/v1beta1.CustomResourceDefinitionListk8s.io/kube-aggregator/pkg/apis/api\
+registration/v1.APIServicek8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APIServiceSpe\
+cinsecureSkipTLSVerifygroupPriorityMinimumversionPriorityk8s.io/kube-aggregator/pkg/apis/a\
+piregistration/v1.ServiceReferencek8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APISe\
+rviceStatusk8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APIServiceConditionk8s.io/ku\
+be-aggregator/pkg/apis/apiregistration/v1.APIServiceListk8s.io/kube-aggregator/pkg/apis/ap\
+iregistration/v1beta1.APIServicek8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.AP\
+IServiceSpeck8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.ServiceReferencek8s.io\
+/kube-aggregator/pkg/apis/apiregistration/v1beta1.APIServiceStatusk8s.io/kube-aggregator/p\
+kg/apis/apiregistration/v1beta1.APIServiceConditionk8s.io/kube-aggregator/pkg/apis/apiregi\
+stration/v1beta1.APIServiceListk8s.io/api/apps/v1.ControllerRevisiondatarevisionk8s.io/api\
+/apps/v1.ControllerRevisionListk8s.io/api/apps/v1.DaemonSetk8s.io/api/apps/v1.DaemonSetSpe\
+ctemplateupdateStrategyminReadySecondsrevisionHistoryLimitk8s.io/api/core/v1.PodTemplateSp\
+eck8s.io/api/core/v1.PodSpecvolumesinitContainerscontainersephemeralContainersrestartPolic\
+yterminationGracePeriodSecondsactiveDeadlineSecondsdnsPolicynodeSelectorserviceAccountName\
+serviceAccountautomountServiceAccountTokennodeNamehostNetworkhostPIDhostIPCshareProcessNam\
+espacesecurityContextimagePullSecretshostnamesubdomainaffinityschedulerNametolerationshost\
+AliasespriorityClassNamednsConfigreadinessGatesruntimeClassNameenableServiceLinkspreemptio\
+nPolicyoverheadtopologySpreadConstraintssetHostnameAsFQDNoshostUsersschedulingGatesresourc\
+eClaimshostnameOverrideworkloadRefk8s.io/api/core/v1.Volumek8s.io/api/core/v1.VolumeSource\
+hostPathemptyDirgcePersistentDiskawsElasticBlockStoregitReposecretnfsiscsiglusterfspersist\
+entVolumeClaimrbdflexVolumecindercephfsflockerdownwardAPIfcazureFileconfigMapvsphereVolume\
+quobyteazureDiskphotonPersistentDiskprojectedportworxVolumescaleIOstorageoscsiephemeralima\
+gek8s.io/api/core/v1.HostPathVolumeSourcek8s.io/api/core/v1.EmptyDirVolumeSourcemediumsize\
+Limitk8s.io/api/core/v1.GCEPersistentDiskVolumeSourcepdNamefsTypepartitionreadOnlyk8s.io/a\
+pi/core/v1.AWSElasticBlockStoreVolumeSourcevolumeIDk8s.io/api/core/v1.GitRepoVolumeSourcer\
+epositorydirectoryk8s.io/api/core/v1.SecretVolumeSourcesecretNamedefaultModeoptionalk8s.io\
+/api/core/v1.KeyToPathmodek8s.io/api/core/v1.NFSVolumeSourceserverk8s.io/api/core/v1.ISCSI\
+VolumeSourcetargetPortaliqnluniscsiInterfaceportalschapAuthDiscoverychapAuthSessionsecretR\
+efinitiatorNamek8s.io/api/core/v1.LocalObjectReferencek8s.io/api/core/v1.GlusterfsVolumeSo\
+urceendpointsk8s.io/api/core/v1.PersistentVolumeClaimVolumeSourceclaimNamek8s.io/api/core/\
+v1.RBDVolumeSourcemonitorspooluserkeyringk8s.io/api/core/v1.FlexVolumeSourcedriveroptionsk\
+8s.io/api/core/v1.CinderVolumeSourcek8s.io/api/core/v1.CephFSVolumeSourcesecretFilek8s.io/\
+api/core/v1.FlockerVolumeSourcedatasetNamedatasetUUIDk8s.io/api/core/v1.DownwardAPIVolumeS\
+ourcek8s.io/api/core/v1.DownwardAPIVolumeFileresourceFieldRefk8s.io/api/core/v1.ObjectFiel\
+dSelectork8s.io/api/core/v1.ResourceFieldSelectorcontainerNameresourcedivisork8s.io/api/co\
+re/v1.FCVolumeSourcetargetWWNswwidsk8s.io/api/core/v1.AzureFileVolumeSourceshareNamek8s.io\
+/api/core/v1.ConfigMapVolumeSourcek8s.io/api/core/v1.VsphereVirtualDiskVolumeSourcevolumeP\
+athstoragePolicyNamestoragePolicyIDk8s.io/api/core/v1.QuobyteVolumeSourceregistryvolumeten\
+antk8s.io/api/core/v1.AzureDiskVolumeSourcediskNamediskURIcachingModek8s.io/api/core/v1.Ph\
+otonPersistentDiskVolumeSourcepdIDk8s.io/api/core/v1.ProjectedVolumeSourcesourcesk8s.io/ap\
+i/core/v1.VolumeProjectionserviceAccountTokenclusterTrustBundlepodCertificatek8s.io/api/co\
+re/v1.SecretProjectionk8s.io/api/core/v1.DownwardAPIProjectionk8s.io/api/core/v1.ConfigMap\
+Projectionk8s.io/api/core/v1.ServiceAccountTokenProjectionaudienceexpirationSecondsk8s.io/\
+api/core/v1.ClusterTrustBundleProjectionsignerNamek8s.io/api/core/v1.PodCertificateProject\
+ionkeyTypemaxExpirationSecondscredentialBundlePathkeyPathcertificateChainPathuserAnnotatio\
+nsk8s.io/api/core/v1.PortworxVolumeSourcek8s.io/api/core/v1.ScaleIOVolumeSourcegatewaysyst\
+emsslEnabledprotectionDomainstoragePoolstorageModevolumeNamek8s.io/api/core/v1.StorageOSVo\
+lumeSourcevolumeNamespacek8s.io/api/core/v1.CSIVolumeSourcevolumeAttributesnodePublishSecr\
+etRefk8s.io/api/core/v1.EphemeralVolumeSourcevolumeClaimTemplatek8s.io/api/core/v1.Persist\
+entVolumeClaimTemplatek8s.io/api/core/v1.PersistentVolumeClaimSpecaccessModesstorageClassN\
+amevolumeModedataSourcedataSourceRefvolumeAttributesClassNamek8s.io/api/core/v1.VolumeReso\
+urceRequirementslimitsrequestsk8s.io/api/core/v1.TypedLocalObjectReferenceapiGroupk8s.io/a\
+pi/core/v1.TypedObjectReferencek8s.io/api/core/v1.ImageVolumeSourcereferencepullPolicyk8s.\
+io/api/core/v1.ContainercommandargsworkingDirportsenvFromenvresizePolicyrestartPolicyRules\
+volumeMountsvolumeDeviceslivenessProbereadinessProbestartupProbelifecycleterminationMessag\
+ePathterminationMessagePolicyimagePullPolicystdinstdinOncettyk8s.io/api/core/v1.ContainerP\
+orthostPortcontainerPortprotocolhostIPk8s.io/api/core/v1.EnvFromSourceprefixconfigMapRefk8\
+s.io/api/core/v1.ConfigMapEnvSourcek8s.io/api/core/v1.SecretEnvSourcek8s.io/api/core/v1.En\
+vVarvaluevalueFromk8s.io/api/core/v1.EnvVarSourceconfigMapKeyRefsecretKeyReffileKeyRefk8s.\
+io/api/core/v1.ConfigMapKeySelectork8s.io/api/core/v1.SecretKeySelectork8s.io/api/core/v1.\
+FileKeySelectork8s.io/api/core/v1.ResourceRequirementsclaimsk8s.io/api/core/v1.ResourceCla\
+imk8s.io/api/core/v1.ContainerResizePolicyresourceNamek8s.io/api/core/v1.ContainerRestartR\
+uleactionexitCodesk8s.io/api/core/v1.ContainerRestartRuleOnExitCodesk8s.io/api/core/v1.Vol\
+umeMountrecursiveReadOnlymountPathsubPathmountPropagationsubPathExprk8s.io/api/core/v1.Vol\
+umeDevicedevicePathk8s.io/api/core/v1.ProbeinitialDelaySecondsperiodSecondssuccessThreshol\
+dfailureThresholdk8s.io/api/core/v1.ProbeHandlerexechttpGettcpSocketgrpck8s.io/api/core/v1\
+.ExecActionk8s.io/api/core/v1.HTTPGetActionhostschemehttpHeadersk8s.io/api/core/v1.HTTPHea\
+derk8s.io/api/core/v1.TCPSocketActionk8s.io/api/core/v1.GRPCActionk8s.io/api/core/v1.Lifec\
+yclepostStartpreStopstopSignalk8s.io/api/core/v1.LifecycleHandlersleepk8s.io/api/core/v1.S\
+leepActionsecondsk8s.io/api/core/v1.SecurityContextcapabilitiesprivilegedseLinuxOptionswin\
+dowsOptionsrunAsUserrunAsGrouprunAsNonRootreadOnlyRootFilesystemallowPrivilegeEscalationpr\
+ocMountseccompProfileappArmorProfilek8s.io/api/core/v1.Capabilitiesadddropk8s.io/api/core/\
+v1.SELinuxOptionsrolelevelk8s.io/api/core/v1.WindowsSecurityContextOptionsgmsaCredentialSp\
+ecNamegmsaCredentialSpecrunAsUserNamehostProcessk8s.io/api/core/v1.SeccompProfilelocalhost\
+Profilek8s.io/api/core/v1.AppArmorProfilek8s.io/api/core/v1.EphemeralContainertargetContai\
+nerNamek8s.io/api/core/v1.EphemeralContainerCommonk8s.io/api/core/v1.PodSecurityContextsup\
+plementalGroupssupplementalGroupsPolicyfsGroupsysctlsfsGroupChangePolicyseLinuxChangePolic\
+yk8s.io/api/core/v1.Sysctlk8s.io/api/core/v1.AffinitynodeAffinitypodAffinitypodAntiAffinit\
+yk8s.io/api/core/v1.NodeAffinityrequiredDuringSchedulingIgnoredDuringExecutionpreferredDur\
+ingSchedulingIgnoredDuringExecutionk8s.io/api/core/v1.NodeSelectornodeSelectorTermsk8s.io/\
+api/core/v1.NodeSelectorTermmatchFieldsk8s.io/api/core/v1.NodeSelectorRequirementk8s.io/ap\
+i/core/v1.PreferredSchedulingTermweightpreferencek8s.io/api/core/v1.PodAffinityk8s.io/api/\
+core/v1.PodAffinityTermnamespacestopologyKeymatchLabelKeysmismatchLabelKeysk8s.io/api/core\
+/v1.WeightedPodAffinityTermpodAffinityTermk8s.io/api/core/v1.PodAntiAffinityk8s.io/api/cor\
+e/v1.TolerationeffecttolerationSecondsk8s.io/api/core/v1.HostAliasiphostnamesk8s.io/api/co\
+re/v1.PodDNSConfignameserverssearchesk8s.io/api/core/v1.PodDNSConfigOptionk8s.io/api/core/\
+v1.PodReadinessGateconditionTypek8s.io/api/core/v1.TopologySpreadConstraintmaxSkewwhenUnsa\
+tisfiableminDomainsnodeAffinityPolicynodeTaintsPolicyk8s.io/api/core/v1.PodOSk8s.io/api/co\
+re/v1.PodSchedulingGatek8s.io/api/core/v1.PodResourceClaimresourceClaimNameresourceClaimTe\
+mplateNamek8s.io/api/core/v1.WorkloadReferencepodGrouppodGroupReplicaKeyk8s.io/api/apps/v1\
+.DaemonSetUpdateStrategyrollingUpdatek8s.io/api/apps/v1.RollingUpdateDaemonSetmaxUnavailab\
+lemaxSurgek8s.io/api/apps/v1.DaemonSetStatuscurrentNumberSchedulednumberMisscheduleddesire\
+dNumberSchedulednumberReadyupdatedNumberSchedulednumberAvailablenumberUnavailablecollision\
+Countk8s.io/api/apps/v1.DaemonSetConditionk8s.io/api/apps/v1.DaemonSetListk8s.io/api/apps/\
+v1.Deploymentk8s.io/api/apps/v1.DeploymentSpecreplicaspausedprogressDeadlineSecondsk8s.io/\
+api/apps/v1.DeploymentStrategyk8s.io/api/apps/v1.RollingUpdateDeploymentk8s.io/api/apps/v1\
+.DeploymentStatusupdatedReplicasreadyReplicasavailableReplicasunavailableReplicasterminati\
+ngReplicask8s.io/api/apps/v1.DeploymentConditionlastUpdateTimek8s.io/api/apps/v1.Deploymen\
+tListk8s.io/api/apps/v1.ReplicaSetk8s.io/api/apps/v1.ReplicaSetSpeck8s.io/api/apps/v1.Repl\
+icaSetStatusfullyLabeledReplicask8s.io/api/apps/v1.ReplicaSetConditionk8s.io/api/apps/v1.R\
+eplicaSetListk8s.io/api/apps/v1.StatefulSetk8s.io/api/apps/v1.StatefulSetSpecvolumeClaimTe\
+mplatesserviceNamepodManagementPolicypersistentVolumeClaimRetentionPolicyordinalsk8s.io/ap\
+i/core/v1.PersistentVolumeClaimk8s.io/api/core/v1.PersistentVolumeClaimStatusphasecapacity\
+allocatedResourcesallocatedResourceStatusescurrentVolumeAttributesClassNamemodifyVolumeSta\
+tusk8s.io/api/core/v1.PersistentVolumeClaimConditionlastProbeTimek8s.io/api/core/v1.Modify\
+VolumeStatustargetVolumeAttributesClassNamek8s.io/api/apps/v1.StatefulSetUpdateStrategyk8s\
+.io/api/apps/v1.RollingUpdateStatefulSetStrategyk8s.io/api/apps/v1.StatefulSetPersistentVo\
+lumeClaimRetentionPolicywhenDeletedwhenScaledk8s.io/api/apps/v1.StatefulSetOrdinalsstartk8\
+s.io/api/apps/v1.StatefulSetStatuscurrentReplicascurrentRevisionupdateRevisionk8s.io/api/a\
+pps/v1.StatefulSetConditionk8s.io/api/apps/v1.StatefulSetListk8s.io/api/apps/v1beta1.Contr\
+ollerRevisionk8s.io/api/apps/v1beta1.ControllerRevisionListk8s.io/api/apps/v1beta1.Deploym\
+entk8s.io/api/apps/v1beta1.DeploymentSpecrollbackTok8s.io/api/apps/v1beta1.DeploymentStrat\
+egyk8s.io/api/apps/v1beta1.RollingUpdateDeploymentk8s.io/api/apps/v1beta1.RollbackConfigk8\
+s.io/api/apps/v1beta1.DeploymentStatusk8s.io/api/apps/v1beta1.DeploymentConditionk8s.io/ap\
+i/apps/v1beta1.DeploymentListk8s.io/api/apps/v1beta1.DeploymentRollbackupdatedAnnotationsk\
+8s.io/api/apps/v1beta1.Scalek8s.io/api/apps/v1beta1.ScaleSpeck8s.io/api/apps/v1beta1.Scale\
+StatustargetSelectork8s.io/api/apps/v1beta1.StatefulSetk8s.io/api/apps/v1beta1.StatefulSet\
+Speck8s.io/api/apps/v1beta1.StatefulSetUpdateStrategyk8s.io/api/apps/v1beta1.RollingUpdate\
+StatefulSetStrategyk8s.io/api/apps/v1beta1.StatefulSetPersistentVolumeClaimRetentionPolicy\
+k8s.io/api/apps/v1beta1.StatefulSetOrdinalsk8s.io/api/apps/v1beta1.StatefulSetStatusk8s.io\
+/api/apps/v1beta1.StatefulSetConditionk8s.io/api/apps/v1beta1.StatefulSetListk8s.io/api/ap\
+ps/v1beta2.ControllerRevisionk8s.io/api/apps/v1beta2.ControllerRevisionListk8s.io/api/apps\
+/v1beta2.DaemonSetk8s.io/api/apps/v1beta2.DaemonSetSpeck8s.io/api/apps/v1beta2.DaemonSetUp\
+dateStrategyk8s.io/api/apps/v1beta2.RollingUpdateDaemonSetk8s.io/api/apps/v1beta2.DaemonSe\
+tStatusk8s.io/api/apps/v1beta2.DaemonSetConditionk8s.io/api/apps/v1beta2.DaemonSetListk8s.\
+io/api/apps/v1beta2.Deploymentk8s.io/api/apps/v1beta2.DeploymentSpeck8s.io/api/apps/v1beta\
+2.DeploymentStrategyk8s.io/api/apps/v1beta2.RollingUpdateDeploymentk8s.io/api/apps/v1beta2\
+.DeploymentStatusk8s.io/api/apps/v1beta2.DeploymentConditionk8s.io/api/apps/v1beta2.Deploy\
+mentListk8s.io/api/apps/v1beta2.ReplicaSetk8s.io/api/apps/v1beta2.ReplicaSetSpeck8s.io/api\
+/apps/v1beta2.ReplicaSetStatusk8s.io/api/apps/v1beta2.ReplicaSetConditionk8s.io/api/apps/v\
+1beta2.ReplicaSetListk8s.io/api/apps/v1beta2.Scalek8s.io/api/apps/v1beta2.ScaleSpeck8s.io/\
+api/apps/v1beta2.ScaleStatusk8s.io/api/apps/v1beta2.StatefulSetk8s.io/api/apps/v1beta2.Sta\
+tefulSetSpeck8s.io/api/apps/v1beta2.StatefulSetUpdateStrategyk8s.io/api/apps/v1beta2.Rolli\
+ngUpdateStatefulSetStrategyk8s.io/api/apps/v1beta2.StatefulSetPersistentVolumeClaimRetenti\
+onPolicyk8s.io/api/apps/v1beta2.StatefulSetOrdinalsk8s.io/api/apps/v1beta2.StatefulSetStat\
+usk8s.io/api/apps/v1beta2.StatefulSetConditionk8s.io/api/apps/v1beta2.StatefulSetListk8s.i\
+o/api/authentication/v1.SelfSubjectReviewk8s.io/api/authentication/v1.SelfSubjectReviewSta\
+tususerInfok8s.io/api/authentication/v1.UserInfousernamegroupsextrak8s.io/api/authenticati\
+on/v1.TokenRequestk8s.io/api/authentication/v1.TokenRequestSpecaudiencesboundObjectRefk8s.\
+io/api/authentication/v1.BoundObjectReferencek8s.io/api/authentication/v1.TokenRequestStat\
+ustokenexpirationTimestampk8s.io/api/authentication/v1.TokenReviewk8s.io/api/authenticatio\
+n/v1.TokenReviewSpeck8s.io/api/authentication/v1.TokenReviewStatusauthenticatederrork8s.io\
+/api/authentication/v1alpha1.SelfSubjectReviewk8s.io/api/authentication/v1alpha1.SelfSubje\
+ctReviewStatusk8s.io/api/authentication/v1beta1.SelfSubjectReviewk8s.io/api/authentication\
+/v1beta1.SelfSubjectReviewStatusk8s.io/api/authentication/v1beta1.TokenReviewk8s.io/api/au\
+thentication/v1beta1.TokenReviewSpeck8s.io/api/authentication/v1beta1.TokenReviewStatusk8s\
+.io/api/authentication/v1beta1.UserInfok8s.io/api/authorization/v1.LocalSubjectAccessRevie\
+wk8s.io/api/authorization/v1.SubjectAccessReviewSpecresourceAttributesnonResourceAttribute\
+sk8s.io/api/authorization/v1.ResourceAttributesverbk8s.io/api/authorization/v1.FieldSelect\
+orAttributesrawSelectorrequirementsk8s.io/apimachinery/pkg/apis/meta/v1.FieldSelectorRequi\
+rementk8s.io/api/authorization/v1.LabelSelectorAttributesk8s.io/api/authorization/v1.NonRe\
+sourceAttributesk8s.io/api/authorization/v1.SubjectAccessReviewStatusalloweddeniedevaluati\
+onErrork8s.io/api/authorization/v1.SelfSubjectAccessReviewk8s.io/api/authorization/v1.Self\
+SubjectAccessReviewSpeck8s.io/api/authorization/v1.SelfSubjectRulesReviewk8s.io/api/author\
+ization/v1.SelfSubjectRulesReviewSpeck8s.io/api/authorization/v1.SubjectRulesReviewStatusn\
+onResourceRulesincompletek8s.io/api/authorization/v1.ResourceRuleverbsk8s.io/api/authoriza\
+tion/v1.NonResourceRulenonResourceURLsk8s.io/api/authorization/v1.SubjectAccessReviewk8s.i\
+o/api/authorization/v1beta1.LocalSubjectAccessReviewk8s.io/api/authorization/v1beta1.Subje\
+ctAccessReviewSpeck8s.io/api/authorization/v1beta1.ResourceAttributesk8s.io/api/authorizat\
+ion/v1beta1.NonResourceAttributesk8s.io/api/authorization/v1beta1.SubjectAccessReviewStatu\
+sk8s.io/api/authorization/v1beta1.SelfSubjectAccessReviewk8s.io/api/authorization/v1beta1.\
+SelfSubjectAccessReviewSpeck8s.io/api/authorization/v1beta1.SelfSubjectRulesReviewk8s.io/a\
+pi/authorization/v1beta1.SelfSubjectRulesReviewSpeck8s.io/api/authorization/v1beta1.Subjec\
+tRulesReviewStatusk8s.io/api/authorization/v1beta1.ResourceRulek8s.io/api/authorization/v1\
+beta1.NonResourceRulek8s.io/api/authorization/v1beta1.SubjectAccessReviewk8s.io/api/autosc\
+aling/v1.HorizontalPodAutoscalerk8s.io/api/autoscaling/v1.HorizontalPodAutoscalerSpecscale\
+TargetRefminReplicasmaxReplicastargetCPUUtilizationPercentagek8s.io/api/autoscaling/v1.Cro\
+ssVersionObjectReferencek8s.io/api/autoscaling/v1.HorizontalPodAutoscalerStatuslastScaleTi\
+medesiredReplicascurrentCPUUtilizationPercentagek8s.io/api/autoscaling/v1.HorizontalPodAut\
+oscalerListk8s.io/api/autoscaling/v1.Scalek8s.io/api/autoscaling/v1.ScaleSpeck8s.io/api/au\
+toscaling/v1.ScaleStatusk8s.io/api/autoscaling/v2.HorizontalPodAutoscalerk8s.io/api/autosc\
+aling/v2.HorizontalPodAutoscalerSpecmetricsbehaviork8s.io/api/autoscaling/v2.CrossVersionO\
+bjectReferencek8s.io/api/autoscaling/v2.MetricSpecpodscontainerResourceexternalk8s.io/api/\
+autoscaling/v2.ObjectMetricSourcedescribedObjecttargetmetrick8s.io/api/autoscaling/v2.Metr\
+icTargetaverageValueaverageUtilizationk8s.io/api/autoscaling/v2.MetricIdentifierk8s.io/api\
+/autoscaling/v2.PodsMetricSourcek8s.io/api/autoscaling/v2.ResourceMetricSourcek8s.io/api/a\
+utoscaling/v2.ContainerResourceMetricSourcecontainerk8s.io/api/autoscaling/v2.ExternalMetr\
+icSourcek8s.io/api/autoscaling/v2.HorizontalPodAutoscalerBehaviorscaleUpscaleDownk8s.io/ap\
+i/autoscaling/v2.HPAScalingRulesstabilizationWindowSecondsselectPolicypoliciestolerancek8s\
+.io/api/autoscaling/v2.HPAScalingPolicyk8s.io/api/autoscaling/v2.HorizontalPodAutoscalerSt\
+atuscurrentMetricsk8s.io/api/autoscaling/v2.MetricStatusk8s.io/api/autoscaling/v2.ObjectMe\
+tricStatuscurrentk8s.io/api/autoscaling/v2.MetricValueStatusk8s.io/api/autoscaling/v2.Pods\
+MetricStatusk8s.io/api/autoscaling/v2.ResourceMetricStatusk8s.io/api/autoscaling/v2.Contai\
+nerResourceMetricStatusk8s.io/api/autoscaling/v2.ExternalMetricStatusk8s.io/api/autoscalin\
+g/v2.HorizontalPodAutoscalerConditionk8s.io/api/autoscaling/v2.HorizontalPodAutoscalerList\
+k8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscalerk8s.io/api/autoscaling/v2beta1.Horiz\
+ontalPodAutoscalerSpeck8s.io/api/autoscaling/v2beta1.CrossVersionObjectReferencek8s.io/api\
+/autoscaling/v2beta1.MetricSpeck8s.io/api/autoscaling/v2beta1.ObjectMetricSourcemetricName\
+targetValuek8s.io/api/autoscaling/v2beta1.PodsMetricSourcetargetAverageValuek8s.io/api/aut\
+oscaling/v2beta1.ResourceMetricSourcetargetAverageUtilizationk8s.io/api/autoscaling/v2beta\
+1.ContainerResourceMetricSourcek8s.io/api/autoscaling/v2beta1.ExternalMetricSourcemetricSe\
+lectork8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscalerStatusk8s.io/api/autoscaling/v\
+2beta1.MetricStatusk8s.io/api/autoscaling/v2beta1.ObjectMetricStatuscurrentValuek8s.io/api\
+/autoscaling/v2beta1.PodsMetricStatuscurrentAverageValuek8s.io/api/autoscaling/v2beta1.Res\
+ourceMetricStatuscurrentAverageUtilizationk8s.io/api/autoscaling/v2beta1.ContainerResource\
+MetricStatusk8s.io/api/autoscaling/v2beta1.ExternalMetricStatusk8s.io/api/autoscaling/v2be\
+ta1.HorizontalPodAutoscalerConditionk8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscaler\
+Listk8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerk8s.io/api/autoscaling/v2beta2.H\
+orizontalPodAutoscalerSpeck8s.io/api/autoscaling/v2beta2.CrossVersionObjectReferencek8s.io\
+/api/autoscaling/v2beta2.MetricSpeck8s.io/api/autoscaling/v2beta2.ObjectMetricSourcek8s.io\
+/api/autoscaling/v2beta2.MetricTargetk8s.io/api/autoscaling/v2beta2.MetricIdentifierk8s.io\
+/api/autoscaling/v2beta2.PodsMetricSourcek8s.io/api/autoscaling/v2beta2.ResourceMetricSour\
+cek8s.io/api/autoscaling/v2beta2.ContainerResourceMetricSourcek8s.io/api/autoscaling/v2bet\
+a2.ExternalMetricSourcek8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerBehaviork8s.i\
+o/api/autoscaling/v2beta2.HPAScalingRulesk8s.io/api/autoscaling/v2beta2.HPAScalingPolicyk8\
+s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerStatusk8s.io/api/autoscaling/v2beta2.M\
+etricStatusk8s.io/api/autoscaling/v2beta2.ObjectMetricStatusk8s.io/api/autoscaling/v2beta2\
+.MetricValueStatusk8s.io/api/autoscaling/v2beta2.PodsMetricStatusk8s.io/api/autoscaling/v2\
+beta2.ResourceMetricStatusk8s.io/api/autoscaling/v2beta2.ContainerResourceMetricStatusk8s.\
+io/api/autoscaling/v2beta2.ExternalMetricStatusk8s.io/api/autoscaling/v2beta2.HorizontalPo\
+dAutoscalerConditionk8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerListk8s.io/api/b\
+atch/v1.CronJobk8s.io/api/batch/v1.CronJobSpecscheduletimeZonestartingDeadlineSecondsconcu\
+rrencyPolicysuspendjobTemplatesuccessfulJobsHistoryLimitfailedJobsHistoryLimitk8s.io/api/b\
+atch/v1.JobTemplateSpeck8s.io/api/batch/v1.JobSpecparallelismcompletionspodFailurePolicysu\
+ccessPolicybackoffLimitbackoffLimitPerIndexmaxFailedIndexesmanualSelectorttlSecondsAfterFi\
+nishedcompletionModepodReplacementPolicymanagedByk8s.io/api/batch/v1.PodFailurePolicyk8s.i\
+o/api/batch/v1.PodFailurePolicyRuleonExitCodesonPodConditionsk8s.io/api/batch/v1.PodFailur\
+ePolicyOnExitCodesRequirementk8s.io/api/batch/v1.PodFailurePolicyOnPodConditionsPatternk8s\
+.io/api/batch/v1.SuccessPolicyk8s.io/api/batch/v1.SuccessPolicyRulesucceededIndexessucceed\
+edCountk8s.io/api/batch/v1.CronJobStatusactivelastScheduleTimelastSuccessfulTimek8s.io/api\
+/core/v1.ObjectReferencek8s.io/api/batch/v1.CronJobListk8s.io/api/batch/v1.Jobk8s.io/api/b\
+atch/v1.JobStatusstartTimecompletionTimesucceededfailedterminatingcompletedIndexesfailedIn\
+dexesuncountedTerminatedPodsreadyk8s.io/api/batch/v1.JobConditionk8s.io/api/batch/v1.Uncou\
+ntedTerminatedPodsk8s.io/api/batch/v1.JobListk8s.io/api/batch/v1beta1.CronJobk8s.io/api/ba\
+tch/v1beta1.CronJobSpeck8s.io/api/batch/v1beta1.JobTemplateSpeck8s.io/api/batch/v1beta1.Cr\
+onJobStatusk8s.io/api/batch/v1beta1.CronJobListk8s.io/api/certificates/v1.CertificateSigni\
+ngRequestk8s.io/api/certificates/v1.CertificateSigningRequestSpecusagesk8s.io/api/certific\
+ates/v1.CertificateSigningRequestStatuscertificatek8s.io/api/certificates/v1.CertificateSi\
+gningRequestConditionk8s.io/api/certificates/v1.CertificateSigningRequestListk8s.io/api/ce\
+rtificates/v1alpha1.ClusterTrustBundlek8s.io/api/certificates/v1alpha1.ClusterTrustBundleS\
+pectrustBundlek8s.io/api/certificates/v1alpha1.ClusterTrustBundleListk8s.io/api/certificat\
+es/v1beta1.CertificateSigningRequestk8s.io/api/certificates/v1beta1.CertificateSigningRequ\
+estSpeck8s.io/api/certificates/v1beta1.CertificateSigningRequestStatusk8s.io/api/certifica\
+tes/v1beta1.CertificateSigningRequestConditionk8s.io/api/certificates/v1beta1.CertificateS\
+igningRequestListk8s.io/api/certificates/v1beta1.ClusterTrustBundlek8s.io/api/certificates\
+/v1beta1.ClusterTrustBundleSpeck8s.io/api/certificates/v1beta1.ClusterTrustBundleListk8s.i\
+o/api/certificates/v1beta1.PodCertificateRequestk8s.io/api/certificates/v1beta1.PodCertifi\
+cateRequestSpecpodNamepodUIDserviceAccountUIDnodeUIDpkixPublicKeyproofOfPossessionunverifi\
+edUserAnnotationsk8s.io/api/certificates/v1beta1.PodCertificateRequestStatuscertificateCha\
+innotBeforebeginRefreshAtnotAfterk8s.io/api/certificates/v1beta1.PodCertificateRequestList\
+k8s.io/api/coordination/v1.Leasek8s.io/api/coordination/v1.LeaseSpecholderIdentityleaseDur\
+ationSecondsacquireTimerenewTimeleaseTransitionspreferredHolderk8s.io/api/coordination/v1.\
+LeaseListk8s.io/api/coordination/v1alpha2.LeaseCandidatek8s.io/api/coordination/v1alpha2.L\
+easeCandidateSpecleaseNamepingTimebinaryVersionemulationVersionk8s.io/api/coordination/v1a\
+lpha2.LeaseCandidateListk8s.io/api/coordination/v1beta1.Leasek8s.io/api/coordination/v1bet\
+a1.LeaseSpeck8s.io/api/coordination/v1beta1.LeaseCandidatek8s.io/api/coordination/v1beta1.\
+LeaseCandidateSpeck8s.io/api/coordination/v1beta1.LeaseCandidateListk8s.io/api/coordinatio\
+n/v1beta1.LeaseListk8s.io/api/discovery/v1.EndpointSliceaddressTypek8s.io/api/discovery/v1\
+.EndpointaddressestargetRefdeprecatedTopologyzonehintsk8s.io/api/discovery/v1.EndpointCond\
+itionsservingk8s.io/api/discovery/v1.EndpointHintsforZonesforNodesk8s.io/api/discovery/v1.\
+ForZonek8s.io/api/discovery/v1.ForNodek8s.io/api/discovery/v1.EndpointPortappProtocolk8s.i\
+o/api/discovery/v1.EndpointSliceListk8s.io/api/discovery/v1beta1.EndpointSlicek8s.io/api/d\
+iscovery/v1beta1.Endpointtopologyk8s.io/api/discovery/v1beta1.EndpointConditionsk8s.io/api\
+/discovery/v1beta1.EndpointHintsk8s.io/api/discovery/v1beta1.ForZonek8s.io/api/discovery/v\
+1beta1.ForNodek8s.io/api/discovery/v1beta1.EndpointPortk8s.io/api/discovery/v1beta1.Endpoi\
+ntSliceListk8s.io/api/events/v1.EventeventTimeseriesreportingControllerreportingInstancere\
+gardingrelatednotedeprecatedSourcedeprecatedFirstTimestampdeprecatedLastTimestampdeprecate\
+dCountk8s.io/api/events/v1.EventSeriescountlastObservedTimek8s.io/api/core/v1.EventSourcec\
+omponentk8s.io/api/events/v1.EventListk8s.io/api/events/v1beta1.Eventk8s.io/api/events/v1b\
+eta1.EventSeriesk8s.io/api/events/v1beta1.EventListk8s.io/api/extensions/v1beta1.DaemonSet\
+k8s.io/api/extensions/v1beta1.DaemonSetSpectemplateGenerationk8s.io/api/extensions/v1beta1\
+.DaemonSetUpdateStrategyk8s.io/api/extensions/v1beta1.RollingUpdateDaemonSetk8s.io/api/ext\
+ensions/v1beta1.DaemonSetStatusk8s.io/api/extensions/v1beta1.DaemonSetConditionk8s.io/api/\
+extensions/v1beta1.DaemonSetListk8s.io/api/extensions/v1beta1.Deploymentk8s.io/api/extensi\
+ons/v1beta1.DeploymentSpeck8s.io/api/extensions/v1beta1.DeploymentStrategyk8s.io/api/exten\
+sions/v1beta1.RollingUpdateDeploymentk8s.io/api/extensions/v1beta1.RollbackConfigk8s.io/ap\
+i/extensions/v1beta1.DeploymentStatusk8s.io/api/extensions/v1beta1.DeploymentConditionk8s.\
+io/api/extensions/v1beta1.DeploymentListk8s.io/api/extensions/v1beta1.DeploymentRollbackk8\
+s.io/api/extensions/v1beta1.Ingressk8s.io/api/extensions/v1beta1.IngressSpecingressClassNa\
+mebackendtlsk8s.io/api/extensions/v1beta1.IngressBackendservicePortk8s.io/api/extensions/v\
+1beta1.IngressTLShostsk8s.io/api/extensions/v1beta1.IngressRulek8s.io/api/extensions/v1bet\
+a1.IngressRuleValuehttpk8s.io/api/extensions/v1beta1.HTTPIngressRuleValuepathsk8s.io/api/e\
+xtensions/v1beta1.HTTPIngressPathpathTypek8s.io/api/extensions/v1beta1.IngressStatusloadBa\
+lancerk8s.io/api/extensions/v1beta1.IngressLoadBalancerStatusingressk8s.io/api/extensions/\
+v1beta1.IngressLoadBalancerIngressk8s.io/api/extensions/v1beta1.IngressPortStatusk8s.io/ap\
+i/extensions/v1beta1.IngressListk8s.io/api/extensions/v1beta1.NetworkPolicyk8s.io/api/exte\
+nsions/v1beta1.NetworkPolicySpecpodSelectoregresspolicyTypesk8s.io/api/extensions/v1beta1.\
+NetworkPolicyIngressRulefromk8s.io/api/extensions/v1beta1.NetworkPolicyPortendPortk8s.io/a\
+pi/extensions/v1beta1.NetworkPolicyPeeripBlockk8s.io/api/extensions/v1beta1.IPBlockcidrexc\
+eptk8s.io/api/extensions/v1beta1.NetworkPolicyEgressRuletok8s.io/api/extensions/v1beta1.Ne\
+tworkPolicyListk8s.io/api/extensions/v1beta1.ReplicaSetk8s.io/api/extensions/v1beta1.Repli\
+caSetSpeck8s.io/api/extensions/v1beta1.ReplicaSetStatusk8s.io/api/extensions/v1beta1.Repli\
+caSetConditionk8s.io/api/extensions/v1beta1.ReplicaSetListk8s.io/api/extensions/v1beta1.Sc\
+alek8s.io/api/extensions/v1beta1.ScaleSpeck8s.io/api/extensions/v1beta1.ScaleStatusk8s.io/\
+api/flowcontrol/v1.FlowSchemak8s.io/api/flowcontrol/v1.FlowSchemaSpecpriorityLevelConfigur\
+ationmatchingPrecedencedistinguisherMethodk8s.io/api/flowcontrol/v1.PriorityLevelConfigura\
+tionReferencek8s.io/api/flowcontrol/v1.FlowDistinguisherMethodk8s.io/api/flowcontrol/v1.Po\
+licyRulesWithSubjectssubjectsk8s.io/api/flowcontrol/v1.Subjectk8s.io/api/flowcontrol/v1.Us\
+erSubjectk8s.io/api/flowcontrol/v1.GroupSubjectk8s.io/api/flowcontrol/v1.ServiceAccountSub\
+jectk8s.io/api/flowcontrol/v1.ResourcePolicyRuleclusterScopek8s.io/api/flowcontrol/v1.NonR\
+esourcePolicyRulek8s.io/api/flowcontrol/v1.FlowSchemaStatusk8s.io/api/flowcontrol/v1.FlowS\
+chemaConditionk8s.io/api/flowcontrol/v1.FlowSchemaListk8s.io/api/flowcontrol/v1.PriorityLe\
+velConfigurationk8s.io/api/flowcontrol/v1.PriorityLevelConfigurationSpeclimitedexemptk8s.i\
+o/api/flowcontrol/v1.LimitedPriorityLevelConfigurationnominalConcurrencyShareslimitRespons\
+elendablePercentborrowingLimitPercentk8s.io/api/flowcontrol/v1.LimitResponsequeuingk8s.io/\
+api/flowcontrol/v1.QueuingConfigurationqueueshandSizequeueLengthLimitk8s.io/api/flowcontro\
+l/v1.ExemptPriorityLevelConfigurationk8s.io/api/flowcontrol/v1.PriorityLevelConfigurationS\
+tatusk8s.io/api/flowcontrol/v1.PriorityLevelConfigurationConditionk8s.io/api/flowcontrol/v\
+1.PriorityLevelConfigurationListk8s.io/api/flowcontrol/v1beta1.FlowSchemak8s.io/api/flowco\
+ntrol/v1beta1.FlowSchemaSpeck8s.io/api/flowcontrol/v1beta1.PriorityLevelConfigurationRefer\
+encek8s.io/api/flowcontrol/v1beta1.FlowDistinguisherMethodk8s.io/api/flowcontrol/v1beta1.P\
+olicyRulesWithSubjectsk8s.io/api/flowcontrol/v1beta1.Subjectk8s.io/api/flowcontrol/v1beta1\
+.UserSubjectk8s.io/api/flowcontrol/v1beta1.GroupSubjectk8s.io/api/flowcontrol/v1beta1.Serv\
+iceAccountSubjectk8s.io/api/flowcontrol/v1beta1.ResourcePolicyRulek8s.io/api/flowcontrol/v\
+1beta1.NonResourcePolicyRulek8s.io/api/flowcontrol/v1beta1.FlowSchemaStatusk8s.io/api/flow\
+control/v1beta1.FlowSchemaConditionk8s.io/api/flowcontrol/v1beta1.FlowSchemaListk8s.io/api\
+/flowcontrol/v1beta1.PriorityLevelConfigurationk8s.io/api/flowcontrol/v1beta1.PriorityLeve\
+lConfigurationSpeck8s.io/api/flowcontrol/v1beta1.LimitedPriorityLevelConfigurationassuredC\
+oncurrencySharesk8s.io/api/flowcontrol/v1beta1.LimitResponsek8s.io/api/flowcontrol/v1beta1\
+.QueuingConfigurationk8s.io/api/flowcontrol/v1beta1.ExemptPriorityLevelConfigurationk8s.io\
+/api/flowcontrol/v1beta1.PriorityLevelConfigurationStatusk8s.io/api/flowcontrol/v1beta1.Pr\
+iorityLevelConfigurationConditionk8s.io/api/flowcontrol/v1beta1.PriorityLevelConfiguration\
+Listk8s.io/api/flowcontrol/v1beta2.FlowSchemak8s.io/api/flowcontrol/v1beta2.FlowSchemaSpec\
+k8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationReferencek8s.io/api/flowcontrol/v\
+1beta2.FlowDistinguisherMethodk8s.io/api/flowcontrol/v1beta2.PolicyRulesWithSubjectsk8s.io\
+/api/flowcontrol/v1beta2.Subjectk8s.io/api/flowcontrol/v1beta2.UserSubjectk8s.io/api/flowc\
+ontrol/v1beta2.GroupSubjectk8s.io/api/flowcontrol/v1beta2.ServiceAccountSubjectk8s.io/api/\
+flowcontrol/v1beta2.ResourcePolicyRulek8s.io/api/flowcontrol/v1beta2.NonResourcePolicyRule\
+k8s.io/api/flowcontrol/v1beta2.FlowSchemaStatusk8s.io/api/flowcontrol/v1beta2.FlowSchemaCo\
+nditionk8s.io/api/flowcontrol/v1beta2.FlowSchemaListk8s.io/api/flowcontrol/v1beta2.Priorit\
+yLevelConfigurationk8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationSpeck8s.io/api\
+/flowcontrol/v1beta2.LimitedPriorityLevelConfigurationk8s.io/api/flowcontrol/v1beta2.Limit\
+Responsek8s.io/api/flowcontrol/v1beta2.QueuingConfigurationk8s.io/api/flowcontrol/v1beta2.\
+ExemptPriorityLevelConfigurationk8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationS\
+tatusk8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationConditionk8s.io/api/flowcont\
+rol/v1beta2.PriorityLevelConfigurationListk8s.io/api/flowcontrol/v1beta3.FlowSchemak8s.io/\
+api/flowcontrol/v1beta3.FlowSchemaSpeck8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigur\
+ationReferencek8s.io/api/flowcontrol/v1beta3.FlowDistinguisherMethodk8s.io/api/flowcontrol\
+/v1beta3.PolicyRulesWithSubjectsk8s.io/api/flowcontrol/v1beta3.Subjectk8s.io/api/flowcontr\
+ol/v1beta3.UserSubjectk8s.io/api/flowcontrol/v1beta3.GroupSubjectk8s.io/api/flowcontrol/v1\
+beta3.ServiceAccountSubjectk8s.io/api/flowcontrol/v1beta3.ResourcePolicyRulek8s.io/api/flo\
+wcontrol/v1beta3.NonResourcePolicyRulek8s.io/api/flowcontrol/v1beta3.FlowSchemaStatusk8s.i\
+o/api/flowcontrol/v1beta3.FlowSchemaConditionk8s.io/api/flowcontrol/v1beta3.FlowSchemaList\
+k8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigurationk8s.io/api/flowcontrol/v1beta3.Pr\
+iorityLevelConfigurationSpeck8s.io/api/flowcontrol/v1beta3.LimitedPriorityLevelConfigurati\
+onk8s.io/api/flowcontrol/v1beta3.LimitResponsek8s.io/api/flowcontrol/v1beta3.QueuingConfig\
+urationk8s.io/api/flowcontrol/v1beta3.ExemptPriorityLevelConfigurationk8s.io/api/flowcontr\
+ol/v1beta3.PriorityLevelConfigurationStatusk8s.io/api/flowcontrol/v1beta3.PriorityLevelCon\
+figurationConditionk8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigurationListk8s.io/api\
+/apiserverinternal/v1alpha1.StorageVersionk8s.io/api/apiserverinternal/v1alpha1.StorageVer\
+sionSpeck8s.io/api/apiserverinternal/v1alpha1.StorageVersionStatusstorageVersionscommonEnc\
+odingVersionk8s.io/api/apiserverinternal/v1alpha1.ServerStorageVersionapiServerIDencodingV\
+ersiondecodableVersionsservedVersionsk8s.io/api/apiserverinternal/v1alpha1.StorageVersionC\
+onditionk8s.io/api/apiserverinternal/v1alpha1.StorageVersionListk8s.io/apimachinery/pkg/ap\
+is/meta/v1.PartialObjectMetadatak8s.io/apimachinery/pkg/apis/meta/v1.PartialObjectMetadata\
+Listk8s.io/apimachinery/pkg/apis/meta/v1.TableOptionsincludeObjectk8s.io/apimachinery/pkg/\
+apis/meta/v1beta1.PartialObjectMetadataListk8s.io/api/networking/v1.IPAddressk8s.io/api/ne\
+tworking/v1.IPAddressSpecparentRefk8s.io/api/networking/v1.ParentReferencek8s.io/api/netwo\
+rking/v1.IPAddressListk8s.io/api/networking/v1.Ingressk8s.io/api/networking/v1.IngressSpec\
+defaultBackendk8s.io/api/networking/v1.IngressBackendk8s.io/api/networking/v1.IngressServi\
+ceBackendk8s.io/api/networking/v1.ServiceBackendPortnumberk8s.io/api/networking/v1.Ingress\
+TLSk8s.io/api/networking/v1.IngressRulek8s.io/api/networking/v1.IngressRuleValuek8s.io/api\
+/networking/v1.HTTPIngressRuleValuek8s.io/api/networking/v1.HTTPIngressPathk8s.io/api/netw\
+orking/v1.IngressStatusk8s.io/api/networking/v1.IngressLoadBalancerStatusk8s.io/api/networ\
+king/v1.IngressLoadBalancerIngressk8s.io/api/networking/v1.IngressPortStatusk8s.io/api/net\
+working/v1.IngressClassk8s.io/api/networking/v1.IngressClassSpecparametersk8s.io/api/netwo\
+rking/v1.IngressClassParametersReferencek8s.io/api/networking/v1.IngressClassListk8s.io/ap\
+i/networking/v1.IngressListk8s.io/api/networking/v1.NetworkPolicyk8s.io/api/networking/v1.\
+NetworkPolicySpeck8s.io/api/networking/v1.NetworkPolicyIngressRulek8s.io/api/networking/v1\
+.NetworkPolicyPortk8s.io/api/networking/v1.NetworkPolicyPeerk8s.io/api/networking/v1.IPBlo\
+ckk8s.io/api/networking/v1.NetworkPolicyEgressRulek8s.io/api/networking/v1.NetworkPolicyLi\
+stk8s.io/api/networking/v1.ServiceCIDRk8s.io/api/networking/v1.ServiceCIDRSpeccidrsk8s.io/\
+api/networking/v1.ServiceCIDRStatusk8s.io/api/networking/v1.ServiceCIDRListk8s.io/api/netw\
+orking/v1beta1.IPAddressk8s.io/api/networking/v1beta1.IPAddressSpeck8s.io/api/networking/v\
+1beta1.ParentReferencek8s.io/api/networking/v1beta1.IPAddressListk8s.io/api/networking/v1b\
+eta1.Ingressk8s.io/api/networking/v1beta1.IngressSpeck8s.io/api/networking/v1beta1.Ingress\
+Backendk8s.io/api/networking/v1beta1.IngressTLSk8s.io/api/networking/v1beta1.IngressRulek8\
+s.io/api/networking/v1beta1.IngressRuleValuek8s.io/api/networking/v1beta1.HTTPIngressRuleV\
+aluek8s.io/api/networking/v1beta1.HTTPIngressPathk8s.io/api/networking/v1beta1.IngressStat\
+usk8s.io/api/networking/v1beta1.IngressLoadBalancerStatusk8s.io/api/networking/v1beta1.Ing\
+ressLoadBalancerIngressk8s.io/api/networking/v1beta1.IngressPortStatusk8s.io/api/networkin\
+g/v1beta1.IngressClassk8s.io/api/networking/v1beta1.IngressClassSpeck8s.io/api/networking/\
+v1beta1.IngressClassParametersReferencek8s.io/api/networking/v1beta1.IngressClassListk8s.i\
+o/api/networking/v1beta1.IngressListk8s.io/api/networking/v1beta1.ServiceCIDRk8s.io/api/ne\
+tworking/v1beta1.ServiceCIDRSpeck8s.io/api/networking/v1beta1.ServiceCIDRStatusk8s.io/api/\
+networking/v1beta1.ServiceCIDRListk8s.io/api/node/v1.RuntimeClasshandlerschedulingk8s.io/a\
+pi/node/v1.OverheadpodFixedk8s.io/api/node/v1.Schedulingk8s.io/api/node/v1.RuntimeClassLis\
+tk8s.io/api/node/v1alpha1.RuntimeClassk8s.io/api/node/v1alpha1.RuntimeClassSpecruntimeHand\
+lerk8s.io/api/node/v1alpha1.Overheadk8s.io/api/node/v1alpha1.Schedulingk8s.io/api/node/v1a\
+lpha1.RuntimeClassListk8s.io/api/node/v1beta1.RuntimeClassk8s.io/api/node/v1beta1.Overhead\
+k8s.io/api/node/v1beta1.Schedulingk8s.io/api/node/v1beta1.RuntimeClassListk8s.io/api/polic\
+y/v1.EvictiondeleteOptionsk8s.io/api/policy/v1.PodDisruptionBudgetk8s.io/api/policy/v1.Pod\
+DisruptionBudgetSpecminAvailableunhealthyPodEvictionPolicyk8s.io/api/policy/v1.PodDisrupti\
+onBudgetStatusdisruptedPodsdisruptionsAllowedcurrentHealthydesiredHealthyexpectedPodsk8s.i\
+o/api/policy/v1.PodDisruptionBudgetListk8s.io/api/policy/v1beta1.Evictionk8s.io/api/policy\
+/v1beta1.PodDisruptionBudgetk8s.io/api/policy/v1beta1.PodDisruptionBudgetSpeck8s.io/api/po\
+licy/v1beta1.PodDisruptionBudgetStatusk8s.io/api/policy/v1beta1.PodDisruptionBudgetListk8s\
+.io/api/rbac/v1.ClusterRoleaggregationRulek8s.io/api/rbac/v1.PolicyRulek8s.io/api/rbac/v1.\
+AggregationRuleclusterRoleSelectorsk8s.io/api/rbac/v1.ClusterRoleBindingroleRefk8s.io/api/\
+rbac/v1.Subjectk8s.io/api/rbac/v1.RoleRefk8s.io/api/rbac/v1.ClusterRoleBindingListk8s.io/a\
+pi/rbac/v1.ClusterRoleListk8s.io/api/rbac/v1.Rolek8s.io/api/rbac/v1.RoleBindingk8s.io/api/\
+rbac/v1.RoleBindingListk8s.io/api/rbac/v1.RoleListk8s.io/api/rbac/v1alpha1.ClusterRolek8s.\
+io/api/rbac/v1alpha1.PolicyRulek8s.io/api/rbac/v1alpha1.AggregationRulek8s.io/api/rbac/v1a\
+lpha1.ClusterRoleBindingk8s.io/api/rbac/v1alpha1.Subjectk8s.io/api/rbac/v1alpha1.RoleRefk8\
+s.io/api/rbac/v1alpha1.ClusterRoleBindingListk8s.io/api/rbac/v1alpha1.ClusterRoleListk8s.i\
+o/api/rbac/v1alpha1.Rolek8s.io/api/rbac/v1alpha1.RoleBindingk8s.io/api/rbac/v1alpha1.RoleB\
+indingListk8s.io/api/rbac/v1alpha1.RoleListk8s.io/api/rbac/v1beta1.ClusterRolek8s.io/api/r\
+bac/v1beta1.PolicyRulek8s.io/api/rbac/v1beta1.AggregationRulek8s.io/api/rbac/v1beta1.Clust\
+erRoleBindingk8s.io/api/rbac/v1beta1.Subjectk8s.io/api/rbac/v1beta1.RoleRefk8s.io/api/rbac\
+/v1beta1.ClusterRoleBindingListk8s.io/api/rbac/v1beta1.ClusterRoleListk8s.io/api/rbac/v1be\
+ta1.Rolek8s.io/api/rbac/v1beta1.RoleBindingk8s.io/api/rbac/v1beta1.RoleBindingListk8s.io/a\
+pi/rbac/v1beta1.RoleListk8s.io/api/resource/v1.DeviceClassk8s.io/api/resource/v1.DeviceCla\
+ssSpecselectorsconfigextendedResourceNamek8s.io/api/resource/v1.DeviceSelectorcelk8s.io/ap\
+i/resource/v1.CELDeviceSelectork8s.io/api/resource/v1.DeviceClassConfigurationk8s.io/api/r\
+esource/v1.DeviceConfigurationopaquek8s.io/api/resource/v1.OpaqueDeviceConfigurationk8s.io\
+/api/resource/v1.DeviceClassListk8s.io/api/resource/v1.ResourceClaimk8s.io/api/resource/v1\
+.ResourceClaimSpecdevicesk8s.io/api/resource/v1.DeviceClaimconstraintsk8s.io/api/resource/\
+v1.DeviceRequestexactlyfirstAvailablek8s.io/api/resource/v1.ExactDeviceRequestdeviceClassN\
+ameallocationModeadminAccessk8s.io/api/resource/v1.DeviceTolerationk8s.io/api/resource/v1.\
+CapacityRequirementsk8s.io/api/resource/v1.DeviceSubRequestk8s.io/api/resource/v1.DeviceCo\
+nstraintmatchAttributedistinctAttributek8s.io/api/resource/v1.DeviceClaimConfigurationk8s.\
+io/api/resource/v1.ResourceClaimStatusallocationreservedFork8s.io/api/resource/v1.Allocati\
+onResultallocationTimestampk8s.io/api/resource/v1.DeviceAllocationResultresultsk8s.io/api/\
+resource/v1.DeviceRequestAllocationResultdevicebindingConditionsbindingFailureConditionssh\
+areIDconsumedCapacityk8s.io/api/resource/v1.DeviceAllocationConfigurationsourcek8s.io/api/\
+resource/v1.ResourceClaimConsumerReferencek8s.io/api/resource/v1.AllocatedDeviceStatusnetw\
+orkDatak8s.io/api/resource/v1.NetworkDeviceDatainterfaceNameipshardwareAddressk8s.io/api/r\
+esource/v1.ResourceClaimListk8s.io/api/resource/v1.ResourceClaimTemplatek8s.io/api/resourc\
+e/v1.ResourceClaimTemplateSpeck8s.io/api/resource/v1.ResourceClaimTemplateListk8s.io/api/r\
+esource/v1.ResourceSlicek8s.io/api/resource/v1.ResourceSliceSpecallNodesperDeviceNodeSelec\
+tionsharedCountersk8s.io/api/resource/v1.ResourcePoolresourceSliceCountk8s.io/api/resource\
+/v1.DeviceattributesconsumesCounterstaintsbindsToNodeallowMultipleAllocationsk8s.io/api/re\
+source/v1.DeviceAttributeintboolstringk8s.io/api/resource/v1.DeviceCapacityrequestPolicyk8\
+s.io/api/resource/v1.CapacityRequestPolicyvalidValuesvalidRangek8s.io/api/resource/v1.Capa\
+cityRequestPolicyRangeminmaxstepk8s.io/api/resource/v1.DeviceCounterConsumptioncounterSetc\
+ountersk8s.io/api/resource/v1.Counterk8s.io/api/resource/v1.DeviceTainttimeAddedk8s.io/api\
+/resource/v1.CounterSetk8s.io/api/resource/v1.ResourceSliceListk8s.io/api/resource/v1alpha\
+3.DeviceTaintRulek8s.io/api/resource/v1alpha3.DeviceTaintRuleSpecdeviceSelectortaintk8s.io\
+/api/resource/v1alpha3.DeviceTaintSelectork8s.io/api/resource/v1alpha3.DeviceTaintk8s.io/a\
+pi/resource/v1alpha3.DeviceTaintRuleStatusk8s.io/api/resource/v1alpha3.DeviceTaintRuleList\
+k8s.io/api/resource/v1beta1.DeviceClassk8s.io/api/resource/v1beta1.DeviceClassSpeck8s.io/a\
+pi/resource/v1beta1.DeviceSelectork8s.io/api/resource/v1beta1.CELDeviceSelectork8s.io/api/\
+resource/v1beta1.DeviceClassConfigurationk8s.io/api/resource/v1beta1.DeviceConfigurationk8\
+s.io/api/resource/v1beta1.OpaqueDeviceConfigurationk8s.io/api/resource/v1beta1.DeviceClass\
+Listk8s.io/api/resource/v1beta1.ResourceClaimk8s.io/api/resource/v1beta1.ResourceClaimSpec\
+k8s.io/api/resource/v1beta1.DeviceClaimk8s.io/api/resource/v1beta1.DeviceRequestk8s.io/api\
+/resource/v1beta1.DeviceSubRequestk8s.io/api/resource/v1beta1.DeviceTolerationk8s.io/api/r\
+esource/v1beta1.CapacityRequirementsk8s.io/api/resource/v1beta1.DeviceConstraintk8s.io/api\
+/resource/v1beta1.DeviceClaimConfigurationk8s.io/api/resource/v1beta1.ResourceClaimStatusk\
+8s.io/api/resource/v1beta1.AllocationResultk8s.io/api/resource/v1beta1.DeviceAllocationRes\
+ultk8s.io/api/resource/v1beta1.DeviceRequestAllocationResultk8s.io/api/resource/v1beta1.De\
+viceAllocationConfigurationk8s.io/api/resource/v1beta1.ResourceClaimConsumerReferencek8s.i\
+o/api/resource/v1beta1.AllocatedDeviceStatusk8s.io/api/resource/v1beta1.NetworkDeviceDatak\
+8s.io/api/resource/v1beta1.ResourceClaimListk8s.io/api/resource/v1beta1.ResourceClaimTempl\
+atek8s.io/api/resource/v1beta1.ResourceClaimTemplateSpeck8s.io/api/resource/v1beta1.Resour\
+ceClaimTemplateListk8s.io/api/resource/v1beta1.ResourceSlicek8s.io/api/resource/v1beta1.Re\
+sourceSliceSpeck8s.io/api/resource/v1beta1.ResourcePoolk8s.io/api/resource/v1beta1.Deviceb\
+asick8s.io/api/resource/v1beta1.BasicDevicek8s.io/api/resource/v1beta1.DeviceAttributek8s.\
+io/api/resource/v1beta1.DeviceCapacityk8s.io/api/resource/v1beta1.CapacityRequestPolicyk8s\
+.io/api/resource/v1beta1.CapacityRequestPolicyRangek8s.io/api/resource/v1beta1.DeviceCount\
+erConsumptionk8s.io/api/resource/v1beta1.Counterk8s.io/api/resource/v1beta1.DeviceTaintk8s\
+.io/api/resource/v1beta1.CounterSetk8s.io/api/resource/v1beta1.ResourceSliceListk8s.io/api\
+/resource/v1beta2.DeviceClassk8s.io/api/resource/v1beta2.DeviceClassSpeck8s.io/api/resourc\
+e/v1beta2.DeviceSelectork8s.io/api/resource/v1beta2.CELDeviceSelectork8s.io/api/resource/v\
+1beta2.DeviceClassConfigurationk8s.io/api/resource/v1beta2.DeviceConfigurationk8s.io/api/r\
+esource/v1beta2.OpaqueDeviceConfigurationk8s.io/api/resource/v1beta2.DeviceClassListk8s.io\
+/api/resource/v1beta2.ResourceClaimk8s.io/api/resource/v1beta2.ResourceClaimSpeck8s.io/api\
+/resource/v1beta2.DeviceClaimk8s.io/api/resource/v1beta2.DeviceRequestk8s.io/api/resource/\
+v1beta2.ExactDeviceRequestk8s.io/api/resource/v1beta2.DeviceTolerationk8s.io/api/resource/\
+v1beta2.CapacityRequirementsk8s.io/api/resource/v1beta2.DeviceSubRequestk8s.io/api/resourc\
+e/v1beta2.DeviceConstraintk8s.io/api/resource/v1beta2.DeviceClaimConfigurationk8s.io/api/r\
+esource/v1beta2.ResourceClaimStatusk8s.io/api/resource/v1beta2.AllocationResultk8s.io/api/\
+resource/v1beta2.DeviceAllocationResultk8s.io/api/resource/v1beta2.DeviceRequestAllocation\
+Resultk8s.io/api/resource/v1beta2.DeviceAllocationConfigurationk8s.io/api/resource/v1beta2\
+.ResourceClaimConsumerReferencek8s.io/api/resource/v1beta2.AllocatedDeviceStatusk8s.io/api\
+/resource/v1beta2.NetworkDeviceDatak8s.io/api/resource/v1beta2.ResourceClaimListk8s.io/api\
+/resource/v1beta2.ResourceClaimTemplatek8s.io/api/resource/v1beta2.ResourceClaimTemplateSp\
+eck8s.io/api/resource/v1beta2.ResourceClaimTemplateListk8s.io/api/resource/v1beta2.Resourc\
+eSlicek8s.io/api/resource/v1beta2.ResourceSliceSpeck8s.io/api/resource/v1beta2.ResourcePoo\
+lk8s.io/api/resource/v1beta2.Devicek8s.io/api/resource/v1beta2.DeviceAttributek8s.io/api/r\
+esource/v1beta2.DeviceCapacityk8s.io/api/resource/v1beta2.CapacityRequestPolicyk8s.io/api/\
+resource/v1beta2.CapacityRequestPolicyRangek8s.io/api/resource/v1beta2.DeviceCounterConsum\
+ptionk8s.io/api/resource/v1beta2.Counterk8s.io/api/resource/v1beta2.DeviceTaintk8s.io/api/\
+resource/v1beta2.CounterSetk8s.io/api/resource/v1beta2.ResourceSliceListk8s.io/api/schedul\
+ing/v1.PriorityClassglobalDefaultk8s.io/api/scheduling/v1.PriorityClassListk8s.io/api/sche\
+duling/v1alpha1.PriorityClassk8s.io/api/scheduling/v1alpha1.PriorityClassListk8s.io/api/sc\
+heduling/v1alpha1.Workloadk8s.io/api/scheduling/v1alpha1.WorkloadSpeccontrollerRefpodGroup\
+sk8s.io/api/scheduling/v1alpha1.TypedLocalObjectReferencek8s.io/api/scheduling/v1alpha1.Po\
+dGrouppolicyk8s.io/api/scheduling/v1alpha1.PodGroupPolicygangk8s.io/api/scheduling/v1alpha\
+1.BasicSchedulingPolicyk8s.io/api/scheduling/v1alpha1.GangSchedulingPolicyminCountk8s.io/a\
+pi/scheduling/v1alpha1.WorkloadListk8s.io/api/scheduling/v1beta1.PriorityClassk8s.io/api/s\
+cheduling/v1beta1.PriorityClassListk8s.io/api/storage/v1.CSIDriverk8s.io/api/storage/v1.CS\
+IDriverSpecattachRequiredpodInfoOnMountvolumeLifecycleModesstorageCapacityfsGroupPolicytok\
+enRequestsrequiresRepublishseLinuxMountnodeAllocatableUpdatePeriodSecondsserviceAccountTok\
+enInSecretsk8s.io/api/storage/v1.TokenRequestk8s.io/api/storage/v1.CSIDriverListk8s.io/api\
+/storage/v1.CSINodek8s.io/api/storage/v1.CSINodeSpecdriversk8s.io/api/storage/v1.CSINodeDr\
+ivernodeIDtopologyKeysallocatablek8s.io/api/storage/v1.VolumeNodeResourcesk8s.io/api/stora\
+ge/v1.CSINodeListk8s.io/api/storage/v1.CSIStorageCapacitynodeTopologymaximumVolumeSizek8s.\
+io/api/storage/v1.CSIStorageCapacityListk8s.io/api/storage/v1.StorageClassprovisionerrecla\
+imPolicymountOptionsallowVolumeExpansionvolumeBindingModeallowedTopologiesk8s.io/api/core/\
+v1.TopologySelectorTermmatchLabelExpressionsk8s.io/api/core/v1.TopologySelectorLabelRequir\
+ementk8s.io/api/storage/v1.StorageClassListk8s.io/api/storage/v1.VolumeAttachmentk8s.io/ap\
+i/storage/v1.VolumeAttachmentSpecattacherk8s.io/api/storage/v1.VolumeAttachmentSourcepersi\
+stentVolumeNameinlineVolumeSpeck8s.io/api/core/v1.PersistentVolumeSpecclaimRefpersistentVo\
+lumeReclaimPolicyk8s.io/api/core/v1.PersistentVolumeSourcelocalk8s.io/api/core/v1.Glusterf\
+sPersistentVolumeSourceendpointsNamespacek8s.io/api/core/v1.RBDPersistentVolumeSourcek8s.i\
+o/api/core/v1.SecretReferencek8s.io/api/core/v1.ISCSIPersistentVolumeSourcek8s.io/api/core\
+/v1.CinderPersistentVolumeSourcek8s.io/api/core/v1.CephFSPersistentVolumeSourcek8s.io/api/\
+core/v1.FlexPersistentVolumeSourcek8s.io/api/core/v1.AzureFilePersistentVolumeSourcesecret\
+Namespacek8s.io/api/core/v1.ScaleIOPersistentVolumeSourcek8s.io/api/core/v1.LocalVolumeSou\
+rcek8s.io/api/core/v1.StorageOSPersistentVolumeSourcek8s.io/api/core/v1.CSIPersistentVolum\
+eSourcevolumeHandlecontrollerPublishSecretRefnodeStageSecretRefcontrollerExpandSecretRefno\
+deExpandSecretRefk8s.io/api/core/v1.VolumeNodeAffinityk8s.io/api/storage/v1.VolumeAttachme\
+ntStatusattachedattachmentMetadataattachErrordetachErrork8s.io/api/storage/v1.VolumeErrore\
+rrorCodek8s.io/api/storage/v1.VolumeAttachmentListk8s.io/api/storage/v1.VolumeAttributesCl\
+assdriverNamek8s.io/api/storage/v1.VolumeAttributesClassListk8s.io/api/storage/v1alpha1.CS\
+IStorageCapacityk8s.io/api/storage/v1alpha1.CSIStorageCapacityListk8s.io/api/storage/v1alp\
+ha1.VolumeAttachmentk8s.io/api/storage/v1alpha1.VolumeAttachmentSpeck8s.io/api/storage/v1a\
+lpha1.VolumeAttachmentSourcek8s.io/api/storage/v1alpha1.VolumeAttachmentStatusk8s.io/api/s\
+torage/v1alpha1.VolumeErrork8s.io/api/storage/v1alpha1.VolumeAttachmentListk8s.io/api/stor\
+age/v1alpha1.VolumeAttributesClassk8s.io/api/storage/v1alpha1.VolumeAttributesClassListk8s\
+.io/api/storage/v1beta1.CSIDriverk8s.io/api/storage/v1beta1.CSIDriverSpeck8s.io/api/storag\
+e/v1beta1.TokenRequestk8s.io/api/storage/v1beta1.CSIDriverListk8s.io/api/storage/v1beta1.C\
+SINodek8s.io/api/storage/v1beta1.CSINodeSpeck8s.io/api/storage/v1beta1.CSINodeDriverk8s.io\
+/api/storage/v1beta1.VolumeNodeResourcesk8s.io/api/storage/v1beta1.CSINodeListk8s.io/api/s\
+torage/v1beta1.CSIStorageCapacityk8s.io/api/storage/v1beta1.CSIStorageCapacityListk8s.io/a\
+pi/storage/v1beta1.StorageClassk8s.io/api/storage/v1beta1.StorageClassListk8s.io/api/stora\
+ge/v1beta1.VolumeAttachmentk8s.io/api/storage/v1beta1.VolumeAttachmentSpeck8s.io/api/stora\
+ge/v1beta1.VolumeAttachmentSourcek8s.io/api/storage/v1beta1.VolumeAttachmentStatusk8s.io/a\
+pi/storage/v1beta1.VolumeErrork8s.io/api/storage/v1beta1.VolumeAttachmentListk8s.io/api/st\
+orage/v1beta1.VolumeAttributesClassk8s.io/api/storage/v1beta1.VolumeAttributesClassListk8s\
+.io/api/storagemigration/v1beta1.StorageVersionMigrationk8s.io/api/storagemigration/v1beta\
+1.StorageVersionMigrationSpeck8s.io/apimachinery/pkg/apis/meta/v1.GroupResourcek8s.io/api/\
+storagemigration/v1beta1.StorageVersionMigrationStatusk8s.io/api/storagemigration/v1beta1.\
+StorageVersionMigrationListk8s.io/apimachinery/pkg/apis/meta/v1.APIGrouppreferredVersionse\
+rverAddressByClientCIDRsk8s.io/apimachinery/pkg/apis/meta/v1.GroupVersionForDiscoverygroup\
+Versionk8s.io/apimachinery/pkg/apis/meta/v1.ServerAddressByClientCIDRclientCIDRserverAddre\
+ssk8s.io/apimachinery/pkg/apis/meta/v1.APIGroupListk8s.io/apimachinery/pkg/apis/meta/v1.AP\
+IResourceListk8s.io/apimachinery/pkg/apis/meta/v1.APIResourcesingularNamenamespacedstorage\
+VersionHashk8s.io/apimachinery/pkg/apis/meta/v1.APIVersionsk8s.io/api/core/v1.Bindingk8s.i\
+o/api/core/v1.ComponentStatusk8s.io/api/core/v1.ComponentConditionk8s.io/api/core/v1.Compo\
+nentStatusListk8s.io/api/core/v1.ConfigMapimmutablebinaryDatak8s.io/api/core/v1.ConfigMapL\
+istk8s.io/api/core/v1.Endpointssubsetsk8s.io/api/core/v1.EndpointSubsetnotReadyAddressesk8\
+s.io/api/core/v1.EndpointAddressk8s.io/api/core/v1.EndpointPortk8s.io/api/core/v1.Endpoint\
+sListk8s.io/api/core/v1.EventinvolvedObjectfirstTimestamplastTimestampreportingComponentk8\
+s.io/api/core/v1.EventSeriesk8s.io/api/core/v1.EventListk8s.io/api/core/v1.LimitRangek8s.i\
+o/api/core/v1.LimitRangeSpeck8s.io/api/core/v1.LimitRangeItemdefaultRequestmaxLimitRequest\
+Ratiok8s.io/api/core/v1.LimitRangeListk8s.io/api/core/v1.Listk8s.io/api/core/v1.Namespacek\
+8s.io/api/core/v1.NamespaceSpeck8s.io/api/core/v1.NamespaceStatusk8s.io/api/core/v1.Namesp\
+aceConditionk8s.io/api/core/v1.NamespaceListk8s.io/api/core/v1.Nodek8s.io/api/core/v1.Node\
+SpecpodCIDRpodCIDRsproviderIDunschedulableconfigSourceexternalIDk8s.io/api/core/v1.Taintk8\
+s.io/api/core/v1.NodeConfigSourcek8s.io/api/core/v1.ConfigMapNodeConfigSourcekubeletConfig\
+Keyk8s.io/api/core/v1.NodeStatusdaemonEndpointsnodeInfoimagesvolumesInUsevolumesAttachedru\
+ntimeHandlersfeaturesdeclaredFeaturesk8s.io/api/core/v1.NodeConditionlastHeartbeatTimek8s.\
+io/api/core/v1.NodeAddressaddressk8s.io/api/core/v1.NodeDaemonEndpointskubeletEndpointk8s.\
+io/api/core/v1.DaemonEndpointPortk8s.io/api/core/v1.NodeSystemInfomachineIDsystemUUIDbootI\
+DkernelVersionosImagecontainerRuntimeVersionkubeletVersionkubeProxyVersionoperatingSystema\
+rchitectureswapk8s.io/api/core/v1.NodeSwapStatusk8s.io/api/core/v1.ContainerImagesizeBytes\
+k8s.io/api/core/v1.AttachedVolumek8s.io/api/core/v1.NodeConfigStatusassignedlastKnownGoodk\
+8s.io/api/core/v1.NodeRuntimeHandlerk8s.io/api/core/v1.NodeRuntimeHandlerFeaturesrecursive\
+ReadOnlyMountsuserNamespacesk8s.io/api/core/v1.NodeFeaturesk8s.io/api/core/v1.NodeListk8s.\
+io/api/core/v1.NodeProxyOptionsk8s.io/api/core/v1.PersistentVolumek8s.io/api/core/v1.Persi\
+stentVolumeStatuslastPhaseTransitionTimek8s.io/api/core/v1.PersistentVolumeClaimListk8s.io\
+/api/core/v1.PersistentVolumeListk8s.io/api/core/v1.Podk8s.io/api/core/v1.PodStatusnominat\
+edNodeNamehostIPspodIPpodIPsinitContainerStatusescontainerStatusesqosClassephemeralContain\
+erStatusesresizeresourceClaimStatusesextendedResourceClaimStatusk8s.io/api/core/v1.PodCond\
+itionk8s.io/api/core/v1.HostIPk8s.io/api/core/v1.PodIPk8s.io/api/core/v1.ContainerStatusst\
+atelastStaterestartCountimageIDcontainerIDstartedallocatedResourcesStatusk8s.io/api/core/v\
+1.ContainerStatewaitingrunningterminatedk8s.io/api/core/v1.ContainerStateWaitingk8s.io/api\
+/core/v1.ContainerStateRunningstartedAtk8s.io/api/core/v1.ContainerStateTerminatedexitCode\
+signalfinishedAtk8s.io/api/core/v1.VolumeMountStatusk8s.io/api/core/v1.ContainerUserlinuxk\
+8s.io/api/core/v1.LinuxContainerUsergidk8s.io/api/core/v1.ResourceStatusk8s.io/api/core/v1\
+.ResourceHealthresourceIDhealthk8s.io/api/core/v1.PodResourceClaimStatusk8s.io/api/core/v1\
+.PodExtendedResourceClaimStatusrequestMappingsk8s.io/api/core/v1.ContainerExtendedResource\
+RequestrequestNamek8s.io/api/core/v1.PodAttachOptionsstdoutstderrk8s.io/api/core/v1.PodExe\
+cOptionsk8s.io/api/core/v1.PodListk8s.io/api/core/v1.PodLogOptionsfollowprevioussinceSecon\
+dssinceTimetimestampstailLineslimitBytesinsecureSkipTLSVerifyBackendstreamk8s.io/api/core/\
+v1.PodPortForwardOptionsk8s.io/api/core/v1.PodProxyOptionsk8s.io/api/core/v1.PodStatusResu\
+ltk8s.io/api/core/v1.PodTemplatek8s.io/api/core/v1.PodTemplateListk8s.io/api/core/v1.Range\
+Allocationrangek8s.io/api/core/v1.ReplicationControllerk8s.io/api/core/v1.ReplicationContr\
+ollerSpeck8s.io/api/core/v1.ReplicationControllerStatusk8s.io/api/core/v1.ReplicationContr\
+ollerConditionk8s.io/api/core/v1.ReplicationControllerListk8s.io/api/core/v1.ResourceQuota\
+k8s.io/api/core/v1.ResourceQuotaSpechardscopesscopeSelectork8s.io/api/core/v1.ScopeSelecto\
+rk8s.io/api/core/v1.ScopedResourceSelectorRequirementscopeNamek8s.io/api/core/v1.ResourceQ\
+uotaStatususedk8s.io/api/core/v1.ResourceQuotaListk8s.io/api/core/v1.SecretstringDatak8s.i\
+o/api/core/v1.SecretListk8s.io/api/core/v1.SerializedReferencek8s.io/api/core/v1.Servicek8\
+s.io/api/core/v1.ServiceSpecclusterIPclusterIPsexternalIPssessionAffinityloadBalancerIPloa\
+dBalancerSourceRangesexternalNameexternalTrafficPolicyhealthCheckNodePortpublishNotReadyAd\
+dressessessionAffinityConfigipFamiliesipFamilyPolicyallocateLoadBalancerNodePortsloadBalan\
+cerClassinternalTrafficPolicytrafficDistributionk8s.io/api/core/v1.ServicePorttargetPortno\
+dePortk8s.io/api/core/v1.SessionAffinityConfigclientIPk8s.io/api/core/v1.ClientIPConfigk8s\
+.io/api/core/v1.ServiceStatusk8s.io/api/core/v1.LoadBalancerStatusk8s.io/api/core/v1.LoadB\
+alancerIngressipModek8s.io/api/core/v1.PortStatusk8s.io/api/core/v1.ServiceAccountsecretsk\
+8s.io/api/core/v1.ServiceAccountListk8s.io/api/core/v1.ServiceListk8s.io/api/core/v1.Servi\
+ceProxyOptions\
+";
+
+pub(super) static KINDS: [Kind; 747] = [
+    k(0, 31, 31, 13, 0),
+    k(0, 31, 44, 13, 1),
+    k(0, 31, 57, 10, 3),
+    k(0, 31, 67, 11, 4),
+    k(0, 31, 78, 28, 5),
+    k(0, 31, 106, 32, 17),
+    k(0, 31, 138, 12, 19),
+    k(0, 31, 150, 13, 20),
+    k(0, 31, 163, 25, 21),
+    k(0, 31, 188, 32, 33),
+    k(0, 31, 220, 36, 36),
+    k(0, 31, 256, 29, 37),
+    k(0, 31, 285, 30, 38),
+    k(0, 31, 315, 34, 40),
+    k(0, 31, 349, 10, 41),
+    k(359, 37, 31, 13, 0),
+    k(359, 37, 44, 13, 1),
+    k(359, 37, 57, 10, 3),
+    k(359, 37, 67, 11, 4),
+    k(359, 37, 396, 23, 42),
+    k(359, 37, 419, 30, 52),
+    k(359, 37, 449, 34, 55),
+    k(359, 37, 483, 27, 56),
+    k(359, 37, 138, 12, 19),
+    k(359, 37, 150, 13, 20),
+    k(359, 37, 163, 25, 57),
+    k(359, 37, 188, 32, 64),
+    k(359, 37, 220, 36, 66),
+    k(359, 37, 256, 29, 67),
+    k(359, 37, 349, 10, 41),
+    k(510, 36, 31, 13, 0),
+    k(510, 36, 44, 13, 1),
+    k(510, 36, 57, 10, 3),
+    k(510, 36, 67, 11, 4),
+    k(510, 36, 396, 23, 68),
+    k(510, 36, 419, 30, 78),
+    k(510, 36, 449, 34, 81),
+    k(510, 36, 483, 27, 82),
+    k(510, 36, 78, 28, 83),
+    k(510, 36, 106, 32, 87),
+    k(510, 36, 138, 12, 19),
+    k(510, 36, 150, 13, 20),
+    k(510, 36, 163, 25, 88),
+    k(510, 36, 188, 32, 95),
+    k(510, 36, 220, 36, 97),
+    k(510, 36, 256, 29, 98),
+    k(510, 36, 285, 30, 99),
+    k(510, 36, 315, 34, 101),
+    k(510, 36, 349, 10, 41),
+    k(546, 23, 569, 16, 102),
+    k(546, 23, 31, 13, 0),
+    k(546, 23, 585, 24, 108),
+    k(546, 23, 609, 28, 127),
+    k(546, 23, 44, 13, 1),
+    k(546, 23, 57, 10, 3),
+    k(546, 23, 67, 11, 4),
+    k(546, 23, 138, 12, 19),
+    k(546, 23, 150, 13, 20),
+    k(546, 23, 349, 10, 41),
+    k(637, 28, 569, 16, 128),
+    k(637, 28, 31, 13, 0),
+    k(637, 28, 585, 24, 131),
+    k(637, 28, 609, 28, 149),
+    k(637, 28, 44, 13, 1),
+    k(637, 28, 57, 10, 3),
+    k(637, 28, 67, 11, 4),
+    k(637, 28, 138, 12, 19),
+    k(637, 28, 150, 13, 20),
+    k(637, 28, 349, 10, 41),
+    k(665, 25, 690, 10, 150),
+    k(665, 25, 700, 14, 155),
+    k(665, 25, 31, 13, 0),
+    k(665, 25, 44, 13, 1),
+    k(665, 25, 57, 10, 3),
+    k(665, 25, 67, 11, 4),
+    k(665, 25, 138, 12, 19),
+    k(665, 25, 150, 13, 20),
+    k(665, 25, 349, 10, 41),
+    k(714, 30, 690, 10, 156),
+    k(714, 30, 700, 14, 161),
+    k(714, 30, 31, 13, 0),
+    k(714, 30, 44, 13, 1),
+    k(714, 30, 57, 10, 3),
+    k(714, 30, 67, 11, 4),
+    k(714, 30, 138, 12, 19),
+    k(714, 30, 150, 13, 20),
+    k(714, 30, 349, 10, 41),
+    k(744, 7, 751, 18, 162),
+    k(744, 7, 769, 22, 163),
+    k(744, 7, 31, 13, 0),
+    k(744, 7, 791, 9, 164),
+    k(744, 7, 800, 13, 278),
+    k(744, 7, 44, 13, 1),
+    k(744, 7, 813, 10, 279),
+    k(744, 7, 823, 14, 285),
+    k(744, 7, 57, 10, 3),
+    k(744, 7, 67, 11, 4),
+    k(744, 7, 138, 12, 19),
+    k(744, 7, 837, 10, 286),
+    k(744, 7, 847, 14, 290),
+    k(744, 7, 861, 11, 291),
+    k(744, 7, 872, 15, 303),
+    k(744, 7, 150, 13, 20),
+    k(744, 7, 349, 10, 41),
+    k(887, 12, 751, 18, 304),
+    k(887, 12, 769, 22, 305),
+    k(887, 12, 31, 13, 0),
+    k(887, 12, 44, 13, 1),
+    k(887, 12, 813, 10, 306),
+    k(887, 12, 823, 14, 313),
+    k(887, 12, 899, 18, 314),
+    k(887, 12, 57, 10, 3),
+    k(887, 12, 67, 11, 4),
+    k(887, 12, 138, 12, 19),
+    k(887, 12, 917, 5, 315),
+    k(887, 12, 861, 11, 318),
+    k(887, 12, 872, 15, 326),
+    k(887, 12, 150, 13, 20),
+    k(887, 12, 349, 10, 41),
+    k(922, 12, 751, 18, 327),
+    k(922, 12, 769, 22, 328),
+    k(922, 12, 31, 13, 0),
+    k(922, 12, 791, 9, 329),
+    k(922, 12, 800, 13, 335),
+    k(922, 12, 44, 13, 1),
+    k(922, 12, 813, 10, 336),
+    k(922, 12, 823, 14, 342),
+    k(922, 12, 57, 10, 3),
+    k(922, 12, 67, 11, 4),
+    k(922, 12, 138, 12, 19),
+    k(922, 12, 837, 10, 343),
+    k(922, 12, 847, 14, 347),
+    k(922, 12, 917, 5, 348),
+    k(922, 12, 861, 11, 351),
+    k(922, 12, 872, 15, 359),
+    k(922, 12, 150, 13, 20),
+    k(922, 12, 349, 10, 41),
+    k(934, 24, 31, 13, 0),
+    k(934, 24, 44, 13, 1),
+    k(934, 24, 57, 10, 3),
+    k(934, 24, 67, 11, 4),
+    k(934, 24, 138, 12, 19),
+    k(934, 24, 958, 17, 360),
+    k(934, 24, 975, 12, 363),
+    k(934, 24, 987, 11, 367),
+    k(934, 24, 150, 13, 20),
+    k(934, 24, 349, 10, 41),
+    k(998, 30, 31, 13, 0),
+    k(998, 30, 44, 13, 1),
+    k(998, 30, 57, 10, 3),
+    k(998, 30, 67, 11, 4),
+    k(998, 30, 138, 12, 19),
+    k(998, 30, 958, 17, 370),
+    k(998, 30, 150, 13, 20),
+    k(998, 30, 349, 10, 41),
+    k(1028, 29, 31, 13, 0),
+    k(1028, 29, 44, 13, 1),
+    k(1028, 29, 57, 10, 3),
+    k(1028, 29, 67, 11, 4),
+    k(1028, 29, 138, 12, 19),
+    k(1028, 29, 958, 17, 372),
+    k(1028, 29, 987, 11, 374),
+    k(1028, 29, 150, 13, 20),
+    k(1028, 29, 349, 10, 41),
+    k(1057, 23, 31, 13, 0),
+    k(1057, 23, 44, 13, 1),
+    k(1057, 23, 57, 10, 3),
+    k(1057, 23, 67, 11, 4),
+    k(1057, 23, 1080, 24, 378),
+    k(1057, 23, 138, 12, 19),
+    k(1057, 23, 1104, 23, 386),
+    k(1057, 23, 1127, 22, 388),
+    k(1057, 23, 1149, 19, 393),
+    k(1057, 23, 150, 13, 20),
+    k(1057, 23, 349, 10, 41),
+    k(1168, 28, 31, 13, 0),
+    k(1168, 28, 44, 13, 1),
+    k(1168, 28, 57, 10, 3),
+    k(1168, 28, 67, 11, 4),
+    k(1168, 28, 1080, 24, 394),
+    k(1168, 28, 138, 12, 19),
+    k(1168, 28, 1104, 23, 399),
+    k(1168, 28, 1127, 22, 401),
+    k(1168, 28, 1149, 19, 406),
+    k(1168, 28, 150, 13, 20),
+    k(1168, 28, 349, 10, 41),
+    k(1196, 14, 31, 13, 0),
+    k(1196, 14, 44, 13, 1),
+    k(1196, 14, 57, 10, 3),
+    k(1196, 14, 1210, 23, 407),
+    k(1196, 14, 1233, 27, 411),
+    k(1196, 14, 67, 11, 4),
+    k(1196, 14, 138, 12, 19),
+    k(1196, 14, 917, 5, 412),
+    k(1196, 14, 150, 13, 20),
+    k(1196, 14, 349, 10, 41),
+    k(1260, 14, 31, 13, 0),
+    k(1260, 14, 44, 13, 1),
+    k(1260, 14, 57, 10, 3),
+    k(1260, 14, 1210, 23, 415),
+    k(1260, 14, 1233, 27, 438),
+    k(1260, 14, 67, 11, 4),
+    k(1260, 14, 138, 12, 19),
+    k(1260, 14, 150, 13, 20),
+    k(1260, 14, 349, 10, 41),
+    k(1274, 19, 31, 13, 0),
+    k(1274, 19, 44, 13, 1),
+    k(1274, 19, 57, 10, 3),
+    k(1274, 19, 1210, 23, 439),
+    k(1274, 19, 1233, 27, 456),
+    k(1274, 19, 67, 11, 4),
+    k(1274, 19, 138, 12, 19),
+    k(1274, 19, 150, 13, 20),
+    k(1274, 19, 349, 10, 41),
+    k(1293, 19, 31, 13, 0),
+    k(1293, 19, 44, 13, 1),
+    k(1293, 19, 57, 10, 3),
+    k(1293, 19, 1210, 23, 457),
+    k(1293, 19, 1233, 27, 480),
+    k(1293, 19, 67, 11, 4),
+    k(1293, 19, 138, 12, 19),
+    k(1293, 19, 150, 13, 20),
+    k(1293, 19, 349, 10, 41),
+    k(1312, 8, 31, 13, 0),
+    k(1312, 8, 1320, 7, 481),
+    k(1312, 8, 1327, 11, 493),
+    k(1312, 8, 44, 13, 1),
+    k(1312, 8, 57, 10, 3),
+    k(1312, 8, 1338, 3, 494),
+    k(1312, 8, 1341, 7, 498),
+    k(1312, 8, 67, 11, 4),
+    k(1312, 8, 138, 12, 19),
+    k(1312, 8, 150, 13, 20),
+    k(1312, 8, 349, 10, 41),
+    k(1348, 13, 31, 13, 0),
+    k(1348, 13, 1320, 7, 499),
+    k(1348, 13, 1327, 11, 503),
+    k(1348, 13, 44, 13, 1),
+    k(1348, 13, 57, 10, 3),
+    k(1348, 13, 67, 11, 4),
+    k(1348, 13, 138, 12, 19),
+    k(1348, 13, 150, 13, 20),
+    k(1348, 13, 349, 10, 41),
+    k(1361, 22, 1383, 25, 504),
+    k(1361, 22, 1408, 29, 508),
+    k(1361, 22, 31, 13, 0),
+    k(1361, 22, 44, 13, 1),
+    k(1361, 22, 57, 10, 3),
+    k(1361, 22, 67, 11, 4),
+    k(1361, 22, 138, 12, 19),
+    k(1361, 22, 150, 13, 20),
+    k(1361, 22, 349, 10, 41),
+    k(1437, 28, 1465, 18, 509),
+    k(1437, 28, 1483, 22, 511),
+    k(1437, 28, 31, 13, 0),
+    k(1437, 28, 44, 13, 1),
+    k(1437, 28, 57, 10, 3),
+    k(1437, 28, 67, 11, 4),
+    k(1437, 28, 138, 12, 19),
+    k(1437, 28, 150, 13, 20),
+    k(1437, 28, 349, 10, 41),
+    k(1505, 27, 1383, 25, 512),
+    k(1505, 27, 1408, 29, 516),
+    k(1505, 27, 1465, 18, 517),
+    k(1505, 27, 1483, 22, 519),
+    k(1505, 27, 31, 13, 0),
+    k(1505, 27, 44, 13, 1),
+    k(1505, 27, 57, 10, 3),
+    k(1505, 27, 67, 11, 4),
+    k(1505, 27, 138, 12, 19),
+    k(1505, 27, 1532, 21, 520),
+    k(1505, 27, 1553, 25, 523),
+    k(1505, 27, 150, 13, 20),
+    k(1505, 27, 349, 10, 41),
+    k(1578, 22, 31, 13, 0),
+    k(1578, 22, 44, 13, 1),
+    k(1578, 22, 57, 10, 3),
+    k(1578, 22, 1600, 5, 524),
+    k(1578, 22, 1605, 9, 526),
+    k(1578, 22, 67, 11, 4),
+    k(1578, 22, 138, 12, 19),
+    k(1578, 22, 150, 13, 20),
+    k(1578, 22, 349, 10, 41),
+    k(1614, 28, 31, 13, 0),
+    k(1614, 28, 44, 13, 1),
+    k(1614, 28, 57, 10, 3),
+    k(1614, 28, 1642, 14, 527),
+    k(1614, 28, 1656, 18, 529),
+    k(1614, 28, 67, 11, 4),
+    k(1614, 28, 138, 12, 19),
+    k(1614, 28, 150, 13, 20),
+    k(1614, 28, 349, 10, 41),
+    k(1674, 27, 31, 13, 0),
+    k(1674, 27, 44, 13, 1),
+    k(1674, 27, 57, 10, 3),
+    k(1674, 27, 1600, 5, 530),
+    k(1674, 27, 1642, 14, 532),
+    k(1674, 27, 1656, 18, 534),
+    k(1674, 27, 1605, 9, 535),
+    k(1674, 27, 67, 11, 4),
+    k(1674, 27, 138, 12, 19),
+    k(1674, 27, 150, 13, 20),
+    k(1674, 27, 349, 10, 41),
+    k(1701, 19, 31, 13, 0),
+    k(1701, 19, 44, 13, 1),
+    k(1701, 19, 1720, 13, 536),
+    k(1701, 19, 1733, 17, 543),
+    k(1701, 19, 57, 10, 3),
+    k(1701, 19, 67, 11, 4),
+    k(1701, 19, 138, 12, 19),
+    k(1701, 19, 150, 13, 20),
+    k(1701, 19, 349, 10, 41),
+    k(1750, 24, 31, 13, 0),
+    k(1750, 24, 44, 13, 1),
+    k(1750, 24, 1720, 13, 544),
+    k(1750, 24, 1733, 17, 551),
+    k(1750, 24, 57, 10, 3),
+    k(1750, 24, 67, 11, 4),
+    k(1750, 24, 138, 12, 19),
+    k(1750, 24, 150, 13, 20),
+    k(1750, 24, 349, 10, 41),
+    k(1774, 16, 31, 13, 0),
+    k(1774, 16, 44, 13, 1),
+    k(1774, 16, 1790, 5, 552),
+    k(1774, 16, 1795, 9, 555),
+    k(1774, 16, 57, 10, 3),
+    k(1774, 16, 67, 11, 4),
+    k(1774, 16, 138, 12, 19),
+    k(1774, 16, 150, 13, 20),
+    k(1774, 16, 349, 10, 41),
+    k(1804, 21, 31, 13, 0),
+    k(1804, 21, 44, 13, 1),
+    k(1804, 21, 1790, 5, 556),
+    k(1804, 21, 1795, 9, 558),
+    k(1804, 21, 57, 10, 3),
+    k(1804, 21, 67, 11, 4),
+    k(1804, 21, 138, 12, 19),
+    k(1804, 21, 150, 13, 20),
+    k(1804, 21, 349, 10, 41),
+    k(1825, 18, 31, 13, 0),
+    k(1825, 18, 791, 9, 559),
+    k(1825, 18, 800, 13, 565),
+    k(1825, 18, 44, 13, 1),
+    k(1825, 18, 813, 10, 566),
+    k(1825, 18, 823, 14, 573),
+    k(1825, 18, 899, 18, 574),
+    k(1825, 18, 57, 10, 3),
+    k(1825, 18, 1843, 7, 575),
+    k(1825, 18, 1850, 11, 587),
+    k(1825, 18, 67, 11, 4),
+    k(1825, 18, 1861, 13, 588),
+    k(1825, 18, 1874, 17, 595),
+    k(1825, 18, 138, 12, 19),
+    k(1825, 18, 837, 10, 596),
+    k(1825, 18, 847, 14, 600),
+    k(1825, 18, 917, 5, 601),
+    k(1825, 18, 150, 13, 20),
+    k(1825, 18, 349, 10, 41),
+    k(1891, 31, 31, 13, 0),
+    k(1891, 31, 44, 13, 1),
+    k(1891, 31, 1922, 10, 604),
+    k(1891, 31, 1932, 14, 617),
+    k(1891, 31, 57, 10, 3),
+    k(1891, 31, 67, 11, 4),
+    k(1891, 31, 138, 12, 19),
+    k(1891, 31, 1946, 26, 618),
+    k(1891, 31, 1972, 30, 626),
+    k(1891, 31, 150, 13, 20),
+    k(1891, 31, 349, 10, 41),
+    k(2002, 36, 31, 13, 0),
+    k(2002, 36, 44, 13, 1),
+    k(2002, 36, 1922, 10, 627),
+    k(2002, 36, 1932, 14, 640),
+    k(2002, 36, 57, 10, 3),
+    k(2002, 36, 67, 11, 4),
+    k(2002, 36, 138, 12, 19),
+    k(2002, 36, 1946, 26, 641),
+    k(2002, 36, 1972, 30, 649),
+    k(2002, 36, 150, 13, 20),
+    k(2002, 36, 349, 10, 41),
+    k(2038, 36, 31, 13, 0),
+    k(2038, 36, 44, 13, 1),
+    k(2038, 36, 1922, 10, 650),
+    k(2038, 36, 1932, 14, 663),
+    k(2038, 36, 57, 10, 3),
+    k(2038, 36, 67, 11, 4),
+    k(2038, 36, 138, 12, 19),
+    k(2038, 36, 1946, 26, 664),
+    k(2038, 36, 1972, 30, 672),
+    k(2038, 36, 150, 13, 20),
+    k(2038, 36, 349, 10, 41),
+    k(2074, 36, 31, 13, 0),
+    k(2074, 36, 44, 13, 1),
+    k(2074, 36, 1922, 10, 673),
+    k(2074, 36, 1932, 14, 686),
+    k(2074, 36, 57, 10, 3),
+    k(2074, 36, 67, 11, 4),
+    k(2074, 36, 138, 12, 19),
+    k(2074, 36, 1946, 26, 687),
+    k(2074, 36, 1972, 30, 695),
+    k(2074, 36, 150, 13, 20),
+    k(2074, 36, 349, 10, 41),
+    k(2110, 34, 31, 13, 0),
+    k(2110, 34, 44, 13, 1),
+    k(2110, 34, 57, 10, 3),
+    k(2110, 34, 67, 11, 4),
+    k(2110, 34, 138, 12, 19),
+    k(2110, 34, 2144, 14, 696),
+    k(2110, 34, 2158, 18, 701),
+    k(2110, 34, 150, 13, 20),
+    k(2110, 34, 349, 10, 41),
+    k(2176, 14, 31, 13, 0),
+    k(2176, 14, 44, 13, 1),
+    k(2176, 14, 57, 10, 3),
+    k(2176, 14, 67, 11, 4),
+    k(2176, 14, 2190, 21, 702),
+    k(2176, 14, 2211, 25, 703),
+    k(2176, 14, 138, 12, 19),
+    k(2176, 14, 2236, 12, 704),
+    k(2176, 14, 150, 13, 20),
+    k(2176, 14, 349, 10, 41),
+    k(2248, 19, 2190, 21, 702),
+    k(2248, 19, 2211, 25, 705),
+    k(2248, 19, 2236, 12, 704),
+    k(2267, 20, 31, 13, 0),
+    k(2267, 20, 44, 13, 1),
+    k(2267, 20, 57, 10, 3),
+    k(2267, 20, 2287, 9, 706),
+    k(2267, 20, 2296, 13, 709),
+    k(2267, 20, 1843, 7, 710),
+    k(2267, 20, 2309, 12, 724),
+    k(2267, 20, 2321, 16, 727),
+    k(2267, 20, 1850, 11, 728),
+    k(2267, 20, 67, 11, 4),
+    k(2267, 20, 1861, 13, 729),
+    k(2267, 20, 1874, 17, 736),
+    k(2267, 20, 138, 12, 19),
+    k(2267, 20, 2337, 11, 737),
+    k(2267, 20, 2348, 15, 740),
+    k(2267, 20, 150, 13, 20),
+    k(2267, 20, 349, 10, 41),
+    k(2363, 25, 31, 13, 0),
+    k(2363, 25, 44, 13, 1),
+    k(2363, 25, 57, 10, 3),
+    k(2363, 25, 2287, 9, 741),
+    k(2363, 25, 2296, 13, 744),
+    k(2363, 25, 1843, 7, 745),
+    k(2363, 25, 2309, 12, 757),
+    k(2363, 25, 2321, 16, 760),
+    k(2363, 25, 1850, 11, 761),
+    k(2363, 25, 67, 11, 4),
+    k(2363, 25, 138, 12, 19),
+    k(2363, 25, 2337, 11, 762),
+    k(2363, 25, 2348, 15, 765),
+    k(2363, 25, 150, 13, 20),
+    k(2363, 25, 349, 10, 41),
+    k(2388, 14, 31, 13, 0),
+    k(2388, 14, 44, 13, 1),
+    k(2388, 14, 57, 10, 3),
+    k(2388, 14, 67, 11, 4),
+    k(2388, 14, 138, 12, 19),
+    k(2388, 14, 2402, 12, 766),
+    k(2388, 14, 2414, 16, 769),
+    k(2388, 14, 150, 13, 20),
+    k(2388, 14, 349, 10, 41),
+    k(2430, 20, 31, 13, 0),
+    k(2430, 20, 44, 13, 1),
+    k(2430, 20, 57, 10, 3),
+    k(2430, 20, 67, 11, 4),
+    k(2430, 20, 138, 12, 19),
+    k(2430, 20, 2402, 12, 770),
+    k(2430, 20, 2414, 16, 774),
+    k(2430, 20, 150, 13, 20),
+    k(2430, 20, 349, 10, 41),
+    k(2450, 19, 31, 13, 0),
+    k(2450, 19, 44, 13, 1),
+    k(2450, 19, 57, 10, 3),
+    k(2450, 19, 67, 11, 4),
+    k(2450, 19, 138, 12, 19),
+    k(2450, 19, 2402, 12, 775),
+    k(2450, 19, 2414, 16, 778),
+    k(2450, 19, 150, 13, 20),
+    k(2450, 19, 349, 10, 41),
+    k(2469, 9, 31, 13, 0),
+    k(2469, 9, 44, 13, 1),
+    k(2469, 9, 2478, 8, 779),
+    k(2469, 9, 57, 10, 3),
+    k(2469, 9, 67, 11, 4),
+    k(2469, 9, 138, 12, 19),
+    k(2469, 9, 2486, 19, 780),
+    k(2469, 9, 2505, 23, 783),
+    k(2469, 9, 150, 13, 20),
+    k(2469, 9, 349, 10, 41),
+    k(2528, 14, 31, 13, 0),
+    k(2528, 14, 44, 13, 1),
+    k(2528, 14, 2478, 8, 784),
+    k(2528, 14, 57, 10, 3),
+    k(2528, 14, 67, 11, 4),
+    k(2528, 14, 138, 12, 19),
+    k(2528, 14, 2486, 19, 785),
+    k(2528, 14, 2505, 23, 788),
+    k(2528, 14, 150, 13, 20),
+    k(2528, 14, 349, 10, 41),
+    k(2542, 28, 2570, 11, 789),
+    k(2542, 28, 2581, 18, 792),
+    k(2542, 28, 2599, 22, 795),
+    k(2542, 28, 2621, 15, 796),
+    k(2542, 28, 31, 13, 0),
+    k(2542, 28, 44, 13, 1),
+    k(2542, 28, 57, 10, 3),
+    k(2542, 28, 67, 11, 4),
+    k(2542, 28, 138, 12, 19),
+    k(2542, 28, 2636, 4, 797),
+    k(2542, 28, 2640, 11, 798),
+    k(2542, 28, 2651, 15, 799),
+    k(2542, 28, 2666, 8, 800),
+    k(2542, 28, 150, 13, 20),
+    k(2542, 28, 349, 10, 41),
+    k(2674, 34, 2570, 11, 801),
+    k(2674, 34, 2581, 18, 804),
+    k(2674, 34, 2599, 22, 807),
+    k(2674, 34, 2621, 15, 808),
+    k(2674, 34, 31, 13, 0),
+    k(2674, 34, 44, 13, 1),
+    k(2674, 34, 57, 10, 3),
+    k(2674, 34, 67, 11, 4),
+    k(2674, 34, 138, 12, 19),
+    k(2674, 34, 2636, 4, 809),
+    k(2674, 34, 2640, 11, 810),
+    k(2674, 34, 2651, 15, 811),
+    k(2674, 34, 2666, 8, 812),
+    k(2674, 34, 150, 13, 20),
+    k(2674, 34, 349, 10, 41),
+    k(2708, 33, 2570, 11, 813),
+    k(2708, 33, 2581, 18, 816),
+    k(2708, 33, 2599, 22, 819),
+    k(2708, 33, 2621, 15, 820),
+    k(2708, 33, 31, 13, 0),
+    k(2708, 33, 44, 13, 1),
+    k(2708, 33, 57, 10, 3),
+    k(2708, 33, 67, 11, 4),
+    k(2708, 33, 138, 12, 19),
+    k(2708, 33, 2636, 4, 821),
+    k(2708, 33, 2640, 11, 822),
+    k(2708, 33, 2651, 15, 823),
+    k(2708, 33, 2666, 8, 824),
+    k(2708, 33, 150, 13, 20),
+    k(2708, 33, 349, 10, 41),
+    k(2741, 18, 31, 13, 0),
+    k(2741, 18, 44, 13, 1),
+    k(2741, 18, 2759, 11, 825),
+    k(2741, 18, 2770, 15, 832),
+    k(2741, 18, 57, 10, 3),
+    k(2741, 18, 67, 11, 4),
+    k(2741, 18, 138, 12, 19),
+    k(2741, 18, 2785, 13, 833),
+    k(2741, 18, 2798, 17, 851),
+    k(2741, 18, 2815, 21, 852),
+    k(2741, 18, 2836, 25, 854),
+    k(2741, 18, 2861, 13, 855),
+    k(2741, 18, 2874, 17, 867),
+    k(2741, 18, 150, 13, 20),
+    k(2741, 18, 349, 10, 41),
+    k(2891, 24, 31, 13, 0),
+    k(2891, 24, 44, 13, 1),
+    k(2891, 24, 2915, 15, 868),
+    k(2891, 24, 2930, 19, 873),
+    k(2891, 24, 57, 10, 3),
+    k(2891, 24, 67, 11, 4),
+    k(2891, 24, 138, 12, 19),
+    k(2891, 24, 150, 13, 20),
+    k(2891, 24, 349, 10, 41),
+    k(2949, 23, 31, 13, 0),
+    k(2949, 23, 44, 13, 1),
+    k(2949, 23, 2759, 11, 874),
+    k(2949, 23, 2770, 15, 881),
+    k(2949, 23, 57, 10, 3),
+    k(2949, 23, 67, 11, 4),
+    k(2949, 23, 138, 12, 19),
+    k(2949, 23, 2785, 13, 882),
+    k(2949, 23, 2798, 17, 899),
+    k(2949, 23, 2815, 21, 900),
+    k(2949, 23, 2836, 25, 902),
+    k(2949, 23, 2861, 13, 903),
+    k(2949, 23, 2874, 17, 916),
+    k(2949, 23, 150, 13, 20),
+    k(2949, 23, 349, 10, 41),
+    k(2972, 23, 31, 13, 0),
+    k(2972, 23, 44, 13, 1),
+    k(2972, 23, 2759, 11, 917),
+    k(2972, 23, 2770, 15, 924),
+    k(2972, 23, 57, 10, 3),
+    k(2972, 23, 67, 11, 4),
+    k(2972, 23, 138, 12, 19),
+    k(2972, 23, 2785, 13, 925),
+    k(2972, 23, 2798, 17, 943),
+    k(2972, 23, 2815, 21, 944),
+    k(2972, 23, 2836, 25, 946),
+    k(2972, 23, 2861, 13, 947),
+    k(2972, 23, 2874, 17, 959),
+    k(2972, 23, 150, 13, 20),
+    k(2972, 23, 349, 10, 41),
+    k(2995, 20, 31, 13, 0),
+    k(2995, 20, 44, 13, 1),
+    k(2995, 20, 57, 10, 3),
+    k(2995, 20, 67, 11, 4),
+    k(2995, 20, 138, 12, 19),
+    k(2995, 20, 3015, 13, 960),
+    k(2995, 20, 3028, 17, 961),
+    k(2995, 20, 150, 13, 20),
+    k(2995, 20, 349, 10, 41),
+    k(3045, 26, 31, 13, 0),
+    k(3045, 26, 44, 13, 1),
+    k(3045, 26, 57, 10, 3),
+    k(3045, 26, 67, 11, 4),
+    k(3045, 26, 138, 12, 19),
+    k(3045, 26, 3015, 13, 962),
+    k(3045, 26, 3028, 17, 963),
+    k(3045, 26, 150, 13, 20),
+    k(3045, 26, 349, 10, 41),
+    k(3045, 26, 3071, 8, 964),
+    k(3045, 26, 3079, 12, 971),
+    k(3091, 25, 31, 13, 0),
+    k(3091, 25, 44, 13, 1),
+    k(3091, 25, 57, 10, 3),
+    k(3091, 25, 67, 11, 4),
+    k(3091, 25, 138, 12, 19),
+    k(3091, 25, 3015, 13, 972),
+    k(3091, 25, 3028, 17, 973),
+    k(3091, 25, 150, 13, 20),
+    k(3091, 25, 349, 10, 41),
+    k(3116, 17, 3133, 9, 974),
+    k(3116, 17, 3142, 13, 977),
+    k(3116, 17, 3155, 7, 978),
+    k(3116, 17, 3162, 11, 982),
+    k(3116, 17, 3173, 18, 983),
+    k(3116, 17, 3191, 22, 984),
+    k(3116, 17, 31, 13, 0),
+    k(3116, 17, 44, 13, 1),
+    k(3116, 17, 57, 10, 3),
+    k(3116, 17, 67, 11, 4),
+    k(3116, 17, 138, 12, 19),
+    k(3116, 17, 3213, 12, 985),
+    k(3116, 17, 3225, 16, 988),
+    k(3116, 17, 150, 13, 20),
+    k(3116, 17, 3241, 16, 989),
+    k(3116, 17, 3257, 20, 1009),
+    k(3116, 17, 3277, 21, 1010),
+    k(3116, 17, 3298, 25, 1011),
+    k(3116, 17, 349, 10, 41),
+    k(3323, 23, 3173, 18, 1012),
+    k(3323, 23, 3191, 22, 1013),
+    k(3323, 23, 31, 13, 0),
+    k(3323, 23, 44, 13, 1),
+    k(3323, 23, 57, 10, 3),
+    k(3323, 23, 67, 11, 4),
+    k(3323, 23, 138, 12, 19),
+    k(3323, 23, 150, 13, 20),
+    k(3323, 23, 3241, 16, 1014),
+    k(3323, 23, 3257, 20, 1019),
+    k(3323, 23, 3277, 21, 1020),
+    k(3323, 23, 3298, 25, 1021),
+    k(3323, 23, 349, 10, 41),
+    k(3346, 22, 3133, 9, 1022),
+    k(3346, 22, 3142, 13, 1025),
+    k(3346, 22, 3155, 7, 1026),
+    k(3346, 22, 3162, 11, 1030),
+    k(3346, 22, 3173, 18, 1031),
+    k(3346, 22, 3191, 22, 1032),
+    k(3346, 22, 31, 13, 0),
+    k(3346, 22, 44, 13, 1),
+    k(3346, 22, 57, 10, 3),
+    k(3346, 22, 67, 11, 4),
+    k(3346, 22, 138, 12, 19),
+    k(3346, 22, 3213, 12, 1033),
+    k(3346, 22, 3225, 16, 1034),
+    k(3346, 22, 150, 13, 20),
+    k(3346, 22, 3241, 16, 1035),
+    k(3346, 22, 3257, 20, 1040),
+    k(3346, 22, 3277, 21, 1041),
+    k(3346, 22, 3298, 25, 1042),
+    k(3346, 22, 349, 10, 41),
+    k(3368, 31, 31, 13, 0),
+    k(3368, 31, 44, 13, 1),
+    k(3368, 31, 57, 10, 3),
+    k(3368, 31, 67, 11, 4),
+    k(3368, 31, 138, 12, 19),
+    k(3368, 31, 3399, 23, 1043),
+    k(3368, 31, 3422, 27, 1047),
+    k(3368, 31, 150, 13, 20),
+    k(3368, 31, 349, 10, 41),
+    k(3449, 2, 3451, 8, 1048),
+    k(3449, 2, 3459, 12, 1051),
+    k(3449, 2, 3471, 15, 1052),
+    k(3449, 2, 3486, 11, 1054),
+    k(3449, 2, 3497, 7, 1055),
+    k(3449, 2, 3504, 15, 1056),
+    k(3449, 2, 3519, 19, 1058),
+    k(3449, 2, 3538, 9, 1059),
+    k(3449, 2, 3547, 13, 1060),
+    k(3449, 2, 31, 13, 0),
+    k(3449, 2, 44, 13, 1),
+    k(3449, 2, 3560, 9, 1061),
+    k(3449, 2, 3569, 13, 1065),
+    k(3449, 2, 1790, 5, 1066),
+    k(3449, 2, 1795, 9, 1068),
+    k(3449, 2, 57, 10, 3),
+    k(3449, 2, 3582, 10, 1069),
+    k(3449, 2, 3592, 14, 1072),
+    k(3449, 2, 3606, 4, 1073),
+    k(3449, 2, 67, 11, 4),
+    k(3449, 2, 3610, 9, 1074),
+    k(3449, 2, 3619, 13, 1078),
+    k(3449, 2, 3632, 4, 1079),
+    k(3449, 2, 3636, 8, 1097),
+    k(3449, 2, 3644, 16, 1098),
+    k(3449, 2, 138, 12, 19),
+    k(3449, 2, 3660, 16, 1099),
+    k(3449, 2, 3676, 21, 293),
+    k(3449, 2, 3697, 25, 1101),
+    k(3449, 2, 3722, 20, 1102),
+    k(3449, 2, 3742, 3, 1103),
+    k(3449, 2, 3745, 16, 1121),
+    k(3449, 2, 3761, 14, 1122),
+    k(3449, 2, 3775, 7, 1123),
+    k(3449, 2, 3782, 13, 1124),
+    k(3449, 2, 3795, 21, 1125),
+    k(3449, 2, 3816, 15, 1126),
+    k(3449, 2, 3831, 15, 1127),
+    k(3449, 2, 3846, 11, 1128),
+    k(3449, 2, 3857, 15, 1129),
+    k(3449, 2, 3872, 15, 1130),
+    k(3449, 2, 3887, 21, 1131),
+    k(3449, 2, 3908, 25, 1135),
+    k(3449, 2, 3933, 13, 1136),
+    k(3449, 2, 3946, 17, 1141),
+    k(3449, 2, 3963, 6, 1142),
+    k(3449, 2, 3969, 10, 1143),
+    k(3449, 2, 3979, 19, 1144),
+    k(3449, 2, 3998, 7, 1145),
+    k(3449, 2, 4005, 14, 1154),
+    k(3449, 2, 4019, 18, 1155),
+    k(3449, 2, 4037, 11, 1156),
+    k(3449, 2, 4048, 19, 1157),
+    k(3449, 2, 4067, 6, 105),
+    k(3449, 2, 150, 13, 20),
+    k(3449, 2, 349, 10, 41),
 ];
 
 pub(super) static MESSAGES: [Message; 1158] = [
-    // 0
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.CreateOptions",
-        fields: &[
-            f(1, "dryRun", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "fieldManager", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "fieldValidation", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.DeleteOptions",
-        fields: &[
-            f(1, "gracePeriodSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "preconditions", Ty::Message(2), Shape::Pointer, Omit::Empty),
-            f(3, "orphanDependents", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(4, "propagationPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "dryRun", Ty::String, Shape::Repeated, Omit::Empty),
-            f(6, "ignoreStoreReadErrorWithClusterBreakingPotential", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 2
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.Preconditions",
-        fields: &[
-            f(1, "uid", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "resourceVersion", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 3
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.GetOptions",
-        fields: &[
-            f(1, "resourceVersion", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 4
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.ListOptions",
-        fields: &[
-            f(1, "labelSelector", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "fieldSelector", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "watch", Ty::Bool, Shape::Single, Omit::Empty),
-            f(9, "allowWatchBookmarks", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "resourceVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(10, "resourceVersionMatch", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "timeoutSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "limit", Ty::Int, Shape::Single, Omit::Empty),
-            f(8, "continue", Ty::String, Shape::Single, Omit::Empty),
-            f(11, "sendInitialEvents", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 5
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.MutatingWebhookConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "webhooks", Ty::Message(9), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 6
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.ObjectMeta",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "generateName", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "selfLink", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "resourceVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "generation", Ty::Int, Shape::Single, Omit::Empty),
-            f(8, "creationTimestamp", Ty::Time, Shape::Single, Omit::EmptyOrZero),
-            f(9, "deletionTimestamp", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(10, "deletionGracePeriodSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(11, "labels", Ty::String, Shape::Map, Omit::Empty),
-            f(12, "annotations", Ty::String, Shape::Map, Omit::Empty),
-            f(13, "ownerReferences", Ty::Message(7), Shape::Repeated, Omit::Empty),
-            f(14, "finalizers", Ty::String, Shape::Repeated, Omit::Empty),
-            f(17, "managedFields", Ty::Message(8), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 7
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.OwnerReference",
-        fields: &[
-            f(5, "apiVersion", Ty::String, Shape::Single, Omit::Never),
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-            f(4, "uid", Ty::String, Shape::Single, Omit::Never),
-            f(6, "controller", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(7, "blockOwnerDeletion", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 8
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.ManagedFieldsEntry",
-        fields: &[
-            f(1, "manager", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "operation", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "time", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(6, "fieldsType", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "fieldsV1", Ty::RawJson, Shape::Pointer, Omit::Empty),
-            f(8, "subresource", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 9
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.MutatingWebhook",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "clientConfig", Ty::Message(10), Shape::Single, Omit::Never),
-            f(3, "rules", Ty::Message(12), Shape::Repeated, Omit::Empty),
-            f(4, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(9, "matchPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(11, "objectSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(6, "sideEffects", Ty::String, Shape::Pointer, Omit::Never),
-            f(7, "timeoutSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(8, "admissionReviewVersions", Ty::String, Shape::Repeated, Omit::Never),
-            f(10, "reinvocationPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(12, "matchConditions", Ty::Message(16), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 10
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.WebhookClientConfig",
-        fields: &[
-            f(3, "url", Ty::String, Shape::Pointer, Omit::Empty),
-            f(1, "service", Ty::Message(11), Shape::Pointer, Omit::Empty),
-            f(2, "caBundle", Ty::Bytes, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 11
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ServiceReference",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "path", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 12
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.RuleWithOperations",
-        fields: &[
-            f(1, "operations", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "", Ty::Message(13), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 13
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.Rule",
-        fields: &[
-            f(1, "apiGroups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "apiVersions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "scope", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 14
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.LabelSelector",
-        fields: &[
-            f(1, "matchLabels", Ty::String, Shape::Map, Omit::Empty),
-            f(2, "matchExpressions", Ty::Message(15), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 15
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.LabelSelectorRequirement",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Never),
-            f(3, "values", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 16
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.MatchCondition",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 17
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.MutatingWebhookConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(5), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 18
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.ListMeta",
-        fields: &[
-            f(1, "selfLink", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "resourceVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "continue", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "remainingItemCount", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 19
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.PatchOptions",
-        fields: &[
-            f(1, "dryRun", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "force", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(3, "fieldManager", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "fieldValidation", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 20
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.UpdateOptions",
-        fields: &[
-            f(1, "dryRun", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "fieldManager", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "fieldValidation", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 21
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicy",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(22), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(29), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 22
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicySpec",
-        fields: &[
-            f(1, "paramKind", Ty::Message(23), Shape::Pointer, Omit::Empty),
-            f(2, "matchConstraints", Ty::Message(24), Shape::Pointer, Omit::Empty),
-            f(3, "validations", Ty::Message(26), Shape::Repeated, Omit::Empty),
-            f(4, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "auditAnnotations", Ty::Message(27), Shape::Repeated, Omit::Empty),
-            f(6, "matchConditions", Ty::Message(16), Shape::Repeated, Omit::Empty),
-            f(7, "variables", Ty::Message(28), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 23
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ParamKind",
-        fields: &[
-            f(1, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 24
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.MatchResources",
-        fields: &[
-            f(1, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "objectSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "resourceRules", Ty::Message(25), Shape::Repeated, Omit::Empty),
-            f(4, "excludeResourceRules", Ty::Message(25), Shape::Repeated, Omit::Empty),
-            f(7, "matchPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 25
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.NamedRuleWithOperations",
-        fields: &[
-            f(1, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "", Ty::Message(12), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 26
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.Validation",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Never),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "reason", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "messageExpression", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 27
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.AuditAnnotation",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "valueExpression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 28
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.Variable",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 29
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "typeChecking", Ty::Message(30), Shape::Pointer, Omit::Empty),
-            f(3, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 30
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.TypeChecking",
-        fields: &[
-            f(1, "expressionWarnings", Ty::Message(31), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 31
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ExpressionWarning",
-        fields: &[
-            f(2, "fieldRef", Ty::String, Shape::Single, Omit::Never),
-            f(3, "warning", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 32
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.Condition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Never),
-            f(5, "reason", Ty::String, Shape::Single, Omit::Never),
-            f(6, "message", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 33
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(34), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 34
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyBindingSpec",
-        fields: &[
-            f(1, "policyName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "paramRef", Ty::Message(35), Shape::Pointer, Omit::Empty),
-            f(3, "matchResources", Ty::Message(24), Shape::Pointer, Omit::Empty),
-            f(4, "validationActions", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 35
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ParamRef",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(4, "parameterNotFoundAction", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 36
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(33), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 37
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingAdmissionPolicyList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(21), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 38
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingWebhookConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "webhooks", Ty::Message(39), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 39
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingWebhook",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "clientConfig", Ty::Message(10), Shape::Single, Omit::Never),
-            f(3, "rules", Ty::Message(12), Shape::Repeated, Omit::Empty),
-            f(4, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(9, "matchPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(10, "objectSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(6, "sideEffects", Ty::String, Shape::Pointer, Omit::Never),
-            f(7, "timeoutSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(8, "admissionReviewVersions", Ty::String, Shape::Repeated, Omit::Never),
-            f(11, "matchConditions", Ty::Message(16), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 40
-    Message {
-        name: "k8s.io/api/admissionregistration/v1.ValidatingWebhookConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(38), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 41
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.WatchEvent",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "object", Ty::RawExtension, Shape::Single, Omit::Never),
-        ],
-    },
-    // 42
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MutatingAdmissionPolicy",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(43), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 43
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MutatingAdmissionPolicySpec",
-        fields: &[
-            f(1, "paramKind", Ty::Message(44), Shape::Pointer, Omit::Empty),
-            f(2, "matchConstraints", Ty::Message(45), Shape::Pointer, Omit::Empty),
-            f(3, "variables", Ty::Message(47), Shape::Repeated, Omit::Empty),
-            f(4, "mutations", Ty::Message(48), Shape::Repeated, Omit::Empty),
-            f(5, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "matchConditions", Ty::Message(51), Shape::Repeated, Omit::Empty),
-            f(7, "reinvocationPolicy", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 44
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ParamKind",
-        fields: &[
-            f(1, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 45
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MatchResources",
-        fields: &[
-            f(1, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "objectSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "resourceRules", Ty::Message(46), Shape::Repeated, Omit::Empty),
-            f(4, "excludeResourceRules", Ty::Message(46), Shape::Repeated, Omit::Empty),
-            f(7, "matchPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 46
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.NamedRuleWithOperations",
-        fields: &[
-            f(1, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "", Ty::Message(12), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 47
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.Variable",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 48
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.Mutation",
-        fields: &[
-            f(2, "patchType", Ty::String, Shape::Single, Omit::Never),
-            f(3, "applyConfiguration", Ty::Message(49), Shape::Pointer, Omit::Empty),
-            f(4, "jsonPatch", Ty::Message(50), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 49
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ApplyConfiguration",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 50
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.JSONPatch",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 51
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MatchCondition",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 52
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MutatingAdmissionPolicyBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(53), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 53
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MutatingAdmissionPolicyBindingSpec",
-        fields: &[
-            f(1, "policyName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "paramRef", Ty::Message(54), Shape::Pointer, Omit::Empty),
-            f(3, "matchResources", Ty::Message(45), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 54
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ParamRef",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(4, "parameterNotFoundAction", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 55
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MutatingAdmissionPolicyBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(52), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 56
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.MutatingAdmissionPolicyList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(42), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 57
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicy",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(58), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(61), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 58
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicySpec",
-        fields: &[
-            f(1, "paramKind", Ty::Message(44), Shape::Pointer, Omit::Empty),
-            f(2, "matchConstraints", Ty::Message(45), Shape::Pointer, Omit::Empty),
-            f(3, "validations", Ty::Message(59), Shape::Repeated, Omit::Empty),
-            f(4, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "auditAnnotations", Ty::Message(60), Shape::Repeated, Omit::Empty),
-            f(6, "matchConditions", Ty::Message(51), Shape::Repeated, Omit::Empty),
-            f(7, "variables", Ty::Message(47), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 59
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.Validation",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Never),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "reason", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "messageExpression", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 60
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.AuditAnnotation",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "valueExpression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 61
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "typeChecking", Ty::Message(62), Shape::Pointer, Omit::Empty),
-            f(3, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 62
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.TypeChecking",
-        fields: &[
-            f(1, "expressionWarnings", Ty::Message(63), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 63
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ExpressionWarning",
-        fields: &[
-            f(2, "fieldRef", Ty::String, Shape::Single, Omit::Never),
-            f(3, "warning", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 64
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(65), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 65
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyBindingSpec",
-        fields: &[
-            f(1, "policyName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "paramRef", Ty::Message(54), Shape::Pointer, Omit::Empty),
-            f(3, "matchResources", Ty::Message(45), Shape::Pointer, Omit::Empty),
-            f(4, "validationActions", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 66
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(64), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 67
-    Message {
-        name: "k8s.io/api/admissionregistration/v1alpha1.ValidatingAdmissionPolicyList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(57), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 68
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingAdmissionPolicy",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(69), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 69
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingAdmissionPolicySpec",
-        fields: &[
-            f(1, "paramKind", Ty::Message(70), Shape::Pointer, Omit::Empty),
-            f(2, "matchConstraints", Ty::Message(71), Shape::Pointer, Omit::Empty),
-            f(3, "variables", Ty::Message(73), Shape::Repeated, Omit::Empty),
-            f(4, "mutations", Ty::Message(74), Shape::Repeated, Omit::Empty),
-            f(5, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "matchConditions", Ty::Message(77), Shape::Repeated, Omit::Empty),
-            f(7, "reinvocationPolicy", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 70
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ParamKind",
-        fields: &[
-            f(1, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 71
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MatchResources",
-        fields: &[
-            f(1, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "objectSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "resourceRules", Ty::Message(72), Shape::Repeated, Omit::Empty),
-            f(4, "excludeResourceRules", Ty::Message(72), Shape::Repeated, Omit::Empty),
-            f(7, "matchPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 72
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.NamedRuleWithOperations",
-        fields: &[
-            f(1, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "", Ty::Message(12), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 73
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.Variable",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 74
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.Mutation",
-        fields: &[
-            f(2, "patchType", Ty::String, Shape::Single, Omit::Never),
-            f(3, "applyConfiguration", Ty::Message(75), Shape::Pointer, Omit::Empty),
-            f(4, "jsonPatch", Ty::Message(76), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 75
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ApplyConfiguration",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 76
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.JSONPatch",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 77
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MatchCondition",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 78
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingAdmissionPolicyBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(79), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 79
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingAdmissionPolicyBindingSpec",
-        fields: &[
-            f(1, "policyName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "paramRef", Ty::Message(80), Shape::Pointer, Omit::Empty),
-            f(3, "matchResources", Ty::Message(71), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 80
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ParamRef",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(4, "parameterNotFoundAction", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 81
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingAdmissionPolicyBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(78), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 82
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingAdmissionPolicyList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(68), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 83
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingWebhookConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "webhooks", Ty::Message(84), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 84
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingWebhook",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "clientConfig", Ty::Message(85), Shape::Single, Omit::Never),
-            f(3, "rules", Ty::Message(12), Shape::Repeated, Omit::Empty),
-            f(4, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(9, "matchPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(11, "objectSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(6, "sideEffects", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "timeoutSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(8, "admissionReviewVersions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(10, "reinvocationPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(12, "matchConditions", Ty::Message(77), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 85
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.WebhookClientConfig",
-        fields: &[
-            f(3, "url", Ty::String, Shape::Pointer, Omit::Empty),
-            f(1, "service", Ty::Message(86), Shape::Pointer, Omit::Empty),
-            f(2, "caBundle", Ty::Bytes, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 86
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ServiceReference",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "path", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 87
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.MutatingWebhookConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(83), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 88
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicy",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(89), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(92), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 89
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicySpec",
-        fields: &[
-            f(1, "paramKind", Ty::Message(70), Shape::Pointer, Omit::Empty),
-            f(2, "matchConstraints", Ty::Message(71), Shape::Pointer, Omit::Empty),
-            f(3, "validations", Ty::Message(90), Shape::Repeated, Omit::Empty),
-            f(4, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "auditAnnotations", Ty::Message(91), Shape::Repeated, Omit::Empty),
-            f(6, "matchConditions", Ty::Message(77), Shape::Repeated, Omit::Empty),
-            f(7, "variables", Ty::Message(73), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 90
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.Validation",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Never),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "reason", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "messageExpression", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 91
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.AuditAnnotation",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "valueExpression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 92
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicyStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "typeChecking", Ty::Message(93), Shape::Pointer, Omit::Empty),
-            f(3, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 93
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.TypeChecking",
-        fields: &[
-            f(1, "expressionWarnings", Ty::Message(94), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 94
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ExpressionWarning",
-        fields: &[
-            f(2, "fieldRef", Ty::String, Shape::Single, Omit::Never),
-            f(3, "warning", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 95
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicyBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(96), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 96
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicyBindingSpec",
-        fields: &[
-            f(1, "policyName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "paramRef", Ty::Message(80), Shape::Pointer, Omit::Empty),
-            f(3, "matchResources", Ty::Message(71), Shape::Pointer, Omit::Empty),
-            f(4, "validationActions", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 97
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicyBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(95), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 98
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingAdmissionPolicyList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(88), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 99
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingWebhookConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "webhooks", Ty::Message(100), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 100
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingWebhook",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "clientConfig", Ty::Message(85), Shape::Single, Omit::Never),
-            f(3, "rules", Ty::Message(12), Shape::Repeated, Omit::Empty),
-            f(4, "failurePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(9, "matchPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(10, "objectSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(6, "sideEffects", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "timeoutSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(8, "admissionReviewVersions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(11, "matchConditions", Ty::Message(77), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 101
-    Message {
-        name: "k8s.io/api/admissionregistration/v1beta1.ValidatingWebhookConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(99), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 102
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.ConversionReview",
-        fields: &[
-            f(1, "request", Ty::Message(103), Shape::Pointer, Omit::Empty),
-            f(2, "response", Ty::Message(104), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 103
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.ConversionRequest",
-        fields: &[
-            f(1, "uid", Ty::String, Shape::Single, Omit::Never),
-            f(2, "desiredAPIVersion", Ty::String, Shape::Single, Omit::Never),
-            f(3, "objects", Ty::RawExtension, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 104
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.ConversionResponse",
-        fields: &[
-            f(1, "uid", Ty::String, Shape::Single, Omit::Never),
-            f(2, "convertedObjects", Ty::RawExtension, Shape::Repeated, Omit::Never),
-            f(3, "result", Ty::Message(105), Shape::Single, Omit::Never),
-        ],
-    },
-    // 105
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.Status",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "details", Ty::Message(106), Shape::Pointer, Omit::Empty),
-            f(6, "code", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 106
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.StatusDetails",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "kind", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "causes", Ty::Message(107), Shape::Repeated, Omit::Empty),
-            f(5, "retryAfterSeconds", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 107
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.StatusCause",
-        fields: &[
-            f(1, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "field", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 108
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinition",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(109), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(125), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 109
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionSpec",
-        fields: &[
-            f(1, "group", Ty::String, Shape::Single, Omit::Never),
-            f(3, "names", Ty::Message(110), Shape::Single, Omit::Never),
-            f(4, "scope", Ty::String, Shape::Single, Omit::Never),
-            f(7, "versions", Ty::Message(111), Shape::Repeated, Omit::Never),
-            f(9, "conversion", Ty::Message(121), Shape::Pointer, Omit::Empty),
-            f(10, "preserveUnknownFields", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 110
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionNames",
-        fields: &[
-            f(1, "plural", Ty::String, Shape::Single, Omit::Never),
-            f(2, "singular", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "shortNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(5, "listKind", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "categories", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 111
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionVersion",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "served", Ty::Bool, Shape::Single, Omit::Never),
-            f(3, "storage", Ty::Bool, Shape::Single, Omit::Never),
-            f(7, "deprecated", Ty::Bool, Shape::Single, Omit::Empty),
-            f(8, "deprecationWarning", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "schema", Ty::Message(112), Shape::Pointer, Omit::Empty),
-            f(5, "subresources", Ty::Message(116), Shape::Pointer, Omit::Empty),
-            f(6, "additionalPrinterColumns", Ty::Message(119), Shape::Repeated, Omit::Empty),
-            f(9, "selectableFields", Ty::Message(120), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 112
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceValidation",
-        fields: &[
-            f(1, "openAPIV3Schema", Ty::Message(113), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 113
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.JSONSchemaProps",
-        fields: &[
-            f(1, "id", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "$schema", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "$ref", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "format", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "title", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "default", Ty::RawJson, Shape::Pointer, Omit::Empty),
-            f(9, "maximum", Ty::Double, Shape::Pointer, Omit::Empty),
-            f(10, "exclusiveMaximum", Ty::Bool, Shape::Single, Omit::Empty),
-            f(11, "minimum", Ty::Double, Shape::Pointer, Omit::Empty),
-            f(12, "exclusiveMinimum", Ty::Bool, Shape::Single, Omit::Empty),
-            f(13, "maxLength", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(14, "minLength", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(15, "pattern", Ty::String, Shape::Single, Omit::Empty),
-            f(16, "maxItems", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(17, "minItems", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(18, "uniqueItems", Ty::Bool, Shape::Single, Omit::Empty),
-            f(19, "multipleOf", Ty::Double, Shape::Pointer, Omit::Empty),
-            f(20, "enum", Ty::RawJson, Shape::Repeated, Omit::Empty),
-            f(21, "maxProperties", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(22, "minProperties", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(23, "required", Ty::String, Shape::Repeated, Omit::Empty),
-            f(24, "items", Ty::SchemaOrArray(113), Shape::Pointer, Omit::Empty),
-            f(25, "allOf", Ty::Message(113), Shape::Repeated, Omit::Empty),
-            f(26, "oneOf", Ty::Message(113), Shape::Repeated, Omit::Empty),
-            f(27, "anyOf", Ty::Message(113), Shape::Repeated, Omit::Empty),
-            f(28, "not", Ty::Message(113), Shape::Pointer, Omit::Empty),
-            f(29, "properties", Ty::Message(113), Shape::Map, Omit::Empty),
-            f(30, "additionalProperties", Ty::SchemaOrBool(113), Shape::Pointer, Omit::Empty),
-            f(31, "patternProperties", Ty::Message(113), Shape::Map, Omit::Empty),
-            f(32, "dependencies", Ty::SchemaOrStringArray(113), Shape::Map, Omit::Empty),
-            f(33, "additionalItems", Ty::SchemaOrBool(113), Shape::Pointer, Omit::Empty),
-            f(34, "definitions", Ty::Message(113), Shape::Map, Omit::Empty),
-            f(35, "externalDocs", Ty::Message(114), Shape::Pointer, Omit::Empty),
-            f(36, "example", Ty::RawJson, Shape::Pointer, Omit::Empty),
-            f(37, "nullable", Ty::Bool, Shape::Single, Omit::Empty),
-            f(38, "x-kubernetes-preserve-unknown-fields", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(39, "x-kubernetes-embedded-resource", Ty::Bool, Shape::Single, Omit::Empty),
-            f(40, "x-kubernetes-int-or-string", Ty::Bool, Shape::Single, Omit::Empty),
-            f(41, "x-kubernetes-list-map-keys", Ty::String, Shape::Repeated, Omit::Empty),
-            f(42, "x-kubernetes-list-type", Ty::String, Shape::Pointer, Omit::Empty),
-            f(43, "x-kubernetes-map-type", Ty::String, Shape::Pointer, Omit::Empty),
-            f(44, "x-kubernetes-validations", Ty::Message(115), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 114
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.ExternalDocumentation",
-        fields: &[
-            f(1, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "url", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 115
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.ValidationRule",
-        fields: &[
-            f(1, "rule", Ty::String, Shape::Single, Omit::Never),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "messageExpression", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "fieldPath", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "optionalOldSelf", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 116
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceSubresources",
-        fields: &[
-            f(1, "status", Ty::Message(117), Shape::Pointer, Omit::Empty),
-            f(2, "scale", Ty::Message(118), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 117
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceSubresourceStatus",
-        fields: &[
-        ],
-    },
-    // 118
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceSubresourceScale",
-        fields: &[
-            f(1, "specReplicasPath", Ty::String, Shape::Single, Omit::Never),
-            f(2, "statusReplicasPath", Ty::String, Shape::Single, Omit::Never),
-            f(3, "labelSelectorPath", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 119
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceColumnDefinition",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "type", Ty::String, Shape::Single, Omit::Never),
-            f(3, "format", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "priority", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "jsonPath", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 120
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.SelectableField",
-        fields: &[
-            f(1, "jsonPath", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 121
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceConversion",
-        fields: &[
-            f(1, "strategy", Ty::String, Shape::Single, Omit::Never),
-            f(2, "webhook", Ty::Message(122), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 122
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.WebhookConversion",
-        fields: &[
-            f(2, "clientConfig", Ty::Message(123), Shape::Pointer, Omit::Empty),
-            f(3, "conversionReviewVersions", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 123
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.WebhookClientConfig",
-        fields: &[
-            f(3, "url", Ty::String, Shape::Pointer, Omit::Empty),
-            f(1, "service", Ty::Message(124), Shape::Pointer, Omit::Empty),
-            f(2, "caBundle", Ty::Bytes, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 124
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.ServiceReference",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "path", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 125
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(126), Shape::Repeated, Omit::Never),
-            f(2, "acceptedNames", Ty::Message(110), Shape::Single, Omit::Never),
-            f(3, "storedVersions", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 126
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 127
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinitionList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(108), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 128
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ConversionReview",
-        fields: &[
-            f(1, "request", Ty::Message(129), Shape::Pointer, Omit::Empty),
-            f(2, "response", Ty::Message(130), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 129
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ConversionRequest",
-        fields: &[
-            f(1, "uid", Ty::String, Shape::Single, Omit::Never),
-            f(2, "desiredAPIVersion", Ty::String, Shape::Single, Omit::Never),
-            f(3, "objects", Ty::RawExtension, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 130
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ConversionResponse",
-        fields: &[
-            f(1, "uid", Ty::String, Shape::Single, Omit::Never),
-            f(2, "convertedObjects", Ty::RawExtension, Shape::Repeated, Omit::Never),
-            f(3, "result", Ty::Message(105), Shape::Single, Omit::Never),
-        ],
-    },
-    // 131
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinition",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(132), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(147), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 132
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionSpec",
-        fields: &[
-            f(1, "group", Ty::String, Shape::Single, Omit::Never),
-            f(2, "version", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "names", Ty::Message(133), Shape::Single, Omit::Never),
-            f(4, "scope", Ty::String, Shape::Single, Omit::Never),
-            f(5, "validation", Ty::Message(134), Shape::Pointer, Omit::Empty),
-            f(6, "subresources", Ty::Message(138), Shape::Pointer, Omit::Empty),
-            f(7, "versions", Ty::Message(141), Shape::Repeated, Omit::Empty),
-            f(8, "additionalPrinterColumns", Ty::Message(142), Shape::Repeated, Omit::Empty),
-            f(11, "selectableFields", Ty::Message(143), Shape::Repeated, Omit::Empty),
-            f(9, "conversion", Ty::Message(144), Shape::Pointer, Omit::Empty),
-            f(10, "preserveUnknownFields", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 133
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionNames",
-        fields: &[
-            f(1, "plural", Ty::String, Shape::Single, Omit::Never),
-            f(2, "singular", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "shortNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(5, "listKind", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "categories", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 134
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceValidation",
-        fields: &[
-            f(1, "openAPIV3Schema", Ty::Message(135), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 135
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.JSONSchemaProps",
-        fields: &[
-            f(1, "id", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "$schema", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "$ref", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "format", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "title", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "default", Ty::RawJson, Shape::Pointer, Omit::Empty),
-            f(9, "maximum", Ty::Double, Shape::Pointer, Omit::Empty),
-            f(10, "exclusiveMaximum", Ty::Bool, Shape::Single, Omit::Empty),
-            f(11, "minimum", Ty::Double, Shape::Pointer, Omit::Empty),
-            f(12, "exclusiveMinimum", Ty::Bool, Shape::Single, Omit::Empty),
-            f(13, "maxLength", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(14, "minLength", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(15, "pattern", Ty::String, Shape::Single, Omit::Empty),
-            f(16, "maxItems", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(17, "minItems", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(18, "uniqueItems", Ty::Bool, Shape::Single, Omit::Empty),
-            f(19, "multipleOf", Ty::Double, Shape::Pointer, Omit::Empty),
-            f(20, "enum", Ty::RawJson, Shape::Repeated, Omit::Empty),
-            f(21, "maxProperties", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(22, "minProperties", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(23, "required", Ty::String, Shape::Repeated, Omit::Empty),
-            f(24, "items", Ty::SchemaOrArray(135), Shape::Pointer, Omit::Empty),
-            f(25, "allOf", Ty::Message(135), Shape::Repeated, Omit::Empty),
-            f(26, "oneOf", Ty::Message(135), Shape::Repeated, Omit::Empty),
-            f(27, "anyOf", Ty::Message(135), Shape::Repeated, Omit::Empty),
-            f(28, "not", Ty::Message(135), Shape::Pointer, Omit::Empty),
-            f(29, "properties", Ty::Message(135), Shape::Map, Omit::Empty),
-            f(30, "additionalProperties", Ty::SchemaOrBool(135), Shape::Pointer, Omit::Empty),
-            f(31, "patternProperties", Ty::Message(135), Shape::Map, Omit::Empty),
-            f(32, "dependencies", Ty::SchemaOrStringArray(135), Shape::Map, Omit::Empty),
-            f(33, "additionalItems", Ty::SchemaOrBool(135), Shape::Pointer, Omit::Empty),
-            f(34, "definitions", Ty::Message(135), Shape::Map, Omit::Empty),
-            f(35, "externalDocs", Ty::Message(136), Shape::Pointer, Omit::Empty),
-            f(36, "example", Ty::RawJson, Shape::Pointer, Omit::Empty),
-            f(37, "nullable", Ty::Bool, Shape::Single, Omit::Empty),
-            f(38, "x-kubernetes-preserve-unknown-fields", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(39, "x-kubernetes-embedded-resource", Ty::Bool, Shape::Single, Omit::Empty),
-            f(40, "x-kubernetes-int-or-string", Ty::Bool, Shape::Single, Omit::Empty),
-            f(41, "x-kubernetes-list-map-keys", Ty::String, Shape::Repeated, Omit::Empty),
-            f(42, "x-kubernetes-list-type", Ty::String, Shape::Pointer, Omit::Empty),
-            f(43, "x-kubernetes-map-type", Ty::String, Shape::Pointer, Omit::Empty),
-            f(44, "x-kubernetes-validations", Ty::Message(137), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 136
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ExternalDocumentation",
-        fields: &[
-            f(1, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "url", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 137
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ValidationRule",
-        fields: &[
-            f(1, "rule", Ty::String, Shape::Single, Omit::Never),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "messageExpression", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "fieldPath", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "optionalOldSelf", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 138
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceSubresources",
-        fields: &[
-            f(1, "status", Ty::Message(139), Shape::Pointer, Omit::Empty),
-            f(2, "scale", Ty::Message(140), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 139
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceSubresourceStatus",
-        fields: &[
-        ],
-    },
-    // 140
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceSubresourceScale",
-        fields: &[
-            f(1, "specReplicasPath", Ty::String, Shape::Single, Omit::Never),
-            f(2, "statusReplicasPath", Ty::String, Shape::Single, Omit::Never),
-            f(3, "labelSelectorPath", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 141
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionVersion",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "served", Ty::Bool, Shape::Single, Omit::Never),
-            f(3, "storage", Ty::Bool, Shape::Single, Omit::Never),
-            f(7, "deprecated", Ty::Bool, Shape::Single, Omit::Empty),
-            f(8, "deprecationWarning", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "schema", Ty::Message(134), Shape::Pointer, Omit::Empty),
-            f(5, "subresources", Ty::Message(138), Shape::Pointer, Omit::Empty),
-            f(6, "additionalPrinterColumns", Ty::Message(142), Shape::Repeated, Omit::Empty),
-            f(9, "selectableFields", Ty::Message(143), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 142
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceColumnDefinition",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "type", Ty::String, Shape::Single, Omit::Never),
-            f(3, "format", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "priority", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "JSONPath", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 143
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.SelectableField",
-        fields: &[
-            f(1, "jsonPath", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 144
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceConversion",
-        fields: &[
-            f(1, "strategy", Ty::String, Shape::Single, Omit::Never),
-            f(2, "webhookClientConfig", Ty::Message(145), Shape::Pointer, Omit::Empty),
-            f(3, "conversionReviewVersions", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 145
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.WebhookClientConfig",
-        fields: &[
-            f(3, "url", Ty::String, Shape::Pointer, Omit::Empty),
-            f(1, "service", Ty::Message(146), Shape::Pointer, Omit::Empty),
-            f(2, "caBundle", Ty::Bytes, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 146
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.ServiceReference",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "path", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 147
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(148), Shape::Repeated, Omit::Never),
-            f(2, "acceptedNames", Ty::Message(133), Shape::Single, Omit::Never),
-            f(3, "storedVersions", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 148
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 149
-    Message {
-        name: "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1beta1.CustomResourceDefinitionList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(131), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 150
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APIService",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(151), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(153), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 151
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APIServiceSpec",
-        fields: &[
-            f(1, "service", Ty::Message(152), Shape::Pointer, Omit::Empty),
-            f(2, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "version", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "insecureSkipTLSVerify", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "caBundle", Ty::Bytes, Shape::Single, Omit::Empty),
-            f(7, "groupPriorityMinimum", Ty::Int, Shape::Single, Omit::Never),
-            f(8, "versionPriority", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 152
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1.ServiceReference",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 153
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APIServiceStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(154), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 154
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APIServiceCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 155
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1.APIServiceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(150), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 156
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.APIService",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(157), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(159), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 157
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.APIServiceSpec",
-        fields: &[
-            f(1, "service", Ty::Message(158), Shape::Pointer, Omit::Empty),
-            f(2, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "version", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "insecureSkipTLSVerify", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "caBundle", Ty::Bytes, Shape::Single, Omit::Empty),
-            f(7, "groupPriorityMinimum", Ty::Int, Shape::Single, Omit::Never),
-            f(8, "versionPriority", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 158
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.ServiceReference",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 159
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.APIServiceStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(160), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 160
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.APIServiceCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 161
-    Message {
-        name: "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1beta1.APIServiceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(156), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 162
-    Message {
-        name: "k8s.io/api/apps/v1.ControllerRevision",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "data", Ty::RawExtension, Shape::Single, Omit::Empty),
-            f(3, "revision", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 163
-    Message {
-        name: "k8s.io/api/apps/v1.ControllerRevisionList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(162), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 164
-    Message {
-        name: "k8s.io/api/apps/v1.DaemonSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(165), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(276), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 165
-    Message {
-        name: "k8s.io/api/apps/v1.DaemonSetSpec",
-        fields: &[
-            f(1, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(2, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(3, "updateStrategy", Ty::Message(274), Shape::Single, Omit::Empty),
-            f(4, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 166
-    Message {
-        name: "k8s.io/api/core/v1.PodTemplateSpec",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(167), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 167
-    Message {
-        name: "k8s.io/api/core/v1.PodSpec",
-        fields: &[
-            f(1, "volumes", Ty::Message(168), Shape::Repeated, Omit::Empty),
-            f(20, "initContainers", Ty::Message(217), Shape::Repeated, Omit::Empty),
-            f(2, "containers", Ty::Message(217), Shape::Repeated, Omit::Never),
-            f(34, "ephemeralContainers", Ty::Message(250), Shape::Repeated, Omit::Empty),
-            f(3, "restartPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "terminationGracePeriodSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(5, "activeDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "dnsPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "nodeSelector", Ty::String, Shape::Map, Omit::Empty),
-            f(8, "serviceAccountName", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "serviceAccount", Ty::String, Shape::Single, Omit::Empty),
-            f(21, "automountServiceAccountToken", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(10, "nodeName", Ty::String, Shape::Single, Omit::Empty),
-            f(11, "hostNetwork", Ty::Bool, Shape::Single, Omit::Empty),
-            f(12, "hostPID", Ty::Bool, Shape::Single, Omit::Empty),
-            f(13, "hostIPC", Ty::Bool, Shape::Single, Omit::Empty),
-            f(27, "shareProcessNamespace", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(14, "securityContext", Ty::Message(252), Shape::Pointer, Omit::Empty),
-            f(15, "imagePullSecrets", Ty::Message(179), Shape::Repeated, Omit::Empty),
-            f(16, "hostname", Ty::String, Shape::Single, Omit::Empty),
-            f(17, "subdomain", Ty::String, Shape::Single, Omit::Empty),
-            f(18, "affinity", Ty::Message(254), Shape::Pointer, Omit::Empty),
-            f(19, "schedulerName", Ty::String, Shape::Single, Omit::Empty),
-            f(22, "tolerations", Ty::Message(264), Shape::Repeated, Omit::Empty),
-            f(23, "hostAliases", Ty::Message(265), Shape::Repeated, Omit::Empty),
-            f(24, "priorityClassName", Ty::String, Shape::Single, Omit::Empty),
-            f(25, "priority", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(26, "dnsConfig", Ty::Message(266), Shape::Pointer, Omit::Empty),
-            f(28, "readinessGates", Ty::Message(268), Shape::Repeated, Omit::Empty),
-            f(29, "runtimeClassName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(30, "enableServiceLinks", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(31, "preemptionPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(32, "overhead", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(33, "topologySpreadConstraints", Ty::Message(269), Shape::Repeated, Omit::Empty),
-            f(35, "setHostnameAsFQDN", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(36, "os", Ty::Message(270), Shape::Pointer, Omit::Empty),
-            f(37, "hostUsers", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(38, "schedulingGates", Ty::Message(271), Shape::Repeated, Omit::Empty),
-            f(39, "resourceClaims", Ty::Message(272), Shape::Repeated, Omit::Empty),
-            f(40, "resources", Ty::Message(227), Shape::Pointer, Omit::Empty),
-            f(41, "hostnameOverride", Ty::String, Shape::Pointer, Omit::Empty),
-            f(42, "workloadRef", Ty::Message(273), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 168
-    Message {
-        name: "k8s.io/api/core/v1.Volume",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "", Ty::Message(169), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 169
-    Message {
-        name: "k8s.io/api/core/v1.VolumeSource",
-        fields: &[
-            f(1, "hostPath", Ty::Message(170), Shape::Pointer, Omit::Empty),
-            f(2, "emptyDir", Ty::Message(171), Shape::Pointer, Omit::Empty),
-            f(3, "gcePersistentDisk", Ty::Message(172), Shape::Pointer, Omit::Empty),
-            f(4, "awsElasticBlockStore", Ty::Message(173), Shape::Pointer, Omit::Empty),
-            f(5, "gitRepo", Ty::Message(174), Shape::Pointer, Omit::Empty),
-            f(6, "secret", Ty::Message(175), Shape::Pointer, Omit::Empty),
-            f(7, "nfs", Ty::Message(177), Shape::Pointer, Omit::Empty),
-            f(8, "iscsi", Ty::Message(178), Shape::Pointer, Omit::Empty),
-            f(9, "glusterfs", Ty::Message(180), Shape::Pointer, Omit::Empty),
-            f(10, "persistentVolumeClaim", Ty::Message(181), Shape::Pointer, Omit::Empty),
-            f(11, "rbd", Ty::Message(182), Shape::Pointer, Omit::Empty),
-            f(12, "flexVolume", Ty::Message(183), Shape::Pointer, Omit::Empty),
-            f(13, "cinder", Ty::Message(184), Shape::Pointer, Omit::Empty),
-            f(14, "cephfs", Ty::Message(185), Shape::Pointer, Omit::Empty),
-            f(15, "flocker", Ty::Message(186), Shape::Pointer, Omit::Empty),
-            f(16, "downwardAPI", Ty::Message(187), Shape::Pointer, Omit::Empty),
-            f(17, "fc", Ty::Message(191), Shape::Pointer, Omit::Empty),
-            f(18, "azureFile", Ty::Message(192), Shape::Pointer, Omit::Empty),
-            f(19, "configMap", Ty::Message(193), Shape::Pointer, Omit::Empty),
-            f(20, "vsphereVolume", Ty::Message(194), Shape::Pointer, Omit::Empty),
-            f(21, "quobyte", Ty::Message(195), Shape::Pointer, Omit::Empty),
-            f(22, "azureDisk", Ty::Message(196), Shape::Pointer, Omit::Empty),
-            f(23, "photonPersistentDisk", Ty::Message(197), Shape::Pointer, Omit::Empty),
-            f(26, "projected", Ty::Message(198), Shape::Pointer, Omit::Empty),
-            f(24, "portworxVolume", Ty::Message(206), Shape::Pointer, Omit::Empty),
-            f(25, "scaleIO", Ty::Message(207), Shape::Pointer, Omit::Empty),
-            f(27, "storageos", Ty::Message(208), Shape::Pointer, Omit::Empty),
-            f(28, "csi", Ty::Message(209), Shape::Pointer, Omit::Empty),
-            f(29, "ephemeral", Ty::Message(210), Shape::Pointer, Omit::Empty),
-            f(30, "image", Ty::Message(216), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 170
-    Message {
-        name: "k8s.io/api/core/v1.HostPathVolumeSource",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Never),
-            f(2, "type", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 171
-    Message {
-        name: "k8s.io/api/core/v1.EmptyDirVolumeSource",
-        fields: &[
-            f(1, "medium", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "sizeLimit", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 172
-    Message {
-        name: "k8s.io/api/core/v1.GCEPersistentDiskVolumeSource",
-        fields: &[
-            f(1, "pdName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "partition", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 173
-    Message {
-        name: "k8s.io/api/core/v1.AWSElasticBlockStoreVolumeSource",
-        fields: &[
-            f(1, "volumeID", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "partition", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 174
-    Message {
-        name: "k8s.io/api/core/v1.GitRepoVolumeSource",
-        fields: &[
-            f(1, "repository", Ty::String, Shape::Single, Omit::Never),
-            f(2, "revision", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "directory", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 175
-    Message {
-        name: "k8s.io/api/core/v1.SecretVolumeSource",
-        fields: &[
-            f(1, "secretName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(176), Shape::Repeated, Omit::Empty),
-            f(3, "defaultMode", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 176
-    Message {
-        name: "k8s.io/api/core/v1.KeyToPath",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "path", Ty::String, Shape::Single, Omit::Never),
-            f(3, "mode", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 177
-    Message {
-        name: "k8s.io/api/core/v1.NFSVolumeSource",
-        fields: &[
-            f(1, "server", Ty::String, Shape::Single, Omit::Never),
-            f(2, "path", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 178
-    Message {
-        name: "k8s.io/api/core/v1.ISCSIVolumeSource",
-        fields: &[
-            f(1, "targetPortal", Ty::String, Shape::Single, Omit::Never),
-            f(2, "iqn", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lun", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "iscsiInterface", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(7, "portals", Ty::String, Shape::Repeated, Omit::Empty),
-            f(8, "chapAuthDiscovery", Ty::Bool, Shape::Single, Omit::Empty),
-            f(11, "chapAuthSession", Ty::Bool, Shape::Single, Omit::Empty),
-            f(10, "secretRef", Ty::Message(179), Shape::Pointer, Omit::Empty),
-            f(12, "initiatorName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 179
-    Message {
-        name: "k8s.io/api/core/v1.LocalObjectReference",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 180
-    Message {
-        name: "k8s.io/api/core/v1.GlusterfsVolumeSource",
-        fields: &[
-            f(1, "endpoints", Ty::String, Shape::Single, Omit::Never),
-            f(2, "path", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 181
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeClaimVolumeSource",
-        fields: &[
-            f(1, "claimName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 182
-    Message {
-        name: "k8s.io/api/core/v1.RBDVolumeSource",
-        fields: &[
-            f(1, "monitors", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "image", Ty::String, Shape::Single, Omit::Never),
-            f(3, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "pool", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "keyring", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "secretRef", Ty::Message(179), Shape::Pointer, Omit::Empty),
-            f(8, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 183
-    Message {
-        name: "k8s.io/api/core/v1.FlexVolumeSource",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "secretRef", Ty::Message(179), Shape::Pointer, Omit::Empty),
-            f(4, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "options", Ty::String, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 184
-    Message {
-        name: "k8s.io/api/core/v1.CinderVolumeSource",
-        fields: &[
-            f(1, "volumeID", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "secretRef", Ty::Message(179), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 185
-    Message {
-        name: "k8s.io/api/core/v1.CephFSVolumeSource",
-        fields: &[
-            f(1, "monitors", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "secretFile", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "secretRef", Ty::Message(179), Shape::Pointer, Omit::Empty),
-            f(6, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 186
-    Message {
-        name: "k8s.io/api/core/v1.FlockerVolumeSource",
-        fields: &[
-            f(1, "datasetName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "datasetUUID", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 187
-    Message {
-        name: "k8s.io/api/core/v1.DownwardAPIVolumeSource",
-        fields: &[
-            f(1, "items", Ty::Message(188), Shape::Repeated, Omit::Empty),
-            f(2, "defaultMode", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 188
-    Message {
-        name: "k8s.io/api/core/v1.DownwardAPIVolumeFile",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fieldRef", Ty::Message(189), Shape::Pointer, Omit::Empty),
-            f(3, "resourceFieldRef", Ty::Message(190), Shape::Pointer, Omit::Empty),
-            f(4, "mode", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 189
-    Message {
-        name: "k8s.io/api/core/v1.ObjectFieldSelector",
-        fields: &[
-            f(1, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "fieldPath", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 190
-    Message {
-        name: "k8s.io/api/core/v1.ResourceFieldSelector",
-        fields: &[
-            f(1, "containerName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "resource", Ty::String, Shape::Single, Omit::Never),
-            f(3, "divisor", Ty::Quantity, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 191
-    Message {
-        name: "k8s.io/api/core/v1.FCVolumeSource",
-        fields: &[
-            f(1, "targetWWNs", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "lun", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "wwids", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 192
-    Message {
-        name: "k8s.io/api/core/v1.AzureFileVolumeSource",
-        fields: &[
-            f(1, "secretName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "shareName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 193
-    Message {
-        name: "k8s.io/api/core/v1.ConfigMapVolumeSource",
-        fields: &[
-            f(1, "", Ty::Message(179), Shape::Inline, Omit::Never),
-            f(2, "items", Ty::Message(176), Shape::Repeated, Omit::Empty),
-            f(3, "defaultMode", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 194
-    Message {
-        name: "k8s.io/api/core/v1.VsphereVirtualDiskVolumeSource",
-        fields: &[
-            f(1, "volumePath", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "storagePolicyName", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "storagePolicyID", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 195
-    Message {
-        name: "k8s.io/api/core/v1.QuobyteVolumeSource",
-        fields: &[
-            f(1, "registry", Ty::String, Shape::Single, Omit::Never),
-            f(2, "volume", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "tenant", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 196
-    Message {
-        name: "k8s.io/api/core/v1.AzureDiskVolumeSource",
-        fields: &[
-            f(1, "diskName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "diskURI", Ty::String, Shape::Single, Omit::Never),
-            f(3, "cachingMode", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "fsType", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "readOnly", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "kind", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 197
-    Message {
-        name: "k8s.io/api/core/v1.PhotonPersistentDiskVolumeSource",
-        fields: &[
-            f(1, "pdID", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 198
-    Message {
-        name: "k8s.io/api/core/v1.ProjectedVolumeSource",
-        fields: &[
-            f(1, "sources", Ty::Message(199), Shape::Repeated, Omit::Never),
-            f(2, "defaultMode", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 199
-    Message {
-        name: "k8s.io/api/core/v1.VolumeProjection",
-        fields: &[
-            f(1, "secret", Ty::Message(200), Shape::Pointer, Omit::Empty),
-            f(2, "downwardAPI", Ty::Message(201), Shape::Pointer, Omit::Empty),
-            f(3, "configMap", Ty::Message(202), Shape::Pointer, Omit::Empty),
-            f(4, "serviceAccountToken", Ty::Message(203), Shape::Pointer, Omit::Empty),
-            f(5, "clusterTrustBundle", Ty::Message(204), Shape::Pointer, Omit::Empty),
-            f(6, "podCertificate", Ty::Message(205), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 200
-    Message {
-        name: "k8s.io/api/core/v1.SecretProjection",
-        fields: &[
-            f(1, "", Ty::Message(179), Shape::Inline, Omit::Never),
-            f(2, "items", Ty::Message(176), Shape::Repeated, Omit::Empty),
-            f(4, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 201
-    Message {
-        name: "k8s.io/api/core/v1.DownwardAPIProjection",
-        fields: &[
-            f(1, "items", Ty::Message(188), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 202
-    Message {
-        name: "k8s.io/api/core/v1.ConfigMapProjection",
-        fields: &[
-            f(1, "", Ty::Message(179), Shape::Inline, Omit::Never),
-            f(2, "items", Ty::Message(176), Shape::Repeated, Omit::Empty),
-            f(4, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 203
-    Message {
-        name: "k8s.io/api/core/v1.ServiceAccountTokenProjection",
-        fields: &[
-            f(1, "audience", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "expirationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "path", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 204
-    Message {
-        name: "k8s.io/api/core/v1.ClusterTrustBundleProjection",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "signerName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "labelSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(5, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(4, "path", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 205
-    Message {
-        name: "k8s.io/api/core/v1.PodCertificateProjection",
-        fields: &[
-            f(1, "signerName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "keyType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "maxExpirationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "credentialBundlePath", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "keyPath", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "certificateChainPath", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "userAnnotations", Ty::String, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 206
-    Message {
-        name: "k8s.io/api/core/v1.PortworxVolumeSource",
-        fields: &[
-            f(1, "volumeID", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 207
-    Message {
-        name: "k8s.io/api/core/v1.ScaleIOVolumeSource",
-        fields: &[
-            f(1, "gateway", Ty::String, Shape::Single, Omit::Never),
-            f(2, "system", Ty::String, Shape::Single, Omit::Never),
-            f(3, "secretRef", Ty::Message(179), Shape::Pointer, Omit::Never),
-            f(4, "sslEnabled", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "protectionDomain", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "storagePool", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "storageMode", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "volumeName", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(10, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 208
-    Message {
-        name: "k8s.io/api/core/v1.StorageOSVolumeSource",
-        fields: &[
-            f(1, "volumeName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "volumeNamespace", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "secretRef", Ty::Message(179), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 209
-    Message {
-        name: "k8s.io/api/core/v1.CSIVolumeSource",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "readOnly", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(3, "fsType", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "volumeAttributes", Ty::String, Shape::Map, Omit::Empty),
-            f(5, "nodePublishSecretRef", Ty::Message(179), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 210
-    Message {
-        name: "k8s.io/api/core/v1.EphemeralVolumeSource",
-        fields: &[
-            f(1, "volumeClaimTemplate", Ty::Message(211), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 211
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeClaimTemplate",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(212), Shape::Single, Omit::Never),
-        ],
-    },
-    // 212
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeClaimSpec",
-        fields: &[
-            f(1, "accessModes", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "resources", Ty::Message(213), Shape::Single, Omit::Empty),
-            f(3, "volumeName", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "storageClassName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "volumeMode", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "dataSource", Ty::Message(214), Shape::Pointer, Omit::Empty),
-            f(8, "dataSourceRef", Ty::Message(215), Shape::Pointer, Omit::Empty),
-            f(9, "volumeAttributesClassName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 213
-    Message {
-        name: "k8s.io/api/core/v1.VolumeResourceRequirements",
-        fields: &[
-            f(1, "limits", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(2, "requests", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 214
-    Message {
-        name: "k8s.io/api/core/v1.TypedLocalObjectReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Pointer, Omit::Never),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 215
-    Message {
-        name: "k8s.io/api/core/v1.TypedObjectReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Pointer, Omit::Never),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-            f(4, "namespace", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 216
-    Message {
-        name: "k8s.io/api/core/v1.ImageVolumeSource",
-        fields: &[
-            f(1, "reference", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "pullPolicy", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 217
-    Message {
-        name: "k8s.io/api/core/v1.Container",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "image", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "command", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "args", Ty::String, Shape::Repeated, Omit::Empty),
-            f(5, "workingDir", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "ports", Ty::Message(218), Shape::Repeated, Omit::Empty),
-            f(19, "envFrom", Ty::Message(219), Shape::Repeated, Omit::Empty),
-            f(7, "env", Ty::Message(222), Shape::Repeated, Omit::Empty),
-            f(8, "resources", Ty::Message(227), Shape::Single, Omit::Empty),
-            f(23, "resizePolicy", Ty::Message(229), Shape::Repeated, Omit::Empty),
-            f(24, "restartPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(25, "restartPolicyRules", Ty::Message(230), Shape::Repeated, Omit::Empty),
-            f(9, "volumeMounts", Ty::Message(232), Shape::Repeated, Omit::Empty),
-            f(21, "volumeDevices", Ty::Message(233), Shape::Repeated, Omit::Empty),
-            f(10, "livenessProbe", Ty::Message(234), Shape::Pointer, Omit::Empty),
-            f(11, "readinessProbe", Ty::Message(234), Shape::Pointer, Omit::Empty),
-            f(22, "startupProbe", Ty::Message(234), Shape::Pointer, Omit::Empty),
-            f(12, "lifecycle", Ty::Message(241), Shape::Pointer, Omit::Empty),
-            f(13, "terminationMessagePath", Ty::String, Shape::Single, Omit::Empty),
-            f(20, "terminationMessagePolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(14, "imagePullPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(15, "securityContext", Ty::Message(244), Shape::Pointer, Omit::Empty),
-            f(16, "stdin", Ty::Bool, Shape::Single, Omit::Empty),
-            f(17, "stdinOnce", Ty::Bool, Shape::Single, Omit::Empty),
-            f(18, "tty", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 218
-    Message {
-        name: "k8s.io/api/core/v1.ContainerPort",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "hostPort", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "containerPort", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "protocol", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "hostIP", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 219
-    Message {
-        name: "k8s.io/api/core/v1.EnvFromSource",
-        fields: &[
-            f(1, "prefix", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "configMapRef", Ty::Message(220), Shape::Pointer, Omit::Empty),
-            f(3, "secretRef", Ty::Message(221), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 220
-    Message {
-        name: "k8s.io/api/core/v1.ConfigMapEnvSource",
-        fields: &[
-            f(1, "", Ty::Message(179), Shape::Inline, Omit::Never),
-            f(2, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 221
-    Message {
-        name: "k8s.io/api/core/v1.SecretEnvSource",
-        fields: &[
-            f(1, "", Ty::Message(179), Shape::Inline, Omit::Never),
-            f(2, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 222
-    Message {
-        name: "k8s.io/api/core/v1.EnvVar",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "valueFrom", Ty::Message(223), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 223
-    Message {
-        name: "k8s.io/api/core/v1.EnvVarSource",
-        fields: &[
-            f(1, "fieldRef", Ty::Message(189), Shape::Pointer, Omit::Empty),
-            f(2, "resourceFieldRef", Ty::Message(190), Shape::Pointer, Omit::Empty),
-            f(3, "configMapKeyRef", Ty::Message(224), Shape::Pointer, Omit::Empty),
-            f(4, "secretKeyRef", Ty::Message(225), Shape::Pointer, Omit::Empty),
-            f(5, "fileKeyRef", Ty::Message(226), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 224
-    Message {
-        name: "k8s.io/api/core/v1.ConfigMapKeySelector",
-        fields: &[
-            f(1, "", Ty::Message(179), Shape::Inline, Omit::Never),
-            f(2, "key", Ty::String, Shape::Single, Omit::Never),
-            f(3, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 225
-    Message {
-        name: "k8s.io/api/core/v1.SecretKeySelector",
-        fields: &[
-            f(1, "", Ty::Message(179), Shape::Inline, Omit::Never),
-            f(2, "key", Ty::String, Shape::Single, Omit::Never),
-            f(3, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 226
-    Message {
-        name: "k8s.io/api/core/v1.FileKeySelector",
-        fields: &[
-            f(1, "volumeName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "path", Ty::String, Shape::Single, Omit::Never),
-            f(3, "key", Ty::String, Shape::Single, Omit::Never),
-            f(4, "optional", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 227
-    Message {
-        name: "k8s.io/api/core/v1.ResourceRequirements",
-        fields: &[
-            f(1, "limits", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(2, "requests", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(3, "claims", Ty::Message(228), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 228
-    Message {
-        name: "k8s.io/api/core/v1.ResourceClaim",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "request", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 229
-    Message {
-        name: "k8s.io/api/core/v1.ContainerResizePolicy",
-        fields: &[
-            f(1, "resourceName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "restartPolicy", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 230
-    Message {
-        name: "k8s.io/api/core/v1.ContainerRestartRule",
-        fields: &[
-            f(1, "action", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "exitCodes", Ty::Message(231), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 231
-    Message {
-        name: "k8s.io/api/core/v1.ContainerRestartRuleOnExitCodes",
-        fields: &[
-            f(1, "operator", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "values", Ty::Int, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 232
-    Message {
-        name: "k8s.io/api/core/v1.VolumeMount",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(7, "recursiveReadOnly", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "mountPath", Ty::String, Shape::Single, Omit::Never),
-            f(4, "subPath", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "mountPropagation", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "subPathExpr", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 233
-    Message {
-        name: "k8s.io/api/core/v1.VolumeDevice",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "devicePath", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 234
-    Message {
-        name: "k8s.io/api/core/v1.Probe",
-        fields: &[
-            f(1, "", Ty::Message(235), Shape::Inline, Omit::Never),
-            f(2, "initialDelaySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "timeoutSeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "periodSeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "successThreshold", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "failureThreshold", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "terminationGracePeriodSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 235
-    Message {
-        name: "k8s.io/api/core/v1.ProbeHandler",
-        fields: &[
-            f(1, "exec", Ty::Message(236), Shape::Pointer, Omit::Empty),
-            f(2, "httpGet", Ty::Message(237), Shape::Pointer, Omit::Empty),
-            f(3, "tcpSocket", Ty::Message(239), Shape::Pointer, Omit::Empty),
-            f(4, "grpc", Ty::Message(240), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 236
-    Message {
-        name: "k8s.io/api/core/v1.ExecAction",
-        fields: &[
-            f(1, "command", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 237
-    Message {
-        name: "k8s.io/api/core/v1.HTTPGetAction",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "port", Ty::IntOrString, Shape::Single, Omit::Never),
-            f(3, "host", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "scheme", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "httpHeaders", Ty::Message(238), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 238
-    Message {
-        name: "k8s.io/api/core/v1.HTTPHeader",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 239
-    Message {
-        name: "k8s.io/api/core/v1.TCPSocketAction",
-        fields: &[
-            f(1, "port", Ty::IntOrString, Shape::Single, Omit::Never),
-            f(2, "host", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 240
-    Message {
-        name: "k8s.io/api/core/v1.GRPCAction",
-        fields: &[
-            f(1, "port", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "service", Ty::String, Shape::Pointer, Omit::Never),
-        ],
-    },
-    // 241
-    Message {
-        name: "k8s.io/api/core/v1.Lifecycle",
-        fields: &[
-            f(1, "postStart", Ty::Message(242), Shape::Pointer, Omit::Empty),
-            f(2, "preStop", Ty::Message(242), Shape::Pointer, Omit::Empty),
-            f(3, "stopSignal", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 242
-    Message {
-        name: "k8s.io/api/core/v1.LifecycleHandler",
-        fields: &[
-            f(1, "exec", Ty::Message(236), Shape::Pointer, Omit::Empty),
-            f(2, "httpGet", Ty::Message(237), Shape::Pointer, Omit::Empty),
-            f(3, "tcpSocket", Ty::Message(239), Shape::Pointer, Omit::Empty),
-            f(4, "sleep", Ty::Message(243), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 243
-    Message {
-        name: "k8s.io/api/core/v1.SleepAction",
-        fields: &[
-            f(1, "seconds", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 244
-    Message {
-        name: "k8s.io/api/core/v1.SecurityContext",
-        fields: &[
-            f(1, "capabilities", Ty::Message(245), Shape::Pointer, Omit::Empty),
-            f(2, "privileged", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(3, "seLinuxOptions", Ty::Message(246), Shape::Pointer, Omit::Empty),
-            f(10, "windowsOptions", Ty::Message(247), Shape::Pointer, Omit::Empty),
-            f(4, "runAsUser", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(8, "runAsGroup", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(5, "runAsNonRoot", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "readOnlyRootFilesystem", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(7, "allowPrivilegeEscalation", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(9, "procMount", Ty::String, Shape::Pointer, Omit::Empty),
-            f(11, "seccompProfile", Ty::Message(248), Shape::Pointer, Omit::Empty),
-            f(12, "appArmorProfile", Ty::Message(249), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 245
-    Message {
-        name: "k8s.io/api/core/v1.Capabilities",
-        fields: &[
-            f(1, "add", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "drop", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 246
-    Message {
-        name: "k8s.io/api/core/v1.SELinuxOptions",
-        fields: &[
-            f(1, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "role", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "level", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 247
-    Message {
-        name: "k8s.io/api/core/v1.WindowsSecurityContextOptions",
-        fields: &[
-            f(1, "gmsaCredentialSpecName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "gmsaCredentialSpec", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "runAsUserName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "hostProcess", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 248
-    Message {
-        name: "k8s.io/api/core/v1.SeccompProfile",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "localhostProfile", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 249
-    Message {
-        name: "k8s.io/api/core/v1.AppArmorProfile",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "localhostProfile", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 250
-    Message {
-        name: "k8s.io/api/core/v1.EphemeralContainer",
-        fields: &[
-            f(1, "", Ty::Message(251), Shape::Inline, Omit::Never),
-            f(2, "targetContainerName", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 251
-    Message {
-        name: "k8s.io/api/core/v1.EphemeralContainerCommon",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "image", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "command", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "args", Ty::String, Shape::Repeated, Omit::Empty),
-            f(5, "workingDir", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "ports", Ty::Message(218), Shape::Repeated, Omit::Empty),
-            f(19, "envFrom", Ty::Message(219), Shape::Repeated, Omit::Empty),
-            f(7, "env", Ty::Message(222), Shape::Repeated, Omit::Empty),
-            f(8, "resources", Ty::Message(227), Shape::Single, Omit::Empty),
-            f(23, "resizePolicy", Ty::Message(229), Shape::Repeated, Omit::Empty),
-            f(24, "restartPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(25, "restartPolicyRules", Ty::Message(230), Shape::Repeated, Omit::Empty),
-            f(9, "volumeMounts", Ty::Message(232), Shape::Repeated, Omit::Empty),
-            f(21, "volumeDevices", Ty::Message(233), Shape::Repeated, Omit::Empty),
-            f(10, "livenessProbe", Ty::Message(234), Shape::Pointer, Omit::Empty),
-            f(11, "readinessProbe", Ty::Message(234), Shape::Pointer, Omit::Empty),
-            f(22, "startupProbe", Ty::Message(234), Shape::Pointer, Omit::Empty),
-            f(12, "lifecycle", Ty::Message(241), Shape::Pointer, Omit::Empty),
-            f(13, "terminationMessagePath", Ty::String, Shape::Single, Omit::Empty),
-            f(20, "terminationMessagePolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(14, "imagePullPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(15, "securityContext", Ty::Message(244), Shape::Pointer, Omit::Empty),
-            f(16, "stdin", Ty::Bool, Shape::Single, Omit::Empty),
-            f(17, "stdinOnce", Ty::Bool, Shape::Single, Omit::Empty),
-            f(18, "tty", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 252
-    Message {
-        name: "k8s.io/api/core/v1.PodSecurityContext",
-        fields: &[
-            f(1, "seLinuxOptions", Ty::Message(246), Shape::Pointer, Omit::Empty),
-            f(8, "windowsOptions", Ty::Message(247), Shape::Pointer, Omit::Empty),
-            f(2, "runAsUser", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "runAsGroup", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "runAsNonRoot", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(4, "supplementalGroups", Ty::Int, Shape::Repeated, Omit::Empty),
-            f(12, "supplementalGroupsPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "fsGroup", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "sysctls", Ty::Message(253), Shape::Repeated, Omit::Empty),
-            f(9, "fsGroupChangePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(10, "seccompProfile", Ty::Message(248), Shape::Pointer, Omit::Empty),
-            f(11, "appArmorProfile", Ty::Message(249), Shape::Pointer, Omit::Empty),
-            f(13, "seLinuxChangePolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 253
-    Message {
-        name: "k8s.io/api/core/v1.Sysctl",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 254
-    Message {
-        name: "k8s.io/api/core/v1.Affinity",
-        fields: &[
-            f(1, "nodeAffinity", Ty::Message(255), Shape::Pointer, Omit::Empty),
-            f(2, "podAffinity", Ty::Message(260), Shape::Pointer, Omit::Empty),
-            f(3, "podAntiAffinity", Ty::Message(263), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 255
-    Message {
-        name: "k8s.io/api/core/v1.NodeAffinity",
-        fields: &[
-            f(1, "requiredDuringSchedulingIgnoredDuringExecution", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(2, "preferredDuringSchedulingIgnoredDuringExecution", Ty::Message(259), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 256
-    Message {
-        name: "k8s.io/api/core/v1.NodeSelector",
-        fields: &[
-            f(1, "nodeSelectorTerms", Ty::Message(257), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 257
-    Message {
-        name: "k8s.io/api/core/v1.NodeSelectorTerm",
-        fields: &[
-            f(1, "matchExpressions", Ty::Message(258), Shape::Repeated, Omit::Empty),
-            f(2, "matchFields", Ty::Message(258), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 258
-    Message {
-        name: "k8s.io/api/core/v1.NodeSelectorRequirement",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Never),
-            f(3, "values", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 259
-    Message {
-        name: "k8s.io/api/core/v1.PreferredSchedulingTerm",
-        fields: &[
-            f(1, "weight", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "preference", Ty::Message(257), Shape::Single, Omit::Never),
-        ],
-    },
-    // 260
-    Message {
-        name: "k8s.io/api/core/v1.PodAffinity",
-        fields: &[
-            f(1, "requiredDuringSchedulingIgnoredDuringExecution", Ty::Message(261), Shape::Repeated, Omit::Empty),
-            f(2, "preferredDuringSchedulingIgnoredDuringExecution", Ty::Message(262), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 261
-    Message {
-        name: "k8s.io/api/core/v1.PodAffinityTerm",
-        fields: &[
-            f(1, "labelSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "namespaces", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "topologyKey", Ty::String, Shape::Single, Omit::Never),
-            f(4, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(5, "matchLabelKeys", Ty::String, Shape::Repeated, Omit::Empty),
-            f(6, "mismatchLabelKeys", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 262
-    Message {
-        name: "k8s.io/api/core/v1.WeightedPodAffinityTerm",
-        fields: &[
-            f(1, "weight", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "podAffinityTerm", Ty::Message(261), Shape::Single, Omit::Never),
-        ],
-    },
-    // 263
-    Message {
-        name: "k8s.io/api/core/v1.PodAntiAffinity",
-        fields: &[
-            f(1, "requiredDuringSchedulingIgnoredDuringExecution", Ty::Message(261), Shape::Repeated, Omit::Empty),
-            f(2, "preferredDuringSchedulingIgnoredDuringExecution", Ty::Message(262), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 264
-    Message {
-        name: "k8s.io/api/core/v1.Toleration",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "effect", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "tolerationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 265
-    Message {
-        name: "k8s.io/api/core/v1.HostAlias",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Never),
-            f(2, "hostnames", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 266
-    Message {
-        name: "k8s.io/api/core/v1.PodDNSConfig",
-        fields: &[
-            f(1, "nameservers", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "searches", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "options", Ty::Message(267), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 267
-    Message {
-        name: "k8s.io/api/core/v1.PodDNSConfigOption",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "value", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 268
-    Message {
-        name: "k8s.io/api/core/v1.PodReadinessGate",
-        fields: &[
-            f(1, "conditionType", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 269
-    Message {
-        name: "k8s.io/api/core/v1.TopologySpreadConstraint",
-        fields: &[
-            f(1, "maxSkew", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "topologyKey", Ty::String, Shape::Single, Omit::Never),
-            f(3, "whenUnsatisfiable", Ty::String, Shape::Single, Omit::Never),
-            f(4, "labelSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(5, "minDomains", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "nodeAffinityPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "nodeTaintsPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(8, "matchLabelKeys", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 270
-    Message {
-        name: "k8s.io/api/core/v1.PodOS",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 271
-    Message {
-        name: "k8s.io/api/core/v1.PodSchedulingGate",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 272
-    Message {
-        name: "k8s.io/api/core/v1.PodResourceClaim",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "resourceClaimName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "resourceClaimTemplateName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 273
-    Message {
-        name: "k8s.io/api/core/v1.WorkloadReference",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "podGroup", Ty::String, Shape::Single, Omit::Never),
-            f(3, "podGroupReplicaKey", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 274
-    Message {
-        name: "k8s.io/api/apps/v1.DaemonSetUpdateStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(275), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 275
-    Message {
-        name: "k8s.io/api/apps/v1.RollingUpdateDaemonSet",
-        fields: &[
-            f(1, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "maxSurge", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 276
-    Message {
-        name: "k8s.io/api/apps/v1.DaemonSetStatus",
-        fields: &[
-            f(1, "currentNumberScheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "numberMisscheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "desiredNumberScheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "numberReady", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "updatedNumberScheduled", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "numberAvailable", Ty::Int, Shape::Single, Omit::Empty),
-            f(8, "numberUnavailable", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "conditions", Ty::Message(277), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 277
-    Message {
-        name: "k8s.io/api/apps/v1.DaemonSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 278
-    Message {
-        name: "k8s.io/api/apps/v1.DaemonSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(164), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 279
-    Message {
-        name: "k8s.io/api/apps/v1.Deployment",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(280), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(283), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 280
-    Message {
-        name: "k8s.io/api/apps/v1.DeploymentSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(4, "strategy", Ty::Message(281), Shape::Single, Omit::Empty),
-            f(5, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "paused", Ty::Bool, Shape::Single, Omit::Empty),
-            f(9, "progressDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 281
-    Message {
-        name: "k8s.io/api/apps/v1.DeploymentStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(282), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 282
-    Message {
-        name: "k8s.io/api/apps/v1.RollingUpdateDeployment",
-        fields: &[
-            f(1, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "maxSurge", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 283
-    Message {
-        name: "k8s.io/api/apps/v1.DeploymentStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "updatedReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "unavailableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "terminatingReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "conditions", Ty::Message(284), Shape::Repeated, Omit::Empty),
-            f(8, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 284
-    Message {
-        name: "k8s.io/api/apps/v1.DeploymentCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(6, "lastUpdateTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(7, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 285
-    Message {
-        name: "k8s.io/api/apps/v1.DeploymentList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(279), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 286
-    Message {
-        name: "k8s.io/api/apps/v1.ReplicaSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(287), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(288), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 287
-    Message {
-        name: "k8s.io/api/apps/v1.ReplicaSetSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 288
-    Message {
-        name: "k8s.io/api/apps/v1.ReplicaSetStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "fullyLabeledReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "terminatingReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "conditions", Ty::Message(289), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 289
-    Message {
-        name: "k8s.io/api/apps/v1.ReplicaSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 290
-    Message {
-        name: "k8s.io/api/apps/v1.ReplicaSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(286), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 291
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(292), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(301), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 292
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSetSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(4, "volumeClaimTemplates", Ty::Message(293), Shape::Repeated, Omit::Empty),
-            f(5, "serviceName", Ty::String, Shape::Single, Omit::Never),
-            f(6, "podManagementPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "updateStrategy", Ty::Message(297), Shape::Single, Omit::Empty),
-            f(8, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(9, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(10, "persistentVolumeClaimRetentionPolicy", Ty::Message(299), Shape::Pointer, Omit::Empty),
-            f(11, "ordinals", Ty::Message(300), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 293
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeClaim",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(212), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(294), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 294
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeClaimStatus",
-        fields: &[
-            f(1, "phase", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "accessModes", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "capacity", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(4, "conditions", Ty::Message(295), Shape::Repeated, Omit::Empty),
-            f(5, "allocatedResources", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(7, "allocatedResourceStatuses", Ty::String, Shape::Map, Omit::Empty),
-            f(8, "currentVolumeAttributesClassName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(9, "modifyVolumeStatus", Ty::Message(296), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 295
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeClaimCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastProbeTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 296
-    Message {
-        name: "k8s.io/api/core/v1.ModifyVolumeStatus",
-        fields: &[
-            f(1, "targetVolumeAttributesClassName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 297
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSetUpdateStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(298), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 298
-    Message {
-        name: "k8s.io/api/apps/v1.RollingUpdateStatefulSetStrategy",
-        fields: &[
-            f(1, "partition", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 299
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSetPersistentVolumeClaimRetentionPolicy",
-        fields: &[
-            f(1, "whenDeleted", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "whenScaled", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 300
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSetOrdinals",
-        fields: &[
-            f(1, "start", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 301
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSetStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "currentReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "updatedReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "currentRevision", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "updateRevision", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "conditions", Ty::Message(302), Shape::Repeated, Omit::Empty),
-            f(11, "availableReplicas", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 302
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 303
-    Message {
-        name: "k8s.io/api/apps/v1.StatefulSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(291), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 304
-    Message {
-        name: "k8s.io/api/apps/v1beta1.ControllerRevision",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "data", Ty::RawExtension, Shape::Single, Omit::Empty),
-            f(3, "revision", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 305
-    Message {
-        name: "k8s.io/api/apps/v1beta1.ControllerRevisionList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(304), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 306
-    Message {
-        name: "k8s.io/api/apps/v1beta1.Deployment",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(307), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(311), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 307
-    Message {
-        name: "k8s.io/api/apps/v1beta1.DeploymentSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(4, "strategy", Ty::Message(308), Shape::Single, Omit::Empty),
-            f(5, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "paused", Ty::Bool, Shape::Single, Omit::Empty),
-            f(8, "rollbackTo", Ty::Message(310), Shape::Pointer, Omit::Empty),
-            f(9, "progressDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 308
-    Message {
-        name: "k8s.io/api/apps/v1beta1.DeploymentStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(309), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 309
-    Message {
-        name: "k8s.io/api/apps/v1beta1.RollingUpdateDeployment",
-        fields: &[
-            f(1, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "maxSurge", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 310
-    Message {
-        name: "k8s.io/api/apps/v1beta1.RollbackConfig",
-        fields: &[
-            f(1, "revision", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 311
-    Message {
-        name: "k8s.io/api/apps/v1beta1.DeploymentStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "updatedReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "unavailableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "terminatingReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "conditions", Ty::Message(312), Shape::Repeated, Omit::Empty),
-            f(8, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 312
-    Message {
-        name: "k8s.io/api/apps/v1beta1.DeploymentCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(6, "lastUpdateTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(7, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 313
-    Message {
-        name: "k8s.io/api/apps/v1beta1.DeploymentList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(306), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 314
-    Message {
-        name: "k8s.io/api/apps/v1beta1.DeploymentRollback",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "updatedAnnotations", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "rollbackTo", Ty::Message(310), Shape::Single, Omit::Never),
-        ],
-    },
-    // 315
-    Message {
-        name: "k8s.io/api/apps/v1beta1.Scale",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(316), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(317), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 316
-    Message {
-        name: "k8s.io/api/apps/v1beta1.ScaleSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 317
-    Message {
-        name: "k8s.io/api/apps/v1beta1.ScaleStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "selector", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "targetSelector", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 318
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(319), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(324), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 319
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSetSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(4, "volumeClaimTemplates", Ty::Message(293), Shape::Repeated, Omit::Empty),
-            f(5, "serviceName", Ty::String, Shape::Single, Omit::Never),
-            f(6, "podManagementPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "updateStrategy", Ty::Message(320), Shape::Single, Omit::Empty),
-            f(8, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(9, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(10, "persistentVolumeClaimRetentionPolicy", Ty::Message(322), Shape::Pointer, Omit::Empty),
-            f(11, "ordinals", Ty::Message(323), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 320
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSetUpdateStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(321), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 321
-    Message {
-        name: "k8s.io/api/apps/v1beta1.RollingUpdateStatefulSetStrategy",
-        fields: &[
-            f(1, "partition", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 322
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSetPersistentVolumeClaimRetentionPolicy",
-        fields: &[
-            f(1, "whenDeleted", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "whenScaled", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 323
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSetOrdinals",
-        fields: &[
-            f(1, "start", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 324
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSetStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "currentReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "updatedReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "currentRevision", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "updateRevision", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "conditions", Ty::Message(325), Shape::Repeated, Omit::Empty),
-            f(11, "availableReplicas", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 325
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 326
-    Message {
-        name: "k8s.io/api/apps/v1beta1.StatefulSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(318), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 327
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ControllerRevision",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "data", Ty::RawExtension, Shape::Single, Omit::Empty),
-            f(3, "revision", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 328
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ControllerRevisionList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(327), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 329
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DaemonSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(330), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(333), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 330
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DaemonSetSpec",
-        fields: &[
-            f(1, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(2, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(3, "updateStrategy", Ty::Message(331), Shape::Single, Omit::Empty),
-            f(4, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 331
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DaemonSetUpdateStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(332), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 332
-    Message {
-        name: "k8s.io/api/apps/v1beta2.RollingUpdateDaemonSet",
-        fields: &[
-            f(1, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "maxSurge", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 333
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DaemonSetStatus",
-        fields: &[
-            f(1, "currentNumberScheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "numberMisscheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "desiredNumberScheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "numberReady", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "updatedNumberScheduled", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "numberAvailable", Ty::Int, Shape::Single, Omit::Empty),
-            f(8, "numberUnavailable", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "conditions", Ty::Message(334), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 334
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DaemonSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 335
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DaemonSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(329), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 336
-    Message {
-        name: "k8s.io/api/apps/v1beta2.Deployment",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(337), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(340), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 337
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DeploymentSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(4, "strategy", Ty::Message(338), Shape::Single, Omit::Empty),
-            f(5, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "paused", Ty::Bool, Shape::Single, Omit::Empty),
-            f(9, "progressDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 338
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DeploymentStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(339), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 339
-    Message {
-        name: "k8s.io/api/apps/v1beta2.RollingUpdateDeployment",
-        fields: &[
-            f(1, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "maxSurge", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 340
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DeploymentStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "updatedReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "unavailableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "terminatingReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "conditions", Ty::Message(341), Shape::Repeated, Omit::Empty),
-            f(8, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 341
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DeploymentCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(6, "lastUpdateTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(7, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 342
-    Message {
-        name: "k8s.io/api/apps/v1beta2.DeploymentList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(336), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 343
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ReplicaSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(344), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(345), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 344
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ReplicaSetSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 345
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ReplicaSetStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "fullyLabeledReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "terminatingReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "conditions", Ty::Message(346), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 346
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ReplicaSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 347
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ReplicaSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(343), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 348
-    Message {
-        name: "k8s.io/api/apps/v1beta2.Scale",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(349), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(350), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 349
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ScaleSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 350
-    Message {
-        name: "k8s.io/api/apps/v1beta2.ScaleStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "selector", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "targetSelector", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 351
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(352), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(357), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 352
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSetSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Never),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(4, "volumeClaimTemplates", Ty::Message(293), Shape::Repeated, Omit::Empty),
-            f(5, "serviceName", Ty::String, Shape::Single, Omit::Never),
-            f(6, "podManagementPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "updateStrategy", Ty::Message(353), Shape::Single, Omit::Empty),
-            f(8, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(9, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(10, "persistentVolumeClaimRetentionPolicy", Ty::Message(355), Shape::Pointer, Omit::Empty),
-            f(11, "ordinals", Ty::Message(356), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 353
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSetUpdateStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(354), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 354
-    Message {
-        name: "k8s.io/api/apps/v1beta2.RollingUpdateStatefulSetStrategy",
-        fields: &[
-            f(1, "partition", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 355
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSetPersistentVolumeClaimRetentionPolicy",
-        fields: &[
-            f(1, "whenDeleted", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "whenScaled", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 356
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSetOrdinals",
-        fields: &[
-            f(1, "start", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 357
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSetStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "currentReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "updatedReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "currentRevision", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "updateRevision", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "conditions", Ty::Message(358), Shape::Repeated, Omit::Empty),
-            f(11, "availableReplicas", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 358
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 359
-    Message {
-        name: "k8s.io/api/apps/v1beta2.StatefulSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(351), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 360
-    Message {
-        name: "k8s.io/api/authentication/v1.SelfSubjectReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "status", Ty::Message(361), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 361
-    Message {
-        name: "k8s.io/api/authentication/v1.SelfSubjectReviewStatus",
-        fields: &[
-            f(1, "userInfo", Ty::Message(362), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 362
-    Message {
-        name: "k8s.io/api/authentication/v1.UserInfo",
-        fields: &[
-            f(1, "username", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "groups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "extra", Ty::StringItems, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 363
-    Message {
-        name: "k8s.io/api/authentication/v1.TokenRequest",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(364), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(366), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 364
-    Message {
-        name: "k8s.io/api/authentication/v1.TokenRequestSpec",
-        fields: &[
-            f(1, "audiences", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "expirationSeconds", Ty::Int, Shape::Pointer, Omit::Never),
-            f(3, "boundObjectRef", Ty::Message(365), Shape::Pointer, Omit::Never),
-        ],
-    },
-    // 365
-    Message {
-        name: "k8s.io/api/authentication/v1.BoundObjectReference",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "uid", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 366
-    Message {
-        name: "k8s.io/api/authentication/v1.TokenRequestStatus",
-        fields: &[
-            f(1, "token", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expirationTimestamp", Ty::Time, Shape::Single, Omit::Never),
-        ],
-    },
-    // 367
-    Message {
-        name: "k8s.io/api/authentication/v1.TokenReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(368), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(369), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 368
-    Message {
-        name: "k8s.io/api/authentication/v1.TokenReviewSpec",
-        fields: &[
-            f(1, "token", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "audiences", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 369
-    Message {
-        name: "k8s.io/api/authentication/v1.TokenReviewStatus",
-        fields: &[
-            f(1, "authenticated", Ty::Bool, Shape::Single, Omit::Empty),
-            f(2, "user", Ty::Message(362), Shape::Single, Omit::Empty),
-            f(4, "audiences", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "error", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 370
-    Message {
-        name: "k8s.io/api/authentication/v1alpha1.SelfSubjectReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "status", Ty::Message(371), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 371
-    Message {
-        name: "k8s.io/api/authentication/v1alpha1.SelfSubjectReviewStatus",
-        fields: &[
-            f(1, "userInfo", Ty::Message(362), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 372
-    Message {
-        name: "k8s.io/api/authentication/v1beta1.SelfSubjectReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "status", Ty::Message(373), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 373
-    Message {
-        name: "k8s.io/api/authentication/v1beta1.SelfSubjectReviewStatus",
-        fields: &[
-            f(1, "userInfo", Ty::Message(362), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 374
-    Message {
-        name: "k8s.io/api/authentication/v1beta1.TokenReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(375), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(376), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 375
-    Message {
-        name: "k8s.io/api/authentication/v1beta1.TokenReviewSpec",
-        fields: &[
-            f(1, "token", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "audiences", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 376
-    Message {
-        name: "k8s.io/api/authentication/v1beta1.TokenReviewStatus",
-        fields: &[
-            f(1, "authenticated", Ty::Bool, Shape::Single, Omit::Empty),
-            f(2, "user", Ty::Message(377), Shape::Single, Omit::Empty),
-            f(4, "audiences", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "error", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 377
-    Message {
-        name: "k8s.io/api/authentication/v1beta1.UserInfo",
-        fields: &[
-            f(1, "username", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "groups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "extra", Ty::StringItems, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 378
-    Message {
-        name: "k8s.io/api/authorization/v1.LocalSubjectAccessReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(379), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(385), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 379
-    Message {
-        name: "k8s.io/api/authorization/v1.SubjectAccessReviewSpec",
-        fields: &[
-            f(1, "resourceAttributes", Ty::Message(380), Shape::Pointer, Omit::Empty),
-            f(2, "nonResourceAttributes", Ty::Message(384), Shape::Pointer, Omit::Empty),
-            f(3, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "groups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(5, "extra", Ty::StringItems, Shape::Map, Omit::Empty),
-            f(6, "uid", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 380
-    Message {
-        name: "k8s.io/api/authorization/v1.ResourceAttributes",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "verb", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "version", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "resource", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "subresource", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "fieldSelector", Ty::Message(381), Shape::Pointer, Omit::Empty),
-            f(9, "labelSelector", Ty::Message(383), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 381
-    Message {
-        name: "k8s.io/api/authorization/v1.FieldSelectorAttributes",
-        fields: &[
-            f(1, "rawSelector", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "requirements", Ty::Message(382), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 382
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.FieldSelectorRequirement",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Never),
-            f(3, "values", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 383
-    Message {
-        name: "k8s.io/api/authorization/v1.LabelSelectorAttributes",
-        fields: &[
-            f(1, "rawSelector", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "requirements", Ty::Message(15), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 384
-    Message {
-        name: "k8s.io/api/authorization/v1.NonResourceAttributes",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "verb", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 385
-    Message {
-        name: "k8s.io/api/authorization/v1.SubjectAccessReviewStatus",
-        fields: &[
-            f(1, "allowed", Ty::Bool, Shape::Single, Omit::Never),
-            f(4, "denied", Ty::Bool, Shape::Single, Omit::Empty),
-            f(2, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "evaluationError", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 386
-    Message {
-        name: "k8s.io/api/authorization/v1.SelfSubjectAccessReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(387), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(385), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 387
-    Message {
-        name: "k8s.io/api/authorization/v1.SelfSubjectAccessReviewSpec",
-        fields: &[
-            f(1, "resourceAttributes", Ty::Message(380), Shape::Pointer, Omit::Empty),
-            f(2, "nonResourceAttributes", Ty::Message(384), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 388
-    Message {
-        name: "k8s.io/api/authorization/v1.SelfSubjectRulesReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(389), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(390), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 389
-    Message {
-        name: "k8s.io/api/authorization/v1.SelfSubjectRulesReviewSpec",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 390
-    Message {
-        name: "k8s.io/api/authorization/v1.SubjectRulesReviewStatus",
-        fields: &[
-            f(1, "resourceRules", Ty::Message(391), Shape::Repeated, Omit::Never),
-            f(2, "nonResourceRules", Ty::Message(392), Shape::Repeated, Omit::Never),
-            f(3, "incomplete", Ty::Bool, Shape::Single, Omit::Never),
-            f(4, "evaluationError", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 391
-    Message {
-        name: "k8s.io/api/authorization/v1.ResourceRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 392
-    Message {
-        name: "k8s.io/api/authorization/v1.NonResourceRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 393
-    Message {
-        name: "k8s.io/api/authorization/v1.SubjectAccessReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(379), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(385), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 394
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.LocalSubjectAccessReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(395), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(398), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 395
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SubjectAccessReviewSpec",
-        fields: &[
-            f(1, "resourceAttributes", Ty::Message(396), Shape::Pointer, Omit::Empty),
-            f(2, "nonResourceAttributes", Ty::Message(397), Shape::Pointer, Omit::Empty),
-            f(3, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "group", Ty::String, Shape::Repeated, Omit::Empty),
-            f(5, "extra", Ty::StringItems, Shape::Map, Omit::Empty),
-            f(6, "uid", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 396
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.ResourceAttributes",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "verb", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "version", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "resource", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "subresource", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "fieldSelector", Ty::Message(381), Shape::Pointer, Omit::Empty),
-            f(9, "labelSelector", Ty::Message(383), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 397
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.NonResourceAttributes",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "verb", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 398
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SubjectAccessReviewStatus",
-        fields: &[
-            f(1, "allowed", Ty::Bool, Shape::Single, Omit::Never),
-            f(4, "denied", Ty::Bool, Shape::Single, Omit::Empty),
-            f(2, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "evaluationError", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 399
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SelfSubjectAccessReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(400), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(398), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 400
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SelfSubjectAccessReviewSpec",
-        fields: &[
-            f(1, "resourceAttributes", Ty::Message(396), Shape::Pointer, Omit::Empty),
-            f(2, "nonResourceAttributes", Ty::Message(397), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 401
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SelfSubjectRulesReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(402), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(403), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 402
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SelfSubjectRulesReviewSpec",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 403
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SubjectRulesReviewStatus",
-        fields: &[
-            f(1, "resourceRules", Ty::Message(404), Shape::Repeated, Omit::Never),
-            f(2, "nonResourceRules", Ty::Message(405), Shape::Repeated, Omit::Never),
-            f(3, "incomplete", Ty::Bool, Shape::Single, Omit::Never),
-            f(4, "evaluationError", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 404
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.ResourceRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 405
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.NonResourceRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 406
-    Message {
-        name: "k8s.io/api/authorization/v1beta1.SubjectAccessReview",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(395), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(398), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 407
-    Message {
-        name: "k8s.io/api/autoscaling/v1.HorizontalPodAutoscaler",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(408), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(410), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 408
-    Message {
-        name: "k8s.io/api/autoscaling/v1.HorizontalPodAutoscalerSpec",
-        fields: &[
-            f(1, "scaleTargetRef", Ty::Message(409), Shape::Single, Omit::Never),
-            f(2, "minReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "maxReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "targetCPUUtilizationPercentage", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 409
-    Message {
-        name: "k8s.io/api/autoscaling/v1.CrossVersionObjectReference",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 410
-    Message {
-        name: "k8s.io/api/autoscaling/v1.HorizontalPodAutoscalerStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lastScaleTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(3, "currentReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "desiredReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "currentCPUUtilizationPercentage", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 411
-    Message {
-        name: "k8s.io/api/autoscaling/v1.HorizontalPodAutoscalerList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(407), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 412
-    Message {
-        name: "k8s.io/api/autoscaling/v1.Scale",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(413), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(414), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 413
-    Message {
-        name: "k8s.io/api/autoscaling/v1.ScaleSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 414
-    Message {
-        name: "k8s.io/api/autoscaling/v1.ScaleStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "selector", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 415
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HorizontalPodAutoscaler",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(416), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(429), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 416
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HorizontalPodAutoscalerSpec",
-        fields: &[
-            f(1, "scaleTargetRef", Ty::Message(417), Shape::Single, Omit::Never),
-            f(2, "minReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "maxReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "metrics", Ty::Message(418), Shape::Repeated, Omit::Empty),
-            f(5, "behavior", Ty::Message(426), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 417
-    Message {
-        name: "k8s.io/api/autoscaling/v2.CrossVersionObjectReference",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 418
-    Message {
-        name: "k8s.io/api/autoscaling/v2.MetricSpec",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "object", Ty::Message(419), Shape::Pointer, Omit::Empty),
-            f(3, "pods", Ty::Message(422), Shape::Pointer, Omit::Empty),
-            f(4, "resource", Ty::Message(423), Shape::Pointer, Omit::Empty),
-            f(7, "containerResource", Ty::Message(424), Shape::Pointer, Omit::Empty),
-            f(5, "external", Ty::Message(425), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 419
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ObjectMetricSource",
-        fields: &[
-            f(1, "describedObject", Ty::Message(417), Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(420), Shape::Single, Omit::Never),
-            f(3, "metric", Ty::Message(421), Shape::Single, Omit::Never),
-        ],
-    },
-    // 420
-    Message {
-        name: "k8s.io/api/autoscaling/v2.MetricTarget",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(3, "averageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(4, "averageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 421
-    Message {
-        name: "k8s.io/api/autoscaling/v2.MetricIdentifier",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 422
-    Message {
-        name: "k8s.io/api/autoscaling/v2.PodsMetricSource",
-        fields: &[
-            f(1, "metric", Ty::Message(421), Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(420), Shape::Single, Omit::Never),
-        ],
-    },
-    // 423
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ResourceMetricSource",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(420), Shape::Single, Omit::Never),
-        ],
-    },
-    // 424
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ContainerResourceMetricSource",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(420), Shape::Single, Omit::Never),
-            f(3, "container", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 425
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ExternalMetricSource",
-        fields: &[
-            f(1, "metric", Ty::Message(421), Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(420), Shape::Single, Omit::Never),
-        ],
-    },
-    // 426
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HorizontalPodAutoscalerBehavior",
-        fields: &[
-            f(1, "scaleUp", Ty::Message(427), Shape::Pointer, Omit::Empty),
-            f(2, "scaleDown", Ty::Message(427), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 427
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HPAScalingRules",
-        fields: &[
-            f(3, "stabilizationWindowSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(1, "selectPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "policies", Ty::Message(428), Shape::Repeated, Omit::Empty),
-            f(4, "tolerance", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 428
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HPAScalingPolicy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "periodSeconds", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 429
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HorizontalPodAutoscalerStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lastScaleTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(3, "currentReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "desiredReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "currentMetrics", Ty::Message(430), Shape::Repeated, Omit::Never),
-            f(6, "conditions", Ty::Message(437), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 430
-    Message {
-        name: "k8s.io/api/autoscaling/v2.MetricStatus",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "object", Ty::Message(431), Shape::Pointer, Omit::Empty),
-            f(3, "pods", Ty::Message(433), Shape::Pointer, Omit::Empty),
-            f(4, "resource", Ty::Message(434), Shape::Pointer, Omit::Empty),
-            f(7, "containerResource", Ty::Message(435), Shape::Pointer, Omit::Empty),
-            f(5, "external", Ty::Message(436), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 431
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ObjectMetricStatus",
-        fields: &[
-            f(1, "metric", Ty::Message(421), Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(432), Shape::Single, Omit::Never),
-            f(3, "describedObject", Ty::Message(417), Shape::Single, Omit::Never),
-        ],
-    },
-    // 432
-    Message {
-        name: "k8s.io/api/autoscaling/v2.MetricValueStatus",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(2, "averageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(3, "averageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 433
-    Message {
-        name: "k8s.io/api/autoscaling/v2.PodsMetricStatus",
-        fields: &[
-            f(1, "metric", Ty::Message(421), Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(432), Shape::Single, Omit::Never),
-        ],
-    },
-    // 434
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ResourceMetricStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(432), Shape::Single, Omit::Never),
-        ],
-    },
-    // 435
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ContainerResourceMetricStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(432), Shape::Single, Omit::Never),
-            f(3, "container", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 436
-    Message {
-        name: "k8s.io/api/autoscaling/v2.ExternalMetricStatus",
-        fields: &[
-            f(1, "metric", Ty::Message(421), Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(432), Shape::Single, Omit::Never),
-        ],
-    },
-    // 437
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HorizontalPodAutoscalerCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 438
-    Message {
-        name: "k8s.io/api/autoscaling/v2.HorizontalPodAutoscalerList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(415), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 439
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscaler",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(440), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(448), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 440
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscalerSpec",
-        fields: &[
-            f(1, "scaleTargetRef", Ty::Message(441), Shape::Single, Omit::Never),
-            f(2, "minReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "maxReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "metrics", Ty::Message(442), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 441
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.CrossVersionObjectReference",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 442
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.MetricSpec",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "object", Ty::Message(443), Shape::Pointer, Omit::Empty),
-            f(3, "pods", Ty::Message(444), Shape::Pointer, Omit::Empty),
-            f(4, "resource", Ty::Message(445), Shape::Pointer, Omit::Empty),
-            f(7, "containerResource", Ty::Message(446), Shape::Pointer, Omit::Empty),
-            f(5, "external", Ty::Message(447), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 443
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ObjectMetricSource",
-        fields: &[
-            f(1, "target", Ty::Message(441), Shape::Single, Omit::Never),
-            f(2, "metricName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "targetValue", Ty::Quantity, Shape::Single, Omit::Never),
-            f(4, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(5, "averageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 444
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.PodsMetricSource",
-        fields: &[
-            f(1, "metricName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "targetAverageValue", Ty::Quantity, Shape::Single, Omit::Never),
-            f(3, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 445
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ResourceMetricSource",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "targetAverageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "targetAverageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 446
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ContainerResourceMetricSource",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "targetAverageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "targetAverageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(4, "container", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 447
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ExternalMetricSource",
-        fields: &[
-            f(1, "metricName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "metricSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "targetValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(4, "targetAverageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 448
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscalerStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lastScaleTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(3, "currentReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "desiredReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "currentMetrics", Ty::Message(449), Shape::Repeated, Omit::Never),
-            f(6, "conditions", Ty::Message(455), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 449
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.MetricStatus",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "object", Ty::Message(450), Shape::Pointer, Omit::Empty),
-            f(3, "pods", Ty::Message(451), Shape::Pointer, Omit::Empty),
-            f(4, "resource", Ty::Message(452), Shape::Pointer, Omit::Empty),
-            f(7, "containerResource", Ty::Message(453), Shape::Pointer, Omit::Empty),
-            f(5, "external", Ty::Message(454), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 450
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ObjectMetricStatus",
-        fields: &[
-            f(1, "target", Ty::Message(441), Shape::Single, Omit::Never),
-            f(2, "metricName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "currentValue", Ty::Quantity, Shape::Single, Omit::Never),
-            f(4, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(5, "averageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 451
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.PodsMetricStatus",
-        fields: &[
-            f(1, "metricName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "currentAverageValue", Ty::Quantity, Shape::Single, Omit::Never),
-            f(3, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 452
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ResourceMetricStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "currentAverageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "currentAverageValue", Ty::Quantity, Shape::Single, Omit::Never),
-        ],
-    },
-    // 453
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ContainerResourceMetricStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "currentAverageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "currentAverageValue", Ty::Quantity, Shape::Single, Omit::Never),
-            f(4, "container", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 454
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.ExternalMetricStatus",
-        fields: &[
-            f(1, "metricName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "metricSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "currentValue", Ty::Quantity, Shape::Single, Omit::Never),
-            f(4, "currentAverageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 455
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscalerCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 456
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta1.HorizontalPodAutoscalerList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(439), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 457
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscaler",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(458), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(471), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 458
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerSpec",
-        fields: &[
-            f(1, "scaleTargetRef", Ty::Message(459), Shape::Single, Omit::Never),
-            f(2, "minReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "maxReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "metrics", Ty::Message(460), Shape::Repeated, Omit::Empty),
-            f(5, "behavior", Ty::Message(468), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 459
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.CrossVersionObjectReference",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 460
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.MetricSpec",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "object", Ty::Message(461), Shape::Pointer, Omit::Empty),
-            f(3, "pods", Ty::Message(464), Shape::Pointer, Omit::Empty),
-            f(4, "resource", Ty::Message(465), Shape::Pointer, Omit::Empty),
-            f(7, "containerResource", Ty::Message(466), Shape::Pointer, Omit::Empty),
-            f(5, "external", Ty::Message(467), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 461
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ObjectMetricSource",
-        fields: &[
-            f(1, "describedObject", Ty::Message(459), Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(462), Shape::Single, Omit::Never),
-            f(3, "metric", Ty::Message(463), Shape::Single, Omit::Never),
-        ],
-    },
-    // 462
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.MetricTarget",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(3, "averageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(4, "averageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 463
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.MetricIdentifier",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 464
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.PodsMetricSource",
-        fields: &[
-            f(1, "metric", Ty::Message(463), Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(462), Shape::Single, Omit::Never),
-        ],
-    },
-    // 465
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ResourceMetricSource",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(462), Shape::Single, Omit::Never),
-        ],
-    },
-    // 466
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ContainerResourceMetricSource",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(462), Shape::Single, Omit::Never),
-            f(3, "container", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 467
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ExternalMetricSource",
-        fields: &[
-            f(1, "metric", Ty::Message(463), Shape::Single, Omit::Never),
-            f(2, "target", Ty::Message(462), Shape::Single, Omit::Never),
-        ],
-    },
-    // 468
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerBehavior",
-        fields: &[
-            f(1, "scaleUp", Ty::Message(469), Shape::Pointer, Omit::Empty),
-            f(2, "scaleDown", Ty::Message(469), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 469
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HPAScalingRules",
-        fields: &[
-            f(3, "stabilizationWindowSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(1, "selectPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "policies", Ty::Message(470), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 470
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HPAScalingPolicy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "periodSeconds", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 471
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lastScaleTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(3, "currentReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "desiredReplicas", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "currentMetrics", Ty::Message(472), Shape::Repeated, Omit::Never),
-            f(6, "conditions", Ty::Message(479), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 472
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.MetricStatus",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "object", Ty::Message(473), Shape::Pointer, Omit::Empty),
-            f(3, "pods", Ty::Message(475), Shape::Pointer, Omit::Empty),
-            f(4, "resource", Ty::Message(476), Shape::Pointer, Omit::Empty),
-            f(7, "containerResource", Ty::Message(477), Shape::Pointer, Omit::Empty),
-            f(5, "external", Ty::Message(478), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 473
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ObjectMetricStatus",
-        fields: &[
-            f(1, "metric", Ty::Message(463), Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(474), Shape::Single, Omit::Never),
-            f(3, "describedObject", Ty::Message(459), Shape::Single, Omit::Never),
-        ],
-    },
-    // 474
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.MetricValueStatus",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(2, "averageValue", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(3, "averageUtilization", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 475
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.PodsMetricStatus",
-        fields: &[
-            f(1, "metric", Ty::Message(463), Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(474), Shape::Single, Omit::Never),
-        ],
-    },
-    // 476
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ResourceMetricStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(474), Shape::Single, Omit::Never),
-        ],
-    },
-    // 477
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ContainerResourceMetricStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(474), Shape::Single, Omit::Never),
-            f(3, "container", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 478
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.ExternalMetricStatus",
-        fields: &[
-            f(1, "metric", Ty::Message(463), Shape::Single, Omit::Never),
-            f(2, "current", Ty::Message(474), Shape::Single, Omit::Never),
-        ],
-    },
-    // 479
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 480
-    Message {
-        name: "k8s.io/api/autoscaling/v2beta2.HorizontalPodAutoscalerList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(457), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 481
-    Message {
-        name: "k8s.io/api/batch/v1.CronJob",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(482), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(491), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 482
-    Message {
-        name: "k8s.io/api/batch/v1.CronJobSpec",
-        fields: &[
-            f(1, "schedule", Ty::String, Shape::Single, Omit::Never),
-            f(8, "timeZone", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "startingDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "concurrencyPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "suspend", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(5, "jobTemplate", Ty::Message(483), Shape::Single, Omit::Never),
-            f(6, "successfulJobsHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "failedJobsHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 483
-    Message {
-        name: "k8s.io/api/batch/v1.JobTemplateSpec",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(484), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 484
-    Message {
-        name: "k8s.io/api/batch/v1.JobSpec",
-        fields: &[
-            f(1, "parallelism", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "completions", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "activeDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(11, "podFailurePolicy", Ty::Message(485), Shape::Pointer, Omit::Empty),
-            f(16, "successPolicy", Ty::Message(489), Shape::Pointer, Omit::Empty),
-            f(7, "backoffLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(12, "backoffLimitPerIndex", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(13, "maxFailedIndexes", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(5, "manualSelector", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(8, "ttlSecondsAfterFinished", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(9, "completionMode", Ty::String, Shape::Pointer, Omit::Empty),
-            f(10, "suspend", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(14, "podReplacementPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(15, "managedBy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 485
-    Message {
-        name: "k8s.io/api/batch/v1.PodFailurePolicy",
-        fields: &[
-            f(1, "rules", Ty::Message(486), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 486
-    Message {
-        name: "k8s.io/api/batch/v1.PodFailurePolicyRule",
-        fields: &[
-            f(1, "action", Ty::String, Shape::Single, Omit::Never),
-            f(2, "onExitCodes", Ty::Message(487), Shape::Pointer, Omit::Empty),
-            f(3, "onPodConditions", Ty::Message(488), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 487
-    Message {
-        name: "k8s.io/api/batch/v1.PodFailurePolicyOnExitCodesRequirement",
-        fields: &[
-            f(1, "containerName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Never),
-            f(3, "values", Ty::Int, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 488
-    Message {
-        name: "k8s.io/api/batch/v1.PodFailurePolicyOnPodConditionsPattern",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 489
-    Message {
-        name: "k8s.io/api/batch/v1.SuccessPolicy",
-        fields: &[
-            f(1, "rules", Ty::Message(490), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 490
-    Message {
-        name: "k8s.io/api/batch/v1.SuccessPolicyRule",
-        fields: &[
-            f(1, "succeededIndexes", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "succeededCount", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 491
-    Message {
-        name: "k8s.io/api/batch/v1.CronJobStatus",
-        fields: &[
-            f(1, "active", Ty::Message(492), Shape::Repeated, Omit::Empty),
-            f(4, "lastScheduleTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(5, "lastSuccessfulTime", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 492
-    Message {
-        name: "k8s.io/api/core/v1.ObjectReference",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "resourceVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "fieldPath", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 493
-    Message {
-        name: "k8s.io/api/batch/v1.CronJobList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(481), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 494
-    Message {
-        name: "k8s.io/api/batch/v1.Job",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(484), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(495), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 495
-    Message {
-        name: "k8s.io/api/batch/v1.JobStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(496), Shape::Repeated, Omit::Empty),
-            f(2, "startTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(3, "completionTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(4, "active", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "succeeded", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "failed", Ty::Int, Shape::Single, Omit::Empty),
-            f(11, "terminating", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "completedIndexes", Ty::String, Shape::Single, Omit::Empty),
-            f(10, "failedIndexes", Ty::String, Shape::Pointer, Omit::Empty),
-            f(8, "uncountedTerminatedPods", Ty::Message(497), Shape::Pointer, Omit::Empty),
-            f(9, "ready", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 496
-    Message {
-        name: "k8s.io/api/batch/v1.JobCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastProbeTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 497
-    Message {
-        name: "k8s.io/api/batch/v1.UncountedTerminatedPods",
-        fields: &[
-            f(1, "succeeded", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "failed", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 498
-    Message {
-        name: "k8s.io/api/batch/v1.JobList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(494), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 499
-    Message {
-        name: "k8s.io/api/batch/v1beta1.CronJob",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(500), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(502), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 500
-    Message {
-        name: "k8s.io/api/batch/v1beta1.CronJobSpec",
-        fields: &[
-            f(1, "schedule", Ty::String, Shape::Single, Omit::Never),
-            f(8, "timeZone", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "startingDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "concurrencyPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "suspend", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(5, "jobTemplate", Ty::Message(501), Shape::Single, Omit::Never),
-            f(6, "successfulJobsHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "failedJobsHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 501
-    Message {
-        name: "k8s.io/api/batch/v1beta1.JobTemplateSpec",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(484), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 502
-    Message {
-        name: "k8s.io/api/batch/v1beta1.CronJobStatus",
-        fields: &[
-            f(1, "active", Ty::Message(492), Shape::Repeated, Omit::Empty),
-            f(4, "lastScheduleTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(5, "lastSuccessfulTime", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 503
-    Message {
-        name: "k8s.io/api/batch/v1beta1.CronJobList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(499), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 504
-    Message {
-        name: "k8s.io/api/certificates/v1.CertificateSigningRequest",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(505), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(506), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 505
-    Message {
-        name: "k8s.io/api/certificates/v1.CertificateSigningRequestSpec",
-        fields: &[
-            f(1, "request", Ty::Bytes, Shape::Single, Omit::Never),
-            f(7, "signerName", Ty::String, Shape::Single, Omit::Never),
-            f(8, "expirationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(5, "usages", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "username", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "groups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(6, "extra", Ty::StringItems, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 506
-    Message {
-        name: "k8s.io/api/certificates/v1.CertificateSigningRequestStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(507), Shape::Repeated, Omit::Empty),
-            f(2, "certificate", Ty::Bytes, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 507
-    Message {
-        name: "k8s.io/api/certificates/v1.CertificateSigningRequestCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(6, "status", Ty::String, Shape::Single, Omit::Never),
-            f(2, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "lastUpdateTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 508
-    Message {
-        name: "k8s.io/api/certificates/v1.CertificateSigningRequestList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(504), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 509
-    Message {
-        name: "k8s.io/api/certificates/v1alpha1.ClusterTrustBundle",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(510), Shape::Single, Omit::Never),
-        ],
-    },
-    // 510
-    Message {
-        name: "k8s.io/api/certificates/v1alpha1.ClusterTrustBundleSpec",
-        fields: &[
-            f(1, "signerName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "trustBundle", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 511
-    Message {
-        name: "k8s.io/api/certificates/v1alpha1.ClusterTrustBundleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(509), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 512
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.CertificateSigningRequest",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(513), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(514), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 513
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.CertificateSigningRequestSpec",
-        fields: &[
-            f(1, "request", Ty::Bytes, Shape::Single, Omit::Never),
-            f(7, "signerName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(8, "expirationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(5, "usages", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "username", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "groups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(6, "extra", Ty::StringItems, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 514
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.CertificateSigningRequestStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(515), Shape::Repeated, Omit::Empty),
-            f(2, "certificate", Ty::Bytes, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 515
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.CertificateSigningRequestCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(6, "status", Ty::String, Shape::Single, Omit::Never),
-            f(2, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "lastUpdateTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 516
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.CertificateSigningRequestList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(512), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 517
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.ClusterTrustBundle",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(518), Shape::Single, Omit::Never),
-        ],
-    },
-    // 518
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.ClusterTrustBundleSpec",
-        fields: &[
-            f(1, "signerName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "trustBundle", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 519
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.ClusterTrustBundleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(517), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 520
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.PodCertificateRequest",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(521), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(522), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 521
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.PodCertificateRequestSpec",
-        fields: &[
-            f(1, "signerName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "podName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "podUID", Ty::String, Shape::Single, Omit::Never),
-            f(4, "serviceAccountName", Ty::String, Shape::Single, Omit::Never),
-            f(5, "serviceAccountUID", Ty::String, Shape::Single, Omit::Never),
-            f(6, "nodeName", Ty::String, Shape::Single, Omit::Never),
-            f(7, "nodeUID", Ty::String, Shape::Single, Omit::Never),
-            f(8, "maxExpirationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(9, "pkixPublicKey", Ty::Bytes, Shape::Single, Omit::Never),
-            f(10, "proofOfPossession", Ty::Bytes, Shape::Single, Omit::Never),
-            f(11, "unverifiedUserAnnotations", Ty::String, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 522
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.PodCertificateRequestStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-            f(2, "certificateChain", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "notBefore", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(5, "beginRefreshAt", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(6, "notAfter", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 523
-    Message {
-        name: "k8s.io/api/certificates/v1beta1.PodCertificateRequestList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(520), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 524
-    Message {
-        name: "k8s.io/api/coordination/v1.Lease",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(525), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 525
-    Message {
-        name: "k8s.io/api/coordination/v1.LeaseSpec",
-        fields: &[
-            f(1, "holderIdentity", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "leaseDurationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "acquireTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(4, "renewTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(5, "leaseTransitions", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "strategy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "preferredHolder", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 526
-    Message {
-        name: "k8s.io/api/coordination/v1.LeaseList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(524), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 527
-    Message {
-        name: "k8s.io/api/coordination/v1alpha2.LeaseCandidate",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(528), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 528
-    Message {
-        name: "k8s.io/api/coordination/v1alpha2.LeaseCandidateSpec",
-        fields: &[
-            f(1, "leaseName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pingTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(3, "renewTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(4, "binaryVersion", Ty::String, Shape::Single, Omit::Never),
-            f(5, "emulationVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "strategy", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 529
-    Message {
-        name: "k8s.io/api/coordination/v1alpha2.LeaseCandidateList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(527), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 530
-    Message {
-        name: "k8s.io/api/coordination/v1beta1.Lease",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(531), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 531
-    Message {
-        name: "k8s.io/api/coordination/v1beta1.LeaseSpec",
-        fields: &[
-            f(1, "holderIdentity", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "leaseDurationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "acquireTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(4, "renewTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(5, "leaseTransitions", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "strategy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "preferredHolder", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 532
-    Message {
-        name: "k8s.io/api/coordination/v1beta1.LeaseCandidate",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(533), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 533
-    Message {
-        name: "k8s.io/api/coordination/v1beta1.LeaseCandidateSpec",
-        fields: &[
-            f(1, "leaseName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pingTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(3, "renewTime", Ty::MicroTime, Shape::Pointer, Omit::Empty),
-            f(4, "binaryVersion", Ty::String, Shape::Single, Omit::Never),
-            f(5, "emulationVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "strategy", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 534
-    Message {
-        name: "k8s.io/api/coordination/v1beta1.LeaseCandidateList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(532), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 535
-    Message {
-        name: "k8s.io/api/coordination/v1beta1.LeaseList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(530), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 536
-    Message {
-        name: "k8s.io/api/discovery/v1.EndpointSlice",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(4, "addressType", Ty::String, Shape::Single, Omit::Never),
-            f(2, "endpoints", Ty::Message(537), Shape::Repeated, Omit::Never),
-            f(3, "ports", Ty::Message(542), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 537
-    Message {
-        name: "k8s.io/api/discovery/v1.Endpoint",
-        fields: &[
-            f(1, "addresses", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "conditions", Ty::Message(538), Shape::Single, Omit::Empty),
-            f(3, "hostname", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "targetRef", Ty::Message(492), Shape::Pointer, Omit::Empty),
-            f(5, "deprecatedTopology", Ty::String, Shape::Map, Omit::Empty),
-            f(6, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "zone", Ty::String, Shape::Pointer, Omit::Empty),
-            f(8, "hints", Ty::Message(539), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 538
-    Message {
-        name: "k8s.io/api/discovery/v1.EndpointConditions",
-        fields: &[
-            f(1, "ready", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(2, "serving", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(3, "terminating", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 539
-    Message {
-        name: "k8s.io/api/discovery/v1.EndpointHints",
-        fields: &[
-            f(1, "forZones", Ty::Message(540), Shape::Repeated, Omit::Empty),
-            f(2, "forNodes", Ty::Message(541), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 540
-    Message {
-        name: "k8s.io/api/discovery/v1.ForZone",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 541
-    Message {
-        name: "k8s.io/api/discovery/v1.ForNode",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 542
-    Message {
-        name: "k8s.io/api/discovery/v1.EndpointPort",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "protocol", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "appProtocol", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 543
-    Message {
-        name: "k8s.io/api/discovery/v1.EndpointSliceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(536), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 544
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.EndpointSlice",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(4, "addressType", Ty::String, Shape::Single, Omit::Never),
-            f(2, "endpoints", Ty::Message(545), Shape::Repeated, Omit::Never),
-            f(3, "ports", Ty::Message(550), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 545
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.Endpoint",
-        fields: &[
-            f(1, "addresses", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "conditions", Ty::Message(546), Shape::Single, Omit::Empty),
-            f(3, "hostname", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "targetRef", Ty::Message(492), Shape::Pointer, Omit::Empty),
-            f(5, "topology", Ty::String, Shape::Map, Omit::Empty),
-            f(6, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(7, "hints", Ty::Message(547), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 546
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.EndpointConditions",
-        fields: &[
-            f(1, "ready", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(2, "serving", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(3, "terminating", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 547
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.EndpointHints",
-        fields: &[
-            f(1, "forZones", Ty::Message(548), Shape::Repeated, Omit::Empty),
-            f(2, "forNodes", Ty::Message(549), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 548
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.ForZone",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 549
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.ForNode",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 550
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.EndpointPort",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "protocol", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "port", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "appProtocol", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 551
-    Message {
-        name: "k8s.io/api/discovery/v1beta1.EndpointSliceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(544), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 552
-    Message {
-        name: "k8s.io/api/events/v1.Event",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Never),
-            f(2, "eventTime", Ty::MicroTime, Shape::Single, Omit::Never),
-            f(3, "series", Ty::Message(553), Shape::Pointer, Omit::Empty),
-            f(4, "reportingController", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "reportingInstance", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "action", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "regarding", Ty::Message(492), Shape::Single, Omit::Empty),
-            f(9, "related", Ty::Message(492), Shape::Pointer, Omit::Empty),
-            f(10, "note", Ty::String, Shape::Single, Omit::Empty),
-            f(11, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(12, "deprecatedSource", Ty::Message(554), Shape::Single, Omit::Empty),
-            f(13, "deprecatedFirstTimestamp", Ty::Time, Shape::Single, Omit::Empty),
-            f(14, "deprecatedLastTimestamp", Ty::Time, Shape::Single, Omit::Empty),
-            f(15, "deprecatedCount", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 553
-    Message {
-        name: "k8s.io/api/events/v1.EventSeries",
-        fields: &[
-            f(1, "count", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "lastObservedTime", Ty::MicroTime, Shape::Single, Omit::Never),
-        ],
-    },
-    // 554
-    Message {
-        name: "k8s.io/api/core/v1.EventSource",
-        fields: &[
-            f(1, "component", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "host", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 555
-    Message {
-        name: "k8s.io/api/events/v1.EventList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(552), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 556
-    Message {
-        name: "k8s.io/api/events/v1beta1.Event",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Never),
-            f(2, "eventTime", Ty::MicroTime, Shape::Single, Omit::Never),
-            f(3, "series", Ty::Message(557), Shape::Pointer, Omit::Empty),
-            f(4, "reportingController", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "reportingInstance", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "action", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "regarding", Ty::Message(492), Shape::Single, Omit::Empty),
-            f(9, "related", Ty::Message(492), Shape::Pointer, Omit::Empty),
-            f(10, "note", Ty::String, Shape::Single, Omit::Empty),
-            f(11, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(12, "deprecatedSource", Ty::Message(554), Shape::Single, Omit::Empty),
-            f(13, "deprecatedFirstTimestamp", Ty::Time, Shape::Single, Omit::Empty),
-            f(14, "deprecatedLastTimestamp", Ty::Time, Shape::Single, Omit::Empty),
-            f(15, "deprecatedCount", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 557
-    Message {
-        name: "k8s.io/api/events/v1beta1.EventSeries",
-        fields: &[
-            f(1, "count", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "lastObservedTime", Ty::MicroTime, Shape::Single, Omit::Never),
-        ],
-    },
-    // 558
-    Message {
-        name: "k8s.io/api/events/v1beta1.EventList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(556), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 559
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DaemonSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(560), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(563), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 560
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DaemonSetSpec",
-        fields: &[
-            f(1, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(3, "updateStrategy", Ty::Message(561), Shape::Single, Omit::Empty),
-            f(4, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "templateGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 561
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DaemonSetUpdateStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(562), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 562
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.RollingUpdateDaemonSet",
-        fields: &[
-            f(1, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "maxSurge", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 563
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DaemonSetStatus",
-        fields: &[
-            f(1, "currentNumberScheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "numberMisscheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "desiredNumberScheduled", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "numberReady", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "updatedNumberScheduled", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "numberAvailable", Ty::Int, Shape::Single, Omit::Empty),
-            f(8, "numberUnavailable", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "conditions", Ty::Message(564), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 564
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DaemonSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 565
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DaemonSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(559), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 566
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.Deployment",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(567), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(571), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 567
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DeploymentSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Never),
-            f(4, "strategy", Ty::Message(568), Shape::Single, Omit::Empty),
-            f(5, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "revisionHistoryLimit", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(7, "paused", Ty::Bool, Shape::Single, Omit::Empty),
-            f(8, "rollbackTo", Ty::Message(570), Shape::Pointer, Omit::Empty),
-            f(9, "progressDeadlineSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 568
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DeploymentStrategy",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "rollingUpdate", Ty::Message(569), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 569
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.RollingUpdateDeployment",
-        fields: &[
-            f(1, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "maxSurge", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 570
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.RollbackConfig",
-        fields: &[
-            f(1, "revision", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 571
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DeploymentStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "updatedReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "unavailableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "terminatingReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(6, "conditions", Ty::Message(572), Shape::Repeated, Omit::Empty),
-            f(8, "collisionCount", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 572
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DeploymentCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(6, "lastUpdateTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(7, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 573
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DeploymentList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(566), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 574
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.DeploymentRollback",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "updatedAnnotations", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "rollbackTo", Ty::Message(570), Shape::Single, Omit::Never),
-        ],
-    },
-    // 575
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.Ingress",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(576), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(583), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 576
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressSpec",
-        fields: &[
-            f(4, "ingressClassName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(1, "backend", Ty::Message(577), Shape::Pointer, Omit::Empty),
-            f(2, "tls", Ty::Message(578), Shape::Repeated, Omit::Empty),
-            f(3, "rules", Ty::Message(579), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 577
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressBackend",
-        fields: &[
-            f(1, "serviceName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "servicePort", Ty::IntOrString, Shape::Single, Omit::Empty),
-            f(3, "resource", Ty::Message(214), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 578
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressTLS",
-        fields: &[
-            f(1, "hosts", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "secretName", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 579
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressRule",
-        fields: &[
-            f(1, "host", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "", Ty::Message(580), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 580
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressRuleValue",
-        fields: &[
-            f(1, "http", Ty::Message(581), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 581
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.HTTPIngressRuleValue",
-        fields: &[
-            f(1, "paths", Ty::Message(582), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 582
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.HTTPIngressPath",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "pathType", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "backend", Ty::Message(577), Shape::Single, Omit::Never),
-        ],
-    },
-    // 583
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressStatus",
-        fields: &[
-            f(1, "loadBalancer", Ty::Message(584), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 584
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressLoadBalancerStatus",
-        fields: &[
-            f(1, "ingress", Ty::Message(585), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 585
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressLoadBalancerIngress",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "hostname", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "ports", Ty::Message(586), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 586
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressPortStatus",
-        fields: &[
-            f(1, "port", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "protocol", Ty::String, Shape::Single, Omit::Never),
-            f(3, "error", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 587
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IngressList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(575), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 588
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.NetworkPolicy",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(589), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 589
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.NetworkPolicySpec",
-        fields: &[
-            f(1, "podSelector", Ty::Message(14), Shape::Single, Omit::Never),
-            f(2, "ingress", Ty::Message(590), Shape::Repeated, Omit::Empty),
-            f(3, "egress", Ty::Message(594), Shape::Repeated, Omit::Empty),
-            f(4, "policyTypes", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 590
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.NetworkPolicyIngressRule",
-        fields: &[
-            f(1, "ports", Ty::Message(591), Shape::Repeated, Omit::Empty),
-            f(2, "from", Ty::Message(592), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 591
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.NetworkPolicyPort",
-        fields: &[
-            f(1, "protocol", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "port", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(3, "endPort", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 592
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.NetworkPolicyPeer",
-        fields: &[
-            f(1, "podSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "ipBlock", Ty::Message(593), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 593
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.IPBlock",
-        fields: &[
-            f(1, "cidr", Ty::String, Shape::Single, Omit::Never),
-            f(2, "except", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 594
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.NetworkPolicyEgressRule",
-        fields: &[
-            f(1, "ports", Ty::Message(591), Shape::Repeated, Omit::Empty),
-            f(2, "to", Ty::Message(592), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 595
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.NetworkPolicyList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(588), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 596
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.ReplicaSet",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(597), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(598), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 597
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.ReplicaSetSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "template", Ty::Message(166), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 598
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.ReplicaSetStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "fullyLabeledReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "terminatingReplicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "conditions", Ty::Message(599), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 599
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.ReplicaSetCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 600
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.ReplicaSetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(596), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 601
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.Scale",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(602), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(603), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 602
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.ScaleSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 603
-    Message {
-        name: "k8s.io/api/extensions/v1beta1.ScaleStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "selector", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "targetSelector", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 604
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.FlowSchema",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(605), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(615), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 605
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.FlowSchemaSpec",
-        fields: &[
-            f(1, "priorityLevelConfiguration", Ty::Message(606), Shape::Single, Omit::Never),
-            f(2, "matchingPrecedence", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "distinguisherMethod", Ty::Message(607), Shape::Pointer, Omit::Empty),
-            f(4, "rules", Ty::Message(608), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 606
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.PriorityLevelConfigurationReference",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 607
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.FlowDistinguisherMethod",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 608
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.PolicyRulesWithSubjects",
-        fields: &[
-            f(1, "subjects", Ty::Message(609), Shape::Repeated, Omit::Never),
-            f(2, "resourceRules", Ty::Message(613), Shape::Repeated, Omit::Empty),
-            f(3, "nonResourceRules", Ty::Message(614), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 609
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.Subject",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "user", Ty::Message(610), Shape::Pointer, Omit::Empty),
-            f(3, "group", Ty::Message(611), Shape::Pointer, Omit::Empty),
-            f(4, "serviceAccount", Ty::Message(612), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 610
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.UserSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 611
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.GroupSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 612
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.ServiceAccountSubject",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 613
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.ResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Never),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "clusterScope", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "namespaces", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 614
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.NonResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(6, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 615
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.FlowSchemaStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(616), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 616
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.FlowSchemaCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 617
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.FlowSchemaList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(604), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 618
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.PriorityLevelConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(619), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(624), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 619
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.PriorityLevelConfigurationSpec",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "limited", Ty::Message(620), Shape::Pointer, Omit::Empty),
-            f(3, "exempt", Ty::Message(623), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 620
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.LimitedPriorityLevelConfiguration",
-        fields: &[
-            f(1, "nominalConcurrencyShares", Ty::Int, Shape::Pointer, Omit::Never),
-            f(2, "limitResponse", Ty::Message(621), Shape::Single, Omit::Empty),
-            f(3, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "borrowingLimitPercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 621
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.LimitResponse",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "queuing", Ty::Message(622), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 622
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.QueuingConfiguration",
-        fields: &[
-            f(1, "queues", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "handSize", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "queueLengthLimit", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 623
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.ExemptPriorityLevelConfiguration",
-        fields: &[
-            f(1, "nominalConcurrencyShares", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 624
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.PriorityLevelConfigurationStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(625), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 625
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.PriorityLevelConfigurationCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 626
-    Message {
-        name: "k8s.io/api/flowcontrol/v1.PriorityLevelConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(618), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 627
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.FlowSchema",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(628), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(638), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 628
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.FlowSchemaSpec",
-        fields: &[
-            f(1, "priorityLevelConfiguration", Ty::Message(629), Shape::Single, Omit::Never),
-            f(2, "matchingPrecedence", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "distinguisherMethod", Ty::Message(630), Shape::Pointer, Omit::Empty),
-            f(4, "rules", Ty::Message(631), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 629
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.PriorityLevelConfigurationReference",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 630
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.FlowDistinguisherMethod",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 631
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.PolicyRulesWithSubjects",
-        fields: &[
-            f(1, "subjects", Ty::Message(632), Shape::Repeated, Omit::Never),
-            f(2, "resourceRules", Ty::Message(636), Shape::Repeated, Omit::Empty),
-            f(3, "nonResourceRules", Ty::Message(637), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 632
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.Subject",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "user", Ty::Message(633), Shape::Pointer, Omit::Empty),
-            f(3, "group", Ty::Message(634), Shape::Pointer, Omit::Empty),
-            f(4, "serviceAccount", Ty::Message(635), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 633
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.UserSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 634
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.GroupSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 635
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.ServiceAccountSubject",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 636
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.ResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Never),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "clusterScope", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "namespaces", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 637
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.NonResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(6, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 638
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.FlowSchemaStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(639), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 639
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.FlowSchemaCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 640
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.FlowSchemaList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(627), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 641
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.PriorityLevelConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(642), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(647), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 642
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.PriorityLevelConfigurationSpec",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "limited", Ty::Message(643), Shape::Pointer, Omit::Empty),
-            f(3, "exempt", Ty::Message(646), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 643
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.LimitedPriorityLevelConfiguration",
-        fields: &[
-            f(1, "assuredConcurrencyShares", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "limitResponse", Ty::Message(644), Shape::Single, Omit::Empty),
-            f(3, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "borrowingLimitPercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 644
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.LimitResponse",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "queuing", Ty::Message(645), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 645
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.QueuingConfiguration",
-        fields: &[
-            f(1, "queues", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "handSize", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "queueLengthLimit", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 646
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.ExemptPriorityLevelConfiguration",
-        fields: &[
-            f(1, "nominalConcurrencyShares", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 647
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.PriorityLevelConfigurationStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(648), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 648
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.PriorityLevelConfigurationCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 649
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta1.PriorityLevelConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(641), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 650
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.FlowSchema",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(651), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(661), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 651
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.FlowSchemaSpec",
-        fields: &[
-            f(1, "priorityLevelConfiguration", Ty::Message(652), Shape::Single, Omit::Never),
-            f(2, "matchingPrecedence", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "distinguisherMethod", Ty::Message(653), Shape::Pointer, Omit::Empty),
-            f(4, "rules", Ty::Message(654), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 652
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationReference",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 653
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.FlowDistinguisherMethod",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 654
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.PolicyRulesWithSubjects",
-        fields: &[
-            f(1, "subjects", Ty::Message(655), Shape::Repeated, Omit::Never),
-            f(2, "resourceRules", Ty::Message(659), Shape::Repeated, Omit::Empty),
-            f(3, "nonResourceRules", Ty::Message(660), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 655
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.Subject",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "user", Ty::Message(656), Shape::Pointer, Omit::Empty),
-            f(3, "group", Ty::Message(657), Shape::Pointer, Omit::Empty),
-            f(4, "serviceAccount", Ty::Message(658), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 656
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.UserSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 657
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.GroupSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 658
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.ServiceAccountSubject",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 659
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.ResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Never),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "clusterScope", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "namespaces", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 660
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.NonResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(6, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 661
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.FlowSchemaStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(662), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 662
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.FlowSchemaCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 663
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.FlowSchemaList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(650), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 664
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.PriorityLevelConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(665), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(670), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 665
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationSpec",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "limited", Ty::Message(666), Shape::Pointer, Omit::Empty),
-            f(3, "exempt", Ty::Message(669), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 666
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.LimitedPriorityLevelConfiguration",
-        fields: &[
-            f(1, "assuredConcurrencyShares", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "limitResponse", Ty::Message(667), Shape::Single, Omit::Empty),
-            f(3, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "borrowingLimitPercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 667
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.LimitResponse",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "queuing", Ty::Message(668), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 668
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.QueuingConfiguration",
-        fields: &[
-            f(1, "queues", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "handSize", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "queueLengthLimit", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 669
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.ExemptPriorityLevelConfiguration",
-        fields: &[
-            f(1, "nominalConcurrencyShares", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 670
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(671), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 671
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 672
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta2.PriorityLevelConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(664), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 673
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.FlowSchema",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(674), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(684), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 674
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.FlowSchemaSpec",
-        fields: &[
-            f(1, "priorityLevelConfiguration", Ty::Message(675), Shape::Single, Omit::Never),
-            f(2, "matchingPrecedence", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "distinguisherMethod", Ty::Message(676), Shape::Pointer, Omit::Empty),
-            f(4, "rules", Ty::Message(677), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 675
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigurationReference",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 676
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.FlowDistinguisherMethod",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 677
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.PolicyRulesWithSubjects",
-        fields: &[
-            f(1, "subjects", Ty::Message(678), Shape::Repeated, Omit::Never),
-            f(2, "resourceRules", Ty::Message(682), Shape::Repeated, Omit::Empty),
-            f(3, "nonResourceRules", Ty::Message(683), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 678
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.Subject",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "user", Ty::Message(679), Shape::Pointer, Omit::Empty),
-            f(3, "group", Ty::Message(680), Shape::Pointer, Omit::Empty),
-            f(4, "serviceAccount", Ty::Message(681), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 679
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.UserSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 680
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.GroupSubject",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 681
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.ServiceAccountSubject",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 682
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.ResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Never),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "clusterScope", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "namespaces", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 683
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.NonResourcePolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(6, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 684
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.FlowSchemaStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(685), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 685
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.FlowSchemaCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 686
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.FlowSchemaList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(673), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 687
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.PriorityLevelConfiguration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(688), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(693), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 688
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigurationSpec",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "limited", Ty::Message(689), Shape::Pointer, Omit::Empty),
-            f(3, "exempt", Ty::Message(692), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 689
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.LimitedPriorityLevelConfiguration",
-        fields: &[
-            f(1, "nominalConcurrencyShares", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "limitResponse", Ty::Message(690), Shape::Single, Omit::Empty),
-            f(3, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "borrowingLimitPercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 690
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.LimitResponse",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "queuing", Ty::Message(691), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 691
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.QueuingConfiguration",
-        fields: &[
-            f(1, "queues", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "handSize", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "queueLengthLimit", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 692
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.ExemptPriorityLevelConfiguration",
-        fields: &[
-            f(1, "nominalConcurrencyShares", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(2, "lendablePercent", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 693
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigurationStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(694), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 694
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigurationCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 695
-    Message {
-        name: "k8s.io/api/flowcontrol/v1beta3.PriorityLevelConfigurationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(687), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 696
-    Message {
-        name: "k8s.io/api/apiserverinternal/v1alpha1.StorageVersion",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(697), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(698), Shape::Single, Omit::Never),
-        ],
-    },
-    // 697
-    Message {
-        name: "k8s.io/api/apiserverinternal/v1alpha1.StorageVersionSpec",
-        fields: &[
-        ],
-    },
-    // 698
-    Message {
-        name: "k8s.io/api/apiserverinternal/v1alpha1.StorageVersionStatus",
-        fields: &[
-            f(1, "storageVersions", Ty::Message(699), Shape::Repeated, Omit::Empty),
-            f(2, "commonEncodingVersion", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "conditions", Ty::Message(700), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 699
-    Message {
-        name: "k8s.io/api/apiserverinternal/v1alpha1.ServerStorageVersion",
-        fields: &[
-            f(1, "apiServerID", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "encodingVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "decodableVersions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "servedVersions", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 700
-    Message {
-        name: "k8s.io/api/apiserverinternal/v1alpha1.StorageVersionCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "reason", Ty::String, Shape::Single, Omit::Never),
-            f(6, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 701
-    Message {
-        name: "k8s.io/api/apiserverinternal/v1alpha1.StorageVersionList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(696), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 702
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.PartialObjectMetadata",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 703
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.PartialObjectMetadataList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(702), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 704
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.TableOptions",
-        fields: &[
-            f(1, "includeObject", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 705
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1beta1.PartialObjectMetadataList",
-        fields: &[
-            f(2, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(1, "items", Ty::Message(702), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 706
-    Message {
-        name: "k8s.io/api/networking/v1.IPAddress",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(707), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 707
-    Message {
-        name: "k8s.io/api/networking/v1.IPAddressSpec",
-        fields: &[
-            f(1, "parentRef", Ty::Message(708), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 708
-    Message {
-        name: "k8s.io/api/networking/v1.ParentReference",
-        fields: &[
-            f(1, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "resource", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "name", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 709
-    Message {
-        name: "k8s.io/api/networking/v1.IPAddressList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(706), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 710
-    Message {
-        name: "k8s.io/api/networking/v1.Ingress",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(711), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(720), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 711
-    Message {
-        name: "k8s.io/api/networking/v1.IngressSpec",
-        fields: &[
-            f(4, "ingressClassName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(1, "defaultBackend", Ty::Message(712), Shape::Pointer, Omit::Empty),
-            f(2, "tls", Ty::Message(715), Shape::Repeated, Omit::Empty),
-            f(3, "rules", Ty::Message(716), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 712
-    Message {
-        name: "k8s.io/api/networking/v1.IngressBackend",
-        fields: &[
-            f(4, "service", Ty::Message(713), Shape::Pointer, Omit::Empty),
-            f(3, "resource", Ty::Message(214), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 713
-    Message {
-        name: "k8s.io/api/networking/v1.IngressServiceBackend",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "port", Ty::Message(714), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 714
-    Message {
-        name: "k8s.io/api/networking/v1.ServiceBackendPort",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "number", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 715
-    Message {
-        name: "k8s.io/api/networking/v1.IngressTLS",
-        fields: &[
-            f(1, "hosts", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "secretName", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 716
-    Message {
-        name: "k8s.io/api/networking/v1.IngressRule",
-        fields: &[
-            f(1, "host", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "", Ty::Message(717), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 717
-    Message {
-        name: "k8s.io/api/networking/v1.IngressRuleValue",
-        fields: &[
-            f(1, "http", Ty::Message(718), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 718
-    Message {
-        name: "k8s.io/api/networking/v1.HTTPIngressRuleValue",
-        fields: &[
-            f(1, "paths", Ty::Message(719), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 719
-    Message {
-        name: "k8s.io/api/networking/v1.HTTPIngressPath",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "pathType", Ty::String, Shape::Pointer, Omit::Never),
-            f(2, "backend", Ty::Message(712), Shape::Single, Omit::Never),
-        ],
-    },
-    // 720
-    Message {
-        name: "k8s.io/api/networking/v1.IngressStatus",
-        fields: &[
-            f(1, "loadBalancer", Ty::Message(721), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 721
-    Message {
-        name: "k8s.io/api/networking/v1.IngressLoadBalancerStatus",
-        fields: &[
-            f(1, "ingress", Ty::Message(722), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 722
-    Message {
-        name: "k8s.io/api/networking/v1.IngressLoadBalancerIngress",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "hostname", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "ports", Ty::Message(723), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 723
-    Message {
-        name: "k8s.io/api/networking/v1.IngressPortStatus",
-        fields: &[
-            f(1, "port", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "protocol", Ty::String, Shape::Single, Omit::Never),
-            f(3, "error", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 724
-    Message {
-        name: "k8s.io/api/networking/v1.IngressClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(725), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 725
-    Message {
-        name: "k8s.io/api/networking/v1.IngressClassSpec",
-        fields: &[
-            f(1, "controller", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "parameters", Ty::Message(726), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 726
-    Message {
-        name: "k8s.io/api/networking/v1.IngressClassParametersReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-            f(4, "scope", Ty::String, Shape::Pointer, Omit::Never),
-            f(5, "namespace", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 727
-    Message {
-        name: "k8s.io/api/networking/v1.IngressClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(724), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 728
-    Message {
-        name: "k8s.io/api/networking/v1.IngressList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(710), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 729
-    Message {
-        name: "k8s.io/api/networking/v1.NetworkPolicy",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(730), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 730
-    Message {
-        name: "k8s.io/api/networking/v1.NetworkPolicySpec",
-        fields: &[
-            f(1, "podSelector", Ty::Message(14), Shape::Single, Omit::Never),
-            f(2, "ingress", Ty::Message(731), Shape::Repeated, Omit::Empty),
-            f(3, "egress", Ty::Message(735), Shape::Repeated, Omit::Empty),
-            f(4, "policyTypes", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 731
-    Message {
-        name: "k8s.io/api/networking/v1.NetworkPolicyIngressRule",
-        fields: &[
-            f(1, "ports", Ty::Message(732), Shape::Repeated, Omit::Empty),
-            f(2, "from", Ty::Message(733), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 732
-    Message {
-        name: "k8s.io/api/networking/v1.NetworkPolicyPort",
-        fields: &[
-            f(1, "protocol", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "port", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(3, "endPort", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 733
-    Message {
-        name: "k8s.io/api/networking/v1.NetworkPolicyPeer",
-        fields: &[
-            f(1, "podSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(2, "namespaceSelector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "ipBlock", Ty::Message(734), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 734
-    Message {
-        name: "k8s.io/api/networking/v1.IPBlock",
-        fields: &[
-            f(1, "cidr", Ty::String, Shape::Single, Omit::Never),
-            f(2, "except", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 735
-    Message {
-        name: "k8s.io/api/networking/v1.NetworkPolicyEgressRule",
-        fields: &[
-            f(1, "ports", Ty::Message(732), Shape::Repeated, Omit::Empty),
-            f(2, "to", Ty::Message(733), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 736
-    Message {
-        name: "k8s.io/api/networking/v1.NetworkPolicyList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(729), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 737
-    Message {
-        name: "k8s.io/api/networking/v1.ServiceCIDR",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(738), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(739), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 738
-    Message {
-        name: "k8s.io/api/networking/v1.ServiceCIDRSpec",
-        fields: &[
-            f(1, "cidrs", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 739
-    Message {
-        name: "k8s.io/api/networking/v1.ServiceCIDRStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 740
-    Message {
-        name: "k8s.io/api/networking/v1.ServiceCIDRList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(737), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 741
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IPAddress",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(742), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 742
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IPAddressSpec",
-        fields: &[
-            f(1, "parentRef", Ty::Message(743), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 743
-    Message {
-        name: "k8s.io/api/networking/v1beta1.ParentReference",
-        fields: &[
-            f(1, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "resource", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "namespace", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "name", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 744
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IPAddressList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(741), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 745
-    Message {
-        name: "k8s.io/api/networking/v1beta1.Ingress",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(746), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(753), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 746
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressSpec",
-        fields: &[
-            f(4, "ingressClassName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(1, "backend", Ty::Message(747), Shape::Pointer, Omit::Empty),
-            f(2, "tls", Ty::Message(748), Shape::Repeated, Omit::Empty),
-            f(3, "rules", Ty::Message(749), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 747
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressBackend",
-        fields: &[
-            f(1, "serviceName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "servicePort", Ty::IntOrString, Shape::Single, Omit::Empty),
-            f(3, "resource", Ty::Message(214), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 748
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressTLS",
-        fields: &[
-            f(1, "hosts", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "secretName", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 749
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressRule",
-        fields: &[
-            f(1, "host", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "", Ty::Message(750), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 750
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressRuleValue",
-        fields: &[
-            f(1, "http", Ty::Message(751), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 751
-    Message {
-        name: "k8s.io/api/networking/v1beta1.HTTPIngressRuleValue",
-        fields: &[
-            f(1, "paths", Ty::Message(752), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 752
-    Message {
-        name: "k8s.io/api/networking/v1beta1.HTTPIngressPath",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "pathType", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "backend", Ty::Message(747), Shape::Single, Omit::Never),
-        ],
-    },
-    // 753
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressStatus",
-        fields: &[
-            f(1, "loadBalancer", Ty::Message(754), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 754
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressLoadBalancerStatus",
-        fields: &[
-            f(1, "ingress", Ty::Message(755), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 755
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressLoadBalancerIngress",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "hostname", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "ports", Ty::Message(756), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 756
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressPortStatus",
-        fields: &[
-            f(1, "port", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "protocol", Ty::String, Shape::Single, Omit::Never),
-            f(3, "error", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 757
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(758), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 758
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressClassSpec",
-        fields: &[
-            f(1, "controller", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "parameters", Ty::Message(759), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 759
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressClassParametersReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-            f(4, "scope", Ty::String, Shape::Pointer, Omit::Never),
-            f(5, "namespace", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 760
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(757), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 761
-    Message {
-        name: "k8s.io/api/networking/v1beta1.IngressList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(745), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 762
-    Message {
-        name: "k8s.io/api/networking/v1beta1.ServiceCIDR",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(763), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(764), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 763
-    Message {
-        name: "k8s.io/api/networking/v1beta1.ServiceCIDRSpec",
-        fields: &[
-            f(1, "cidrs", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 764
-    Message {
-        name: "k8s.io/api/networking/v1beta1.ServiceCIDRStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 765
-    Message {
-        name: "k8s.io/api/networking/v1beta1.ServiceCIDRList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(762), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 766
-    Message {
-        name: "k8s.io/api/node/v1.RuntimeClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "handler", Ty::String, Shape::Single, Omit::Never),
-            f(3, "overhead", Ty::Message(767), Shape::Pointer, Omit::Empty),
-            f(4, "scheduling", Ty::Message(768), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 767
-    Message {
-        name: "k8s.io/api/node/v1.Overhead",
-        fields: &[
-            f(1, "podFixed", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 768
-    Message {
-        name: "k8s.io/api/node/v1.Scheduling",
-        fields: &[
-            f(1, "nodeSelector", Ty::String, Shape::Map, Omit::Empty),
-            f(2, "tolerations", Ty::Message(264), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 769
-    Message {
-        name: "k8s.io/api/node/v1.RuntimeClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(766), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 770
-    Message {
-        name: "k8s.io/api/node/v1alpha1.RuntimeClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(771), Shape::Single, Omit::Never),
-        ],
-    },
-    // 771
-    Message {
-        name: "k8s.io/api/node/v1alpha1.RuntimeClassSpec",
-        fields: &[
-            f(1, "runtimeHandler", Ty::String, Shape::Single, Omit::Never),
-            f(2, "overhead", Ty::Message(772), Shape::Pointer, Omit::Empty),
-            f(3, "scheduling", Ty::Message(773), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 772
-    Message {
-        name: "k8s.io/api/node/v1alpha1.Overhead",
-        fields: &[
-            f(1, "podFixed", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 773
-    Message {
-        name: "k8s.io/api/node/v1alpha1.Scheduling",
-        fields: &[
-            f(1, "nodeSelector", Ty::String, Shape::Map, Omit::Empty),
-            f(2, "tolerations", Ty::Message(264), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 774
-    Message {
-        name: "k8s.io/api/node/v1alpha1.RuntimeClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(770), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 775
-    Message {
-        name: "k8s.io/api/node/v1beta1.RuntimeClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "handler", Ty::String, Shape::Single, Omit::Never),
-            f(3, "overhead", Ty::Message(776), Shape::Pointer, Omit::Empty),
-            f(4, "scheduling", Ty::Message(777), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 776
-    Message {
-        name: "k8s.io/api/node/v1beta1.Overhead",
-        fields: &[
-            f(1, "podFixed", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 777
-    Message {
-        name: "k8s.io/api/node/v1beta1.Scheduling",
-        fields: &[
-            f(1, "nodeSelector", Ty::String, Shape::Map, Omit::Empty),
-            f(2, "tolerations", Ty::Message(264), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 778
-    Message {
-        name: "k8s.io/api/node/v1beta1.RuntimeClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(775), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 779
-    Message {
-        name: "k8s.io/api/policy/v1.Eviction",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "deleteOptions", Ty::Message(1), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 780
-    Message {
-        name: "k8s.io/api/policy/v1.PodDisruptionBudget",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(781), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(782), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 781
-    Message {
-        name: "k8s.io/api/policy/v1.PodDisruptionBudgetSpec",
-        fields: &[
-            f(1, "minAvailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(4, "unhealthyPodEvictionPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 782
-    Message {
-        name: "k8s.io/api/policy/v1.PodDisruptionBudgetStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "disruptedPods", Ty::Time, Shape::Map, Omit::Empty),
-            f(3, "disruptionsAllowed", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "currentHealthy", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "desiredHealthy", Ty::Int, Shape::Single, Omit::Never),
-            f(6, "expectedPods", Ty::Int, Shape::Single, Omit::Never),
-            f(7, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 783
-    Message {
-        name: "k8s.io/api/policy/v1.PodDisruptionBudgetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(780), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 784
-    Message {
-        name: "k8s.io/api/policy/v1beta1.Eviction",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "deleteOptions", Ty::Message(1), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 785
-    Message {
-        name: "k8s.io/api/policy/v1beta1.PodDisruptionBudget",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(786), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(787), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 786
-    Message {
-        name: "k8s.io/api/policy/v1beta1.PodDisruptionBudgetSpec",
-        fields: &[
-            f(1, "minAvailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(2, "selector", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "maxUnavailable", Ty::IntOrString, Shape::Pointer, Omit::Empty),
-            f(4, "unhealthyPodEvictionPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 787
-    Message {
-        name: "k8s.io/api/policy/v1beta1.PodDisruptionBudgetStatus",
-        fields: &[
-            f(1, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "disruptedPods", Ty::Time, Shape::Map, Omit::Empty),
-            f(3, "disruptionsAllowed", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "currentHealthy", Ty::Int, Shape::Single, Omit::Never),
-            f(5, "desiredHealthy", Ty::Int, Shape::Single, Omit::Never),
-            f(6, "expectedPods", Ty::Int, Shape::Single, Omit::Never),
-            f(7, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 788
-    Message {
-        name: "k8s.io/api/policy/v1beta1.PodDisruptionBudgetList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(785), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 789
-    Message {
-        name: "k8s.io/api/rbac/v1.ClusterRole",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "rules", Ty::Message(790), Shape::Repeated, Omit::Never),
-            f(3, "aggregationRule", Ty::Message(791), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 790
-    Message {
-        name: "k8s.io/api/rbac/v1.PolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(5, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 791
-    Message {
-        name: "k8s.io/api/rbac/v1.AggregationRule",
-        fields: &[
-            f(1, "clusterRoleSelectors", Ty::Message(14), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 792
-    Message {
-        name: "k8s.io/api/rbac/v1.ClusterRoleBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "subjects", Ty::Message(793), Shape::Repeated, Omit::Empty),
-            f(3, "roleRef", Ty::Message(794), Shape::Single, Omit::Never),
-        ],
-    },
-    // 793
-    Message {
-        name: "k8s.io/api/rbac/v1.Subject",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "apiGroup", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-            f(4, "namespace", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 794
-    Message {
-        name: "k8s.io/api/rbac/v1.RoleRef",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Single, Omit::Never),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 795
-    Message {
-        name: "k8s.io/api/rbac/v1.ClusterRoleBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(792), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 796
-    Message {
-        name: "k8s.io/api/rbac/v1.ClusterRoleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(789), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 797
-    Message {
-        name: "k8s.io/api/rbac/v1.Role",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "rules", Ty::Message(790), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 798
-    Message {
-        name: "k8s.io/api/rbac/v1.RoleBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "subjects", Ty::Message(793), Shape::Repeated, Omit::Empty),
-            f(3, "roleRef", Ty::Message(794), Shape::Single, Omit::Never),
-        ],
-    },
-    // 799
-    Message {
-        name: "k8s.io/api/rbac/v1.RoleBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(798), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 800
-    Message {
-        name: "k8s.io/api/rbac/v1.RoleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(797), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 801
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.ClusterRole",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "rules", Ty::Message(802), Shape::Repeated, Omit::Never),
-            f(3, "aggregationRule", Ty::Message(803), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 802
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.PolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(3, "apiGroups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "resources", Ty::String, Shape::Repeated, Omit::Empty),
-            f(5, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(6, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 803
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.AggregationRule",
-        fields: &[
-            f(1, "clusterRoleSelectors", Ty::Message(14), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 804
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.ClusterRoleBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "subjects", Ty::Message(805), Shape::Repeated, Omit::Empty),
-            f(3, "roleRef", Ty::Message(806), Shape::Single, Omit::Never),
-        ],
-    },
-    // 805
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.Subject",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "apiVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-            f(4, "namespace", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 806
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.RoleRef",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Single, Omit::Never),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 807
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.ClusterRoleBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(804), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 808
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.ClusterRoleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(801), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 809
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.Role",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "rules", Ty::Message(802), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 810
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.RoleBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "subjects", Ty::Message(805), Shape::Repeated, Omit::Empty),
-            f(3, "roleRef", Ty::Message(806), Shape::Single, Omit::Never),
-        ],
-    },
-    // 811
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.RoleBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(810), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 812
-    Message {
-        name: "k8s.io/api/rbac/v1alpha1.RoleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(809), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 813
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.ClusterRole",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "rules", Ty::Message(814), Shape::Repeated, Omit::Never),
-            f(3, "aggregationRule", Ty::Message(815), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 814
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.PolicyRule",
-        fields: &[
-            f(1, "verbs", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "apiGroups", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "resources", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "resourceNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(5, "nonResourceURLs", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 815
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.AggregationRule",
-        fields: &[
-            f(1, "clusterRoleSelectors", Ty::Message(14), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 816
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.ClusterRoleBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "subjects", Ty::Message(817), Shape::Repeated, Omit::Empty),
-            f(3, "roleRef", Ty::Message(818), Shape::Single, Omit::Never),
-        ],
-    },
-    // 817
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.Subject",
-        fields: &[
-            f(1, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(2, "apiGroup", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-            f(4, "namespace", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 818
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.RoleRef",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Single, Omit::Never),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 819
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.ClusterRoleBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(816), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 820
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.ClusterRoleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(813), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 821
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.Role",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "rules", Ty::Message(814), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 822
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.RoleBinding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "subjects", Ty::Message(817), Shape::Repeated, Omit::Empty),
-            f(3, "roleRef", Ty::Message(818), Shape::Single, Omit::Never),
-        ],
-    },
-    // 823
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.RoleBindingList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(822), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 824
-    Message {
-        name: "k8s.io/api/rbac/v1beta1.RoleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(821), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 825
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(826), Shape::Single, Omit::Never),
-        ],
-    },
-    // 826
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceClassSpec",
-        fields: &[
-            f(1, "selectors", Ty::Message(827), Shape::Repeated, Omit::Empty),
-            f(2, "config", Ty::Message(829), Shape::Repeated, Omit::Empty),
-            f(4, "extendedResourceName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 827
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceSelector",
-        fields: &[
-            f(1, "cel", Ty::Message(828), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 828
-    Message {
-        name: "k8s.io/api/resource/v1.CELDeviceSelector",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 829
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceClassConfiguration",
-        fields: &[
-            f(1, "", Ty::Message(830), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 830
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceConfiguration",
-        fields: &[
-            f(1, "opaque", Ty::Message(831), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 831
-    Message {
-        name: "k8s.io/api/resource/v1.OpaqueDeviceConfiguration",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "parameters", Ty::RawExtension, Shape::Single, Omit::Never),
-        ],
-    },
-    // 832
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(825), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 833
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaim",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(834), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(843), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 834
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaimSpec",
-        fields: &[
-            f(1, "devices", Ty::Message(835), Shape::Single, Omit::Never),
-        ],
-    },
-    // 835
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceClaim",
-        fields: &[
-            f(1, "requests", Ty::Message(836), Shape::Repeated, Omit::Never),
-            f(2, "constraints", Ty::Message(841), Shape::Repeated, Omit::Empty),
-            f(3, "config", Ty::Message(842), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 836
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceRequest",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "exactly", Ty::Message(837), Shape::Pointer, Omit::Empty),
-            f(3, "firstAvailable", Ty::Message(840), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 837
-    Message {
-        name: "k8s.io/api/resource/v1.ExactDeviceRequest",
-        fields: &[
-            f(1, "deviceClassName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "selectors", Ty::Message(827), Shape::Repeated, Omit::Empty),
-            f(3, "allocationMode", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "adminAccess", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "tolerations", Ty::Message(838), Shape::Repeated, Omit::Empty),
-            f(7, "capacity", Ty::Message(839), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 838
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceToleration",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "effect", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "tolerationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 839
-    Message {
-        name: "k8s.io/api/resource/v1.CapacityRequirements",
-        fields: &[
-            f(1, "requests", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 840
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceSubRequest",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "deviceClassName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "selectors", Ty::Message(827), Shape::Repeated, Omit::Empty),
-            f(4, "allocationMode", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "tolerations", Ty::Message(838), Shape::Repeated, Omit::Empty),
-            f(7, "capacity", Ty::Message(839), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 841
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceConstraint",
-        fields: &[
-            f(1, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "matchAttribute", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "distinctAttribute", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 842
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceClaimConfiguration",
-        fields: &[
-            f(1, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "", Ty::Message(830), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 843
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaimStatus",
-        fields: &[
-            f(1, "allocation", Ty::Message(844), Shape::Pointer, Omit::Empty),
-            f(2, "reservedFor", Ty::Message(848), Shape::Repeated, Omit::Empty),
-            f(4, "devices", Ty::Message(849), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 844
-    Message {
-        name: "k8s.io/api/resource/v1.AllocationResult",
-        fields: &[
-            f(1, "devices", Ty::Message(845), Shape::Single, Omit::Empty),
-            f(3, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(5, "allocationTimestamp", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 845
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceAllocationResult",
-        fields: &[
-            f(1, "results", Ty::Message(846), Shape::Repeated, Omit::Empty),
-            f(2, "config", Ty::Message(847), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 846
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceRequestAllocationResult",
-        fields: &[
-            f(1, "request", Ty::String, Shape::Single, Omit::Never),
-            f(2, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(3, "pool", Ty::String, Shape::Single, Omit::Never),
-            f(4, "device", Ty::String, Shape::Single, Omit::Never),
-            f(5, "adminAccess", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "tolerations", Ty::Message(838), Shape::Repeated, Omit::Empty),
-            f(7, "bindingConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(8, "bindingFailureConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(9, "shareID", Ty::String, Shape::Pointer, Omit::Empty),
-            f(10, "consumedCapacity", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 847
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceAllocationConfiguration",
-        fields: &[
-            f(1, "source", Ty::String, Shape::Single, Omit::Never),
-            f(2, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "", Ty::Message(830), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 848
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaimConsumerReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "resource", Ty::String, Shape::Single, Omit::Never),
-            f(4, "name", Ty::String, Shape::Single, Omit::Never),
-            f(5, "uid", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 849
-    Message {
-        name: "k8s.io/api/resource/v1.AllocatedDeviceStatus",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pool", Ty::String, Shape::Single, Omit::Never),
-            f(3, "device", Ty::String, Shape::Single, Omit::Never),
-            f(7, "shareID", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "conditions", Ty::Message(32), Shape::Repeated, Omit::Never),
-            f(5, "data", Ty::RawExtension, Shape::Pointer, Omit::Empty),
-            f(6, "networkData", Ty::Message(850), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 850
-    Message {
-        name: "k8s.io/api/resource/v1.NetworkDeviceData",
-        fields: &[
-            f(1, "interfaceName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "ips", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "hardwareAddress", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 851
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaimList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(833), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 852
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaimTemplate",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(853), Shape::Single, Omit::Never),
-        ],
-    },
-    // 853
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaimTemplateSpec",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(834), Shape::Single, Omit::Never),
-        ],
-    },
-    // 854
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceClaimTemplateList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(852), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 855
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceSlice",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(856), Shape::Single, Omit::Never),
-        ],
-    },
-    // 856
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceSliceSpec",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pool", Ty::Message(857), Shape::Single, Omit::Never),
-            f(3, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(5, "allNodes", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "devices", Ty::Message(858), Shape::Repeated, Omit::Empty),
-            f(7, "perDeviceNodeSelection", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(8, "sharedCounters", Ty::Message(866), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 857
-    Message {
-        name: "k8s.io/api/resource/v1.ResourcePool",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "generation", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "resourceSliceCount", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 858
-    Message {
-        name: "k8s.io/api/resource/v1.Device",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "attributes", Ty::Message(859), Shape::Map, Omit::Empty),
-            f(3, "capacity", Ty::Message(860), Shape::Map, Omit::Empty),
-            f(4, "consumesCounters", Ty::Message(863), Shape::Repeated, Omit::Empty),
-            f(5, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(7, "allNodes", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(8, "taints", Ty::Message(865), Shape::Repeated, Omit::Empty),
-            f(9, "bindsToNode", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(10, "bindingConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(11, "bindingFailureConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(12, "allowMultipleAllocations", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 859
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceAttribute",
-        fields: &[
-            f(2, "int", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "bool", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(4, "string", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "version", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 860
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceCapacity",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Single, Omit::Never),
-            f(2, "requestPolicy", Ty::Message(861), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 861
-    Message {
-        name: "k8s.io/api/resource/v1.CapacityRequestPolicy",
-        fields: &[
-            f(1, "default", Ty::Quantity, Shape::Pointer, Omit::Never),
-            f(3, "validValues", Ty::Quantity, Shape::Repeated, Omit::Empty),
-            f(4, "validRange", Ty::Message(862), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 862
-    Message {
-        name: "k8s.io/api/resource/v1.CapacityRequestPolicyRange",
-        fields: &[
-            f(1, "min", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(2, "max", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(3, "step", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 863
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceCounterConsumption",
-        fields: &[
-            f(1, "counterSet", Ty::String, Shape::Single, Omit::Never),
-            f(2, "counters", Ty::Message(864), Shape::Map, Omit::Empty),
-        ],
-    },
-    // 864
-    Message {
-        name: "k8s.io/api/resource/v1.Counter",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Single, Omit::Never),
-        ],
-    },
-    // 865
-    Message {
-        name: "k8s.io/api/resource/v1.DeviceTaint",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "effect", Ty::String, Shape::Single, Omit::Never),
-            f(4, "timeAdded", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 866
-    Message {
-        name: "k8s.io/api/resource/v1.CounterSet",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "counters", Ty::Message(864), Shape::Map, Omit::Empty),
-        ],
-    },
-    // 867
-    Message {
-        name: "k8s.io/api/resource/v1.ResourceSliceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(855), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 868
-    Message {
-        name: "k8s.io/api/resource/v1alpha3.DeviceTaintRule",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(869), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(872), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 869
-    Message {
-        name: "k8s.io/api/resource/v1alpha3.DeviceTaintRuleSpec",
-        fields: &[
-            f(1, "deviceSelector", Ty::Message(870), Shape::Pointer, Omit::Empty),
-            f(2, "taint", Ty::Message(871), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 870
-    Message {
-        name: "k8s.io/api/resource/v1alpha3.DeviceTaintSelector",
-        fields: &[
-            f(2, "driver", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "pool", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "device", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 871
-    Message {
-        name: "k8s.io/api/resource/v1alpha3.DeviceTaint",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "effect", Ty::String, Shape::Single, Omit::Never),
-            f(4, "timeAdded", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 872
-    Message {
-        name: "k8s.io/api/resource/v1alpha3.DeviceTaintRuleStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 873
-    Message {
-        name: "k8s.io/api/resource/v1alpha3.DeviceTaintRuleList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(868), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 874
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(875), Shape::Single, Omit::Never),
-        ],
-    },
-    // 875
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceClassSpec",
-        fields: &[
-            f(1, "selectors", Ty::Message(876), Shape::Repeated, Omit::Empty),
-            f(2, "config", Ty::Message(878), Shape::Repeated, Omit::Empty),
-            f(4, "extendedResourceName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 876
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceSelector",
-        fields: &[
-            f(1, "cel", Ty::Message(877), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 877
-    Message {
-        name: "k8s.io/api/resource/v1beta1.CELDeviceSelector",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 878
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceClassConfiguration",
-        fields: &[
-            f(1, "", Ty::Message(879), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 879
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceConfiguration",
-        fields: &[
-            f(1, "opaque", Ty::Message(880), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 880
-    Message {
-        name: "k8s.io/api/resource/v1beta1.OpaqueDeviceConfiguration",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "parameters", Ty::RawExtension, Shape::Single, Omit::Never),
-        ],
-    },
-    // 881
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(874), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 882
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaim",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(883), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(891), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 883
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaimSpec",
-        fields: &[
-            f(1, "devices", Ty::Message(884), Shape::Single, Omit::Never),
-        ],
-    },
-    // 884
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceClaim",
-        fields: &[
-            f(1, "requests", Ty::Message(885), Shape::Repeated, Omit::Never),
-            f(2, "constraints", Ty::Message(889), Shape::Repeated, Omit::Empty),
-            f(3, "config", Ty::Message(890), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 885
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceRequest",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "deviceClassName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "selectors", Ty::Message(876), Shape::Repeated, Omit::Empty),
-            f(4, "allocationMode", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "adminAccess", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(7, "firstAvailable", Ty::Message(886), Shape::Repeated, Omit::Empty),
-            f(8, "tolerations", Ty::Message(887), Shape::Repeated, Omit::Empty),
-            f(9, "capacity", Ty::Message(888), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 886
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceSubRequest",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "deviceClassName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "selectors", Ty::Message(876), Shape::Repeated, Omit::Empty),
-            f(4, "allocationMode", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(7, "tolerations", Ty::Message(887), Shape::Repeated, Omit::Empty),
-            f(8, "capacity", Ty::Message(888), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 887
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceToleration",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "effect", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "tolerationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 888
-    Message {
-        name: "k8s.io/api/resource/v1beta1.CapacityRequirements",
-        fields: &[
-            f(1, "requests", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 889
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceConstraint",
-        fields: &[
-            f(1, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "matchAttribute", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "distinctAttribute", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 890
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceClaimConfiguration",
-        fields: &[
-            f(1, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "", Ty::Message(879), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 891
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaimStatus",
-        fields: &[
-            f(1, "allocation", Ty::Message(892), Shape::Pointer, Omit::Empty),
-            f(2, "reservedFor", Ty::Message(896), Shape::Repeated, Omit::Empty),
-            f(4, "devices", Ty::Message(897), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 892
-    Message {
-        name: "k8s.io/api/resource/v1beta1.AllocationResult",
-        fields: &[
-            f(1, "devices", Ty::Message(893), Shape::Single, Omit::Empty),
-            f(3, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(5, "allocationTimestamp", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 893
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceAllocationResult",
-        fields: &[
-            f(1, "results", Ty::Message(894), Shape::Repeated, Omit::Empty),
-            f(2, "config", Ty::Message(895), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 894
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceRequestAllocationResult",
-        fields: &[
-            f(1, "request", Ty::String, Shape::Single, Omit::Never),
-            f(2, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(3, "pool", Ty::String, Shape::Single, Omit::Never),
-            f(4, "device", Ty::String, Shape::Single, Omit::Never),
-            f(5, "adminAccess", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "tolerations", Ty::Message(887), Shape::Repeated, Omit::Empty),
-            f(7, "bindingConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(8, "bindingFailureConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(9, "shareID", Ty::String, Shape::Pointer, Omit::Empty),
-            f(10, "consumedCapacity", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 895
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceAllocationConfiguration",
-        fields: &[
-            f(1, "source", Ty::String, Shape::Single, Omit::Never),
-            f(2, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "", Ty::Message(879), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 896
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaimConsumerReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "resource", Ty::String, Shape::Single, Omit::Never),
-            f(4, "name", Ty::String, Shape::Single, Omit::Never),
-            f(5, "uid", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 897
-    Message {
-        name: "k8s.io/api/resource/v1beta1.AllocatedDeviceStatus",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pool", Ty::String, Shape::Single, Omit::Never),
-            f(3, "device", Ty::String, Shape::Single, Omit::Never),
-            f(7, "shareID", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "conditions", Ty::Message(32), Shape::Repeated, Omit::Never),
-            f(5, "data", Ty::RawExtension, Shape::Pointer, Omit::Empty),
-            f(6, "networkData", Ty::Message(898), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 898
-    Message {
-        name: "k8s.io/api/resource/v1beta1.NetworkDeviceData",
-        fields: &[
-            f(1, "interfaceName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "ips", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "hardwareAddress", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 899
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaimList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(882), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 900
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaimTemplate",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(901), Shape::Single, Omit::Never),
-        ],
-    },
-    // 901
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaimTemplateSpec",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(883), Shape::Single, Omit::Never),
-        ],
-    },
-    // 902
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceClaimTemplateList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(900), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 903
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceSlice",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(904), Shape::Single, Omit::Never),
-        ],
-    },
-    // 904
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceSliceSpec",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pool", Ty::Message(905), Shape::Single, Omit::Never),
-            f(3, "nodeName", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(5, "allNodes", Ty::Bool, Shape::Single, Omit::Empty),
-            f(6, "devices", Ty::Message(906), Shape::Repeated, Omit::Empty),
-            f(7, "perDeviceNodeSelection", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(8, "sharedCounters", Ty::Message(915), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 905
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourcePool",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "generation", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "resourceSliceCount", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 906
-    Message {
-        name: "k8s.io/api/resource/v1beta1.Device",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "basic", Ty::Message(907), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 907
-    Message {
-        name: "k8s.io/api/resource/v1beta1.BasicDevice",
-        fields: &[
-            f(1, "attributes", Ty::Message(908), Shape::Map, Omit::Empty),
-            f(2, "capacity", Ty::Message(909), Shape::Map, Omit::Empty),
-            f(3, "consumesCounters", Ty::Message(912), Shape::Repeated, Omit::Empty),
-            f(4, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(6, "allNodes", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(7, "taints", Ty::Message(914), Shape::Repeated, Omit::Empty),
-            f(8, "bindsToNode", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(9, "bindingConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(10, "bindingFailureConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(11, "allowMultipleAllocations", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 908
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceAttribute",
-        fields: &[
-            f(2, "int", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "bool", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(4, "string", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "version", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 909
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceCapacity",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Single, Omit::Never),
-            f(2, "requestPolicy", Ty::Message(910), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 910
-    Message {
-        name: "k8s.io/api/resource/v1beta1.CapacityRequestPolicy",
-        fields: &[
-            f(1, "default", Ty::Quantity, Shape::Pointer, Omit::Never),
-            f(3, "validValues", Ty::Quantity, Shape::Repeated, Omit::Empty),
-            f(4, "validRange", Ty::Message(911), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 911
-    Message {
-        name: "k8s.io/api/resource/v1beta1.CapacityRequestPolicyRange",
-        fields: &[
-            f(1, "min", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(2, "max", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(3, "step", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 912
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceCounterConsumption",
-        fields: &[
-            f(1, "counterSet", Ty::String, Shape::Single, Omit::Never),
-            f(2, "counters", Ty::Message(913), Shape::Map, Omit::Empty),
-        ],
-    },
-    // 913
-    Message {
-        name: "k8s.io/api/resource/v1beta1.Counter",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Single, Omit::Never),
-        ],
-    },
-    // 914
-    Message {
-        name: "k8s.io/api/resource/v1beta1.DeviceTaint",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "effect", Ty::String, Shape::Single, Omit::Never),
-            f(4, "timeAdded", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 915
-    Message {
-        name: "k8s.io/api/resource/v1beta1.CounterSet",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "counters", Ty::Message(913), Shape::Map, Omit::Empty),
-        ],
-    },
-    // 916
-    Message {
-        name: "k8s.io/api/resource/v1beta1.ResourceSliceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(903), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 917
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(918), Shape::Single, Omit::Never),
-        ],
-    },
-    // 918
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceClassSpec",
-        fields: &[
-            f(1, "selectors", Ty::Message(919), Shape::Repeated, Omit::Empty),
-            f(2, "config", Ty::Message(921), Shape::Repeated, Omit::Empty),
-            f(4, "extendedResourceName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 919
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceSelector",
-        fields: &[
-            f(1, "cel", Ty::Message(920), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 920
-    Message {
-        name: "k8s.io/api/resource/v1beta2.CELDeviceSelector",
-        fields: &[
-            f(1, "expression", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 921
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceClassConfiguration",
-        fields: &[
-            f(1, "", Ty::Message(922), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 922
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceConfiguration",
-        fields: &[
-            f(1, "opaque", Ty::Message(923), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 923
-    Message {
-        name: "k8s.io/api/resource/v1beta2.OpaqueDeviceConfiguration",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "parameters", Ty::RawExtension, Shape::Single, Omit::Never),
-        ],
-    },
-    // 924
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(917), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 925
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaim",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(926), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(935), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 926
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaimSpec",
-        fields: &[
-            f(1, "devices", Ty::Message(927), Shape::Single, Omit::Never),
-        ],
-    },
-    // 927
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceClaim",
-        fields: &[
-            f(1, "requests", Ty::Message(928), Shape::Repeated, Omit::Never),
-            f(2, "constraints", Ty::Message(933), Shape::Repeated, Omit::Empty),
-            f(3, "config", Ty::Message(934), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 928
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceRequest",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "exactly", Ty::Message(929), Shape::Pointer, Omit::Empty),
-            f(3, "firstAvailable", Ty::Message(932), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 929
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ExactDeviceRequest",
-        fields: &[
-            f(1, "deviceClassName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "selectors", Ty::Message(919), Shape::Repeated, Omit::Empty),
-            f(3, "allocationMode", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "adminAccess", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "tolerations", Ty::Message(930), Shape::Repeated, Omit::Empty),
-            f(7, "capacity", Ty::Message(931), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 930
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceToleration",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "effect", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "tolerationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 931
-    Message {
-        name: "k8s.io/api/resource/v1beta2.CapacityRequirements",
-        fields: &[
-            f(1, "requests", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 932
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceSubRequest",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "deviceClassName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "selectors", Ty::Message(919), Shape::Repeated, Omit::Empty),
-            f(4, "allocationMode", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "tolerations", Ty::Message(930), Shape::Repeated, Omit::Empty),
-            f(7, "capacity", Ty::Message(931), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 933
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceConstraint",
-        fields: &[
-            f(1, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "matchAttribute", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "distinctAttribute", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 934
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceClaimConfiguration",
-        fields: &[
-            f(1, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(2, "", Ty::Message(922), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 935
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaimStatus",
-        fields: &[
-            f(1, "allocation", Ty::Message(936), Shape::Pointer, Omit::Empty),
-            f(2, "reservedFor", Ty::Message(940), Shape::Repeated, Omit::Empty),
-            f(4, "devices", Ty::Message(941), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 936
-    Message {
-        name: "k8s.io/api/resource/v1beta2.AllocationResult",
-        fields: &[
-            f(1, "devices", Ty::Message(937), Shape::Single, Omit::Empty),
-            f(3, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(5, "allocationTimestamp", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 937
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceAllocationResult",
-        fields: &[
-            f(1, "results", Ty::Message(938), Shape::Repeated, Omit::Empty),
-            f(2, "config", Ty::Message(939), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 938
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceRequestAllocationResult",
-        fields: &[
-            f(1, "request", Ty::String, Shape::Single, Omit::Never),
-            f(2, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(3, "pool", Ty::String, Shape::Single, Omit::Never),
-            f(4, "device", Ty::String, Shape::Single, Omit::Never),
-            f(5, "adminAccess", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "tolerations", Ty::Message(930), Shape::Repeated, Omit::Empty),
-            f(7, "bindingConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(8, "bindingFailureConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(9, "shareID", Ty::String, Shape::Pointer, Omit::Empty),
-            f(10, "consumedCapacity", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 939
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceAllocationConfiguration",
-        fields: &[
-            f(1, "source", Ty::String, Shape::Single, Omit::Never),
-            f(2, "requests", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "", Ty::Message(922), Shape::Inline, Omit::Never),
-        ],
-    },
-    // 940
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaimConsumerReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "resource", Ty::String, Shape::Single, Omit::Never),
-            f(4, "name", Ty::String, Shape::Single, Omit::Never),
-            f(5, "uid", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 941
-    Message {
-        name: "k8s.io/api/resource/v1beta2.AllocatedDeviceStatus",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pool", Ty::String, Shape::Single, Omit::Never),
-            f(3, "device", Ty::String, Shape::Single, Omit::Never),
-            f(7, "shareID", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "conditions", Ty::Message(32), Shape::Repeated, Omit::Never),
-            f(5, "data", Ty::RawExtension, Shape::Pointer, Omit::Empty),
-            f(6, "networkData", Ty::Message(942), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 942
-    Message {
-        name: "k8s.io/api/resource/v1beta2.NetworkDeviceData",
-        fields: &[
-            f(1, "interfaceName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "ips", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "hardwareAddress", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 943
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaimList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(925), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 944
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaimTemplate",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(945), Shape::Single, Omit::Never),
-        ],
-    },
-    // 945
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaimTemplateSpec",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(926), Shape::Single, Omit::Never),
-        ],
-    },
-    // 946
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceClaimTemplateList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(944), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 947
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceSlice",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(948), Shape::Single, Omit::Never),
-        ],
-    },
-    // 948
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceSliceSpec",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "pool", Ty::Message(949), Shape::Single, Omit::Never),
-            f(3, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(5, "allNodes", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(6, "devices", Ty::Message(950), Shape::Repeated, Omit::Empty),
-            f(7, "perDeviceNodeSelection", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(8, "sharedCounters", Ty::Message(958), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 949
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourcePool",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "generation", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "resourceSliceCount", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 950
-    Message {
-        name: "k8s.io/api/resource/v1beta2.Device",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "attributes", Ty::Message(951), Shape::Map, Omit::Empty),
-            f(3, "capacity", Ty::Message(952), Shape::Map, Omit::Empty),
-            f(4, "consumesCounters", Ty::Message(955), Shape::Repeated, Omit::Empty),
-            f(5, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "nodeSelector", Ty::Message(256), Shape::Pointer, Omit::Empty),
-            f(7, "allNodes", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(8, "taints", Ty::Message(957), Shape::Repeated, Omit::Empty),
-            f(9, "bindsToNode", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(10, "bindingConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(11, "bindingFailureConditions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(12, "allowMultipleAllocations", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 951
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceAttribute",
-        fields: &[
-            f(2, "int", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(3, "bool", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(4, "string", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "version", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 952
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceCapacity",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Single, Omit::Never),
-            f(2, "requestPolicy", Ty::Message(953), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 953
-    Message {
-        name: "k8s.io/api/resource/v1beta2.CapacityRequestPolicy",
-        fields: &[
-            f(1, "default", Ty::Quantity, Shape::Pointer, Omit::Never),
-            f(3, "validValues", Ty::Quantity, Shape::Repeated, Omit::Empty),
-            f(4, "validRange", Ty::Message(954), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 954
-    Message {
-        name: "k8s.io/api/resource/v1beta2.CapacityRequestPolicyRange",
-        fields: &[
-            f(1, "min", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(2, "max", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(3, "step", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 955
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceCounterConsumption",
-        fields: &[
-            f(1, "counterSet", Ty::String, Shape::Single, Omit::Never),
-            f(2, "counters", Ty::Message(956), Shape::Map, Omit::Empty),
-        ],
-    },
-    // 956
-    Message {
-        name: "k8s.io/api/resource/v1beta2.Counter",
-        fields: &[
-            f(1, "value", Ty::Quantity, Shape::Single, Omit::Never),
-        ],
-    },
-    // 957
-    Message {
-        name: "k8s.io/api/resource/v1beta2.DeviceTaint",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "effect", Ty::String, Shape::Single, Omit::Never),
-            f(4, "timeAdded", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 958
-    Message {
-        name: "k8s.io/api/resource/v1beta2.CounterSet",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "counters", Ty::Message(956), Shape::Map, Omit::Empty),
-        ],
-    },
-    // 959
-    Message {
-        name: "k8s.io/api/resource/v1beta2.ResourceSliceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(947), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 960
-    Message {
-        name: "k8s.io/api/scheduling/v1.PriorityClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "value", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "globalDefault", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "preemptionPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 961
-    Message {
-        name: "k8s.io/api/scheduling/v1.PriorityClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(960), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 962
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.PriorityClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "value", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "globalDefault", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "preemptionPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 963
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.PriorityClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(962), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 964
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.Workload",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(965), Shape::Single, Omit::Never),
-        ],
-    },
-    // 965
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.WorkloadSpec",
-        fields: &[
-            f(1, "controllerRef", Ty::Message(966), Shape::Pointer, Omit::Empty),
-            f(2, "podGroups", Ty::Message(967), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 966
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.TypedLocalObjectReference",
-        fields: &[
-            f(1, "apiGroup", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(3, "name", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 967
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.PodGroup",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "policy", Ty::Message(968), Shape::Single, Omit::Never),
-        ],
-    },
-    // 968
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.PodGroupPolicy",
-        fields: &[
-            f(2, "basic", Ty::Message(969), Shape::Pointer, Omit::Empty),
-            f(3, "gang", Ty::Message(970), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 969
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.BasicSchedulingPolicy",
-        fields: &[
-        ],
-    },
-    // 970
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.GangSchedulingPolicy",
-        fields: &[
-            f(1, "minCount", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 971
-    Message {
-        name: "k8s.io/api/scheduling/v1alpha1.WorkloadList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(964), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 972
-    Message {
-        name: "k8s.io/api/scheduling/v1beta1.PriorityClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "value", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "globalDefault", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "description", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "preemptionPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 973
-    Message {
-        name: "k8s.io/api/scheduling/v1beta1.PriorityClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(972), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 974
-    Message {
-        name: "k8s.io/api/storage/v1.CSIDriver",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(975), Shape::Single, Omit::Never),
-        ],
-    },
-    // 975
-    Message {
-        name: "k8s.io/api/storage/v1.CSIDriverSpec",
-        fields: &[
-            f(1, "attachRequired", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(2, "podInfoOnMount", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(3, "volumeLifecycleModes", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "storageCapacity", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(5, "fsGroupPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "tokenRequests", Ty::Message(976), Shape::Repeated, Omit::Empty),
-            f(7, "requiresRepublish", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(8, "seLinuxMount", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(9, "nodeAllocatableUpdatePeriodSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "serviceAccountTokenInSecrets", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 976
-    Message {
-        name: "k8s.io/api/storage/v1.TokenRequest",
-        fields: &[
-            f(1, "audience", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expirationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 977
-    Message {
-        name: "k8s.io/api/storage/v1.CSIDriverList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(974), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 978
-    Message {
-        name: "k8s.io/api/storage/v1.CSINode",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(979), Shape::Single, Omit::Never),
-        ],
-    },
-    // 979
-    Message {
-        name: "k8s.io/api/storage/v1.CSINodeSpec",
-        fields: &[
-            f(1, "drivers", Ty::Message(980), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 980
-    Message {
-        name: "k8s.io/api/storage/v1.CSINodeDriver",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "nodeID", Ty::String, Shape::Single, Omit::Never),
-            f(3, "topologyKeys", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "allocatable", Ty::Message(981), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 981
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeNodeResources",
-        fields: &[
-            f(1, "count", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 982
-    Message {
-        name: "k8s.io/api/storage/v1.CSINodeList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(978), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 983
-    Message {
-        name: "k8s.io/api/storage/v1.CSIStorageCapacity",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "nodeTopology", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "storageClassName", Ty::String, Shape::Single, Omit::Never),
-            f(4, "capacity", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(5, "maximumVolumeSize", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 984
-    Message {
-        name: "k8s.io/api/storage/v1.CSIStorageCapacityList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(983), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 985
-    Message {
-        name: "k8s.io/api/storage/v1.StorageClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "provisioner", Ty::String, Shape::Single, Omit::Never),
-            f(3, "parameters", Ty::String, Shape::Map, Omit::Empty),
-            f(4, "reclaimPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "mountOptions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(6, "allowVolumeExpansion", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(7, "volumeBindingMode", Ty::String, Shape::Pointer, Omit::Empty),
-            f(8, "allowedTopologies", Ty::Message(986), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 986
-    Message {
-        name: "k8s.io/api/core/v1.TopologySelectorTerm",
-        fields: &[
-            f(1, "matchLabelExpressions", Ty::Message(987), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 987
-    Message {
-        name: "k8s.io/api/core/v1.TopologySelectorLabelRequirement",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "values", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 988
-    Message {
-        name: "k8s.io/api/storage/v1.StorageClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(985), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 989
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeAttachment",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(990), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(1007), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 990
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeAttachmentSpec",
-        fields: &[
-            f(1, "attacher", Ty::String, Shape::Single, Omit::Never),
-            f(2, "source", Ty::Message(991), Shape::Single, Omit::Never),
-            f(3, "nodeName", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 991
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeAttachmentSource",
-        fields: &[
-            f(1, "persistentVolumeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "inlineVolumeSpec", Ty::Message(992), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 992
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeSpec",
-        fields: &[
-            f(1, "capacity", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(2, "", Ty::Message(993), Shape::Inline, Omit::Never),
-            f(3, "accessModes", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "claimRef", Ty::Message(492), Shape::Pointer, Omit::Empty),
-            f(5, "persistentVolumeReclaimPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "storageClassName", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "mountOptions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(8, "volumeMode", Ty::String, Shape::Pointer, Omit::Empty),
-            f(9, "nodeAffinity", Ty::Message(1006), Shape::Pointer, Omit::Empty),
-            f(10, "volumeAttributesClassName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 993
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeSource",
-        fields: &[
-            f(1, "gcePersistentDisk", Ty::Message(172), Shape::Pointer, Omit::Empty),
-            f(2, "awsElasticBlockStore", Ty::Message(173), Shape::Pointer, Omit::Empty),
-            f(3, "hostPath", Ty::Message(170), Shape::Pointer, Omit::Empty),
-            f(4, "glusterfs", Ty::Message(994), Shape::Pointer, Omit::Empty),
-            f(5, "nfs", Ty::Message(177), Shape::Pointer, Omit::Empty),
-            f(6, "rbd", Ty::Message(995), Shape::Pointer, Omit::Empty),
-            f(7, "iscsi", Ty::Message(997), Shape::Pointer, Omit::Empty),
-            f(8, "cinder", Ty::Message(998), Shape::Pointer, Omit::Empty),
-            f(9, "cephfs", Ty::Message(999), Shape::Pointer, Omit::Empty),
-            f(10, "fc", Ty::Message(191), Shape::Pointer, Omit::Empty),
-            f(11, "flocker", Ty::Message(186), Shape::Pointer, Omit::Empty),
-            f(12, "flexVolume", Ty::Message(1000), Shape::Pointer, Omit::Empty),
-            f(13, "azureFile", Ty::Message(1001), Shape::Pointer, Omit::Empty),
-            f(14, "vsphereVolume", Ty::Message(194), Shape::Pointer, Omit::Empty),
-            f(15, "quobyte", Ty::Message(195), Shape::Pointer, Omit::Empty),
-            f(16, "azureDisk", Ty::Message(196), Shape::Pointer, Omit::Empty),
-            f(17, "photonPersistentDisk", Ty::Message(197), Shape::Pointer, Omit::Empty),
-            f(18, "portworxVolume", Ty::Message(206), Shape::Pointer, Omit::Empty),
-            f(19, "scaleIO", Ty::Message(1002), Shape::Pointer, Omit::Empty),
-            f(20, "local", Ty::Message(1003), Shape::Pointer, Omit::Empty),
-            f(21, "storageos", Ty::Message(1004), Shape::Pointer, Omit::Empty),
-            f(22, "csi", Ty::Message(1005), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 994
-    Message {
-        name: "k8s.io/api/core/v1.GlusterfsPersistentVolumeSource",
-        fields: &[
-            f(1, "endpoints", Ty::String, Shape::Single, Omit::Never),
-            f(2, "path", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "endpointsNamespace", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 995
-    Message {
-        name: "k8s.io/api/core/v1.RBDPersistentVolumeSource",
-        fields: &[
-            f(1, "monitors", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "image", Ty::String, Shape::Single, Omit::Never),
-            f(3, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "pool", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "keyring", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "secretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(8, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 996
-    Message {
-        name: "k8s.io/api/core/v1.SecretReference",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "namespace", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 997
-    Message {
-        name: "k8s.io/api/core/v1.ISCSIPersistentVolumeSource",
-        fields: &[
-            f(1, "targetPortal", Ty::String, Shape::Single, Omit::Never),
-            f(2, "iqn", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lun", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "iscsiInterface", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(7, "portals", Ty::String, Shape::Repeated, Omit::Empty),
-            f(8, "chapAuthDiscovery", Ty::Bool, Shape::Single, Omit::Empty),
-            f(11, "chapAuthSession", Ty::Bool, Shape::Single, Omit::Empty),
-            f(10, "secretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(12, "initiatorName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 998
-    Message {
-        name: "k8s.io/api/core/v1.CinderPersistentVolumeSource",
-        fields: &[
-            f(1, "volumeID", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "secretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 999
-    Message {
-        name: "k8s.io/api/core/v1.CephFSPersistentVolumeSource",
-        fields: &[
-            f(1, "monitors", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "path", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "user", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "secretFile", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "secretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(6, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1000
-    Message {
-        name: "k8s.io/api/core/v1.FlexPersistentVolumeSource",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "secretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(4, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "options", Ty::String, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 1001
-    Message {
-        name: "k8s.io/api/core/v1.AzureFilePersistentVolumeSource",
-        fields: &[
-            f(1, "secretName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "shareName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "secretNamespace", Ty::String, Shape::Pointer, Omit::Never),
-        ],
-    },
-    // 1002
-    Message {
-        name: "k8s.io/api/core/v1.ScaleIOPersistentVolumeSource",
-        fields: &[
-            f(1, "gateway", Ty::String, Shape::Single, Omit::Never),
-            f(2, "system", Ty::String, Shape::Single, Omit::Never),
-            f(3, "secretRef", Ty::Message(996), Shape::Pointer, Omit::Never),
-            f(4, "sslEnabled", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "protectionDomain", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "storagePool", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "storageMode", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "volumeName", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(10, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1003
-    Message {
-        name: "k8s.io/api/core/v1.LocalVolumeSource",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Never),
-            f(2, "fsType", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1004
-    Message {
-        name: "k8s.io/api/core/v1.StorageOSPersistentVolumeSource",
-        fields: &[
-            f(1, "volumeName", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "volumeNamespace", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "secretRef", Ty::Message(492), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1005
-    Message {
-        name: "k8s.io/api/core/v1.CSIPersistentVolumeSource",
-        fields: &[
-            f(1, "driver", Ty::String, Shape::Single, Omit::Never),
-            f(2, "volumeHandle", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "fsType", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "volumeAttributes", Ty::String, Shape::Map, Omit::Empty),
-            f(6, "controllerPublishSecretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(7, "nodeStageSecretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(8, "nodePublishSecretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(9, "controllerExpandSecretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-            f(10, "nodeExpandSecretRef", Ty::Message(996), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1006
-    Message {
-        name: "k8s.io/api/core/v1.VolumeNodeAffinity",
-        fields: &[
-            f(1, "required", Ty::Message(256), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1007
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeAttachmentStatus",
-        fields: &[
-            f(1, "attached", Ty::Bool, Shape::Single, Omit::Never),
-            f(2, "attachmentMetadata", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "attachError", Ty::Message(1008), Shape::Pointer, Omit::Empty),
-            f(4, "detachError", Ty::Message(1008), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1008
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeError",
-        fields: &[
-            f(1, "time", Ty::Time, Shape::Single, Omit::Empty),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "errorCode", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1009
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeAttachmentList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(989), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1010
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeAttributesClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "driverName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "parameters", Ty::String, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 1011
-    Message {
-        name: "k8s.io/api/storage/v1.VolumeAttributesClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1010), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1012
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.CSIStorageCapacity",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "nodeTopology", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "storageClassName", Ty::String, Shape::Single, Omit::Never),
-            f(4, "capacity", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(5, "maximumVolumeSize", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1013
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.CSIStorageCapacityList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1012), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1014
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeAttachment",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1015), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(1017), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1015
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeAttachmentSpec",
-        fields: &[
-            f(1, "attacher", Ty::String, Shape::Single, Omit::Never),
-            f(2, "source", Ty::Message(1016), Shape::Single, Omit::Never),
-            f(3, "nodeName", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1016
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeAttachmentSource",
-        fields: &[
-            f(1, "persistentVolumeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "inlineVolumeSpec", Ty::Message(992), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1017
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeAttachmentStatus",
-        fields: &[
-            f(1, "attached", Ty::Bool, Shape::Single, Omit::Never),
-            f(2, "attachmentMetadata", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "attachError", Ty::Message(1018), Shape::Pointer, Omit::Empty),
-            f(4, "detachError", Ty::Message(1018), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1018
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeError",
-        fields: &[
-            f(1, "time", Ty::Time, Shape::Single, Omit::Empty),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "errorCode", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1019
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeAttachmentList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1014), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1020
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeAttributesClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "driverName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "parameters", Ty::String, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 1021
-    Message {
-        name: "k8s.io/api/storage/v1alpha1.VolumeAttributesClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1020), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1022
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSIDriver",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1023), Shape::Single, Omit::Never),
-        ],
-    },
-    // 1023
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSIDriverSpec",
-        fields: &[
-            f(1, "attachRequired", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(2, "podInfoOnMount", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(3, "volumeLifecycleModes", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "storageCapacity", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(5, "fsGroupPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(6, "tokenRequests", Ty::Message(1024), Shape::Repeated, Omit::Empty),
-            f(7, "requiresRepublish", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(8, "seLinuxMount", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(9, "nodeAllocatableUpdatePeriodSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(10, "serviceAccountTokenInSecrets", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1024
-    Message {
-        name: "k8s.io/api/storage/v1beta1.TokenRequest",
-        fields: &[
-            f(1, "audience", Ty::String, Shape::Single, Omit::Never),
-            f(2, "expirationSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1025
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSIDriverList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1022), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1026
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSINode",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1027), Shape::Single, Omit::Never),
-        ],
-    },
-    // 1027
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSINodeSpec",
-        fields: &[
-            f(1, "drivers", Ty::Message(1028), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1028
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSINodeDriver",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "nodeID", Ty::String, Shape::Single, Omit::Never),
-            f(3, "topologyKeys", Ty::String, Shape::Repeated, Omit::Never),
-            f(4, "allocatable", Ty::Message(1029), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1029
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeNodeResources",
-        fields: &[
-            f(1, "count", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1030
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSINodeList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1026), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1031
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSIStorageCapacity",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "nodeTopology", Ty::Message(14), Shape::Pointer, Omit::Empty),
-            f(3, "storageClassName", Ty::String, Shape::Single, Omit::Never),
-            f(4, "capacity", Ty::Quantity, Shape::Pointer, Omit::Empty),
-            f(5, "maximumVolumeSize", Ty::Quantity, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1032
-    Message {
-        name: "k8s.io/api/storage/v1beta1.CSIStorageCapacityList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1031), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1033
-    Message {
-        name: "k8s.io/api/storage/v1beta1.StorageClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "provisioner", Ty::String, Shape::Single, Omit::Never),
-            f(3, "parameters", Ty::String, Shape::Map, Omit::Empty),
-            f(4, "reclaimPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(5, "mountOptions", Ty::String, Shape::Repeated, Omit::Empty),
-            f(6, "allowVolumeExpansion", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(7, "volumeBindingMode", Ty::String, Shape::Pointer, Omit::Empty),
-            f(8, "allowedTopologies", Ty::Message(986), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1034
-    Message {
-        name: "k8s.io/api/storage/v1beta1.StorageClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1033), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1035
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeAttachment",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1036), Shape::Single, Omit::Never),
-            f(3, "status", Ty::Message(1038), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1036
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeAttachmentSpec",
-        fields: &[
-            f(1, "attacher", Ty::String, Shape::Single, Omit::Never),
-            f(2, "source", Ty::Message(1037), Shape::Single, Omit::Never),
-            f(3, "nodeName", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1037
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeAttachmentSource",
-        fields: &[
-            f(1, "persistentVolumeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "inlineVolumeSpec", Ty::Message(992), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1038
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeAttachmentStatus",
-        fields: &[
-            f(1, "attached", Ty::Bool, Shape::Single, Omit::Never),
-            f(2, "attachmentMetadata", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "attachError", Ty::Message(1039), Shape::Pointer, Omit::Empty),
-            f(4, "detachError", Ty::Message(1039), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1039
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeError",
-        fields: &[
-            f(1, "time", Ty::Time, Shape::Single, Omit::Empty),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "errorCode", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1040
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeAttachmentList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1035), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1041
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeAttributesClass",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "driverName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "parameters", Ty::String, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 1042
-    Message {
-        name: "k8s.io/api/storage/v1beta1.VolumeAttributesClassList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1041), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1043
-    Message {
-        name: "k8s.io/api/storagemigration/v1beta1.StorageVersionMigration",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1044), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1046), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1044
-    Message {
-        name: "k8s.io/api/storagemigration/v1beta1.StorageVersionMigrationSpec",
-        fields: &[
-            f(1, "resource", Ty::Message(1045), Shape::Single, Omit::Never),
-        ],
-    },
-    // 1045
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.GroupResource",
-        fields: &[
-            f(1, "group", Ty::String, Shape::Single, Omit::Never),
-            f(2, "resource", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1046
-    Message {
-        name: "k8s.io/api/storagemigration/v1beta1.StorageVersionMigrationStatus",
-        fields: &[
-            f(1, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-            f(2, "resourceVersion", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1047
-    Message {
-        name: "k8s.io/api/storagemigration/v1beta1.StorageVersionMigrationList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1043), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1048
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.APIGroup",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "versions", Ty::Message(1049), Shape::Repeated, Omit::Never),
-            f(3, "preferredVersion", Ty::Message(1049), Shape::Single, Omit::Empty),
-            f(4, "serverAddressByClientCIDRs", Ty::Message(1050), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1049
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.GroupVersionForDiscovery",
-        fields: &[
-            f(1, "groupVersion", Ty::String, Shape::Single, Omit::Never),
-            f(2, "version", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1050
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.ServerAddressByClientCIDR",
-        fields: &[
-            f(1, "clientCIDR", Ty::String, Shape::Single, Omit::Never),
-            f(2, "serverAddress", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1051
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.APIGroupList",
-        fields: &[
-            f(1, "groups", Ty::Message(1048), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1052
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.APIResourceList",
-        fields: &[
-            f(1, "groupVersion", Ty::String, Shape::Single, Omit::Never),
-            f(2, "resources", Ty::Message(1053), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1053
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.APIResource",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(6, "singularName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "namespaced", Ty::Bool, Shape::Single, Omit::Never),
-            f(8, "group", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "version", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "kind", Ty::String, Shape::Single, Omit::Never),
-            f(4, "verbs", Ty::StringItems, Shape::Single, Omit::Never),
-            f(5, "shortNames", Ty::String, Shape::Repeated, Omit::Empty),
-            f(7, "categories", Ty::String, Shape::Repeated, Omit::Empty),
-            f(10, "storageVersionHash", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1054
-    Message {
-        name: "k8s.io/apimachinery/pkg/apis/meta/v1.APIVersions",
-        fields: &[
-            f(1, "versions", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "serverAddressByClientCIDRs", Ty::Message(1050), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1055
-    Message {
-        name: "k8s.io/api/core/v1.Binding",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "target", Ty::Message(492), Shape::Single, Omit::Never),
-        ],
-    },
-    // 1056
-    Message {
-        name: "k8s.io/api/core/v1.ComponentStatus",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "conditions", Ty::Message(1057), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1057
-    Message {
-        name: "k8s.io/api/core/v1.ComponentCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "error", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1058
-    Message {
-        name: "k8s.io/api/core/v1.ComponentStatusList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1056), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1059
-    Message {
-        name: "k8s.io/api/core/v1.ConfigMap",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(4, "immutable", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(2, "data", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "binaryData", Ty::Bytes, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 1060
-    Message {
-        name: "k8s.io/api/core/v1.ConfigMapList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1059), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1061
-    Message {
-        name: "k8s.io/api/core/v1.Endpoints",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "subsets", Ty::Message(1062), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1062
-    Message {
-        name: "k8s.io/api/core/v1.EndpointSubset",
-        fields: &[
-            f(1, "addresses", Ty::Message(1063), Shape::Repeated, Omit::Empty),
-            f(2, "notReadyAddresses", Ty::Message(1063), Shape::Repeated, Omit::Empty),
-            f(3, "ports", Ty::Message(1064), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1063
-    Message {
-        name: "k8s.io/api/core/v1.EndpointAddress",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Never),
-            f(3, "hostname", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "nodeName", Ty::String, Shape::Pointer, Omit::Empty),
-            f(2, "targetRef", Ty::Message(492), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1064
-    Message {
-        name: "k8s.io/api/core/v1.EndpointPort",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "port", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "protocol", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "appProtocol", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1065
-    Message {
-        name: "k8s.io/api/core/v1.EndpointsList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1061), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1066
-    Message {
-        name: "k8s.io/api/core/v1.Event",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Never),
-            f(2, "involvedObject", Ty::Message(492), Shape::Single, Omit::Never),
-            f(3, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "source", Ty::Message(554), Shape::Single, Omit::Empty),
-            f(6, "firstTimestamp", Ty::Time, Shape::Single, Omit::Empty),
-            f(7, "lastTimestamp", Ty::Time, Shape::Single, Omit::Empty),
-            f(8, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(9, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(10, "eventTime", Ty::MicroTime, Shape::Single, Omit::Empty),
-            f(11, "series", Ty::Message(1067), Shape::Pointer, Omit::Empty),
-            f(12, "action", Ty::String, Shape::Single, Omit::Empty),
-            f(13, "related", Ty::Message(492), Shape::Pointer, Omit::Empty),
-            f(14, "reportingComponent", Ty::String, Shape::Single, Omit::Never),
-            f(15, "reportingInstance", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1067
-    Message {
-        name: "k8s.io/api/core/v1.EventSeries",
-        fields: &[
-            f(1, "count", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "lastObservedTime", Ty::MicroTime, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1068
-    Message {
-        name: "k8s.io/api/core/v1.EventList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1066), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1069
-    Message {
-        name: "k8s.io/api/core/v1.LimitRange",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1070), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1070
-    Message {
-        name: "k8s.io/api/core/v1.LimitRangeSpec",
-        fields: &[
-            f(1, "limits", Ty::Message(1071), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1071
-    Message {
-        name: "k8s.io/api/core/v1.LimitRangeItem",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "max", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(3, "min", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(4, "default", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(5, "defaultRequest", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(6, "maxLimitRequestRatio", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 1072
-    Message {
-        name: "k8s.io/api/core/v1.LimitRangeList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1069), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1073
-    Message {
-        name: "k8s.io/api/core/v1.List",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::RawExtension, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1074
-    Message {
-        name: "k8s.io/api/core/v1.Namespace",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1075), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1076), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1075
-    Message {
-        name: "k8s.io/api/core/v1.NamespaceSpec",
-        fields: &[
-            f(1, "finalizers", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1076
-    Message {
-        name: "k8s.io/api/core/v1.NamespaceStatus",
-        fields: &[
-            f(1, "phase", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "conditions", Ty::Message(1077), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1077
-    Message {
-        name: "k8s.io/api/core/v1.NamespaceCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(4, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1078
-    Message {
-        name: "k8s.io/api/core/v1.NamespaceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1074), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1079
-    Message {
-        name: "k8s.io/api/core/v1.Node",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1080), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1084), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1080
-    Message {
-        name: "k8s.io/api/core/v1.NodeSpec",
-        fields: &[
-            f(1, "podCIDR", Ty::String, Shape::Single, Omit::Empty),
-            f(7, "podCIDRs", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "providerID", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "unschedulable", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "taints", Ty::Message(1081), Shape::Repeated, Omit::Empty),
-            f(6, "configSource", Ty::Message(1082), Shape::Pointer, Omit::Empty),
-            f(2, "externalID", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1081
-    Message {
-        name: "k8s.io/api/core/v1.Taint",
-        fields: &[
-            f(1, "key", Ty::String, Shape::Single, Omit::Never),
-            f(2, "value", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "effect", Ty::String, Shape::Single, Omit::Never),
-            f(4, "timeAdded", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1082
-    Message {
-        name: "k8s.io/api/core/v1.NodeConfigSource",
-        fields: &[
-            f(2, "configMap", Ty::Message(1083), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1083
-    Message {
-        name: "k8s.io/api/core/v1.ConfigMapNodeConfigSource",
-        fields: &[
-            f(1, "namespace", Ty::String, Shape::Single, Omit::Never),
-            f(2, "name", Ty::String, Shape::Single, Omit::Never),
-            f(3, "uid", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "resourceVersion", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "kubeletConfigKey", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1084
-    Message {
-        name: "k8s.io/api/core/v1.NodeStatus",
-        fields: &[
-            f(1, "capacity", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(2, "allocatable", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(3, "phase", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "conditions", Ty::Message(1085), Shape::Repeated, Omit::Empty),
-            f(5, "addresses", Ty::Message(1086), Shape::Repeated, Omit::Empty),
-            f(6, "daemonEndpoints", Ty::Message(1087), Shape::Single, Omit::Empty),
-            f(7, "nodeInfo", Ty::Message(1089), Shape::Single, Omit::Empty),
-            f(8, "images", Ty::Message(1091), Shape::Repeated, Omit::Empty),
-            f(9, "volumesInUse", Ty::String, Shape::Repeated, Omit::Empty),
-            f(10, "volumesAttached", Ty::Message(1092), Shape::Repeated, Omit::Empty),
-            f(11, "config", Ty::Message(1093), Shape::Pointer, Omit::Empty),
-            f(12, "runtimeHandlers", Ty::Message(1094), Shape::Repeated, Omit::Empty),
-            f(13, "features", Ty::Message(1096), Shape::Pointer, Omit::Empty),
-            f(14, "declaredFeatures", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1085
-    Message {
-        name: "k8s.io/api/core/v1.NodeCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastHeartbeatTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1086
-    Message {
-        name: "k8s.io/api/core/v1.NodeAddress",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "address", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1087
-    Message {
-        name: "k8s.io/api/core/v1.NodeDaemonEndpoints",
-        fields: &[
-            f(1, "kubeletEndpoint", Ty::Message(1088), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1088
-    Message {
-        name: "k8s.io/api/core/v1.DaemonEndpoint",
-        fields: &[
-            f(1, "Port", Ty::Int, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1089
-    Message {
-        name: "k8s.io/api/core/v1.NodeSystemInfo",
-        fields: &[
-            f(1, "machineID", Ty::String, Shape::Single, Omit::Never),
-            f(2, "systemUUID", Ty::String, Shape::Single, Omit::Never),
-            f(3, "bootID", Ty::String, Shape::Single, Omit::Never),
-            f(4, "kernelVersion", Ty::String, Shape::Single, Omit::Never),
-            f(5, "osImage", Ty::String, Shape::Single, Omit::Never),
-            f(6, "containerRuntimeVersion", Ty::String, Shape::Single, Omit::Never),
-            f(7, "kubeletVersion", Ty::String, Shape::Single, Omit::Never),
-            f(8, "kubeProxyVersion", Ty::String, Shape::Single, Omit::Never),
-            f(9, "operatingSystem", Ty::String, Shape::Single, Omit::Never),
-            f(10, "architecture", Ty::String, Shape::Single, Omit::Never),
-            f(11, "swap", Ty::Message(1090), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1090
-    Message {
-        name: "k8s.io/api/core/v1.NodeSwapStatus",
-        fields: &[
-            f(1, "capacity", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1091
-    Message {
-        name: "k8s.io/api/core/v1.ContainerImage",
-        fields: &[
-            f(1, "names", Ty::String, Shape::Repeated, Omit::Never),
-            f(2, "sizeBytes", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1092
-    Message {
-        name: "k8s.io/api/core/v1.AttachedVolume",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "devicePath", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1093
-    Message {
-        name: "k8s.io/api/core/v1.NodeConfigStatus",
-        fields: &[
-            f(1, "assigned", Ty::Message(1082), Shape::Pointer, Omit::Empty),
-            f(2, "active", Ty::Message(1082), Shape::Pointer, Omit::Empty),
-            f(3, "lastKnownGood", Ty::Message(1082), Shape::Pointer, Omit::Empty),
-            f(4, "error", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1094
-    Message {
-        name: "k8s.io/api/core/v1.NodeRuntimeHandler",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "features", Ty::Message(1095), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1095
-    Message {
-        name: "k8s.io/api/core/v1.NodeRuntimeHandlerFeatures",
-        fields: &[
-            f(1, "recursiveReadOnlyMounts", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(2, "userNamespaces", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1096
-    Message {
-        name: "k8s.io/api/core/v1.NodeFeatures",
-        fields: &[
-            f(1, "supplementalGroupsPolicy", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1097
-    Message {
-        name: "k8s.io/api/core/v1.NodeList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1079), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1098
-    Message {
-        name: "k8s.io/api/core/v1.NodeProxyOptions",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1099
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolume",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(992), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1100), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1100
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeStatus",
-        fields: &[
-            f(1, "phase", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "lastPhaseTransitionTime", Ty::Time, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1101
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeClaimList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(293), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1102
-    Message {
-        name: "k8s.io/api/core/v1.PersistentVolumeList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1099), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1103
-    Message {
-        name: "k8s.io/api/core/v1.Pod",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(167), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1104), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1104
-    Message {
-        name: "k8s.io/api/core/v1.PodStatus",
-        fields: &[
-            f(17, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(1, "phase", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "conditions", Ty::Message(1105), Shape::Repeated, Omit::Empty),
-            f(3, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(11, "nominatedNodeName", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "hostIP", Ty::String, Shape::Single, Omit::Empty),
-            f(16, "hostIPs", Ty::Message(1106), Shape::Repeated, Omit::Empty),
-            f(6, "podIP", Ty::String, Shape::Single, Omit::Empty),
-            f(12, "podIPs", Ty::Message(1107), Shape::Repeated, Omit::Empty),
-            f(7, "startTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(10, "initContainerStatuses", Ty::Message(1108), Shape::Repeated, Omit::Empty),
-            f(8, "containerStatuses", Ty::Message(1108), Shape::Repeated, Omit::Empty),
-            f(9, "qosClass", Ty::String, Shape::Single, Omit::Empty),
-            f(13, "ephemeralContainerStatuses", Ty::Message(1108), Shape::Repeated, Omit::Empty),
-            f(14, "resize", Ty::String, Shape::Single, Omit::Empty),
-            f(15, "resourceClaimStatuses", Ty::Message(1118), Shape::Repeated, Omit::Empty),
-            f(18, "extendedResourceClaimStatus", Ty::Message(1119), Shape::Pointer, Omit::Empty),
-            f(19, "allocatedResources", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(20, "resources", Ty::Message(227), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1105
-    Message {
-        name: "k8s.io/api/core/v1.PodCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(7, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastProbeTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(5, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1106
-    Message {
-        name: "k8s.io/api/core/v1.HostIP",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1107
-    Message {
-        name: "k8s.io/api/core/v1.PodIP",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1108
-    Message {
-        name: "k8s.io/api/core/v1.ContainerStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "state", Ty::Message(1109), Shape::Single, Omit::Empty),
-            f(3, "lastState", Ty::Message(1109), Shape::Single, Omit::Empty),
-            f(4, "ready", Ty::Bool, Shape::Single, Omit::Never),
-            f(5, "restartCount", Ty::Int, Shape::Single, Omit::Never),
-            f(6, "image", Ty::String, Shape::Single, Omit::Never),
-            f(7, "imageID", Ty::String, Shape::Single, Omit::Never),
-            f(8, "containerID", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "started", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(10, "allocatedResources", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(11, "resources", Ty::Message(227), Shape::Pointer, Omit::Empty),
-            f(12, "volumeMounts", Ty::Message(1113), Shape::Repeated, Omit::Empty),
-            f(13, "user", Ty::Message(1114), Shape::Pointer, Omit::Empty),
-            f(14, "allocatedResourcesStatus", Ty::Message(1116), Shape::Repeated, Omit::Empty),
-            f(15, "stopSignal", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1109
-    Message {
-        name: "k8s.io/api/core/v1.ContainerState",
-        fields: &[
-            f(1, "waiting", Ty::Message(1110), Shape::Pointer, Omit::Empty),
-            f(2, "running", Ty::Message(1111), Shape::Pointer, Omit::Empty),
-            f(3, "terminated", Ty::Message(1112), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1110
-    Message {
-        name: "k8s.io/api/core/v1.ContainerStateWaiting",
-        fields: &[
-            f(1, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1111
-    Message {
-        name: "k8s.io/api/core/v1.ContainerStateRunning",
-        fields: &[
-            f(1, "startedAt", Ty::Time, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1112
-    Message {
-        name: "k8s.io/api/core/v1.ContainerStateTerminated",
-        fields: &[
-            f(1, "exitCode", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "signal", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(4, "message", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "startedAt", Ty::Time, Shape::Single, Omit::Empty),
-            f(6, "finishedAt", Ty::Time, Shape::Single, Omit::Empty),
-            f(7, "containerID", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1113
-    Message {
-        name: "k8s.io/api/core/v1.VolumeMountStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "mountPath", Ty::String, Shape::Single, Omit::Never),
-            f(3, "readOnly", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "recursiveReadOnly", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1114
-    Message {
-        name: "k8s.io/api/core/v1.ContainerUser",
-        fields: &[
-            f(1, "linux", Ty::Message(1115), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1115
-    Message {
-        name: "k8s.io/api/core/v1.LinuxContainerUser",
-        fields: &[
-            f(1, "uid", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "gid", Ty::Int, Shape::Single, Omit::Never),
-            f(3, "supplementalGroups", Ty::Int, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1116
-    Message {
-        name: "k8s.io/api/core/v1.ResourceStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "resources", Ty::Message(1117), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1117
-    Message {
-        name: "k8s.io/api/core/v1.ResourceHealth",
-        fields: &[
-            f(1, "resourceID", Ty::String, Shape::Single, Omit::Never),
-            f(2, "health", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1118
-    Message {
-        name: "k8s.io/api/core/v1.PodResourceClaimStatus",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Never),
-            f(2, "resourceClaimName", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1119
-    Message {
-        name: "k8s.io/api/core/v1.PodExtendedResourceClaimStatus",
-        fields: &[
-            f(1, "requestMappings", Ty::Message(1120), Shape::Repeated, Omit::Never),
-            f(2, "resourceClaimName", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1120
-    Message {
-        name: "k8s.io/api/core/v1.ContainerExtendedResourceRequest",
-        fields: &[
-            f(1, "containerName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "resourceName", Ty::String, Shape::Single, Omit::Never),
-            f(3, "requestName", Ty::String, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1121
-    Message {
-        name: "k8s.io/api/core/v1.PodAttachOptions",
-        fields: &[
-            f(1, "stdin", Ty::Bool, Shape::Single, Omit::Empty),
-            f(2, "stdout", Ty::Bool, Shape::Single, Omit::Empty),
-            f(3, "stderr", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "tty", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "container", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1122
-    Message {
-        name: "k8s.io/api/core/v1.PodExecOptions",
-        fields: &[
-            f(1, "stdin", Ty::Bool, Shape::Single, Omit::Empty),
-            f(2, "stdout", Ty::Bool, Shape::Single, Omit::Empty),
-            f(3, "stderr", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "tty", Ty::Bool, Shape::Single, Omit::Empty),
-            f(5, "container", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "command", Ty::String, Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1123
-    Message {
-        name: "k8s.io/api/core/v1.PodList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1103), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1124
-    Message {
-        name: "k8s.io/api/core/v1.PodLogOptions",
-        fields: &[
-            f(1, "container", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "follow", Ty::Bool, Shape::Single, Omit::Empty),
-            f(3, "previous", Ty::Bool, Shape::Single, Omit::Empty),
-            f(4, "sinceSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(5, "sinceTime", Ty::Time, Shape::Pointer, Omit::Empty),
-            f(6, "timestamps", Ty::Bool, Shape::Single, Omit::Empty),
-            f(7, "tailLines", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(8, "limitBytes", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(9, "insecureSkipTLSVerifyBackend", Ty::Bool, Shape::Single, Omit::Empty),
-            f(10, "stream", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1125
-    Message {
-        name: "k8s.io/api/core/v1.PodPortForwardOptions",
-        fields: &[
-            f(1, "ports", Ty::Int, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1126
-    Message {
-        name: "k8s.io/api/core/v1.PodProxyOptions",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1127
-    Message {
-        name: "k8s.io/api/core/v1.PodStatusResult",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "status", Ty::Message(1104), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1128
-    Message {
-        name: "k8s.io/api/core/v1.PodTemplate",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "template", Ty::Message(166), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1129
-    Message {
-        name: "k8s.io/api/core/v1.PodTemplateList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1128), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1130
-    Message {
-        name: "k8s.io/api/core/v1.RangeAllocation",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "range", Ty::String, Shape::Single, Omit::Never),
-            f(3, "data", Ty::Bytes, Shape::Single, Omit::Never),
-        ],
-    },
-    // 1131
-    Message {
-        name: "k8s.io/api/core/v1.ReplicationController",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1132), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1133), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1132
-    Message {
-        name: "k8s.io/api/core/v1.ReplicationControllerSpec",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Pointer, Omit::Empty),
-            f(4, "minReadySeconds", Ty::Int, Shape::Single, Omit::Empty),
-            f(2, "selector", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "template", Ty::Message(166), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1133
-    Message {
-        name: "k8s.io/api/core/v1.ReplicationControllerStatus",
-        fields: &[
-            f(1, "replicas", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "fullyLabeledReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(4, "readyReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(5, "availableReplicas", Ty::Int, Shape::Single, Omit::Empty),
-            f(3, "observedGeneration", Ty::Int, Shape::Single, Omit::Empty),
-            f(6, "conditions", Ty::Message(1134), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1134
-    Message {
-        name: "k8s.io/api/core/v1.ReplicationControllerCondition",
-        fields: &[
-            f(1, "type", Ty::String, Shape::Single, Omit::Never),
-            f(2, "status", Ty::String, Shape::Single, Omit::Never),
-            f(3, "lastTransitionTime", Ty::Time, Shape::Single, Omit::Empty),
-            f(4, "reason", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "message", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1135
-    Message {
-        name: "k8s.io/api/core/v1.ReplicationControllerList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1131), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1136
-    Message {
-        name: "k8s.io/api/core/v1.ResourceQuota",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1137), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1140), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1137
-    Message {
-        name: "k8s.io/api/core/v1.ResourceQuotaSpec",
-        fields: &[
-            f(1, "hard", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(2, "scopes", Ty::String, Shape::Repeated, Omit::Empty),
-            f(3, "scopeSelector", Ty::Message(1138), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1138
-    Message {
-        name: "k8s.io/api/core/v1.ScopeSelector",
-        fields: &[
-            f(1, "matchExpressions", Ty::Message(1139), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1139
-    Message {
-        name: "k8s.io/api/core/v1.ScopedResourceSelectorRequirement",
-        fields: &[
-            f(1, "scopeName", Ty::String, Shape::Single, Omit::Never),
-            f(2, "operator", Ty::String, Shape::Single, Omit::Never),
-            f(3, "values", Ty::String, Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1140
-    Message {
-        name: "k8s.io/api/core/v1.ResourceQuotaStatus",
-        fields: &[
-            f(1, "hard", Ty::Quantity, Shape::Map, Omit::Empty),
-            f(2, "used", Ty::Quantity, Shape::Map, Omit::Empty),
-        ],
-    },
-    // 1141
-    Message {
-        name: "k8s.io/api/core/v1.ResourceQuotaList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1136), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1142
-    Message {
-        name: "k8s.io/api/core/v1.Secret",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(5, "immutable", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(2, "data", Ty::Bytes, Shape::Map, Omit::Empty),
-            f(4, "stringData", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "type", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1143
-    Message {
-        name: "k8s.io/api/core/v1.SecretList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1142), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1144
-    Message {
-        name: "k8s.io/api/core/v1.SerializedReference",
-        fields: &[
-            f(1, "reference", Ty::Message(492), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1145
-    Message {
-        name: "k8s.io/api/core/v1.Service",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "spec", Ty::Message(1146), Shape::Single, Omit::Empty),
-            f(3, "status", Ty::Message(1150), Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1146
-    Message {
-        name: "k8s.io/api/core/v1.ServiceSpec",
-        fields: &[
-            f(1, "ports", Ty::Message(1147), Shape::Repeated, Omit::Empty),
-            f(2, "selector", Ty::String, Shape::Map, Omit::Empty),
-            f(3, "clusterIP", Ty::String, Shape::Single, Omit::Empty),
-            f(18, "clusterIPs", Ty::String, Shape::Repeated, Omit::Empty),
-            f(4, "type", Ty::String, Shape::Single, Omit::Empty),
-            f(5, "externalIPs", Ty::String, Shape::Repeated, Omit::Empty),
-            f(7, "sessionAffinity", Ty::String, Shape::Single, Omit::Empty),
-            f(8, "loadBalancerIP", Ty::String, Shape::Single, Omit::Empty),
-            f(9, "loadBalancerSourceRanges", Ty::String, Shape::Repeated, Omit::Empty),
-            f(10, "externalName", Ty::String, Shape::Single, Omit::Empty),
-            f(11, "externalTrafficPolicy", Ty::String, Shape::Single, Omit::Empty),
-            f(12, "healthCheckNodePort", Ty::Int, Shape::Single, Omit::Empty),
-            f(13, "publishNotReadyAddresses", Ty::Bool, Shape::Single, Omit::Empty),
-            f(14, "sessionAffinityConfig", Ty::Message(1148), Shape::Pointer, Omit::Empty),
-            f(19, "ipFamilies", Ty::String, Shape::Repeated, Omit::Empty),
-            f(17, "ipFamilyPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(20, "allocateLoadBalancerNodePorts", Ty::Bool, Shape::Pointer, Omit::Empty),
-            f(21, "loadBalancerClass", Ty::String, Shape::Pointer, Omit::Empty),
-            f(22, "internalTrafficPolicy", Ty::String, Shape::Pointer, Omit::Empty),
-            f(23, "trafficDistribution", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1147
-    Message {
-        name: "k8s.io/api/core/v1.ServicePort",
-        fields: &[
-            f(1, "name", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "protocol", Ty::String, Shape::Single, Omit::Empty),
-            f(6, "appProtocol", Ty::String, Shape::Pointer, Omit::Empty),
-            f(3, "port", Ty::Int, Shape::Single, Omit::Never),
-            f(4, "targetPort", Ty::IntOrString, Shape::Single, Omit::Empty),
-            f(5, "nodePort", Ty::Int, Shape::Single, Omit::Empty),
-        ],
-    },
-    // 1148
-    Message {
-        name: "k8s.io/api/core/v1.SessionAffinityConfig",
-        fields: &[
-            f(1, "clientIP", Ty::Message(1149), Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1149
-    Message {
-        name: "k8s.io/api/core/v1.ClientIPConfig",
-        fields: &[
-            f(1, "timeoutSeconds", Ty::Int, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1150
-    Message {
-        name: "k8s.io/api/core/v1.ServiceStatus",
-        fields: &[
-            f(1, "loadBalancer", Ty::Message(1151), Shape::Single, Omit::Empty),
-            f(2, "conditions", Ty::Message(32), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1151
-    Message {
-        name: "k8s.io/api/core/v1.LoadBalancerStatus",
-        fields: &[
-            f(1, "ingress", Ty::Message(1152), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1152
-    Message {
-        name: "k8s.io/api/core/v1.LoadBalancerIngress",
-        fields: &[
-            f(1, "ip", Ty::String, Shape::Single, Omit::Empty),
-            f(2, "hostname", Ty::String, Shape::Single, Omit::Empty),
-            f(3, "ipMode", Ty::String, Shape::Pointer, Omit::Empty),
-            f(4, "ports", Ty::Message(1153), Shape::Repeated, Omit::Empty),
-        ],
-    },
-    // 1153
-    Message {
-        name: "k8s.io/api/core/v1.PortStatus",
-        fields: &[
-            f(1, "port", Ty::Int, Shape::Single, Omit::Never),
-            f(2, "protocol", Ty::String, Shape::Single, Omit::Never),
-            f(3, "error", Ty::String, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1154
-    Message {
-        name: "k8s.io/api/core/v1.ServiceAccount",
-        fields: &[
-            f(1, "metadata", Ty::Message(6), Shape::Single, Omit::Empty),
-            f(2, "secrets", Ty::Message(492), Shape::Repeated, Omit::Empty),
-            f(3, "imagePullSecrets", Ty::Message(179), Shape::Repeated, Omit::Empty),
-            f(4, "automountServiceAccountToken", Ty::Bool, Shape::Pointer, Omit::Empty),
-        ],
-    },
-    // 1155
-    Message {
-        name: "k8s.io/api/core/v1.ServiceAccountList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1154), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1156
-    Message {
-        name: "k8s.io/api/core/v1.ServiceList",
-        fields: &[
-            f(1, "metadata", Ty::Message(18), Shape::Single, Omit::Empty),
-            f(2, "items", Ty::Message(1145), Shape::Repeated, Omit::Never),
-        ],
-    },
-    // 1157
-    Message {
-        name: "k8s.io/api/core/v1.ServiceProxyOptions",
-        fields: &[
-            f(1, "path", Ty::String, Shape::Single, Omit::Empty),
-        ],
-    },
+    m(4073, 50, 0, 3), // 0
+    m(4156, 50, 3, 6), // 1
+    m(4318, 50, 9, 2), // 2
+    m(4386, 47, 11, 1), // 3
+    m(4433, 48, 12, 10), // 4
+    m(4595, 64, 22, 2), // 5
+    m(4675, 47, 24, 15), // 6
+    m(4880, 51, 39, 6), // 7
+    m(4973, 55, 45, 7), // 8
+    m(5077, 51, 52, 12), // 9
+    m(5267, 55, 64, 3), // 10
+    m(5340, 52, 67, 4), // 11
+    m(5400, 54, 71, 2), // 12
+    m(5464, 40, 73, 4), // 13
+    m(5538, 50, 77, 2), // 14
+    m(5615, 61, 79, 3), // 15
+    m(5693, 50, 82, 2), // 16
+    m(5753, 68, 84, 2), // 17
+    m(5826, 45, 86, 4), // 18
+    m(5889, 49, 90, 4), // 19
+    m(5943, 50, 94, 3), // 20
+    m(5993, 61, 97, 3), // 21
+    m(6064, 65, 100, 7), // 22
+    m(6190, 45, 107, 2), // 23
+    m(6235, 50, 109, 5), // 24
+    m(6318, 59, 114, 2), // 25
+    m(6390, 46, 116, 4), // 26
+    m(6466, 51, 120, 2), // 27
+    m(6532, 44, 122, 2), // 28
+    m(6576, 67, 124, 3), // 29
+    m(6683, 48, 127, 1), // 30
+    m(6749, 53, 128, 2), // 31
+    m(6817, 46, 130, 6), // 32
+    m(6885, 68, 136, 2), // 33
+    m(6953, 72, 138, 4), // 34
+    m(7074, 44, 142, 4), // 35
+    m(7149, 72, 146, 2), // 36
+    m(7221, 65, 148, 2), // 37
+    m(7286, 66, 150, 2), // 38
+    m(7352, 53, 152, 11), // 39
+    m(7405, 70, 163, 2), // 40
+    m(7475, 47, 165, 2), // 41
+    m(7528, 65, 167, 2), // 42
+    m(7593, 69, 169, 7), // 43
+    m(7671, 51, 176, 2), // 44
+    m(7722, 56, 178, 5), // 45
+    m(7778, 65, 183, 2), // 46
+    m(7843, 50, 185, 2), // 47
+    m(7893, 50, 187, 3), // 48
+    m(7979, 60, 190, 1), // 49
+    m(8039, 51, 191, 1), // 50
+    m(8090, 56, 192, 2), // 51
+    m(8146, 72, 194, 2), // 52
+    m(8218, 76, 196, 3), // 53
+    m(8294, 50, 199, 4), // 54
+    m(8344, 76, 203, 2), // 55
+    m(8420, 69, 205, 2), // 56
+    m(8489, 67, 207, 3), // 57
+    m(8556, 71, 210, 7), // 58
+    m(8627, 52, 217, 4), // 59
+    m(8679, 57, 221, 2), // 60
+    m(8736, 73, 223, 3), // 61
+    m(8809, 54, 226, 1), // 62
+    m(8863, 59, 227, 2), // 63
+    m(8922, 74, 229, 2), // 64
+    m(8996, 78, 231, 4), // 65
+    m(9074, 78, 235, 2), // 66
+    m(9152, 71, 237, 2), // 67
+    m(9223, 64, 239, 2), // 68
+    m(9287, 68, 241, 7), // 69
+    m(9355, 50, 248, 2), // 70
+    m(9405, 55, 250, 5), // 71
+    m(9460, 64, 255, 2), // 72
+    m(9524, 49, 257, 2), // 73
+    m(9573, 49, 259, 3), // 74
+    m(9622, 59, 262, 1), // 75
+    m(9681, 50, 263, 1), // 76
+    m(9731, 55, 264, 2), // 77
+    m(9786, 71, 266, 2), // 78
+    m(9857, 75, 268, 3), // 79
+    m(9932, 49, 271, 4), // 80
+    m(9981, 75, 275, 2), // 81
+    m(10056, 68, 277, 2), // 82
+    m(10124, 69, 279, 2), // 83
+    m(10193, 56, 281, 12), // 84
+    m(10249, 60, 293, 3), // 85
+    m(10309, 57, 296, 4), // 86
+    m(10366, 73, 300, 2), // 87
+    m(10439, 66, 302, 3), // 88
+    m(10505, 70, 305, 7), // 89
+    m(10575, 51, 312, 4), // 90
+    m(10626, 56, 316, 2), // 91
+    m(10682, 72, 318, 3), // 92
+    m(10754, 53, 321, 1), // 93
+    m(10807, 58, 322, 2), // 94
+    m(10865, 73, 324, 2), // 95
+    m(10938, 77, 326, 4), // 96
+    m(11015, 77, 330, 2), // 97
+    m(11092, 70, 332, 2), // 98
+    m(11162, 71, 334, 2), // 99
+    m(11233, 58, 336, 11), // 100
+    m(11291, 75, 347, 2), // 101
+    m(11366, 73, 349, 2), // 102
+    m(11454, 74, 351, 3), // 103
+    m(11552, 75, 354, 3), // 104
+    m(11649, 43, 357, 6), // 105
+    m(11703, 50, 363, 6), // 106
+    m(11781, 48, 369, 3), // 107
+    m(11834, 81, 372, 3), // 108
+    m(11915, 85, 375, 6), // 109
+    m(12044, 86, 381, 6), // 110
+    m(12172, 88, 387, 9), // 111
+    m(12359, 81, 396, 1), // 112
+    m(12455, 72, 397, 44), // 113
+    m(13030, 78, 441, 2), // 114
+    m(13108, 71, 443, 6), // 115
+    m(13207, 83, 449, 2), // 116
+    m(13295, 88, 451, 0), // 117
+    m(13383, 87, 451, 3), // 118
+    m(13521, 87, 454, 6), // 119
+    m(13624, 72, 460, 1), // 120
+    m(13696, 81, 461, 2), // 121
+    m(13792, 74, 463, 2), // 122
+    m(13890, 76, 465, 3), // 123
+    m(13966, 73, 468, 4), // 124
+    m(14039, 87, 472, 4), // 125
+    m(14153, 90, 476, 6), // 126
+    m(14243, 85, 482, 2), // 127
+    m(14328, 78, 484, 2), // 128
+    m(14406, 79, 486, 3), // 129
+    m(14485, 80, 489, 3), // 130
+    m(14565, 86, 492, 3), // 131
+    m(14651, 90, 495, 11), // 132
+    m(14758, 91, 506, 6), // 133
+    m(14849, 86, 512, 1), // 134
+    m(14935, 77, 513, 44), // 135
+    m(15012, 83, 557, 2), // 136
+    m(15095, 76, 559, 6), // 137
+    m(15171, 88, 565, 2), // 138
+    m(15259, 93, 567, 0), // 139
+    m(15352, 92, 567, 3), // 140
+    m(15444, 93, 570, 9), // 141
+    m(15537, 92, 579, 6), // 142
+    m(15637, 77, 585, 1), // 143
+    m(15714, 86, 586, 3), // 144
+    m(15819, 81, 589, 3), // 145
+    m(15900, 78, 592, 4), // 146
+    m(15978, 92, 596, 4), // 147
+    m(16070, 95, 600, 6), // 148
+    m(16165, 90, 606, 2), // 149
+    m(16255, 61, 608, 3), // 150
+    m(16316, 65, 611, 7), // 151
+    m(16437, 67, 618, 3), // 152
+    m(16504, 67, 621, 1), // 153
+    m(16571, 70, 622, 5), // 154
+    m(16641, 65, 627, 2), // 155
+    m(16706, 66, 629, 3), // 156
+    m(16772, 70, 632, 7), // 157
+    m(16842, 72, 639, 3), // 158
+    m(16914, 72, 642, 1), // 159
+    m(16986, 75, 643, 5), // 160
+    m(17061, 70, 648, 2), // 161
+    m(17131, 37, 650, 3), // 162
+    m(17180, 41, 653, 2), // 163
+    m(17221, 28, 655, 3), // 164
+    m(17249, 32, 658, 5), // 165
+    m(17338, 34, 663, 2), // 166
+    m(17372, 26, 665, 42), // 167
+    m(17944, 25, 707, 2), // 168
+    m(17969, 31, 709, 30), // 169
+    m(18272, 39, 739, 2), // 170
+    m(18311, 39, 741, 2), // 171
+    m(18365, 48, 743, 4), // 172
+    m(18442, 51, 747, 4), // 173
+    m(18501, 38, 751, 3), // 174
+    m(18558, 37, 754, 4), // 175
+    m(18624, 28, 758, 3), // 176
+    m(18656, 34, 761, 3), // 177
+    m(18696, 36, 764, 11), // 178
+    m(18825, 39, 775, 1), // 179
+    m(18864, 40, 776, 3), // 180
+    m(18913, 52, 779, 2), // 181
+    m(18974, 34, 781, 8), // 182
+    m(19031, 35, 789, 5), // 183
+    m(19079, 37, 794, 4), // 184
+    m(19116, 37, 798, 6), // 185
+    m(19163, 38, 804, 2), // 186
+    m(19223, 42, 806, 2), // 187
+    m(19265, 40, 808, 4), // 188
+    m(19321, 38, 812, 2), // 189
+    m(19359, 40, 814, 3), // 190
+    m(19427, 33, 817, 5), // 191
+    m(19475, 40, 822, 3), // 192
+    m(19524, 40, 825, 4), // 193
+    m(19564, 49, 829, 4), // 194
+    m(19655, 38, 833, 6), // 195
+    m(19713, 40, 839, 6), // 196
+    m(19779, 51, 845, 2), // 197
+    m(19834, 40, 847, 2), // 198
+    m(19881, 35, 849, 6), // 199
+    m(19967, 35, 855, 3), // 200
+    m(20002, 40, 858, 1), // 201
+    m(20042, 38, 859, 3), // 202
+    m(20080, 48, 862, 3), // 203
+    m(20153, 47, 865, 5), // 204
+    m(20210, 43, 870, 7), // 205
+    m(20342, 39, 877, 3), // 206
+    m(20381, 38, 880, 10), // 207
+    m(20490, 40, 890, 5), // 208
+    m(20545, 34, 895, 5), // 209
+    m(20615, 40, 900, 1), // 210
+    m(20674, 48, 901, 2), // 211
+    m(20722, 44, 903, 9), // 212
+    m(20851, 45, 912, 2), // 213
+    m(20910, 44, 914, 3), // 214
+    m(20962, 39, 917, 4), // 215
+    m(21001, 36, 921, 2), // 216
+    m(21056, 28, 923, 25), // 217
+    m(21301, 32, 948, 5), // 218
+    m(21368, 32, 953, 3), // 219
+    m(21418, 37, 956, 2), // 220
+    m(21455, 34, 958, 2), // 221
+    m(21489, 25, 960, 3), // 222
+    m(21528, 31, 963, 5), // 223
+    m(21596, 39, 968, 3), // 224
+    m(21635, 36, 971, 3), // 225
+    m(21671, 34, 974, 4), // 226
+    m(21705, 39, 978, 3), // 227
+    m(21750, 32, 981, 2), // 228
+    m(21782, 40, 983, 2), // 229
+    m(21834, 39, 985, 2), // 230
+    m(21888, 50, 987, 2), // 231
+    m(21938, 30, 989, 7), // 232
+    m(22028, 31, 996, 2), // 233
+    m(22069, 24, 998, 7), // 234
+    m(22157, 31, 1005, 4), // 235
+    m(22212, 29, 1009, 1), // 236
+    m(22241, 32, 1010, 5), // 237
+    m(22294, 29, 1015, 2), // 238
+    m(22323, 34, 1017, 2), // 239
+    m(22357, 29, 1019, 2), // 240
+    m(22386, 28, 1021, 3), // 241
+    m(22440, 35, 1024, 4), // 242
+    m(22480, 30, 1028, 1), // 243
+    m(22517, 34, 1029, 12), // 244
+    m(22716, 31, 1041, 2), // 245
+    m(22754, 33, 1043, 4), // 246
+    m(22796, 48, 1047, 4), // 247
+    m(22908, 33, 1051, 2), // 248
+    m(22957, 34, 1053, 2), // 249
+    m(22991, 37, 1055, 2), // 250
+    m(23047, 43, 1057, 25), // 251
+    m(23090, 37, 1082, 13), // 252
+    m(23221, 25, 1095, 2), // 253
+    m(23246, 27, 1097, 3), // 254
+    m(23311, 31, 1100, 2), // 255
+    m(23435, 31, 1102, 1), // 256
+    m(23483, 35, 1103, 2), // 257
+    m(23529, 42, 1105, 3), // 258
+    m(23571, 42, 1108, 2), // 259
+    m(23629, 30, 1110, 2), // 260
+    m(23659, 34, 1112, 6), // 261
+    m(23745, 42, 1118, 2), // 262
+    m(23802, 34, 1120, 2), // 263
+    m(23836, 29, 1122, 5), // 264
+    m(23888, 28, 1127, 2), // 265
+    m(23927, 31, 1129, 3), // 266
+    m(23977, 37, 1132, 2), // 267
+    m(24014, 35, 1134, 1), // 268
+    m(24062, 43, 1135, 8), // 269
+    m(24173, 24, 1143, 1), // 270
+    m(24197, 36, 1144, 1), // 271
+    m(24233, 35, 1145, 3), // 272
+    m(24310, 36, 1148, 3), // 273
+    m(24372, 42, 1151, 2), // 274
+    m(24427, 41, 1153, 2), // 275
+    m(24490, 34, 1155, 10), // 276
+    m(24665, 37, 1165, 5), // 277
+    m(24702, 32, 1170, 2), // 278
+    m(24734, 29, 1172, 3), // 279
+    m(24763, 33, 1175, 8), // 280
+    m(24833, 37, 1183, 2), // 281
+    m(24870, 42, 1185, 2), // 282
+    m(24912, 35, 1187, 9), // 283
+    m(25030, 38, 1196, 6), // 284
+    m(25082, 33, 1202, 2), // 285
+    m(25115, 29, 1204, 3), // 286
+    m(25144, 33, 1207, 4), // 287
+    m(25177, 35, 1211, 7), // 288
+    m(25232, 38, 1218, 5), // 289
+    m(25270, 33, 1223, 2), // 290
+    m(25303, 30, 1225, 3), // 291
+    m(25333, 34, 1228, 11), // 292
+    m(25461, 40, 1239, 3), // 293
+    m(25501, 46, 1242, 8), // 294
+    m(25653, 49, 1250, 6), // 295
+    m(25715, 37, 1256, 2), // 296
+    m(25783, 44, 1258, 2), // 297
+    m(25827, 51, 1260, 2), // 298
+    m(25878, 66, 1262, 2), // 299
+    m(25965, 38, 1264, 1), // 300
+    m(26008, 36, 1265, 10), // 301
+    m(26088, 39, 1275, 5), // 302
+    m(26127, 34, 1280, 2), // 303
+    m(26161, 42, 1282, 3), // 304
+    m(26203, 46, 1285, 2), // 305
+    m(26249, 34, 1287, 3), // 306
+    m(26283, 38, 1290, 9), // 307
+    m(26331, 42, 1299, 2), // 308
+    m(26373, 47, 1301, 2), // 309
+    m(26420, 38, 1303, 1), // 310
+    m(26458, 40, 1304, 9), // 311
+    m(26498, 43, 1313, 6), // 312
+    m(26541, 38, 1319, 2), // 313
+    m(26579, 42, 1321, 3), // 314
+    m(26639, 29, 1324, 3), // 315
+    m(26668, 33, 1327, 1), // 316
+    m(26701, 35, 1328, 3), // 317
+    m(26750, 35, 1331, 3), // 318
+    m(26785, 39, 1334, 11), // 319
+    m(26824, 49, 1345, 2), // 320
+    m(26873, 56, 1347, 2), // 321
+    m(26929, 71, 1349, 2), // 322
+    m(27000, 43, 1351, 1), // 323
+    m(27043, 41, 1352, 10), // 324
+    m(27084, 44, 1362, 5), // 325
+    m(27128, 39, 1367, 2), // 326
+    m(27167, 42, 1369, 3), // 327
+    m(27209, 46, 1372, 2), // 328
+    m(27255, 33, 1374, 3), // 329
+    m(27288, 37, 1377, 5), // 330
+    m(27325, 47, 1382, 2), // 331
+    m(27372, 46, 1384, 2), // 332
+    m(27418, 39, 1386, 10), // 333
+    m(27457, 42, 1396, 5), // 334
+    m(27499, 37, 1401, 2), // 335
+    m(27536, 34, 1403, 3), // 336
+    m(27570, 38, 1406, 8), // 337
+    m(27608, 42, 1414, 2), // 338
+    m(27650, 47, 1416, 2), // 339
+    m(27697, 40, 1418, 9), // 340
+    m(27737, 43, 1427, 6), // 341
+    m(27780, 38, 1433, 2), // 342
+    m(27818, 34, 1435, 3), // 343
+    m(27852, 38, 1438, 4), // 344
+    m(27890, 40, 1442, 7), // 345
+    m(27930, 43, 1449, 5), // 346
+    m(27973, 38, 1454, 2), // 347
+    m(28011, 29, 1456, 3), // 348
+    m(28040, 33, 1459, 1), // 349
+    m(28073, 35, 1460, 3), // 350
+    m(28108, 35, 1463, 3), // 351
+    m(28143, 39, 1466, 11), // 352
+    m(28182, 49, 1477, 2), // 353
+    m(28231, 56, 1479, 2), // 354
+    m(28287, 71, 1481, 2), // 355
+    m(28358, 43, 1483, 1), // 356
+    m(28401, 41, 1484, 10), // 357
+    m(28442, 44, 1494, 5), // 358
+    m(28486, 39, 1499, 2), // 359
+    m(28525, 46, 1501, 2), // 360
+    m(28571, 52, 1503, 1), // 361
+    m(28631, 37, 1504, 4), // 362
+    m(28687, 41, 1508, 3), // 363
+    m(28728, 45, 1511, 3), // 364
+    m(28796, 49, 1514, 4), // 365
+    m(28845, 47, 1518, 2), // 366
+    m(28916, 40, 1520, 3), // 367
+    m(28956, 44, 1523, 2), // 368
+    m(29000, 46, 1525, 4), // 369
+    m(29064, 52, 1529, 2), // 370
+    m(29116, 58, 1531, 1), // 371
+    m(29174, 51, 1532, 2), // 372
+    m(29225, 57, 1534, 1), // 373
+    m(29282, 45, 1535, 3), // 374
+    m(29327, 49, 1538, 2), // 375
+    m(29376, 51, 1540, 4), // 376
+    m(29427, 42, 1544, 4), // 377
+    m(29469, 52, 1548, 3), // 378
+    m(29521, 51, 1551, 6), // 379
+    m(29611, 46, 1557, 9), // 380
+    m(29661, 51, 1566, 2), // 381
+    m(29735, 61, 1568, 3), // 382
+    m(29796, 51, 1571, 2), // 383
+    m(29847, 49, 1573, 2), // 384
+    m(29896, 53, 1575, 4), // 385
+    m(29977, 51, 1579, 3), // 386
+    m(30028, 55, 1582, 2), // 387
+    m(30083, 50, 1584, 3), // 388
+    m(30133, 54, 1587, 1), // 389
+    m(30187, 52, 1588, 4), // 390
+    m(30265, 40, 1592, 4), // 391
+    m(30310, 43, 1596, 2), // 392
+    m(30368, 47, 1598, 3), // 393
+    m(30415, 57, 1601, 3), // 394
+    m(30472, 56, 1604, 6), // 395
+    m(30528, 51, 1610, 9), // 396
+    m(30579, 54, 1619, 2), // 397
+    m(30633, 58, 1621, 4), // 398
+    m(30691, 56, 1625, 3), // 399
+    m(30747, 60, 1628, 2), // 400
+    m(30807, 55, 1630, 3), // 401
+    m(30862, 59, 1633, 1), // 402
+    m(30921, 57, 1634, 4), // 403
+    m(30978, 45, 1638, 4), // 404
+    m(31023, 48, 1642, 2), // 405
+    m(31071, 52, 1644, 3), // 406
+    m(31123, 49, 1647, 3), // 407
+    m(31172, 53, 1650, 4), // 408
+    m(31291, 53, 1654, 3), // 409
+    m(31344, 55, 1657, 5), // 410
+    m(31458, 53, 1662, 2), // 411
+    m(31511, 31, 1664, 3), // 412
+    m(31542, 35, 1667, 1), // 413
+    m(31577, 37, 1668, 2), // 414
+    m(31614, 49, 1670, 3), // 415
+    m(31663, 53, 1673, 5), // 416
+    m(31731, 53, 1678, 3), // 417
+    m(31784, 36, 1681, 6), // 418
+    m(31849, 44, 1687, 3), // 419
+    m(31920, 38, 1690, 4), // 420
+    m(31988, 42, 1694, 2), // 421
+    m(32030, 42, 1696, 2), // 422
+    m(32072, 46, 1698, 2), // 423
+    m(32118, 55, 1700, 3), // 424
+    m(32182, 46, 1703, 2), // 425
+    m(32228, 57, 1705, 2), // 426
+    m(32301, 41, 1707, 4), // 427
+    m(32397, 42, 1711, 3), // 428
+    m(32439, 55, 1714, 6), // 429
+    m(32508, 38, 1720, 6), // 430
+    m(32546, 44, 1726, 3), // 431
+    m(32597, 43, 1729, 3), // 432
+    m(32640, 42, 1732, 2), // 433
+    m(32682, 46, 1734, 2), // 434
+    m(32728, 55, 1736, 3), // 435
+    m(32783, 46, 1739, 2), // 436
+    m(32829, 58, 1741, 5), // 437
+    m(32887, 53, 1746, 2), // 438
+    m(32940, 54, 1748, 3), // 439
+    m(32994, 58, 1751, 4), // 440
+    m(33052, 58, 1755, 3), // 441
+    m(33110, 41, 1758, 6), // 442
+    m(33151, 49, 1764, 5), // 443
+    m(33221, 47, 1769, 3), // 444
+    m(33286, 51, 1772, 3), // 445
+    m(33361, 60, 1775, 4), // 446
+    m(33421, 51, 1779, 4), // 447
+    m(33486, 60, 1783, 6), // 448
+    m(33546, 43, 1789, 6), // 449
+    m(33589, 49, 1795, 5), // 450
+    m(33650, 47, 1800, 3), // 451
+    m(33716, 51, 1803, 3), // 452
+    m(33792, 60, 1806, 4), // 453
+    m(33852, 51, 1810, 4), // 454
+    m(33903, 63, 1814, 5), // 455
+    m(33966, 58, 1819, 2), // 456
+    m(34024, 54, 1821, 3), // 457
+    m(34078, 58, 1824, 5), // 458
+    m(34136, 58, 1829, 3), // 459
+    m(34194, 41, 1832, 6), // 460
+    m(34235, 49, 1838, 3), // 461
+    m(34284, 43, 1841, 4), // 462
+    m(34327, 47, 1845, 2), // 463
+    m(34374, 47, 1847, 2), // 464
+    m(34421, 51, 1849, 2), // 465
+    m(34472, 60, 1851, 3), // 466
+    m(34532, 51, 1854, 2), // 467
+    m(34583, 62, 1856, 2), // 468
+    m(34645, 46, 1858, 3), // 469
+    m(34691, 47, 1861, 3), // 470
+    m(34738, 60, 1864, 6), // 471
+    m(34798, 43, 1870, 6), // 472
+    m(34841, 49, 1876, 3), // 473
+    m(34890, 48, 1879, 3), // 474
+    m(34938, 47, 1882, 2), // 475
+    m(34985, 51, 1884, 2), // 476
+    m(35036, 60, 1886, 3), // 477
+    m(35096, 51, 1889, 2), // 478
+    m(35147, 63, 1891, 5), // 479
+    m(35210, 58, 1896, 2), // 480
+    m(35268, 27, 1898, 3), // 481
+    m(35295, 31, 1901, 8), // 482
+    m(35448, 35, 1909, 2), // 483
+    m(35483, 27, 1911, 16), // 484
+    m(35689, 36, 1927, 1), // 485
+    m(35725, 40, 1928, 3), // 486
+    m(35791, 58, 1931, 3), // 487
+    m(35849, 58, 1934, 2), // 488
+    m(35907, 33, 1936, 1), // 489
+    m(35940, 37, 1937, 2), // 490
+    m(36007, 33, 1939, 3), // 491
+    m(36080, 34, 1942, 7), // 492
+    m(36114, 31, 1949, 2), // 493
+    m(36145, 23, 1951, 3), // 494
+    m(36168, 29, 1954, 11), // 495
+    m(36303, 32, 1965, 6), // 496
+    m(36335, 43, 1971, 2), // 497
+    m(36378, 27, 1973, 2), // 498
+    m(36405, 32, 1975, 3), // 499
+    m(36437, 36, 1978, 8), // 500
+    m(36473, 40, 1986, 2), // 501
+    m(36513, 38, 1988, 3), // 502
+    m(36551, 36, 1991, 2), // 503
+    m(36587, 52, 1993, 3), // 504
+    m(36639, 56, 1996, 8), // 505
+    m(36701, 58, 2004, 2), // 506
+    m(36770, 61, 2006, 6), // 507
+    m(36831, 56, 2012, 2), // 508
+    m(36887, 51, 2014, 2), // 509
+    m(36938, 55, 2016, 2), // 510
+    m(37004, 55, 2018, 2), // 511
+    m(37059, 57, 2020, 3), // 512
+    m(37116, 61, 2023, 8), // 513
+    m(37177, 63, 2031, 2), // 514
+    m(37240, 66, 2033, 6), // 515
+    m(37306, 61, 2039, 2), // 516
+    m(37367, 50, 2041, 2), // 517
+    m(37417, 54, 2043, 2), // 518
+    m(37471, 54, 2045, 2), // 519
+    m(37525, 53, 2047, 3), // 520
+    m(37578, 57, 2050, 11), // 521
+    m(37727, 59, 2061, 5), // 522
+    m(37833, 57, 2066, 2), // 523
+    m(37890, 32, 2068, 2), // 524
+    m(37922, 36, 2070, 7), // 525
+    m(38043, 36, 2077, 2), // 526
+    m(38079, 47, 2079, 2), // 527
+    m(38126, 51, 2081, 6), // 528
+    m(38223, 51, 2087, 2), // 529
+    m(38274, 37, 2089, 2), // 530
+    m(38311, 41, 2091, 7), // 531
+    m(38352, 46, 2098, 2), // 532
+    m(38398, 50, 2100, 6), // 533
+    m(38448, 50, 2106, 2), // 534
+    m(38498, 41, 2108, 2), // 535
+    m(38539, 37, 2110, 4), // 536
+    m(38587, 32, 2114, 8), // 537
+    m(38664, 42, 2122, 3), // 538
+    m(38713, 37, 2125, 2), // 539
+    m(38766, 31, 2127, 1), // 540
+    m(38797, 31, 2128, 1), // 541
+    m(38828, 36, 2129, 4), // 542
+    m(38875, 41, 2133, 2), // 543
+    m(38916, 42, 2135, 4), // 544
+    m(38958, 37, 2139, 7), // 545
+    m(39003, 47, 2146, 3), // 546
+    m(39050, 42, 2149, 2), // 547
+    m(39092, 36, 2151, 1), // 548
+    m(39128, 36, 2152, 1), // 549
+    m(39164, 41, 2153, 4), // 550
+    m(39205, 46, 2157, 2), // 551
+    m(39251, 26, 2159, 15), // 552
+    m(39426, 32, 2174, 2), // 553
+    m(39479, 30, 2176, 2), // 554
+    m(39518, 30, 2178, 2), // 555
+    m(39548, 31, 2180, 15), // 556
+    m(39579, 37, 2195, 2), // 557
+    m(39616, 35, 2197, 2), // 558
+    m(39651, 39, 2199, 3), // 559
+    m(39690, 43, 2202, 6), // 560
+    m(39751, 53, 2208, 2), // 561
+    m(39804, 52, 2210, 2), // 562
+    m(39856, 45, 2212, 10), // 563
+    m(39901, 48, 2222, 5), // 564
+    m(39949, 43, 2227, 2), // 565
+    m(39992, 40, 2229, 3), // 566
+    m(40032, 44, 2232, 9), // 567
+    m(40076, 48, 2241, 2), // 568
+    m(40124, 53, 2243, 2), // 569
+    m(40177, 44, 2245, 1), // 570
+    m(40221, 46, 2246, 9), // 571
+    m(40267, 49, 2255, 6), // 572
+    m(40316, 44, 2261, 2), // 573
+    m(40360, 48, 2263, 3), // 574
+    m(40408, 37, 2266, 3), // 575
+    m(40445, 41, 2269, 4), // 576
+    m(40512, 44, 2273, 3), // 577
+    m(40567, 40, 2276, 2), // 578
+    m(40612, 41, 2278, 2), // 579
+    m(40653, 46, 2280, 1), // 580
+    m(40703, 50, 2281, 1), // 581
+    m(40758, 45, 2282, 3), // 582
+    m(40811, 43, 2285, 1), // 583
+    m(40866, 55, 2286, 1), // 584
+    m(40928, 56, 2287, 3), // 585
+    m(40984, 47, 2290, 3), // 586
+    m(41031, 41, 2293, 2), // 587
+    m(41072, 43, 2295, 2), // 588
+    m(41115, 47, 2297, 4), // 589
+    m(41190, 54, 2301, 2), // 590
+    m(41248, 47, 2303, 3), // 591
+    m(41302, 47, 2306, 3), // 592
+    m(41356, 37, 2309, 2), // 593
+    m(41403, 53, 2311, 2), // 594
+    m(41458, 47, 2313, 2), // 595
+    m(41505, 40, 2315, 3), // 596
+    m(41545, 44, 2318, 4), // 597
+    m(41589, 46, 2322, 7), // 598
+    m(41635, 49, 2329, 5), // 599
+    m(41684, 44, 2334, 2), // 600
+    m(41728, 35, 2336, 3), // 601
+    m(41763, 39, 2339, 1), // 602
+    m(41802, 41, 2340, 3), // 603
+    m(41843, 36, 2343, 3), // 604
+    m(41879, 40, 2346, 4), // 605
+    m(41982, 61, 2350, 1), // 606
+    m(42043, 49, 2351, 1), // 607
+    m(42092, 49, 2352, 3), // 608
+    m(42149, 33, 2355, 4), // 609
+    m(42182, 37, 2359, 1), // 610
+    m(42219, 38, 2360, 1), // 611
+    m(42257, 47, 2361, 2), // 612
+    m(42304, 44, 2363, 5), // 613
+    m(42360, 47, 2368, 2), // 614
+    m(42407, 42, 2370, 1), // 615
+    m(42449, 45, 2371, 5), // 616
+    m(42494, 40, 2376, 2), // 617
+    m(42534, 52, 2378, 3), // 618
+    m(42586, 56, 2381, 3), // 619
+    m(42655, 59, 2384, 4), // 620
+    m(42787, 39, 2388, 2), // 621
+    m(42833, 46, 2390, 3), // 622
+    m(42909, 58, 2393, 2), // 623
+    m(42967, 58, 2395, 1), // 624
+    m(43025, 61, 2396, 5), // 625
+    m(43086, 56, 2401, 2), // 626
+    m(43142, 41, 2403, 3), // 627
+    m(43183, 45, 2406, 4), // 628
+    m(43228, 66, 2410, 1), // 629
+    m(43294, 54, 2411, 1), // 630
+    m(43348, 54, 2412, 3), // 631
+    m(43402, 38, 2415, 4), // 632
+    m(43440, 42, 2419, 1), // 633
+    m(43482, 43, 2420, 1), // 634
+    m(43525, 52, 2421, 2), // 635
+    m(43577, 49, 2423, 5), // 636
+    m(43626, 52, 2428, 2), // 637
+    m(43678, 47, 2430, 1), // 638
+    m(43725, 50, 2431, 5), // 639
+    m(43775, 45, 2436, 2), // 640
+    m(43820, 57, 2438, 3), // 641
+    m(43877, 61, 2441, 3), // 642
+    m(43938, 64, 2444, 4), // 643
+    m(44026, 44, 2448, 2), // 644
+    m(44070, 51, 2450, 3), // 645
+    m(44121, 63, 2453, 2), // 646
+    m(44184, 63, 2455, 1), // 647
+    m(44247, 66, 2456, 5), // 648
+    m(44313, 61, 2461, 2), // 649
+    m(44374, 41, 2463, 3), // 650
+    m(44415, 45, 2466, 4), // 651
+    m(44460, 66, 2470, 1), // 652
+    m(44526, 54, 2471, 1), // 653
+    m(44580, 54, 2472, 3), // 654
+    m(44634, 38, 2475, 4), // 655
+    m(44672, 42, 2479, 1), // 656
+    m(44714, 43, 2480, 1), // 657
+    m(44757, 52, 2481, 2), // 658
+    m(44809, 49, 2483, 5), // 659
+    m(44858, 52, 2488, 2), // 660
+    m(44910, 47, 2490, 1), // 661
+    m(44957, 50, 2491, 5), // 662
+    m(45007, 45, 2496, 2), // 663
+    m(45052, 57, 2498, 3), // 664
+    m(45109, 61, 2501, 3), // 665
+    m(45170, 64, 2504, 4), // 666
+    m(45234, 44, 2508, 2), // 667
+    m(45278, 51, 2510, 3), // 668
+    m(45329, 63, 2513, 2), // 669
+    m(45392, 63, 2515, 1), // 670
+    m(45455, 66, 2516, 5), // 671
+    m(45521, 61, 2521, 2), // 672
+    m(45582, 41, 2523, 3), // 673
+    m(45623, 45, 2526, 4), // 674
+    m(45668, 66, 2530, 1), // 675
+    m(45734, 54, 2531, 1), // 676
+    m(45788, 54, 2532, 3), // 677
+    m(45842, 38, 2535, 4), // 678
+    m(45880, 42, 2539, 1), // 679
+    m(45922, 43, 2540, 1), // 680
+    m(45965, 52, 2541, 2), // 681
+    m(46017, 49, 2543, 5), // 682
+    m(46066, 52, 2548, 2), // 683
+    m(46118, 47, 2550, 1), // 684
+    m(46165, 50, 2551, 5), // 685
+    m(46215, 45, 2556, 2), // 686
+    m(46260, 57, 2558, 3), // 687
+    m(46317, 61, 2561, 3), // 688
+    m(46378, 64, 2564, 4), // 689
+    m(46442, 44, 2568, 2), // 690
+    m(46486, 51, 2570, 3), // 691
+    m(46537, 63, 2573, 2), // 692
+    m(46600, 63, 2575, 1), // 693
+    m(46663, 66, 2576, 5), // 694
+    m(46729, 61, 2581, 2), // 695
+    m(46790, 52, 2583, 3), // 696
+    m(46842, 56, 2586, 0), // 697
+    m(46898, 58, 2586, 3), // 698
+    m(46992, 58, 2589, 4), // 699
+    m(47107, 61, 2593, 6), // 700
+    m(47168, 56, 2599, 2), // 701
+    m(47224, 58, 2601, 1), // 702
+    m(47282, 62, 2602, 2), // 703
+    m(47344, 49, 2604, 1), // 704
+    m(47406, 67, 2605, 2), // 705
+    m(47473, 34, 2607, 2), // 706
+    m(47507, 38, 2609, 1), // 707
+    m(47554, 40, 2610, 4), // 708
+    m(47594, 38, 2614, 2), // 709
+    m(47632, 32, 2616, 3), // 710
+    m(47664, 36, 2619, 4), // 711
+    m(47714, 39, 2623, 2), // 712
+    m(47753, 46, 2625, 2), // 713
+    m(47799, 43, 2627, 2), // 714
+    m(47848, 35, 2629, 2), // 715
+    m(47883, 36, 2631, 2), // 716
+    m(47919, 41, 2633, 1), // 717
+    m(47960, 45, 2634, 1), // 718
+    m(48005, 40, 2635, 3), // 719
+    m(48045, 38, 2638, 1), // 720
+    m(48083, 50, 2639, 1), // 721
+    m(48133, 51, 2640, 3), // 722
+    m(48184, 42, 2643, 3), // 723
+    m(48226, 37, 2646, 2), // 724
+    m(48263, 41, 2648, 2), // 725
+    m(48314, 56, 2650, 5), // 726
+    m(48370, 41, 2655, 2), // 727
+    m(48411, 36, 2657, 2), // 728
+    m(48447, 38, 2659, 2), // 729
+    m(48485, 42, 2661, 4), // 730
+    m(48527, 49, 2665, 2), // 731
+    m(48576, 42, 2667, 3), // 732
+    m(48618, 42, 2670, 3), // 733
+    m(48660, 32, 2673, 2), // 734
+    m(48692, 48, 2675, 2), // 735
+    m(48740, 42, 2677, 2), // 736
+    m(48782, 36, 2679, 3), // 737
+    m(48818, 40, 2682, 1), // 738
+    m(48863, 42, 2683, 1), // 739
+    m(48905, 40, 2684, 2), // 740
+    m(48945, 39, 2686, 2), // 741
+    m(48984, 43, 2688, 1), // 742
+    m(49027, 45, 2689, 4), // 743
+    m(49072, 43, 2693, 2), // 744
+    m(49115, 37, 2695, 3), // 745
+    m(49152, 41, 2698, 4), // 746
+    m(49193, 44, 2702, 3), // 747
+    m(49237, 40, 2705, 2), // 748
+    m(49277, 41, 2707, 2), // 749
+    m(49318, 46, 2709, 1), // 750
+    m(49364, 50, 2710, 1), // 751
+    m(49414, 45, 2711, 3), // 752
+    m(49459, 43, 2714, 1), // 753
+    m(49502, 55, 2715, 1), // 754
+    m(49557, 56, 2716, 3), // 755
+    m(49613, 47, 2719, 3), // 756
+    m(49660, 42, 2722, 2), // 757
+    m(49702, 46, 2724, 2), // 758
+    m(49748, 61, 2726, 5), // 759
+    m(49809, 46, 2731, 2), // 760
+    m(49855, 41, 2733, 2), // 761
+    m(49896, 41, 2735, 3), // 762
+    m(49937, 45, 2738, 1), // 763
+    m(49982, 47, 2739, 1), // 764
+    m(50029, 45, 2740, 2), // 765
+    m(50074, 31, 2742, 4), // 766
+    m(50122, 27, 2746, 1), // 767
+    m(50157, 29, 2747, 2), // 768
+    m(50186, 35, 2749, 2), // 769
+    m(50221, 37, 2751, 2), // 770
+    m(50258, 41, 2753, 3), // 771
+    m(50313, 33, 2756, 1), // 772
+    m(50346, 35, 2757, 2), // 773
+    m(50381, 41, 2759, 2), // 774
+    m(50422, 36, 2761, 4), // 775
+    m(50458, 32, 2765, 1), // 776
+    m(50490, 34, 2766, 2), // 777
+    m(50524, 40, 2768, 2), // 778
+    m(50564, 29, 2770, 2), // 779
+    m(50606, 40, 2772, 3), // 780
+    m(50646, 44, 2775, 4), // 781
+    m(50728, 46, 2779, 7), // 782
+    m(50845, 44, 2786, 2), // 783
+    m(50889, 34, 2788, 2), // 784
+    m(50923, 45, 2790, 3), // 785
+    m(50968, 49, 2793, 4), // 786
+    m(51017, 51, 2797, 7), // 787
+    m(51068, 49, 2804, 2), // 788
+    m(51117, 30, 2806, 3), // 789
+    m(51162, 29, 2809, 5), // 790
+    m(51191, 34, 2814, 1), // 791
+    m(51245, 37, 2815, 3), // 792
+    m(51289, 26, 2818, 4), // 793
+    m(51315, 26, 2822, 3), // 794
+    m(51341, 41, 2825, 2), // 795
+    m(51382, 34, 2827, 2), // 796
+    m(51416, 23, 2829, 2), // 797
+    m(51439, 30, 2831, 3), // 798
+    m(51469, 34, 2834, 2), // 799
+    m(51503, 27, 2836, 2), // 800
+    m(51530, 36, 2838, 3), // 801
+    m(51566, 35, 2841, 5), // 802
+    m(51601, 40, 2846, 1), // 803
+    m(51641, 43, 2847, 3), // 804
+    m(51684, 32, 2850, 4), // 805
+    m(51716, 32, 2854, 3), // 806
+    m(51748, 47, 2857, 2), // 807
+    m(51795, 40, 2859, 2), // 808
+    m(51835, 29, 2861, 2), // 809
+    m(51864, 36, 2863, 3), // 810
+    m(51900, 40, 2866, 2), // 811
+    m(51940, 33, 2868, 2), // 812
+    m(51973, 35, 2870, 3), // 813
+    m(52008, 34, 2873, 5), // 814
+    m(52042, 39, 2878, 1), // 815
+    m(52081, 42, 2879, 3), // 816
+    m(52123, 31, 2882, 4), // 817
+    m(52154, 31, 2886, 3), // 818
+    m(52185, 46, 2889, 2), // 819
+    m(52231, 39, 2891, 2), // 820
+    m(52270, 28, 2893, 2), // 821
+    m(52298, 35, 2895, 3), // 822
+    m(52333, 39, 2898, 2), // 823
+    m(52372, 32, 2900, 2), // 824
+    m(52404, 34, 2902, 2), // 825
+    m(52438, 38, 2904, 3), // 826
+    m(52511, 37, 2907, 1), // 827
+    m(52551, 40, 2908, 1), // 828
+    m(52591, 47, 2909, 1), // 829
+    m(52638, 42, 2910, 1), // 830
+    m(52686, 48, 2911, 2), // 831
+    m(52734, 38, 2913, 2), // 832
+    m(52772, 36, 2915, 3), // 833
+    m(52808, 40, 2918, 1), // 834
+    m(52855, 34, 2919, 3), // 835
+    m(52900, 36, 2922, 3), // 836
+    m(52957, 41, 2925, 7), // 837
+    m(53038, 39, 2932, 5), // 838
+    m(53077, 43, 2937, 1), // 839
+    m(53120, 39, 2938, 7), // 840
+    m(53159, 39, 2945, 3), // 841
+    m(53229, 47, 2948, 2), // 842
+    m(53276, 42, 2950, 3), // 843
+    m(53339, 39, 2953, 3), // 844
+    m(53397, 45, 2956, 2), // 845
+    m(53449, 52, 2958, 10), // 846
+    m(53571, 52, 2968, 3), // 847
+    m(53629, 53, 2971, 4), // 848
+    m(53682, 44, 2975, 7), // 849
+    m(53737, 40, 2982, 3), // 850
+    m(53808, 40, 2985, 2), // 851
+    m(53848, 44, 2987, 2), // 852
+    m(53892, 48, 2989, 2), // 853
+    m(53940, 48, 2991, 2), // 854
+    m(53988, 36, 2993, 2), // 855
+    m(54024, 40, 2995, 8), // 856
+    m(54108, 35, 3003, 3), // 857
+    m(54161, 29, 3006, 12), // 858
+    m(54257, 38, 3018, 4), // 859
+    m(54308, 37, 3022, 2), // 860
+    m(54358, 44, 3024, 3), // 861
+    m(54423, 49, 3027, 3), // 862
+    m(54482, 47, 3030, 2), // 863
+    m(54547, 30, 3032, 1), // 864
+    m(54577, 34, 3033, 4), // 865
+    m(54620, 33, 3037, 2), // 866
+    m(54653, 40, 3039, 2), // 867
+    m(54693, 44, 3041, 3), // 868
+    m(54737, 48, 3044, 2), // 869
+    m(54804, 48, 3046, 3), // 870
+    m(54852, 40, 3049, 4), // 871
+    m(54892, 50, 3053, 1), // 872
+    m(54942, 48, 3054, 2), // 873
+    m(54990, 39, 3056, 2), // 874
+    m(55029, 43, 3058, 3), // 875
+    m(55072, 42, 3061, 1), // 876
+    m(55114, 45, 3062, 1), // 877
+    m(55159, 52, 3063, 1), // 878
+    m(55211, 47, 3064, 1), // 879
+    m(55258, 53, 3065, 2), // 880
+    m(55311, 43, 3067, 2), // 881
+    m(55354, 41, 3069, 3), // 882
+    m(55395, 45, 3072, 1), // 883
+    m(55440, 39, 3073, 3), // 884
+    m(55479, 41, 3076, 9), // 885
+    m(55520, 44, 3085, 7), // 886
+    m(55564, 44, 3092, 5), // 887
+    m(55608, 48, 3097, 1), // 888
+    m(55656, 44, 3098, 3), // 889
+    m(55700, 52, 3101, 2), // 890
+    m(55752, 47, 3103, 3), // 891
+    m(55799, 44, 3106, 3), // 892
+    m(55843, 50, 3109, 2), // 893
+    m(55893, 57, 3111, 10), // 894
+    m(55950, 57, 3121, 3), // 895
+    m(56007, 58, 3124, 4), // 896
+    m(56065, 49, 3128, 7), // 897
+    m(56114, 45, 3135, 3), // 898
+    m(56159, 45, 3138, 2), // 899
+    m(56204, 49, 3140, 2), // 900
+    m(56253, 53, 3142, 2), // 901
+    m(56306, 53, 3144, 2), // 902
+    m(56359, 41, 3146, 2), // 903
+    m(56400, 45, 3148, 8), // 904
+    m(56445, 40, 3156, 3), // 905
+    m(56485, 34, 3159, 2), // 906
+    m(56524, 39, 3161, 11), // 907
+    m(56563, 43, 3172, 4), // 908
+    m(56606, 42, 3176, 2), // 909
+    m(56648, 49, 3178, 3), // 910
+    m(56697, 54, 3181, 3), // 911
+    m(56751, 52, 3184, 2), // 912
+    m(56803, 35, 3186, 1), // 913
+    m(56838, 39, 3187, 4), // 914
+    m(56877, 38, 3191, 2), // 915
+    m(56915, 45, 3193, 2), // 916
+    m(56960, 39, 3195, 2), // 917
+    m(56999, 43, 3197, 3), // 918
+    m(57042, 42, 3200, 1), // 919
+    m(57084, 45, 3201, 1), // 920
+    m(57129, 52, 3202, 1), // 921
+    m(57181, 47, 3203, 1), // 922
+    m(57228, 53, 3204, 2), // 923
+    m(57281, 43, 3206, 2), // 924
+    m(57324, 41, 3208, 3), // 925
+    m(57365, 45, 3211, 1), // 926
+    m(57410, 39, 3212, 3), // 927
+    m(57449, 41, 3215, 3), // 928
+    m(57490, 46, 3218, 7), // 929
+    m(57536, 44, 3225, 5), // 930
+    m(57580, 48, 3230, 1), // 931
+    m(57628, 44, 3231, 7), // 932
+    m(57672, 44, 3238, 3), // 933
+    m(57716, 52, 3241, 2), // 934
+    m(57768, 47, 3243, 3), // 935
+    m(57815, 44, 3246, 3), // 936
+    m(57859, 50, 3249, 2), // 937
+    m(57909, 57, 3251, 10), // 938
+    m(57966, 57, 3261, 3), // 939
+    m(58023, 58, 3264, 4), // 940
+    m(58081, 49, 3268, 7), // 941
+    m(58130, 45, 3275, 3), // 942
+    m(58175, 45, 3278, 2), // 943
+    m(58220, 49, 3280, 2), // 944
+    m(58269, 53, 3282, 2), // 945
+    m(58322, 53, 3284, 2), // 946
+    m(58375, 41, 3286, 2), // 947
+    m(58416, 45, 3288, 8), // 948
+    m(58461, 40, 3296, 3), // 949
+    m(58501, 34, 3299, 12), // 950
+    m(58535, 43, 3311, 4), // 951
+    m(58578, 42, 3315, 2), // 952
+    m(58620, 49, 3317, 3), // 953
+    m(58669, 54, 3320, 3), // 954
+    m(58723, 52, 3323, 2), // 955
+    m(58775, 35, 3325, 1), // 956
+    m(58810, 39, 3326, 4), // 957
+    m(58849, 38, 3330, 2), // 958
+    m(58887, 45, 3332, 2), // 959
+    m(58932, 38, 3334, 5), // 960
+    m(58983, 42, 3339, 2), // 961
+    m(59025, 44, 3341, 5), // 962
+    m(59069, 48, 3346, 2), // 963
+    m(59117, 39, 3348, 2), // 964
+    m(59156, 43, 3350, 2), // 965
+    m(59221, 56, 3352, 3), // 966
+    m(59277, 39, 3355, 2), // 967
+    m(59322, 45, 3357, 2), // 968
+    m(59371, 52, 3359, 0), // 969
+    m(59423, 51, 3359, 1), // 970
+    m(59482, 43, 3360, 2), // 971
+    m(59525, 43, 3362, 5), // 972
+    m(59568, 47, 3367, 2), // 973
+    m(59615, 31, 3369, 2), // 974
+    m(59646, 35, 3371, 10), // 975
+    m(59861, 34, 3381, 2), // 976
+    m(59895, 35, 3383, 2), // 977
+    m(59930, 29, 3385, 2), // 978
+    m(59959, 33, 3387, 1), // 979
+    m(59999, 35, 3388, 4), // 980
+    m(60063, 41, 3392, 1), // 981
+    m(60104, 33, 3393, 2), // 982
+    m(60137, 40, 3395, 5), // 983
+    m(60206, 44, 3400, 2), // 984
+    m(60250, 34, 3402, 8), // 985
+    m(60374, 39, 3410, 1), // 986
+    m(60434, 51, 3411, 2), // 987
+    m(60485, 38, 3413, 2), // 988
+    m(60523, 38, 3415, 3), // 989
+    m(60561, 42, 3418, 3), // 990
+    m(60611, 44, 3421, 2), // 991
+    m(60691, 39, 3423, 10), // 992
+    m(60767, 41, 3433, 22), // 993
+    m(60813, 50, 3455, 4), // 994
+    m(60881, 44, 3459, 8), // 995
+    m(60925, 34, 3467, 2), // 996
+    m(60959, 46, 3469, 11), // 997
+    m(61005, 47, 3480, 4), // 998
+    m(61052, 47, 3484, 6), // 999
+    m(61099, 45, 3490, 5), // 1000
+    m(61144, 50, 3495, 4), // 1001
+    m(61209, 48, 3499, 10), // 1002
+    m(61257, 36, 3509, 2), // 1003
+    m(61293, 50, 3511, 5), // 1004
+    m(61343, 44, 3516, 10), // 1005
+    m(61487, 37, 3526, 1), // 1006
+    m(61524, 44, 3527, 4), // 1007
+    m(61616, 33, 3531, 3), // 1008
+    m(61658, 42, 3534, 2), // 1009
+    m(61700, 43, 3536, 3), // 1010
+    m(61753, 47, 3539, 2), // 1011
+    m(61800, 46, 3541, 5), // 1012
+    m(61846, 50, 3546, 2), // 1013
+    m(61896, 44, 3548, 3), // 1014
+    m(61940, 48, 3551, 3), // 1015
+    m(61988, 50, 3554, 2), // 1016
+    m(62038, 50, 3556, 4), // 1017
+    m(62088, 39, 3560, 3), // 1018
+    m(62127, 48, 3563, 2), // 1019
+    m(62175, 49, 3565, 3), // 1020
+    m(62224, 53, 3568, 2), // 1021
+    m(62277, 36, 3570, 2), // 1022
+    m(62313, 40, 3572, 10), // 1023
+    m(62353, 39, 3582, 2), // 1024
+    m(62392, 40, 3584, 2), // 1025
+    m(62432, 34, 3586, 2), // 1026
+    m(62466, 38, 3588, 1), // 1027
+    m(62504, 40, 3589, 4), // 1028
+    m(62544, 46, 3593, 1), // 1029
+    m(62590, 38, 3594, 2), // 1030
+    m(62628, 45, 3596, 5), // 1031
+    m(62673, 49, 3601, 2), // 1032
+    m(62722, 39, 3603, 8), // 1033
+    m(62761, 43, 3611, 2), // 1034
+    m(62804, 43, 3613, 3), // 1035
+    m(62847, 47, 3616, 3), // 1036
+    m(62894, 49, 3619, 2), // 1037
+    m(62943, 49, 3621, 4), // 1038
+    m(62992, 38, 3625, 3), // 1039
+    m(63030, 47, 3628, 2), // 1040
+    m(63077, 48, 3630, 3), // 1041
+    m(63125, 52, 3633, 2), // 1042
+    m(63177, 59, 3635, 3), // 1043
+    m(63236, 63, 3638, 1), // 1044
+    m(63299, 50, 3639, 2), // 1045
+    m(63349, 65, 3641, 2), // 1046
+    m(63414, 63, 3643, 2), // 1047
+    m(63477, 45, 3645, 4), // 1048
+    m(63564, 61, 3649, 2), // 1049
+    m(63637, 62, 3651, 2), // 1050
+    m(63722, 49, 3653, 1), // 1051
+    m(63771, 52, 3654, 2), // 1052
+    m(63823, 48, 3656, 10), // 1053
+    m(63911, 48, 3666, 2), // 1054
+    m(63959, 26, 3668, 2), // 1055
+    m(63985, 34, 3670, 2), // 1056
+    m(64019, 37, 3672, 4), // 1057
+    m(64056, 38, 3676, 2), // 1058
+    m(64094, 28, 3678, 4), // 1059
+    m(64141, 32, 3682, 2), // 1060
+    m(64173, 28, 3684, 2), // 1061
+    m(64208, 33, 3686, 3), // 1062
+    m(64258, 34, 3689, 4), // 1063
+    m(64292, 31, 3693, 4), // 1064
+    m(64323, 32, 3697, 2), // 1065
+    m(64355, 24, 3699, 15), // 1066
+    m(64438, 30, 3714, 2), // 1067
+    m(64468, 28, 3716, 2), // 1068
+    m(64496, 29, 3718, 2), // 1069
+    m(64525, 33, 3720, 1), // 1070
+    m(64558, 33, 3721, 6), // 1071
+    m(64625, 33, 3727, 2), // 1072
+    m(64658, 23, 3729, 2), // 1073
+    m(64681, 28, 3731, 3), // 1074
+    m(64709, 32, 3734, 1), // 1075
+    m(64741, 34, 3735, 2), // 1076
+    m(64775, 37, 3737, 5), // 1077
+    m(64812, 32, 3742, 2), // 1078
+    m(64844, 23, 3744, 3), // 1079
+    m(64867, 27, 3747, 7), // 1080
+    m(64954, 24, 3754, 4), // 1081
+    m(64978, 35, 3758, 1), // 1082
+    m(65013, 44, 3759, 5), // 1083
+    m(65073, 29, 3764, 14), // 1084
+    m(65197, 32, 3778, 6), // 1085
+    m(65246, 30, 3784, 2), // 1086
+    m(65283, 38, 3786, 1), // 1087
+    m(65336, 33, 3787, 1), // 1088
+    m(65373, 33, 3788, 11), // 1089
+    m(65535, 33, 3799, 1), // 1090
+    m(65568, 33, 3800, 2), // 1091
+    m(65610, 33, 3802, 2), // 1092
+    m(65643, 35, 3804, 4), // 1093
+    m(65699, 37, 3808, 2), // 1094
+    m(65736, 45, 3810, 2), // 1095
+    m(65818, 31, 3812, 1), // 1096
+    m(65849, 27, 3813, 2), // 1097
+    m(65876, 35, 3815, 1), // 1098
+    m(65911, 35, 3816, 3), // 1099
+    m(65946, 41, 3819, 4), // 1100
+    m(66010, 44, 3823, 2), // 1101
+    m(66054, 39, 3825, 2), // 1102
+    m(66093, 22, 3827, 3), // 1103
+    m(66115, 28, 3830, 20), // 1104
+    m(66304, 31, 3850, 7), // 1105
+    m(66335, 25, 3857, 1), // 1106
+    m(66360, 24, 3858, 1), // 1107
+    m(66384, 34, 3859, 15), // 1108
+    m(66493, 33, 3874, 3), // 1109
+    m(66550, 40, 3877, 2), // 1110
+    m(66590, 40, 3879, 1), // 1111
+    m(66639, 43, 3880, 7), // 1112
+    m(66706, 36, 3887, 4), // 1113
+    m(66742, 32, 3891, 1), // 1114
+    m(66779, 37, 3892, 3), // 1115
+    m(66819, 33, 3895, 2), // 1116
+    m(66852, 33, 3897, 2), // 1117
+    m(66901, 41, 3899, 2), // 1118
+    m(66942, 49, 3901, 2), // 1119
+    m(67006, 51, 3903, 3), // 1120
+    m(67068, 35, 3906, 5), // 1121
+    m(67115, 33, 3911, 6), // 1122
+    m(67148, 26, 3917, 2), // 1123
+    m(67174, 32, 3919, 10), // 1124
+    m(67304, 40, 3929, 1), // 1125
+    m(67344, 34, 3930, 1), // 1126
+    m(67378, 34, 3931, 2), // 1127
+    m(67412, 30, 3933, 2), // 1128
+    m(67442, 34, 3935, 2), // 1129
+    m(67476, 34, 3937, 3), // 1130
+    m(67515, 40, 3940, 3), // 1131
+    m(67555, 44, 3943, 4), // 1132
+    m(67599, 46, 3947, 6), // 1133
+    m(67645, 49, 3953, 5), // 1134
+    m(67694, 44, 3958, 2), // 1135
+    m(67738, 32, 3960, 3), // 1136
+    m(67770, 36, 3963, 3), // 1137
+    m(67829, 32, 3966, 1), // 1138
+    m(67861, 52, 3967, 3), // 1139
+    m(67922, 38, 3970, 2), // 1140
+    m(67964, 36, 3972, 2), // 1141
+    m(68000, 25, 3974, 5), // 1142
+    m(68035, 29, 3979, 2), // 1143
+    m(68064, 38, 3981, 1), // 1144
+    m(68102, 26, 3982, 3), // 1145
+    m(68128, 30, 3985, 20), // 1146
+    m(68448, 30, 4005, 6), // 1147
+    m(68496, 40, 4011, 1), // 1148
+    m(68544, 33, 4012, 1), // 1149
+    m(68577, 32, 4013, 2), // 1150
+    m(68609, 37, 4015, 1), // 1151
+    m(68646, 38, 4016, 4), // 1152
+    m(68690, 29, 4020, 3), // 1153
+    m(68719, 33, 4023, 4), // 1154
+    m(68759, 37, 4027, 2), // 1155
+    m(68796, 30, 4029, 2), // 1156
+    m(68826, 38, 4031, 1), // 1157
+];
+
+pub(super) static FIELDS: [Field; 4032] = [
+    f(1, 4123, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 4129, 12, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4141, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4206, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 4224, 13, Ty::Message(2), Shape::Pointer, Omit::Empty),
+    f(3, 4237, 16, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(4, 4253, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 4123, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(6, 4270, 48, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 4368, 3, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 4371, 15, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4371, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4481, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4494, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4507, 5, Ty::Bool, Shape::Single, Omit::Empty),
+    f(9, 4512, 19, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 4371, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(10, 4531, 20, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 4551, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 4565, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(8, 4570, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(11, 4578, 17, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 4667, 8, Ty::Message(9), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4726, 12, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4747, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 4371, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 4755, 10, Ty::Int, Shape::Single, Omit::Empty),
+    f(8, 4765, 17, Ty::Time, Shape::Single, Omit::EmptyOrZero),
+    f(9, 4782, 17, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(10, 4799, 26, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(11, 4825, 6, Ty::String, Shape::Map, Omit::Empty),
+    f(12, 4831, 11, Ty::String, Shape::Map, Omit::Empty),
+    f(13, 4842, 15, Ty::Message(7), Shape::Repeated, Omit::Empty),
+    f(14, 4857, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(17, 4867, 13, Ty::Message(8), Shape::Repeated, Omit::Empty),
+    f(5, 4931, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(6, 4945, 10, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(7, 4955, 18, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 5028, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5035, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 5044, 4, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(6, 5048, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 5058, 8, Ty::RawJson, Shape::Pointer, Omit::Empty),
+    f(8, 5066, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5128, 12, Ty::Message(10), Shape::Single, Omit::Never),
+    f(3, 5140, 5, Ty::Message(12), Shape::Repeated, Omit::Empty),
+    f(4, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(9, 5158, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(11, 5186, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(6, 5200, 11, Ty::String, Shape::Pointer, Omit::Never),
+    f(7, 4551, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(8, 5211, 23, Ty::String, Shape::Repeated, Omit::Never),
+    f(10, 5234, 18, Ty::String, Shape::Pointer, Omit::Empty),
+    f(12, 5252, 15, Ty::Message(16), Shape::Repeated, Omit::Empty),
+    f(3, 5322, 3, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5325, 7, Ty::Message(11), Shape::Pointer, Omit::Empty),
+    f(2, 5332, 8, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5392, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 5454, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(13), Shape::Inline, Omit::Never),
+    f(1, 5504, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5513, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 5533, 5, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5588, 11, Ty::String, Shape::Map, Omit::Empty),
+    f(2, 5599, 16, Ty::Message(15), Shape::Repeated, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5687, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(5), Shape::Repeated, Omit::Never),
+    f(1, 4747, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4371, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4570, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 5871, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4123, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5938, 5, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(3, 4129, 12, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4141, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4123, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 4129, 12, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4141, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(22), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(29), Shape::Single, Omit::Empty),
+    f(1, 6129, 9, Ty::Message(23), Shape::Pointer, Omit::Empty),
+    f(2, 6138, 16, Ty::Message(24), Shape::Pointer, Omit::Empty),
+    f(3, 6154, 11, Ty::Message(26), Shape::Repeated, Omit::Empty),
+    f(4, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 6165, 16, Ty::Message(27), Shape::Repeated, Omit::Empty),
+    f(6, 5252, 15, Ty::Message(16), Shape::Repeated, Omit::Empty),
+    f(7, 6181, 9, Ty::Message(28), Shape::Repeated, Omit::Empty),
+    f(1, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 5186, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 6285, 13, Ty::Message(25), Shape::Repeated, Omit::Empty),
+    f(4, 6298, 20, Ty::Message(25), Shape::Repeated, Omit::Empty),
+    f(7, 5158, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(12), Shape::Inline, Omit::Never),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6443, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 6449, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6517, 15, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 6661, 12, Ty::Message(30), Shape::Pointer, Omit::Empty),
+    f(3, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 6731, 18, Ty::Message(31), Shape::Repeated, Omit::Empty),
+    f(2, 6802, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6810, 7, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 6867, 18, Ty::Time, Shape::Single, Omit::Never),
+    f(5, 6443, 6, Ty::String, Shape::Single, Omit::Never),
+    f(6, 6436, 7, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(34), Shape::Single, Omit::Empty),
+    f(1, 7025, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 7035, 8, Ty::Message(35), Shape::Pointer, Omit::Empty),
+    f(3, 7043, 14, Ty::Message(24), Shape::Pointer, Omit::Empty),
+    f(4, 7057, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(4, 7126, 23, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(33), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(21), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 4667, 8, Ty::Message(39), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5128, 12, Ty::Message(10), Shape::Single, Omit::Never),
+    f(3, 5140, 5, Ty::Message(12), Shape::Repeated, Omit::Empty),
+    f(4, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(9, 5158, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(10, 5186, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(6, 5200, 11, Ty::String, Shape::Pointer, Omit::Never),
+    f(7, 4551, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(8, 5211, 23, Ty::String, Shape::Repeated, Omit::Never),
+    f(11, 5252, 15, Ty::Message(16), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(38), Shape::Repeated, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7522, 6, Ty::RawExtension, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(43), Shape::Single, Omit::Empty),
+    f(1, 6129, 9, Ty::Message(44), Shape::Pointer, Omit::Empty),
+    f(2, 6138, 16, Ty::Message(45), Shape::Pointer, Omit::Empty),
+    f(3, 6181, 9, Ty::Message(47), Shape::Repeated, Omit::Empty),
+    f(4, 7662, 9, Ty::Message(48), Shape::Repeated, Omit::Empty),
+    f(5, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 5252, 15, Ty::Message(51), Shape::Repeated, Omit::Empty),
+    f(7, 5234, 18, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 5186, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 6285, 13, Ty::Message(46), Shape::Repeated, Omit::Empty),
+    f(4, 6298, 20, Ty::Message(46), Shape::Repeated, Omit::Empty),
+    f(7, 5158, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(12), Shape::Inline, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7943, 9, Ty::String, Shape::Single, Omit::Never),
+    f(3, 7952, 18, Ty::Message(49), Shape::Pointer, Omit::Empty),
+    f(4, 7970, 9, Ty::Message(50), Shape::Pointer, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(53), Shape::Single, Omit::Empty),
+    f(1, 7025, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 7035, 8, Ty::Message(54), Shape::Pointer, Omit::Empty),
+    f(3, 7043, 14, Ty::Message(45), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(4, 7126, 23, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(52), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(42), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(58), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(61), Shape::Single, Omit::Empty),
+    f(1, 6129, 9, Ty::Message(44), Shape::Pointer, Omit::Empty),
+    f(2, 6138, 16, Ty::Message(45), Shape::Pointer, Omit::Empty),
+    f(3, 6154, 11, Ty::Message(59), Shape::Repeated, Omit::Empty),
+    f(4, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 6165, 16, Ty::Message(60), Shape::Repeated, Omit::Empty),
+    f(6, 5252, 15, Ty::Message(51), Shape::Repeated, Omit::Empty),
+    f(7, 6181, 9, Ty::Message(47), Shape::Repeated, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6443, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 6449, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6517, 15, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 6661, 12, Ty::Message(62), Shape::Pointer, Omit::Empty),
+    f(3, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 6731, 18, Ty::Message(63), Shape::Repeated, Omit::Empty),
+    f(2, 6802, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6810, 7, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(65), Shape::Single, Omit::Empty),
+    f(1, 7025, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 7035, 8, Ty::Message(54), Shape::Pointer, Omit::Empty),
+    f(3, 7043, 14, Ty::Message(45), Shape::Pointer, Omit::Empty),
+    f(4, 7057, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(64), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(57), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(69), Shape::Single, Omit::Empty),
+    f(1, 6129, 9, Ty::Message(70), Shape::Pointer, Omit::Empty),
+    f(2, 6138, 16, Ty::Message(71), Shape::Pointer, Omit::Empty),
+    f(3, 6181, 9, Ty::Message(73), Shape::Repeated, Omit::Empty),
+    f(4, 7662, 9, Ty::Message(74), Shape::Repeated, Omit::Empty),
+    f(5, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 5252, 15, Ty::Message(77), Shape::Repeated, Omit::Empty),
+    f(7, 5234, 18, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 5186, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 6285, 13, Ty::Message(72), Shape::Repeated, Omit::Empty),
+    f(4, 6298, 20, Ty::Message(72), Shape::Repeated, Omit::Empty),
+    f(7, 5158, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(12), Shape::Inline, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7943, 9, Ty::String, Shape::Single, Omit::Never),
+    f(3, 7952, 18, Ty::Message(75), Shape::Pointer, Omit::Empty),
+    f(4, 7970, 9, Ty::Message(76), Shape::Pointer, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(79), Shape::Single, Omit::Empty),
+    f(1, 7025, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 7035, 8, Ty::Message(80), Shape::Pointer, Omit::Empty),
+    f(3, 7043, 14, Ty::Message(71), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(4, 7126, 23, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(78), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(68), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 4667, 8, Ty::Message(84), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5128, 12, Ty::Message(85), Shape::Single, Omit::Never),
+    f(3, 5140, 5, Ty::Message(12), Shape::Repeated, Omit::Empty),
+    f(4, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(9, 5158, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(11, 5186, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(6, 5200, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 4551, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(8, 5211, 23, Ty::String, Shape::Repeated, Omit::Empty),
+    f(10, 5234, 18, Ty::String, Shape::Pointer, Omit::Empty),
+    f(12, 5252, 15, Ty::Message(77), Shape::Repeated, Omit::Empty),
+    f(3, 5322, 3, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5325, 7, Ty::Message(86), Shape::Pointer, Omit::Empty),
+    f(2, 5332, 8, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5392, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(83), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(89), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(92), Shape::Single, Omit::Empty),
+    f(1, 6129, 9, Ty::Message(70), Shape::Pointer, Omit::Empty),
+    f(2, 6138, 16, Ty::Message(71), Shape::Pointer, Omit::Empty),
+    f(3, 6154, 11, Ty::Message(90), Shape::Repeated, Omit::Empty),
+    f(4, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 6165, 16, Ty::Message(91), Shape::Repeated, Omit::Empty),
+    f(6, 5252, 15, Ty::Message(77), Shape::Repeated, Omit::Empty),
+    f(7, 6181, 9, Ty::Message(73), Shape::Repeated, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6443, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 6449, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6517, 15, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 6661, 12, Ty::Message(93), Shape::Pointer, Omit::Empty),
+    f(3, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 6731, 18, Ty::Message(94), Shape::Repeated, Omit::Empty),
+    f(2, 6802, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6810, 7, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(96), Shape::Single, Omit::Empty),
+    f(1, 7025, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 7035, 8, Ty::Message(80), Shape::Pointer, Omit::Empty),
+    f(3, 7043, 14, Ty::Message(71), Shape::Pointer, Omit::Empty),
+    f(4, 7057, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(95), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(88), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 4667, 8, Ty::Message(100), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5128, 12, Ty::Message(85), Shape::Single, Omit::Never),
+    f(3, 5140, 5, Ty::Message(12), Shape::Repeated, Omit::Empty),
+    f(4, 5145, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(9, 5158, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(10, 5186, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(6, 5200, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 4551, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(8, 5211, 23, Ty::String, Shape::Repeated, Omit::Empty),
+    f(11, 5252, 15, Ty::Message(77), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(99), Shape::Repeated, Omit::Never),
+    f(1, 11439, 7, Ty::Message(103), Shape::Pointer, Omit::Empty),
+    f(2, 11446, 8, Ty::Message(104), Shape::Pointer, Omit::Empty),
+    f(1, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 11528, 17, Ty::String, Shape::Single, Omit::Never),
+    f(3, 11545, 7, Ty::RawExtension, Shape::Repeated, Omit::Never),
+    f(1, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 11627, 16, Ty::RawExtension, Shape::Repeated, Omit::Never),
+    f(3, 11643, 6, Ty::Message(105), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 11692, 7, Ty::Message(106), Shape::Pointer, Omit::Empty),
+    f(6, 11699, 4, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4941, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 11758, 6, Ty::Message(107), Shape::Repeated, Omit::Empty),
+    f(5, 11764, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 11829, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(109), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(125), Shape::Single, Omit::Empty),
+    f(1, 11753, 5, Ty::String, Shape::Single, Omit::Never),
+    f(3, 12000, 5, Ty::Message(110), Shape::Single, Omit::Never),
+    f(4, 5533, 5, Ty::String, Shape::Single, Omit::Never),
+    f(7, 12005, 8, Ty::Message(111), Shape::Repeated, Omit::Never),
+    f(9, 12013, 10, Ty::Message(121), Shape::Pointer, Omit::Empty),
+    f(10, 12023, 21, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 12130, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 12136, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 12144, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(5, 12154, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 12162, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 12260, 6, Ty::Bool, Shape::Single, Omit::Never),
+    f(3, 12266, 7, Ty::Bool, Shape::Single, Omit::Never),
+    f(7, 12273, 10, Ty::Bool, Shape::Single, Omit::Empty),
+    f(8, 12283, 18, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 12301, 6, Ty::Message(112), Shape::Pointer, Omit::Empty),
+    f(5, 12307, 12, Ty::Message(116), Shape::Pointer, Omit::Empty),
+    f(6, 12319, 24, Ty::Message(119), Shape::Repeated, Omit::Empty),
+    f(9, 12343, 16, Ty::Message(120), Shape::Repeated, Omit::Empty),
+    f(1, 12440, 15, Ty::Message(113), Shape::Pointer, Omit::Empty),
+    f(1, 12527, 2, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 12529, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 12536, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 12551, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 12557, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 12562, 7, Ty::RawJson, Shape::Pointer, Omit::Empty),
+    f(9, 12569, 7, Ty::Double, Shape::Pointer, Omit::Empty),
+    f(10, 12576, 16, Ty::Bool, Shape::Single, Omit::Empty),
+    f(11, 12592, 7, Ty::Double, Shape::Pointer, Omit::Empty),
+    f(12, 12599, 16, Ty::Bool, Shape::Single, Omit::Empty),
+    f(13, 12615, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(14, 12624, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(15, 12633, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(16, 12640, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(17, 12648, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(18, 12656, 11, Ty::Bool, Shape::Single, Omit::Empty),
+    f(19, 12667, 10, Ty::Double, Shape::Pointer, Omit::Empty),
+    f(20, 12677, 4, Ty::RawJson, Shape::Repeated, Omit::Empty),
+    f(21, 12681, 13, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(22, 12694, 13, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(23, 12707, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(24, 5821, 5, Ty::SchemaOrArray(113), Shape::Pointer, Omit::Empty),
+    f(25, 12715, 5, Ty::Message(113), Shape::Repeated, Omit::Empty),
+    f(26, 12720, 5, Ty::Message(113), Shape::Repeated, Omit::Empty),
+    f(27, 12725, 5, Ty::Message(113), Shape::Repeated, Omit::Empty),
+    f(28, 12730, 3, Ty::Message(113), Shape::Pointer, Omit::Empty),
+    f(29, 12733, 10, Ty::Message(113), Shape::Map, Omit::Empty),
+    f(30, 12743, 20, Ty::SchemaOrBool(113), Shape::Pointer, Omit::Empty),
+    f(31, 12763, 17, Ty::Message(113), Shape::Map, Omit::Empty),
+    f(32, 12780, 12, Ty::SchemaOrStringArray(113), Shape::Map, Omit::Empty),
+    f(33, 12792, 15, Ty::SchemaOrBool(113), Shape::Pointer, Omit::Empty),
+    f(34, 12807, 11, Ty::Message(113), Shape::Map, Omit::Empty),
+    f(35, 12818, 12, Ty::Message(114), Shape::Pointer, Omit::Empty),
+    f(36, 12830, 7, Ty::RawJson, Shape::Pointer, Omit::Empty),
+    f(37, 12837, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(38, 12845, 36, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(39, 12881, 30, Ty::Bool, Shape::Single, Omit::Empty),
+    f(40, 12911, 26, Ty::Bool, Shape::Single, Omit::Empty),
+    f(41, 12937, 26, Ty::String, Shape::Repeated, Omit::Empty),
+    f(42, 12963, 22, Ty::String, Shape::Pointer, Omit::Empty),
+    f(43, 12985, 21, Ty::String, Shape::Pointer, Omit::Empty),
+    f(44, 13006, 24, Ty::Message(115), Shape::Repeated, Omit::Empty),
+    f(1, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5322, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 13179, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6449, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 13183, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 13192, 15, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 6058, 6, Ty::Message(117), Shape::Pointer, Omit::Empty),
+    f(2, 13290, 5, Ty::Message(118), Shape::Pointer, Omit::Empty),
+    f(1, 13470, 16, Ty::String, Shape::Single, Omit::Never),
+    f(2, 13486, 18, Ty::String, Shape::Single, Omit::Never),
+    f(3, 13504, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 12551, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 13608, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 13616, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 13616, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 13777, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 13785, 7, Ty::Message(122), Shape::Pointer, Omit::Empty),
+    f(2, 5128, 12, Ty::Message(123), Shape::Pointer, Omit::Empty),
+    f(3, 13866, 24, Ty::String, Shape::Repeated, Omit::Never),
+    f(3, 5322, 3, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5325, 7, Ty::Message(124), Shape::Pointer, Omit::Empty),
+    f(2, 5332, 8, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5392, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(126), Shape::Repeated, Omit::Never),
+    f(2, 14126, 13, Ty::Message(110), Shape::Single, Omit::Never),
+    f(3, 14139, 14, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(108), Shape::Repeated, Omit::Never),
+    f(1, 11439, 7, Ty::Message(129), Shape::Pointer, Omit::Empty),
+    f(2, 11446, 8, Ty::Message(130), Shape::Pointer, Omit::Empty),
+    f(1, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 11528, 17, Ty::String, Shape::Single, Omit::Never),
+    f(3, 11545, 7, Ty::RawExtension, Shape::Repeated, Omit::Never),
+    f(1, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 11627, 16, Ty::RawExtension, Shape::Repeated, Omit::Never),
+    f(3, 11643, 6, Ty::Message(105), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(132), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(147), Shape::Single, Omit::Empty),
+    f(1, 11753, 5, Ty::String, Shape::Single, Omit::Never),
+    f(2, 14741, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 12000, 5, Ty::Message(133), Shape::Single, Omit::Never),
+    f(4, 5533, 5, Ty::String, Shape::Single, Omit::Never),
+    f(5, 14748, 10, Ty::Message(134), Shape::Pointer, Omit::Empty),
+    f(6, 12307, 12, Ty::Message(138), Shape::Pointer, Omit::Empty),
+    f(7, 12005, 8, Ty::Message(141), Shape::Repeated, Omit::Empty),
+    f(8, 12319, 24, Ty::Message(142), Shape::Repeated, Omit::Empty),
+    f(11, 12343, 16, Ty::Message(143), Shape::Repeated, Omit::Empty),
+    f(9, 12013, 10, Ty::Message(144), Shape::Pointer, Omit::Empty),
+    f(10, 12023, 21, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 12130, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 12136, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 12144, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(5, 12154, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 12162, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 12440, 15, Ty::Message(135), Shape::Pointer, Omit::Empty),
+    f(1, 12527, 2, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 12529, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 12536, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 12551, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 12557, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 12562, 7, Ty::RawJson, Shape::Pointer, Omit::Empty),
+    f(9, 12569, 7, Ty::Double, Shape::Pointer, Omit::Empty),
+    f(10, 12576, 16, Ty::Bool, Shape::Single, Omit::Empty),
+    f(11, 12592, 7, Ty::Double, Shape::Pointer, Omit::Empty),
+    f(12, 12599, 16, Ty::Bool, Shape::Single, Omit::Empty),
+    f(13, 12615, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(14, 12624, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(15, 12633, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(16, 12640, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(17, 12648, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(18, 12656, 11, Ty::Bool, Shape::Single, Omit::Empty),
+    f(19, 12667, 10, Ty::Double, Shape::Pointer, Omit::Empty),
+    f(20, 12677, 4, Ty::RawJson, Shape::Repeated, Omit::Empty),
+    f(21, 12681, 13, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(22, 12694, 13, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(23, 12707, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(24, 5821, 5, Ty::SchemaOrArray(135), Shape::Pointer, Omit::Empty),
+    f(25, 12715, 5, Ty::Message(135), Shape::Repeated, Omit::Empty),
+    f(26, 12720, 5, Ty::Message(135), Shape::Repeated, Omit::Empty),
+    f(27, 12725, 5, Ty::Message(135), Shape::Repeated, Omit::Empty),
+    f(28, 12730, 3, Ty::Message(135), Shape::Pointer, Omit::Empty),
+    f(29, 12733, 10, Ty::Message(135), Shape::Map, Omit::Empty),
+    f(30, 12743, 20, Ty::SchemaOrBool(135), Shape::Pointer, Omit::Empty),
+    f(31, 12763, 17, Ty::Message(135), Shape::Map, Omit::Empty),
+    f(32, 12780, 12, Ty::SchemaOrStringArray(135), Shape::Map, Omit::Empty),
+    f(33, 12792, 15, Ty::SchemaOrBool(135), Shape::Pointer, Omit::Empty),
+    f(34, 12807, 11, Ty::Message(135), Shape::Map, Omit::Empty),
+    f(35, 12818, 12, Ty::Message(136), Shape::Pointer, Omit::Empty),
+    f(36, 12830, 7, Ty::RawJson, Shape::Pointer, Omit::Empty),
+    f(37, 12837, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(38, 12845, 36, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(39, 12881, 30, Ty::Bool, Shape::Single, Omit::Empty),
+    f(40, 12911, 26, Ty::Bool, Shape::Single, Omit::Empty),
+    f(41, 12937, 26, Ty::String, Shape::Repeated, Omit::Empty),
+    f(42, 12963, 22, Ty::String, Shape::Pointer, Omit::Empty),
+    f(43, 12985, 21, Ty::String, Shape::Pointer, Omit::Empty),
+    f(44, 13006, 24, Ty::Message(137), Shape::Repeated, Omit::Empty),
+    f(1, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5322, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 13179, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6449, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 13183, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 13192, 15, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 6058, 6, Ty::Message(139), Shape::Pointer, Omit::Empty),
+    f(2, 13290, 5, Ty::Message(140), Shape::Pointer, Omit::Empty),
+    f(1, 13470, 16, Ty::String, Shape::Single, Omit::Never),
+    f(2, 13486, 18, Ty::String, Shape::Single, Omit::Never),
+    f(3, 13504, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 12260, 6, Ty::Bool, Shape::Single, Omit::Never),
+    f(3, 12266, 7, Ty::Bool, Shape::Single, Omit::Never),
+    f(7, 12273, 10, Ty::Bool, Shape::Single, Omit::Empty),
+    f(8, 12283, 18, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 12301, 6, Ty::Message(134), Shape::Pointer, Omit::Empty),
+    f(5, 12307, 12, Ty::Message(138), Shape::Pointer, Omit::Empty),
+    f(6, 12319, 24, Ty::Message(142), Shape::Repeated, Omit::Empty),
+    f(9, 12343, 16, Ty::Message(143), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 12551, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 13608, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 15629, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 13616, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 13777, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 15800, 19, Ty::Message(145), Shape::Pointer, Omit::Empty),
+    f(3, 13866, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5322, 3, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5325, 7, Ty::Message(146), Shape::Pointer, Omit::Empty),
+    f(2, 5332, 8, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5392, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(148), Shape::Repeated, Omit::Never),
+    f(2, 14126, 13, Ty::Message(133), Shape::Single, Omit::Never),
+    f(3, 14139, 14, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(131), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(151), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(153), Shape::Single, Omit::Empty),
+    f(1, 5325, 7, Ty::Message(152), Shape::Pointer, Omit::Empty),
+    f(2, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 14741, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 16381, 21, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 5332, 8, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(7, 16402, 20, Ty::Int, Shape::Single, Omit::Never),
+    f(8, 16422, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(154), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(150), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(157), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(159), Shape::Single, Omit::Empty),
+    f(1, 5325, 7, Ty::Message(158), Shape::Pointer, Omit::Empty),
+    f(2, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 14741, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 16381, 21, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 5332, 8, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(7, 16402, 20, Ty::Int, Shape::Single, Omit::Never),
+    f(8, 16422, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(160), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(156), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 17168, 4, Ty::RawExtension, Shape::Single, Omit::Empty),
+    f(3, 17172, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(162), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(165), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(276), Shape::Single, Omit::Empty),
+    f(1, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(2, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(3, 17289, 14, Ty::Message(274), Shape::Single, Omit::Empty),
+    f(4, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(167), Shape::Single, Omit::Empty),
+    f(1, 17398, 7, Ty::Message(168), Shape::Repeated, Omit::Empty),
+    f(20, 17405, 14, Ty::Message(217), Shape::Repeated, Omit::Empty),
+    f(2, 17419, 10, Ty::Message(217), Shape::Repeated, Omit::Never),
+    f(34, 17429, 19, Ty::Message(250), Shape::Repeated, Omit::Empty),
+    f(3, 17448, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 17461, 29, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(5, 17490, 21, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 17511, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 17520, 12, Ty::String, Shape::Map, Omit::Empty),
+    f(8, 17532, 18, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 17550, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(21, 17564, 28, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(10, 17592, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(11, 17600, 11, Ty::Bool, Shape::Single, Omit::Empty),
+    f(12, 17611, 7, Ty::Bool, Shape::Single, Omit::Empty),
+    f(13, 17618, 7, Ty::Bool, Shape::Single, Omit::Empty),
+    f(27, 17625, 21, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(14, 17646, 15, Ty::Message(252), Shape::Pointer, Omit::Empty),
+    f(15, 17661, 16, Ty::Message(179), Shape::Repeated, Omit::Empty),
+    f(16, 17677, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(17, 17685, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(18, 17694, 8, Ty::Message(254), Shape::Pointer, Omit::Empty),
+    f(19, 17702, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(22, 17715, 11, Ty::Message(264), Shape::Repeated, Omit::Empty),
+    f(23, 17726, 11, Ty::Message(265), Shape::Repeated, Omit::Empty),
+    f(24, 17737, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(25, 13608, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(26, 17754, 9, Ty::Message(266), Shape::Pointer, Omit::Empty),
+    f(28, 17763, 14, Ty::Message(268), Shape::Repeated, Omit::Empty),
+    f(29, 17777, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(30, 17793, 18, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(31, 17811, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(32, 17827, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(33, 17835, 25, Ty::Message(269), Shape::Repeated, Omit::Empty),
+    f(35, 17860, 17, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(36, 17877, 2, Ty::Message(270), Shape::Pointer, Omit::Empty),
+    f(37, 17879, 9, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(38, 17888, 15, Ty::Message(271), Shape::Repeated, Omit::Empty),
+    f(39, 17903, 14, Ty::Message(272), Shape::Repeated, Omit::Empty),
+    f(40, 5524, 9, Ty::Message(227), Shape::Pointer, Omit::Empty),
+    f(41, 17917, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(42, 17933, 11, Ty::Message(273), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5464, 0, Ty::Message(169), Shape::Inline, Omit::Never),
+    f(1, 18000, 8, Ty::Message(170), Shape::Pointer, Omit::Empty),
+    f(2, 18008, 8, Ty::Message(171), Shape::Pointer, Omit::Empty),
+    f(3, 18016, 17, Ty::Message(172), Shape::Pointer, Omit::Empty),
+    f(4, 18033, 20, Ty::Message(173), Shape::Pointer, Omit::Empty),
+    f(5, 18053, 7, Ty::Message(174), Shape::Pointer, Omit::Empty),
+    f(6, 18060, 6, Ty::Message(175), Shape::Pointer, Omit::Empty),
+    f(7, 18066, 3, Ty::Message(177), Shape::Pointer, Omit::Empty),
+    f(8, 18069, 5, Ty::Message(178), Shape::Pointer, Omit::Empty),
+    f(9, 18074, 9, Ty::Message(180), Shape::Pointer, Omit::Empty),
+    f(10, 18083, 21, Ty::Message(181), Shape::Pointer, Omit::Empty),
+    f(11, 18104, 3, Ty::Message(182), Shape::Pointer, Omit::Empty),
+    f(12, 18107, 10, Ty::Message(183), Shape::Pointer, Omit::Empty),
+    f(13, 18117, 6, Ty::Message(184), Shape::Pointer, Omit::Empty),
+    f(14, 18123, 6, Ty::Message(185), Shape::Pointer, Omit::Empty),
+    f(15, 18129, 7, Ty::Message(186), Shape::Pointer, Omit::Empty),
+    f(16, 18136, 11, Ty::Message(187), Shape::Pointer, Omit::Empty),
+    f(17, 18147, 2, Ty::Message(191), Shape::Pointer, Omit::Empty),
+    f(18, 18149, 9, Ty::Message(192), Shape::Pointer, Omit::Empty),
+    f(19, 18158, 9, Ty::Message(193), Shape::Pointer, Omit::Empty),
+    f(20, 18167, 13, Ty::Message(194), Shape::Pointer, Omit::Empty),
+    f(21, 18180, 7, Ty::Message(195), Shape::Pointer, Omit::Empty),
+    f(22, 18187, 9, Ty::Message(196), Shape::Pointer, Omit::Empty),
+    f(23, 18196, 20, Ty::Message(197), Shape::Pointer, Omit::Empty),
+    f(26, 18216, 9, Ty::Message(198), Shape::Pointer, Omit::Empty),
+    f(24, 18225, 14, Ty::Message(206), Shape::Pointer, Omit::Empty),
+    f(25, 18239, 7, Ty::Message(207), Shape::Pointer, Omit::Empty),
+    f(27, 18246, 9, Ty::Message(208), Shape::Pointer, Omit::Empty),
+    f(28, 18255, 3, Ty::Message(209), Shape::Pointer, Omit::Empty),
+    f(29, 18258, 9, Ty::Message(210), Shape::Pointer, Omit::Empty),
+    f(30, 18267, 5, Ty::Message(216), Shape::Pointer, Omit::Empty),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6863, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 18350, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 18356, 9, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 18413, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18425, 9, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 18493, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18425, 9, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 18539, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 17172, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18549, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 18595, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(176), Shape::Repeated, Omit::Empty),
+    f(3, 18605, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18652, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 18690, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 18732, 12, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18744, 3, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18747, 3, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 18750, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(7, 18764, 7, Ty::String, Shape::Repeated, Omit::Empty),
+    f(8, 18771, 17, Ty::Bool, Shape::Single, Omit::Empty),
+    f(11, 18788, 15, Ty::Bool, Shape::Single, Omit::Empty),
+    f(10, 18803, 9, Ty::Message(179), Shape::Pointer, Omit::Empty),
+    f(12, 18812, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 18904, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 18965, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 19008, 8, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 18267, 5, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 19016, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 19024, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 18803, 9, Ty::Message(179), Shape::Pointer, Omit::Empty),
+    f(8, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18803, 9, Ty::Message(179), Shape::Pointer, Omit::Empty),
+    f(4, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 19072, 7, Ty::String, Shape::Map, Omit::Empty),
+    f(1, 18493, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 18803, 9, Ty::Message(179), Shape::Pointer, Omit::Empty),
+    f(1, 19008, 8, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 19153, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 18803, 9, Ty::Message(179), Shape::Pointer, Omit::Empty),
+    f(6, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 19201, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 19212, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5821, 5, Ty::Message(188), Shape::Repeated, Omit::Empty),
+    f(2, 18605, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6802, 8, Ty::Message(189), Shape::Pointer, Omit::Empty),
+    f(3, 19305, 16, Ty::Message(190), Shape::Pointer, Omit::Empty),
+    f(4, 18652, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 13183, 9, Ty::String, Shape::Single, Omit::Never),
+    f(1, 19399, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 19412, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 19420, 7, Ty::Quantity, Shape::Single, Omit::Empty),
+    f(1, 19460, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 18747, 3, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 19470, 5, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 18595, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19515, 9, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(179), Shape::Inline, Omit::Never),
+    f(2, 5821, 5, Ty::Message(176), Shape::Repeated, Omit::Empty),
+    f(3, 18605, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 19613, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 19623, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 19640, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 19693, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19701, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 19707, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 19753, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19761, 7, Ty::String, Shape::Single, Omit::Never),
+    f(3, 19768, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 18419, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 18434, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 4941, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 19830, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 19874, 7, Ty::Message(199), Shape::Repeated, Omit::Never),
+    f(2, 18605, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 18060, 6, Ty::Message(200), Shape::Pointer, Omit::Empty),
+    f(2, 18136, 11, Ty::Message(201), Shape::Pointer, Omit::Empty),
+    f(3, 18158, 9, Ty::Message(202), Shape::Pointer, Omit::Empty),
+    f(4, 19916, 19, Ty::Message(203), Shape::Pointer, Omit::Empty),
+    f(5, 19935, 18, Ty::Message(204), Shape::Pointer, Omit::Empty),
+    f(6, 19953, 14, Ty::Message(205), Shape::Pointer, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(179), Shape::Inline, Omit::Never),
+    f(2, 5821, 5, Ty::Message(176), Shape::Repeated, Omit::Empty),
+    f(4, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 5821, 5, Ty::Message(188), Shape::Repeated, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(179), Shape::Inline, Omit::Never),
+    f(2, 5821, 5, Ty::Message(176), Shape::Repeated, Omit::Empty),
+    f(4, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 20128, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 20136, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 20200, 10, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 4481, 13, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(5, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(4, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 20200, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 20253, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 20260, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 20280, 20, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 20300, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 20307, 20, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 20327, 15, Ty::String, Shape::Map, Omit::Empty),
+    f(1, 18493, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 20419, 7, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20426, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18803, 9, Ty::Message(179), Shape::Pointer, Omit::Never),
+    f(4, 20432, 10, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 20442, 16, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 20458, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 20469, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 20480, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(10, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 20480, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 20530, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 18803, 9, Ty::Message(179), Shape::Pointer, Omit::Empty),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18434, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(3, 18419, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 20579, 16, Ty::String, Shape::Map, Omit::Empty),
+    f(5, 20595, 20, Ty::Message(179), Shape::Pointer, Omit::Empty),
+    f(1, 20655, 19, Ty::Message(211), Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(212), Shape::Single, Omit::Never),
+    f(1, 20766, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 5524, 9, Ty::Message(213), Shape::Single, Omit::Empty),
+    f(3, 20480, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 20777, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 20793, 10, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 20803, 10, Ty::Message(214), Shape::Pointer, Omit::Empty),
+    f(8, 20813, 13, Ty::Message(215), Shape::Pointer, Omit::Empty),
+    f(9, 20826, 25, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 20896, 6, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(2, 20902, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 20954, 8, Ty::String, Shape::Pointer, Omit::Never),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 20954, 8, Ty::String, Shape::Pointer, Omit::Never),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4738, 9, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 21037, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 21046, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18267, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 21084, 7, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 21091, 4, Ty::String, Shape::Repeated, Omit::Empty),
+    f(5, 21095, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 21105, 5, Ty::Message(218), Shape::Repeated, Omit::Empty),
+    f(19, 21110, 7, Ty::Message(219), Shape::Repeated, Omit::Empty),
+    f(7, 21117, 3, Ty::Message(222), Shape::Repeated, Omit::Empty),
+    f(8, 5524, 9, Ty::Message(227), Shape::Single, Omit::Empty),
+    f(23, 21120, 12, Ty::Message(229), Shape::Repeated, Omit::Empty),
+    f(24, 17448, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(25, 21132, 18, Ty::Message(230), Shape::Repeated, Omit::Empty),
+    f(9, 21150, 12, Ty::Message(232), Shape::Repeated, Omit::Empty),
+    f(21, 21162, 13, Ty::Message(233), Shape::Repeated, Omit::Empty),
+    f(10, 21175, 13, Ty::Message(234), Shape::Pointer, Omit::Empty),
+    f(11, 21188, 14, Ty::Message(234), Shape::Pointer, Omit::Empty),
+    f(22, 21202, 12, Ty::Message(234), Shape::Pointer, Omit::Empty),
+    f(12, 21214, 9, Ty::Message(241), Shape::Pointer, Omit::Empty),
+    f(13, 21223, 22, Ty::String, Shape::Single, Omit::Empty),
+    f(20, 21245, 24, Ty::String, Shape::Single, Omit::Empty),
+    f(14, 21269, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(15, 17646, 15, Ty::Message(244), Shape::Pointer, Omit::Empty),
+    f(16, 21284, 5, Ty::Bool, Shape::Single, Omit::Empty),
+    f(17, 21289, 9, Ty::Bool, Shape::Single, Omit::Empty),
+    f(18, 21298, 3, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 21333, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 21341, 13, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 21354, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 21362, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 21400, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 21406, 12, Ty::Message(220), Shape::Pointer, Omit::Empty),
+    f(3, 18803, 9, Ty::Message(221), Shape::Pointer, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(179), Shape::Inline, Omit::Never),
+    f(2, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(179), Shape::Inline, Omit::Never),
+    f(2, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 21519, 9, Ty::Message(223), Shape::Pointer, Omit::Empty),
+    f(1, 6802, 8, Ty::Message(189), Shape::Pointer, Omit::Empty),
+    f(2, 19305, 16, Ty::Message(190), Shape::Pointer, Omit::Empty),
+    f(3, 21559, 15, Ty::Message(224), Shape::Pointer, Omit::Empty),
+    f(4, 21574, 12, Ty::Message(225), Shape::Pointer, Omit::Empty),
+    f(5, 21586, 10, Ty::Message(226), Shape::Pointer, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(179), Shape::Inline, Omit::Never),
+    f(2, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(179), Shape::Inline, Omit::Never),
+    f(2, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 20480, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(4, 18616, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 20896, 6, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(2, 20902, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(3, 21744, 6, Ty::Message(228), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 11439, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 21822, 12, Ty::String, Shape::Single, Omit::Never),
+    f(2, 17448, 13, Ty::String, Shape::Single, Omit::Never),
+    f(1, 21873, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 21879, 9, Ty::Message(231), Shape::Pointer, Omit::Empty),
+    f(1, 5679, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5687, 6, Ty::Int, Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(7, 21968, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 21985, 9, Ty::String, Shape::Single, Omit::Never),
+    f(4, 21994, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 22001, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 22017, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 22059, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 5464, 0, Ty::Message(235), Shape::Inline, Omit::Never),
+    f(2, 22093, 19, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 4551, 14, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 22112, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 22125, 16, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 22141, 16, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 17461, 29, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 22188, 4, Ty::Message(236), Shape::Pointer, Omit::Empty),
+    f(2, 22192, 7, Ty::Message(237), Shape::Pointer, Omit::Empty),
+    f(3, 22199, 9, Ty::Message(239), Shape::Pointer, Omit::Empty),
+    f(4, 22208, 4, Ty::Message(240), Shape::Pointer, Omit::Empty),
+    f(1, 21084, 7, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5396, 4, Ty::IntOrString, Shape::Single, Omit::Never),
+    f(3, 22273, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 22277, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 22283, 11, Ty::Message(238), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Never),
+    f(1, 5396, 4, Ty::IntOrString, Shape::Single, Omit::Never),
+    f(2, 22273, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5396, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 5325, 7, Ty::String, Shape::Pointer, Omit::Never),
+    f(1, 22414, 9, Ty::Message(242), Shape::Pointer, Omit::Empty),
+    f(2, 22423, 7, Ty::Message(242), Shape::Pointer, Omit::Empty),
+    f(3, 22430, 10, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 22188, 4, Ty::Message(236), Shape::Pointer, Omit::Empty),
+    f(2, 22192, 7, Ty::Message(237), Shape::Pointer, Omit::Empty),
+    f(3, 22199, 9, Ty::Message(239), Shape::Pointer, Omit::Empty),
+    f(4, 22475, 5, Ty::Message(243), Shape::Pointer, Omit::Empty),
+    f(1, 22510, 7, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 22551, 12, Ty::Message(245), Shape::Pointer, Omit::Empty),
+    f(2, 22563, 10, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(3, 22573, 14, Ty::Message(246), Shape::Pointer, Omit::Empty),
+    f(10, 22587, 14, Ty::Message(247), Shape::Pointer, Omit::Empty),
+    f(4, 22601, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(8, 22610, 10, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(5, 22620, 12, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 22632, 22, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(7, 22654, 24, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(9, 22678, 9, Ty::String, Shape::Pointer, Omit::Empty),
+    f(11, 22687, 14, Ty::Message(248), Shape::Pointer, Omit::Empty),
+    f(12, 22701, 15, Ty::Message(249), Shape::Pointer, Omit::Empty),
+    f(1, 22747, 3, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 22750, 4, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 22787, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 22791, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 22844, 22, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 22866, 18, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 22884, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 22897, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 22941, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 22941, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5464, 0, Ty::Message(251), Shape::Inline, Omit::Never),
+    f(2, 23028, 19, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18267, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 21084, 7, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 21091, 4, Ty::String, Shape::Repeated, Omit::Empty),
+    f(5, 21095, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 21105, 5, Ty::Message(218), Shape::Repeated, Omit::Empty),
+    f(19, 21110, 7, Ty::Message(219), Shape::Repeated, Omit::Empty),
+    f(7, 21117, 3, Ty::Message(222), Shape::Repeated, Omit::Empty),
+    f(8, 5524, 9, Ty::Message(227), Shape::Single, Omit::Empty),
+    f(23, 21120, 12, Ty::Message(229), Shape::Repeated, Omit::Empty),
+    f(24, 17448, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(25, 21132, 18, Ty::Message(230), Shape::Repeated, Omit::Empty),
+    f(9, 21150, 12, Ty::Message(232), Shape::Repeated, Omit::Empty),
+    f(21, 21162, 13, Ty::Message(233), Shape::Repeated, Omit::Empty),
+    f(10, 21175, 13, Ty::Message(234), Shape::Pointer, Omit::Empty),
+    f(11, 21188, 14, Ty::Message(234), Shape::Pointer, Omit::Empty),
+    f(22, 21202, 12, Ty::Message(234), Shape::Pointer, Omit::Empty),
+    f(12, 21214, 9, Ty::Message(241), Shape::Pointer, Omit::Empty),
+    f(13, 21223, 22, Ty::String, Shape::Single, Omit::Empty),
+    f(20, 21245, 24, Ty::String, Shape::Single, Omit::Empty),
+    f(14, 21269, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(15, 17646, 15, Ty::Message(244), Shape::Pointer, Omit::Empty),
+    f(16, 21284, 5, Ty::Bool, Shape::Single, Omit::Empty),
+    f(17, 21289, 9, Ty::Bool, Shape::Single, Omit::Empty),
+    f(18, 21298, 3, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 22573, 14, Ty::Message(246), Shape::Pointer, Omit::Empty),
+    f(8, 22587, 14, Ty::Message(247), Shape::Pointer, Omit::Empty),
+    f(2, 22601, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 22610, 10, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 22620, 12, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(4, 23127, 18, Ty::Int, Shape::Repeated, Omit::Empty),
+    f(12, 23145, 24, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 23169, 7, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 23176, 7, Ty::Message(253), Shape::Repeated, Omit::Empty),
+    f(9, 23183, 19, Ty::String, Shape::Pointer, Omit::Empty),
+    f(10, 22687, 14, Ty::Message(248), Shape::Pointer, Omit::Empty),
+    f(11, 22701, 15, Ty::Message(249), Shape::Pointer, Omit::Empty),
+    f(13, 23202, 19, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Never),
+    f(1, 23273, 12, Ty::Message(255), Shape::Pointer, Omit::Empty),
+    f(2, 23285, 11, Ty::Message(260), Shape::Pointer, Omit::Empty),
+    f(3, 23296, 15, Ty::Message(263), Shape::Pointer, Omit::Empty),
+    f(1, 23342, 46, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(2, 23388, 47, Ty::Message(259), Shape::Repeated, Omit::Empty),
+    f(1, 23466, 17, Ty::Message(257), Shape::Repeated, Omit::Never),
+    f(1, 5599, 16, Ty::Message(258), Shape::Repeated, Omit::Empty),
+    f(2, 23518, 11, Ty::Message(258), Shape::Repeated, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5687, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 23613, 6, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 23619, 10, Ty::Message(257), Shape::Single, Omit::Never),
+    f(1, 23342, 46, Ty::Message(261), Shape::Repeated, Omit::Empty),
+    f(2, 23388, 47, Ty::Message(262), Shape::Repeated, Omit::Empty),
+    f(1, 4481, 13, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 23693, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 23703, 11, Ty::String, Shape::Single, Omit::Never),
+    f(4, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(5, 23714, 14, Ty::String, Shape::Repeated, Omit::Empty),
+    f(6, 23728, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 23613, 6, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 23787, 15, Ty::Message(261), Shape::Single, Omit::Never),
+    f(1, 23342, 46, Ty::Message(261), Shape::Repeated, Omit::Empty),
+    f(2, 23388, 47, Ty::Message(262), Shape::Repeated, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 23865, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 23871, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Never),
+    f(2, 23918, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 23958, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 23969, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 19072, 7, Ty::Message(267), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 21514, 5, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 24049, 13, Ty::String, Shape::Single, Omit::Never),
+    f(1, 24105, 7, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 23703, 11, Ty::String, Shape::Single, Omit::Never),
+    f(3, 24112, 17, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4481, 13, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(5, 24129, 10, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 24139, 18, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 24157, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(8, 23714, 14, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 24268, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 24285, 25, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 24346, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 24354, 18, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(275), Shape::Pointer, Omit::Empty),
+    f(1, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 24482, 8, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 24524, 22, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 24546, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 24564, 22, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 24586, 11, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 24597, 22, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 24619, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(8, 24634, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 6673, 10, Ty::Message(277), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(164), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(280), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(283), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(4, 13777, 8, Ty::Message(281), Shape::Single, Omit::Empty),
+    f(5, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 24804, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(9, 24810, 23, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(282), Shape::Pointer, Omit::Empty),
+    f(1, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 24482, 8, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 24947, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24992, 19, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 25011, 19, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(284), Shape::Repeated, Omit::Empty),
+    f(8, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(6, 25068, 14, Ty::Time, Shape::Single, Omit::Empty),
+    f(7, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(279), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(287), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(288), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 25212, 20, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 25011, 19, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(289), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(286), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(292), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(301), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(4, 25367, 20, Ty::Message(293), Shape::Repeated, Omit::Empty),
+    f(5, 25387, 11, Ty::String, Shape::Single, Omit::Never),
+    f(6, 25398, 19, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 17289, 14, Ty::Message(297), Shape::Single, Omit::Empty),
+    f(8, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(9, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(10, 25417, 36, Ty::Message(299), Shape::Pointer, Omit::Empty),
+    f(11, 25453, 8, Ty::Message(300), Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(212), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(294), Shape::Single, Omit::Empty),
+    f(1, 25547, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 20766, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 25552, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(4, 6673, 10, Ty::Message(295), Shape::Repeated, Omit::Empty),
+    f(5, 25560, 18, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(7, 25578, 25, Ty::String, Shape::Map, Omit::Empty),
+    f(8, 25603, 32, Ty::String, Shape::Pointer, Omit::Empty),
+    f(9, 25635, 18, Ty::Message(296), Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 25702, 13, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 25752, 31, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(298), Shape::Pointer, Omit::Empty),
+    f(1, 18425, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 25944, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 25955, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 26003, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 26044, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24947, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 26059, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 26074, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 6673, 10, Ty::Message(302), Shape::Repeated, Omit::Empty),
+    f(11, 24975, 17, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(291), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 17168, 4, Ty::RawExtension, Shape::Single, Omit::Empty),
+    f(3, 17172, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(304), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(307), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(311), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(4, 13777, 8, Ty::Message(308), Shape::Single, Omit::Empty),
+    f(5, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 24804, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(8, 26321, 10, Ty::Message(310), Shape::Pointer, Omit::Empty),
+    f(9, 24810, 23, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(309), Shape::Pointer, Omit::Empty),
+    f(1, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 24482, 8, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 17172, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 24947, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24992, 19, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 25011, 19, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(312), Shape::Repeated, Omit::Empty),
+    f(8, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(6, 25068, 14, Ty::Time, Shape::Single, Omit::Empty),
+    f(7, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(306), Shape::Repeated, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 26621, 18, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 26321, 10, Ty::Message(310), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(316), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(317), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 7118, 8, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 26736, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(319), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(324), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(4, 25367, 20, Ty::Message(293), Shape::Repeated, Omit::Empty),
+    f(5, 25387, 11, Ty::String, Shape::Single, Omit::Never),
+    f(6, 25398, 19, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 17289, 14, Ty::Message(320), Shape::Single, Omit::Empty),
+    f(8, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(9, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(10, 25417, 36, Ty::Message(322), Shape::Pointer, Omit::Empty),
+    f(11, 25453, 8, Ty::Message(323), Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(321), Shape::Pointer, Omit::Empty),
+    f(1, 18425, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 25944, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 25955, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 26003, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 26044, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24947, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 26059, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 26074, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 6673, 10, Ty::Message(325), Shape::Repeated, Omit::Empty),
+    f(11, 24975, 17, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(318), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 17168, 4, Ty::RawExtension, Shape::Single, Omit::Empty),
+    f(3, 17172, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(327), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(330), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(333), Shape::Single, Omit::Empty),
+    f(1, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(2, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(3, 17289, 14, Ty::Message(331), Shape::Single, Omit::Empty),
+    f(4, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(332), Shape::Pointer, Omit::Empty),
+    f(1, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 24482, 8, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 24524, 22, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 24546, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 24564, 22, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 24586, 11, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 24597, 22, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 24619, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(8, 24634, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 6673, 10, Ty::Message(334), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(329), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(337), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(340), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(4, 13777, 8, Ty::Message(338), Shape::Single, Omit::Empty),
+    f(5, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 24804, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(9, 24810, 23, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(339), Shape::Pointer, Omit::Empty),
+    f(1, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 24482, 8, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 24947, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24992, 19, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 25011, 19, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(341), Shape::Repeated, Omit::Empty),
+    f(8, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(6, 25068, 14, Ty::Time, Shape::Single, Omit::Empty),
+    f(7, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(336), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(344), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(345), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 25212, 20, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 25011, 19, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(346), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(343), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(349), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(350), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 7118, 8, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 26736, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(352), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(357), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Never),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(4, 25367, 20, Ty::Message(293), Shape::Repeated, Omit::Empty),
+    f(5, 25387, 11, Ty::String, Shape::Single, Omit::Never),
+    f(6, 25398, 19, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 17289, 14, Ty::Message(353), Shape::Single, Omit::Empty),
+    f(8, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(9, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(10, 25417, 36, Ty::Message(355), Shape::Pointer, Omit::Empty),
+    f(11, 25453, 8, Ty::Message(356), Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(354), Shape::Pointer, Omit::Empty),
+    f(1, 18425, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 25944, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 25955, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 26003, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 26044, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24947, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 26059, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 26074, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 6673, 10, Ty::Message(358), Shape::Repeated, Omit::Empty),
+    f(11, 24975, 17, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(351), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::Message(361), Shape::Single, Omit::Empty),
+    f(1, 28623, 8, Ty::Message(362), Shape::Single, Omit::Empty),
+    f(1, 28668, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 28676, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 28682, 5, Ty::StringItems, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(364), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(366), Shape::Single, Omit::Empty),
+    f(1, 28773, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 20136, 17, Ty::Int, Shape::Pointer, Omit::Never),
+    f(3, 28782, 14, Ty::Message(365), Shape::Pointer, Omit::Never),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 28892, 5, Ty::String, Shape::Single, Omit::Never),
+    f(2, 28897, 19, Ty::Time, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(368), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(369), Shape::Single, Omit::Empty),
+    f(1, 28892, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 28773, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 29046, 13, Ty::Bool, Shape::Single, Omit::Empty),
+    f(2, 19020, 4, Ty::Message(362), Shape::Single, Omit::Empty),
+    f(4, 28773, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 29059, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::Message(371), Shape::Single, Omit::Empty),
+    f(1, 28623, 8, Ty::Message(362), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::Message(373), Shape::Single, Omit::Empty),
+    f(1, 28623, 8, Ty::Message(362), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(375), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(376), Shape::Single, Omit::Empty),
+    f(1, 28892, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 28773, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 29046, 13, Ty::Bool, Shape::Single, Omit::Empty),
+    f(2, 19020, 4, Ty::Message(377), Shape::Single, Omit::Empty),
+    f(4, 28773, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 29059, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 28668, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 28676, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 28682, 5, Ty::StringItems, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(379), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(385), Shape::Single, Omit::Empty),
+    f(1, 29572, 18, Ty::Message(380), Shape::Pointer, Omit::Empty),
+    f(2, 29590, 21, Ty::Message(384), Shape::Pointer, Omit::Empty),
+    f(3, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 28676, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(5, 28682, 5, Ty::StringItems, Shape::Map, Omit::Empty),
+    f(6, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 29657, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 14741, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 19412, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 5066, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 4494, 13, Ty::Message(381), Shape::Pointer, Omit::Empty),
+    f(9, 4481, 13, Ty::Message(383), Shape::Pointer, Omit::Empty),
+    f(1, 29712, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 29723, 12, Ty::Message(382), Shape::Repeated, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5687, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 29712, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 29723, 12, Ty::Message(15), Shape::Repeated, Omit::Empty),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 29657, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 29949, 7, Ty::Bool, Shape::Single, Omit::Never),
+    f(4, 29956, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(2, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 29962, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(387), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(385), Shape::Single, Omit::Empty),
+    f(1, 29572, 18, Ty::Message(380), Shape::Pointer, Omit::Empty),
+    f(2, 29590, 21, Ty::Message(384), Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(389), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(390), Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6285, 13, Ty::Message(391), Shape::Repeated, Omit::Never),
+    f(2, 30239, 16, Ty::Message(392), Shape::Repeated, Omit::Never),
+    f(3, 30255, 10, Ty::Bool, Shape::Single, Omit::Never),
+    f(4, 29962, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 30353, 15, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(379), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(385), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(395), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(398), Shape::Single, Omit::Empty),
+    f(1, 29572, 18, Ty::Message(396), Shape::Pointer, Omit::Empty),
+    f(2, 29590, 21, Ty::Message(397), Shape::Pointer, Omit::Empty),
+    f(3, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 11753, 5, Ty::String, Shape::Repeated, Omit::Empty),
+    f(5, 28682, 5, Ty::StringItems, Shape::Map, Omit::Empty),
+    f(6, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 29657, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 14741, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 19412, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 5066, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 4494, 13, Ty::Message(381), Shape::Pointer, Omit::Empty),
+    f(9, 4481, 13, Ty::Message(383), Shape::Pointer, Omit::Empty),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 29657, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 29949, 7, Ty::Bool, Shape::Single, Omit::Never),
+    f(4, 29956, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(2, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 29962, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(400), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(398), Shape::Single, Omit::Empty),
+    f(1, 29572, 18, Ty::Message(396), Shape::Pointer, Omit::Empty),
+    f(2, 29590, 21, Ty::Message(397), Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(402), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(403), Shape::Single, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6285, 13, Ty::Message(404), Shape::Repeated, Omit::Never),
+    f(2, 30239, 16, Ty::Message(405), Shape::Repeated, Omit::Never),
+    f(3, 30255, 10, Ty::Bool, Shape::Single, Omit::Never),
+    f(4, 29962, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 30353, 15, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(395), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(398), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(408), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(410), Shape::Single, Omit::Empty),
+    f(1, 31225, 14, Ty::Message(409), Shape::Single, Omit::Never),
+    f(2, 31239, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 31250, 11, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 31261, 30, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 31399, 13, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(3, 26044, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 31412, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 31427, 31, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(407), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(413), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(414), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 7118, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(416), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(429), Shape::Single, Omit::Empty),
+    f(1, 31225, 14, Ty::Message(417), Shape::Single, Omit::Never),
+    f(2, 31239, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 31250, 11, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 31716, 7, Ty::Message(418), Shape::Repeated, Omit::Empty),
+    f(5, 31723, 8, Ty::Message(426), Shape::Pointer, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7522, 6, Ty::Message(419), Shape::Pointer, Omit::Empty),
+    f(3, 31820, 4, Ty::Message(422), Shape::Pointer, Omit::Empty),
+    f(4, 19412, 8, Ty::Message(423), Shape::Pointer, Omit::Empty),
+    f(7, 31824, 17, Ty::Message(424), Shape::Pointer, Omit::Empty),
+    f(5, 31841, 8, Ty::Message(425), Shape::Pointer, Omit::Empty),
+    f(1, 31893, 15, Ty::Message(417), Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(420), Shape::Single, Omit::Never),
+    f(3, 31914, 6, Ty::Message(421), Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(3, 31958, 12, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(4, 31970, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(1, 31914, 6, Ty::Message(421), Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(420), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(420), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(420), Shape::Single, Omit::Never),
+    f(3, 32173, 9, Ty::String, Shape::Single, Omit::Never),
+    f(1, 31914, 6, Ty::Message(421), Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(420), Shape::Single, Omit::Never),
+    f(1, 32285, 7, Ty::Message(427), Shape::Pointer, Omit::Empty),
+    f(2, 32292, 9, Ty::Message(427), Shape::Pointer, Omit::Empty),
+    f(3, 32342, 26, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 32368, 12, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 32380, 8, Ty::Message(428), Shape::Repeated, Omit::Empty),
+    f(4, 32388, 9, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 22112, 13, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 31399, 13, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(3, 26044, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 31412, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 32494, 14, Ty::Message(430), Shape::Repeated, Omit::Never),
+    f(6, 6673, 10, Ty::Message(437), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7522, 6, Ty::Message(431), Shape::Pointer, Omit::Empty),
+    f(3, 31820, 4, Ty::Message(433), Shape::Pointer, Omit::Empty),
+    f(4, 19412, 8, Ty::Message(434), Shape::Pointer, Omit::Empty),
+    f(7, 31824, 17, Ty::Message(435), Shape::Pointer, Omit::Empty),
+    f(5, 31841, 8, Ty::Message(436), Shape::Pointer, Omit::Empty),
+    f(1, 31914, 6, Ty::Message(421), Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(432), Shape::Single, Omit::Never),
+    f(3, 31893, 15, Ty::Message(417), Shape::Single, Omit::Never),
+    f(1, 21514, 5, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(2, 31958, 12, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(3, 31970, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 31914, 6, Ty::Message(421), Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(432), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(432), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(432), Shape::Single, Omit::Never),
+    f(3, 32173, 9, Ty::String, Shape::Single, Omit::Never),
+    f(1, 31914, 6, Ty::Message(421), Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(432), Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(415), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(440), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(448), Shape::Single, Omit::Empty),
+    f(1, 31225, 14, Ty::Message(441), Shape::Single, Omit::Never),
+    f(2, 31239, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 31250, 11, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 31716, 7, Ty::Message(442), Shape::Repeated, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7522, 6, Ty::Message(443), Shape::Pointer, Omit::Empty),
+    f(3, 31820, 4, Ty::Message(444), Shape::Pointer, Omit::Empty),
+    f(4, 19412, 8, Ty::Message(445), Shape::Pointer, Omit::Empty),
+    f(7, 31824, 17, Ty::Message(446), Shape::Pointer, Omit::Empty),
+    f(5, 31841, 8, Ty::Message(447), Shape::Pointer, Omit::Empty),
+    f(1, 31908, 6, Ty::Message(441), Shape::Single, Omit::Never),
+    f(2, 33200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(3, 33210, 11, Ty::Quantity, Shape::Single, Omit::Never),
+    f(4, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(5, 31958, 12, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 33200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33268, 18, Ty::Quantity, Shape::Single, Omit::Never),
+    f(3, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33337, 24, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 33268, 18, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33337, 24, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 33268, 18, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(4, 32173, 9, Ty::String, Shape::Single, Omit::Never),
+    f(1, 33200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33472, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 33210, 11, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(4, 33268, 18, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 31399, 13, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(3, 26044, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 31412, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 32494, 14, Ty::Message(449), Shape::Repeated, Omit::Never),
+    f(6, 6673, 10, Ty::Message(455), Shape::Repeated, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7522, 6, Ty::Message(450), Shape::Pointer, Omit::Empty),
+    f(3, 31820, 4, Ty::Message(451), Shape::Pointer, Omit::Empty),
+    f(4, 19412, 8, Ty::Message(452), Shape::Pointer, Omit::Empty),
+    f(7, 31824, 17, Ty::Message(453), Shape::Pointer, Omit::Empty),
+    f(5, 31841, 8, Ty::Message(454), Shape::Pointer, Omit::Empty),
+    f(1, 31908, 6, Ty::Message(441), Shape::Single, Omit::Never),
+    f(2, 33200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(3, 33638, 12, Ty::Quantity, Shape::Single, Omit::Never),
+    f(4, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(5, 31958, 12, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 33200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33697, 19, Ty::Quantity, Shape::Single, Omit::Never),
+    f(3, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33767, 25, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 33697, 19, Ty::Quantity, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33767, 25, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 33697, 19, Ty::Quantity, Shape::Single, Omit::Never),
+    f(4, 32173, 9, Ty::String, Shape::Single, Omit::Never),
+    f(1, 33200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 33472, 14, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 33638, 12, Ty::Quantity, Shape::Single, Omit::Never),
+    f(4, 33697, 19, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(439), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(458), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(471), Shape::Single, Omit::Empty),
+    f(1, 31225, 14, Ty::Message(459), Shape::Single, Omit::Never),
+    f(2, 31239, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 31250, 11, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 31716, 7, Ty::Message(460), Shape::Repeated, Omit::Empty),
+    f(5, 31723, 8, Ty::Message(468), Shape::Pointer, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7522, 6, Ty::Message(461), Shape::Pointer, Omit::Empty),
+    f(3, 31820, 4, Ty::Message(464), Shape::Pointer, Omit::Empty),
+    f(4, 19412, 8, Ty::Message(465), Shape::Pointer, Omit::Empty),
+    f(7, 31824, 17, Ty::Message(466), Shape::Pointer, Omit::Empty),
+    f(5, 31841, 8, Ty::Message(467), Shape::Pointer, Omit::Empty),
+    f(1, 31893, 15, Ty::Message(459), Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(462), Shape::Single, Omit::Never),
+    f(3, 31914, 6, Ty::Message(463), Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(3, 31958, 12, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(4, 31970, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(1, 31914, 6, Ty::Message(463), Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(462), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(462), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(462), Shape::Single, Omit::Never),
+    f(3, 32173, 9, Ty::String, Shape::Single, Omit::Never),
+    f(1, 31914, 6, Ty::Message(463), Shape::Single, Omit::Never),
+    f(2, 31908, 6, Ty::Message(462), Shape::Single, Omit::Never),
+    f(1, 32285, 7, Ty::Message(469), Shape::Pointer, Omit::Empty),
+    f(2, 32292, 9, Ty::Message(469), Shape::Pointer, Omit::Empty),
+    f(3, 32342, 26, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 32368, 12, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 32380, 8, Ty::Message(470), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 22112, 13, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 6643, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 31399, 13, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(3, 26044, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 31412, 15, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 32494, 14, Ty::Message(472), Shape::Repeated, Omit::Never),
+    f(6, 6673, 10, Ty::Message(479), Shape::Repeated, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 7522, 6, Ty::Message(473), Shape::Pointer, Omit::Empty),
+    f(3, 31820, 4, Ty::Message(475), Shape::Pointer, Omit::Empty),
+    f(4, 19412, 8, Ty::Message(476), Shape::Pointer, Omit::Empty),
+    f(7, 31824, 17, Ty::Message(477), Shape::Pointer, Omit::Empty),
+    f(5, 31841, 8, Ty::Message(478), Shape::Pointer, Omit::Empty),
+    f(1, 31914, 6, Ty::Message(463), Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(474), Shape::Single, Omit::Never),
+    f(3, 31893, 15, Ty::Message(459), Shape::Single, Omit::Never),
+    f(1, 21514, 5, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(2, 31958, 12, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(3, 31970, 18, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 31914, 6, Ty::Message(463), Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(474), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(474), Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(474), Shape::Single, Omit::Never),
+    f(3, 32173, 9, Ty::String, Shape::Single, Omit::Never),
+    f(1, 31914, 6, Ty::Message(463), Shape::Single, Omit::Never),
+    f(2, 32590, 7, Ty::Message(474), Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(457), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(482), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(491), Shape::Single, Omit::Empty),
+    f(1, 35326, 8, Ty::String, Shape::Single, Omit::Never),
+    f(8, 35334, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 35342, 23, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 35365, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 35382, 7, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(5, 35389, 11, Ty::Message(483), Shape::Single, Omit::Never),
+    f(6, 35400, 26, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 35426, 22, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(484), Shape::Single, Omit::Empty),
+    f(1, 35510, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 35521, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 17490, 21, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(11, 35532, 16, Ty::Message(485), Shape::Pointer, Omit::Empty),
+    f(16, 35548, 13, Ty::Message(489), Shape::Pointer, Omit::Empty),
+    f(7, 35561, 12, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(12, 35573, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(13, 35593, 16, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(5, 35609, 14, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(8, 35623, 23, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(9, 35646, 14, Ty::String, Shape::Pointer, Omit::Empty),
+    f(10, 35382, 7, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(14, 35660, 20, Ty::String, Shape::Pointer, Omit::Empty),
+    f(15, 35680, 9, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5140, 5, Ty::Message(486), Shape::Repeated, Omit::Never),
+    f(1, 21873, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 35765, 11, Ty::Message(487), Shape::Pointer, Omit::Empty),
+    f(3, 35776, 15, Ty::Message(488), Shape::Repeated, Omit::Empty),
+    f(1, 19399, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5687, 6, Ty::Int, Shape::Repeated, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(1, 5140, 5, Ty::Message(490), Shape::Repeated, Omit::Never),
+    f(1, 35977, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 35993, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 36040, 6, Ty::Message(492), Shape::Repeated, Omit::Empty),
+    f(4, 36046, 16, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(5, 36062, 18, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 4371, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 13183, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(481), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(484), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(495), Shape::Single, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(496), Shape::Repeated, Omit::Empty),
+    f(2, 36197, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(3, 36206, 14, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(4, 36040, 6, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 36220, 9, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 36229, 6, Ty::Int, Shape::Single, Omit::Empty),
+    f(11, 36235, 11, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 36246, 16, Ty::String, Shape::Single, Omit::Empty),
+    f(10, 36262, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(8, 36275, 23, Ty::Message(497), Shape::Pointer, Omit::Empty),
+    f(9, 36298, 5, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 25702, 13, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 36220, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 36229, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(494), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(500), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(502), Shape::Single, Omit::Empty),
+    f(1, 35326, 8, Ty::String, Shape::Single, Omit::Never),
+    f(8, 35334, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 35342, 23, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 35365, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 35382, 7, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(5, 35389, 11, Ty::Message(501), Shape::Single, Omit::Never),
+    f(6, 35400, 26, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 35426, 22, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(484), Shape::Single, Omit::Empty),
+    f(1, 36040, 6, Ty::Message(492), Shape::Repeated, Omit::Empty),
+    f(4, 36046, 16, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(5, 36062, 18, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(499), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(505), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(506), Shape::Single, Omit::Empty),
+    f(1, 11439, 7, Ty::Bytes, Shape::Single, Omit::Never),
+    f(7, 20200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(8, 20136, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(5, 36695, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 28668, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 28676, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(6, 28682, 5, Ty::StringItems, Shape::Map, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(507), Shape::Repeated, Omit::Empty),
+    f(2, 36759, 11, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(6, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 25068, 14, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(504), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(510), Shape::Single, Omit::Never),
+    f(1, 20200, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 36993, 11, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(509), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(513), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(514), Shape::Single, Omit::Empty),
+    f(1, 11439, 7, Ty::Bytes, Shape::Single, Omit::Never),
+    f(7, 20200, 10, Ty::String, Shape::Pointer, Omit::Empty),
+    f(8, 20136, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(5, 36695, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 28668, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 28676, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(6, 28682, 5, Ty::StringItems, Shape::Map, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(515), Shape::Repeated, Omit::Empty),
+    f(2, 36759, 11, Ty::Bytes, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(6, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 25068, 14, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(512), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(518), Shape::Single, Omit::Never),
+    f(1, 20200, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 36993, 11, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(517), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(521), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(522), Shape::Single, Omit::Empty),
+    f(1, 20200, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 37635, 7, Ty::String, Shape::Single, Omit::Never),
+    f(3, 37642, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 17532, 18, Ty::String, Shape::Single, Omit::Never),
+    f(5, 37648, 17, Ty::String, Shape::Single, Omit::Never),
+    f(6, 17592, 8, Ty::String, Shape::Single, Omit::Never),
+    f(7, 37665, 7, Ty::String, Shape::Single, Omit::Never),
+    f(8, 20260, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(9, 37672, 13, Ty::Bytes, Shape::Single, Omit::Never),
+    f(10, 37685, 17, Ty::Bytes, Shape::Single, Omit::Never),
+    f(11, 37702, 25, Ty::String, Shape::Map, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(2, 37786, 16, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 37802, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(5, 37811, 14, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(6, 37825, 8, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(520), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(525), Shape::Single, Omit::Empty),
+    f(1, 37958, 14, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 37972, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 37992, 11, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(4, 38003, 9, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(5, 38012, 16, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 13777, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 38028, 15, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(524), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(528), Shape::Single, Omit::Empty),
+    f(1, 38177, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 38186, 8, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(3, 38003, 9, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(4, 38194, 13, Ty::String, Shape::Single, Omit::Never),
+    f(5, 38207, 16, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 13777, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(527), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(531), Shape::Single, Omit::Empty),
+    f(1, 37958, 14, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 37972, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 37992, 11, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(4, 38003, 9, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(5, 38012, 16, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 13777, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 38028, 15, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(533), Shape::Single, Omit::Empty),
+    f(1, 38177, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 38186, 8, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(3, 38003, 9, Ty::MicroTime, Shape::Pointer, Omit::Empty),
+    f(4, 38194, 13, Ty::String, Shape::Single, Omit::Never),
+    f(5, 38207, 16, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 13777, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(532), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(530), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(4, 38576, 11, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18904, 9, Ty::Message(537), Shape::Repeated, Omit::Never),
+    f(3, 21105, 5, Ty::Message(542), Shape::Repeated, Omit::Never),
+    f(1, 38619, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 6673, 10, Ty::Message(538), Shape::Single, Omit::Empty),
+    f(3, 17677, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 38628, 9, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(5, 38637, 18, Ty::String, Shape::Map, Omit::Empty),
+    f(6, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 38655, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(8, 38659, 5, Ty::Message(539), Shape::Pointer, Omit::Empty),
+    f(1, 36298, 5, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 38706, 7, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(3, 36235, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 38750, 8, Ty::Message(540), Shape::Repeated, Omit::Empty),
+    f(2, 38758, 8, Ty::Message(541), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 21354, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 38864, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(536), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(4, 38576, 11, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18904, 9, Ty::Message(545), Shape::Repeated, Omit::Never),
+    f(3, 21105, 5, Ty::Message(550), Shape::Repeated, Omit::Never),
+    f(1, 38619, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 6673, 10, Ty::Message(546), Shape::Single, Omit::Empty),
+    f(3, 17677, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 38628, 9, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(5, 38995, 8, Ty::String, Shape::Map, Omit::Empty),
+    f(6, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(7, 38659, 5, Ty::Message(547), Shape::Pointer, Omit::Empty),
+    f(1, 36298, 5, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 38706, 7, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(3, 36235, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 38750, 8, Ty::Message(548), Shape::Repeated, Omit::Empty),
+    f(2, 38758, 8, Ty::Message(549), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 21354, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 5396, 4, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 38864, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(544), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Never),
+    f(2, 39277, 9, Ty::MicroTime, Shape::Single, Omit::Never),
+    f(3, 39286, 6, Ty::Message(553), Shape::Pointer, Omit::Empty),
+    f(4, 39292, 19, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 39311, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 21873, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 39328, 9, Ty::Message(492), Shape::Single, Omit::Empty),
+    f(9, 39337, 7, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(10, 39344, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(11, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(12, 39348, 16, Ty::Message(554), Shape::Single, Omit::Empty),
+    f(13, 39364, 24, Ty::Time, Shape::Single, Omit::Empty),
+    f(14, 39388, 23, Ty::Time, Shape::Single, Omit::Empty),
+    f(15, 39411, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 39458, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 39463, 16, Ty::MicroTime, Shape::Single, Omit::Never),
+    f(1, 39509, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 22273, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(552), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Never),
+    f(2, 39277, 9, Ty::MicroTime, Shape::Single, Omit::Never),
+    f(3, 39286, 6, Ty::Message(557), Shape::Pointer, Omit::Empty),
+    f(4, 39292, 19, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 39311, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 21873, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 39328, 9, Ty::Message(492), Shape::Single, Omit::Empty),
+    f(9, 39337, 7, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(10, 39344, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(11, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(12, 39348, 16, Ty::Message(554), Shape::Single, Omit::Empty),
+    f(13, 39364, 24, Ty::Time, Shape::Single, Omit::Empty),
+    f(14, 39388, 23, Ty::Time, Shape::Single, Omit::Empty),
+    f(15, 39411, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 39458, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 39463, 16, Ty::MicroTime, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(556), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(560), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(563), Shape::Single, Omit::Empty),
+    f(1, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(3, 17289, 14, Ty::Message(561), Shape::Single, Omit::Empty),
+    f(4, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 39733, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(562), Shape::Pointer, Omit::Empty),
+    f(1, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 24482, 8, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 24524, 22, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 24546, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 24564, 22, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 24586, 11, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 24597, 22, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 24619, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(8, 24634, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 6673, 10, Ty::Message(564), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(559), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(567), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(571), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Never),
+    f(4, 13777, 8, Ty::Message(568), Shape::Single, Omit::Empty),
+    f(5, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17318, 20, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(7, 24804, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(8, 26321, 10, Ty::Message(570), Shape::Pointer, Omit::Empty),
+    f(9, 24810, 23, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 24414, 13, Ty::Message(569), Shape::Pointer, Omit::Empty),
+    f(1, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 24482, 8, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(1, 17172, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 24947, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24992, 19, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 25011, 19, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(572), Shape::Repeated, Omit::Empty),
+    f(8, 24651, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(6, 25068, 14, Ty::Time, Shape::Single, Omit::Empty),
+    f(7, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(566), Shape::Repeated, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 26621, 18, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 26321, 10, Ty::Message(570), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(576), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(583), Shape::Single, Omit::Empty),
+    f(4, 40486, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 40502, 7, Ty::Message(577), Shape::Pointer, Omit::Empty),
+    f(2, 40509, 3, Ty::Message(578), Shape::Repeated, Omit::Empty),
+    f(3, 5140, 5, Ty::Message(579), Shape::Repeated, Omit::Empty),
+    f(1, 25387, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 40556, 11, Ty::IntOrString, Shape::Single, Omit::Empty),
+    f(3, 19412, 8, Ty::Message(214), Shape::Pointer, Omit::Empty),
+    f(1, 40607, 5, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 18595, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 22273, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(580), Shape::Inline, Omit::Never),
+    f(1, 40699, 4, Ty::Message(581), Shape::Pointer, Omit::Empty),
+    f(1, 40753, 5, Ty::Message(582), Shape::Repeated, Omit::Never),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 40803, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 40502, 7, Ty::Message(577), Shape::Single, Omit::Never),
+    f(1, 40854, 12, Ty::Message(584), Shape::Single, Omit::Empty),
+    f(1, 40921, 7, Ty::Message(585), Shape::Repeated, Omit::Empty),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 17677, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 21105, 5, Ty::Message(586), Shape::Repeated, Omit::Empty),
+    f(1, 5396, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 21354, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 29059, 5, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(575), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(589), Shape::Single, Omit::Empty),
+    f(1, 41162, 11, Ty::Message(14), Shape::Single, Omit::Never),
+    f(2, 40921, 7, Ty::Message(590), Shape::Repeated, Omit::Empty),
+    f(3, 41173, 6, Ty::Message(594), Shape::Repeated, Omit::Empty),
+    f(4, 41179, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 21105, 5, Ty::Message(591), Shape::Repeated, Omit::Empty),
+    f(2, 41244, 4, Ty::Message(592), Shape::Repeated, Omit::Empty),
+    f(1, 21354, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 5396, 4, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(3, 41295, 7, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 41162, 11, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 41349, 7, Ty::Message(593), Shape::Pointer, Omit::Empty),
+    f(1, 41393, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 41397, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 21105, 5, Ty::Message(591), Shape::Repeated, Omit::Empty),
+    f(2, 41456, 2, Ty::Message(592), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(588), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(597), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(598), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 17281, 8, Ty::Message(166), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 25212, 20, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 25011, 19, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(599), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(596), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(602), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(603), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 7118, 8, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 26736, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(605), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(615), Shape::Single, Omit::Empty),
+    f(1, 41919, 26, Ty::Message(606), Shape::Single, Omit::Never),
+    f(2, 41945, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 41963, 19, Ty::Message(607), Shape::Pointer, Omit::Empty),
+    f(4, 5140, 5, Ty::Message(608), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 42141, 8, Ty::Message(609), Shape::Repeated, Omit::Never),
+    f(2, 6285, 13, Ty::Message(613), Shape::Repeated, Omit::Empty),
+    f(3, 30239, 16, Ty::Message(614), Shape::Repeated, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19020, 4, Ty::Message(610), Shape::Pointer, Omit::Empty),
+    f(3, 11753, 5, Ty::Message(611), Shape::Pointer, Omit::Empty),
+    f(4, 17550, 14, Ty::Message(612), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 42348, 12, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 23693, 10, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(6, 30353, 15, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 6673, 10, Ty::Message(616), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(604), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(619), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(624), Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42642, 7, Ty::Message(620), Shape::Pointer, Omit::Empty),
+    f(3, 42649, 6, Ty::Message(623), Shape::Pointer, Omit::Empty),
+    f(1, 42714, 24, Ty::Int, Shape::Pointer, Omit::Never),
+    f(2, 42738, 13, Ty::Message(621), Shape::Single, Omit::Empty),
+    f(3, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 42766, 21, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42826, 7, Ty::Message(622), Shape::Pointer, Omit::Empty),
+    f(1, 42879, 6, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 42885, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 42893, 16, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 42714, 24, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(625), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(618), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(628), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(638), Shape::Single, Omit::Empty),
+    f(1, 41919, 26, Ty::Message(629), Shape::Single, Omit::Never),
+    f(2, 41945, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 41963, 19, Ty::Message(630), Shape::Pointer, Omit::Empty),
+    f(4, 5140, 5, Ty::Message(631), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 42141, 8, Ty::Message(632), Shape::Repeated, Omit::Never),
+    f(2, 6285, 13, Ty::Message(636), Shape::Repeated, Omit::Empty),
+    f(3, 30239, 16, Ty::Message(637), Shape::Repeated, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19020, 4, Ty::Message(633), Shape::Pointer, Omit::Empty),
+    f(3, 11753, 5, Ty::Message(634), Shape::Pointer, Omit::Empty),
+    f(4, 17550, 14, Ty::Message(635), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 42348, 12, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 23693, 10, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(6, 30353, 15, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 6673, 10, Ty::Message(639), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(627), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(642), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(647), Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42642, 7, Ty::Message(643), Shape::Pointer, Omit::Empty),
+    f(3, 42649, 6, Ty::Message(646), Shape::Pointer, Omit::Empty),
+    f(1, 44002, 24, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 42738, 13, Ty::Message(644), Shape::Single, Omit::Empty),
+    f(3, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 42766, 21, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42826, 7, Ty::Message(645), Shape::Pointer, Omit::Empty),
+    f(1, 42879, 6, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 42885, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 42893, 16, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 42714, 24, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(648), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(641), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(651), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(661), Shape::Single, Omit::Empty),
+    f(1, 41919, 26, Ty::Message(652), Shape::Single, Omit::Never),
+    f(2, 41945, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 41963, 19, Ty::Message(653), Shape::Pointer, Omit::Empty),
+    f(4, 5140, 5, Ty::Message(654), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 42141, 8, Ty::Message(655), Shape::Repeated, Omit::Never),
+    f(2, 6285, 13, Ty::Message(659), Shape::Repeated, Omit::Empty),
+    f(3, 30239, 16, Ty::Message(660), Shape::Repeated, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19020, 4, Ty::Message(656), Shape::Pointer, Omit::Empty),
+    f(3, 11753, 5, Ty::Message(657), Shape::Pointer, Omit::Empty),
+    f(4, 17550, 14, Ty::Message(658), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 42348, 12, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 23693, 10, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(6, 30353, 15, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 6673, 10, Ty::Message(662), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(650), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(665), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(670), Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42642, 7, Ty::Message(666), Shape::Pointer, Omit::Empty),
+    f(3, 42649, 6, Ty::Message(669), Shape::Pointer, Omit::Empty),
+    f(1, 44002, 24, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 42738, 13, Ty::Message(667), Shape::Single, Omit::Empty),
+    f(3, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 42766, 21, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42826, 7, Ty::Message(668), Shape::Pointer, Omit::Empty),
+    f(1, 42879, 6, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 42885, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 42893, 16, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 42714, 24, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(671), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(664), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(674), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(684), Shape::Single, Omit::Empty),
+    f(1, 41919, 26, Ty::Message(675), Shape::Single, Omit::Never),
+    f(2, 41945, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 41963, 19, Ty::Message(676), Shape::Pointer, Omit::Empty),
+    f(4, 5140, 5, Ty::Message(677), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 42141, 8, Ty::Message(678), Shape::Repeated, Omit::Never),
+    f(2, 6285, 13, Ty::Message(682), Shape::Repeated, Omit::Empty),
+    f(3, 30239, 16, Ty::Message(683), Shape::Repeated, Omit::Empty),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19020, 4, Ty::Message(679), Shape::Pointer, Omit::Empty),
+    f(3, 11753, 5, Ty::Message(680), Shape::Pointer, Omit::Empty),
+    f(4, 17550, 14, Ty::Message(681), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 42348, 12, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 23693, 10, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(6, 30353, 15, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 6673, 10, Ty::Message(685), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(673), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(688), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(693), Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42642, 7, Ty::Message(689), Shape::Pointer, Omit::Empty),
+    f(3, 42649, 6, Ty::Message(692), Shape::Pointer, Omit::Empty),
+    f(1, 42714, 24, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 42738, 13, Ty::Message(690), Shape::Single, Omit::Empty),
+    f(3, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 42766, 21, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 42826, 7, Ty::Message(691), Shape::Pointer, Omit::Empty),
+    f(1, 42879, 6, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 42885, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 42893, 16, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 42714, 24, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(2, 42751, 15, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(694), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(687), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(697), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(698), Shape::Single, Omit::Never),
+    f(1, 46956, 15, Ty::Message(699), Shape::Repeated, Omit::Empty),
+    f(2, 46971, 21, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 6673, 10, Ty::Message(700), Shape::Repeated, Omit::Empty),
+    f(1, 47050, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 47061, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 47076, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 47093, 14, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6443, 6, Ty::String, Shape::Single, Omit::Never),
+    f(6, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(696), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(702), Shape::Repeated, Omit::Never),
+    f(1, 47393, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(1, 5821, 5, Ty::Message(702), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(707), Shape::Single, Omit::Empty),
+    f(1, 47545, 9, Ty::Message(708), Shape::Pointer, Omit::Empty),
+    f(1, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 19412, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(706), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(711), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(720), Shape::Single, Omit::Empty),
+    f(4, 40486, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 47700, 14, Ty::Message(712), Shape::Pointer, Omit::Empty),
+    f(2, 40509, 3, Ty::Message(715), Shape::Repeated, Omit::Empty),
+    f(3, 5140, 5, Ty::Message(716), Shape::Repeated, Omit::Empty),
+    f(4, 5325, 7, Ty::Message(713), Shape::Pointer, Omit::Empty),
+    f(3, 19412, 8, Ty::Message(214), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5396, 4, Ty::Message(714), Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 47842, 6, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 40607, 5, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 18595, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 22273, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(717), Shape::Inline, Omit::Never),
+    f(1, 40699, 4, Ty::Message(718), Shape::Pointer, Omit::Empty),
+    f(1, 40753, 5, Ty::Message(719), Shape::Repeated, Omit::Never),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 40803, 8, Ty::String, Shape::Pointer, Omit::Never),
+    f(2, 40502, 7, Ty::Message(712), Shape::Single, Omit::Never),
+    f(1, 40854, 12, Ty::Message(721), Shape::Single, Omit::Empty),
+    f(1, 40921, 7, Ty::Message(722), Shape::Repeated, Omit::Empty),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 17677, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 21105, 5, Ty::Message(723), Shape::Repeated, Omit::Empty),
+    f(1, 5396, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 21354, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 29059, 5, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(725), Shape::Single, Omit::Empty),
+    f(1, 4945, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 48304, 10, Ty::Message(726), Shape::Pointer, Omit::Empty),
+    f(1, 20954, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 5533, 5, Ty::String, Shape::Pointer, Omit::Never),
+    f(5, 4738, 9, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(724), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(710), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(730), Shape::Single, Omit::Empty),
+    f(1, 41162, 11, Ty::Message(14), Shape::Single, Omit::Never),
+    f(2, 40921, 7, Ty::Message(731), Shape::Repeated, Omit::Empty),
+    f(3, 41173, 6, Ty::Message(735), Shape::Repeated, Omit::Empty),
+    f(4, 41179, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 21105, 5, Ty::Message(732), Shape::Repeated, Omit::Empty),
+    f(2, 41244, 4, Ty::Message(733), Shape::Repeated, Omit::Empty),
+    f(1, 21354, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 5396, 4, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(3, 41295, 7, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 41162, 11, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(2, 5169, 17, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 41349, 7, Ty::Message(734), Shape::Pointer, Omit::Empty),
+    f(1, 41393, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 41397, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 21105, 5, Ty::Message(732), Shape::Repeated, Omit::Empty),
+    f(2, 41456, 2, Ty::Message(733), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(729), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(738), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(739), Shape::Single, Omit::Empty),
+    f(1, 48858, 5, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(737), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(742), Shape::Single, Omit::Empty),
+    f(1, 47545, 9, Ty::Message(743), Shape::Pointer, Omit::Empty),
+    f(1, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 19412, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(741), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(746), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(753), Shape::Single, Omit::Empty),
+    f(4, 40486, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 40502, 7, Ty::Message(747), Shape::Pointer, Omit::Empty),
+    f(2, 40509, 3, Ty::Message(748), Shape::Repeated, Omit::Empty),
+    f(3, 5140, 5, Ty::Message(749), Shape::Repeated, Omit::Empty),
+    f(1, 25387, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 40556, 11, Ty::IntOrString, Shape::Single, Omit::Empty),
+    f(3, 19412, 8, Ty::Message(214), Shape::Pointer, Omit::Empty),
+    f(1, 40607, 5, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 18595, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 22273, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(750), Shape::Inline, Omit::Never),
+    f(1, 40699, 4, Ty::Message(751), Shape::Pointer, Omit::Empty),
+    f(1, 40753, 5, Ty::Message(752), Shape::Repeated, Omit::Never),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 40803, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 40502, 7, Ty::Message(747), Shape::Single, Omit::Never),
+    f(1, 40854, 12, Ty::Message(754), Shape::Single, Omit::Empty),
+    f(1, 40921, 7, Ty::Message(755), Shape::Repeated, Omit::Empty),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 17677, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 21105, 5, Ty::Message(756), Shape::Repeated, Omit::Empty),
+    f(1, 5396, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 21354, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 29059, 5, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(758), Shape::Single, Omit::Empty),
+    f(1, 4945, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 48304, 10, Ty::Message(759), Shape::Pointer, Omit::Empty),
+    f(1, 20954, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 5533, 5, Ty::String, Shape::Pointer, Omit::Never),
+    f(5, 4738, 9, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(757), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(745), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(763), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(764), Shape::Single, Omit::Empty),
+    f(1, 48858, 5, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(762), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 50105, 7, Ty::String, Shape::Single, Omit::Never),
+    f(3, 17827, 8, Ty::Message(767), Shape::Pointer, Omit::Empty),
+    f(4, 50112, 10, Ty::Message(768), Shape::Pointer, Omit::Empty),
+    f(1, 50149, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 17520, 12, Ty::String, Shape::Map, Omit::Empty),
+    f(2, 17715, 11, Ty::Message(264), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(766), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(771), Shape::Single, Omit::Never),
+    f(1, 50299, 14, Ty::String, Shape::Single, Omit::Never),
+    f(2, 17827, 8, Ty::Message(772), Shape::Pointer, Omit::Empty),
+    f(3, 50112, 10, Ty::Message(773), Shape::Pointer, Omit::Empty),
+    f(1, 50149, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 17520, 12, Ty::String, Shape::Map, Omit::Empty),
+    f(2, 17715, 11, Ty::Message(264), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(770), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 50105, 7, Ty::String, Shape::Single, Omit::Never),
+    f(3, 17827, 8, Ty::Message(776), Shape::Pointer, Omit::Empty),
+    f(4, 50112, 10, Ty::Message(777), Shape::Pointer, Omit::Empty),
+    f(1, 50149, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 17520, 12, Ty::String, Shape::Map, Omit::Empty),
+    f(2, 17715, 11, Ty::Message(264), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(775), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 50593, 13, Ty::Message(1), Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(781), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(782), Shape::Single, Omit::Empty),
+    f(1, 50690, 12, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(4, 50702, 26, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 50774, 13, Ty::Time, Shape::Map, Omit::Empty),
+    f(3, 50787, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 50805, 14, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 50819, 14, Ty::Int, Shape::Single, Omit::Never),
+    f(6, 50833, 12, Ty::Int, Shape::Single, Omit::Never),
+    f(7, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(780), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 50593, 13, Ty::Message(1), Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(786), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(787), Shape::Single, Omit::Empty),
+    f(1, 50690, 12, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(2, 7118, 8, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 24468, 14, Ty::IntOrString, Shape::Pointer, Omit::Empty),
+    f(4, 50702, 26, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 50774, 13, Ty::Time, Shape::Map, Omit::Empty),
+    f(3, 50787, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 50805, 14, Ty::Int, Shape::Single, Omit::Never),
+    f(5, 50819, 14, Ty::Int, Shape::Single, Omit::Never),
+    f(6, 50833, 12, Ty::Int, Shape::Single, Omit::Never),
+    f(7, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(785), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 5140, 5, Ty::Message(790), Shape::Repeated, Omit::Never),
+    f(3, 51147, 15, Ty::Message(791), Shape::Pointer, Omit::Empty),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(5, 30353, 15, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 51225, 20, Ty::Message(14), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 42141, 8, Ty::Message(793), Shape::Repeated, Omit::Empty),
+    f(3, 51282, 7, Ty::Message(794), Shape::Single, Omit::Never),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20954, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 20954, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(792), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(789), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 5140, 5, Ty::Message(790), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 42141, 8, Ty::Message(793), Shape::Repeated, Omit::Empty),
+    f(3, 51282, 7, Ty::Message(794), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(798), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(797), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 5140, 5, Ty::Message(802), Shape::Repeated, Omit::Never),
+    f(3, 51147, 15, Ty::Message(803), Shape::Pointer, Omit::Empty),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(3, 5504, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 5524, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(5, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(6, 30353, 15, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 51225, 20, Ty::Message(14), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 42141, 8, Ty::Message(805), Shape::Repeated, Omit::Empty),
+    f(3, 51282, 7, Ty::Message(806), Shape::Single, Omit::Never),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4931, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 20954, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(804), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(801), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 5140, 5, Ty::Message(802), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 42141, 8, Ty::Message(805), Shape::Repeated, Omit::Empty),
+    f(3, 51282, 7, Ty::Message(806), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(810), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(809), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 5140, 5, Ty::Message(814), Shape::Repeated, Omit::Never),
+    f(3, 51147, 15, Ty::Message(815), Shape::Pointer, Omit::Empty),
+    f(1, 30305, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5504, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5524, 9, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 6377, 13, Ty::String, Shape::Repeated, Omit::Empty),
+    f(5, 30353, 15, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 51225, 20, Ty::Message(14), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 42141, 8, Ty::Message(817), Shape::Repeated, Omit::Empty),
+    f(3, 51282, 7, Ty::Message(818), Shape::Single, Omit::Never),
+    f(1, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20954, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 20954, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(816), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(813), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 5140, 5, Ty::Message(814), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 42141, 8, Ty::Message(817), Shape::Repeated, Omit::Empty),
+    f(3, 51282, 7, Ty::Message(818), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(822), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(821), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(826), Shape::Single, Omit::Never),
+    f(1, 52476, 9, Ty::Message(827), Shape::Repeated, Omit::Empty),
+    f(2, 52485, 6, Ty::Message(829), Shape::Repeated, Omit::Empty),
+    f(4, 52491, 20, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 52548, 3, Ty::Message(828), Shape::Pointer, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 5464, 0, Ty::Message(830), Shape::Inline, Omit::Never),
+    f(1, 52680, 6, Ty::Message(831), Shape::Pointer, Omit::Empty),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 48304, 10, Ty::RawExtension, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(825), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(834), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(843), Shape::Single, Omit::Empty),
+    f(1, 52848, 7, Ty::Message(835), Shape::Single, Omit::Never),
+    f(1, 20902, 8, Ty::Message(836), Shape::Repeated, Omit::Never),
+    f(2, 52889, 11, Ty::Message(841), Shape::Repeated, Omit::Empty),
+    f(3, 52485, 6, Ty::Message(842), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52936, 7, Ty::Message(837), Shape::Pointer, Omit::Empty),
+    f(3, 52943, 14, Ty::Message(840), Shape::Repeated, Omit::Empty),
+    f(1, 52998, 15, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52476, 9, Ty::Message(827), Shape::Repeated, Omit::Empty),
+    f(3, 53013, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 53027, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 17715, 11, Ty::Message(838), Shape::Repeated, Omit::Empty),
+    f(7, 25552, 8, Ty::Message(839), Shape::Pointer, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 23865, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 23871, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52998, 15, Ty::String, Shape::Single, Omit::Never),
+    f(3, 52476, 9, Ty::Message(827), Shape::Repeated, Omit::Empty),
+    f(4, 53013, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17715, 11, Ty::Message(838), Shape::Repeated, Omit::Empty),
+    f(7, 25552, 8, Ty::Message(839), Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 53198, 14, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 53212, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(830), Shape::Inline, Omit::Never),
+    f(1, 53318, 10, Ty::Message(844), Shape::Pointer, Omit::Empty),
+    f(2, 53328, 11, Ty::Message(848), Shape::Repeated, Omit::Empty),
+    f(4, 52848, 7, Ty::Message(849), Shape::Repeated, Omit::Empty),
+    f(1, 52848, 7, Ty::Message(845), Shape::Single, Omit::Empty),
+    f(3, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(5, 53378, 19, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 53442, 7, Ty::Message(846), Shape::Repeated, Omit::Empty),
+    f(2, 52485, 6, Ty::Message(847), Shape::Repeated, Omit::Empty),
+    f(1, 11439, 7, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 19016, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 53501, 6, Ty::String, Shape::Single, Omit::Never),
+    f(5, 53027, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 17715, 11, Ty::Message(838), Shape::Repeated, Omit::Empty),
+    f(7, 53507, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(8, 53524, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(9, 53548, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(10, 53555, 16, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 53623, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5464, 0, Ty::Message(830), Shape::Inline, Omit::Never),
+    f(1, 20954, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 19412, 8, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(5, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19016, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 53501, 6, Ty::String, Shape::Single, Omit::Never),
+    f(7, 53548, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Never),
+    f(5, 17168, 4, Ty::RawExtension, Shape::Pointer, Omit::Empty),
+    f(6, 53726, 11, Ty::Message(850), Shape::Pointer, Omit::Empty),
+    f(1, 53777, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 53790, 3, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 53793, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(833), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(853), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(834), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(852), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(856), Shape::Single, Omit::Never),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19016, 4, Ty::Message(857), Shape::Single, Omit::Never),
+    f(3, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(5, 54064, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 52848, 7, Ty::Message(858), Shape::Repeated, Omit::Empty),
+    f(7, 54072, 22, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(8, 54094, 14, Ty::Message(866), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4755, 10, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 54143, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54190, 10, Ty::Message(859), Shape::Map, Omit::Empty),
+    f(3, 25552, 8, Ty::Message(860), Shape::Map, Omit::Empty),
+    f(4, 54200, 16, Ty::Message(863), Shape::Repeated, Omit::Empty),
+    f(5, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(7, 54064, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(8, 54216, 6, Ty::Message(865), Shape::Repeated, Omit::Empty),
+    f(9, 54222, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(10, 53507, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(11, 53524, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(12, 54233, 24, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 54295, 3, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 54298, 4, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(4, 54302, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 14741, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 21514, 5, Ty::Quantity, Shape::Single, Omit::Never),
+    f(2, 54345, 13, Ty::Message(861), Shape::Pointer, Omit::Empty),
+    f(1, 12562, 7, Ty::Quantity, Shape::Pointer, Omit::Never),
+    f(3, 54402, 11, Ty::Quantity, Shape::Repeated, Omit::Empty),
+    f(4, 54413, 10, Ty::Message(862), Shape::Pointer, Omit::Empty),
+    f(1, 54472, 3, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(2, 54475, 3, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(3, 54478, 4, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 54529, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54539, 8, Ty::Message(864), Shape::Map, Omit::Empty),
+    f(1, 21514, 5, Ty::Quantity, Shape::Single, Omit::Never),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 23865, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 54611, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54539, 8, Ty::Message(864), Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(855), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(869), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(872), Shape::Single, Omit::Empty),
+    f(1, 54785, 14, Ty::Message(870), Shape::Pointer, Omit::Empty),
+    f(2, 54799, 5, Ty::Message(871), Shape::Single, Omit::Empty),
+    f(2, 19066, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 19016, 4, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 53501, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 23865, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 54611, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(868), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(875), Shape::Single, Omit::Never),
+    f(1, 52476, 9, Ty::Message(876), Shape::Repeated, Omit::Empty),
+    f(2, 52485, 6, Ty::Message(878), Shape::Repeated, Omit::Empty),
+    f(4, 52491, 20, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 52548, 3, Ty::Message(877), Shape::Pointer, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 5464, 0, Ty::Message(879), Shape::Inline, Omit::Never),
+    f(1, 52680, 6, Ty::Message(880), Shape::Pointer, Omit::Empty),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 48304, 10, Ty::RawExtension, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(874), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(883), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(891), Shape::Single, Omit::Empty),
+    f(1, 52848, 7, Ty::Message(884), Shape::Single, Omit::Never),
+    f(1, 20902, 8, Ty::Message(885), Shape::Repeated, Omit::Never),
+    f(2, 52889, 11, Ty::Message(889), Shape::Repeated, Omit::Empty),
+    f(3, 52485, 6, Ty::Message(890), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52998, 15, Ty::String, Shape::Single, Omit::Never),
+    f(3, 52476, 9, Ty::Message(876), Shape::Repeated, Omit::Empty),
+    f(4, 53013, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 53027, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(7, 52943, 14, Ty::Message(886), Shape::Repeated, Omit::Empty),
+    f(8, 17715, 11, Ty::Message(887), Shape::Repeated, Omit::Empty),
+    f(9, 25552, 8, Ty::Message(888), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52998, 15, Ty::String, Shape::Single, Omit::Never),
+    f(3, 52476, 9, Ty::Message(876), Shape::Repeated, Omit::Empty),
+    f(4, 53013, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(7, 17715, 11, Ty::Message(887), Shape::Repeated, Omit::Empty),
+    f(8, 25552, 8, Ty::Message(888), Shape::Pointer, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 23865, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 23871, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 53198, 14, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 53212, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(879), Shape::Inline, Omit::Never),
+    f(1, 53318, 10, Ty::Message(892), Shape::Pointer, Omit::Empty),
+    f(2, 53328, 11, Ty::Message(896), Shape::Repeated, Omit::Empty),
+    f(4, 52848, 7, Ty::Message(897), Shape::Repeated, Omit::Empty),
+    f(1, 52848, 7, Ty::Message(893), Shape::Single, Omit::Empty),
+    f(3, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(5, 53378, 19, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 53442, 7, Ty::Message(894), Shape::Repeated, Omit::Empty),
+    f(2, 52485, 6, Ty::Message(895), Shape::Repeated, Omit::Empty),
+    f(1, 11439, 7, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 19016, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 53501, 6, Ty::String, Shape::Single, Omit::Never),
+    f(5, 53027, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 17715, 11, Ty::Message(887), Shape::Repeated, Omit::Empty),
+    f(7, 53507, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(8, 53524, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(9, 53548, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(10, 53555, 16, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 53623, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5464, 0, Ty::Message(879), Shape::Inline, Omit::Never),
+    f(1, 20954, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 19412, 8, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(5, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19016, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 53501, 6, Ty::String, Shape::Single, Omit::Never),
+    f(7, 53548, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Never),
+    f(5, 17168, 4, Ty::RawExtension, Shape::Pointer, Omit::Empty),
+    f(6, 53726, 11, Ty::Message(898), Shape::Pointer, Omit::Empty),
+    f(1, 53777, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 53790, 3, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 53793, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(882), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(901), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(883), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(900), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(904), Shape::Single, Omit::Never),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19016, 4, Ty::Message(905), Shape::Single, Omit::Never),
+    f(3, 17592, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(5, 54064, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(6, 52848, 7, Ty::Message(906), Shape::Repeated, Omit::Empty),
+    f(7, 54072, 22, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(8, 54094, 14, Ty::Message(915), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4755, 10, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 54143, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 56519, 5, Ty::Message(907), Shape::Pointer, Omit::Empty),
+    f(1, 54190, 10, Ty::Message(908), Shape::Map, Omit::Empty),
+    f(2, 25552, 8, Ty::Message(909), Shape::Map, Omit::Empty),
+    f(3, 54200, 16, Ty::Message(912), Shape::Repeated, Omit::Empty),
+    f(4, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(6, 54064, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(7, 54216, 6, Ty::Message(914), Shape::Repeated, Omit::Empty),
+    f(8, 54222, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(9, 53507, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(10, 53524, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(11, 54233, 24, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 54295, 3, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 54298, 4, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(4, 54302, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 14741, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 21514, 5, Ty::Quantity, Shape::Single, Omit::Never),
+    f(2, 54345, 13, Ty::Message(910), Shape::Pointer, Omit::Empty),
+    f(1, 12562, 7, Ty::Quantity, Shape::Pointer, Omit::Never),
+    f(3, 54402, 11, Ty::Quantity, Shape::Repeated, Omit::Empty),
+    f(4, 54413, 10, Ty::Message(911), Shape::Pointer, Omit::Empty),
+    f(1, 54472, 3, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(2, 54475, 3, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(3, 54478, 4, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 54529, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54539, 8, Ty::Message(913), Shape::Map, Omit::Empty),
+    f(1, 21514, 5, Ty::Quantity, Shape::Single, Omit::Never),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 23865, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 54611, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54539, 8, Ty::Message(913), Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(903), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(918), Shape::Single, Omit::Never),
+    f(1, 52476, 9, Ty::Message(919), Shape::Repeated, Omit::Empty),
+    f(2, 52485, 6, Ty::Message(921), Shape::Repeated, Omit::Empty),
+    f(4, 52491, 20, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 52548, 3, Ty::Message(920), Shape::Pointer, Omit::Empty),
+    f(1, 5743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 5464, 0, Ty::Message(922), Shape::Inline, Omit::Never),
+    f(1, 52680, 6, Ty::Message(923), Shape::Pointer, Omit::Empty),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 48304, 10, Ty::RawExtension, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(917), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(926), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(935), Shape::Single, Omit::Empty),
+    f(1, 52848, 7, Ty::Message(927), Shape::Single, Omit::Never),
+    f(1, 20902, 8, Ty::Message(928), Shape::Repeated, Omit::Never),
+    f(2, 52889, 11, Ty::Message(933), Shape::Repeated, Omit::Empty),
+    f(3, 52485, 6, Ty::Message(934), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52936, 7, Ty::Message(929), Shape::Pointer, Omit::Empty),
+    f(3, 52943, 14, Ty::Message(932), Shape::Repeated, Omit::Empty),
+    f(1, 52998, 15, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52476, 9, Ty::Message(919), Shape::Repeated, Omit::Empty),
+    f(3, 53013, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 53027, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 17715, 11, Ty::Message(930), Shape::Repeated, Omit::Empty),
+    f(7, 25552, 8, Ty::Message(931), Shape::Pointer, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 23865, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 23871, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 52998, 15, Ty::String, Shape::Single, Omit::Never),
+    f(3, 52476, 9, Ty::Message(919), Shape::Repeated, Omit::Empty),
+    f(4, 53013, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 17715, 11, Ty::Message(930), Shape::Repeated, Omit::Empty),
+    f(7, 25552, 8, Ty::Message(931), Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 53198, 14, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 53212, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(922), Shape::Inline, Omit::Never),
+    f(1, 53318, 10, Ty::Message(936), Shape::Pointer, Omit::Empty),
+    f(2, 53328, 11, Ty::Message(940), Shape::Repeated, Omit::Empty),
+    f(4, 52848, 7, Ty::Message(941), Shape::Repeated, Omit::Empty),
+    f(1, 52848, 7, Ty::Message(937), Shape::Single, Omit::Empty),
+    f(3, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(5, 53378, 19, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 53442, 7, Ty::Message(938), Shape::Repeated, Omit::Empty),
+    f(2, 52485, 6, Ty::Message(939), Shape::Repeated, Omit::Empty),
+    f(1, 11439, 7, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 19016, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 53501, 6, Ty::String, Shape::Single, Omit::Never),
+    f(5, 53027, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 17715, 11, Ty::Message(930), Shape::Repeated, Omit::Empty),
+    f(7, 53507, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(8, 53524, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(9, 53548, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(10, 53555, 16, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 53623, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20902, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 5464, 0, Ty::Message(922), Shape::Inline, Omit::Never),
+    f(1, 20954, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 19412, 8, Ty::String, Shape::Single, Omit::Never),
+    f(4, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(5, 4368, 3, Ty::String, Shape::Single, Omit::Never),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19016, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 53501, 6, Ty::String, Shape::Single, Omit::Never),
+    f(7, 53548, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Never),
+    f(5, 17168, 4, Ty::RawExtension, Shape::Pointer, Omit::Empty),
+    f(6, 53726, 11, Ty::Message(942), Shape::Pointer, Omit::Empty),
+    f(1, 53777, 13, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 53790, 3, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 53793, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(925), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(945), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(926), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(944), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(948), Shape::Single, Omit::Never),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19016, 4, Ty::Message(949), Shape::Single, Omit::Never),
+    f(3, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(5, 54064, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(6, 52848, 7, Ty::Message(950), Shape::Repeated, Omit::Empty),
+    f(7, 54072, 22, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(8, 54094, 14, Ty::Message(958), Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4755, 10, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 54143, 18, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54190, 10, Ty::Message(951), Shape::Map, Omit::Empty),
+    f(3, 25552, 8, Ty::Message(952), Shape::Map, Omit::Empty),
+    f(4, 54200, 16, Ty::Message(955), Shape::Repeated, Omit::Empty),
+    f(5, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 17520, 12, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(7, 54064, 8, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(8, 54216, 6, Ty::Message(957), Shape::Repeated, Omit::Empty),
+    f(9, 54222, 11, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(10, 53507, 17, Ty::String, Shape::Repeated, Omit::Empty),
+    f(11, 53524, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(12, 54233, 24, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 54295, 3, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(3, 54298, 4, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(4, 54302, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 14741, 7, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 21514, 5, Ty::Quantity, Shape::Single, Omit::Never),
+    f(2, 54345, 13, Ty::Message(953), Shape::Pointer, Omit::Empty),
+    f(1, 12562, 7, Ty::Quantity, Shape::Pointer, Omit::Never),
+    f(3, 54402, 11, Ty::Quantity, Shape::Repeated, Omit::Empty),
+    f(4, 54413, 10, Ty::Message(954), Shape::Pointer, Omit::Empty),
+    f(1, 54472, 3, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(2, 54475, 3, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(3, 54478, 4, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 54529, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54539, 8, Ty::Message(956), Shape::Map, Omit::Empty),
+    f(1, 21514, 5, Ty::Quantity, Shape::Single, Omit::Never),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 23865, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 54611, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54539, 8, Ty::Message(956), Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(947), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 21514, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 58970, 13, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 17811, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(960), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 21514, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 58970, 13, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 17811, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(962), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(965), Shape::Single, Omit::Never),
+    f(1, 59199, 13, Ty::Message(966), Shape::Pointer, Omit::Empty),
+    f(2, 59212, 9, Ty::Message(967), Shape::Repeated, Omit::Never),
+    f(1, 20954, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 59316, 6, Ty::Message(968), Shape::Single, Omit::Never),
+    f(2, 56519, 5, Ty::Message(969), Shape::Pointer, Omit::Empty),
+    f(3, 59367, 4, Ty::Message(970), Shape::Pointer, Omit::Empty),
+    f(1, 59474, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(964), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 21514, 5, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 58970, 13, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 12540, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 17811, 16, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(972), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(975), Shape::Single, Omit::Never),
+    f(1, 59681, 14, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 59695, 14, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(3, 59709, 20, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 59729, 15, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(5, 59744, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 59757, 13, Ty::Message(976), Shape::Repeated, Omit::Empty),
+    f(7, 59770, 17, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(8, 59787, 12, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(9, 59799, 34, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 59833, 28, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 20128, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20136, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(974), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(979), Shape::Single, Omit::Never),
+    f(1, 59992, 7, Ty::Message(980), Shape::Repeated, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 60034, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 60040, 12, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 60052, 11, Ty::Message(981), Shape::Pointer, Omit::Empty),
+    f(1, 39458, 5, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(978), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 60177, 12, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 20777, 16, Ty::String, Shape::Single, Omit::Never),
+    f(4, 25552, 8, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(5, 60189, 17, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(983), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 60284, 11, Ty::String, Shape::Single, Omit::Never),
+    f(3, 48304, 10, Ty::String, Shape::Map, Omit::Empty),
+    f(4, 60295, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 60308, 12, Ty::String, Shape::Repeated, Omit::Empty),
+    f(6, 60320, 20, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(7, 60340, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(8, 60357, 17, Ty::Message(986), Shape::Repeated, Omit::Empty),
+    f(1, 60413, 21, Ty::Message(987), Shape::Repeated, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5687, 6, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(985), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(990), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(1007), Shape::Single, Omit::Empty),
+    f(1, 60603, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 53623, 6, Ty::Message(991), Shape::Single, Omit::Never),
+    f(3, 17592, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 60655, 20, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 60675, 16, Ty::Message(992), Shape::Pointer, Omit::Empty),
+    f(1, 25552, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(2, 5464, 0, Ty::Message(993), Shape::Inline, Omit::Never),
+    f(3, 20766, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 60730, 8, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(5, 60738, 29, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 20777, 16, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 60308, 12, Ty::String, Shape::Repeated, Omit::Empty),
+    f(8, 20793, 10, Ty::String, Shape::Pointer, Omit::Empty),
+    f(9, 23273, 12, Ty::Message(1006), Shape::Pointer, Omit::Empty),
+    f(10, 20826, 25, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 18016, 17, Ty::Message(172), Shape::Pointer, Omit::Empty),
+    f(2, 18033, 20, Ty::Message(173), Shape::Pointer, Omit::Empty),
+    f(3, 18000, 8, Ty::Message(170), Shape::Pointer, Omit::Empty),
+    f(4, 18074, 9, Ty::Message(994), Shape::Pointer, Omit::Empty),
+    f(5, 18066, 3, Ty::Message(177), Shape::Pointer, Omit::Empty),
+    f(6, 18104, 3, Ty::Message(995), Shape::Pointer, Omit::Empty),
+    f(7, 18069, 5, Ty::Message(997), Shape::Pointer, Omit::Empty),
+    f(8, 18117, 6, Ty::Message(998), Shape::Pointer, Omit::Empty),
+    f(9, 18123, 6, Ty::Message(999), Shape::Pointer, Omit::Empty),
+    f(10, 18147, 2, Ty::Message(191), Shape::Pointer, Omit::Empty),
+    f(11, 18129, 7, Ty::Message(186), Shape::Pointer, Omit::Empty),
+    f(12, 18107, 10, Ty::Message(1000), Shape::Pointer, Omit::Empty),
+    f(13, 18149, 9, Ty::Message(1001), Shape::Pointer, Omit::Empty),
+    f(14, 18167, 13, Ty::Message(194), Shape::Pointer, Omit::Empty),
+    f(15, 18180, 7, Ty::Message(195), Shape::Pointer, Omit::Empty),
+    f(16, 18187, 9, Ty::Message(196), Shape::Pointer, Omit::Empty),
+    f(17, 18196, 20, Ty::Message(197), Shape::Pointer, Omit::Empty),
+    f(18, 18225, 14, Ty::Message(206), Shape::Pointer, Omit::Empty),
+    f(19, 18239, 7, Ty::Message(1002), Shape::Pointer, Omit::Empty),
+    f(20, 60808, 5, Ty::Message(1003), Shape::Pointer, Omit::Empty),
+    f(21, 18246, 9, Ty::Message(1004), Shape::Pointer, Omit::Empty),
+    f(22, 18255, 3, Ty::Message(1005), Shape::Pointer, Omit::Empty),
+    f(1, 18904, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 60863, 18, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 19008, 8, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 18267, 5, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 19016, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 19024, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 18803, 9, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(8, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 4738, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 18732, 12, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18744, 3, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18747, 3, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 18750, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(7, 18764, 7, Ty::String, Shape::Repeated, Omit::Empty),
+    f(8, 18771, 17, Ty::Bool, Shape::Single, Omit::Empty),
+    f(11, 18788, 15, Ty::Bool, Shape::Single, Omit::Empty),
+    f(10, 18803, 9, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(12, 18812, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 18493, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 18803, 9, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(1, 19008, 8, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 19020, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 19153, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 18803, 9, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(6, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18803, 9, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(4, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 19072, 7, Ty::String, Shape::Map, Omit::Empty),
+    f(1, 18595, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19515, 9, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 61194, 15, Ty::String, Shape::Pointer, Omit::Never),
+    f(1, 20419, 7, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20426, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18803, 9, Ty::Message(996), Shape::Pointer, Omit::Never),
+    f(4, 20432, 10, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 20442, 16, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 20458, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 20469, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 20480, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(10, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 18419, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 20480, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 20530, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 18803, 9, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(1, 19066, 6, Ty::String, Shape::Single, Omit::Never),
+    f(2, 61387, 12, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 18419, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 20579, 16, Ty::String, Shape::Map, Omit::Empty),
+    f(6, 61399, 26, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(7, 61425, 18, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(8, 20595, 20, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(9, 61443, 25, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(10, 61468, 19, Ty::Message(996), Shape::Pointer, Omit::Empty),
+    f(1, 12707, 8, Ty::Message(256), Shape::Pointer, Omit::Empty),
+    f(1, 61568, 8, Ty::Bool, Shape::Single, Omit::Never),
+    f(2, 61576, 18, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 61594, 11, Ty::Message(1008), Shape::Pointer, Omit::Empty),
+    f(4, 61605, 11, Ty::Message(1008), Shape::Pointer, Omit::Empty),
+    f(1, 5044, 4, Ty::Time, Shape::Single, Omit::Empty),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 61649, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(989), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 61743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(3, 48304, 10, Ty::String, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1010), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 60177, 12, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 20777, 16, Ty::String, Shape::Single, Omit::Never),
+    f(4, 25552, 8, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(5, 60189, 17, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1012), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1015), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(1017), Shape::Single, Omit::Empty),
+    f(1, 60603, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 53623, 6, Ty::Message(1016), Shape::Single, Omit::Never),
+    f(3, 17592, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 60655, 20, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 60675, 16, Ty::Message(992), Shape::Pointer, Omit::Empty),
+    f(1, 61568, 8, Ty::Bool, Shape::Single, Omit::Never),
+    f(2, 61576, 18, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 61594, 11, Ty::Message(1018), Shape::Pointer, Omit::Empty),
+    f(4, 61605, 11, Ty::Message(1018), Shape::Pointer, Omit::Empty),
+    f(1, 5044, 4, Ty::Time, Shape::Single, Omit::Empty),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 61649, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1014), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 61743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(3, 48304, 10, Ty::String, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1020), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1023), Shape::Single, Omit::Never),
+    f(1, 59681, 14, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 59695, 14, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(3, 59709, 20, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 59729, 15, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(5, 59744, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(6, 59757, 13, Ty::Message(1024), Shape::Repeated, Omit::Empty),
+    f(7, 59770, 17, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(8, 59787, 12, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(9, 59799, 34, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(10, 59833, 28, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 20128, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 20136, 17, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1022), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1027), Shape::Single, Omit::Never),
+    f(1, 59992, 7, Ty::Message(1028), Shape::Repeated, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 60034, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 60040, 12, Ty::String, Shape::Repeated, Omit::Never),
+    f(4, 60052, 11, Ty::Message(1029), Shape::Pointer, Omit::Empty),
+    f(1, 39458, 5, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1026), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 60177, 12, Ty::Message(14), Shape::Pointer, Omit::Empty),
+    f(3, 20777, 16, Ty::String, Shape::Single, Omit::Never),
+    f(4, 25552, 8, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(5, 60189, 17, Ty::Quantity, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1031), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 60284, 11, Ty::String, Shape::Single, Omit::Never),
+    f(3, 48304, 10, Ty::String, Shape::Map, Omit::Empty),
+    f(4, 60295, 13, Ty::String, Shape::Pointer, Omit::Empty),
+    f(5, 60308, 12, Ty::String, Shape::Repeated, Omit::Empty),
+    f(6, 60320, 20, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(7, 60340, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(8, 60357, 17, Ty::Message(986), Shape::Repeated, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1033), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1036), Shape::Single, Omit::Never),
+    f(3, 6058, 6, Ty::Message(1038), Shape::Single, Omit::Empty),
+    f(1, 60603, 8, Ty::String, Shape::Single, Omit::Never),
+    f(2, 53623, 6, Ty::Message(1037), Shape::Single, Omit::Never),
+    f(3, 17592, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 60655, 20, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 60675, 16, Ty::Message(992), Shape::Pointer, Omit::Empty),
+    f(1, 61568, 8, Ty::Bool, Shape::Single, Omit::Never),
+    f(2, 61576, 18, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 61594, 11, Ty::Message(1039), Shape::Pointer, Omit::Empty),
+    f(4, 61605, 11, Ty::Message(1039), Shape::Pointer, Omit::Empty),
+    f(1, 5044, 4, Ty::Time, Shape::Single, Omit::Empty),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 61649, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1035), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 61743, 10, Ty::String, Shape::Single, Omit::Never),
+    f(3, 48304, 10, Ty::String, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1041), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1044), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1046), Shape::Single, Omit::Empty),
+    f(1, 19412, 8, Ty::Message(1045), Shape::Single, Omit::Never),
+    f(1, 11753, 5, Ty::String, Shape::Single, Omit::Never),
+    f(2, 19412, 8, Ty::String, Shape::Single, Omit::Never),
+    f(1, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(2, 4371, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1043), Shape::Repeated, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 12005, 8, Ty::Message(1049), Shape::Repeated, Omit::Never),
+    f(3, 63522, 16, Ty::Message(1049), Shape::Single, Omit::Empty),
+    f(4, 63538, 26, Ty::Message(1050), Shape::Repeated, Omit::Empty),
+    f(1, 63625, 12, Ty::String, Shape::Single, Omit::Never),
+    f(2, 14741, 7, Ty::String, Shape::Single, Omit::Never),
+    f(1, 63699, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 63709, 13, Ty::String, Shape::Single, Omit::Never),
+    f(1, 28676, 6, Ty::Message(1048), Shape::Repeated, Omit::Never),
+    f(1, 63625, 12, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5524, 9, Ty::Message(1053), Shape::Repeated, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(6, 63871, 12, Ty::String, Shape::Single, Omit::Never),
+    f(2, 63883, 10, Ty::Bool, Shape::Single, Omit::Never),
+    f(8, 11753, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 14741, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 4941, 4, Ty::String, Shape::Single, Omit::Never),
+    f(4, 30305, 5, Ty::StringItems, Shape::Single, Omit::Never),
+    f(5, 12144, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(7, 12162, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(10, 63893, 18, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 12005, 8, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 63538, 26, Ty::Message(1050), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 31908, 6, Ty::Message(492), Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6673, 10, Ty::Message(1057), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 29059, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1056), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(4, 64122, 9, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 17168, 4, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 64131, 10, Ty::Bytes, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1059), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 64201, 7, Ty::Message(1062), Shape::Repeated, Omit::Empty),
+    f(1, 38619, 9, Ty::Message(1063), Shape::Repeated, Omit::Empty),
+    f(2, 64241, 17, Ty::Message(1063), Shape::Repeated, Omit::Empty),
+    f(3, 21105, 5, Ty::Message(1064), Shape::Repeated, Omit::Empty),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Never),
+    f(3, 17677, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 17592, 8, Ty::String, Shape::Pointer, Omit::Empty),
+    f(2, 38628, 9, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 5396, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 21354, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 38864, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1061), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Never),
+    f(2, 64379, 14, Ty::Message(492), Shape::Single, Omit::Never),
+    f(3, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 53623, 6, Ty::Message(554), Shape::Single, Omit::Empty),
+    f(6, 64393, 14, Ty::Time, Shape::Single, Omit::Empty),
+    f(7, 64407, 13, Ty::Time, Shape::Single, Omit::Empty),
+    f(8, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(9, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(10, 39277, 9, Ty::MicroTime, Shape::Single, Omit::Empty),
+    f(11, 39286, 6, Ty::Message(1067), Shape::Pointer, Omit::Empty),
+    f(12, 21873, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(13, 39337, 7, Ty::Message(492), Shape::Pointer, Omit::Empty),
+    f(14, 64420, 18, Ty::String, Shape::Single, Omit::Never),
+    f(15, 39311, 17, Ty::String, Shape::Single, Omit::Never),
+    f(1, 39458, 5, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 39463, 16, Ty::MicroTime, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1066), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1070), Shape::Single, Omit::Empty),
+    f(1, 20896, 6, Ty::Message(1071), Shape::Repeated, Omit::Never),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 54475, 3, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(3, 54472, 3, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(4, 12562, 7, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(5, 64591, 14, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(6, 64605, 20, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1069), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::RawExtension, Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1075), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1076), Shape::Single, Omit::Empty),
+    f(1, 4857, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 25547, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6673, 10, Ty::Message(1077), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1074), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1080), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1084), Shape::Single, Omit::Empty),
+    f(1, 64894, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(7, 64901, 8, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 64909, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 64919, 13, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 54216, 6, Ty::Message(1081), Shape::Repeated, Omit::Empty),
+    f(6, 64932, 12, Ty::Message(1082), Shape::Pointer, Omit::Empty),
+    f(2, 64944, 10, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 5676, 3, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21514, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 23865, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 54611, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(2, 18158, 9, Ty::Message(1083), Shape::Pointer, Omit::Empty),
+    f(1, 4738, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(3, 4368, 3, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 4371, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 65057, 16, Ty::String, Shape::Single, Omit::Never),
+    f(1, 25552, 8, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(2, 60052, 11, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(3, 25547, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 6673, 10, Ty::Message(1085), Shape::Repeated, Omit::Empty),
+    f(5, 38619, 9, Ty::Message(1086), Shape::Repeated, Omit::Empty),
+    f(6, 65102, 15, Ty::Message(1087), Shape::Single, Omit::Empty),
+    f(7, 65117, 8, Ty::Message(1089), Shape::Single, Omit::Empty),
+    f(8, 65125, 6, Ty::Message(1091), Shape::Repeated, Omit::Empty),
+    f(9, 65131, 12, Ty::String, Shape::Repeated, Omit::Empty),
+    f(10, 65143, 15, Ty::Message(1092), Shape::Repeated, Omit::Empty),
+    f(11, 52485, 6, Ty::Message(1093), Shape::Pointer, Omit::Empty),
+    f(12, 65158, 15, Ty::Message(1094), Shape::Repeated, Omit::Empty),
+    f(13, 65173, 8, Ty::Message(1096), Shape::Pointer, Omit::Empty),
+    f(14, 65181, 16, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 65229, 17, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 65276, 7, Ty::String, Shape::Single, Omit::Never),
+    f(1, 65321, 15, Ty::Message(1088), Shape::Single, Omit::Empty),
+    f(1, 65369, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(1, 65406, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 65415, 10, Ty::String, Shape::Single, Omit::Never),
+    f(3, 65425, 6, Ty::String, Shape::Single, Omit::Never),
+    f(4, 65431, 13, Ty::String, Shape::Single, Omit::Never),
+    f(5, 65444, 7, Ty::String, Shape::Single, Omit::Never),
+    f(6, 65451, 23, Ty::String, Shape::Single, Omit::Never),
+    f(7, 65474, 14, Ty::String, Shape::Single, Omit::Never),
+    f(8, 65488, 16, Ty::String, Shape::Single, Omit::Never),
+    f(9, 65504, 15, Ty::String, Shape::Single, Omit::Never),
+    f(10, 65519, 12, Ty::String, Shape::Single, Omit::Never),
+    f(11, 65531, 4, Ty::Message(1090), Shape::Pointer, Omit::Empty),
+    f(1, 25552, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 12000, 5, Ty::String, Shape::Repeated, Omit::Never),
+    f(2, 65601, 9, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 22059, 10, Ty::String, Shape::Single, Omit::Never),
+    f(1, 65678, 8, Ty::Message(1082), Shape::Pointer, Omit::Empty),
+    f(2, 36040, 6, Ty::Message(1082), Shape::Pointer, Omit::Empty),
+    f(3, 65686, 13, Ty::Message(1082), Shape::Pointer, Omit::Empty),
+    f(4, 29059, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 65173, 8, Ty::Message(1095), Shape::Pointer, Omit::Empty),
+    f(1, 65781, 23, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 65804, 14, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 23145, 24, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1079), Shape::Repeated, Omit::Never),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(992), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1100), Shape::Single, Omit::Empty),
+    f(1, 25547, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 65987, 23, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(293), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1099), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(167), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1104), Shape::Single, Omit::Empty),
+    f(17, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 25547, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6673, 10, Ty::Message(1105), Shape::Repeated, Omit::Empty),
+    f(3, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(11, 66143, 17, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 21362, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(16, 66160, 7, Ty::Message(1106), Shape::Repeated, Omit::Empty),
+    f(6, 66167, 5, Ty::String, Shape::Single, Omit::Empty),
+    f(12, 66172, 6, Ty::Message(1107), Shape::Repeated, Omit::Empty),
+    f(7, 36197, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(10, 66178, 21, Ty::Message(1108), Shape::Repeated, Omit::Empty),
+    f(8, 66199, 17, Ty::Message(1108), Shape::Repeated, Omit::Empty),
+    f(9, 66216, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(13, 66224, 26, Ty::Message(1108), Shape::Repeated, Omit::Empty),
+    f(14, 66250, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(15, 66256, 21, Ty::Message(1118), Shape::Repeated, Omit::Empty),
+    f(18, 66277, 27, Ty::Message(1119), Shape::Pointer, Omit::Empty),
+    f(19, 25560, 18, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(20, 5524, 9, Ty::Message(227), Shape::Pointer, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(7, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 25702, 13, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(5, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Never),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Never),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 66418, 5, Ty::Message(1109), Shape::Single, Omit::Empty),
+    f(3, 66423, 9, Ty::Message(1109), Shape::Single, Omit::Empty),
+    f(4, 36298, 5, Ty::Bool, Shape::Single, Omit::Never),
+    f(5, 66432, 12, Ty::Int, Shape::Single, Omit::Never),
+    f(6, 18267, 5, Ty::String, Shape::Single, Omit::Never),
+    f(7, 66444, 7, Ty::String, Shape::Single, Omit::Never),
+    f(8, 66451, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 66462, 7, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(10, 25560, 18, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(11, 5524, 9, Ty::Message(227), Shape::Pointer, Omit::Empty),
+    f(12, 21150, 12, Ty::Message(1113), Shape::Repeated, Omit::Empty),
+    f(13, 19020, 4, Ty::Message(1114), Shape::Pointer, Omit::Empty),
+    f(14, 66469, 24, Ty::Message(1116), Shape::Repeated, Omit::Empty),
+    f(15, 22430, 10, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 66526, 7, Ty::Message(1110), Shape::Pointer, Omit::Empty),
+    f(2, 66533, 7, Ty::Message(1111), Shape::Pointer, Omit::Empty),
+    f(3, 66540, 10, Ty::Message(1112), Shape::Pointer, Omit::Empty),
+    f(1, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 66630, 9, Ty::Time, Shape::Single, Omit::Empty),
+    f(1, 66682, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 66690, 6, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(4, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 66630, 9, Ty::Time, Shape::Single, Omit::Empty),
+    f(6, 66696, 10, Ty::Time, Shape::Single, Omit::Empty),
+    f(7, 66451, 11, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21985, 9, Ty::String, Shape::Single, Omit::Never),
+    f(3, 18434, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 21968, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 66774, 5, Ty::Message(1115), Shape::Pointer, Omit::Empty),
+    f(1, 4368, 3, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 66816, 3, Ty::Int, Shape::Single, Omit::Never),
+    f(3, 23127, 18, Ty::Int, Shape::Repeated, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5524, 9, Ty::Message(1117), Shape::Repeated, Omit::Empty),
+    f(1, 66885, 10, Ty::String, Shape::Single, Omit::Never),
+    f(2, 66895, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 24268, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 66991, 15, Ty::Message(1120), Shape::Repeated, Omit::Never),
+    f(2, 24268, 17, Ty::String, Shape::Single, Omit::Never),
+    f(1, 19399, 13, Ty::String, Shape::Single, Omit::Never),
+    f(2, 21822, 12, Ty::String, Shape::Single, Omit::Never),
+    f(3, 67057, 11, Ty::String, Shape::Single, Omit::Never),
+    f(1, 21284, 5, Ty::Bool, Shape::Single, Omit::Empty),
+    f(2, 67103, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(3, 67109, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 21298, 3, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 32173, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 21284, 5, Ty::Bool, Shape::Single, Omit::Empty),
+    f(2, 67103, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(3, 67109, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 21298, 3, Ty::Bool, Shape::Single, Omit::Empty),
+    f(5, 32173, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 21084, 7, Ty::String, Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1103), Shape::Repeated, Omit::Never),
+    f(1, 32173, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 67206, 6, Ty::Bool, Shape::Single, Omit::Empty),
+    f(3, 67212, 8, Ty::Bool, Shape::Single, Omit::Empty),
+    f(4, 67220, 12, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(5, 67232, 9, Ty::Time, Shape::Pointer, Omit::Empty),
+    f(6, 67241, 10, Ty::Bool, Shape::Single, Omit::Empty),
+    f(7, 67251, 9, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(8, 67260, 10, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(9, 67270, 28, Ty::Bool, Shape::Single, Omit::Empty),
+    f(10, 67298, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 21105, 5, Ty::Int, Shape::Repeated, Omit::Empty),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6058, 6, Ty::Message(1104), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 17281, 8, Ty::Message(166), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1128), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 67510, 5, Ty::String, Shape::Single, Omit::Never),
+    f(3, 17168, 4, Ty::Bytes, Shape::Single, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1132), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1133), Shape::Single, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(4, 17303, 15, Ty::Int, Shape::Single, Omit::Empty),
+    f(2, 7118, 8, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 17281, 8, Ty::Message(166), Shape::Pointer, Omit::Empty),
+    f(1, 24796, 8, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 25212, 20, Ty::Int, Shape::Single, Omit::Empty),
+    f(4, 24962, 13, Ty::Int, Shape::Single, Omit::Empty),
+    f(5, 24975, 17, Ty::Int, Shape::Single, Omit::Empty),
+    f(3, 6643, 18, Ty::Int, Shape::Single, Omit::Empty),
+    f(6, 6673, 10, Ty::Message(1134), Shape::Repeated, Omit::Empty),
+    f(1, 6863, 4, Ty::String, Shape::Single, Omit::Never),
+    f(2, 6058, 6, Ty::String, Shape::Single, Omit::Never),
+    f(3, 6867, 18, Ty::Time, Shape::Single, Omit::Empty),
+    f(4, 6443, 6, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 6436, 7, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1131), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1137), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1140), Shape::Single, Omit::Empty),
+    f(1, 67806, 4, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(2, 67810, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(3, 67816, 13, Ty::Message(1138), Shape::Pointer, Omit::Empty),
+    f(1, 5599, 16, Ty::Message(1139), Shape::Repeated, Omit::Empty),
+    f(1, 67913, 9, Ty::String, Shape::Single, Omit::Never),
+    f(2, 5679, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 5687, 6, Ty::String, Shape::Repeated, Omit::Empty),
+    f(1, 67806, 4, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(2, 67960, 4, Ty::Quantity, Shape::Map, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1136), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(5, 64122, 9, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(2, 17168, 4, Ty::Bytes, Shape::Map, Omit::Empty),
+    f(4, 68025, 10, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1142), Shape::Repeated, Omit::Never),
+    f(1, 21037, 9, Ty::Message(492), Shape::Single, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 6054, 4, Ty::Message(1146), Shape::Single, Omit::Empty),
+    f(3, 6058, 6, Ty::Message(1150), Shape::Single, Omit::Empty),
+    f(1, 21105, 5, Ty::Message(1147), Shape::Repeated, Omit::Empty),
+    f(2, 7118, 8, Ty::String, Shape::Map, Omit::Empty),
+    f(3, 68158, 9, Ty::String, Shape::Single, Omit::Empty),
+    f(18, 68167, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(4, 6863, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(5, 68177, 11, Ty::String, Shape::Repeated, Omit::Empty),
+    f(7, 68188, 15, Ty::String, Shape::Single, Omit::Empty),
+    f(8, 68203, 14, Ty::String, Shape::Single, Omit::Empty),
+    f(9, 68217, 24, Ty::String, Shape::Repeated, Omit::Empty),
+    f(10, 68241, 12, Ty::String, Shape::Single, Omit::Empty),
+    f(11, 68253, 21, Ty::String, Shape::Single, Omit::Empty),
+    f(12, 68274, 19, Ty::Int, Shape::Single, Omit::Empty),
+    f(13, 68293, 24, Ty::Bool, Shape::Single, Omit::Empty),
+    f(14, 68317, 21, Ty::Message(1148), Shape::Pointer, Omit::Empty),
+    f(19, 68338, 10, Ty::String, Shape::Repeated, Omit::Empty),
+    f(17, 68348, 14, Ty::String, Shape::Pointer, Omit::Empty),
+    f(20, 68362, 29, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(21, 68391, 17, Ty::String, Shape::Pointer, Omit::Empty),
+    f(22, 68408, 21, Ty::String, Shape::Pointer, Omit::Empty),
+    f(23, 68429, 19, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4722, 4, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 21354, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(6, 38864, 11, Ty::String, Shape::Pointer, Omit::Empty),
+    f(3, 5396, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(4, 68478, 10, Ty::IntOrString, Shape::Single, Omit::Empty),
+    f(5, 68488, 8, Ty::Int, Shape::Single, Omit::Empty),
+    f(1, 68536, 8, Ty::Message(1149), Shape::Pointer, Omit::Empty),
+    f(1, 4551, 14, Ty::Int, Shape::Pointer, Omit::Empty),
+    f(1, 40854, 12, Ty::Message(1151), Shape::Single, Omit::Empty),
+    f(2, 6673, 10, Ty::Message(32), Shape::Repeated, Omit::Empty),
+    f(1, 40921, 7, Ty::Message(1152), Shape::Repeated, Omit::Empty),
+    f(1, 23916, 2, Ty::String, Shape::Single, Omit::Empty),
+    f(2, 17677, 8, Ty::String, Shape::Single, Omit::Empty),
+    f(3, 68684, 6, Ty::String, Shape::Pointer, Omit::Empty),
+    f(4, 21105, 5, Ty::Message(1153), Shape::Repeated, Omit::Empty),
+    f(1, 5396, 4, Ty::Int, Shape::Single, Omit::Never),
+    f(2, 21354, 8, Ty::String, Shape::Single, Omit::Never),
+    f(3, 29059, 5, Ty::String, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(6), Shape::Single, Omit::Empty),
+    f(2, 68752, 7, Ty::Message(492), Shape::Repeated, Omit::Empty),
+    f(3, 17661, 16, Ty::Message(179), Shape::Repeated, Omit::Empty),
+    f(4, 17564, 28, Ty::Bool, Shape::Pointer, Omit::Empty),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1154), Shape::Repeated, Omit::Never),
+    f(1, 4659, 8, Ty::Message(18), Shape::Single, Omit::Empty),
+    f(2, 5821, 5, Ty::Message(1145), Shape::Repeated, Omit::Never),
+    f(1, 5392, 4, Ty::String, Shape::Single, Omit::Empty),
 ];

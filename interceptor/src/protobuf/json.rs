@@ -23,9 +23,9 @@ const GO_ZERO_TIME: i64 = -62_135_596_800;
 /// The table's message for a kind, if it knows the kind.
 pub(super) fn message_of(api_version: &str, kind: &str) -> Option<u16> {
     KINDS
-        .binary_search_by(|(v, k, _)| (*v, *k).cmp(&(api_version, kind)))
+        .binary_search_by(|k| (k.api_version.get(), k.kind.get()).cmp(&(api_version, kind)))
         .ok()
-        .map(|i| KINDS[i].2)
+        .map(|i| KINDS[i].message)
 }
 
 /// One message's fields as a JSON object; `depth`: how deep it lies in the body.
@@ -115,30 +115,31 @@ fn read_message(
     if depth > MAX_DEPTH {
         return Err(decode_error("messages nest too deep"));
     }
-    let message = &MESSAGES[usize::from(index)];
+    let message = MESSAGES[usize::from(index)];
+    let fields = message.fields();
     // Which fields came; no message has more than 64 (a test checks).
     let mut seen = 0u64;
     let mut reader = Reader::new(bytes);
     let in_message = |e: ProtobufError| match e {
-        ProtobufError::Decode(m) => decode_error(format!("{}: {m}", message.name)),
+        ProtobufError::Decode(m) => decode_error(format!("{}: {m}", message.name.get())),
         other => other,
     };
     while let Some((tag, wire)) = reader.next_field().map_err(in_message)? {
         // Fields mostly come numbered from 1 in the struct's order.
-        let at = match message.fields.get(tag as usize - 1) {
+        let at = match fields.get(tag as usize - 1) {
             Some(f) if f.tag == tag => tag as usize - 1,
             // A field the table does not know (a newer apiserver's) is
             // skipped, as Go's decoder would skip it.
-            _ => match message.fields.iter().position(|f| f.tag == tag) {
+            _ => match fields.iter().position(|f| f.tag == tag) {
                 Some(at) => at,
                 None => continue,
             },
         };
-        let field = &message.fields[at];
+        let field = &fields[at];
         seen |= 1 << at;
         let context = |e: ProtobufError| match e {
             ProtobufError::Decode(m) => {
-                decode_error(format!("{}.{}: {m}", message.name, json_name(field)))
+                decode_error(format!("{}.{}: {m}", message.name.get(), json_name(field)))
             }
             other => other,
         };
@@ -146,9 +147,9 @@ fn read_message(
             Shape::Single | Shape::Pointer => {
                 let v = value(field.ty, wire, depth).map_err(context)?;
                 if field.shape == Shape::Single && left_out(field, &v) {
-                    out.remove(field.json);
+                    out.remove(field.json.get());
                 } else {
-                    out.insert(field.json.to_string(), v);
+                    out.insert(field.json.get().to_string(), v);
                 }
             }
             Shape::Inline => {
@@ -159,14 +160,14 @@ fn read_message(
                 };
                 read_message(inner, b, depth + 1, out).map_err(context)?;
             }
-            Shape::Repeated => match out.get_mut(field.json) {
+            Shape::Repeated => match out.get_mut(field.json.get()) {
                 Some(Value::Array(items)) => {
                     repeated(field.ty, wire, depth, items).map_err(context)?;
                 }
                 _ => {
                     let mut items = Vec::new();
                     repeated(field.ty, wire, depth, &mut items).map_err(context)?;
-                    out.insert(field.json.to_string(), Value::Array(items));
+                    out.insert(field.json.get().to_string(), Value::Array(items));
                 }
             },
             Shape::Map => {
@@ -174,13 +175,13 @@ fn read_message(
                     return Err(context(decode_error("a map entry that is not a message")));
                 };
                 let (key, v) = map_entry(field.ty, entry, depth).map_err(context)?;
-                match out.get_mut(field.json) {
+                match out.get_mut(field.json.get()) {
                     Some(Value::Object(map)) => {
                         map.insert(key, v);
                     }
                     _ => {
                         out.insert(
-                            field.json.to_string(),
+                            field.json.get().to_string(),
                             Value::Object(Map::from_iter([(key, v)])),
                         );
                     }
@@ -188,7 +189,7 @@ fn read_message(
             }
         }
     }
-    for (at, field) in message.fields.iter().enumerate() {
+    for (at, field) in fields.iter().enumerate() {
         if seen & (1 << at) == 0 {
             write_absent(field, out);
         }
@@ -197,10 +198,9 @@ fn read_message(
 }
 
 fn json_name(field: &Field) -> &'static str {
-    if field.json.is_empty() {
-        "(inline)"
-    } else {
-        field.json
+    match field.json.get() {
+        "" => "(inline)",
+        name => name,
     }
 }
 
@@ -230,8 +230,9 @@ fn write_absent(field: &Field, out: &mut Map<String, Value>) {
         _ => return,
     };
     // An inline struct's field may have come already.
-    if !out.contains_key(field.json) {
-        out.insert(field.json.to_string(), value);
+    let name = field.json.get();
+    if !out.contains_key(name) {
+        out.insert(name.to_string(), value);
     }
 }
 
@@ -291,7 +292,7 @@ fn zero(ty: Ty) -> Value {
 }
 
 fn zero_message(index: u16, out: &mut Map<String, Value>) {
-    for field in MESSAGES[usize::from(index)].fields {
+    for field in MESSAGES[usize::from(index)].fields() {
         write_absent(field, out);
     }
 }

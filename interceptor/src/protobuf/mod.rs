@@ -424,18 +424,23 @@ mod tests {
         // The decoder marks the fields that came in a u64, and finds kinds
         // by binary search.
         for m in &generated::MESSAGES {
-            assert!(
-                m.fields.len() <= 64,
-                "{} has {} fields",
-                m.name,
-                m.fields.len()
+            let (name, count) = (m.name.get(), m.fields().len());
+            assert!(count <= 64, "{name} has {count} fields");
+            assert!(!name.is_empty());
+        }
+        let kinds: Vec<(&str, &str)> = generated::KINDS
+            .iter()
+            .map(|k| (k.api_version.get(), k.kind.get()))
+            .collect();
+        assert!(kinds.windows(2).all(|w| w[0] < w[1]));
+        // Only an inline field has no JSON name: the places are right.
+        for f in &generated::FIELDS {
+            assert_eq!(
+                f.json.get().is_empty(),
+                f.shape == schema::Shape::Inline,
+                "{f:?}"
             );
         }
-        assert!(
-            generated::KINDS
-                .windows(2)
-                .all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1))
-        );
         assert!(json::message_of("v1", "Pod").is_some());
         assert!(json::message_of("apps/v1", "Deployment").is_some());
         assert!(json::message_of("meta.k8s.io/v1", "Table").is_none());
@@ -446,7 +451,8 @@ mod tests {
         generated::MESSAGES
             .iter()
             .position(|m| {
-                m.name == "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.JSONSchemaProps"
+                m.name.get()
+                    == "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.JSONSchemaProps"
             })
             .unwrap() as u16
     }

@@ -1,19 +1,58 @@
 //! The shape of the table in `generated.rs`: for each Kubernetes message, its
-//! fields by protobuf number, with what encoding/json makes of each.
+//! fields by protobuf number, with what encoding/json makes of each. The
+//! table holds no pointer: names are places in one string, and a message's
+//! fields a run of one array.
+
+use super::generated::{FIELDS, NAMES};
+
+/// A string of `NAMES`: where it starts, and its length.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Name {
+    at: u32,
+    len: u16,
+}
+
+impl Name {
+    pub fn get(self) -> &'static str {
+        let start = self.at as usize;
+        NAMES
+            .get(start..start + usize::from(self.len))
+            .unwrap_or("")
+    }
+}
+
+/// A kind the apiserver serves in protobuf, and its message.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Kind {
+    pub api_version: Name,
+    pub kind: Name,
+    pub message: u16,
+}
 
 /// One Go struct that travels as a protobuf message.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Message {
     /// The Go type, for error messages.
-    pub name: &'static str,
+    pub name: Name,
+    first_field: u16,
+    field_count: u8,
+}
+
+impl Message {
     /// In the Go struct's order, which is the order of the JSON it writes.
-    pub fields: &'static [Field],
+    pub fn fields(self) -> &'static [Field] {
+        let first = usize::from(self.first_field);
+        FIELDS
+            .get(first..first + usize::from(self.field_count))
+            .unwrap_or(&[])
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Field {
     pub tag: u32,
     /// The JSON name; empty for an embedded struct written inline.
-    pub json: &'static str,
+    pub json: Name,
     pub ty: Ty,
     pub shape: Shape,
     pub omit: Omit,
@@ -80,12 +119,58 @@ pub(super) enum Omit {
     EmptyOrZero,
 }
 
-pub(super) const fn field(tag: u32, json: &'static str, ty: Ty, shape: Shape, omit: Omit) -> Field {
+pub(super) const fn field(
+    tag: u32,
+    json_at: u32,
+    json_len: u16,
+    ty: Ty,
+    shape: Shape,
+    omit: Omit,
+) -> Field {
     Field {
         tag,
-        json,
+        json: Name {
+            at: json_at,
+            len: json_len,
+        },
         ty,
         shape,
         omit,
+    }
+}
+
+pub(super) const fn kind(
+    api_version_at: u32,
+    api_version_len: u16,
+    kind_at: u32,
+    kind_len: u16,
+    message: u16,
+) -> Kind {
+    Kind {
+        api_version: Name {
+            at: api_version_at,
+            len: api_version_len,
+        },
+        kind: Name {
+            at: kind_at,
+            len: kind_len,
+        },
+        message,
+    }
+}
+
+pub(super) const fn message(
+    name_at: u32,
+    name_len: u16,
+    first_field: u16,
+    field_count: u8,
+) -> Message {
+    Message {
+        name: Name {
+            at: name_at,
+            len: name_len,
+        },
+        first_field,
+        field_count,
     }
 }

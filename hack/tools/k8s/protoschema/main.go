@@ -326,7 +326,7 @@ func main() {
 		fmt.Fprintf(w, "// - %s: %s\n", k, skipped[k])
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "use super::schema::{Message, Omit, Shape, Ty, field as f};")
+	fmt.Fprintln(w, "use super::schema::{Field, Kind, Message, Omit, Shape, Ty, field as f, kind as k, message as m};")
 	fmt.Fprintln(w)
 	// What the decoder reads of a kind this table does not know.
 	for _, c := range []struct {
@@ -336,25 +336,55 @@ func main() {
 		fmt.Fprintf(w, "pub(super) const %s: u16 = %d;\n", c.name, number[g.index[c.t]])
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "pub(super) static KINDS: [(&str, &str, u16); %d] = [\n", len(kinds))
-	for _, k := range kinds {
-		fmt.Fprintf(w, "    (%q, %q, %d),\n", k.apiVersion, k.kind, number[k.message])
+
+	// Every string once, in one blob that the table refers to by place.
+	var blob strings.Builder
+	at := map[string]int{}
+	place := func(s string) string {
+		if _, ok := at[s]; !ok {
+			at[s] = blob.Len()
+			blob.WriteString(s)
+		}
+		return fmt.Sprintf("%d, %d", at[s], len(s))
 	}
-	fmt.Fprintln(w, "];")
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "pub(super) static MESSAGES: [Message; %d] = [\n", len(order))
+	var kindLines, fieldLines, messageLines []string
+	for _, k := range kinds {
+		kindLines = append(kindLines, fmt.Sprintf("    k(%s, %s, %d),", place(k.apiVersion), place(k.kind), number[k.message]))
+	}
+	nfields := 0
 	for n, i := range order {
 		m := g.messages[i]
-		fmt.Fprintf(w, "    // %d\n", n)
-		fmt.Fprintf(w, "    Message {\n        name: %q,\n        fields: &[\n", m.name)
+		messageLines = append(messageLines, fmt.Sprintf("    m(%s, %d, %d), // %d", place(m.name), nfields, len(m.fields), n))
 		for _, f := range m.fields {
 			ty := f.ty
 			if f.ref >= 0 {
 				ty = fmt.Sprintf("%s(%d)", ty, number[f.ref])
 			}
-			fmt.Fprintf(w, "            f(%d, %q, Ty::%s, Shape::%s, Omit::%s),\n", f.tag, f.json, ty, f.shape, f.omit)
+			fieldLines = append(fieldLines, fmt.Sprintf("    f(%d, %s, Ty::%s, Shape::%s, Omit::%s),", f.tag, place(f.json), ty, f.shape, f.omit))
 		}
-		fmt.Fprintln(w, "        ],\n    },")
+		nfields += len(m.fields)
 	}
-	fmt.Fprintln(w, "];")
+
+	fmt.Fprintln(w, "/// The names the tables below refer to by place (offset, length): a table")
+	fmt.Fprintln(w, "/// of pointers would be fixed up by the loader, on pages of its own, in")
+	fmt.Fprintln(w, "/// every process, where this one stays on read-only pages until read.")
+	fmt.Fprintln(w, "pub(super) static NAMES: &str = \"\\")
+	text := blob.String()
+	for len(text) > 0 {
+		n := 90
+		if n > len(text) {
+			n = len(text)
+		}
+		// A line may not end in a space, which the continuation would drop.
+		for n < len(text) && (text[n-1] == ' ' || text[n] == ' ') {
+			n++
+		}
+		fmt.Fprintf(w, "%s\\\n", strings.ReplaceAll(text[:n], "\"", "\\\""))
+		text = text[n:]
+	}
+	fmt.Fprintln(w, "\";")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "pub(super) static KINDS: [Kind; %d] = [\n%s\n];\n\n", len(kindLines), strings.Join(kindLines, "\n"))
+	fmt.Fprintf(w, "pub(super) static MESSAGES: [Message; %d] = [\n%s\n];\n\n", len(messageLines), strings.Join(messageLines, "\n"))
+	fmt.Fprintf(w, "pub(super) static FIELDS: [Field; %d] = [\n%s\n];\n", len(fieldLines), strings.Join(fieldLines, "\n"))
 }
