@@ -84,7 +84,7 @@ fn per_body(
             decode::body(captured, Some("application/json"), None, redactor_keeps).expect("a body");
         redactor.body(request, &mut body);
         record.response_body = Some(body);
-        let mut line = String::with_capacity(captured.bytes.len() + 512);
+        let mut line = Vec::with_capacity(captured.bytes.len() + 512);
         record.write_line(&mut line);
         written += line.len();
     }
@@ -93,8 +93,8 @@ fn per_body(
 }
 
 /// Microseconds and compressed bytes for one batch.
-fn per_batch(lines: &[String], encoding: ShipEncoding, effort: Effort) -> (f64, usize) {
-    let bytes: usize = lines.iter().map(String::len).sum();
+fn per_batch(lines: &[Vec<u8>], encoding: ShipEncoding, effort: Effort) -> (f64, usize) {
+    let bytes: usize = lines.iter().map(Vec::len).sum();
     let rounds = (100_000_000 / bytes.max(1)).clamp(20, 10_000);
     let no_drops = Reports::default();
     let started = Instant::now();
@@ -106,12 +106,13 @@ fn per_batch(lines: &[String], encoding: ShipEncoding, effort: Effort) -> (f64, 
 }
 
 /// A record line with `body` as its response, as the recorder writes it.
-fn record_line(n: usize, body: &Bytes) -> String {
+fn record_line(n: usize, body: &Bytes) -> Vec<u8> {
     format!(
         "{{\"kind\":\"exchange\",\"format\":2,\"id\":\"0193a1b2-0000-7000-8000-{n:012}\",\"pod\":{{\"namespace\":\"apiwitness-bench\",\"name\":\"bench-7d9f8-x2v4q\"}},\"started_at\":\"2026-12-01T01:00:00.000001Z\",\"duration_us\":812,\"method\":\"GET\",\"path\":\"/api/v1/namespaces/apiwitness-bench/configmaps/large\",\"status\":200,\"user_agent\":\"kubectl/v1.35.4 (linux/amd64) kubernetes/abc\",\"response_content_type\":\"application/json\",\"response_body\":{{\"json\":{},\"size\":{}}}}}",
         std::str::from_utf8(body.trim_ascii()).expect("UTF-8"),
         body.len()
     )
+    .into_bytes()
 }
 
 /// Microseconds for one exchange with `body` as its response, from what the
@@ -372,7 +373,7 @@ fn main() {
     ] {
         // Each record its own data: the same body again would compress to
         // a reference to the first.
-        let lines: Vec<String> = (0..records)
+        let lines: Vec<Vec<u8>> = (0..records)
             .map(|n| record_line(n, &config_map(&base64_of_noise(value_bytes, n as u64 + 1))))
             .collect();
         let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();

@@ -54,7 +54,7 @@ pub fn body(
     // One pass checks the text is one JSON document on one line and finds
     // the words; five searches and serde_json's check took twice as long.
     let raw = (is_json(&media) && !captured.truncated && redactor_keeps)
-        .then(|| RawJson::scan(&captured.bytes, WORDS))
+        .then(|| RawJson::scan_shared(&captured.bytes, WORDS))
         .flatten()
         .filter(|scan| scan.words_seen == 0 && !scan.unicode_escape)
         .map(|scan| scan.json);

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
-/// Records as their NDJSON lines, and the bytes they hold. A record is
+/// Records as their NDJSON lines (UTF-8 bytes), and the bytes they hold. A record is
 /// serialized as soon as it is built: a decoded body (a `Value` tree) takes
 /// several times its text's memory, and the queue's byte bound is then
 /// exact.
@@ -39,8 +39,9 @@ struct Records {
     stripped: usize,
 }
 
+/// A line is bytes, UTF-8 as `Exchange::write_line` wrote it.
 struct Queued {
-    line: String,
+    line: Vec<u8>,
     stripped: Stripped,
 }
 
@@ -53,7 +54,7 @@ enum Stripped {
     /// Made when the record was queued into a queue already half full:
     /// from the record it is a small write, from the line a read of all
     /// of it.
-    Made(String),
+    Made(Vec<u8>),
 }
 
 impl Queued {
@@ -101,14 +102,14 @@ impl Records {
 
 /// A record's line without its bodies and watch events; `None` if the line
 /// is not an exchange.
-fn stripped(line: &str) -> Option<String> {
+fn stripped(line: &[u8]) -> Option<Vec<u8>> {
     let apiwitness_record::Line::Exchange(mut exchange) =
-        apiwitness_record::Line::parse(line).ok()?
+        apiwitness_record::Line::parse(std::str::from_utf8(line).ok()?).ok()?
     else {
         return None;
     };
     exchange.drop_bodies();
-    let mut line = String::with_capacity(LINE_BYTES_BESIDE_BODIES);
+    let mut line = Vec::with_capacity(LINE_BYTES_BESIDE_BODIES);
     exchange.write_line(&mut line);
     Some(line)
 }
@@ -120,7 +121,7 @@ const LINE_BYTES_BESIDE_BODIES: usize = 1024;
 /// Lines taken for a batch: the stripped ones first.
 #[derive(Clone)]
 pub(crate) struct Taken {
-    pub lines: Vec<String>,
+    pub lines: Vec<Vec<u8>>,
     stripped: usize,
 }
 
@@ -227,7 +228,7 @@ impl Queue {
         // 64 KiB body's line was copied nine times, and then once more to
         // give back what doubling left over (which the queue would hold
         // without counting).
-        let mut line = String::with_capacity(record.body_bytes() + LINE_BYTES_BESIDE_BODIES);
+        let mut line = Vec::with_capacity(record.body_bytes() + LINE_BYTES_BESIDE_BODIES);
         record.write_line(&mut line);
         line.shrink_to_fit();
         let half_full = self.is_behind();
@@ -235,7 +236,7 @@ impl Queue {
             Stripped::Same
         } else if half_full {
             record.drop_bodies();
-            let mut stripped = String::with_capacity(LINE_BYTES_BESIDE_BODIES);
+            let mut stripped = Vec::with_capacity(LINE_BYTES_BESIDE_BODIES);
             record.write_line(&mut stripped);
             Stripped::Made(stripped)
         } else {
@@ -294,7 +295,7 @@ impl Queue {
         }
         let taken: Vec<Queued> = records.lines.drain(..n).collect();
         records.bytes -= taken.iter().map(Queued::bytes).sum::<usize>();
-        let lines: Vec<String> = taken.into_iter().map(|q| q.line).collect();
+        let lines: Vec<Vec<u8>> = taken.into_iter().map(|q| q.line).collect();
         let stripped = records.stripped.min(n);
         records.stripped -= stripped;
         self.metrics.queue_depth.set(records.len() as i64);
@@ -691,7 +692,7 @@ impl Effort {
     /// against 6 µs at level -1, which stores them as they are. JSON shrinks
     /// four to ten times at either level, so a fast batch of JSON turns the
     /// next one back to level 1.
-    fn judge(lines: &[String], body: &[u8]) -> Option<bool> {
+    fn judge(lines: &[Vec<u8>], body: &[u8]) -> Option<bool> {
         let raw: usize = lines.iter().map(|l| l.len() + 1).sum();
         (raw >= BYTES_TO_JUDGE_RATIO).then_some(body.len() * 2 > raw)
     }
@@ -712,15 +713,15 @@ static ZSTD_CONTEXT: Mutex<Option<zstd::zstd_safe::CCtx<'static>>> = Mutex::new(
 
 /// A batch as compressed NDJSON: the drop reports first, then the records.
 pub fn encode_batch(
-    batch: &[String],
+    batch: &[Vec<u8>],
     reports: &Reports,
     encoding: ShipEncoding,
     effort: Effort,
 ) -> Bytes {
     // Serializing our own types cannot fail.
-    let reports: Vec<String> = reports
+    let reports: Vec<Vec<u8>> = reports
         .iter()
-        .map(|r| serde_json::to_string(&LineRef::DropReport(r)).unwrap_or_default())
+        .map(|r| serde_json::to_vec(&LineRef::DropReport(r)).unwrap_or_default())
         .collect();
     let lines = || reports.iter().chain(batch.iter());
     let bytes: usize = lines().map(|l| l.len() + 1).sum();
@@ -765,9 +766,9 @@ pub fn encode_batch(
     Bytes::from(compressed)
 }
 
-fn write_lines<'a>(out: &mut impl Write, lines: impl Iterator<Item = &'a String>) {
+fn write_lines<'a>(out: &mut impl Write, lines: impl Iterator<Item = &'a Vec<u8>>) {
     for line in lines {
-        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(line);
         let _ = out.write_all(b"\n");
     }
 }
@@ -798,13 +799,13 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apiwitness_record::FORMAT_VERSION;
 
-    fn line_of(record: &Exchange) -> String {
-        let mut line = String::new();
+    fn line_of(record: &Exchange) -> Vec<u8> {
+        let mut line = Vec::new();
         record.write_line(&mut line);
         line
     }
-    use apiwitness_record::FORMAT_VERSION;
 
     fn record(n: u32) -> Exchange {
         Exchange {
@@ -837,7 +838,7 @@ mod tests {
             .lines
             .iter()
             .map(|queued| {
-                let record: serde_json::Value = serde_json::from_str(&queued.line).unwrap();
+                let record: serde_json::Value = serde_json::from_slice(&queued.line).unwrap();
                 record["id"].as_str().unwrap().to_string()
             })
             .collect()
@@ -876,12 +877,14 @@ mod tests {
         let parsed: Vec<Exchange> = records
             .lines
             .iter()
-            .map(
-                |queued| match apiwitness_record::Line::parse(&queued.line).unwrap() {
+            .map(|queued| {
+                match apiwitness_record::Line::parse(std::str::from_utf8(&queued.line).unwrap())
+                    .unwrap()
+                {
                     apiwitness_record::Line::Exchange(e) => *e,
                     other => panic!("{other:?}"),
-                },
-            )
+                }
+            })
             .collect();
         for (i, e) in parsed.iter().enumerate() {
             let body = e.response_body.as_ref().unwrap();

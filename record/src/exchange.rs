@@ -179,6 +179,9 @@ enum RawText {
     /// line: serde_json would check it again to make it a `RawValue`, which
     /// was a sixth of reading a record.
     Read(Box<str>),
+    /// Captured bytes that [`RawJson::scan_shared`] checked (UTF-8, one
+    /// document, one line), still in the buffer they were captured into.
+    Shared(bytes::Bytes),
 }
 
 impl Serialize for RawJson {
@@ -187,9 +190,11 @@ impl Serialize for RawJson {
             RawText::Serde(raw) => raw.serialize(serializer),
             // Only what a reader read is written again, rarely (the
             // aggregator keeps lines as they came): checked once more.
-            RawText::Read(text) => serde_json::value::RawValue::from_string(text.to_string())
-                .map_err(serde::ser::Error::custom)?
-                .serialize(serializer),
+            RawText::Read(_) | RawText::Shared(_) => {
+                serde_json::value::RawValue::from_string(self.text().to_string())
+                    .map_err(serde::ser::Error::custom)?
+                    .serialize(serializer)
+            }
         }
     }
 }
@@ -206,20 +211,23 @@ impl RawJson {
     /// the document as a whole string, key or value (see
     /// [`crate::json_reader::JsonReader::noting`]).
     pub fn scan(bytes: &[u8], words: &'static [&'static [u8]]) -> Option<Scanned> {
-        let trimmed = bytes.trim_ascii();
-        if memchr::memchr2(b'\n', b'\r', trimmed).is_some() {
-            return None;
-        }
-        // The reader takes what serde_json takes, and finds a string's end
-        // with a vector search where serde_json looks at each byte.
-        let text = std::str::from_utf8(trimmed).ok()?;
-        let mut reader = crate::json_reader::JsonReader::new(text).noting(words);
-        reader.skip_value().ok()?;
-        reader.finish().ok()?;
+        let (text, words_seen, unicode_escape) = check(bytes, words)?;
         Some(Scanned {
-            words_seen: reader.words_seen(),
-            unicode_escape: reader.read_unicode_escape(),
             json: RawJson(RawText::Read(text.into())),
+            words_seen,
+            unicode_escape,
+        })
+    }
+
+    /// As [`RawJson::scan`], keeping the document in the buffer it came in
+    /// instead of a copy: a 64 KiB body was copied once more on its way to
+    /// its record's line.
+    pub fn scan_shared(bytes: &bytes::Bytes, words: &'static [&'static [u8]]) -> Option<Scanned> {
+        let (text, words_seen, unicode_escape) = check(bytes, words)?;
+        Some(Scanned {
+            json: RawJson(RawText::Shared(bytes.slice_ref(text.as_bytes()))),
+            words_seen,
+            unicode_escape,
         })
     }
 
@@ -234,6 +242,17 @@ impl RawJson {
         match &self.0 {
             RawText::Serde(raw) => raw.get(),
             RawText::Read(text) => text,
+            // Checked to be UTF-8 when it was made.
+            RawText::Shared(bytes) => std::str::from_utf8(bytes).unwrap_or("null"),
+        }
+    }
+
+    /// The document's bytes, which are UTF-8.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            RawText::Serde(raw) => raw.get().as_bytes(),
+            RawText::Read(text) => text.as_bytes(),
+            RawText::Shared(bytes) => bytes,
         }
     }
 
@@ -244,9 +263,27 @@ impl RawJson {
     }
 }
 
+/// The document in `bytes` without the whitespace around it, if they hold
+/// exactly one JSON document and no line break (a line of NDJSON holds the
+/// whole record); which of `words` stand in it, and whether it holds a `\u`
+/// escape.
+fn check<'b>(bytes: &'b [u8], words: &'static [&'static [u8]]) -> Option<(&'b str, u32, bool)> {
+    let trimmed = bytes.trim_ascii();
+    if memchr::memchr2(b'\n', b'\r', trimmed).is_some() {
+        return None;
+    }
+    // The reader takes what serde_json takes, and finds a string's end
+    // with a vector search where serde_json looks at each byte.
+    let text = std::str::from_utf8(trimmed).ok()?;
+    let mut reader = crate::json_reader::JsonReader::new(text).noting(words);
+    reader.skip_value().ok()?;
+    reader.finish().ok()?;
+    Some((text, reader.words_seen(), reader.read_unicode_escape()))
+}
+
 impl PartialEq for RawJson {
     fn eq(&self, other: &RawJson) -> bool {
-        self.text() == other.text()
+        self.as_bytes() == other.as_bytes()
     }
 }
 

@@ -26,36 +26,34 @@ fn needs_escape(word: u64) -> bool {
 
 /// `text` as a JSON string, quotes included.
 pub fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
+    let mut out = Vec::with_capacity(text.len() + 2);
     push_json_string(&mut out, text);
-    out
+    // Made of `text`, which is UTF-8, cut only before or after ASCII
+    // bytes, and of ASCII escapes.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Appends `text` as a JSON string, quotes included.
-pub fn push_json_string(out: &mut String, text: &str) {
+pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
-    out.push('"');
+    out.push(b'"');
     // Bytes before `copied` are in `out`; the escapes all fall on ASCII
-    // bytes, so every cut below is on a character boundary.
+    // bytes.
     let mut copied = 0;
     let mut at = 0;
-    let escape_from = |out: &mut String, from: usize, to: usize, copied: &mut usize| {
+    let escape_from = |out: &mut Vec<u8>, from: usize, to: usize, copied: &mut usize| {
         for (i, &b) in bytes[from..to].iter().enumerate() {
             let Some(escaped) = escape(b) else {
                 continue;
             };
-            out.push_str(&text[*copied..from + i]);
+            out.extend_from_slice(&bytes[*copied..from + i]);
             match escaped {
-                Escape::Short(c) => {
-                    out.push('\\');
-                    out.push(c);
-                }
+                Escape::Short(c) => out.extend_from_slice(&[b'\\', c]),
                 Escape::Unicode => {
                     const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.push_str("\\u00");
-                    out.push(HEX[usize::from(b >> 4)] as char);
-                    out.push(HEX[usize::from(b & 0xf)] as char);
+                    out.extend_from_slice(b"\\u00");
+                    out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
                 }
             }
             *copied = from + i + 1;
@@ -69,13 +67,13 @@ pub fn push_json_string(out: &mut String, text: &str) {
         at += 8;
     }
     escape_from(out, at, bytes.len(), &mut copied);
-    out.push_str(&text[copied..]);
-    out.push('"');
+    out.extend_from_slice(&bytes[copied..]);
+    out.push(b'"');
 }
 
 enum Escape {
     /// `\"`, `\\`, `\n` and the like.
-    Short(char),
+    Short(u8),
     /// `\u00XX`.
     Unicode,
 }
@@ -83,13 +81,13 @@ enum Escape {
 /// How serde_json escapes a byte, if it does.
 fn escape(b: u8) -> Option<Escape> {
     Some(match b {
-        b'"' => Escape::Short('"'),
-        b'\\' => Escape::Short('\\'),
-        b'\n' => Escape::Short('n'),
-        b'\r' => Escape::Short('r'),
-        b'\t' => Escape::Short('t'),
-        0x08 => Escape::Short('b'),
-        0x0c => Escape::Short('f'),
+        b'"' => Escape::Short(b'"'),
+        b'\\' => Escape::Short(b'\\'),
+        b'\n' => Escape::Short(b'n'),
+        b'\r' => Escape::Short(b'r'),
+        b'\t' => Escape::Short(b't'),
+        0x08 => Escape::Short(b'b'),
+        0x0c => Escape::Short(b'f'),
         0x00..=0x1f => Escape::Unicode,
         _ => return None,
     })

@@ -1,5 +1,6 @@
 //! A record's line of a batch, written by hand where serde_json would read
-//! its long parts twice.
+//! its long parts twice. The line is bytes (UTF-8), so that a body kept in
+//! the buffer it was captured into goes in without being checked again.
 //!
 //! serde_json writes pre-made JSON only through a `RawValue`, and makes one
 //! only by parsing the text again: a body the interceptor checked once (a
@@ -12,11 +13,11 @@
 use crate::exchange::{Body, BodyContent, Exchange};
 use crate::json_string::push_json_string;
 use serde::Serialize;
-use std::fmt::Write;
+use std::io::Write;
 
 impl Exchange {
     /// Appends the record's line (`{"kind":"exchange",...}`, no line break).
-    pub fn write_line(&self, out: &mut String) {
+    pub fn write_line(&self, out: &mut Vec<u8>) {
         // Every field named: one added to Exchange fails to compile here
         // until it is written too.
         let Exchange {
@@ -40,7 +41,7 @@ impl Exchange {
             error,
             part,
         } = self;
-        out.push_str("{\"kind\":\"exchange\"");
+        out.extend_from_slice(b"{\"kind\":\"exchange\"");
         number(out, "format", *format);
         string(out, "id", id);
         key(out, "pod");
@@ -77,7 +78,7 @@ impl Exchange {
         }
         if *table {
             key(out, "table");
-            out.push_str("true");
+            out.extend_from_slice(b"true");
         }
         for (name, value) in [("upgrade", upgrade), ("error", error)] {
             if let Some(value) = value {
@@ -88,73 +89,73 @@ impl Exchange {
             key(out, "part");
             serialized(out, part);
         }
-        out.push('}');
+        out.push(b'}');
     }
 }
 
-fn write_body(out: &mut String, body: &Body) {
+fn write_body(out: &mut Vec<u8>, body: &Body) {
     let Body {
         content,
         size,
         truncated,
         content_encoding,
     } = body;
-    out.push('{');
+    out.push(b'{');
     match content {
         BodyContent::Json(value) => {
-            out.push_str("\"json\":");
+            out.extend_from_slice(b"\"json\":");
             serialized(out, value);
         }
         // Checked to be one JSON document on one line when it was made.
         BodyContent::RawJson(raw) => {
-            out.push_str("\"json\":");
-            out.push_str(raw.text());
+            out.extend_from_slice(b"\"json\":");
+            out.extend_from_slice(raw.as_bytes());
         }
         BodyContent::Text(text) => {
-            out.push_str("\"text\":");
+            out.extend_from_slice(b"\"text\":");
             push_json_string(out, text);
         }
         BodyContent::Base64(text) => {
-            out.push_str("\"base64\":");
+            out.extend_from_slice(b"\"base64\":");
             push_json_string(out, text);
         }
         BodyContent::Protobuf(protobuf) => {
-            out.push_str("\"protobuf\":");
+            out.extend_from_slice(b"\"protobuf\":");
             serialized(out, protobuf);
         }
     }
     number(out, "size", *size);
     if *truncated {
         key(out, "truncated");
-        out.push_str("true");
+        out.extend_from_slice(b"true");
     }
     if let Some(encoding) = content_encoding {
         string(out, "content_encoding", encoding);
     }
-    out.push('}');
+    out.push(b'}');
 }
 
 /// `,"name":`: every key but the first, which the line's `kind` is.
-fn key(out: &mut String, name: &str) {
-    out.push_str(",\"");
-    out.push_str(name);
-    out.push_str("\":");
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
-fn string(out: &mut String, name: &str, value: &str) {
+fn string(out: &mut Vec<u8>, name: &str, value: &str) {
     key(out, name);
     push_json_string(out, value);
 }
 
-fn number(out: &mut String, name: &str, value: impl std::fmt::Display) {
+fn number(out: &mut Vec<u8>, name: &str, value: impl std::fmt::Display) {
     key(out, name);
-    // Writing into a String cannot fail.
+    // Writing into a Vec cannot fail.
     let _ = write!(out, "{value}");
 }
 
-fn serialized(out: &mut String, value: &impl Serialize) {
-    // Our own types, into a String: serde_json cannot fail on them.
-    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+fn serialized(out: &mut Vec<u8>, value: &impl Serialize) {
+    // Our own types: serde_json cannot fail on them.
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 #[cfg(test)]
@@ -203,8 +204,9 @@ mod tests {
     }
 
     fn same_as_serde(record: Exchange) {
-        let mut written = String::new();
+        let mut written = Vec::new();
         record.write_line(&mut written);
+        let written = String::from_utf8(written).unwrap();
         let by_serde = serde_json::to_string(&Line::Exchange(Box::new(record))).unwrap();
         assert_eq!(written, by_serde);
         // And it reads back as a record.
