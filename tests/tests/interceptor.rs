@@ -633,6 +633,27 @@ fn protobuf_gzip_and_exec_are_recorded() {
         "{}",
         protobuf.stderr
     );
+    // A watch in protobuf: the apiserver's frames, each event bare and its
+    // object enveloped, from resourceVersion 0 (an ADDED event for each).
+    let protobuf_watch = pod
+        .exec(&[
+            "sh", "-c",
+            &format!(
+                "curl -sS -o /dev/null -w '%{{http_code}} %{{content_type}}' --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
+                 -H \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
+                 -H 'Accept: application/vnd.kubernetes.protobuf;stream=watch' \
+                 \"https://$KUBERNETES_SERVICE_HOST/api/v1/namespaces/{n}/configmaps?watch=1&resourceVersion=0&timeoutSeconds=1\""
+            ),
+        ])
+        .unwrap();
+    assert!(
+        protobuf_watch
+            .stdout
+            .starts_with("200 application/vnd.kubernetes.protobuf"),
+        "{} {}",
+        protobuf_watch.stdout,
+        protobuf_watch.stderr
+    );
     let exec = pod.exec(&[k, "exec", "target", "--", "ls"]).unwrap();
     assert!(
         !exec.success,
@@ -691,6 +712,30 @@ fn protobuf_gzip_and_exec_are_recorded() {
     )
     .unwrap();
     assert_eq!(json_of(&pb.response_body), direct);
+
+    // Every event of the protobuf watch, each object as the JSON of a GET.
+    let watched = all
+        .iter()
+        .find(|e| e.path == base && e.query.contains("watch=1"))
+        .expect("the protobuf watch's record");
+    let events = &watched.watch.as_ref().expect("its events").events;
+    assert_eq!(watched.watch.as_ref().unwrap().cut, 0);
+    let big_1 = events
+        .iter()
+        .find(|e| e.object["metadata"]["name"] == json!("big-1"))
+        .unwrap_or_else(|| panic!("{} events, none of big-1", events.len()));
+    assert_eq!(big_1.event_type, "ADDED");
+    assert_eq!(big_1.object, direct);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("big-"))
+            .count(),
+        80
+    );
 
     let exec_record = all
         .iter()

@@ -4,7 +4,7 @@
 //! read the same, field for field, zero values and all.
 
 use apiwitness_e2e::{Cluster, TestNamespace};
-use apiwitness_interceptor::protobuf::{Decoded, decode_body};
+use apiwitness_interceptor::protobuf::{Decoded, decode_body, decode_watch_frame};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -414,5 +414,63 @@ fn every_protobuf_list_reads_as_the_json_the_apiserver_writes() {
             compared.get(must).copied().unwrap_or(0) > 0,
             "no object of {must} was compared; compared: {compared:?}"
         );
+    }
+}
+
+#[test]
+fn a_protobuf_watch_reads_as_the_json_of_each_object() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "pb-watch");
+    for i in 0..3 {
+        cluster
+            .kubectl_ok(&[
+                "create",
+                "configmap",
+                &format!("w{i}"),
+                "-n",
+                &ns.name,
+                &format!("--from-literal=k={i}"),
+            ])
+            .unwrap();
+    }
+    // From resourceVersion 0 the apiserver sends an ADDED event for each
+    // object there is, then ends the watch at the timeout.
+    let path = format!(
+        "/api/v1/namespaces/{}/configmaps?watch=1&resourceVersion=0&timeoutSeconds=2",
+        ns.name
+    );
+    let (stream, content_type) = fetch(cluster, &path, PROTOBUF);
+    assert!(content_type.starts_with(PROTOBUF), "{content_type}");
+    // Each frame: its length (four bytes, big-endian), then the frame.
+    let mut rest = &stream[..];
+    let mut events = Vec::new();
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        assert!(rest.len() >= 4 + len, "a frame cut short");
+        events.push(decode_watch_frame(&rest[4..4 + len]).unwrap());
+        rest = &rest[4 + len..];
+    }
+    assert!(rest.is_empty());
+    // The three made here, and the namespace's kube-root-ca.crt.
+    let names: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|(_, o)| o["metadata"]["name"].as_str())
+        .collect();
+    assert!(
+        ["w0", "w1", "w2"].iter().all(|n| names.contains(n)),
+        "{names:?}"
+    );
+    for (event_type, object) in &events {
+        assert_eq!(event_type, "ADDED");
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let (json, _) = fetch(
+            cluster,
+            &format!("/api/v1/namespaces/{}/configmaps/{name}", ns.name),
+            "application/json",
+        );
+        let direct: Value = serde_json::from_slice(&json).unwrap();
+        let mut diffs = Vec::new();
+        differences("", &direct, object, false, &mut diffs);
+        assert!(diffs.is_empty(), "{name}: {}", diffs.join("; "));
     }
 }

@@ -159,9 +159,18 @@ fn envelope(bytes: &[u8]) -> Result<(String, String, Vec<u8>), ProtobufError> {
 }
 
 /// One frame of a protobuf watch stream: the event type and its object.
+/// The apiserver writes each event bare (its raw serializer: no `k8s\0`
+/// envelope), and the object inside it enveloped; a frame in an envelope
+/// is read too.
 pub fn decode_watch_frame(frame: &[u8]) -> Result<(String, Value), ProtobufError> {
-    let (_, _, raw) = envelope(frame)?;
-    let event = k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent::decode(&raw[..])
+    let enveloped;
+    let event_bytes = if frame.starts_with(MAGIC) {
+        enveloped = envelope(frame)?.2;
+        &enveloped[..]
+    } else {
+        frame
+    };
+    let event = k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent::decode(event_bytes)
         .map_err(|e| ProtobufError::Decode(e.to_string()))?;
     let object_raw = event.object.and_then(|o| o.raw).unwrap_or_default();
     Ok((
@@ -342,11 +351,17 @@ mod tests {
             r#type: Some("MODIFIED".into()),
             object: Some(k8s_pb::apimachinery::pkg::runtime::RawExtension { raw: Some(object) }),
         };
-        let frame = enveloped("v1", "WatchEvent", event.encode_to_vec());
-        let (event_type, object) = decode_watch_frame(&frame).unwrap();
+        // As the apiserver writes it: the event bare, its object enveloped.
+        let (event_type, object) = decode_watch_frame(&event.encode_to_vec()).unwrap();
         assert_eq!(event_type, "MODIFIED");
         assert_eq!(object["metadata"]["resourceVersion"], json!("7"));
         assert_eq!(object["kind"], json!("ConfigMap"));
+        // An enveloped event reads the same.
+        let frame = enveloped("v1", "WatchEvent", event.encode_to_vec());
+        assert_eq!(
+            decode_watch_frame(&frame).unwrap(),
+            ("MODIFIED".to_string(), object)
+        );
     }
 
     #[test]
