@@ -59,25 +59,13 @@ fn per_body(
     // baseline) a tree for every body.
     let redactor_keeps = keeps_text && redactor.redacts_nothing_by_request(request);
     let mut record = Exchange {
-        format: apiwitness_record::FORMAT_VERSION,
         id: "0193a1b2-0000-7000-8000-000000000001".into(),
-        pod: PodIdentity::default(),
         started_at: "2026-12-01T01:00:00.000001Z".into(),
         duration_us: 812,
         method: "GET".into(),
         path: "/api/v1/namespaces/apiwitness-bench/configmaps/large".into(),
-        query: String::new(),
         status: 200,
-        user_agent: None,
-        request_content_type: None,
-        response_content_type: None,
-        request_body: None,
-        response_body: None,
-        watch: None,
-        table: false,
-        upgrade: None,
-        error: None,
-        part: None,
+        ..Default::default()
     };
     for _ in 0..rounds {
         let mut body =

@@ -799,7 +799,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apiwitness_record::FORMAT_VERSION;
 
     fn line_of(record: &Exchange) -> Vec<u8> {
         let mut line = Vec::new();
@@ -809,25 +808,11 @@ mod tests {
 
     fn record(n: u32) -> Exchange {
         Exchange {
-            format: FORMAT_VERSION,
             id: n.to_string(),
-            pod: PodIdentity::default(),
-            started_at: String::new(),
-            duration_us: 0,
             method: "GET".into(),
             path: "/".into(),
-            query: String::new(),
             status: 200,
-            user_agent: None,
-            request_content_type: None,
-            response_content_type: None,
-            request_body: None,
-            response_body: None,
-            watch: None,
-            table: false,
-            upgrade: None,
-            error: None,
-            part: None,
+            ..Default::default()
         }
     }
 

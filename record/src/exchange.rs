@@ -388,6 +388,34 @@ pub struct WatchPart {
     pub last: bool,
 }
 
+/// An exchange of the current format with nothing known yet: a start for
+/// tests and tools that set the fields they care about.
+impl Default for Exchange {
+    fn default() -> Exchange {
+        Exchange {
+            format: FORMAT_VERSION,
+            id: String::new(),
+            pod: PodIdentity::default(),
+            started_at: String::new(),
+            duration_us: 0,
+            method: String::new(),
+            path: String::new(),
+            query: String::new(),
+            status: 0,
+            user_agent: None,
+            request_content_type: None,
+            response_content_type: None,
+            request_body: None,
+            response_body: None,
+            watch: None,
+            table: false,
+            upgrade: None,
+            error: None,
+            part: None,
+        }
+    }
+}
+
 impl Exchange {
     /// Whether it holds a body or a watch event: what [`Exchange::drop_bodies`]
     /// lets go.

@@ -161,14 +161,13 @@ fn serialized(out: &mut Vec<u8>, value: &impl Serialize) {
 #[cfg(test)]
 mod tests {
     use crate::exchange::{
-        Body, BodyContent, Exchange, FORMAT_VERSION, Line, PodIdentity, ProtobufBody, RawJson,
-        WatchEvent, WatchEvents, WatchPart, WorkloadRef,
+        Body, BodyContent, Exchange, Line, PodIdentity, ProtobufBody, RawJson, WatchEvent,
+        WatchEvents, WatchPart, WorkloadRef,
     };
     use serde_json::json;
 
     fn bare() -> Exchange {
         Exchange {
-            format: FORMAT_VERSION,
             id: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
             pod: PodIdentity {
                 namespace: "ns".into(),
@@ -179,18 +178,8 @@ mod tests {
             duration_us: 1234,
             method: "GET".into(),
             path: "/api/v1/namespaces/ns/configmaps/c".into(),
-            query: String::new(),
             status: 200,
-            user_agent: None,
-            request_content_type: None,
-            response_content_type: None,
-            request_body: None,
-            response_body: None,
-            watch: None,
-            table: false,
-            upgrade: None,
-            error: None,
-            part: None,
+            ..Default::default()
         }
     }
 

@@ -583,6 +583,22 @@ fn secret_values_and_tokens_never_leave_the_pod() {
     );
 }
 
+/// curl in the pod, with its ServiceAccount's token, asking the apiserver
+/// for `path` in `accept`: prints the status and the content type.
+fn curl_as_pod(pod: &InterceptedPod, accept: &str, path: &str) -> CommandOutput {
+    pod.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "curl -sS -o /dev/null -w '%{{http_code}} %{{content_type}}' \
+             --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
+             -H \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
+             -H 'Accept: {accept}' \"https://$KUBERNETES_SERVICE_HOST{path}\""
+        ),
+    ])
+    .unwrap()
+}
+
 #[test]
 fn protobuf_gzip_and_exec_are_recorded() {
     let cluster = Cluster::shared();
@@ -617,17 +633,11 @@ fn protobuf_gzip_and_exec_are_recorded() {
 
     let big = pod.exec(&[k, "get", "configmaps", "-o", "json"]).unwrap();
     assert!(big.success, "{}", big.stderr);
-    let protobuf = pod
-        .exec(&[
-            "sh", "-c",
-            &format!(
-                "curl -sS -o /dev/null -w '%{{http_code}} %{{content_type}}' --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
-                 -H \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
-                 -H 'Accept: application/vnd.kubernetes.protobuf' \
-                 https://$KUBERNETES_SERVICE_HOST/api/v1/namespaces/{n}/configmaps/big-1"
-            ),
-        ])
-        .unwrap();
+    let protobuf = curl_as_pod(
+        &pod,
+        "application/vnd.kubernetes.protobuf",
+        &format!("/api/v1/namespaces/{n}/configmaps/big-1"),
+    );
     assert_eq!(
         protobuf.stdout, "200 application/vnd.kubernetes.protobuf",
         "{}",
@@ -635,17 +645,11 @@ fn protobuf_gzip_and_exec_are_recorded() {
     );
     // A watch in protobuf: the apiserver's frames, each event bare and its
     // object enveloped, from resourceVersion 0 (an ADDED event for each).
-    let protobuf_watch = pod
-        .exec(&[
-            "sh", "-c",
-            &format!(
-                "curl -sS -o /dev/null -w '%{{http_code}} %{{content_type}}' --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
-                 -H \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
-                 -H 'Accept: application/vnd.kubernetes.protobuf;stream=watch' \
-                 \"https://$KUBERNETES_SERVICE_HOST/api/v1/namespaces/{n}/configmaps?watch=1&resourceVersion=0&timeoutSeconds=1\""
-            ),
-        ])
-        .unwrap();
+    let protobuf_watch = curl_as_pod(
+        &pod,
+        "application/vnd.kubernetes.protobuf;stream=watch",
+        &format!("/api/v1/namespaces/{n}/configmaps?watch=1&resourceVersion=0&timeoutSeconds=1"),
+    );
     assert!(
         protobuf_watch
             .stdout

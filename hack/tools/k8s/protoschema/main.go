@@ -351,18 +351,27 @@ func main() {
 	for _, k := range kinds {
 		kindLines = append(kindLines, fmt.Sprintf("    k(%s, %s, %d),", place(k.apiVersion), place(k.kind), number[k.message]))
 	}
-	nfields := 0
+	// Messages with the same fields (a type served at several versions)
+	// share one run of FIELDS.
+	runs := map[string]int{}
 	for n, i := range order {
 		m := g.messages[i]
-		messageLines = append(messageLines, fmt.Sprintf("    m(%s, %d, %d), // %d", place(m.name), nfields, len(m.fields), n))
+		var run []string
 		for _, f := range m.fields {
 			ty := f.ty
 			if f.ref >= 0 {
 				ty = fmt.Sprintf("%s(%d)", ty, number[f.ref])
 			}
-			fieldLines = append(fieldLines, fmt.Sprintf("    f(%d, %s, Ty::%s, Shape::%s, Omit::%s),", f.tag, place(f.json), ty, f.shape, f.omit))
+			run = append(run, fmt.Sprintf("    f(%d, %s, Ty::%s, Shape::%s, Omit::%s),", f.tag, place(f.json), ty, f.shape, f.omit))
 		}
-		nfields += len(m.fields)
+		key := strings.Join(run, "\n")
+		first, ok := runs[key]
+		if !ok {
+			first = len(fieldLines)
+			runs[key] = first
+			fieldLines = append(fieldLines, run...)
+		}
+		messageLines = append(messageLines, fmt.Sprintf("    m(%s, %d, %d), // %d", place(m.name), first, len(m.fields), n))
 	}
 
 	fmt.Fprintln(w, "/// The names the tables below refer to by place (offset, length): a table")
