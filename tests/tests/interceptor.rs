@@ -5,7 +5,9 @@
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::collector::Collector;
 use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
-use apiwitness_e2e::{Cluster, CommandOutput, NetnsPod, TestNamespace, repo_root, wait_until};
+use apiwitness_e2e::{
+    Cluster, CommandOutput, NetnsPod, TestNamespace, repo_root, wait_until, workspace_binary,
+};
 use apiwitness_record::{ApiRequest, Exchange, Verb};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -483,6 +485,73 @@ fn python_client_workload_is_recorded_with_deletecollection_and_watch() {
         json!("ConfigMapList")
     );
     one(&all, "GET", &format!("{base}/py-gone"), 404);
+}
+
+#[test]
+fn kube_rs_workload_is_recorded_as_it_saw_it() {
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "icpt-kube-rs");
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut pod = start_pod(cluster, &ns, "p", &collector, &certify, &[]);
+    let workload = workspace_binary("kube-rs-workload");
+    let out = pod.exec(&[workload.to_str().unwrap(), &ns.name]).unwrap();
+    assert!(out.success, "{}\n{}\n{}", out.stdout, out.stderr, pod.log());
+    let seen: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(seen["missing"], json!(true));
+    assert_eq!(seen["applied_data"], json!({"a": "1", "b": "2"}));
+    assert_eq!(
+        seen["events"],
+        json!([["ADDED", "rs-1"], ["MODIFIED", "rs-1"]]),
+        "the watch replayed the create and the apply"
+    );
+
+    let all = stop_and_collect(&mut pod, &collector);
+    let base = format!("/api/v1/namespaces/{}/configmaps", ns.name);
+    let create = one(&all, "POST", &base, 201);
+    assert_eq!(
+        json_of(&create.request_body)["data"],
+        json!({"a": "1"}),
+        "kube-rs sends JSON"
+    );
+    assert_eq!(
+        json_of(&create.response_body)["metadata"]["resourceVersion"],
+        seen["created"]
+    );
+    let read = one(&all, "GET", &format!("{base}/rs-1"), 200);
+    assert_eq!(
+        json_of(&read.response_body)["metadata"]["resourceVersion"],
+        seen["read"]
+    );
+    let apply = one(&all, "PATCH", &format!("{base}/rs-1"), 200);
+    assert_eq!(
+        apply.request_content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert!(
+        apply.query.contains("fieldManager=kube-rs-workload"),
+        "{}",
+        apply.query
+    );
+    assert_eq!(
+        json_of(&apply.response_body)["metadata"]["resourceVersion"],
+        seen["applied"]
+    );
+    let watch = records(&all, "GET", &base)
+        .into_iter()
+        .find(|e| is_watch(e))
+        .expect("the watch's record");
+    let events: Vec<Value> = watch
+        .watch
+        .as_ref()
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| json!([e.event_type, e.object["metadata"]["name"]]))
+        .collect();
+    assert_eq!(Value::Array(events), seen["events"]);
+    one(&all, "DELETE", &format!("{base}/rs-1"), 200);
+    one(&all, "GET", &format!("{base}/rs-missing"), 404);
 }
 
 #[test]
