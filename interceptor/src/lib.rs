@@ -161,7 +161,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             } else {
                 format!("{authority}:443")
             };
-            serve::Upstream::Fixed(Arc::from(authority))
+            serve::Upstream::Fixed(
+                proxy::Target::new(&authority).map_err(|e| StartError::Other(e.to_string()))?,
+            )
         }
         _ => serve::Upstream::OriginalDestination,
     };

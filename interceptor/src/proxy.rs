@@ -32,6 +32,26 @@ pub enum ProxyError {
     Target(String),
 }
 
+/// Where a connection's requests go (`host:port`): as text for logs and
+/// errors, and as the authority of each request's URI upstream.
+#[derive(Clone)]
+pub struct Target {
+    pub name: Arc<str>,
+    authority: http::uri::Authority,
+}
+
+impl Target {
+    pub fn new(name: &str) -> Result<Target, ProxyError> {
+        let authority = name
+            .parse()
+            .map_err(|e| ProxyError::Target(format!("{name}: {e}")))?;
+        Ok(Target {
+            name: Arc::from(name),
+            authority,
+        })
+    }
+}
+
 pub struct Proxy {
     /// For clients that speak HTTP/2: HTTP/2 where the apiserver offers it.
     client: UpstreamClient,
@@ -287,7 +307,7 @@ impl Proxy {
     /// which aborts the client's request as a failed dial would.
     pub async fn handle(
         self: Arc<Self>,
-        upstream: Arc<str>,
+        upstream: Target,
         mut request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let started_at = SystemTime::now();
@@ -305,18 +325,15 @@ impl Proxy {
         let watch = parsed.as_ref().is_some_and(|p| p.verb == Verb::Watch);
         let is_upgrade = request.headers().contains_key(header::UPGRADE);
 
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: hyper::Uri = format!("https://{upstream}{path_and_query}")
-            .parse()
-            .map_err(|e| ProxyError::Target(format!("{e}")))?;
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let request_body = Capture::new(
-            capture_mode_for(header_string(request.headers(), header::CONTENT_ENCODING).as_deref()),
+            capture_mode_for(
+                request
+                    .headers()
+                    .get(header::CONTENT_ENCODING)
+                    .and_then(|v| v.to_str().ok()),
+            ),
             self.limits,
         );
         let pending = Pending {
@@ -338,7 +355,15 @@ impl Proxy {
         // they would without the sidecar: one at a time per connection,
         // never multiplexed behind another client's streams.
         let http1 = is_upgrade || parts.version != Version::HTTP_2;
-        parts.uri = uri;
+        // The same path and query, now to the upstream: taken over as they
+        // are, where text formatted and parsed anew cost two allocations.
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTPS);
+        uri.authority = Some(upstream.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = hyper::Uri::from_parts(uri).map_err(|e| ProxyError::Target(format!("{e}")))?;
         // The pooled client speaks whichever version the apiserver chose.
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers, is_upgrade);
@@ -355,11 +380,11 @@ impl Proxy {
             Err(e) => {
                 self.metrics.upstream_errors.inc();
                 let reason = format!("{e:#}");
-                tracing::warn!(%upstream, error = %reason, "apiserver unreachable");
+                tracing::warn!(upstream = %upstream.name, error = %reason, "apiserver unreachable");
                 self.recorder
                     .record(pending.finish(0, None, None, Some(reason.clone())));
                 return Err(ProxyError::Upstream {
-                    upstream: upstream.to_string(),
+                    upstream: upstream.name.to_string(),
                     reason,
                 });
             }

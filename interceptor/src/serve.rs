@@ -3,7 +3,7 @@
 
 use crate::accept;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Target};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -18,7 +18,7 @@ pub enum Upstream {
     /// Each connection to its original destination (transparent mode).
     OriginalDestination,
     /// Every connection to one apiserver (explicit mode), as `host:port`.
-    Fixed(Arc<str>),
+    Fixed(Target),
 }
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +35,10 @@ pub async fn serve(
     graceful: Arc<GracefulShutdown>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let fixed = match &upstream {
+        Upstream::Fixed(target) => Some(target.clone()),
+        Upstream::OriginalDestination => None,
+    };
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -48,10 +52,13 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let target: Arc<str> = match &upstream {
-            Upstream::Fixed(t) => t.clone(),
-            Upstream::OriginalDestination => match accept::original_destination(&tcp) {
-                Ok(dst) => Arc::from(dst.to_string()),
+        let target = match &fixed {
+            Some(target) => target.clone(),
+            None => match accept::original_destination(&tcp)
+                .map_err(|e| e.to_string())
+                .and_then(|dst| Target::new(&dst.to_string()).map_err(|e| e.to_string()))
+            {
+                Ok(target) => target,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "refusing a connection");
                     continue;
