@@ -248,20 +248,17 @@ perf_start() { # NAME PIDS(comma-separated): perf records them for the round, if
     local p args=()
     for p in ${2//,/ }; do args+=(-p "$p"); done
     strace -c -f "${args[@]}" -o "$APIWITNESS_BENCH_STRACE_DIR/$1.txt" 2>/dev/null &
-    perf_pid=$!
-    sleep 0.5
+  elif [ -n "${APIWITNESS_BENCH_PERF_DIR:-}" ]; then
+    mkdir -p "$APIWITNESS_BENCH_PERF_DIR"
+    if [ -n "${APIWITNESS_BENCH_PERF_EVENTS:-}" ]; then
+      perf stat -e "$APIWITNESS_BENCH_PERF_EVENTS" -p "$2" -o "$APIWITNESS_BENCH_PERF_DIR/$1.txt" >/dev/null 2>&1 &
+    else
+      perf record -q -F 499 --call-graph dwarf,16384 -p "$2" \
+        -o "$APIWITNESS_BENCH_PERF_DIR/$1.data" >/dev/null 2>&1 &
+    fi
+  else
     return 0
   fi
-  [ -n "${APIWITNESS_BENCH_PERF_DIR:-}" ] || return 0
-  mkdir -p "$APIWITNESS_BENCH_PERF_DIR"
-  if [ -n "${APIWITNESS_BENCH_PERF_EVENTS:-}" ]; then
-    perf stat -e "$APIWITNESS_BENCH_PERF_EVENTS" -p "$2" -o "$APIWITNESS_BENCH_PERF_DIR/$1.txt" >/dev/null 2>&1 &
-    perf_pid=$!
-    sleep 0.5
-    return 0
-  fi
-  perf record -q -F 499 --call-graph dwarf,16384 -p "$2" \
-    -o "$APIWITNESS_BENCH_PERF_DIR/$1.data" >/dev/null 2>&1 &
   perf_pid=$!
   sleep 0.5
 }

@@ -56,7 +56,7 @@ pub fn body(
     let raw = (is_json(&media) && !captured.truncated && redactor_keeps)
         .then(|| RawJson::scan_shared(&captured.bytes, WORDS))
         .flatten()
-        .filter(|scan| scan.words_seen == 0 && !scan.unicode_escape)
+        .filter(|scan| scan.holds_none())
         .map(|scan| scan.json);
     let content = match raw {
         Some(raw) => BodyContent::RawJson(raw),

@@ -79,19 +79,10 @@ impl Redactor {
     /// the key of a protobuf payload. A `\u` escape could spell either.
     pub const WORDS: &'static [&'static [u8]] = &[b"Secret", b"protobuf"];
 
-    /// Whether a JSON body of `request` with this text would leave the
-    /// redactor as it came, so that it may be recorded as its text: the
-    /// text is one JSON document, nothing is redacted in it by its resource
-    /// (a Secret's, a token's) or by an extra path, and none of
-    /// [`Redactor::WORDS`] is in it, nor a `\u` escape that could spell one.
-    pub fn has_nothing_to_redact(&self, request: &ApiRequest, text: &[u8]) -> bool {
-        self.redacts_nothing_by_request(request)
-            && apiwitness_record::RawJson::scan(text, Self::WORDS)
-                .is_some_and(|scan| scan.words_seen == 0 && !scan.unicode_escape)
-    }
-
     /// Whether no body of `request` is redacted for what it is: no Secret or
-    /// token resource, and no extra path. Its text may still hold a Secret.
+    /// token resource, and no extra path. Its text may still hold a Secret:
+    /// a body keeps its text only where, besides, none of
+    /// [`Redactor::WORDS`] stands in it (`decode::body` looks).
     pub fn redacts_nothing_by_request(&self, request: &ApiRequest) -> bool {
         self.extra_pointers.is_empty() && sensitivity(request) == Sensitive::No
     }
@@ -105,7 +96,7 @@ impl Redactor {
             body.content = BodyContent::Json(raw.to_value());
         }
         match &mut body.content {
-            // Made only of text `has_nothing_to_redact` passed.
+            // Made only of text in which none of `WORDS` stands.
             BodyContent::RawJson(_) => {}
             BodyContent::Json(value) => self.json(sensitive, value),
             BodyContent::Protobuf(pb) => {
@@ -283,12 +274,16 @@ mod tests {
             ApiRequest::parse("GET", "/api/v1/namespaces/ns/configmaps/c", "", None).unwrap();
         let r = Redactor::default();
         let text = br#"{"data":{"a":"b"}}"#;
-        assert!(!r.has_nothing_to_redact(&secrets, text));
-        assert!(r.has_nothing_to_redact(&configmaps, text));
+        assert!(
+            apiwitness_record::RawJson::scan(text, Redactor::WORDS)
+                .is_some_and(|scan| scan.holds_none())
+        );
+        assert!(!r.redacts_nothing_by_request(&secrets));
+        assert!(r.redacts_nothing_by_request(&configmaps));
         assert!(
             !Redactor::new(vec!["/data/x".into()])
                 .unwrap()
-                .has_nothing_to_redact(&configmaps, text)
+                .redacts_nothing_by_request(&configmaps)
         );
         let mut body = Body {
             content: BodyContent::RawJson(

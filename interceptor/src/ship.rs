@@ -108,10 +108,15 @@ fn stripped(line: &[u8]) -> Option<Vec<u8>> {
     else {
         return None;
     };
-    exchange.drop_bodies();
+    Some(stripped_line(&mut exchange))
+}
+
+/// The line of `record` once it lets go of its bodies and watch events.
+fn stripped_line(record: &mut Exchange) -> Vec<u8> {
+    record.drop_bodies();
     let mut line = Vec::with_capacity(LINE_BYTES_BESIDE_BODIES);
-    exchange.write_line(&mut line);
-    Some(line)
+    record.write_line(&mut line);
+    line
 }
 
 /// What a record line holds beside its bodies, give or take: ids, times, the
@@ -235,10 +240,7 @@ impl Queue {
         let stripped = if !record.has_bodies() {
             Stripped::Same
         } else if half_full {
-            record.drop_bodies();
-            let mut stripped = Vec::with_capacity(LINE_BYTES_BESIDE_BODIES);
-            record.write_line(&mut stripped);
-            Stripped::Made(stripped)
+            Stripped::Made(stripped_line(&mut record))
         } else {
             Stripped::NotMade
         };

@@ -167,6 +167,14 @@ pub struct Scanned {
     pub unicode_escape: bool,
 }
 
+impl Scanned {
+    /// None of the words asked for stands in the document, nor a `\u`
+    /// escape that could spell one.
+    pub fn holds_none(&self) -> bool {
+        self.words_seen == 0 && !self.unicode_escape
+    }
+}
+
 /// The text of one JSON document, checked to be JSON, on one line.
 #[derive(Debug, Clone)]
 pub struct RawJson(RawText);

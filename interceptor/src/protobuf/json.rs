@@ -60,6 +60,12 @@ impl<'a> Reader<'a> {
         prost::encoding::decode_varint(&mut self.rest).map_err(|e| decode_error(e.to_string()))
     }
 
+    fn fixed64(&mut self) -> Result<u64, ProtobufError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or([0; 8]),
+        ))
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtobufError> {
         if n > self.rest.len() {
             return Err(decode_error("a field runs past the end of its message"));
@@ -81,9 +87,7 @@ impl<'a> Reader<'a> {
         }
         let wire = match key & 7 {
             0 => Wire::Varint(self.varint()?),
-            1 => Wire::Fixed64(u64::from_le_bytes(
-                self.take(8)?.try_into().unwrap_or([0; 8]),
-            )),
+            1 => Wire::Fixed64(self.fixed64()?),
             2 => {
                 let len = usize::try_from(self.varint()?)
                     .map_err(|_| decode_error("length too large"))?;
@@ -271,7 +275,7 @@ fn zero(ty: Ty) -> Value {
         Ty::String => Value::String(String::new()),
         Ty::Bool => Value::Bool(false),
         Ty::Int => Value::from(0),
-        Ty::Double => Value::from(0.0),
+        Ty::Double => number(0.0),
         Ty::Message(inner) => {
             let mut map = Map::new();
             zero_message(inner, &mut map);
@@ -491,8 +495,7 @@ fn repeated(
         (Ty::Double, Wire::Bytes(packed)) => {
             let mut reader = Reader::new(packed);
             while !reader.rest.is_empty() {
-                let bits = u64::from_le_bytes(reader.take(8)?.try_into().unwrap_or([0; 8]));
-                items.push(number(f64::from_bits(bits)));
+                items.push(number(f64::from_bits(reader.fixed64()?)));
             }
         }
         (ty, wire) => items.push(value(ty, wire, depth)?),

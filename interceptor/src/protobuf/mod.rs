@@ -59,15 +59,14 @@ pub enum Decoded {
 
 /// Reads one body.
 pub fn decode_body(bytes: &[u8]) -> Result<Decoded, ProtobufError> {
+    read(bytes, 0)
+}
+
+/// An enveloped object, `depth` messages deep in the body.
+fn read(bytes: &[u8], depth: usize) -> Result<Decoded, ProtobufError> {
     let (api_version, kind, raw) = envelope(bytes)?;
     match json::message_of(&api_version, &kind) {
-        Some(index) => Ok(Decoded::Full(typed_object(
-            index,
-            api_version,
-            kind,
-            &raw,
-            0,
-        )?)),
+        Some(index) => typed_object(index, api_version, kind, &raw, depth).map(Decoded::Full),
         None => partial(bytes, api_version, kind, &raw).map(Decoded::Partial),
     }
 }
@@ -76,13 +75,10 @@ pub fn decode_body(bytes: &[u8]) -> Result<Decoded, ProtobufError> {
 /// the object itself, or for a kind the table does not know, the record's
 /// `{"protobuf": ...}` form.
 fn object_json(bytes: &[u8], depth: usize) -> Result<Value, ProtobufError> {
-    let (api_version, kind, raw) = envelope(bytes)?;
-    match json::message_of(&api_version, &kind) {
-        Some(index) => typed_object(index, api_version, kind, &raw, depth),
-        None => Ok(serde_json::json!({
-            "protobuf": partial(bytes, api_version, kind, &raw)?
-        })),
-    }
+    Ok(match read(bytes, depth)? {
+        Decoded::Full(object) => object,
+        Decoded::Partial(body) => serde_json::json!({ "protobuf": body }),
+    })
 }
 
 fn typed_object(
