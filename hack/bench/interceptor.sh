@@ -37,6 +37,12 @@
 # the counts, not the rates). With APIWITNESS_BENCH_PERF_EVENTS=E1,E2 as
 # well, perf counts those events (perf stat) instead of sampling: say
 # probe_libc:malloc, once `perf probe -x <libc> malloc` has made it.
+# APIWITNESS_BENCH_PERF_FREQ sets the sampling rate (499 a second by default).
+# APIWITNESS_BENCH_INTERCEPTOR=FILE measures that binary instead of building one,
+# and APIWITNESS_BENCH_BASELINE_INTERCEPTOR=FILE adds a round of that binary
+# after each round of nginx, as the row "interceptor (baseline build)": two
+# builds compared in one run (hack/build-interceptor.sh --pgo against a plain
+# build, say).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -74,9 +80,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench: building the interceptor (release)" >&2
-(cd "$repo" && cargo build --release -q -p apiwitness-interceptor)
-interceptor="${CARGO_TARGET_DIR:-$repo/target}/release/apiwitness-interceptor"
+if [ -n "${APIWITNESS_BENCH_INTERCEPTOR:-}" ]; then
+  interceptor=$APIWITNESS_BENCH_INTERCEPTOR
+else
+  echo "bench: building the interceptor (release)" >&2
+  (cd "$repo" && cargo build --release -q -p apiwitness-interceptor)
+  interceptor="${CARGO_TARGET_DIR:-$repo/target}/release/apiwitness-interceptor"
+fi
 
 # Certificates: one CA; the upstream and every proxy serve "bench.local".
 openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key"
@@ -212,6 +222,13 @@ nginx_worker_ticks() { # the proxy nginx's workers, together
   for p in $(pgrep -P "$(cat "$work/nginx-proxy.pid")"); do t=$((t + $(cpu_ticks "$p"))); done
   echo "$t"
 }
+upstream_ticks() { # UPSTREAM_URL -> clock ticks of every process listening on its port, together
+  local port=${1##*:} t=0 p
+  for p in $(ss -ltnpH "sport = :${port%%/*}" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+    t=$((t + $(cpu_ticks "$p")))
+  done
+  echo "$t"
+}
 per_request() { # COUNT FIGURES("rps ...") -> COUNT a request, to two decimals
   awk -v n="$1" -v r="${2%% *}" -v d="$duration" 'BEGIN { if (r > 0) printf "%.2f", n / (r * d); else print "-" }'
 }
@@ -253,7 +270,7 @@ perf_start() { # NAME PIDS(comma-separated): perf records them for the round, if
     if [ -n "${APIWITNESS_BENCH_PERF_EVENTS:-}" ]; then
       perf stat -e "$APIWITNESS_BENCH_PERF_EVENTS" -p "$2" -o "$APIWITNESS_BENCH_PERF_DIR/$1.txt" >/dev/null 2>&1 &
     else
-      perf record -q -F 499 --call-graph dwarf,16384 -p "$2" \
+      perf record -q -F "${APIWITNESS_BENCH_PERF_FREQ:-499}" --call-graph dwarf,16384 -p "$2" \
         -o "$APIWITNESS_BENCH_PERF_DIR/$1.data" >/dev/null 2>&1 &
     fi
   else
@@ -280,14 +297,16 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   for client in "HTTP/1.1" "HTTP/2"; do
     tool=run_wrk
     [ "$client" = HTTP/2 ] && tool=run_h2load
-    local icpt_runs="" nginx_runs="" icpt_cs="" nginx_cs="" rss=0 shipped=0 stripped=0 dropped=0 r figures ticks
+    local icpt_runs="" nginx_runs="" icpt_cs="" nginx_cs="" icpt_up="" nginx_up="" baseline_runs="" baseline_rss=0 rss=0 shipped=0 stripped=0 dropped=0 r figures ticks
     for r in $(seq 1 "$rounds"); do
       start_interceptor "$upstream" "$name" "$ca"
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"interceptor-$label-$client-$r")" "$icpt_pid"
       ticks=$(cpu_ticks "$icpt_pid")
+      up_ticks=$(upstream_ticks "$upstream")
       cs=$(switches "$icpt_pid")
       figures=$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")
       ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+      icpt_up+="$(cpu_us_per_request $(($(upstream_ticks "$upstream") - up_ticks)) "$figures") "
       icpt_cs+="$(per_request $(($(switches "$icpt_pid") - cs)) "$figures") "
       perf_stop
       icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
@@ -300,20 +319,36 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"nginx-$label-$client-$r")" \
         "$(pgrep -d, -P "$(cat "$work/nginx-proxy.pid")")"
       ticks=$(nginx_worker_ticks)
+      up_ticks=$(upstream_ticks "$upstream")
       nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')
       # shellcheck disable=SC2086
       cs=$(switches $nginx_workers)
       figures=$($tool "https://127.0.0.1:$nginx_proxy$path" "${hdr[@]}")
       ticks=$(($(nginx_worker_ticks) - ticks))
+      nginx_up+="$(cpu_us_per_request $(($(upstream_ticks "$upstream") - up_ticks)) "$figures") "
       # shellcheck disable=SC2086
       nginx_cs+="$(per_request $(($(switches $nginx_workers) - cs)) "$figures") "
       perf_stop
       nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+      if [ -n "${APIWITNESS_BENCH_BASELINE_INTERCEPTOR:-}" ]; then
+        interceptor=$APIWITNESS_BENCH_BASELINE_INTERCEPTOR start_interceptor "$upstream" "$name" "$ca"
+        ticks=$(cpu_ticks "$icpt_pid")
+        figures=$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")
+        ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+        baseline_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
+        baseline_rss=$(awk -v a="$baseline_rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
+        stop_interceptor
+      fi
     done
     record "$label, $client client" interceptor "$(median "${icpt_runs%$'\n'}")"
     record "$label, $client client" nginx "$(median "${nginx_runs%$'\n'}")"
+    if [ -n "$baseline_runs" ]; then
+      record "$label, $client client" "interceptor (baseline build)" "$(median "${baseline_runs%$'\n'}")"
+      record "$label, $client client" interceptor-baseline-peak-rss-mib "$baseline_rss"
+    fi
     record "$label, $client client" context-switches-a-request "interceptor ${icpt_cs% }, nginx ${nginx_cs% }"
+    record "$label, $client client" upstream-cpu-a-request "via the interceptor ${icpt_up% }, via nginx ${nginx_up% }"
     record "$label, $client client" interceptor-peak-rss-mib "$rss"
     record "$label, $client client" interceptor-records "$shipped shipped ($stripped stripped of their bodies when the queue was full), $dropped dropped"
   done
@@ -361,7 +396,7 @@ echo "| upstream | via | req/s | p50 ms | p99 ms | CPU µs a request | req/s vs 
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
-  case "$via" in interceptor-* | context-switches-*) continue ;; esac
+  case "$via" in interceptor-* | context-switches-* | upstream-*) continue ;; esac
   read -r rps p50 p99 cpu <<<"$figures"
   # direct and mitmproxy (HTTP/1.1 clients) compare with nginx's HTTP/1.1 row.
   base=$(printf '%s\n' "${results[@]}" | awk -F'|' -v l="$label" -v l1="$label, HTTP/1.1 client" \
@@ -380,7 +415,10 @@ for r in "${results[@]}"; do
   IFS='|' read -r label via figures <<<"$r"
   [ "$via" = interceptor-peak-rss-mib ] || continue
   echo "- $label: $figures MiB"
+  baseline=$(row_figure "$label" interceptor-baseline-peak-rss-mib)
+  [ -z "$baseline" ] || echo "  the baseline build: $baseline MiB"
   echo "  records: $(row_figure "$label" interceptor-records)"
   echo "  context switches a request, each round: $(row_figure "$label" context-switches-a-request)"
+  echo "  the upstream's CPU µs a request, each round: $(row_figure "$label" upstream-cpu-a-request)"
 done
 echo "($workers cores; the interceptor and nginx with $proxy_workers worker(s) each; wrk -t2 -c$connections -d${duration}s and h2load -t2 -c$connections -m1 -D $duration; medians of $rounds rounds)"

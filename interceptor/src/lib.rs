@@ -112,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     token_file: Some(config.token_file.clone()).filter(|p| p.exists()),
                     pod: pod.clone(),
                     encoding: config.ship_encoding,
+                    zstd_level: config.ship_zstd_level,
                 },
                 queue.clone(),
                 tls,
