@@ -14,7 +14,11 @@
 # peak RSS, and the CPU the interceptor and nginx spend a request, and prints
 # every figure with its ratio to nginx.
 #
-#   hack/bench/interceptor.sh [--duration 10] [--connections 16] [--workers 1] [--rounds 3]
+#   hack/bench/interceptor.sh [--duration 10] [--connections 16] [--workers 1] [--rounds 3] [--pgo]
+#
+# --pgo measures a profile-guided build of the interceptor
+# (hack/build-interceptor.sh --pgo), with a plain build in the same rounds as
+# the row "interceptor (baseline build)".
 #
 # --workers is the number of threads the interceptor serves with
 # (--worker-threads) and of nginx's worker processes, the same for both.
@@ -42,7 +46,7 @@
 # and APIWITNESS_BENCH_BASELINE_INTERCEPTOR=FILE adds a round of that binary
 # after each round of nginx, as the row "interceptor (baseline build)": two
 # builds compared in one run (hack/build-interceptor.sh --pgo against a plain
-# build, say).
+# build, say; --pgo does just that).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -50,13 +54,15 @@ duration=10
 connections=16
 proxy_workers=1
 rounds=3
+pgo=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
     --workers) proxy_workers=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--duration SECONDS] [--connections N] [--workers N] [--rounds N]" >&2; exit 2 ;;
+    --pgo) pgo=1; shift ;;
+    *) echo "usage: $0 [--duration SECONDS] [--connections N] [--workers N] [--rounds N] [--pgo]" >&2; exit 2 ;;
   esac
 done
 
@@ -64,9 +70,12 @@ need() { command -v "$1" >/dev/null || { echo "bench: $1 is missing ($2)" >&2; e
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v h2load >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx nghttp2-client >/dev/null
 fi
-command -v mitmdump >/dev/null || python3 -m pip install -q --disable-pip-version-check mitmproxy
+# Training (for a profile-guided build, hack/build-interceptor.sh --pgo) runs
+# only the interceptor's rounds: nothing is compared.
+training=${APIWITNESS_BENCH_TRAINING:-0}
+[ "$training" = 1 ] || command -v mitmdump >/dev/null || python3 -m pip install -q --disable-pip-version-check mitmproxy
 need wrk "apt-get install wrk"; need nginx "apt-get install nginx"; need h2load "apt-get install nghttp2-client"
-need mitmdump "pip install mitmproxy"
+[ "$training" = 1 ] || need mitmdump "pip install mitmproxy"
 
 work=$(mktemp -d)
 # nginx workers run unprivileged and read their files from here.
@@ -82,10 +91,13 @@ trap cleanup EXIT
 
 if [ -n "${APIWITNESS_BENCH_INTERCEPTOR:-}" ]; then
   interceptor=$APIWITNESS_BENCH_INTERCEPTOR
+elif [ "$pgo" = 1 ]; then
+  echo "bench: building the interceptor (release, profile-guided), and a plain build as the baseline" >&2
+  interceptor=$("$repo/hack/build-interceptor.sh" --pgo)
+  : "${APIWITNESS_BENCH_BASELINE_INTERCEPTOR:=$("$repo/hack/build-interceptor.sh")}"
 else
   echo "bench: building the interceptor (release)" >&2
-  (cd "$repo" && cargo build --release -q -p apiwitness-interceptor)
-  interceptor="${CARGO_TARGET_DIR:-$repo/target}/release/apiwitness-interceptor"
+  interceptor=$("$repo/hack/build-interceptor.sh")
 fi
 
 # Certificates: one CA; the upstream and every proxy serve "bench.local".
@@ -291,7 +303,7 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   local hdr=()
   [ -n "$auth" ] && hdr=(-H "$auth")
   echo "bench: $label" >&2
-  record "$label" direct "$(run_wrk "$upstream$path" "${hdr[@]}")"
+  [ "$training" = 1 ] || record "$label" direct "$(run_wrk "$upstream$path" "${hdr[@]}")"
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
   local client tool
   for client in "HTTP/1.1" "HTTP/2"; do
@@ -314,6 +326,7 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       read -r s t d < <(shipping_figures)
       shipped=$((shipped + s)); stripped=$((stripped + t)); dropped=$((dropped + d))
       stop_interceptor
+      [ "$training" = 0 ] || continue
       nginx -c "$work/nginx-proxy.conf"
       sleep 0.3
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"nginx-$label-$client-$r")" \
@@ -352,6 +365,7 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
     record "$label, $client client" interceptor-peak-rss-mib "$rss"
     record "$label, $client client" interceptor-records "$shipped shipped ($stripped stripped of their bodies when the queue was full), $dropped dropped"
   done
+  [ "$training" = 0 ] || return 0
   start_mitm "$upstream"
   record "$label" mitmproxy "$(run_wrk "https://127.0.0.1:$mitm$path" "${hdr[@]}")"
   stop_mitm
@@ -365,7 +379,7 @@ bench_target "local TLS server, 64 KiB" /64k "" "$local_up" bench.local "$work/c
 
 if wanted "new TLS connections, 1 KiB"; then
   echo "bench: new TLS connection per request (Connection: close)" >&2
-  record "new TLS connections, 1 KiB" direct "$(run_wrk "$local_up/1k" -H 'Connection: close')"
+  [ "$training" = 1 ] || record "new TLS connections, 1 KiB" direct "$(run_wrk "$local_up/1k" -H 'Connection: close')"
   start_interceptor "$local_up"
   record "new TLS connections, 1 KiB" interceptor "$(run_wrk "https://127.0.0.1:$icpt/1k" -H 'Connection: close')"
   stop_interceptor
