@@ -31,7 +31,10 @@ etcd_peer_port=$((2380 + 100 * cluster_index))
 apiserver_port=$((6443 + cluster_index))
 controller_manager_port=$((10257 + cluster_index))
 
-state_dir="${APIWITNESS_CLUSTER_DIR:-$APIWITNESS_CACHE/cluster/$cluster_index}"
+# Always the index's own: APIWITNESS_CLUSTER_DIR is what `cluster env` prints,
+# never read. A shell that evaluated cluster 0's env once ran the tests,
+# whose second cluster then took cluster 0's directory and stopped it.
+state_dir="$APIWITNESS_CACHE/cluster/$cluster_index"
 pki_dir="$state_dir/pki"
 log_dir="$state_dir/logs"
 run_dir="$state_dir/run"          # pid files
