@@ -15,7 +15,8 @@
 # a plain build.
 #
 # The profile is cached, keyed by the compiler's version and the content of
-# every file the interceptor is built from, under
+# every file the interceptor is built from (not the bench's: a profile
+# from an older training load still fits the code), under
 # ${XDG_CACHE_HOME:-~/.cache}/apiwitness/pgo/<key>/merged.profdata, and
 # printed on stderr: an image build can take it (see interceptor/Dockerfile).
 # The two builds have target directories of their own under
@@ -47,7 +48,7 @@ cd "$repo"
 # Named, the target keeps RUSTFLAGS off build scripts and proc macros: only
 # the interceptor's own code is instrumented, and only it writes counts.
 host=$(rustc -vV | sed -n 's/^host: //p')
-sources=$(git ls-files -z Cargo.toml Cargo.lock interceptor record runtime hack/build-interceptor.sh hack/bench/interceptor.sh |
+sources=$(git ls-files -z Cargo.toml Cargo.lock interceptor record runtime hack/build-interceptor.sh |
   xargs -0 cat | sha256sum | cut -c1-16)
 key="$(rustc --version | tr -c 'a-zA-Z0-9.\n' _)_$sources"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/apiwitness/pgo/$key"

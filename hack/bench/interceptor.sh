@@ -11,8 +11,9 @@
 # Upstreams: a local TLS server (nginx serving 1 KiB and 64 KiB bodies), and
 # the real kube-apiserver of hack/cluster (a 1 KiB and a 64 KiB ConfigMap).
 # It also measures new TLS connections (Connection: close), the interceptor's
-# peak RSS, and the CPU the interceptor and nginx spend a request, and prints
-# every figure with its ratio to nginx.
+# peak RSS, the CPU the interceptor and nginx spend a request, and both at a
+# fixed 1000 req/s (latency below saturation, and RSS at the rate the memory
+# target names), and prints every figure with its ratio to nginx.
 #
 #   hack/bench/interceptor.sh [--duration 10] [--connections 16] [--workers 1] [--rounds 3] [--pgo]
 #
@@ -297,6 +298,40 @@ perf_stop() {
   wait "$perf_pid" 2>/dev/null || true
 }
 
+# At a fixed rate, below what either proxy can carry: the latency a client
+# sees when the proxy is not the bottleneck, and the interceptor's RSS at the
+# rate its memory target is set for. h2load, 10 connections of RATE/10
+# requests a second each.
+bench_fixed_rate() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME CA RATE
+  local label="$1, $7 req/s" path=$2 auth=$3 upstream=$4 name=$5 ca=$6 rate=$7
+  wanted "$label" || return 0
+  [ "$training" = 0 ] || return 0
+  local hdr=()
+  [ -n "$auth" ] && hdr=(-H "$auth")
+  echo "bench: $label" >&2
+  write_proxy_conf "${upstream#https://}" "$ca" "$name"
+  local icpt_runs="" nginx_runs="" rss=0 r figures ticks
+  for r in $(seq 1 "$rounds"); do
+    start_interceptor "$upstream" "$name" "$ca"
+    ticks=$(cpu_ticks "$icpt_pid")
+    figures=$(connections=10 run_h2load "https://127.0.0.1:$icpt$path" --rps=$((rate / 10)) "${hdr[@]}")
+    ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+    icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
+    rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
+    stop_interceptor
+    nginx -c "$work/nginx-proxy.conf"
+    sleep 0.3
+    ticks=$(nginx_worker_ticks)
+    figures=$(connections=10 run_h2load "https://127.0.0.1:$nginx_proxy$path" --rps=$((rate / 10)) "${hdr[@]}")
+    ticks=$(($(nginx_worker_ticks) - ticks))
+    nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
+    kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+  done
+  record "$label, HTTP/2 client" interceptor "$(median "${icpt_runs%$'\n'}")"
+  record "$label, HTTP/2 client" nginx "$(median "${nginx_runs%$'\n'}")"
+  record "$label, HTTP/2 client" interceptor-peak-rss-mib "$rss"
+}
+
 bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME CA
   local label=$1 path=$2 auth=$3 upstream=$4 name=$5 ca=$6
   wanted "$label" || return 0
@@ -376,6 +411,7 @@ sleep 0.3
 local_up="https://127.0.0.1:$up"
 bench_target "local TLS server, 1 KiB" /1k "" "$local_up" bench.local "$work/ca.crt"
 bench_target "local TLS server, 64 KiB" /64k "" "$local_up" bench.local "$work/ca.crt"
+bench_fixed_rate "local TLS server, 64 KiB" /64k "" "$local_up" bench.local "$work/ca.crt" 1000
 
 if wanted "new TLS connections, 1 KiB"; then
   echo "bench: new TLS connection per request (Connection: close)" >&2
@@ -400,6 +436,8 @@ if [ "${APIWITNESS_BENCH_LOCAL_ONLY:-0}" != 1 ] && "$repo/hack/cluster" status >
     bench_target "kube-apiserver, ConfigMap $obj" "/api/v1/namespaces/apiwitness-bench/configmaps/$obj" \
       "Authorization: Bearer $token" "$apiserver" kubernetes.default.svc "$APIWITNESS_CLUSTER_CA"
   done
+  bench_fixed_rate "kube-apiserver, ConfigMap small" /api/v1/namespaces/apiwitness-bench/configmaps/small \
+    "Authorization: Bearer $token" "$apiserver" kubernetes.default.svc "$APIWITNESS_CLUSTER_CA" 1000
   unset token
 else
   echo "bench: hack/cluster is not up: the kube-apiserver rows are skipped" >&2
@@ -431,8 +469,11 @@ for r in "${results[@]}"; do
   echo "- $label: $figures MiB"
   baseline=$(row_figure "$label" interceptor-baseline-peak-rss-mib)
   [ -z "$baseline" ] || echo "  the baseline build: $baseline MiB"
-  echo "  records: $(row_figure "$label" interceptor-records)"
-  echo "  context switches a request, each round: $(row_figure "$label" context-switches-a-request)"
-  echo "  the upstream's CPU µs a request, each round: $(row_figure "$label" upstream-cpu-a-request)"
+  for what in "records:interceptor-records" \
+    "context switches a request, each round:context-switches-a-request" \
+    "the upstream's CPU µs a request, each round:upstream-cpu-a-request"; do
+    figure=$(row_figure "$label" "${what##*:}")
+    [ -z "$figure" ] || echo "  ${what%:*}: $figure"
+  done
 done
 echo "($workers cores; the interceptor and nginx with $proxy_workers worker(s) each; wrk -t2 -c$connections -d${duration}s and h2load -t2 -c$connections -m1 -D $duration; medians of $rounds rounds)"
