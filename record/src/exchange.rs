@@ -441,7 +441,9 @@ impl Exchange {
             .flatten()
             .map(|body| match &body.content {
                 BodyContent::Text(t) | BodyContent::Base64(t) => t.len(),
-                BodyContent::RawJson(raw) => raw.text().len(),
+                // Its bytes, not its text: the text of a shared buffer is
+                // checked for UTF-8 again, a pass over the whole body.
+                BodyContent::RawJson(raw) => raw.as_bytes().len(),
                 BodyContent::Json(_) | BodyContent::Protobuf(_) => 0,
             })
             .sum()
