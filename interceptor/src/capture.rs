@@ -71,70 +71,15 @@ pub struct PartOf {
 /// Counts every byte written, keeps the first `limit`.
 struct BoundedSink {
     kept: BytesMut,
-    /// Frames kept as they came, after those that fit the room `kept` was
-    /// given: a body of unknown size (chunked, or HTTP/2 without a length)
-    /// would otherwise grow `kept` by doubling, and a 66 KB body arriving in
-    /// 16 KiB frames was copied 1.7 times over and held in 128 KiB.
-    later: Vec<Bytes>,
-    later_len: usize,
     limit: usize,
     size: u64,
 }
 
 impl BoundedSink {
-    fn new(limit: usize) -> BoundedSink {
-        BoundedSink {
-            kept: BytesMut::new(),
-            later: Vec::new(),
-            later_len: 0,
-            limit,
-            size: 0,
-        }
-    }
-
     /// Keeps nothing more, and lets go of what it kept; it goes on counting.
     fn let_go(&mut self) {
         self.kept = BytesMut::new();
-        self.later = Vec::new();
-        self.later_len = 0;
         self.limit = 0;
-    }
-
-    fn held(&self) -> usize {
-        self.kept.len() + self.later_len
-    }
-
-    /// Keeps what is left of the limit of a frame: copied while it fits the
-    /// room made for the body, as the frame itself (no copy) after that.
-    fn keep_frame(&mut self, data: &Bytes) {
-        self.size += data.len() as u64;
-        let take = data.len().min(self.limit.saturating_sub(self.held()));
-        if take == 0 {
-            return;
-        }
-        let fits = self.kept.capacity() - self.kept.len() >= take;
-        if self.later.is_empty() && (fits || self.kept.is_empty()) {
-            self.kept.extend_from_slice(&data[..take]);
-        } else {
-            self.later.push(data.slice(..take));
-            self.later_len += take;
-        }
-    }
-
-    /// What was kept, in one buffer: copied once more only when frames
-    /// were kept as they came.
-    fn take_kept(&mut self) -> Bytes {
-        let kept = std::mem::take(&mut self.kept);
-        if self.later.is_empty() {
-            return kept.freeze();
-        }
-        let mut whole = BytesMut::with_capacity(kept.len() + self.later_len);
-        whole.extend_from_slice(&kept);
-        for frame in self.later.drain(..) {
-            whole.extend_from_slice(&frame);
-        }
-        self.later_len = 0;
-        whole.freeze()
     }
 }
 
@@ -169,7 +114,11 @@ pub type SharedCapture = Arc<Mutex<Capture>>;
 
 impl Capture {
     pub fn new(mode: CaptureMode, limits: Limits) -> SharedCapture {
-        let sink = || BoundedSink::new(limits.body);
+        let sink = || BoundedSink {
+            kept: BytesMut::new(),
+            limit: limits.body,
+            size: 0,
+        };
         let reader = match mode {
             CaptureMode::Plain => Reader::Plain(sink()),
             CaptureMode::Gzip => Reader::Gzip(Box::new(flate2::write::GzDecoder::new(sink()))),
@@ -257,9 +206,11 @@ impl Capture {
         }
     }
 
-    fn feed(&mut self, data: &Bytes) {
+    fn feed(&mut self, data: &[u8]) {
         match &mut self.reader {
-            Some(Reader::Plain(sink)) => sink.keep_frame(data),
+            Some(Reader::Plain(sink)) => {
+                let _ = sink.write(data);
+            }
             Some(Reader::Gzip(decoder)) => {
                 if self.result.decode_error.is_none()
                     && let Err(e) = decoder.write_all(data)
@@ -281,10 +232,10 @@ impl Capture {
         result.complete = complete;
         result.error = error;
         match reader {
-            Reader::Plain(mut sink) => {
-                result.truncated = sink.size > sink.held() as u64;
+            Reader::Plain(sink) => {
+                result.truncated = sink.size > sink.kept.len() as u64;
                 result.size = sink.size;
-                result.bytes = sink.take_kept();
+                result.bytes = sink.kept.freeze();
             }
             Reader::Gzip(mut decoder) => {
                 if result.decode_error.is_none()
@@ -294,9 +245,9 @@ impl Capture {
                     result.decode_error = Some(format!("gzip: {e}"));
                 }
                 let sink = decoder.get_mut();
-                result.truncated = sink.size > sink.held() as u64;
+                result.truncated = sink.size > sink.kept.len() as u64;
                 result.size = sink.size;
-                result.bytes = sink.take_kept();
+                result.bytes = std::mem::take(&mut sink.kept).freeze();
             }
             Reader::Watch(mut splitter) => {
                 let partial = u64::from(splitter.pending_is_partial());
@@ -320,8 +271,8 @@ impl Capture {
         let finished = result.bytes.len() + result.events.iter().map(Bytes::len).sum::<usize>();
         finished
             + match &capture.reader {
-                Some(Reader::Plain(sink)) => sink.held(),
-                Some(Reader::Gzip(decoder)) => decoder.get_ref().held(),
+                Some(Reader::Plain(sink)) => sink.kept.len(),
+                Some(Reader::Gzip(decoder)) => decoder.get_ref().kept.len(),
                 Some(Reader::Watch(splitter)) => splitter.held + splitter.pending.len(),
                 None => 0,
             }
@@ -728,46 +679,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_of_unknown_size_keeps_its_later_frames_as_they_came() {
-        // Four 16 KiB frames and a short one, with no length said: the
-        // first is copied, the rest are kept as they came, and the body
-        // comes out whole, in order, once, cut at the limit.
-        let frames: Vec<&'static [u8]> = (0..5u8)
-            .map(|n| {
-                &*Box::leak(vec![b'a' + n; if n < 4 { 16 * 1024 } else { 2000 }].into_boxed_slice())
-            })
-            .collect();
-        let whole: Vec<u8> = frames.concat();
-        for limit in [1 << 20, 40_000, 16 * 1024, 100] {
-            let capture = Capture::new(
-                CaptureMode::Plain,
-                Limits {
-                    body: limit,
-                    ..LIMITS
-                },
-            );
-            let mut body = CaptureBody::new(body_of(frames.clone()), capture.clone(), None);
-            while let Some(frame) = body.frame().await {
-                frame.unwrap();
-                if let Some(Reader::Plain(sink)) = &capture.lock().unwrap().reader {
-                    assert!(
-                        sink.kept.capacity() < 32 * 1024,
-                        "{limit}: grown to {}",
-                        sink.kept.capacity()
-                    );
-                }
-            }
-            let got = Capture::take(&capture);
-            let kept = limit.min(whole.len());
-            assert_eq!(&got.bytes[..], &whole[..kept], "limit {limit}");
-            assert_eq!(
-                (got.size, got.truncated),
-                (whole.len() as u64, kept < whole.len())
-            );
-        }
-    }
-
-    #[tokio::test]
     async fn gzip_is_undone_and_its_true_size_counted() {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(b"{\"kind\":\"List\"}").unwrap();
@@ -905,9 +816,9 @@ mod tests {
     fn letting_go_of_what_was_kept_keeps_the_sizes() {
         // An open body: what came and what comes still counts.
         let open = Capture::new(CaptureMode::Plain, LIMITS);
-        open.lock().unwrap().feed(&Bytes::from_static(b"hello "));
+        open.lock().unwrap().feed(b"hello ");
         Capture::let_go_of_kept(&open);
-        open.lock().unwrap().feed(&Bytes::from_static(b"world"));
+        open.lock().unwrap().feed(b"world");
         assert_eq!(Capture::held_bytes(&open), 0);
         let got = Capture::take(&open);
         assert_eq!((got.bytes.len(), got.size, got.truncated), (0, 11, true));
@@ -931,7 +842,7 @@ mod tests {
     #[test]
     fn a_part_given_back_lends_its_index_to_the_next() {
         let capture = Capture::new(CaptureMode::WatchJson, LIMITS);
-        let feed = |data: &'static [u8]| capture.lock().unwrap().feed(&Bytes::from_static(data));
+        let feed = |data: &[u8]| capture.lock().unwrap().feed(data);
         feed(b"{\"a\":1}\n");
         let first = Capture::take_part(&capture).unwrap();
         assert_eq!(first.part.map(|p| p.index), Some(0));
