@@ -35,10 +35,6 @@ pub async fn serve(
     graceful: Arc<GracefulShutdown>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let fixed = match &upstream {
-        Upstream::Fixed(target) => Some(target.clone()),
-        Upstream::OriginalDestination => None,
-    };
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -52,9 +48,9 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let target = match &fixed {
-            Some(target) => target.clone(),
-            None => match accept::original_destination(&tcp)
+        let target = match &upstream {
+            Upstream::Fixed(target) => target.clone(),
+            Upstream::OriginalDestination => match accept::original_destination(&tcp)
                 .map_err(|e| e.to_string())
                 .and_then(|dst| Target::new(&dst.to_string()).map_err(|e| e.to_string()))
             {

@@ -708,7 +708,7 @@ impl Effort {
         (raw >= BYTES_TO_JUDGE_RATIO).then_some(body.len() * 2 > raw)
     }
 
-    pub fn zstd_level(self, configured: i32) -> i32 {
+    fn zstd_level(self, configured: i32) -> i32 {
         match self {
             Effort::Normal => configured,
             Effort::Fast => configured.min(-1),
