@@ -9,7 +9,7 @@
 # mode: HTTP/1.1 and HTTP/2 clients, 1 KiB and 64 KiB bodies, a local TLS
 # upstream and, when hack/cluster is up, the kube-apiserver), and builds
 # again with what the run counted: the compiler lays out the hot paths
-# together and inlines along them. On the bench that took 8 to 10% off the
+# together and inlines along them. On the bench that took 7 to 24% off the
 # interceptor's CPU a request (docs/benchmarks.md). Code the training does
 # not run is compiled as cold; it works the same, but may be slower than in
 # a plain build.

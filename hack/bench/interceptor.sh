@@ -254,6 +254,7 @@ switches() { # PIDS... -> context switches of every thread of these processes so
     awk '/^(non)?voluntary_ctxt_switches/ {n += $2} END {print n + 0}'
 }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+larger() { awk -v a="$1" -v b="$2" 'BEGIN {print (b > a) ? b : a}'; }
 
 start_mitm() { # UPSTREAM_URL
   mitmdump --mode "reverse:$1" --listen-host 127.0.0.1 --listen-port "$mitm" -q \
@@ -302,6 +303,25 @@ perf_stop() {
 # sees when the proxy is not the bottleneck, and the interceptor's RSS at the
 # rate its memory target is set for. h2load, 10 connections of RATE/10
 # requests a second each.
+run_h2load_10() { # URL [extra h2load args]: run_h2load on 10 connections
+  local connections=10
+  run_h2load "$@"
+}
+
+# One round of an interceptor binary, without perf or counts beside: its
+# "rps p50 p99 cpu_us" into $measured, its peak RSS into $measured_rss.
+measure_interceptor() { # BINARY UPSTREAM_URL SERVER_NAME CA TOOL PATH [TOOL ARGS...]
+  local binary=$1 upstream=$2 name=$3 ca=$4 tool=$5 path=$6 ticks figures
+  shift 6
+  interceptor=$binary start_interceptor "$upstream" "$name" "$ca"
+  ticks=$(cpu_ticks "$icpt_pid")
+  figures=$($tool "https://127.0.0.1:$icpt$path" "$@")
+  ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+  measured="$figures $(cpu_us_per_request "$ticks" "$figures")"
+  measured_rss=$(peak_rss_mib "$icpt_pid")
+  stop_interceptor
+}
+
 bench_fixed_rate() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME CA RATE
   local label="$1, $7 req/s" path=$2 auth=$3 upstream=$4 name=$5 ca=$6 rate=$7
   wanted "$label" || return 0
@@ -310,19 +330,15 @@ bench_fixed_rate() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_
   [ -n "$auth" ] && hdr=(-H "$auth")
   echo "bench: $label" >&2
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
-  local icpt_runs="" nginx_runs="" rss=0 r figures ticks
+  local icpt_runs="" nginx_runs="" rss=0 r figures ticks measured measured_rss
   for r in $(seq 1 "$rounds"); do
-    start_interceptor "$upstream" "$name" "$ca"
-    ticks=$(cpu_ticks "$icpt_pid")
-    figures=$(connections=10 run_h2load "https://127.0.0.1:$icpt$path" --rps=$((rate / 10)) "${hdr[@]}")
-    ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
-    icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-    rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
-    stop_interceptor
+    measure_interceptor "$interceptor" "$upstream" "$name" "$ca" run_h2load_10 "$path" --rps=$((rate / 10)) "${hdr[@]}"
+    icpt_runs+="$measured"$'\n'
+    rss=$(larger "$rss" "$measured_rss")
     nginx -c "$work/nginx-proxy.conf"
     sleep 0.3
     ticks=$(nginx_worker_ticks)
-    figures=$(connections=10 run_h2load "https://127.0.0.1:$nginx_proxy$path" --rps=$((rate / 10)) "${hdr[@]}")
+    figures=$(run_h2load_10 "https://127.0.0.1:$nginx_proxy$path" --rps=$((rate / 10)) "${hdr[@]}")
     ticks=$(($(nginx_worker_ticks) - ticks))
     nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
     kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
@@ -344,7 +360,7 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   for client in "HTTP/1.1" "HTTP/2"; do
     tool=run_wrk
     [ "$client" = HTTP/2 ] && tool=run_h2load
-    local icpt_runs="" nginx_runs="" icpt_cs="" nginx_cs="" icpt_up="" nginx_up="" baseline_runs="" baseline_rss=0 rss=0 shipped=0 stripped=0 dropped=0 r figures ticks
+    local icpt_runs="" nginx_runs="" icpt_cs="" nginx_cs="" icpt_up="" nginx_up="" baseline_runs="" baseline_rss=0 rss=0 shipped=0 stripped=0 dropped=0 r figures ticks measured measured_rss
     for r in $(seq 1 "$rounds"); do
       start_interceptor "$upstream" "$name" "$ca"
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"interceptor-$label-$client-$r")" "$icpt_pid"
@@ -357,7 +373,7 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       icpt_cs+="$(per_request $(($(switches "$icpt_pid") - cs)) "$figures") "
       perf_stop
       icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-      rss=$(awk -v a="$rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
+      rss=$(larger "$rss" "$(peak_rss_mib "$icpt_pid")")
       read -r s t d < <(shipping_figures)
       shipped=$((shipped + s)); stripped=$((stripped + t)); dropped=$((dropped + d))
       stop_interceptor
@@ -380,13 +396,9 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
       nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
       kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
       if [ -n "${APIWITNESS_BENCH_BASELINE_INTERCEPTOR:-}" ]; then
-        interceptor=$APIWITNESS_BENCH_BASELINE_INTERCEPTOR start_interceptor "$upstream" "$name" "$ca"
-        ticks=$(cpu_ticks "$icpt_pid")
-        figures=$($tool "https://127.0.0.1:$icpt$path" "${hdr[@]}")
-        ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
-        baseline_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-        baseline_rss=$(awk -v a="$baseline_rss" -v b="$(peak_rss_mib "$icpt_pid")" 'BEGIN {print (b > a) ? b : a}')
-        stop_interceptor
+        measure_interceptor "$APIWITNESS_BENCH_BASELINE_INTERCEPTOR" "$upstream" "$name" "$ca" "$tool" "$path" "${hdr[@]}"
+        baseline_runs+="$measured"$'\n'
+        baseline_rss=$(larger "$baseline_rss" "$measured_rss")
       fi
     done
     record "$label, $client client" interceptor "$(median "${icpt_runs%$'\n'}")"
