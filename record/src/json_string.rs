@@ -4,9 +4,11 @@
 //! serde_json looks up every byte of a string in its escape table. A record
 //! carries bodies of up to a megabyte as text or base64, and for a 64 KiB
 //! body that byte-at-a-time loop took a sixth of the interceptor's time
-//! (more than zstd). Here a whole word is tested for a byte that needs an
-//! escape (a quote, a backslash or a control character), and the runs
-//! without one are copied whole.
+//! (more than zstd). Here a block of 64 bytes is tested at once for a byte
+//! that needs an escape (a quote, a backslash or a control character), in
+//! a loop the compiler turns into vector compares; a block that holds one
+//! is looked at a word of eight bytes at a time, and the runs without one
+//! are copied whole.
 
 use serde::Serializer;
 use serde_json::value::RawValue;
@@ -22,6 +24,19 @@ fn needs_escape(word: u64) -> bool {
     let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
     let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
     (control | quote | backslash) != 0
+}
+
+/// Bytes tested together. On 64 KiB of base64, blocks of 64 ran at twice
+/// the rate of a word at a time, and blocks of 32 at 1.4 times. Text with
+/// an escape in every block (JSON as text) is about a tenth slower.
+const BLOCK: usize = 64;
+
+/// Whether no byte of `block` needs an escape. Every byte is tested, with
+/// no early exit, so that the loop compiles to vector compares.
+fn block_is_plain(block: &[u8]) -> bool {
+    block.iter().fold(true, |plain, &b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    })
 }
 
 /// `text` as a JSON string, quotes included.
@@ -59,13 +74,23 @@ pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
             *copied = from + i + 1;
         }
     };
-    while at + 8 <= bytes.len() {
-        let word = u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
-        if needs_escape(word) {
-            escape_from(out, at, at + 8, &mut copied);
+    let escape_words = |out: &mut Vec<u8>, from: usize, to: usize, copied: &mut usize| {
+        for at in (from..to).step_by(8) {
+            let word = u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+            if needs_escape(word) {
+                escape_from(out, at, at + 8, copied);
+            }
         }
-        at += 8;
+    };
+    while at + BLOCK <= bytes.len() {
+        if !block_is_plain(&bytes[at..at + BLOCK]) {
+            escape_words(out, at, at + BLOCK, &mut copied);
+        }
+        at += BLOCK;
     }
+    let words_end = at + (bytes.len() - at) / 8 * 8;
+    escape_words(out, at, words_end, &mut copied);
+    at = words_end;
     escape_from(out, at, bytes.len(), &mut copied);
     out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
@@ -122,6 +147,28 @@ mod tests {
                 same_as_serde_json(&text);
             }
             same_as_serde_json(&c.to_string());
+        }
+    }
+
+    #[test]
+    fn an_escape_at_any_offset_of_a_block_or_its_words_is_written_as_serde_json_writes_it() {
+        for escaped in ['"', '\\', '\n', '\u{1}', '\u{1f}'] {
+            for at in 0..(2 * BLOCK + 9) {
+                for len in [at + 1, 2 * BLOCK + 9, 3 * BLOCK] {
+                    if at >= len {
+                        continue;
+                    }
+                    let mut text: String =
+                        (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+                    text.replace_range(at..at + 1, &escaped.to_string());
+                    same_as_serde_json(&text);
+                    // With a second escape in the next block.
+                    if at + BLOCK < len {
+                        text.replace_range(at + BLOCK..at + BLOCK + 1, "\"");
+                        same_as_serde_json(&text);
+                    }
+                }
+            }
         }
     }
 
