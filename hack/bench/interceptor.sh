@@ -322,12 +322,18 @@ measure_interceptor() { # BINARY UPSTREAM_URL SERVER_NAME CA TOOL PATH [TOOL ARG
   stop_interceptor
 }
 
-bench_fixed_rate() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME CA RATE
-  local label="$1, $7 req/s" path=$2 auth=$3 upstream=$4 name=$5 ca=$6 rate=$7
+headers() { # HEADER... -> "hdr": each as a -H argument
+  hdr=()
+  local h
+  for h in "$@"; do hdr+=(-H "$h"); done
+}
+
+bench_fixed_rate() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA RATE [HEADER...]
+  local label="$1, $6 req/s" path=$2 upstream=$3 name=$4 ca=$5 rate=$6
   wanted "$label" || return 0
   [ "$training" = 0 ] || return 0
-  local hdr=()
-  [ -n "$auth" ] && hdr=(-H "$auth")
+  local hdr
+  headers "${@:7}"
   echo "bench: $label" >&2
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
   local icpt_runs="" nginx_runs="" rss=0 r figures ticks measured measured_rss
@@ -348,11 +354,11 @@ bench_fixed_rate() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_
   record "$label, HTTP/2 client" interceptor-peak-rss-mib "$rss"
 }
 
-bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME CA
-  local label=$1 path=$2 auth=$3 upstream=$4 name=$5 ca=$6
+bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
+  local label=$1 path=$2 upstream=$3 name=$4 ca=$5
   wanted "$label" || return 0
-  local hdr=()
-  [ -n "$auth" ] && hdr=(-H "$auth")
+  local hdr
+  headers "${@:6}"
   echo "bench: $label" >&2
   [ "$training" = 1 ] || record "$label" direct "$(run_wrk "$upstream$path" "${hdr[@]}")"
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
@@ -418,12 +424,70 @@ bench_target() { # LABEL PATH AUTH_HEADER(may be empty) UPSTREAM_URL SERVER_NAME
   stop_mitm
 }
 
+pod_list() { # N -> a List of N Pods, labelled app=bench, to apply
+  local i
+  echo '{"apiVersion": "v1", "kind": "List", "items": ['
+  for i in $(seq 1 "$1"); do
+    [ "$i" = 1 ] || echo ','
+    cat <<EOF
+{"apiVersion": "v1", "kind": "Pod",
+ "metadata": {"name": "bench-$i", "namespace": "apiwitness-bench",
+   "labels": {"app": "bench", "tier": "web", "index": "$i"},
+   "annotations": {"example.com/owner": "bench", "example.com/revision": "$i"}},
+ "spec": {"serviceAccountName": "bench", "terminationGracePeriodSeconds": 5,
+   "containers": [
+     {"name": "web", "image": "registry.example/web:1.$i",
+      "args": ["--port=8080", "--log-level=info"],
+      "ports": [{"name": "http", "containerPort": 8080}],
+      "env": [{"name": "MODE", "value": "bench"},
+              {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+      "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+      "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 5},
+      "volumeMounts": [{"name": "config", "mountPath": "/etc/web"}]},
+     {"name": "sidecar", "image": "registry.example/sidecar:2.0",
+      "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
+   "volumes": [{"name": "config", "configMap": {"name": "small"}}]}}
+EOF
+  done
+  echo ']}'
+}
+
+# Training only: the calls the rows above do not make, so that a
+# profile-guided build does not compile them as cold: watches (JSON and
+# protobuf) with events, creates, patches, deletes, and an exec (refused by
+# the apiserver, which has no node to reach, after the upgrade was asked for).
+train_other_calls() {
+  [ "$training" = 1 ] || return 0
+  echo "bench: training: watches, writes and an exec" >&2
+  kubectl -n apiwitness-bench create rolebinding bench-edit --clusterrole=edit \
+    --serviceaccount=apiwitness-bench:bench >/dev/null 2>&1 || true
+  start_interceptor "${on_apiserver[@]}"
+  local base="https://127.0.0.1:$icpt/api/v1/namespaces/apiwitness-bench" watches=() accept i
+  for accept in application/json application/vnd.kubernetes.protobuf; do
+    curl -sk -o /dev/null -H "$auth" -H "Accept: $accept" "$base/configmaps?watch=1&timeoutSeconds=8" &
+    watches+=($!)
+  done
+  sleep 0.5
+  for i in $(seq 1 60); do
+    curl -sk -o /dev/null -H "$auth" -H 'Content-Type: application/json' -X POST \
+      -d "{\"metadata\":{\"name\":\"train-$i\"},\"data\":{\"n\":\"$i\"}}" "$base/configmaps"
+    curl -sk -o /dev/null -H "$auth" -H 'Content-Type: application/merge-patch+json' -X PATCH \
+      -d "{\"data\":{\"m\":\"$i\"}}" "$base/configmaps/train-$i"
+    curl -sk -o /dev/null -H "$auth" -H 'Accept: application/vnd.kubernetes.protobuf' "$base/configmaps/train-$i"
+    curl -sk -o /dev/null -H "$auth" -X DELETE "$base/configmaps/train-$i"
+  done
+  curl -sk -o /dev/null -H "$auth" -X POST -H 'Connection: Upgrade' -H 'Upgrade: SPDY/3.1' \
+    -H 'X-Stream-Protocol-Version: v4.channel.k8s.io' "$base/pods/bench-1/exec?command=true&stdout=true" || true
+  wait "${watches[@]}" || true
+  stop_interceptor
+}
+
 nginx -c "$work/nginx-up.conf"
 sleep 0.3
 local_up="https://127.0.0.1:$up"
-bench_target "local TLS server, 1 KiB" /1k "" "$local_up" bench.local "$work/ca.crt"
-bench_target "local TLS server, 64 KiB" /64k "" "$local_up" bench.local "$work/ca.crt"
-bench_fixed_rate "local TLS server, 64 KiB" /64k "" "$local_up" bench.local "$work/ca.crt" 1000
+bench_target "local TLS server, 1 KiB" /1k "$local_up" bench.local "$work/ca.crt"
+bench_target "local TLS server, 64 KiB" /64k "$local_up" bench.local "$work/ca.crt"
+bench_fixed_rate "local TLS server, 64 KiB" /64k "$local_up" bench.local "$work/ca.crt" 1000
 
 if wanted "new TLS connections, 1 KiB"; then
   echo "bench: new TLS connection per request (Connection: close)" >&2
@@ -440,17 +504,29 @@ if [ "${APIWITNESS_BENCH_LOCAL_ONLY:-0}" != 1 ] && "$repo/hack/cluster" status >
   kubectl -n apiwitness-bench create rolebinding bench --clusterrole=view --serviceaccount=apiwitness-bench:bench >/dev/null 2>&1 || true
   kubectl -n apiwitness-bench create configmap small --from-file=v="$work/1k" >/dev/null 2>&1 || true
   kubectl -n apiwitness-bench create configmap large --from-file=v="$work/64k" >/dev/null 2>&1 || true
+  if [ "$(kubectl -n apiwitness-bench get pods -l app=bench -o name | wc -l)" -lt 50 ]; then
+    pod_list 50 | kubectl create -f - >/dev/null
+  fi
   # Held in this shell only; never printed.
   token=$(kubectl -n apiwitness-bench create token bench --duration=1h)
   apiserver="$APIWITNESS_APISERVER"
+  on_apiserver=("$apiserver" kubernetes.default.svc "$APIWITNESS_CLUSTER_CA")
+  auth="Authorization: Bearer $token"
   # wrk does not verify certificates; the proxies verify the apiserver's.
   for obj in small large; do
     bench_target "kube-apiserver, ConfigMap $obj" "/api/v1/namespaces/apiwitness-bench/configmaps/$obj" \
-      "Authorization: Bearer $token" "$apiserver" kubernetes.default.svc "$APIWITNESS_CLUSTER_CA"
+      "${on_apiserver[@]}" "$auth"
   done
+  # What client-go's informers ask for: a list of 50 Pods as JSON and as
+  # protobuf, which the interceptor decodes into the JSON it records.
+  bench_target "kube-apiserver, 50 Pods, JSON" /api/v1/namespaces/apiwitness-bench/pods \
+    "${on_apiserver[@]}" "$auth"
+  bench_target "kube-apiserver, 50 Pods, protobuf" /api/v1/namespaces/apiwitness-bench/pods \
+    "${on_apiserver[@]}" "$auth" "Accept: application/vnd.kubernetes.protobuf"
   bench_fixed_rate "kube-apiserver, ConfigMap small" /api/v1/namespaces/apiwitness-bench/configmaps/small \
-    "Authorization: Bearer $token" "$apiserver" kubernetes.default.svc "$APIWITNESS_CLUSTER_CA" 1000
-  unset token
+    "${on_apiserver[@]}" 1000 "$auth"
+  train_other_calls
+  unset token auth
 else
   echo "bench: hack/cluster is not up: the kube-apiserver rows are skipped" >&2
 fi
