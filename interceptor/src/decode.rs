@@ -60,6 +60,9 @@ pub fn body(
         .map(|scan| scan.json);
     let content = match raw {
         Some(raw) => BodyContent::RawJson(raw),
+        None if media.contains("protobuf") && !captured.truncated => {
+            protobuf(&captured.bytes, redactor_keeps)
+        }
         None => decode_bytes(&captured.bytes, &media, captured.truncated),
     };
     Some(Body {
@@ -89,14 +92,29 @@ fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
     {
         return BodyContent::Text(text.to_string());
     }
-    if media.contains("protobuf") && !truncated {
-        match crate::protobuf::decode_body(bytes) {
-            Ok(crate::protobuf::Decoded::Full(value)) => return BodyContent::Json(value),
-            Ok(crate::protobuf::Decoded::Partial(body)) => return BodyContent::Protobuf(body),
-            Err(_) => {}
-        }
-    }
     BodyContent::Base64(base64(bytes))
+}
+
+/// A whole protobuf body, decoded into JSON text, which then goes the way
+/// a JSON body goes: kept as text where nothing in it needs the tree.
+fn protobuf(bytes: &Bytes, redactor_keeps: bool) -> BodyContent {
+    match crate::protobuf::decode_body_text(bytes) {
+        Ok(crate::protobuf::DecodedText::Full(text)) => {
+            let text = Bytes::from(text);
+            if redactor_keeps
+                && let Some(scan) = RawJson::scan_shared(&text, WORDS)
+                && scan.holds_none()
+            {
+                return BodyContent::RawJson(scan.json);
+            }
+            match serde_json::from_slice(&text) {
+                Ok(value) => BodyContent::Json(value),
+                Err(_) => BodyContent::Base64(base64(bytes)),
+            }
+        }
+        Ok(crate::protobuf::DecodedText::Partial(body)) => BodyContent::Protobuf(body),
+        Err(_) => BodyContent::Base64(base64(bytes)),
+    }
 }
 
 /// The events of a captured watch response.
@@ -201,6 +219,93 @@ mod tests {
             content(b"{\"a\":", true, "application/json", true),
             BodyContent::Text("{\"a\":".into())
         );
+    }
+
+    /// `kind` (a List or a single object) of `api_version` in Kubernetes'
+    /// protobuf envelope, as the apiserver sends it.
+    fn protobuf_body(api_version: &str, kind: &str, raw: Vec<u8>) -> Bytes {
+        use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+        use prost::Message;
+        let mut out = b"k8s\0".to_vec();
+        Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            ..Default::default()
+        }
+        .encode(&mut out)
+        .unwrap();
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn protobuf_is_kept_as_json_text_unless_the_redactor_must_walk_it() {
+        use k8s_pb::api::core::v1 as core;
+        use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use prost::Message;
+        let meta = |name: &str| ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            labels: [("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into(),
+            ..Default::default()
+        };
+        let list = core::ConfigMapList {
+            items: vec![core::ConfigMap {
+                metadata: Some(meta("c")),
+                data: [("k".to_string(), "line\n\"quoted\"".to_string())].into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let bytes = protobuf_body("v1", "ConfigMapList", list.encode_to_vec());
+        let decode = |bytes: &Bytes, keeps: bool| {
+            let captured = Captured {
+                size: bytes.len() as u64,
+                bytes: bytes.clone(),
+                complete: true,
+                ..Default::default()
+            };
+            body(
+                &captured,
+                Some("application/vnd.kubernetes.protobuf"),
+                None,
+                keeps,
+            )
+            .unwrap()
+            .content
+        };
+        let BodyContent::RawJson(text) = decode(&bytes, true) else {
+            panic!("a ConfigMap list needs no tree")
+        };
+        let crate::protobuf::Decoded::Full(tree) = crate::protobuf::decode_body(&bytes).unwrap()
+        else {
+            panic!("a ConfigMap list decodes whole")
+        };
+        assert_eq!(text.to_value(), tree);
+        assert_eq!(tree["items"][0]["data"]["k"], "line\n\"quoted\"");
+        assert_eq!(
+            tree["items"][0]["metadata"]["labels"],
+            json!({"a": "1", "b": "2"})
+        );
+        assert!(
+            text.text()
+                .starts_with("{\"kind\":\"ConfigMapList\",\"apiVersion\":\"v1\",")
+        );
+        // For a request whose bodies the redactor walks: the tree.
+        assert_eq!(decode(&bytes, false), BodyContent::Json(tree));
+        // A Secret goes the long way, so that the redactor sees its data.
+        let secret = core::Secret {
+            metadata: Some(meta("s")),
+            data: [("k".to_string(), b"v".to_vec())].into(),
+            ..Default::default()
+        };
+        let bytes = protobuf_body("v1", "Secret", secret.encode_to_vec());
+        let BodyContent::Json(tree) = decode(&bytes, true) else {
+            panic!("a Secret is decoded into a tree")
+        };
+        assert_eq!(tree["data"]["k"], "dg==");
     }
 
     #[test]

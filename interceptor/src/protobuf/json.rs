@@ -10,8 +10,11 @@
 use super::ProtobufError;
 use super::generated::{KINDS, MESSAGES};
 use super::schema::{Field, Omit, Shape, Ty};
+use apiwitness_record::json_string::push_json_string;
 use base64::Engine;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
+use std::io::Write;
 
 /// Deeper than any Kubernetes object nests (a CRD's schema included), so a
 /// crafted body cannot exhaust the stack.
@@ -34,12 +37,38 @@ pub(super) fn message(
     bytes: &[u8],
     depth: usize,
 ) -> Result<Map<String, Value>, ProtobufError> {
-    let mut out = Map::new();
-    read_message(index, bytes, depth, &mut out)?;
-    Ok(out)
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    write_object(index, bytes, depth, &[], &mut out)?;
+    match serde_json::from_slice(&out) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(decode_error(
+            "the JSON written for a message did not read back",
+        )),
+    }
+}
+
+/// Writes one message as a JSON object into `out`, with the members of
+/// `first` (already JSON) ahead of its own fields; a field of the same
+/// name as one of them is left out.
+pub(super) fn write_object(
+    index: u16,
+    bytes: &[u8],
+    depth: usize,
+    first: &[(&'static str, &[u8])],
+    out: &mut Vec<u8>,
+) -> Result<(), ProtobufError> {
+    let mut object = Object::open(out, !first.is_empty() || has_inline(index));
+    for (name, json) in first {
+        object.key(name);
+        object.out.extend_from_slice(json);
+    }
+    write_members(index, bytes, depth, &mut object)?;
+    object.close();
+    Ok(())
 }
 
 /// One field of the wire format.
+#[derive(Clone, Copy)]
 enum Wire<'a> {
     Varint(u64),
     Fixed64(u64),
@@ -110,24 +139,92 @@ fn decode_error(message: impl Into<String>) -> ProtobufError {
     ProtobufError::Decode(message.into())
 }
 
-fn read_message(
+/// A JSON object being written. It keeps its members' names where two
+/// sources could write the same one (an embedded struct's fields beside its
+/// parent's, or members written ahead of the message's own), so that no
+/// name is written twice.
+struct Object<'o> {
+    out: &'o mut Vec<u8>,
+    names: Vec<&'static str>,
+    members: usize,
+    check_names: bool,
+}
+
+impl<'o> Object<'o> {
+    /// `check_names`: two sources may write one name into this object.
+    fn open(out: &'o mut Vec<u8>, check_names: bool) -> Object<'o> {
+        out.push(b'{');
+        Object {
+            out,
+            names: Vec::new(),
+            members: 0,
+            check_names,
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.check_names && self.names.contains(&name)
+    }
+
+    /// Writes a member's name; gives where the member starts, for `undo`.
+    /// The table's names need no escape (a test checks).
+    fn key(&mut self, name: &'static str) -> usize {
+        let mark = self.out.len();
+        if self.members > 0 {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.members += 1;
+        if self.check_names {
+            self.names.push(name);
+        }
+        mark
+    }
+
+    /// Takes back the member that started at `mark`.
+    fn undo(&mut self, mark: usize) {
+        self.out.truncate(mark);
+        self.members -= 1;
+        if self.check_names {
+            self.names.pop();
+        }
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// Whether a message embeds a struct, whose fields JSON writes beside its own.
+fn has_inline(index: u16) -> bool {
+    MESSAGES[usize::from(index)]
+        .fields()
+        .iter()
+        .any(|f| f.shape == Shape::Inline)
+}
+
+/// Writes one message's fields as members of `object`, in the Go struct's
+/// order; `depth`: how deep the message lies in the body.
+fn write_members(
     index: u16,
     bytes: &[u8],
     depth: usize,
-    out: &mut Map<String, Value>,
+    object: &mut Object<'_>,
 ) -> Result<(), ProtobufError> {
     if depth > MAX_DEPTH {
         return Err(decode_error("messages nest too deep"));
     }
     let message = MESSAGES[usize::from(index)];
     let fields = message.fields();
-    // Which fields came; no message has more than 64 (a test checks).
-    let mut seen = 0u64;
-    let mut reader = Reader::new(bytes);
     let in_message = |e: ProtobufError| match e {
         ProtobufError::Decode(m) => decode_error(format!("{}: {m}", message.name.get())),
         other => other,
     };
+    // The fields that came, by their place in the table.
+    let mut came: SmallVec<[(usize, Wire<'_>); 24]> = SmallVec::new();
+    let mut reader = Reader::new(bytes);
     while let Some((tag, wire)) = reader.next_field().map_err(in_message)? {
         // Fields mostly come numbered from 1 in the struct's order.
         let at = match fields.get(tag as usize - 1) {
@@ -139,63 +236,115 @@ fn read_message(
                 None => continue,
             },
         };
-        let field = &fields[at];
-        seen |= 1 << at;
-        let context = |e: ProtobufError| match e {
+        came.push((at, wire));
+    }
+    // Stable, and mostly sorted already: a repeated field's items keep
+    // their order, and the last of a single field stays last.
+    came.sort_by_key(|(at, _)| *at);
+    let mut next = 0;
+    for (at, field) in fields.iter().enumerate() {
+        let start = next;
+        while came.get(next).is_some_and(|(a, _)| *a == at) {
+            next += 1;
+        }
+        if start == next {
+            write_absent(field, object);
+            continue;
+        }
+        write_field(field, &came[start..next], depth, object).map_err(|e| match e {
             ProtobufError::Decode(m) => {
                 decode_error(format!("{}.{}: {m}", message.name.get(), json_name(field)))
             }
             other => other,
-        };
-        match field.shape {
-            Shape::Single | Shape::Pointer => {
-                let v = value(field.ty, wire, depth).map_err(context)?;
-                if field.shape == Shape::Single && left_out(field, &v) {
-                    out.remove(field.json.get());
-                } else {
-                    out.insert(field.json.get().to_string(), v);
-                }
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes a field that came, once or more (`wires`, in the order they came).
+fn write_field(
+    field: &Field,
+    wires: &[(usize, Wire<'_>)],
+    depth: usize,
+    object: &mut Object<'_>,
+) -> Result<(), ProtobufError> {
+    let name = field.json.get();
+    match field.shape {
+        Shape::Single | Shape::Pointer => {
+            if object.has(name) {
+                return Ok(());
             }
-            Shape::Inline => {
-                let (Ty::Message(inner), Wire::Bytes(b)) = (field.ty, wire) else {
-                    return Err(context(decode_error(
-                        "an inline field that is not a message",
-                    )));
-                };
-                read_message(inner, b, depth + 1, out).map_err(context)?;
-            }
-            Shape::Repeated => match out.get_mut(field.json.get()) {
-                Some(Value::Array(items)) => {
-                    repeated(field.ty, wire, depth, items).map_err(context)?;
-                }
-                _ => {
-                    let mut items = Vec::new();
-                    repeated(field.ty, wire, depth, &mut items).map_err(context)?;
-                    out.insert(field.json.get().to_string(), Value::Array(items));
-                }
-            },
-            Shape::Map => {
-                let Wire::Bytes(entry) = wire else {
-                    return Err(context(decode_error("a map entry that is not a message")));
-                };
-                let (key, v) = map_entry(field.ty, entry, depth).map_err(context)?;
-                match out.get_mut(field.json.get()) {
-                    Some(Value::Object(map)) => {
-                        map.insert(key, v);
-                    }
-                    _ => {
-                        out.insert(
-                            field.json.get().to_string(),
-                            Value::Object(Map::from_iter([(key, v)])),
-                        );
-                    }
-                }
+            // The last of a field that came more than once is its value.
+            let Some(&(_, wire)) = wires.last() else {
+                return Ok(());
+            };
+            let mark = object.key(name);
+            let start = object.out.len();
+            write_value(field.ty, wire, depth, object.out)?;
+            if field.shape == Shape::Single && left_out(field, &object.out[start..]) {
+                object.undo(mark);
             }
         }
-    }
-    for (at, field) in fields.iter().enumerate() {
-        if seen & (1 << at) == 0 {
-            write_absent(field, out);
+        Shape::Inline => {
+            let Ty::Message(inner) = field.ty else {
+                return Err(decode_error("an inline field that is not a message"));
+            };
+            // Parts of one message that came apart are that message, merged.
+            let parts: Vec<&[u8]> = wires
+                .iter()
+                .map(|(_, w)| expect_bytes(*w))
+                .collect::<Result<_, _>>()?;
+            match parts[..] {
+                [one] => write_members(inner, one, depth + 1, object)?,
+                _ => write_members(inner, &parts.concat(), depth + 1, object)?,
+            }
+        }
+        Shape::Repeated => {
+            if object.has(name) {
+                return Ok(());
+            }
+            object.key(name);
+            object.out.push(b'[');
+            let mut items = 0;
+            for &(_, wire) in wires {
+                repeated(field.ty, wire, depth, object.out, &mut items)?;
+            }
+            object.out.push(b']');
+        }
+        Shape::Map => {
+            if object.has(name) {
+                return Ok(());
+            }
+            let mut entries = wires
+                .iter()
+                .map(|&(_, wire)| match wire {
+                    Wire::Bytes(entry) => map_entry(entry),
+                    _ => Err(decode_error("a map entry that is not a message")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // encoding/json writes a map's keys sorted. Stable: of entries
+            // with one key, the last to come is the last of its run, and wins.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            object.key(name);
+            let out = &mut *object.out;
+            out.push(b'{');
+            let mut written = 0;
+            for (i, (key, value)) in entries.iter().enumerate() {
+                if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+                    continue;
+                }
+                if written > 0 {
+                    out.push(b',');
+                }
+                written += 1;
+                push_json_string(out, key);
+                out.push(b':');
+                match value {
+                    Some(wire) => write_value(field.ty, *wire, depth + 1, out)?,
+                    None => write_zero(field.ty, out),
+                }
+            }
+            out.push(b'}');
         }
     }
     Ok(())
@@ -208,35 +357,46 @@ fn json_name(field: &Field) -> &'static str {
     }
 }
 
-/// Whether encoding/json leaves out a value the message holds.
-fn left_out(field: &Field, v: &Value) -> bool {
+/// Whether encoding/json leaves out a value the message holds, from the
+/// JSON written for it.
+fn left_out(field: &Field, written: &[u8]) -> bool {
+    // Go's "empty" for `omitempty`: false, 0, "", nil and an empty slice.
+    let empty = matches!(written, b"\"\"" | b"0" | b"false" | b"null" | b"[]");
     match field.omit {
         Omit::Never => false,
-        Omit::Empty => !is_struct(field.ty) && is_empty(v),
+        Omit::Empty => !is_struct(field.ty) && empty,
         // Only Time and MicroTime carry omitzero; zero, they are null.
-        Omit::EmptyOrZero => v.is_null() || (!is_struct(field.ty) && is_empty(v)),
+        Omit::EmptyOrZero => written == b"null" || (!is_struct(field.ty) && empty),
     }
 }
 
 /// Writes what Go writes for a field the message does not hold: its zero
 /// value, unless encoding/json leaves it out.
-fn write_absent(field: &Field, out: &mut Map<String, Value>) {
-    let value = match (field.shape, field.omit) {
+fn write_absent(field: &Field, object: &mut Object<'_>) {
+    let zero = match (field.shape, field.omit) {
         (Shape::Inline, _) => {
             if let Ty::Message(inner) = field.ty {
-                zero_message(inner, out);
+                for field in MESSAGES[usize::from(inner)].fields() {
+                    write_absent(field, object);
+                }
             }
             return;
         }
-        (Shape::Single, Omit::Never) => zero(field.ty),
-        (Shape::Single, Omit::Empty) if is_struct(field.ty) => zero(field.ty),
-        (_, Omit::Never) => Value::Null,
+        (Shape::Single, Omit::Never) => true,
+        (Shape::Single, Omit::Empty) if is_struct(field.ty) => true,
+        (_, Omit::Never) => false,
         _ => return,
     };
     // An inline struct's field may have come already.
     let name = field.json.get();
-    if !out.contains_key(name) {
-        out.insert(name.to_string(), value);
+    if object.has(name) {
+        return;
+    }
+    object.key(name);
+    if zero {
+        write_zero(field.ty, object.out);
+    } else {
+        object.out.extend_from_slice(b"null");
     }
 }
 
@@ -257,33 +417,20 @@ fn is_struct(ty: Ty) -> bool {
     )
 }
 
-/// Go's "empty" for `omitempty`: false, 0, "", and an empty slice.
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Null => true,
-        Value::Object(_) => false,
-    }
-}
-
-/// The JSON of a Go zero value of the type.
-fn zero(ty: Ty) -> Value {
+/// Writes the JSON of a Go zero value of the type.
+fn write_zero(ty: Ty, out: &mut Vec<u8>) {
     match ty {
-        Ty::String => Value::String(String::new()),
-        Ty::Bool => Value::Bool(false),
-        Ty::Int => Value::from(0),
-        Ty::Double => number(0.0),
+        Ty::String => out.extend_from_slice(b"\"\""),
+        Ty::Bool | Ty::SchemaOrBool(_) => out.extend_from_slice(b"false"),
+        Ty::Int | Ty::Double | Ty::IntOrString => out.push(b'0'),
         Ty::Message(inner) => {
-            let mut map = Map::new();
-            zero_message(inner, &mut map);
-            Value::Object(map)
+            let mut object = Object::open(out, has_inline(inner));
+            for field in MESSAGES[usize::from(inner)].fields() {
+                write_absent(field, &mut object);
+            }
+            object.close();
         }
-        Ty::Quantity => Value::String("0".into()),
-        Ty::IntOrString => Value::from(0),
-        Ty::SchemaOrBool(_) => Value::Bool(false),
+        Ty::Quantity => out.extend_from_slice(b"\"0\""),
         Ty::Bytes
         | Ty::Time
         | Ty::MicroTime
@@ -291,13 +438,7 @@ fn zero(ty: Ty) -> Value {
         | Ty::RawJson
         | Ty::StringItems
         | Ty::SchemaOrArray(_)
-        | Ty::SchemaOrStringArray(_) => Value::Null,
-    }
-}
-
-fn zero_message(index: u16, out: &mut Map<String, Value>) {
-    for field in MESSAGES[usize::from(index)].fields() {
-        write_absent(field, out);
+        | Ty::SchemaOrStringArray(_) => out.extend_from_slice(b"null"),
     }
 }
 
@@ -315,101 +456,151 @@ fn expect_varint(wire: Wire<'_>) -> Result<u64, ProtobufError> {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     // encoding/json writes invalid UTF-8 as U+FFFD, as this does.
-    String::from_utf8_lossy(bytes).into_owned()
+    String::from_utf8_lossy(bytes)
 }
 
-/// One value of a field.
-fn value(ty: Ty, wire: Wire<'_>, depth: usize) -> Result<Value, ProtobufError> {
-    Ok(match ty {
-        Ty::String => Value::String(text(expect_bytes(wire)?)),
-        Ty::Bytes => {
-            Value::String(base64::engine::general_purpose::STANDARD.encode(expect_bytes(wire)?))
-        }
-        Ty::Bool => Value::Bool(expect_varint(wire)? != 0),
+fn write_text(bytes: &[u8], out: &mut Vec<u8>) {
+    push_json_string(out, &text(bytes));
+}
+
+fn write_base64(bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    let start = out.len();
+    out.resize(start + bytes.len().div_ceil(3) * 4, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(bytes, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+    out.push(b'"');
+}
+
+fn write_int(v: i64, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{v}");
+}
+
+/// Writes JSON text from a message (a RawExtension's or a FieldsV1's) as
+/// one value on the line; false where it is not JSON.
+fn write_embedded_json(raw: &[u8], out: &mut Vec<u8>) -> bool {
+    if let Some(json) = apiwitness_record::RawJson::parse(raw) {
+        out.extend_from_slice(json.text().as_bytes());
+        return true;
+    }
+    // JSON over several lines, written again on one.
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(value) => serde_json::to_writer(&mut *out, &value).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Writes one value of a field.
+fn write_value(
+    ty: Ty,
+    wire: Wire<'_>,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtobufError> {
+    match ty {
+        Ty::String => write_text(expect_bytes(wire)?, out),
+        Ty::Bytes => write_base64(expect_bytes(wire)?, out),
+        Ty::Bool => out.extend_from_slice(if expect_varint(wire)? != 0 {
+            b"true"
+        } else {
+            b"false"
+        }),
         // A negative int32 travels sign-extended to 64 bits.
-        Ty::Int => Value::from(expect_varint(wire)? as i64),
+        Ty::Int => write_int(expect_varint(wire)? as i64, out),
         Ty::Double => match wire {
-            Wire::Fixed64(bits) => number(f64::from_bits(bits)),
-            Wire::Fixed32(bits) => number(f64::from(f32::from_bits(bits))),
+            Wire::Fixed64(bits) => write_number(f64::from_bits(bits), out),
+            Wire::Fixed32(bits) => write_number(f64::from(f32::from_bits(bits)), out),
             _ => return Err(decode_error("expected a fixed-size number")),
         },
-        Ty::Message(inner) => {
-            let mut map = Map::new();
-            read_message(inner, expect_bytes(wire)?, depth + 1, &mut map)?;
-            Value::Object(map)
-        }
-        Ty::Time => timestamp(expect_bytes(wire)?, false)?,
-        Ty::MicroTime => timestamp(expect_bytes(wire)?, true)?,
+        Ty::Message(inner) => write_object(inner, expect_bytes(wire)?, depth + 1, &[], out)?,
+        Ty::Time => write_timestamp(expect_bytes(wire)?, false, out)?,
+        Ty::MicroTime => write_timestamp(expect_bytes(wire)?, true, out)?,
         Ty::Quantity => {
             // The apiserver and client-go write a quantity's canonical text,
             // which is what JSON would carry too.
-            let mut s = String::from("0");
+            let mut quantity: &[u8] = b"0";
             each_field(expect_bytes(wire)?, |tag, w| {
                 if tag == 1 {
-                    s = text(expect_bytes(w)?);
+                    quantity = expect_bytes(w)?;
                 }
                 Ok(())
             })?;
-            Value::String(s)
+            write_text(quantity, out);
         }
         Ty::IntOrString => {
-            let (mut kind, mut int, mut string) = (0u64, 0i64, String::new());
+            let (mut kind, mut int, mut string): (u64, i64, &[u8]) = (0, 0, b"");
             each_field(expect_bytes(wire)?, |tag, w| {
                 match tag {
                     1 => kind = expect_varint(w)?,
                     2 => int = expect_varint(w)? as i64,
-                    3 => string = text(expect_bytes(w)?),
+                    3 => string = expect_bytes(w)?,
                     _ => {}
                 }
                 Ok(())
             })?;
             if kind == 1 {
-                Value::String(string)
+                write_text(string, out);
             } else {
-                Value::from(int)
+                write_int(int, out);
             }
         }
-        Ty::RawExtension => {
-            let raw = first_bytes(expect_bytes(wire)?)?;
-            match raw {
-                None | Some([]) => Value::Null,
-                Some(raw) if raw.starts_with(super::MAGIC) => super::object_json(raw, depth + 1)?,
-                Some(raw) => serde_json::from_slice(raw).unwrap_or_else(|_| {
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(raw))
-                }),
+        Ty::RawExtension => match first_bytes(expect_bytes(wire)?)? {
+            None | Some([]) => out.extend_from_slice(b"null"),
+            Some(raw) if raw.starts_with(super::MAGIC) => {
+                super::write_object_json(raw, depth + 1, out)?
             }
-        }
+            Some(raw) => {
+                if !write_embedded_json(raw, out) {
+                    write_base64(raw, out);
+                }
+            }
+        },
         Ty::RawJson => match first_bytes(expect_bytes(wire)?)? {
-            None | Some([]) => Value::Null,
-            Some(raw) => serde_json::from_slice(raw).unwrap_or_else(|_| Value::String(text(raw))),
+            None | Some([]) => out.extend_from_slice(b"null"),
+            Some(raw) => {
+                if !write_embedded_json(raw, out) {
+                    write_text(raw, out);
+                }
+            }
         },
         Ty::StringItems => {
-            let mut items = Vec::new();
+            out.push(b'[');
+            let mut items = 0;
             each_field(expect_bytes(wire)?, |tag, w| {
                 if tag == 1 {
-                    items.push(Value::String(text(expect_bytes(w)?)));
+                    if items > 0 {
+                        out.push(b',');
+                    }
+                    items += 1;
+                    write_text(expect_bytes(w)?, out);
                 }
                 Ok(())
             })?;
-            Value::Array(items)
+            out.push(b']');
         }
         Ty::SchemaOrArray(props) => {
             // Field 1: one schema; field 2: a list of them, which wins.
-            let (mut one, mut many) = (Value::Null, Vec::new());
+            let (mut one, mut many) = (None, Vec::new());
             each_field(expect_bytes(wire)?, |tag, w| {
                 match tag {
-                    1 => one = value(Ty::Message(props), w, depth + 1)?,
-                    2 => many.push(value(Ty::Message(props), w, depth + 1)?),
+                    1 => one = Some(w),
+                    2 => many.push(w),
                     _ => {}
                 }
                 Ok(())
             })?;
             if many.is_empty() {
-                one
+                match one {
+                    Some(w) => write_value(Ty::Message(props), w, depth + 1, out)?,
+                    None => out.extend_from_slice(b"null"),
+                }
             } else {
-                Value::Array(many)
+                write_list(&many, Ty::Message(props), depth + 1, out)?;
             }
         }
         Ty::SchemaOrBool(props) => {
@@ -418,40 +609,64 @@ fn value(ty: Ty, wire: Wire<'_>, depth: usize) -> Result<Value, ProtobufError> {
             each_field(expect_bytes(wire)?, |tag, w| {
                 match tag {
                     1 => allows = expect_varint(w)? != 0,
-                    2 => schema = Some(value(Ty::Message(props), w, depth + 1)?),
+                    2 => schema = Some(w),
                     _ => {}
                 }
                 Ok(())
             })?;
-            schema.unwrap_or(Value::Bool(allows))
+            match schema {
+                Some(w) => write_value(Ty::Message(props), w, depth + 1, out)?,
+                None => out.extend_from_slice(if allows { b"true" } else { b"false" }),
+            }
         }
         Ty::SchemaOrStringArray(props) => {
             // Field 1: a schema; field 2: a list of names, which wins.
-            let (mut schema, mut names) = (Value::Null, Vec::new());
+            let (mut schema, mut names) = (None, Vec::new());
             each_field(expect_bytes(wire)?, |tag, w| {
                 match tag {
-                    1 => schema = value(Ty::Message(props), w, depth + 1)?,
-                    2 => names.push(Value::String(text(expect_bytes(w)?))),
+                    1 => schema = Some(w),
+                    2 => names.push(w),
                     _ => {}
                 }
                 Ok(())
             })?;
-            if names.is_empty() {
-                schema
+            if !names.is_empty() {
+                write_list(&names, Ty::String, depth, out)?;
+            } else if let Some(w) = schema {
+                write_value(Ty::Message(props), w, depth + 1, out)?;
             } else {
-                Value::Array(names)
+                out.extend_from_slice(b"null");
             }
         }
-    })
+    }
+    Ok(())
+}
+
+fn write_list(
+    wires: &[Wire<'_>],
+    ty: Ty,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtobufError> {
+    out.push(b'[');
+    for (i, &w) in wires.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_value(ty, w, depth, out)?;
+    }
+    out.push(b']');
+    Ok(())
 }
 
 /// A float64 as Go writes it: `100`, not `100.0`, when it is whole.
-fn number(x: f64) -> Value {
+fn write_number(x: f64, out: &mut Vec<u8>) {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     if x.fract() == 0.0 && x.abs() < EXACT {
-        Value::from(x as i64)
+        write_int(x as i64, out);
     } else {
-        Value::from(x)
+        // serde_json writes what is not finite as null, as a tree of it did.
+        let _ = serde_json::to_writer(&mut *out, &x);
     }
 }
 
@@ -478,50 +693,67 @@ fn first_bytes(bytes: &[u8]) -> Result<Option<&[u8]>, ProtobufError> {
     Ok(raw)
 }
 
-/// The items of a repeated field: one, or several packed into one string.
+/// Writes the items of one occurrence of a repeated field: one, or several
+/// packed into one string. `items`: how many the list holds so far.
 fn repeated(
     ty: Ty,
     wire: Wire<'_>,
     depth: usize,
-    items: &mut Vec<Value>,
+    out: &mut Vec<u8>,
+    items: &mut usize,
 ) -> Result<(), ProtobufError> {
+    let mut separate = |out: &mut Vec<u8>| {
+        if *items > 0 {
+            out.push(b',');
+        }
+        *items += 1;
+    };
     match (ty, wire) {
         (Ty::Int | Ty::Bool, Wire::Bytes(packed)) => {
             let mut reader = Reader::new(packed);
             while !reader.rest.is_empty() {
-                items.push(value(ty, Wire::Varint(reader.varint()?), depth)?);
+                let v = reader.varint()?;
+                separate(out);
+                write_value(ty, Wire::Varint(v), depth, out)?;
             }
         }
         (Ty::Double, Wire::Bytes(packed)) => {
             let mut reader = Reader::new(packed);
             while !reader.rest.is_empty() {
-                items.push(number(f64::from_bits(reader.fixed64()?)));
+                let bits = reader.fixed64()?;
+                separate(out);
+                write_number(f64::from_bits(bits), out);
             }
         }
-        (ty, wire) => items.push(value(ty, wire, depth)?),
+        (ty, wire) => {
+            separate(out);
+            write_value(ty, wire, depth, out)?;
+        }
     }
     Ok(())
 }
 
-/// A map entry: key 1 (a string), value 2; a missing value is the zero value.
-fn map_entry(ty: Ty, entry: &[u8], depth: usize) -> Result<(String, Value), ProtobufError> {
-    let (mut key, mut v) = (String::new(), None);
+/// A map entry: key 1 (a string), value 2, `None` when missing (the zero
+/// value).
+fn map_entry(entry: &[u8]) -> Result<(std::borrow::Cow<'_, str>, Option<Wire<'_>>), ProtobufError> {
+    let (mut key, mut value): (&[u8], _) = (b"", None);
     each_field(entry, |tag, w| {
         match tag {
-            1 => key = text(expect_bytes(w)?),
-            2 => v = Some(value(ty, w, depth + 1)?),
+            1 => key = expect_bytes(w)?,
+            2 => value = Some(w),
             _ => {}
         }
         Ok(())
     })?;
-    Ok((key, v.unwrap_or_else(|| zero(ty))))
+    Ok((text(key), value))
 }
 
-/// A `metav1.Time` (to the second, as its protobuf decoder keeps it) or a
-/// `metav1.MicroTime` (to the microsecond), from a Timestamp message.
-fn timestamp(bytes: &[u8], micro: bool) -> Result<Value, ProtobufError> {
+/// Writes a `metav1.Time` (to the second, as its protobuf decoder keeps it)
+/// or a `metav1.MicroTime` (to the microsecond), from a Timestamp message.
+fn write_timestamp(bytes: &[u8], micro: bool, out: &mut Vec<u8>) -> Result<(), ProtobufError> {
     if bytes.is_empty() {
-        return Ok(Value::Null);
+        out.extend_from_slice(b"null");
+        return Ok(());
     }
     let (mut seconds, mut nanos) = (0i64, 0i64);
     each_field(bytes, |tag, w| {
@@ -534,12 +766,14 @@ fn timestamp(bytes: &[u8], micro: bool) -> Result<Value, ProtobufError> {
     })?;
     // Go's zero time, January 1 of year 1, is what JSON writes as null.
     if seconds == GO_ZERO_TIME && (!micro || nanos / 1000 == 0) {
-        return Ok(Value::Null);
+        out.extend_from_slice(b"null");
+        return Ok(());
     }
     let at = time::OffsetDateTime::from_unix_timestamp(seconds)
         .map_err(|e| decode_error(format!("time {seconds}: {e}")))?;
-    let date = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+    let _ = write!(
+        out,
+        "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         at.year(),
         u8::from(at.month()),
         at.day(),
@@ -547,9 +781,9 @@ fn timestamp(bytes: &[u8], micro: bool) -> Result<Value, ProtobufError> {
         at.minute(),
         at.second()
     );
-    Ok(Value::String(if micro {
-        format!("{date}.{:06}Z", (nanos / 1000).clamp(0, 999_999))
-    } else {
-        format!("{date}Z")
-    }))
+    if micro {
+        let _ = write!(out, ".{:06}", (nanos / 1000).clamp(0, 999_999));
+    }
+    out.extend_from_slice(b"Z\"");
+    Ok(())
 }
