@@ -304,10 +304,12 @@ fn protobuf_rows() {
                 .map(|v| v.as_object().map_or(0, |m| m.len()))
                 .expect("JSON")
         });
-        let to_text = time(&|| match decode_body_text(std::hint::black_box(&body)) {
-            Ok(DecodedText::Full(text)) => text.len(),
-            _ => 0,
-        });
+        let to_text = time(
+            &|| match decode_body_text(std::hint::black_box(&body), &[]) {
+                Ok(DecodedText::Full { json, .. }) => json.len(),
+                _ => 0,
+            },
+        );
         let to_tree = time(&|| match decode_body(std::hint::black_box(&body)) {
             Ok(Decoded::Full(v)) => v.as_object().map_or(0, |m| m.len()),
             _ => 0,

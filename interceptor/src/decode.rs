@@ -96,18 +96,19 @@ fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
 }
 
 /// A whole protobuf body, decoded into JSON text, which then goes the way
-/// a JSON body goes: kept as text where nothing in it needs the tree.
+/// a JSON body goes: kept as text where nothing in it needs the tree. The
+/// decoder notes the words as it writes, so the text is not scanned again.
 fn protobuf(bytes: &Bytes, redactor_keeps: bool) -> BodyContent {
-    match crate::protobuf::decode_body_text(bytes) {
-        Ok(crate::protobuf::DecodedText::Full(text)) => {
-            let text = Bytes::from(text);
+    match crate::protobuf::decode_body_text(bytes, WORDS) {
+        Ok(crate::protobuf::DecodedText::Full { json, words_seen }) => {
+            let json = Bytes::from(json);
             if redactor_keeps
-                && let Some(scan) = RawJson::scan_shared(&text, WORDS)
-                && scan.holds_none()
+                && !words_seen
+                && let Some(raw) = RawJson::written(json.clone())
             {
-                return BodyContent::RawJson(scan.json);
+                return BodyContent::RawJson(raw);
             }
-            match serde_json::from_slice(&text) {
+            match serde_json::from_slice(&json) {
                 Ok(value) => BodyContent::Json(value),
                 Err(_) => BodyContent::Base64(base64(bytes)),
             }
@@ -295,6 +296,20 @@ mod tests {
         );
         // For a request whose bodies the redactor walks: the tree.
         assert_eq!(decode(&bytes, false), BodyContent::Json(tree));
+        // So does an object where a word stands whole, as a key or a value:
+        // the decoder notes it as it writes.
+        for (key, value) in [("Secret", "v"), ("k", "Table"), ("protobuf", "v")] {
+            let config_map = core::ConfigMap {
+                metadata: Some(meta("w")),
+                data: [(key.to_string(), value.to_string())].into(),
+                ..Default::default()
+            };
+            let bytes = protobuf_body("v1", "ConfigMap", config_map.encode_to_vec());
+            assert!(
+                matches!(decode(&bytes, true), BodyContent::Json(_)),
+                "{key}: {value}"
+            );
+        }
         // A Secret goes the long way, so that the redactor sees its data.
         let secret = core::Secret {
             metadata: Some(meta("s")),

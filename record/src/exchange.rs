@@ -239,6 +239,18 @@ impl RawJson {
         })
     }
 
+    /// JSON text that code of this workspace wrote on one line, such as
+    /// the interceptor's protobuf decoder: taken as it is if it is UTF-8
+    /// without a line break, not checked as JSON again (in tests it is).
+    pub fn written(text: bytes::Bytes) -> Option<RawJson> {
+        let utf8 = std::str::from_utf8(&text).ok()?;
+        if utf8.contains('\n') {
+            return None;
+        }
+        debug_assert!(check(&text, &[]).is_some(), "not one JSON document: {utf8}");
+        Some(RawJson(RawText::Shared(text)))
+    }
+
     /// A document a [`crate::json_reader::JsonReader`] read as one JSON
     /// value (the span [`crate::json_reader::JsonReader::skip_value`] gave):
     /// not checked again.

@@ -16,6 +16,66 @@ use serde_json::{Map, Value};
 use smallvec::SmallVec;
 use std::io::Write;
 
+/// JSON text being written, which notes on the way whether any of some
+/// words stands in it as a whole string (a key or a value): what a reader
+/// of the text would otherwise scan it for.
+pub(crate) struct JsonText {
+    pub text: Vec<u8>,
+    words: &'static [&'static [u8]],
+    pub words_seen: bool,
+}
+
+impl JsonText {
+    pub fn new(capacity: usize, words: &'static [&'static [u8]]) -> JsonText {
+        JsonText {
+            text: Vec::with_capacity(capacity),
+            words,
+            words_seen: false,
+        }
+    }
+
+    fn note(&mut self, string: &[u8]) {
+        if !self.words_seen && self.words.contains(&string) {
+            self.words_seen = true;
+        }
+    }
+
+    /// Writes `string` as a JSON string.
+    pub fn string(&mut self, string: &str) {
+        self.note(string.as_bytes());
+        push_json_string(&mut self.text, string);
+    }
+
+    /// Writes JSON text from elsewhere, whose words are unknown.
+    pub fn unknown_json(&mut self, json: &[u8]) {
+        self.words_seen |= !self.words.is_empty();
+        self.text.extend_from_slice(json);
+    }
+}
+
+impl std::ops::Deref for JsonText {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.text
+    }
+}
+
+impl std::ops::DerefMut for JsonText {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.text
+    }
+}
+
+impl Write for JsonText {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Deeper than any Kubernetes object nests (a CRD's schema included), so a
 /// crafted body cannot exhaust the stack.
 const MAX_DEPTH: usize = 200;
@@ -37,9 +97,9 @@ pub(super) fn message(
     bytes: &[u8],
     depth: usize,
 ) -> Result<Map<String, Value>, ProtobufError> {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
+    let mut out = JsonText::new(bytes.len() * 2, &[]);
     write_object(index, bytes, depth, &[], &mut out)?;
-    match serde_json::from_slice(&out) {
+    match serde_json::from_slice(&out.text) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(decode_error(
             "the JSON written for a message did not read back",
@@ -47,20 +107,20 @@ pub(super) fn message(
     }
 }
 
-/// Writes one message as a JSON object into `out`, with the members of
-/// `first` (already JSON) ahead of its own fields; a field of the same
-/// name as one of them is left out.
+/// Writes one message as a JSON object into `out`, with the string members
+/// of `first` ahead of its own fields; a field of the same name as one of
+/// them is left out.
 pub(super) fn write_object(
     index: u16,
     bytes: &[u8],
     depth: usize,
-    first: &[(&'static str, &[u8])],
-    out: &mut Vec<u8>,
+    first: &[(&'static str, &str)],
+    out: &mut JsonText,
 ) -> Result<(), ProtobufError> {
     let mut object = Object::open(out, !first.is_empty() || has_inline(index));
-    for (name, json) in first {
+    for (name, value) in first {
         object.key(name);
-        object.out.extend_from_slice(json);
+        object.out.string(value);
     }
     write_members(index, bytes, depth, &mut object)?;
     object.close();
@@ -144,7 +204,7 @@ fn decode_error(message: impl Into<String>) -> ProtobufError {
 /// parent's, or members written ahead of the message's own), so that no
 /// name is written twice.
 struct Object<'o> {
-    out: &'o mut Vec<u8>,
+    out: &'o mut JsonText,
     names: Vec<&'static str>,
     members: usize,
     check_names: bool,
@@ -152,7 +212,7 @@ struct Object<'o> {
 
 impl<'o> Object<'o> {
     /// `check_names`: two sources may write one name into this object.
-    fn open(out: &'o mut Vec<u8>, check_names: bool) -> Object<'o> {
+    fn open(out: &'o mut JsonText, check_names: bool) -> Object<'o> {
         out.push(b'{');
         Object {
             out,
@@ -173,6 +233,7 @@ impl<'o> Object<'o> {
         if self.members > 0 {
             self.out.push(b',');
         }
+        self.out.note(name.as_bytes());
         self.out.push(b'"');
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
@@ -337,7 +398,7 @@ fn write_field(
                     out.push(b',');
                 }
                 written += 1;
-                push_json_string(out, key);
+                out.string(key);
                 out.push(b':');
                 match value {
                     Some(wire) => write_value(field.ty, *wire, depth + 1, out)?,
@@ -418,7 +479,7 @@ fn is_struct(ty: Ty) -> bool {
 }
 
 /// Writes the JSON of a Go zero value of the type.
-fn write_zero(ty: Ty, out: &mut Vec<u8>) {
+fn write_zero(ty: Ty, out: &mut JsonText) {
     match ty {
         Ty::String => out.extend_from_slice(b"\"\""),
         Ty::Bool | Ty::SchemaOrBool(_) => out.extend_from_slice(b"false"),
@@ -461,11 +522,11 @@ fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
 
-fn write_text(bytes: &[u8], out: &mut Vec<u8>) {
-    push_json_string(out, &text(bytes));
+fn write_text(bytes: &[u8], out: &mut JsonText) {
+    out.string(&text(bytes));
 }
 
-fn write_base64(bytes: &[u8], out: &mut Vec<u8>) {
+fn write_base64(bytes: &[u8], out: &mut JsonText) {
     out.push(b'"');
     let start = out.len();
     out.resize(start + bytes.len().div_ceil(3) * 4, 0);
@@ -476,21 +537,25 @@ fn write_base64(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-fn write_int(v: i64, out: &mut Vec<u8>) {
+fn write_int(v: i64, out: &mut JsonText) {
     // Writing into a Vec cannot fail.
     let _ = write!(out, "{v}");
 }
 
 /// Writes JSON text from a message (a RawExtension's or a FieldsV1's) as
 /// one value on the line; false where it is not JSON.
-fn write_embedded_json(raw: &[u8], out: &mut Vec<u8>) -> bool {
-    if let Some(json) = apiwitness_record::RawJson::parse(raw) {
-        out.extend_from_slice(json.text().as_bytes());
+fn write_embedded_json(raw: &[u8], out: &mut JsonText) -> bool {
+    if let Some(scanned) = apiwitness_record::RawJson::scan(raw, out.words) {
+        out.words_seen |= !scanned.holds_none();
+        out.text.extend_from_slice(scanned.json.text().as_bytes());
         return true;
     }
     // JSON over several lines, written again on one.
-    match serde_json::from_slice::<Value>(raw) {
-        Ok(value) => serde_json::to_writer(&mut *out, &value).is_ok(),
+    match serde_json::from_slice::<Value>(raw).and_then(|value| serde_json::to_vec(&value)) {
+        Ok(json) => {
+            out.unknown_json(&json);
+            true
+        }
         Err(_) => false,
     }
 }
@@ -500,7 +565,7 @@ fn write_value(
     ty: Ty,
     wire: Wire<'_>,
     depth: usize,
-    out: &mut Vec<u8>,
+    out: &mut JsonText,
 ) -> Result<(), ProtobufError> {
     match ty {
         Ty::String => write_text(expect_bytes(wire)?, out),
@@ -646,7 +711,7 @@ fn write_list(
     wires: &[Wire<'_>],
     ty: Ty,
     depth: usize,
-    out: &mut Vec<u8>,
+    out: &mut JsonText,
 ) -> Result<(), ProtobufError> {
     out.push(b'[');
     for (i, &w) in wires.iter().enumerate() {
@@ -660,7 +725,7 @@ fn write_list(
 }
 
 /// A float64 as Go writes it: `100`, not `100.0`, when it is whole.
-fn write_number(x: f64, out: &mut Vec<u8>) {
+fn write_number(x: f64, out: &mut JsonText) {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     if x.fract() == 0.0 && x.abs() < EXACT {
         write_int(x as i64, out);
@@ -699,10 +764,10 @@ fn repeated(
     ty: Ty,
     wire: Wire<'_>,
     depth: usize,
-    out: &mut Vec<u8>,
+    out: &mut JsonText,
     items: &mut usize,
 ) -> Result<(), ProtobufError> {
-    let mut separate = |out: &mut Vec<u8>| {
+    let mut separate = |out: &mut JsonText| {
         if *items > 0 {
             out.push(b',');
         }
@@ -750,7 +815,7 @@ fn map_entry(entry: &[u8]) -> Result<(std::borrow::Cow<'_, str>, Option<Wire<'_>
 
 /// Writes a `metav1.Time` (to the second, as its protobuf decoder keeps it)
 /// or a `metav1.MicroTime` (to the microsecond), from a Timestamp message.
-fn write_timestamp(bytes: &[u8], micro: bool, out: &mut Vec<u8>) -> Result<(), ProtobufError> {
+fn write_timestamp(bytes: &[u8], micro: bool, out: &mut JsonText) -> Result<(), ProtobufError> {
     if bytes.is_empty() {
         out.extend_from_slice(b"null");
         return Ok(());

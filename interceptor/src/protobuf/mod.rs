@@ -17,8 +17,8 @@ mod json;
 mod schema;
 
 use apiwitness_record::ProtobufBody;
-use apiwitness_record::json_string::push_json_string;
 use base64::Engine;
+use json::JsonText;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
 use serde_json::Value;
@@ -63,28 +63,38 @@ pub enum Decoded {
 /// then written out and dropped, took three times as long.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DecodedText {
-    /// Decoded whole: the JSON the apiserver would have sent, on one line.
-    Full(Vec<u8>),
+    /// Decoded whole: the JSON the apiserver would have sent, on one line,
+    /// and whether any of the words asked for stands in it as a whole
+    /// string (a key or a value), or might (JSON embedded in the message
+    /// that had to be written again).
+    Full { json: Vec<u8>, words_seen: bool },
     /// A kind the table does not know: envelope and metadata only.
     Partial(ProtobufBody),
 }
 
 /// Reads one body.
 pub fn decode_body(bytes: &[u8]) -> Result<Decoded, ProtobufError> {
-    Ok(match decode_body_text(bytes)? {
-        DecodedText::Full(text) => Decoded::Full(read_back(&text)?),
+    Ok(match decode_body_text(bytes, &[])? {
+        DecodedText::Full { json, .. } => Decoded::Full(read_back(&json)?),
         DecodedText::Partial(body) => Decoded::Partial(body),
     })
 }
 
-/// Reads one body, a whole one into JSON text.
-pub fn decode_body_text(bytes: &[u8]) -> Result<DecodedText, ProtobufError> {
+/// Reads one body, a whole one into JSON text, noting which of `words`
+/// stand in it.
+pub fn decode_body_text(
+    bytes: &[u8],
+    words: &'static [&'static [u8]],
+) -> Result<DecodedText, ProtobufError> {
     let (api_version, kind, raw) = envelope(bytes)?;
     match json::message_of(&api_version, &kind) {
         Some(index) => {
-            let mut out = Vec::with_capacity(raw.len() * 2);
+            let mut out = JsonText::new(raw.len() * 2, words);
             typed_object(index, &api_version, &kind, &raw, 0, &mut out)?;
-            Ok(DecodedText::Full(out))
+            Ok(DecodedText::Full {
+                words_seen: out.words_seen,
+                json: out.text,
+            })
         }
         None => partial(bytes, api_version, kind, &raw).map(DecodedText::Partial),
     }
@@ -100,15 +110,18 @@ fn read_back(text: &[u8]) -> Result<Value, ProtobufError> {
 /// Writes an enveloped object nested in another (a RawExtension), `depth`
 /// messages deep in the body: the object itself, or for a kind the table
 /// does not know, the record's `{"protobuf": ...}` form.
-fn write_object_json(bytes: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<(), ProtobufError> {
+fn write_object_json(bytes: &[u8], depth: usize, out: &mut JsonText) -> Result<(), ProtobufError> {
     let (api_version, kind, raw) = envelope(bytes)?;
     match json::message_of(&api_version, &kind) {
         Some(index) => typed_object(index, &api_version, &kind, &raw, depth, out),
         None => {
             let body = partial(bytes, api_version, kind, &raw)?;
-            out.extend_from_slice(b"{\"protobuf\":");
-            serde_json::to_writer(&mut *out, &body)
-                .map_err(|e| ProtobufError::Decode(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&body).map_err(|e| ProtobufError::Decode(e.to_string()))?;
+            out.extend_from_slice(b"{");
+            out.string("protobuf");
+            out.push(b':');
+            out.unknown_json(&body);
             out.push(b'}');
             Ok(())
         }
@@ -123,16 +136,13 @@ fn typed_object(
     kind: &str,
     raw: &[u8],
     depth: usize,
-    out: &mut Vec<u8>,
+    out: &mut JsonText,
 ) -> Result<(), ProtobufError> {
-    let (mut kind_json, mut api_version_json) = (Vec::new(), Vec::new());
-    push_json_string(&mut kind_json, kind);
-    push_json_string(&mut api_version_json, api_version);
     json::write_object(
         index,
         raw,
         depth,
-        &[("kind", &kind_json), ("apiVersion", &api_version_json)],
+        &[("kind", kind), ("apiVersion", api_version)],
         out,
     )
 }
@@ -212,9 +222,9 @@ pub fn decode_watch_frame(frame: &[u8]) -> Result<(String, Value), ProtobufError
     let event = k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent::decode(event_bytes)
         .map_err(|e| ProtobufError::Decode(e.to_string()))?;
     let object_raw = event.object.and_then(|o| o.raw).unwrap_or_default();
-    let mut object = Vec::with_capacity(object_raw.len() * 2);
+    let mut object = JsonText::new(object_raw.len() * 2, &[]);
     write_object_json(&object_raw, 0, &mut object)?;
-    Ok((event.r#type.unwrap_or_default(), read_back(&object)?))
+    Ok((event.r#type.unwrap_or_default(), read_back(&object.text)?))
 }
 
 #[cfg(test)]
