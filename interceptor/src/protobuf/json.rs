@@ -299,9 +299,12 @@ fn write_members(
         };
         came.push((at, wire));
     }
-    // Stable, and mostly sorted already: a repeated field's items keep
-    // their order, and the last of a single field stays last.
-    came.sort_by_key(|(at, _)| *at);
+    // Go writes the fields in order, so they mostly come sorted. Stable: a
+    // repeated field's items keep their order, and the last of a single
+    // field stays last.
+    if !came.is_sorted_by_key(|(at, _)| *at) {
+        came.sort_by_key(|(at, _)| *at);
+    }
     let mut next = 0;
     for (at, field) in fields.iter().enumerate() {
         let start = next;
