@@ -9,7 +9,8 @@
 #   mitmproxy      mitmdump in reverse mode (from PyPI)
 #
 # Upstreams: a local TLS server (nginx serving 1 KiB and 64 KiB bodies), and
-# the real kube-apiserver of hack/cluster (a 1 KiB and a 64 KiB ConfigMap).
+# the real kube-apiserver of hack/cluster (a 1 KiB and a 64 KiB ConfigMap,
+# and a list of 50 Pods as JSON and as protobuf).
 # It also measures new TLS connections (Connection: close), the interceptor's
 # peak RSS, the CPU the interceptor and nginx spend a request, and both at a
 # fixed 1000 req/s (latency below saturation, and RSS at the rate the memory

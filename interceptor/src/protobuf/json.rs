@@ -1,5 +1,5 @@
-//! A Kubernetes protobuf message into the JSON the apiserver writes for the
-//! same object, following the table in `generated.rs`.
+//! A Kubernetes protobuf message written as the JSON text the apiserver
+//! writes for the same object, following the table in `generated.rs`.
 //!
 //! Go writes that JSON from its structs, so a field missing from the message
 //! still appears unless encoding/json leaves it out: a plain string as `""`,
@@ -733,7 +733,8 @@ fn write_number(x: f64, out: &mut JsonText) {
     if x.fract() == 0.0 && x.abs() < EXACT {
         write_int(x as i64, out);
     } else {
-        // serde_json writes what is not finite as null, as a tree of it did.
+        // Go refuses to write a number that is not finite; it is written
+        // as null here, so that the line stays JSON.
         let _ = serde_json::to_writer(&mut *out, &x);
     }
 }
