@@ -30,10 +30,12 @@ pub struct Limits {
     pub body: usize,
     /// Bytes kept of one watch event; a larger one is counted as cut.
     pub watch_event: usize,
-    /// Watch events in one record: a watch that holds this many (or `body`
-    /// bytes of events) ships them as a part. Events past it before the
+    /// Watch events in one record: a watch that holds this many ships them
+    /// as a part. Events past it (or past `body` bytes of them) before the
     /// part is taken are counted as cut.
     pub watch_events: usize,
+    /// Bytes of events that make a watch ship a part (at most `body`).
+    pub watch_part_bytes: usize,
     /// A watch ships the events it holds at least this often, however few.
     pub watch_part_wait: std::time::Duration,
 }
@@ -142,11 +144,12 @@ impl Capture {
     }
 
     /// An open watch holds enough for a part: its event count limit, or its
-    /// body limit in bytes of events.
+    /// part's bytes of events.
     fn part_due(&self) -> bool {
         match &self.reader {
             Some(Reader::Watch(s)) => {
-                s.events.len() >= s.limits.watch_events || s.held >= s.limits.body
+                s.events.len() >= s.limits.watch_events
+                    || s.held >= s.limits.watch_part_bytes.min(s.limits.body)
             }
             _ => false,
         }
@@ -588,6 +591,7 @@ mod tests {
         body: 8,
         watch_event: 16,
         watch_events: 2,
+        watch_part_bytes: usize::MAX,
         watch_part_wait: std::time::Duration::from_secs(60),
     };
 
@@ -737,6 +741,33 @@ mod tests {
         );
         // One over the per-event size, one over the count.
         assert_eq!(got.events_cut, 2);
+    }
+
+    #[tokio::test]
+    async fn a_watch_ships_a_part_once_it_holds_its_part_bytes_well_below_its_limits() {
+        // Room for 100 events and a KiB of them, but a part every 16 bytes.
+        let limits = Limits {
+            body: 1024,
+            watch_event: 64,
+            watch_events: 100,
+            watch_part_bytes: 16,
+            ..LIMITS
+        };
+        let chunks: Vec<&'static [u8]> = vec![b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n", b"{\"d\":4}\n"];
+        let capture = Capture::new(CaptureMode::WatchJson, limits);
+        let parts = Arc::new(Mutex::new(Vec::new()));
+        let (taker, taken) = (capture.clone(), parts.clone());
+        let body = CaptureBody::new(body_of(chunks), capture.clone(), None).with_parts(Box::new(
+            move || {
+                let part = Capture::take_part(&taker).expect("a part is due");
+                taken.lock().unwrap().push(part.events.len());
+            },
+        ));
+        body.collect().await.unwrap();
+        // Two events of 7 bytes are under 16; the third makes a part. The
+        // fourth waits for the watch's end.
+        assert_eq!(*parts.lock().unwrap(), [3]);
+        assert_eq!(Capture::take(&capture).events.len(), 1);
     }
 
     #[tokio::test]

@@ -139,9 +139,15 @@ pub struct Config {
 
     /// Watch events in one record. A watch stays open for minutes or hours,
     /// so it is shipped in parts: one when it holds this many events or
-    /// --body-limit bytes of them, or when --watch-part-wait has passed.
+    /// --watch-part-bytes bytes of them, or when --watch-part-wait has passed.
     #[arg(long, env = "APIWITNESS_WATCH_EVENTS", default_value_t = 1_000)]
     pub watch_events: usize,
+
+    /// Bytes of events that make a watch ship a part. What every open watch
+    /// holds is up to this much: with a part only every 1,000 events or
+    /// 10 s, 16 busy watches held 30 MiB between them.
+    #[arg(long, env = "APIWITNESS_WATCH_PART_BYTES", default_value_t = 64 << 10)]
+    pub watch_part_bytes: usize,
 
     /// The longest a watch's events wait before they are shipped.
     #[arg(long, env = "APIWITNESS_WATCH_PART_WAIT", value_parser = humantime::parse_duration, default_value = "10s")]
@@ -302,6 +308,7 @@ impl Config {
             ("recorder-bytes", self.recorder_bytes),
             ("worker-threads", self.worker_threads),
             ("watch-events", self.watch_events),
+            ("watch-part-bytes", self.watch_part_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

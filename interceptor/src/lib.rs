@@ -138,6 +138,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         body: config.body_limit,
         watch_event: config.watch_event_limit,
         watch_events: config.watch_events,
+        watch_part_bytes: config.watch_part_bytes,
         watch_part_wait: config.watch_part_wait,
     };
     let proxy = Arc::new(
