@@ -220,6 +220,8 @@ start_interceptor() { # UPSTREAM_URL [SERVER_NAME] [CA] [EXTRA ARGS...]
   echo "bench: the interceptor did not become ready:" >&2; cat "$work/interceptor.log" >&2; exit 1
 }
 stop_interceptor() { kill "$icpt_pid"; wait "$icpt_pid" 2>/dev/null || true; }
+start_nginx_proxy() { nginx -c "$work/nginx-proxy.conf"; sleep 0.3; }
+stop_nginx_proxy() { kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3; }
 shipping_figures() { # -> "shipped stripped dropped", once the last batch had time to go
   sleep 2
   curl -s "http://127.0.0.1:$admin/metrics" | awk '
@@ -342,13 +344,12 @@ bench_fixed_rate() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA RATE [HEADER...]
     measure_interceptor "$interceptor" "$upstream" "$name" "$ca" run_h2load_10 "$path" --rps=$((rate / 10)) "${hdr[@]}"
     icpt_runs+="$measured"$'\n'
     rss=$(larger "$rss" "$measured_rss")
-    nginx -c "$work/nginx-proxy.conf"
-    sleep 0.3
+    start_nginx_proxy
     ticks=$(nginx_worker_ticks)
     figures=$(run_h2load_10 "https://127.0.0.1:$nginx_proxy$path" --rps=$((rate / 10)) "${hdr[@]}")
     ticks=$(($(nginx_worker_ticks) - ticks))
     nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-    kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+    stop_nginx_proxy
   done
   record "$label, HTTP/2 client" interceptor "$(median "${icpt_runs%$'\n'}")"
   record "$label, HTTP/2 client" nginx "$(median "${nginx_runs%$'\n'}")"
@@ -385,8 +386,7 @@ bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
       shipped=$((shipped + s)); stripped=$((stripped + t)); dropped=$((dropped + d))
       stop_interceptor
       [ "$training" = 0 ] || continue
-      nginx -c "$work/nginx-proxy.conf"
-      sleep 0.3
+      start_nginx_proxy
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"nginx-$label-$client-$r")" \
         "$(pgrep -d, -P "$(cat "$work/nginx-proxy.pid")")"
       ticks=$(nginx_worker_ticks)
@@ -401,7 +401,7 @@ bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
       nginx_cs+="$(per_request $(($(switches $nginx_workers) - cs)) "$figures") "
       perf_stop
       nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-      kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+      stop_nginx_proxy
       if [ -n "${APIWITNESS_BENCH_BASELINE_INTERCEPTOR:-}" ]; then
         measure_interceptor "$APIWITNESS_BENCH_BASELINE_INTERCEPTOR" "$upstream" "$name" "$ca" "$tool" "$path" "${hdr[@]}"
         baseline_runs+="$measured"$'\n'
@@ -537,10 +537,9 @@ bench_watch() { # ENCODING ACCEPT
     icpt_runs+="$(watch_round "$icpt" "$accept" "cpu_ticks $icpt_pid")"$'\n'
     rss=$(larger "$rss" "$(peak_rss_mib "$icpt_pid")")
     stop_interceptor
-    nginx -c "$work/nginx-proxy.conf"
-    sleep 0.3
+    start_nginx_proxy
     nginx_runs+="$(watch_round "$nginx_proxy" "$accept" nginx_worker_ticks)"$'\n'
-    kill "$(cat "$work/nginx-proxy.pid")"; sleep 0.3
+    stop_nginx_proxy
   done
   record "$label (events/s, CPU µs an event)" interceptor "$(median "${icpt_runs%$'\n'}")"
   record "$label (events/s, CPU µs an event)" nginx "$(median "${nginx_runs%$'\n'}")"

@@ -743,6 +743,29 @@ mod tests {
         assert_eq!(got.events_cut, 2);
     }
 
+    /// A JSON watch of `chunks`, its capture, and the parts taken from it
+    /// as each comes due.
+    #[allow(clippy::type_complexity)]
+    fn watch_taking_parts(
+        chunks: Vec<&'static [u8]>,
+        limits: Limits,
+    ) -> (
+        CaptureBody<impl Body<Data = Bytes, Error = std::convert::Infallible>>,
+        SharedCapture,
+        Arc<Mutex<Vec<Captured>>>,
+    ) {
+        let capture = Capture::new(CaptureMode::WatchJson, limits);
+        let parts = Arc::new(Mutex::new(Vec::new()));
+        let (taker, taken) = (capture.clone(), parts.clone());
+        let body = CaptureBody::new(body_of(chunks), capture.clone(), None).with_parts(Box::new(
+            move || {
+                let part = Capture::take_part(&taker).expect("a part is due");
+                taken.lock().unwrap().push(part);
+            },
+        ));
+        (body, capture, parts)
+    }
+
     #[tokio::test]
     async fn a_watch_ships_a_part_once_it_holds_its_part_bytes_well_below_its_limits() {
         // Room for 100 events and a KiB of them, but a part every 16 bytes.
@@ -754,19 +777,17 @@ mod tests {
             ..LIMITS
         };
         let chunks: Vec<&'static [u8]> = vec![b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n", b"{\"d\":4}\n"];
-        let capture = Capture::new(CaptureMode::WatchJson, limits);
-        let parts = Arc::new(Mutex::new(Vec::new()));
-        let (taker, taken) = (capture.clone(), parts.clone());
-        let body = CaptureBody::new(body_of(chunks), capture.clone(), None).with_parts(Box::new(
-            move || {
-                let part = Capture::take_part(&taker).expect("a part is due");
-                taken.lock().unwrap().push(part.events.len());
-            },
-        ));
+        let (body, capture, parts) = watch_taking_parts(chunks, limits);
         body.collect().await.unwrap();
         // Two events of 7 bytes are under 16; the third makes a part. The
         // fourth waits for the watch's end.
-        assert_eq!(*parts.lock().unwrap(), [3]);
+        let sizes: Vec<usize> = parts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.events.len())
+            .collect();
+        assert_eq!(sizes, [3]);
         assert_eq!(Capture::take(&capture).events.len(), 1);
     }
 
@@ -786,15 +807,7 @@ mod tests {
             b"{\"d\":4}\n{\"e\"",
             b":5}\n",
         ];
-        let capture = Capture::new(CaptureMode::WatchJson, limits);
-        let parts = Arc::new(Mutex::new(Vec::new()));
-        let (taker, taken) = (capture.clone(), parts.clone());
-        let body = CaptureBody::new(body_of(chunks), capture.clone(), None).with_parts(Box::new(
-            move || {
-                let part = Capture::take_part(&taker).expect("a part is due");
-                taken.lock().unwrap().push(part);
-            },
-        ));
+        let (body, capture, parts) = watch_taking_parts(chunks, limits);
         assert!(!Capture::is_finished(&capture));
         let passed = body.collect().await.unwrap().to_bytes();
         assert_eq!(passed.len(), 63, "every byte passes");
