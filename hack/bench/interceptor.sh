@@ -272,6 +272,11 @@ stop_mitm() { kill "$mitm_pid"; wait "$mitm_pid" 2>/dev/null || true; }
 results=()
 record() { results+=("$1|$2|$3"); printf '  %-44s %-12s %s\n' "$1" "$2" "$3" >&2; }
 
+record_rounds() { # LABEL ICPT_RUNS NGINX_RUNS RSS: the medians of both proxies' rounds, and the peak RSS
+  record "$1" interceptor "$(median "${2%$'\n'}")"
+  record "$1" nginx "$(median "${3%$'\n'}")"
+  record "$1" interceptor-peak-rss-mib "$4"
+}
 wanted() { # LABEL -> whether APIWITNESS_BENCH_ONLY lets this row run
   [ -z "${APIWITNESS_BENCH_ONLY:-}" ] || [[ "$1" == *"$APIWITNESS_BENCH_ONLY"* ]]
 }
@@ -351,9 +356,7 @@ bench_fixed_rate() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA RATE [HEADER...]
     nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
     stop_nginx_proxy
   done
-  record "$label, HTTP/2 client" interceptor "$(median "${icpt_runs%$'\n'}")"
-  record "$label, HTTP/2 client" nginx "$(median "${nginx_runs%$'\n'}")"
-  record "$label, HTTP/2 client" interceptor-peak-rss-mib "$rss"
+  record_rounds "$label, HTTP/2 client" "$icpt_runs" "$nginx_runs" "$rss"
 }
 
 bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
@@ -408,15 +411,13 @@ bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
         baseline_rss=$(larger "$baseline_rss" "$measured_rss")
       fi
     done
-    record "$label, $client client" interceptor "$(median "${icpt_runs%$'\n'}")"
-    record "$label, $client client" nginx "$(median "${nginx_runs%$'\n'}")"
+    record_rounds "$label, $client client" "$icpt_runs" "$nginx_runs" "$rss"
     if [ -n "$baseline_runs" ]; then
       record "$label, $client client" "interceptor (baseline build)" "$(median "${baseline_runs%$'\n'}")"
       record "$label, $client client" interceptor-baseline-peak-rss-mib "$baseline_rss"
     fi
     record "$label, $client client" context-switches-a-request "interceptor ${icpt_cs% }, nginx ${nginx_cs% }"
     record "$label, $client client" upstream-cpu-a-request "via the interceptor ${icpt_up% }, via nginx ${nginx_up% }"
-    record "$label, $client client" interceptor-peak-rss-mib "$rss"
     record "$label, $client client" interceptor-records "$shipped shipped ($stripped stripped of their bodies when the queue was full), $dropped dropped"
   done
   [ "$training" = 0 ] || return 0
@@ -541,9 +542,7 @@ bench_watch() { # ENCODING ACCEPT
     nginx_runs+="$(watch_round "$nginx_proxy" "$accept" nginx_worker_ticks)"$'\n'
     stop_nginx_proxy
   done
-  record "$label (events/s, CPU µs an event)" interceptor "$(median "${icpt_runs%$'\n'}")"
-  record "$label (events/s, CPU µs an event)" nginx "$(median "${nginx_runs%$'\n'}")"
-  record "$label (events/s, CPU µs an event)" interceptor-peak-rss-mib "$rss"
+  record_rounds "$label (events/s, CPU µs an event)" "$icpt_runs" "$nginx_runs" "$rss"
 }
 
 nginx -c "$work/nginx-up.conf"

@@ -157,17 +157,26 @@ impl PartialEq for BodyContent {
     }
 }
 
-/// A document [`RawJson::scan`] checked, and what it found in it.
+/// A document [`RawJson::scan`] checked, and what it found in it; `J`
+/// holds the document (its text, for [`RawJson::scan_in_place`]).
 #[derive(Debug)]
-pub struct Scanned {
-    pub json: RawJson,
+pub struct Scanned<J = RawJson> {
+    pub json: J,
     /// Bit i: the i-th word asked for stands in the document.
     pub words_seen: u32,
     /// It holds a `\u` escape, which could spell any word.
     pub unicode_escape: bool,
 }
 
-impl Scanned {
+impl<J> Scanned<J> {
+    fn holding<K>(self, json: impl FnOnce(J) -> K) -> Scanned<K> {
+        Scanned {
+            json: json(self.json),
+            words_seen: self.words_seen,
+            unicode_escape: self.unicode_escape,
+        }
+    }
+
     /// None of the words asked for stands in the document, nor a `\u`
     /// escape that could spell one.
     pub fn holds_none(&self) -> bool {
@@ -219,9 +228,21 @@ impl RawJson {
     /// the document as a whole string, key or value (see
     /// [`crate::json_reader::JsonReader::noting`]).
     pub fn scan(bytes: &[u8], words: &'static [&'static [u8]]) -> Option<Scanned> {
+        RawJson::scan_in_place(bytes, words)
+            .map(|scan| scan.holding(|text| RawJson(RawText::Read(text.into()))))
+    }
+
+    /// As [`RawJson::scan`], with the document left where it is: its text
+    /// in `bytes`, surrounding whitespace left out, for a caller that
+    /// copies it on (the interceptor's protobuf decoder, into the JSON it
+    /// writes).
+    pub fn scan_in_place<'b>(
+        bytes: &'b [u8],
+        words: &'static [&'static [u8]],
+    ) -> Option<Scanned<&'b str>> {
         let (text, words_seen, unicode_escape) = check(bytes, words)?;
         Some(Scanned {
-            json: RawJson(RawText::Read(text.into())),
+            json: text,
             words_seen,
             unicode_escape,
         })
@@ -231,11 +252,8 @@ impl RawJson {
     /// instead of a copy: a 64 KiB body was copied once more on its way to
     /// its record's line.
     pub fn scan_shared(bytes: &bytes::Bytes, words: &'static [&'static [u8]]) -> Option<Scanned> {
-        let (text, words_seen, unicode_escape) = check(bytes, words)?;
-        Some(Scanned {
-            json: RawJson(RawText::Shared(bytes.slice_ref(text.as_bytes()))),
-            words_seen,
-            unicode_escape,
+        RawJson::scan_in_place(bytes, words).map(|scan| {
+            scan.holding(|text| RawJson(RawText::Shared(bytes.slice_ref(text.as_bytes()))))
         })
     }
 

@@ -99,11 +99,9 @@ pub(super) fn message(
 ) -> Result<Map<String, Value>, ProtobufError> {
     let mut out = JsonText::new(bytes.len() * 2, &[]);
     write_object(index, bytes, depth, &[], &mut out)?;
-    match serde_json::from_slice(&out.text) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(decode_error(
-            "the JSON written for a message did not read back",
-        )),
+    match super::read_back(&out.text)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(decode_error("the JSON written for a message is no object")),
     }
 }
 
@@ -440,9 +438,7 @@ fn write_absent(field: &Field, object: &mut Object<'_>) {
     let zero = match (field.shape, field.omit) {
         (Shape::Inline, _) => {
             if let Ty::Message(inner) = field.ty {
-                for field in MESSAGES[usize::from(inner)].fields() {
-                    write_absent(field, object);
-                }
+                write_absent_fields(inner, object);
             }
             return;
         }
@@ -461,6 +457,13 @@ fn write_absent(field: &Field, object: &mut Object<'_>) {
         write_zero(field.ty, object.out);
     } else {
         object.out.extend_from_slice(b"null");
+    }
+}
+
+/// Writes every field of a message as absent: a zero struct's JSON.
+fn write_absent_fields(index: u16, object: &mut Object<'_>) {
+    for field in MESSAGES[usize::from(index)].fields() {
+        write_absent(field, object);
     }
 }
 
@@ -489,9 +492,7 @@ fn write_zero(ty: Ty, out: &mut JsonText) {
         Ty::Int | Ty::Double | Ty::IntOrString => out.push(b'0'),
         Ty::Message(inner) => {
             let mut object = Object::open(out, has_inline(inner));
-            for field in MESSAGES[usize::from(inner)].fields() {
-                write_absent(field, &mut object);
-            }
+            write_absent_fields(inner, &mut object);
             object.close();
         }
         Ty::Quantity => out.extend_from_slice(b"\"0\""),
@@ -548,9 +549,9 @@ fn write_int(v: i64, out: &mut JsonText) {
 /// Writes JSON text from a message (a RawExtension's or a FieldsV1's) as
 /// one value on the line; false where it is not JSON.
 fn write_embedded_json(raw: &[u8], out: &mut JsonText) -> bool {
-    if let Some(scanned) = apiwitness_record::RawJson::scan(raw, out.words) {
+    if let Some(scanned) = apiwitness_record::RawJson::scan_in_place(raw, out.words) {
         out.words_seen |= !scanned.holds_none();
-        out.text.extend_from_slice(scanned.json.text().as_bytes());
+        out.text.extend_from_slice(scanned.json.as_bytes());
         return true;
     }
     // JSON over several lines, written again on one.
