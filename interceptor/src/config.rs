@@ -153,6 +153,14 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_WATCH_PART_WAIT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub watch_part_wait: Duration,
 
+    /// How long the first bytes of a response may wait for more before they
+    /// are written to the client, to be written as one TLS record of
+    /// 16 KiB: the apiserver sends a list 4 KiB at a time. A response ends
+    /// without waiting, and a watch's events never wait. 0 writes what has
+    /// arrived at once.
+    #[arg(long, env = "APIWITNESS_COALESCE_WAIT", value_parser = humantime::parse_duration, default_value = "10ms")]
+    pub coalesce_wait: Duration,
+
     /// More JSON Pointers to redact in every body (comma-separated).
     #[arg(long, env = "APIWITNESS_REDACT_PATHS", value_delimiter = ',')]
     pub redact_paths: Vec<String>,

@@ -11,6 +11,7 @@
 pub mod accept;
 pub mod admin;
 pub mod capture;
+pub mod coalesce;
 pub mod config;
 pub mod decode;
 pub mod drops;
@@ -148,6 +149,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             config.upstream_http2,
             recorder_handle,
             limits,
+            config.coalesce_wait,
             metrics.clone(),
         )
         .map_err(StartError::Other)?,

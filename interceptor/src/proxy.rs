@@ -7,6 +7,7 @@
 //! forward. The Authorization header reaches the apiserver and nothing else.
 
 use crate::capture::{Capture, CaptureBody, CaptureMode, Limits, SharedCapture};
+use crate::coalesce::Coalesce;
 use crate::metrics::Metrics;
 use crate::recorder::{RawExchange, RecorderHandle};
 use apiwitness_record::{ApiRequest, Verb};
@@ -19,7 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
@@ -59,6 +60,8 @@ pub struct Proxy {
     http1_client: UpstreamClient,
     recorder: RecorderHandle,
     limits: Limits,
+    /// How long a response's first bytes may wait to be joined (--coalesce-wait).
+    coalesce_wait: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -291,6 +294,7 @@ impl Proxy {
         upstream_http2: bool,
         recorder: RecorderHandle,
         limits: Limits,
+        coalesce_wait: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, String> {
         Ok(Proxy {
@@ -298,6 +302,7 @@ impl Proxy {
             http1_client: upstream_client(upstream_tls, upstream_server_name, false)?,
             recorder,
             limits,
+            coalesce_wait,
             metrics,
         })
     }
@@ -367,7 +372,10 @@ impl Proxy {
         // The pooled client speaks whichever version the apiserver chose.
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers, is_upgrade);
-        let body = CaptureBody::new(body, request_body, None).boxed();
+        // A request body is joined only with what has already arrived: a
+        // client that streams one is not kept waiting.
+        let body =
+            CaptureBody::new(Coalesce::new(body, Duration::ZERO), request_body, None).boxed();
         let upstream_request = Request::from_parts(parts, body);
 
         let sent = if http1 {
@@ -461,7 +469,13 @@ impl Proxy {
             recorder.record(pending.finish(status.as_u16(), Some(head), None, None));
         });
         strip_hop_by_hop(&mut parts.headers, false);
-        let mut body = CaptureBody::new(body, capture, Some(on_end));
+        // A watch's events go on as they come.
+        let wait = if watch_parts.is_some() {
+            Duration::ZERO
+        } else {
+            self.coalesce_wait
+        };
+        let mut body = CaptureBody::new(Coalesce::new(body, wait), capture, Some(on_end));
         if let Some(watch_parts) = watch_parts {
             watch_parts.clone().tick(self.limits.watch_part_wait);
             body = body.with_parts(Box::new(move || {

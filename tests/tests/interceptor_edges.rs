@@ -260,3 +260,74 @@ fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() 
         "the record says why there is no response"
     );
 }
+
+/// The interceptor holds a response's first bytes for a while
+/// (--coalesce-wait), to write them as fewer, larger TLS records. The end of
+/// a response never waits for that, and a watch's events never do: with a
+/// wait of an hour, a list of many chunks still completes at once, and a
+/// watch event still arrives as it happens.
+#[test]
+fn joining_writes_holds_back_neither_a_response_end_nor_a_watch_event() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::with_app(cluster, "edge-join");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut opts = options(&certify, &collector);
+    opts.extra_args = vec!["--coalesce-wait".into(), "1h".into()];
+    let mut pod = InterceptedPod::start(cluster, &format!("{n}-p"), &n, "app", &[], opts)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let kubectl = cluster.bin("kubectl");
+    let k = kubectl.to_str().unwrap();
+    // 40 ConfigMaps of 3 KiB: a list the apiserver writes in about 60 chunks.
+    let items: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}"}},"data":{{"v":"{}"}}}}"#,
+                "x".repeat(3 << 10)
+            )
+        })
+        .collect();
+    let list = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
+        items.join(",")
+    );
+    let created = pod.exec_stdin(&[k, "create", "-f", "-"], &list).unwrap();
+    assert!(created.success, "{}", created.stderr);
+
+    let listed = pod
+        .exec(&["timeout", "30", k, "get", "configmaps", "-o", "name"])
+        .unwrap();
+    assert!(
+        listed.success,
+        "the list did not complete: {}",
+        listed.stderr
+    );
+    for i in 0..40 {
+        assert!(
+            listed.stdout.contains(&format!("configmap/cm-{i}\n")),
+            "{}",
+            listed.stdout
+        );
+    }
+
+    std::thread::scope(|s| {
+        let watch = s.spawn(|| pod.watch_configmaps(k, 12).unwrap());
+        std::thread::sleep(Duration::from_secs(3));
+        let late = pod.exec(&[k, "create", "configmap", "late"]).unwrap();
+        assert!(late.success, "{}", late.stderr);
+        let watched = watch.join().unwrap();
+        assert!(
+            watched.stdout.contains("configmap/late"),
+            "the event did not arrive while the watch was open: {watched:?}"
+        );
+    });
+    pod.stop().unwrap();
+    let all = collector.exchanges();
+    let list_path = format!("/api/v1/namespaces/{n}/configmaps");
+    assert!(
+        all.iter()
+            .any(|e| e.method == "GET" && e.path == list_path && e.status == 200),
+        "the list was recorded"
+    );
+}
