@@ -143,7 +143,15 @@ impl<'a> Reader<'a> {
         Reader { rest: bytes }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, ProtobufError> {
+        // Most are one byte: field keys, and the lengths of short strings.
+        if let Some((&byte, rest)) = self.rest.split_first()
+            && byte < 0x80
+        {
+            self.rest = rest;
+            return Ok(u64::from(byte));
+        }
         prost::encoding::decode_varint(&mut self.rest).map_err(|e| decode_error(e.to_string()))
     }
 
@@ -153,6 +161,7 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtobufError> {
         if n > self.rest.len() {
             return Err(decode_error("a field runs past the end of its message"));
@@ -163,6 +172,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field's number and value, or `None` at the end.
+    #[inline]
     fn next_field(&mut self) -> Result<Option<(u32, Wire<'a>)>, ProtobufError> {
         if self.rest.is_empty() {
             return Ok(None);
@@ -522,8 +532,13 @@ fn expect_varint(wire: Wire<'_>) -> Result<u64, ProtobufError> {
 }
 
 fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    // encoding/json writes invalid UTF-8 as U+FFFD, as this does.
-    String::from_utf8_lossy(bytes)
+    // The check for valid text first: it reads a word at a time, where the
+    // lossy reading goes a character at a time even through valid text.
+    match std::str::from_utf8(bytes) {
+        Ok(valid) => std::borrow::Cow::Borrowed(valid),
+        // encoding/json writes invalid UTF-8 as U+FFFD, as this does.
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 fn write_text(bytes: &[u8], out: &mut JsonText) {
@@ -542,8 +557,7 @@ fn write_base64(bytes: &[u8], out: &mut JsonText) {
 }
 
 fn write_int(v: i64, out: &mut JsonText) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{v}");
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Writes JSON text from a message (a RawExtension's or a FieldsV1's) as
