@@ -550,6 +550,26 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// A string's end and its escapes are found wherever they fall in the
+    /// vector search's blocks.
+    #[test]
+    fn string_ends_and_escapes_at_every_offset() {
+        for before in 0..40 {
+            for after in 0..20 {
+                let plain = "a".repeat(before);
+                let text = format!(r#"["{plain}","x"]"#);
+                assert_eq!(check(&text), Ok(true), "{text}");
+                let escaped = format!(r#"["{plain}\"{}","x"]"#, "é".repeat(after));
+                let mut reader = JsonReader::new(&escaped);
+                assert_eq!(reader.skip_value(), Ok(0..escaped.len()), "{escaped}");
+                let value: Value = serde_json::from_str(&escaped).unwrap();
+                assert_eq!(value[0].as_str().unwrap().len(), before + 1 + 2 * after);
+                let open = format!(r#"["{plain}{}"#, "é".repeat(after));
+                assert!(check(&open).is_err(), "{open}");
+            }
+        }
+    }
+
     /// Whether `text` is exactly one JSON value (whitespace around it
     /// aside), and whether serde_json would write it so.
     fn check(text: &str) -> Result<bool, JsonError> {
