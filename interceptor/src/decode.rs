@@ -35,7 +35,7 @@ fn base64(bytes: &[u8]) -> String {
 /// The strings that send a JSON body down the tree path when they stand in
 /// it whole: what the redactor walks for ([`Redactor::WORDS`]), and the
 /// kind `is_table` looks for. A `\u` escape could spell any of them.
-const WORDS: &[&[u8]] = &[b"Secret", b"protobuf", b"Table"];
+pub(crate) const WORDS: &[&[u8]] = &[b"Secret", b"protobuf", b"Table"];
 
 /// The record's body for a captured body, or `None` for an empty one.
 /// `redactor_keeps`: the redactor leaves this request's bodies as they are

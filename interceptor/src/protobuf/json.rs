@@ -152,6 +152,12 @@ impl<'a> Reader<'a> {
             self.rest = rest;
             return Ok(u64::from(byte));
         }
+        self.long_varint()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64, ProtobufError> {
         prost::encoding::decode_varint(&mut self.rest).map_err(|e| decode_error(e.to_string()))
     }
 
@@ -235,13 +241,13 @@ impl<'o> Object<'o> {
     }
 
     /// Writes a member's name; gives where the member starts, for `undo`.
-    /// The table's names need no escape (a test checks).
+    /// The table's names need no escape, and none is one of the words the
+    /// text notes (a test checks both), so a name is not looked up in them.
     fn key(&mut self, name: &'static str) -> usize {
         let mark = self.out.len();
         if self.members > 0 {
             self.out.push(b',');
         }
-        self.out.note(name.as_bytes());
         self.out.push(b'"');
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");

@@ -535,6 +535,10 @@ mod tests {
                 serde_json::to_string(f.json.get()).unwrap(),
                 format!("\"{}\"", f.json.get())
             );
+            assert!(
+                !crate::decode::WORDS.contains(&f.json.get().as_bytes()),
+                "{f:?} is a word the decoder would have to note"
+            );
         }
         assert!(json::message_of("v1", "Pod").is_some());
         assert!(json::message_of("apps/v1", "Deployment").is_some());
