@@ -17,13 +17,13 @@ fn options<'a>(certify: &'a CertifyStandIn, collector: &'a Collector) -> Interce
 }
 
 /// An intercepted pod in a namespace of its own, certified by the cluster
-/// CA and shipping to a collector. Bound in the order of its fields, they
-/// are dropped the other way: the pod first, the namespace last.
+/// CA and shipping to a collector. Its fields drop in order: the pod first,
+/// the namespace last.
 struct EdgePod {
-    ns: TestNamespace,
-    collector: Collector,
-    _certify: CertifyStandIn,
     pod: InterceptedPod,
+    _certify: CertifyStandIn,
+    collector: Collector,
+    ns: TestNamespace,
 }
 
 /// Starts an [`EdgePod`] in a namespace named after `label`, with
@@ -39,23 +39,19 @@ fn edge_pod(label: &str, configure: impl FnOnce(&mut InterceptorOptions<'_>)) ->
     let pod = InterceptedPod::start(cluster, &format!("{n}-p"), n, "app", &[], opts)
         .unwrap_or_else(|e| panic!("{e:#}"));
     EdgePod {
-        ns,
-        collector,
-        _certify: certify,
         pod,
+        _certify: certify,
+        collector,
+        ns,
     }
 }
 
 #[test]
 fn malformed_stalled_and_huge_requests_leave_memory_bounded_and_others_unaffected() {
     let cluster = Cluster::shared();
-    let EdgePod {
-        ns,
-        collector,
-        _certify,
-        mut pod,
-    } = edge_pod("edge-abuse", |_| {});
-    let n = ns.name.clone();
+    let mut edge = edge_pod("edge-abuse", |_| {});
+    let (pod, collector) = (&mut edge.pod, &edge.collector);
+    let n = edge.ns.name.clone();
     let kubectl = cluster.bin("kubectl");
     let k = kubectl.to_str().unwrap();
     let baseline = pod.peak_rss_kib().unwrap();
@@ -196,15 +192,11 @@ fn certificates_rotate_under_live_connections_without_a_failed_request() {
 fn explicit_mode_serves_clients_pointed_at_the_sidecar() {
     let cluster = Cluster::shared();
     let service = cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP").to_string();
-    let EdgePod {
-        ns,
-        collector,
-        _certify,
-        mut pod,
-    } = edge_pod("edge-explicit", |opts| {
+    let mut edge = edge_pod("edge-explicit", |opts| {
         opts.explicit_upstream = Some(format!("https://{service}:443"));
     });
-    let n = ns.name.clone();
+    let (pod, collector) = (&mut edge.pod, &edge.collector);
+    let n = edge.ns.name.clone();
     let kubectl = cluster.bin("kubectl");
     // What the injector's env mode does: the app's KUBERNETES_SERVICE_* point at the sidecar.
     let out = pod
@@ -242,15 +234,11 @@ fn explicit_mode_serves_clients_pointed_at_the_sidecar() {
 #[test]
 fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() {
     let cluster = Cluster::shared();
-    let EdgePod {
-        ns: _ns,
-        collector,
-        _certify,
-        mut pod,
-    } = edge_pod("edge-down", |opts| {
+    let mut edge = edge_pod("edge-down", |opts| {
         // A port on the node where nothing listens.
         opts.explicit_upstream = Some(format!("https://{}:1", cluster.node_ip()));
     });
+    let (pod, collector) = (&mut edge.pod, &edge.collector);
     let kubectl = cluster.bin("kubectl");
     let out = pod
         .pod
@@ -294,15 +282,11 @@ fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() 
 #[test]
 fn joining_writes_holds_back_neither_a_response_end_nor_a_watch_event() {
     let cluster = Cluster::shared();
-    let EdgePod {
-        ns,
-        collector,
-        _certify,
-        mut pod,
-    } = edge_pod("edge-join", |opts| {
+    let mut edge = edge_pod("edge-join", |opts| {
         opts.extra_args = vec!["--coalesce-wait".into(), "1h".into()];
     });
-    let n = ns.name.clone();
+    let (pod, collector) = (&mut edge.pod, &edge.collector);
+    let n = edge.ns.name.clone();
     let kubectl = cluster.bin("kubectl");
     let k = kubectl.to_str().unwrap();
     // 40 ConfigMaps of 3 KiB: a list the apiserver writes in about 60 chunks.
