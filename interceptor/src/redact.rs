@@ -177,10 +177,10 @@ fn redact_secret_fields_everywhere(value: &mut Value) {
     match value {
         Value::Object(map) => {
             redact_secret_object(map);
-            if map.contains_key("op") {
-                if let Some(v) = map.get_mut("value") {
-                    redact_string_or_tree(v);
-                }
+            if map.contains_key("op")
+                && let Some(v) = map.get_mut("value")
+            {
+                redact_string_or_tree(v);
             }
             for (key, child) in map.iter_mut() {
                 if key != "data" && key != "stringData" {

@@ -70,15 +70,15 @@ pub struct Elements {
 /// Which containers are open, innermost last: a bit each, `1` for an
 /// object. Deep text spills to the heap; most never does.
 #[derive(Default)]
-struct Nesting {
+pub(crate) struct Nesting {
     bits: u64,
     depth: usize,
     spilled: Vec<u64>,
 }
 
 impl Nesting {
-    fn push(&mut self, object: bool) {
-        if self.depth > 0 && self.depth % 64 == 0 {
+    pub(crate) fn push(&mut self, object: bool) {
+        if self.depth > 0 && self.depth.is_multiple_of(64) {
             self.spilled.push(self.bits);
             self.bits = 0;
         }
@@ -86,16 +86,16 @@ impl Nesting {
         self.depth += 1;
     }
 
-    fn pop(&mut self) {
+    pub(crate) fn pop(&mut self) {
         self.depth -= 1;
         self.bits &= !(1 << (self.depth % 64));
-        if self.depth > 0 && self.depth % 64 == 0 {
+        if self.depth > 0 && self.depth.is_multiple_of(64) {
             self.bits = self.spilled.pop().unwrap_or_default();
         }
     }
 
     /// `None` at the top, else whether the innermost is an object.
-    fn innermost_is_object(&self) -> Option<bool> {
+    pub(crate) fn innermost_is_object(&self) -> Option<bool> {
         let depth = self.depth.checked_sub(1)?;
         Some(self.bits >> (depth % 64) & 1 == 1)
     }

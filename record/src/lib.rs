@@ -3,6 +3,7 @@
 //! between them).
 
 pub mod exchange;
+mod json_check;
 pub mod json_reader;
 pub mod json_string;
 mod line_writer;

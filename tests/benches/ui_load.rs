@@ -87,7 +87,7 @@ fn record(k: usize) -> String {
         ),
         1 if resource.contains('/') => {
             let (r, sub) = resource.split_once('/').unwrap_or((resource, ""));
-            let status = if k % 11 == 0 { 404 } else { 200 };
+            let status = if k.is_multiple_of(11) { 404 } else { 200 };
             (
                 "GET",
                 format!("{prefix}/namespaces/ns{ns}/{r}/o{}/{sub}", k % 50),
@@ -96,7 +96,7 @@ fn record(k: usize) -> String {
             )
         }
         1 => {
-            let status = if k % 11 == 0 { 404 } else { 200 };
+            let status = if k.is_multiple_of(11) { 404 } else { 200 };
             (
                 "GET",
                 format!("{prefix}/namespaces/ns{ns}/{resource}/o{}", k % 50),
@@ -114,7 +114,7 @@ fn record(k: usize) -> String {
             )
         }
         _ => {
-            let status = if k % 13 == 0 { 409 } else { 201 };
+            let status = if k.is_multiple_of(13) { 409 } else { 201 };
             (
                 "POST",
                 format!("{prefix}/namespaces/ns{ns}/{resource}"),
