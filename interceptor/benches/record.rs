@@ -336,19 +336,18 @@ fn protobuf_rows() {
 /// it keeps as text (with the words it notes), against the reader that did
 /// it a string at a time before.
 fn json_check_rows() {
-    use apiwitness_interceptor::protobuf::{Decoded, decode_body};
     use apiwitness_record::RawJson;
     use apiwitness_record::json_reader::JsonReader;
     println!("a JSON body checked as JSON, noting the recorder's words");
     const WORDS: &[&[u8]] = &[b"Secret", b"protobuf", b"Table"];
-    let Ok(Decoded::Full(pods)) = decode_body(include_bytes!("data/pods-50.pb")) else {
-        panic!("the bench's body does not decode")
-    };
     let config_map = config_map(&base64_of_noise(49_152, 11));
     for (label, json) in [
+        // As the apiserver wrote it, in its own order of keys: the same
+        // list re-written with sorted keys read a third faster by the
+        // reader, and no faster by the check.
         (
             "the apiserver's 50 Pods",
-            serde_json::to_vec(&pods).expect("serializable"),
+            include_bytes!("data/pods-50.json").to_vec(),
         ),
         ("ConfigMap 64 KiB", config_map.to_vec()),
     ] {

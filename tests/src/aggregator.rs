@@ -90,6 +90,10 @@ pub struct Aggregator {
     pub retention: (String, u64),
     child: Option<Child>,
     addr: String,
+    /// Its own directory: the log, and the SQLite store if it has one.
+    /// Removed when it is dropped, unless a test failed, which may want
+    /// the log.
+    dir: PathBuf,
     /// Dropped after the process is stopped (`Drop` runs before fields drop).
     _database: Option<OwnDatabase>,
 }
@@ -224,6 +228,7 @@ impl Aggregator {
             retention: ("0s".into(), 0),
             child: None,
             addr,
+            dir,
             _database: None,
         };
         aggregator.spawn(cluster)?;
@@ -326,5 +331,8 @@ impl Aggregator {
 impl Drop for Aggregator {
     fn drop(&mut self) {
         self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
