@@ -44,6 +44,18 @@ fn config_map(value: &str) -> Bytes {
     ))
 }
 
+/// Microseconds a call of `run` takes, over `rounds` calls; what each
+/// returns is summed and kept, so that no call is optimized away.
+fn micros_per_call(rounds: usize, run: impl Fn() -> usize) -> f64 {
+    let started = Instant::now();
+    let mut sum = 0usize;
+    for _ in 0..rounds {
+        sum = sum.wrapping_add(run());
+    }
+    std::hint::black_box(sum);
+    started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+}
+
 /// Microseconds for one body, decoded, redacted and written into its
 /// record's line, as the queue writes it.
 fn per_body(
@@ -299,15 +311,7 @@ fn protobuf_rows() {
         };
         let json = serde_json::to_vec(&value).expect("serializable");
         let rounds = (20_000_000 / json.len()).clamp(100, 100_000);
-        let time = |read: &dyn Fn() -> usize| {
-            let started = Instant::now();
-            let mut sum = 0;
-            for _ in 0..rounds {
-                sum += read();
-            }
-            std::hint::black_box(sum);
-            started.elapsed().as_secs_f64() * 1e6 / rounds as f64
-        };
+        let time = |read: &dyn Fn() -> usize| micros_per_call(rounds, read);
         let from_json = time(&|| {
             serde_json::from_slice::<serde_json::Value>(std::hint::black_box(&json))
                 .map(|v| v.as_object().map_or(0, |m| m.len()))
@@ -353,15 +357,7 @@ fn json_check_rows() {
     ] {
         let text = std::str::from_utf8(&json).expect("UTF-8");
         let rounds = (100_000_000 / json.len()).clamp(100, 100_000);
-        let time = |check: &dyn Fn() -> u32| {
-            let started = Instant::now();
-            let mut sum = 0;
-            for _ in 0..rounds {
-                sum += check();
-            }
-            std::hint::black_box(sum);
-            started.elapsed().as_secs_f64() * 1e6 / rounds as f64
-        };
+        let time = |check: &dyn Fn() -> u32| micros_per_call(rounds, || check() as usize);
         let reader = time(&|| {
             let mut reader = JsonReader::new(std::hint::black_box(text)).noting(WORDS);
             reader.skip_value().expect("JSON");
@@ -436,13 +432,7 @@ fn main() {
         let text = base64_of_noise(value_bytes, 7);
         let rounds = (50_000_000 / text.len()).clamp(200, 200_000);
         let time = |write: &dyn Fn(&str) -> usize| {
-            let started = Instant::now();
-            let mut written = 0;
-            for _ in 0..rounds {
-                written += write(std::hint::black_box(&text));
-            }
-            std::hint::black_box(written);
-            started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+            micros_per_call(rounds, || write(std::hint::black_box(&text)))
         };
         let serde = time(&|t| serde_json::to_string(t).expect("a string").len());
         let words = time(&|t| apiwitness_record::json_string::json_string(t).len());
