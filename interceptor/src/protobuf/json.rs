@@ -46,6 +46,16 @@ impl JsonText {
         push_json_string(&mut self.text, string);
     }
 
+    /// Writes a string that [`is_plain_ascii`] passed: as it is, in quotes.
+    fn plain_ascii_string(&mut self, bytes: &[u8]) {
+        debug_assert!(is_plain_ascii(bytes));
+        self.note(bytes);
+        self.text.reserve(bytes.len() + 2);
+        self.text.push(b'"');
+        self.text.extend_from_slice(bytes);
+        self.text.push(b'"');
+    }
+
     /// Writes JSON text from elsewhere, whose words are unknown.
     pub fn unknown_json(&mut self, json: &[u8]) {
         self.words_seen |= !self.words.is_empty();
@@ -548,7 +558,23 @@ fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 }
 
 fn write_text(bytes: &[u8], out: &mut JsonText) {
-    out.string(&text(bytes));
+    // Most strings of an object (names, labels, images, times) are ASCII
+    // that needs no escape: written as they are, without the UTF-8 check
+    // and the search for escapes, a third of the cost of writing them.
+    if is_plain_ascii(bytes) {
+        out.plain_ascii_string(bytes);
+    } else {
+        out.string(&text(bytes));
+    }
+}
+
+/// ASCII with no byte that a JSON string escapes: no control character,
+/// quote or backslash. Every byte is tested, with no early exit, so that a
+/// long string is tested a vector at a time.
+fn is_plain_ascii(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |plain, &b| {
+        plain & (0x20..0x80).contains(&b) & (b != b'"') & (b != b'\\')
+    })
 }
 
 fn write_base64(bytes: &[u8], out: &mut JsonText) {

@@ -299,6 +299,59 @@ mod tests {
         );
     }
 
+    /// Plain ASCII strings are copied as they are and the rest go through
+    /// the escaping writer: either way each is written as serde_json
+    /// writes it, and the words are noted in both.
+    #[test]
+    fn strings_of_every_kind_are_written_as_serde_json_writes_them() {
+        let values = [
+            "plain",
+            "",
+            "Secret",
+            "with \"quotes\"",
+            "back\\slash",
+            "line\nbreak\r\t",
+            "\u{1}control\u{1f}",
+            "\u{7f}delete",
+            "é ünïcode",
+            "emoji 😀",
+            &"long plain text ".repeat(20),
+            &format!("{}\"", "long text ending in a quote ".repeat(10)),
+        ];
+        let mut map = config_map("c1", "1");
+        map.data = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("k{i:02}"), v.to_string()))
+            .collect();
+        let body = enveloped("v1", "ConfigMap", map.encode_to_vec());
+        let Ok(DecodedText::Full { json, words_seen }) = decode_body_text(&body, &[b"Secret"])
+        else {
+            panic!("expected a whole decode")
+        };
+        assert!(words_seen, "the plain value `Secret` was not noted");
+        let text = String::from_utf8(json).unwrap();
+        for (i, value) in values.iter().enumerate() {
+            let member = format!("\"k{i:02}\":{}", serde_json::to_string(value).unwrap());
+            assert!(text.contains(&member), "{member} not in {text}");
+        }
+        let read: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(read["data"]["k03"], json!(values[3]));
+
+        // Bytes that are not UTF-8 read as U+FFFD, as encoding/json writes
+        // them: put in place of a placeholder of the same length.
+        let mut map = config_map("c1", "1");
+        map.data = [("bad".to_string(), "PLACEHOLDER".to_string())].into();
+        let mut raw = map.encode_to_vec();
+        let at = raw.windows(11).position(|w| w == b"PLACEHOLDER").unwrap();
+        raw[at..at + 11].copy_from_slice(b"\xffa\xfeb plain.");
+        let body = enveloped("v1", "ConfigMap", raw);
+        assert_eq!(
+            full(&body)["data"]["bad"],
+            json!("\u{fffd}a\u{fffd}b plain.")
+        );
+    }
+
     #[test]
     fn fields_missing_from_the_message_appear_as_go_writes_them() {
         // Go writes a field that is not `omitempty` even when unset, a struct
