@@ -219,6 +219,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The fields of a `runtime.Unknown`, the envelope of a body: apiVersion
+/// and kind (its TypeMeta, field 1) and the object's bytes (field 2), read
+/// in place. As prost reads a message, a field given twice takes its last
+/// value; unknown fields are passed over.
+pub(crate) fn read_envelope(unknown: &[u8]) -> Result<(String, String, &[u8]), ProtobufError> {
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| decode_error("apiVersion or kind is not UTF-8"))
+    };
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    let mut reader = Reader::new(unknown);
+    while let Some((tag, wire)) = reader.next_field()? {
+        match (tag, wire) {
+            (1, Wire::Bytes(type_meta)) => {
+                let mut fields = Reader::new(type_meta);
+                while let Some((tag, wire)) = fields.next_field()? {
+                    match (tag, wire) {
+                        (1, Wire::Bytes(bytes)) => api_version = text(bytes)?,
+                        (2, Wire::Bytes(bytes)) => kind = text(bytes)?,
+                        _ => {}
+                    }
+                }
+            }
+            (2, Wire::Bytes(bytes)) => raw = bytes,
+            _ => {}
+        }
+    }
+    Ok((api_version, kind, raw))
+}
+
 fn decode_error(message: impl Into<String>) -> ProtobufError {
     ProtobufError::Decode(message.into())
 }

@@ -19,7 +19,6 @@ mod schema;
 use apiwitness_record::ProtobufBody;
 use base64::Engine;
 use json::JsonText;
-use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
 use serde_json::Value;
 
@@ -90,13 +89,13 @@ pub fn decode_body_text(
     match json::message_of(&api_version, &kind) {
         Some(index) => {
             let mut out = JsonText::new(raw.len() * 2, words);
-            typed_object(index, &api_version, &kind, &raw, 0, &mut out)?;
+            typed_object(index, &api_version, &kind, raw, 0, &mut out)?;
             Ok(DecodedText::Full {
                 words_seen: out.words_seen,
                 json: out.text,
             })
         }
-        None => partial(bytes, api_version, kind, &raw).map(DecodedText::Partial),
+        None => partial(bytes, api_version, kind, raw).map(DecodedText::Partial),
     }
 }
 
@@ -113,9 +112,9 @@ fn read_back(text: &[u8]) -> Result<Value, ProtobufError> {
 fn write_object_json(bytes: &[u8], depth: usize, out: &mut JsonText) -> Result<(), ProtobufError> {
     let (api_version, kind, raw) = envelope(bytes)?;
     match json::message_of(&api_version, &kind) {
-        Some(index) => typed_object(index, &api_version, &kind, &raw, depth, out),
+        Some(index) => typed_object(index, &api_version, &kind, raw, depth, out),
         None => {
-            let body = partial(bytes, api_version, kind, &raw)?;
+            let body = partial(bytes, api_version, kind, raw)?;
             let body =
                 serde_json::to_vec(&body).map_err(|e| ProtobufError::Decode(e.to_string()))?;
             out.extend_from_slice(b"{");
@@ -195,16 +194,11 @@ fn partial(
     })
 }
 
-/// apiVersion, kind and the object's bytes.
-fn envelope(bytes: &[u8]) -> Result<(String, String, Vec<u8>), ProtobufError> {
+/// apiVersion, kind and the object's bytes, which stay where they are:
+/// prost's reading of the envelope copied them (the whole body) twice.
+fn envelope(bytes: &[u8]) -> Result<(String, String, &[u8]), ProtobufError> {
     let inner = bytes.strip_prefix(MAGIC).ok_or(ProtobufError::NoEnvelope)?;
-    let unknown = Unknown::decode(inner).map_err(|e| ProtobufError::Decode(e.to_string()))?;
-    let type_meta = unknown.type_meta.unwrap_or_default();
-    Ok((
-        type_meta.api_version.unwrap_or_default(),
-        type_meta.kind.unwrap_or_default(),
-        unknown.raw.unwrap_or_default(),
-    ))
+    json::read_envelope(inner)
 }
 
 /// One frame of a protobuf watch stream: the event type and its object.
@@ -212,10 +206,8 @@ fn envelope(bytes: &[u8]) -> Result<(String, String, Vec<u8>), ProtobufError> {
 /// envelope), and the object inside it enveloped; a frame in an envelope
 /// is read too.
 pub fn decode_watch_frame(frame: &[u8]) -> Result<(String, Value), ProtobufError> {
-    let enveloped;
     let event_bytes = if frame.starts_with(MAGIC) {
-        enveloped = envelope(frame)?.2;
-        &enveloped[..]
+        envelope(frame)?.2
     } else {
         frame
     };
@@ -233,7 +225,7 @@ mod tests {
     use k8s_pb::api::core::v1 as core;
     use k8s_pb::apimachinery::pkg::api::resource::Quantity;
     use k8s_pb::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta, Time};
-    use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
+    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
     use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
     use serde_json::json;
 
@@ -350,6 +342,31 @@ mod tests {
             full(&body)["data"]["bad"],
             json!("\u{fffd}a\u{fffd}b plain.")
         );
+    }
+
+    /// The envelope is read in place as prost reads it, a field given twice
+    /// (two messages back to back merge) included.
+    #[test]
+    fn the_envelope_reads_as_prost_reads_it() {
+        let body = enveloped("v1", "ConfigMap", config_map("c1", "1").encode_to_vec());
+        let later = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: None,
+                kind: Some("Later".into()),
+            }),
+            raw: Some(b"later bytes".to_vec()),
+            content_encoding: Some("gzip".into()),
+            content_type: None,
+        }
+        .encode_to_vec();
+        for body in [body.clone(), [body, later].concat()] {
+            let by_prost = Unknown::decode(&body[MAGIC.len()..]).unwrap();
+            let type_meta = by_prost.type_meta.unwrap_or_default();
+            let (api_version, kind, raw) = envelope(&body).unwrap();
+            assert_eq!(Some(api_version), type_meta.api_version);
+            assert_eq!(Some(kind), type_meta.kind);
+            assert_eq!(Some(raw.to_vec()), by_prost.raw);
+        }
     }
 
     #[test]
