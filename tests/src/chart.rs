@@ -281,6 +281,10 @@ impl Drop for StandIn {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Kept where a test failed, for the reading.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
         // The kubelet's last part: a bound pod whose containers are gone is
         // removed at once, or its namespace could never finish deleting.
         let _ = self.pod.cluster().kubectl(&[

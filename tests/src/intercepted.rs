@@ -215,6 +215,10 @@ impl Drop for InterceptedPod {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Kept where a test failed, for the reading.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
     }
 }
 

@@ -370,8 +370,9 @@ impl PlayedPod {
         assert!(
             init_child.wait().unwrap().success(),
             "{}",
-            std::fs::read_to_string(init_log).unwrap_or_default()
+            std::fs::read_to_string(&init_log).unwrap_or_default()
         );
+        let _ = std::fs::remove_file(&init_log);
 
         let mut env = resolved_env(injected, container(injected, INTERCEPTOR));
         // hack/pod mounts one token and one CA at the ServiceAccount path;
@@ -457,6 +458,10 @@ impl Drop for PlayedPod {
     fn drop(&mut self) {
         let _ = self.sidecar.kill();
         let _ = self.sidecar.wait();
+        // Kept where a test failed, for the reading.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.sidecar_log);
+        }
     }
 }
 
