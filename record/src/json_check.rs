@@ -77,11 +77,7 @@ impl Classes {
 /// compares were made for every block, ahead of the test that guards it.
 #[inline(never)]
 fn plain_string(block: &[u8; BLOCK]) -> bool {
-    let bytes = u8x64::from(*block);
-    let special = bytes.simd_eq(u8x64::splat(b'"'))
-        | bytes.simd_eq(u8x64::splat(b'\\'))
-        | bytes.simd_lt(u8x64::splat(0x20));
-    special.to_bitmask() == 0
+    crate::json_string::block_is_plain(block)
 }
 
 /// Bit i set where an odd number of bits at or below i are: the bits that

@@ -31,9 +31,10 @@ fn needs_escape(word: u64) -> bool {
 /// an escape in every block (JSON as text) is about a tenth slower.
 const BLOCK: usize = 64;
 
-/// Whether no byte of `block` needs an escape. Every byte is tested, with
-/// no early exit, so that the loop compiles to vector compares.
-fn block_is_plain(block: &[u8]) -> bool {
+/// Whether no byte of `block` needs an escape in a JSON string: no quote,
+/// backslash or control character. Every byte is tested, with no early
+/// exit, so that the loop compiles to vector compares.
+pub fn block_is_plain(block: &[u8]) -> bool {
     block.iter().fold(true, |plain, &b| {
         plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
     })
