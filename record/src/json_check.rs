@@ -6,8 +6,9 @@
 //! The interceptor checks every JSON body it records, so that the body can
 //! stand in its record's line as it came. Kubernetes JSON is dense: a list of
 //! 50 Pods (208 KB) holds about 49,000 tokens, 15,000 of them strings, most
-//! of those short keys. Read a byte or a string at a time ([`crate::json_reader::JsonReader`]), it ran
-//! at about 450 MB/s, a fifth of the interceptor's CPU for such a list. Here
+//! of those short keys. Read a byte or a string at a time
+//! ([`crate::json_reader::JsonReader`]), it ran at about 450 MB/s, a fifth
+//! of the interceptor's CPU for such a list. Here
 //! a block's quotes, backslashes and brackets are found with vector compares,
 //! a string's extent with a prefix XOR over its quote bits, and the reading
 //! jumps from token to token without looking at what lies between.
