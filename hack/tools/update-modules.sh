@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates hack/tools/{k8s,etcd}/go.mod from hack/versions.env, and the
-# interceptor's protobuf table from the Go types of that Kubernetes release.
+# protobuf decoder's table from the Go types of that Kubernetes release.
 #
 # k8s.io/kubernetes is not meant to be a dependency: its go.mod replaces every
 # k8s.io/* staging module with a path inside its own tree. A module that
@@ -68,6 +68,6 @@ gen_etcd() {
 
 gen_kube
 gen_etcd
-# The interceptor's protobuf table follows the Go types of this release.
+# The protobuf decoder's table follows the Go types of this release.
 "$here/gen-protobuf-schema.sh"
 echo "update-modules: k8s.io/kubernetes ${KUBE_VERSION} (staging ${staging_version}), etcd ${ETCD_VERSION}"

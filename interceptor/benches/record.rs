@@ -266,7 +266,7 @@ fn pod(n: usize) -> k8s_pb::api::core::v1::Pod {
 /// Reading a protobuf body into JSON, against parsing the same object's JSON
 /// into a tree (what the recorder does with a JSON body it must walk).
 fn protobuf_rows() {
-    use apiwitness_interceptor::protobuf::{Decoded, DecodedText, decode_body, decode_body_text};
+    use apiwitness_record::protobuf::{Decoded, DecodedText, decode_body, decode_body_text};
     use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
     use prost::Message;
     println!(

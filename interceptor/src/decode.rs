@@ -99,8 +99,8 @@ fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
 /// a JSON body goes: kept as text where nothing in it needs the tree. The
 /// decoder notes the words as it writes, so the text is not scanned again.
 fn protobuf(bytes: &Bytes, redactor_keeps: bool) -> BodyContent {
-    match crate::protobuf::decode_body_text(bytes, WORDS) {
-        Ok(crate::protobuf::DecodedText::Full { json, words_seen }) => {
+    match apiwitness_record::protobuf::decode_body_text(bytes, WORDS) {
+        Ok(apiwitness_record::protobuf::DecodedText::Full { json, words_seen }) => {
             let json = Bytes::from(json);
             if redactor_keeps
                 && !words_seen
@@ -113,7 +113,7 @@ fn protobuf(bytes: &Bytes, redactor_keeps: bool) -> BodyContent {
                 Err(_) => BodyContent::Base64(base64(bytes)),
             }
         }
-        Ok(crate::protobuf::DecodedText::Partial(body)) => BodyContent::Protobuf(body),
+        Ok(apiwitness_record::protobuf::DecodedText::Partial(body)) => BodyContent::Protobuf(body),
         Err(_) => BodyContent::Base64(base64(bytes)),
     }
 }
@@ -127,7 +127,7 @@ pub fn watch(captured: &Captured, content_type: Option<&str>) -> WatchEvents {
     };
     for raw in &captured.events {
         if media.contains("protobuf") {
-            match crate::protobuf::decode_watch_frame(raw) {
+            match apiwitness_record::protobuf::decode_watch_frame(raw) {
                 Ok((event_type, object)) => out.events.push(WatchEvent { event_type, object }),
                 Err(_) => out.cut += 1,
             }
@@ -280,7 +280,8 @@ mod tests {
         let BodyContent::RawJson(text) = decode(&bytes, true) else {
             panic!("a ConfigMap list needs no tree")
         };
-        let crate::protobuf::Decoded::Full(tree) = crate::protobuf::decode_body(&bytes).unwrap()
+        let apiwitness_record::protobuf::Decoded::Full(tree) =
+            apiwitness_record::protobuf::decode_body(&bytes).unwrap()
         else {
             panic!("a ConfigMap list decodes whole")
         };
@@ -377,6 +378,17 @@ mod tests {
     fn the_words_that_send_a_body_down_the_tree_include_the_redactors() {
         for word in Redactor::WORDS {
             assert!(WORDS.contains(word), "{}", String::from_utf8_lossy(word));
+        }
+    }
+
+    /// The protobuf decoder writes member names without noting words in
+    /// them, so none may be a word.
+    #[test]
+    fn no_member_name_of_the_protobuf_decoder_is_a_word() {
+        let mut names = apiwitness_record::protobuf::member_names().peekable();
+        assert!(names.peek().is_some());
+        for name in names {
+            assert!(!WORDS.contains(&name.as_bytes()), "{name}");
         }
     }
 

@@ -16,7 +16,6 @@ pub mod config;
 pub mod decode;
 pub mod drops;
 pub mod metrics;
-pub mod protobuf;
 pub mod proxy;
 pub mod recorder;
 pub mod redact;

@@ -7,6 +7,7 @@ mod json_check;
 pub mod json_reader;
 pub mod json_string;
 mod line_writer;
+pub mod protobuf;
 pub mod request;
 
 pub use exchange::{

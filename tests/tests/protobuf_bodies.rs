@@ -4,7 +4,7 @@
 //! read the same, field for field, zero values and all.
 
 use apiwitness_e2e::{Cluster, TestNamespace};
-use apiwitness_interceptor::protobuf::{Decoded, decode_body, decode_watch_frame};
+use apiwitness_record::protobuf::{Decoded, decode_body, decode_watch_frame};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

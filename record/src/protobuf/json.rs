@@ -10,7 +10,7 @@
 use super::ProtobufError;
 use super::generated::{KINDS, MESSAGES};
 use super::schema::{Field, Omit, Shape, Ty};
-use apiwitness_record::json_string::push_json_string;
+use crate::json_string::push_json_string;
 use base64::Engine;
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
@@ -626,7 +626,7 @@ fn write_int(v: i64, out: &mut JsonText) {
 /// Writes JSON text from a message (a RawExtension's or a FieldsV1's) as
 /// one value on the line; false where it is not JSON.
 fn write_embedded_json(raw: &[u8], out: &mut JsonText) -> bool {
-    if let Some(scanned) = apiwitness_record::RawJson::scan_in_place(raw, out.words) {
+    if let Some(scanned) = crate::RawJson::scan_in_place(raw, out.words) {
         out.words_seen |= !scanned.holds_none();
         out.text.extend_from_slice(scanned.json.as_bytes());
         return true;
