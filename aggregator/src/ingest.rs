@@ -152,6 +152,31 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
     Ok(line)
 }
 
+/// Decodes the protobuf bodies the sidecar shipped as they came, and
+/// writes the line again with their JSON, which is then what is stored
+/// (with its response's outline). Returns `None` where the exchange holds
+/// no such body, or none this aggregator's decoder knows.
+fn with_protobuf_decoded(exchange: &mut Exchange) -> Option<(String, Option<Box<Outline>>)> {
+    let mut decoded = false;
+    for body in [&mut exchange.request_body, &mut exchange.response_body]
+        .into_iter()
+        .flatten()
+    {
+        decoded |= apiwitness_record::protobuf::decode_shipped(body);
+    }
+    if !decoded {
+        return None;
+    }
+    let mut line = Vec::new();
+    exchange.write_line(&mut line);
+    // A line is written from strings and JSON text: it is UTF-8.
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let outline = read_exchange(&line)
+        .ok()
+        .and_then(|(_, outline)| outline.map(Box::new));
+    Some((line, outline))
+}
+
 /// The fields a write's JSON object body set (field coverage).
 fn fields_of(exchange: &Exchange) -> Vec<String> {
     let body = exchange
@@ -241,8 +266,12 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
         }
         let error = match parse_line(raw) {
             Ok(ParsedLine::Exchange(e, _)) if e.id.is_empty() => "the record has no id".to_string(),
-            Ok(ParsedLine::Exchange(e, outline)) => {
-                match item_of(*e, outline, raw.to_string(), i + 1) {
+            Ok(ParsedLine::Exchange(mut e, outline)) => {
+                let (line, outline) = match with_protobuf_decoded(&mut e) {
+                    Some(decoded) => decoded,
+                    None => (raw.to_string(), outline),
+                };
+                match item_of(*e, outline, line, i + 1) {
                     Ok(item) => {
                         batch.items.push(item);
                         continue;
@@ -359,6 +388,69 @@ mod tests {
             name: "c".into(),
         };
         assert_eq!(store.version_keys(&query).unwrap().len(), 3);
+    }
+
+    /// A GET of a list of 50 Pods whose response body is `content`.
+    fn pod_list_line(content: apiwitness_record::BodyContent) -> String {
+        let mut exchange: Exchange = serde_json::from_str(RECORD).unwrap();
+        exchange.path = "/api/v1/namespaces/apiwitness-bench/pods".into();
+        exchange.query = String::new();
+        exchange.response_content_type = Some("application/vnd.kubernetes.protobuf".into());
+        exchange.response_body = Some(apiwitness_record::Body {
+            content,
+            size: PODS_50.len() as u64,
+            truncated: false,
+            content_encoding: None,
+        });
+        let mut line = Vec::new();
+        exchange.write_line(&mut line);
+        String::from_utf8(line).unwrap()
+    }
+
+    /// The apiserver's list of 50 Pods in protobuf, as the interceptor
+    /// bench gets it.
+    const PODS_50: &[u8] = include_bytes!("../../interceptor/benches/data/pods-50.pb");
+
+    fn shipped_as_it_came(bytes: &[u8]) -> apiwitness_record::BodyContent {
+        use base64::Engine;
+        apiwitness_record::BodyContent::Protobuf(apiwitness_record::ProtobufBody {
+            api_version: "v1".into(),
+            kind: "PodList".into(),
+            metadata: None,
+            items: None,
+            base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        })
+    }
+
+    #[test]
+    fn protobuf_shipped_as_it_came_is_stored_as_the_sidecar_would_have_decoded_it() {
+        let Ok(apiwitness_record::protobuf::DecodedText::Full { json, .. }) =
+            apiwitness_record::protobuf::decode_body_text(PODS_50, &[])
+        else {
+            panic!("the list decodes whole")
+        };
+        let decoded_in_the_sidecar = pod_list_line(apiwitness_record::BodyContent::RawJson(
+            apiwitness_record::RawJson::written(json.into()).unwrap(),
+        ));
+        let shipped = pod_list_line(shipped_as_it_came(PODS_50));
+        let batch = parse_batch(&format!("{shipped}\n{decoded_in_the_sidecar}\n"));
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        let [left, decoded] = &batch.items[..] else {
+            panic!("two items: {:?}", batch.items.len())
+        };
+        assert_eq!(left.line, decoded.line);
+        assert!(left.line.contains(r#""response_body":{"json":{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"#));
+        assert_eq!(left.versions.len(), 50);
+        assert_eq!(left.versions, decoded.versions);
+
+        // Bytes that do not decode are stored as they came, beside the kind.
+        let mut cut = PODS_50.to_vec();
+        cut.truncate(PODS_50.len() / 2);
+        let shipped = pod_list_line(shipped_as_it_came(&cut));
+        let batch = parse_batch(&shipped);
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        assert_eq!(batch.items[0].line, shipped);
+        assert!(batch.items[0].versions.is_empty());
     }
 
     #[test]

@@ -80,8 +80,14 @@ fn per_body(
         ..Default::default()
     };
     for _ in 0..rounds {
-        let mut body =
-            decode::body(captured, Some("application/json"), None, redactor_keeps).expect("a body");
+        let mut body = decode::body(
+            captured,
+            Some("application/json"),
+            None,
+            redactor_keeps,
+            decode::ProtobufDecoding::default(),
+        )
+        .expect("a body");
         redactor.body(request, &mut body);
         record.response_body = Some(body);
         let mut line = Vec::with_capacity(captured.bytes.len() + 512);
@@ -148,6 +154,7 @@ fn per_exchange(body: &Bytes) -> f64 {
         4 << 20,
         PodIdentity::default(),
         Redactor::default(),
+        decode::ProtobufDecoding::default(),
         queue.clone(),
         Arc::new(Metrics::new()),
     );
@@ -405,7 +412,8 @@ fn main() {
                 &captured,
                 Some("application/json"),
                 None,
-                redactor.redacts_nothing_by_request(&request)
+                redactor.redacts_nothing_by_request(&request),
+                decode::ProtobufDecoding::default(),
             )
             .map(|b| b.content),
             Some(apiwitness_record::BodyContent::RawJson(_))

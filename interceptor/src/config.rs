@@ -161,6 +161,19 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_COALESCE_WAIT", value_parser = humantime::parse_duration, default_value = "10ms")]
     pub coalesce_wait: Duration,
 
+    /// Where protobuf bodies become JSON: `aggregator` ships a body in
+    /// which there can be nothing to redact as it came, for the aggregator
+    /// to decode; `interceptor` decodes every one here, for an aggregator
+    /// older than this sidecar. Secrets, watch events and kinds that hold
+    /// other objects are always decoded (and redacted) here.
+    #[arg(
+        long,
+        env = "APIWITNESS_PROTOBUF_DECODING",
+        value_enum,
+        default_value = "aggregator"
+    )]
+    pub protobuf_decoding: crate::decode::ProtobufDecoding,
+
     /// More JSON Pointers to redact in every body (comma-separated).
     #[arg(long, env = "APIWITNESS_REDACT_PATHS", value_delimiter = ',')]
     pub redact_paths: Vec<String>,

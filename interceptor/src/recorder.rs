@@ -8,7 +8,7 @@
 //! to the aggregator like the queue's drops.
 
 use crate::capture::{Capture, SharedCapture};
-use crate::decode;
+use crate::decode::{self, ProtobufDecoding};
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::ship::Queue;
@@ -113,6 +113,7 @@ pub struct Recorder {
     waiting: Arc<AtomicUsize>,
     pod: PodIdentity,
     redactor: Redactor,
+    protobuf_decoding: ProtobufDecoding,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
@@ -125,6 +126,7 @@ pub fn channel(
     max_waiting_bytes: usize,
     pod: PodIdentity,
     redactor: Redactor,
+    protobuf_decoding: ProtobufDecoding,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) -> (RecorderHandle, Recorder) {
@@ -143,6 +145,7 @@ pub fn channel(
             waiting,
             pod,
             redactor,
+            protobuf_decoding,
             queue,
             metrics,
         },
@@ -183,6 +186,7 @@ impl Recorder {
             raw.request_content_type.as_deref(),
             None,
             redactor_keeps,
+            self.protobuf_decoding,
         );
 
         let mut response_body = None;
@@ -219,6 +223,7 @@ impl Recorder {
                     raw.response_content_type.as_deref(),
                     raw.response_content_encoding.as_deref(),
                     redactor_keeps,
+                    self.protobuf_decoding,
                 );
             }
             if let Some(e) = captured.decode_error {
@@ -321,6 +326,7 @@ mod tests {
             100,
             PodIdentity::default(),
             Redactor::new(Vec::new()).unwrap(),
+            ProtobufDecoding::default(),
             queue.clone(),
             metrics,
         );

@@ -234,7 +234,7 @@ impl RawJson {
 
     /// As [`RawJson::scan`], with the document left where it is: its text
     /// in `bytes`, surrounding whitespace left out, for a caller that
-    /// copies it on (the interceptor's protobuf decoder, into the JSON it
+    /// copies it on (the protobuf decoder, into the JSON it
     /// writes).
     pub fn scan_in_place<'b>(
         bytes: &'b [u8],
@@ -258,7 +258,7 @@ impl RawJson {
     }
 
     /// JSON text that code of this workspace wrote on one line, such as
-    /// the interceptor's protobuf decoder: taken as it is if it is UTF-8
+    /// the protobuf decoder: taken as it is if it is UTF-8
     /// without a line break, not checked as JSON again (in tests it is).
     pub fn written(text: bytes::Bytes) -> Option<RawJson> {
         let utf8 = std::str::from_utf8(&text).ok()?;

@@ -441,6 +441,23 @@ fn a_deployment_rolled_out_three_times_and_a_second_writer_seen_through_a_watch(
         .unwrap();
     assert!(out.success, "{}", out.stderr);
     let rollout_rvs: Vec<String> = serde_json::from_str(out.stdout.trim()).unwrap();
+    // kubectl writes built-in kinds in protobuf. A ConfigMap holds nothing
+    // to redact, so the interceptor ships its bodies as they came, and the
+    // aggregator decodes them into the versions below.
+    let kubectl = cluster.bin("kubectl");
+    let created = run(
+        &pod,
+        kubectl.to_str().unwrap(),
+        &[
+            "create",
+            "configmap",
+            "by-kubectl",
+            "-n",
+            n,
+            "--from-literal=k=v",
+        ],
+    );
+    assert!(created.contains("by-kubectl"), "{created}");
     pod.stop().unwrap();
 
     let reader = token_of(cluster, n, "reader").unwrap();
@@ -487,6 +504,24 @@ fn a_deployment_rolled_out_three_times_and_a_second_writer_seen_through_a_watch(
         .map(|s| s["spec"]["data"]["v"].clone())
         .collect();
     assert_eq!(data, [json!("1"), json!("2"), json!("3")]);
+
+    let history = aggregator
+        .get_json(
+            &format!("/provenance/namespaces/{n}/configmaps/by-kubectl/spechistory"),
+            Some(&reader),
+        )
+        .unwrap();
+    let written: Vec<(&Value, &Value)> = history["spechistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (&s["source"], &s["spec"]["data"]))
+        .collect();
+    assert_eq!(
+        written,
+        [(&json!("write"), &json!({"k": "v"}))],
+        "{history:#}"
+    );
 
     let base = format!("/provenance/namespaces/{n}/deployments/web");
     let listing = aggregator

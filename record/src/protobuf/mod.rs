@@ -210,12 +210,86 @@ fn partial(
     })
 }
 
-/// The apiVersion and kind a body's envelope names, read without the
-/// object, and whether the decoder knows that kind (reads it whole).
-pub fn envelope_kind(bytes: &[u8]) -> Result<(String, String, bool), ProtobufError> {
+/// Decodes a protobuf body that a sidecar shipped as it came (its envelope
+/// and base64) into the JSON text the apiserver would have written, where
+/// this decoder knows its kind. Returns whether it did; a body it cannot
+/// decode stays as it is, its bytes kept.
+pub fn decode_shipped(body: &mut crate::Body) -> bool {
+    let crate::BodyContent::Protobuf(ProtobufBody {
+        base64: Some(text), ..
+    }) = &body.content
+    else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text) else {
+        return false;
+    };
+    let Ok(DecodedText::Full { json, .. }) = decode_body_text(&bytes, &[]) else {
+        return false;
+    };
+    match crate::RawJson::written(bytes::Bytes::from(json)) {
+        Some(raw) => {
+            body.content = crate::BodyContent::RawJson(raw);
+            true
+        }
+        None => false,
+    }
+}
+
+/// What a body's envelope says of it, read without the object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeKind {
+    pub api_version: String,
+    pub kind: String,
+    /// The decoder knows the kind, and reads it whole.
+    pub known: bool,
+    /// The kind can hold other objects (a RawExtension somewhere in it),
+    /// of any kind, a Secret too. Unknown kinds count as holding them.
+    pub holds_objects: bool,
+}
+
+/// Reads a body's envelope: its apiVersion and kind, and what the decoder
+/// knows of that kind.
+pub fn envelope_kind(bytes: &[u8]) -> Result<EnvelopeKind, ProtobufError> {
     let (api_version, kind, _) = envelope(bytes)?;
-    let known = json::message_of(&api_version, &kind).is_some();
-    Ok((api_version, kind, known))
+    let message = json::message_of(&api_version, &kind);
+    Ok(EnvelopeKind {
+        known: message.is_some(),
+        holds_objects: message.is_none_or(holds_objects),
+        api_version,
+        kind,
+    })
+}
+
+/// Whether a message reaches a RawExtension through its fields, worked out
+/// once for every message of the table.
+fn holds_objects(message: u16) -> bool {
+    static HOLDS: std::sync::OnceLock<Vec<bool>> = std::sync::OnceLock::new();
+    let holds = HOLDS.get_or_init(|| {
+        let reaches = |ty: schema::Ty, holds: &[bool]| match ty {
+            schema::Ty::RawExtension => true,
+            schema::Ty::Message(m)
+            | schema::Ty::SchemaOrArray(m)
+            | schema::Ty::SchemaOrBool(m)
+            | schema::Ty::SchemaOrStringArray(m) => holds[usize::from(m)],
+            _ => false,
+        };
+        let mut holds = vec![false; generated::MESSAGES.len()];
+        // Until nothing changes: messages nest (JSONSchemaProps in itself).
+        loop {
+            let mut changed = false;
+            for (i, m) in generated::MESSAGES.iter().enumerate() {
+                if !holds[i] && m.fields().iter().any(|f| reaches(f.ty, &holds)) {
+                    holds[i] = true;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break holds;
+            }
+        }
+    });
+    holds.get(usize::from(message)).copied().unwrap_or(true)
 }
 
 /// Every member name the decoder writes as it is, without noting words in
@@ -610,6 +684,33 @@ mod tests {
                 let _ = decode_watch_frame(&raw);
             }
         }
+    }
+
+    #[test]
+    fn the_envelope_says_which_kinds_may_hold_other_objects() {
+        let kind_of = |api_version: &str, kind: &str| {
+            let read = envelope_kind(&enveloped(api_version, kind, Vec::new())).unwrap();
+            assert_eq!(
+                (read.api_version.as_str(), read.kind.as_str()),
+                (api_version, kind)
+            );
+            (read.known, read.holds_objects)
+        };
+        assert_eq!(kind_of("v1", "ConfigMapList"), (true, false));
+        assert_eq!(kind_of("v1", "Pod"), (true, false));
+        assert_eq!(kind_of("apps/v1", "DeploymentList"), (true, false));
+        // A Secret holds nothing else, but is a Secret: the caller sees the kind.
+        assert_eq!(kind_of("v1", "Secret"), (true, false));
+        // Its data is a RawExtension, which may hold any object.
+        assert_eq!(kind_of("apps/v1", "ControllerRevision"), (true, true));
+        assert_eq!(kind_of("apps/v1", "ControllerRevisionList"), (true, true));
+        // JSONSchemaProps nests in itself; its defaults are JSON, not objects.
+        assert_eq!(
+            kind_of("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+            (true, false)
+        );
+        assert_eq!(kind_of("example.com/v9", "Widget"), (false, true));
+        assert_eq!(envelope_kind(b"{}"), Err(ProtobufError::NoEnvelope));
     }
 
     #[test]
