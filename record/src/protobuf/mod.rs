@@ -221,7 +221,7 @@ pub fn decode_shipped(body: &mut crate::Body) -> bool {
     else {
         return false;
     };
-    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text) else {
+    let Ok(bytes) = base64_simd::STANDARD.decode_to_vec(text) else {
         return false;
     };
     let Ok(DecodedText::Full { json, .. }) = decode_body_text(&bytes, &[]) else {
