@@ -2,6 +2,7 @@
 //! their baselines in the same run. Not a test: it prints figures.
 //!
 //!   cargo bench -p apiwitness-aggregator --bench ingest [-- RECORDS]
+//!   cargo bench -p apiwitness-aggregator --bench ingest -- protobuf
 //!
 //! - Ingest: NDJSON batches of interceptor records with 2 KiB bodies,
 //!   compressed with zstd as an interceptor sends them, then decompressed,
@@ -12,6 +13,9 @@
 //!   against Python's `json.loads` of every line (the baseline).
 //! - Report: the coverage of one pod and of the whole cluster over the store
 //!   filled above.
+//! - With `protobuf`, only this: ingest of a protobuf list of 50 Pods shipped
+//!   as it came, which ingest decodes, against the same list decoded in the
+//!   sidecar.
 //!
 //! To profile one timed pass and nothing else, give perf a control FIFO and
 //! name it in APIWITNESS_BENCH_PERF_CTL: the benchmark enables perf just
@@ -620,7 +624,94 @@ fn raw_insert(db: &Path, text: &str) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// The apiserver's list of 50 Pods in protobuf (what the interceptor
+/// bench's rows get), its JSON 208 KB.
+const PODS_50: &[u8] = include_bytes!("../../interceptor/benches/data/pods-50.pb");
+
+/// A record of a GET of that list, with `content` as its response body.
+fn pod_list_line(id: usize, content: apiwitness_record::BodyContent) -> String {
+    let exchange = apiwitness_record::Exchange {
+        format: apiwitness_record::FORMAT_VERSION,
+        id: record_id(id),
+        pod: apiwitness_record::PodIdentity {
+            namespace: "ns-0".into(),
+            name: "pod-0".into(),
+            ..Default::default()
+        },
+        started_at: "2026-12-02T08:00:00Z".into(),
+        duration_us: 90_000,
+        method: "GET".into(),
+        path: "/api/v1/namespaces/apiwitness-bench/pods".into(),
+        query: String::new(),
+        status: 200,
+        user_agent: Some("kubectl/v1.35.4 (linux/amd64) kubernetes/abc".into()),
+        request_content_type: None,
+        response_content_type: Some("application/vnd.kubernetes.protobuf".into()),
+        request_body: None,
+        response_body: Some(apiwitness_record::Body {
+            content,
+            size: PODS_50.len() as u64,
+            truncated: false,
+            content_encoding: None,
+        }),
+        watch: None,
+        table: false,
+        upgrade: None,
+        error: None,
+        part: None,
+    };
+    let mut line = Vec::new();
+    exchange.write_line(&mut line);
+    String::from_utf8(line).expect("a line is UTF-8")
+}
+
+/// What ingest costs a protobuf list the interceptor ships as it came
+/// (`--protobuf-decoding=aggregator`, its default), which ingest decodes,
+/// against the same list decoded in the sidecar: the decoding moved from
+/// every pod's sidecar to the aggregator.
+fn protobuf_list_rows() {
+    use apiwitness_record::protobuf::{DecodedText, decode_body_text};
+    use base64::Engine;
+    let Ok(DecodedText::Full { json, .. }) = decode_body_text(PODS_50, &[]) else {
+        panic!("the list decodes whole")
+    };
+    let decoded = apiwitness_record::BodyContent::RawJson(
+        apiwitness_record::RawJson::written(json.into()).expect("one line of JSON"),
+    );
+    let as_it_came = apiwitness_record::BodyContent::Protobuf(apiwitness_record::ProtobufBody {
+        api_version: "v1".into(),
+        kind: "PodList".into(),
+        metadata: None,
+        items: None,
+        base64: Some(base64::engine::general_purpose::STANDARD.encode(PODS_50)),
+    });
+    let rounds = 200;
+    let time = |content: &apiwitness_record::BodyContent| {
+        let text: String = (0..rounds)
+            .map(|i| pod_list_line(i, content.clone()) + "\n")
+            .collect();
+        let started = Instant::now();
+        let batch = ingest::parse_batch(&text);
+        let micros = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        assert!(batch.items.iter().all(|i| i.versions.len() == 50));
+        (micros, text.len() / rounds)
+    };
+    for _ in 0..3 {
+        let (json_us, json_bytes) = time(&decoded);
+        let (protobuf_us, protobuf_bytes) = time(&as_it_came);
+        println!(
+            "ingest, a list of 50 Pods a record: decoded in the sidecar (a {json_bytes}-byte line) {json_us:.0} µs; shipped as it came (a {protobuf_bytes}-byte line), decoded here {protobuf_us:.0} µs: {:.0} µs more",
+            protobuf_us - json_us
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "protobuf") {
+        protobuf_list_rows();
+        return;
+    }
     let records: usize = std::env::args()
         .skip(1)
         .find(|a| a.chars().all(|c| c.is_ascii_digit()))
