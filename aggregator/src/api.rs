@@ -234,10 +234,12 @@ async fn ingest(
     }
     let drop_reports = batch.drops.len();
     let drops: Vec<_> = batch.drops.into_iter().map(|(_, d)| d).collect();
-    // Kept as it came only when every line of it is stored: a malformed or
-    // refused line stays out of the store.
+    // Kept as it came only when every line of it is stored as it came: a
+    // malformed or refused line stays out of the store, and a line whose
+    // protobuf bodies ingest decoded is stored as written again.
     let received =
-        (encoding == ingest::Encoding::Zstd && batch.errors.is_empty()).then(|| body.to_vec());
+        (encoding == ingest::Encoding::Zstd && batch.errors.is_empty() && batch.rewritten == 0)
+            .then(|| body.to_vec());
     let outcome = store_batch(
         &state,
         "interceptor",
@@ -582,7 +584,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn each_record_reads_back_as_sent_whether_its_zstd_batch_is_kept_as_it_came_or_not() {
+    async fn each_record_reads_back_as_stored_whether_its_zstd_batch_is_kept_as_it_came_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(state(dir.path()));
         let line = |id: &str| LINE.replace(r#""id":"r1""#, &format!(r#""id":"{id}""#));
@@ -642,6 +644,53 @@ pub(crate) mod tests {
             texts[1],
             format!("{}\n{}\n", line("c"), line("d")).as_bytes()
         );
+
+        // A protobuf body shipped as it came is stored decoded: the record
+        // reads back as written again, and the batch is not kept as it came.
+        let mut exchange: apiwitness_record::Exchange = serde_json::from_str(&line("e")).unwrap();
+        exchange.path = "/api/v1/namespaces/ns/pods".into();
+        let pods = include_bytes!("../../interceptor/benches/data/pods-50.pb");
+        exchange.response_body = Some(apiwitness_record::Body {
+            content: apiwitness_record::BodyContent::Protobuf(apiwitness_record::ProtobufBody {
+                api_version: "v1".into(),
+                kind: "PodList".into(),
+                metadata: None,
+                items: None,
+                base64: Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    pods,
+                )),
+            }),
+            size: pods.len() as u64,
+            truncated: false,
+            content_encoding: None,
+        });
+        let mut sent = Vec::new();
+        exchange.write_line(&mut sent);
+        let sent = String::from_utf8(sent).unwrap();
+        let (status, answer) = call(app.clone(), post(sent.clone())).await;
+        assert_eq!(
+            (status, &answer["accepted"]),
+            (StatusCode::OK, &serde_json::json!(1)),
+            "{answer}"
+        );
+        let response = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/records/e")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let stored = std::str::from_utf8(&body).unwrap();
+        assert!(
+            stored.contains(r#""response_body":{"json":{"kind":"PodList","apiVersion":"v1","#),
+            "{}",
+            &stored[..stored.len().min(400)]
+        );
+        assert!(!stored.contains("\"base64\""));
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ pub struct ParsedBatch {
     /// With their line numbers.
     pub drops: Vec<(usize, DropReport)>,
     pub errors: Vec<LineError>,
+    /// Lines stored as written again (their protobuf bodies decoded), not
+    /// as they came: the batch as it came is then not what is stored.
+    pub rewritten: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -268,7 +271,10 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
             Ok(ParsedLine::Exchange(e, _)) if e.id.is_empty() => "the record has no id".to_string(),
             Ok(ParsedLine::Exchange(mut e, outline)) => {
                 let (line, outline) = match with_protobuf_decoded(&mut e) {
-                    Some(decoded) => decoded,
+                    Some(decoded) => {
+                        batch.rewritten += 1;
+                        decoded
+                    }
                     None => (raw.to_string(), outline),
                 };
                 match item_of(*e, outline, line, i + 1) {
@@ -439,6 +445,7 @@ mod tests {
             panic!("two items: {:?}", batch.items.len())
         };
         assert_eq!(left.line, decoded.line);
+        assert_eq!(batch.rewritten, 1);
         assert!(left.line.contains(r#""response_body":{"json":{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"#));
         assert_eq!(left.versions.len(), 50);
         assert_eq!(left.versions, decoded.versions);
@@ -450,6 +457,7 @@ mod tests {
         let batch = parse_batch(&shipped);
         assert!(batch.errors.is_empty(), "{:?}", batch.errors);
         assert_eq!(batch.items[0].line, shipped);
+        assert_eq!(batch.rewritten, 0);
         assert!(batch.items[0].versions.is_empty());
     }
 

@@ -331,7 +331,8 @@ pub trait Store: Send + Sync {
     /// The namespaces that have a pod of this name.
     fn namespaces_of_pod(&self, pod: &str) -> Result<Vec<String>, StoreError>;
     fn record_count(&self) -> Result<u64, StoreError>;
-    /// A stored record: its line exactly as it came.
+    /// A stored record: its line as it came, or as ingest wrote it again
+    /// with its protobuf bodies decoded.
     fn record(&self, id: &str) -> Result<Option<StoredRecord>, StoreError>;
     /// Every (namespace, pod, workload, client) with traffic.
     fn origins(&self) -> Result<Vec<Origin>, StoreError>;
