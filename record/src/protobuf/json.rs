@@ -23,14 +23,24 @@ pub(crate) struct JsonText {
     pub text: Vec<u8>,
     words: &'static [&'static [u8]],
     pub words_seen: bool,
+    /// The most text the message may be written as; see [`JsonText::new`].
+    limit: usize,
 }
 
 impl JsonText {
-    pub fn new(capacity: usize, words: &'static [&'static [u8]]) -> JsonText {
+    /// For a message of `message_len` bytes. Go writes the fields of an
+    /// empty message that `omitempty` does not leave out, so a few bytes of
+    /// protobuf can be many bytes of JSON: a crafted body of empty nested
+    /// messages could have the decoder (in the sidecar, or in the
+    /// aggregator, which decodes bodies shipped as they came) write far more
+    /// than it read. Real objects write two to five times their bytes; the
+    /// text may reach sixteen times them, and 64 KiB more.
+    pub fn new(message_len: usize, words: &'static [&'static [u8]]) -> JsonText {
         JsonText {
-            text: Vec::with_capacity(capacity),
+            text: Vec::with_capacity(message_len.saturating_mul(2)),
             words,
             words_seen: false,
+            limit: message_len.saturating_mul(16).saturating_add(64 << 10),
         }
     }
 
@@ -107,7 +117,7 @@ pub(super) fn message(
     bytes: &[u8],
     depth: usize,
 ) -> Result<Map<String, Value>, ProtobufError> {
-    let mut out = JsonText::new(bytes.len() * 2, &[]);
+    let mut out = JsonText::new(bytes.len(), &[]);
     write_object(index, bytes, depth, &[], &mut out)?;
     match super::read_back(&out.text)? {
         Value::Object(map) => Ok(map),
@@ -331,6 +341,12 @@ fn write_members(
 ) -> Result<(), ProtobufError> {
     if depth > MAX_DEPTH {
         return Err(decode_error("messages nest too deep"));
+    }
+    if object.out.text.len() > object.out.limit {
+        return Err(decode_error(format!(
+            "its JSON grows past {} bytes",
+            object.out.limit
+        )));
     }
     let message = MESSAGES[usize::from(index)];
     let fields = message.fields();

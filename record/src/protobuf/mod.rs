@@ -104,7 +104,7 @@ pub fn decode_body_text(
     let (api_version, kind, raw) = envelope(bytes)?;
     match json::message_of(&api_version, &kind) {
         Some(index) => {
-            let mut out = JsonText::new(raw.len() * 2, words);
+            let mut out = JsonText::new(raw.len(), words);
             typed_object(index, &api_version, &kind, raw, 0, &mut out)?;
             Ok(DecodedText::Full {
                 words_seen: out.words_seen,
@@ -318,7 +318,7 @@ pub fn decode_watch_frame(frame: &[u8]) -> Result<(String, Value), ProtobufError
     let event =
         WatchFrame::decode(event_bytes).map_err(|e| ProtobufError::Decode(e.to_string()))?;
     let object_raw = event.object.and_then(|o| o.raw).unwrap_or_default();
-    let mut object = JsonText::new(object_raw.len() * 2, &[]);
+    let mut object = JsonText::new(object_raw.len(), &[]);
     write_object_json(&object_raw, 0, &mut object)?;
     Ok((event.r#type.unwrap_or_default(), read_back(&object.text)?))
 }
@@ -796,6 +796,36 @@ mod tests {
         }
         let err = json::message(schema_props(), &nested, 0).unwrap_err();
         assert!(err.to_string().contains("nest too deep"), "{err}");
+    }
+
+    #[test]
+    fn a_body_whose_json_would_grow_past_sixteen_times_its_bytes_is_refused() {
+        // An empty Pod is two bytes of a list (field 2, length 0), and about
+        // fifty of JSON: Go writes its empty metadata, spec and status.
+        let list_of =
+            |items: usize| enveloped("v1", "PodList", length_delimited(2, &[]).repeat(items));
+        let Ok(DecodedText::Full { json, .. }) = decode_body_text(&list_of(1_000), &[]) else {
+            panic!("a thousand empty Pods are written")
+        };
+        assert!(json.len() > 20 * 2_000, "{}", json.len());
+        let err = decode_body_text(&list_of(100_000), &[]).unwrap_err();
+        assert!(err.to_string().contains("its JSON grows past"), "{err}");
+        // Shipped as it came, such a body stays as it came.
+        let mut body = crate::Body {
+            content: crate::BodyContent::Protobuf(ProtobufBody {
+                api_version: "v1".into(),
+                kind: "PodList".into(),
+                metadata: None,
+                items: None,
+                base64: Some(base64::engine::general_purpose::STANDARD.encode(list_of(100_000))),
+            }),
+            size: 0,
+            truncated: false,
+            content_encoding: None,
+        };
+        let before = body.clone();
+        assert!(!decode_shipped(&mut body));
+        assert_eq!(body, before);
     }
 
     #[test]
