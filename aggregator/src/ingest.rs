@@ -155,8 +155,8 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
     Ok(line)
 }
 
-/// Decodes the protobuf bodies the sidecar shipped as they came, and
-/// writes the line again with their JSON, which is then what is stored
+/// Decodes the protobuf bodies and watch events' objects the sidecar
+/// shipped as they came, and writes the line again with their JSON, which is then what is stored
 /// (with its response's outline). Returns `None` where the exchange holds
 /// no such body, or none this aggregator's decoder knows.
 fn with_protobuf_decoded(exchange: &mut Exchange) -> Option<(String, Option<Box<Outline>>)> {
@@ -166,6 +166,9 @@ fn with_protobuf_decoded(exchange: &mut Exchange) -> Option<(String, Option<Box<
         .flatten()
     {
         decoded |= apiwitness_record::protobuf::decode_shipped(body);
+    }
+    for event in exchange.watch.iter_mut().flat_map(|w| &mut w.events) {
+        decoded |= apiwitness_record::protobuf::decode_shipped_object(&mut event.object);
     }
     if !decoded {
         return None;
@@ -459,6 +462,69 @@ mod tests {
         assert_eq!(batch.items[0].line, shipped);
         assert_eq!(batch.rewritten, 0);
         assert!(batch.items[0].versions.is_empty());
+    }
+
+    #[test]
+    fn watch_events_shipped_as_they_came_show_their_versions() {
+        use k8s_pb::api::core::v1::ConfigMap;
+        use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+        use prost::Message;
+        let enveloped = |rv: &str| {
+            let config_map = ConfigMap {
+                metadata: Some(ObjectMeta {
+                    name: Some("c".into()),
+                    namespace: Some("ns".into()),
+                    uid: Some("u1".into()),
+                    resource_version: Some(rv.into()),
+                    ..Default::default()
+                }),
+                data: [("v".to_string(), rv.to_string())].into(),
+                ..Default::default()
+            };
+            let mut out = b"k8s\0".to_vec();
+            Unknown {
+                type_meta: Some(TypeMeta {
+                    api_version: Some("v1".into()),
+                    kind: Some("ConfigMap".into()),
+                }),
+                raw: Some(config_map.encode_to_vec()),
+                ..Default::default()
+            }
+            .encode(&mut out)
+            .unwrap();
+            out
+        };
+        let mut exchange: Exchange = serde_json::from_str(RECORD).unwrap();
+        exchange.watch = Some(apiwitness_record::WatchEvents {
+            events: ["5", "6"]
+                .map(|rv| {
+                    let bytes = enveloped(rv);
+                    let envelope = apiwitness_record::protobuf::envelope_kind(&bytes).unwrap();
+                    apiwitness_record::WatchEvent {
+                        event_type: "MODIFIED".into(),
+                        object: apiwitness_record::protobuf::shipped_object(envelope, &bytes),
+                    }
+                })
+                .to_vec(),
+            cut: 0,
+        });
+        let mut line = Vec::new();
+        exchange.write_line(&mut line);
+        let batch = parse_batch(&String::from_utf8(line).unwrap());
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        assert_eq!(batch.rewritten, 1);
+        let item = &batch.items[0];
+        assert_eq!(item.versions.len(), 2, "{}", item.line);
+        // As the sidecar writes a decoded event: a tree, its keys in order.
+        assert!(
+            item.line.contains(
+                r#""object":{"apiVersion":"v1","data":{"v":"5"},"kind":"ConfigMap","metadata":{"#
+            ),
+            "{}",
+            item.line
+        );
+        assert!(!item.line.contains("base64"), "{}", item.line);
     }
 
     #[test]

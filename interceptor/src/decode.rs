@@ -112,6 +112,14 @@ fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
     BodyContent::Base64(base64(bytes))
 }
 
+/// Whether a protobuf object of this kind can hold nothing to redact, so
+/// that it may leave undecoded (where the request's bodies are not
+/// redacted by path either): a kind the decoder knows, that holds no other
+/// object, and is no Secret.
+fn leaves_undecoded(envelope: &apiwitness_record::protobuf::EnvelopeKind) -> bool {
+    envelope.known && !envelope.holds_objects && !envelope.kind.starts_with("Secret")
+}
+
 /// A whole protobuf body: left for the aggregator to decode where nothing
 /// in it can need redacting, or else decoded into JSON text, which then
 /// goes the way a JSON body goes: kept as text where nothing in it needs
@@ -121,9 +129,7 @@ fn protobuf(bytes: &Bytes, redactor_keeps: bool, decoding: ProtobufDecoding) -> 
     if decoding == ProtobufDecoding::Aggregator
         && redactor_keeps
         && let Ok(envelope) = apiwitness_record::protobuf::envelope_kind(bytes)
-        && envelope.known
-        && !envelope.holds_objects
-        && !envelope.kind.starts_with("Secret")
+        && leaves_undecoded(&envelope)
     {
         return BodyContent::Protobuf(ProtobufBody {
             api_version: envelope.api_version,
@@ -152,17 +158,37 @@ fn protobuf(bytes: &Bytes, redactor_keeps: bool, decoding: ProtobufDecoding) -> 
     }
 }
 
-/// The events of a captured watch response.
-pub fn watch(captured: &Captured, content_type: Option<&str>) -> WatchEvents {
+/// The events of a captured watch response. In a protobuf watch, an
+/// event's object in which there can be nothing to redact is left for the
+/// aggregator to decode, as a body is (`redactor_keeps`, `decoding`), as
+/// `{"protobuf": {"apiVersion", "kind", "base64"}}`.
+pub fn watch(
+    captured: &Captured,
+    content_type: Option<&str>,
+    redactor_keeps: bool,
+    decoding: ProtobufDecoding,
+) -> WatchEvents {
     let media = media_type(content_type);
     let mut out = WatchEvents {
         events: Vec::with_capacity(captured.events.len()),
         cut: captured.events_cut,
     };
+    let defer = redactor_keeps && decoding == ProtobufDecoding::Aggregator;
     for raw in &captured.events {
         if media.contains("protobuf") {
-            match apiwitness_record::protobuf::decode_watch_frame(raw) {
-                Ok((event_type, object)) => out.events.push(WatchEvent { event_type, object }),
+            let object = apiwitness_record::protobuf::read_watch_frame(raw).and_then(
+                |(event_type, bytes)| {
+                    let object = match apiwitness_record::protobuf::envelope_kind(&bytes) {
+                        Ok(envelope) if defer && leaves_undecoded(&envelope) => {
+                            apiwitness_record::protobuf::shipped_object(envelope, &bytes)
+                        }
+                        _ => apiwitness_record::protobuf::decode_object(&bytes)?,
+                    };
+                    Ok(WatchEvent { event_type, object })
+                },
+            );
+            match object {
+                Ok(event) => out.events.push(event),
                 Err(_) => out.cut += 1,
             }
             continue;
@@ -532,10 +558,75 @@ mod tests {
             events_cut: 3,
             ..Default::default()
         };
-        let w = watch(&c, Some("application/json"));
+        let w = watch(
+            &c,
+            Some("application/json"),
+            true,
+            ProtobufDecoding::default(),
+        );
         assert_eq!(w.events.len(), 1);
         assert_eq!(w.events[0].event_type, "ADDED");
         assert_eq!(w.cut, 4);
+    }
+
+    #[test]
+    fn protobuf_watch_events_go_as_they_came_only_where_there_can_be_nothing_to_redact() {
+        use k8s_pb::api::core::v1 as core;
+        use k8s_pb::apimachinery::pkg::apis::meta::v1::{ObjectMeta, WatchEvent as Frame};
+        use k8s_pb::apimachinery::pkg::runtime::RawExtension;
+        use prost::Message;
+        let metadata = Some(ObjectMeta {
+            name: Some("o".into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        });
+        let frame = |kind: &str, raw: Vec<u8>| {
+            let object = protobuf_body("v1", kind, raw).to_vec();
+            Bytes::from(
+                Frame {
+                    r#type: Some("ADDED".into()),
+                    object: Some(RawExtension { raw: Some(object) }),
+                }
+                .encode_to_vec(),
+            )
+        };
+        let config_map = core::ConfigMap {
+            metadata: metadata.clone(),
+            data: [("k".to_string(), "v".to_string())].into(),
+            ..Default::default()
+        };
+        let secret = core::Secret {
+            metadata,
+            data: [("k".to_string(), b"hunter2".to_vec())].into(),
+            ..Default::default()
+        };
+        let captured = Captured {
+            events: vec![
+                frame("ConfigMap", config_map.encode_to_vec()),
+                frame("Secret", secret.encode_to_vec()),
+            ],
+            ..Default::default()
+        };
+        let media = Some("application/vnd.kubernetes.protobuf;stream=watch");
+        let in_the_sidecar = watch(&captured, media, true, ProtobufDecoding::Interceptor);
+        assert_eq!(in_the_sidecar.events[0].object["data"]["k"], "v");
+        let left = watch(&captured, media, true, ProtobufDecoding::Aggregator);
+        assert_eq!(left.events[0].object["protobuf"]["kind"], "ConfigMap");
+        assert!(left.events[0].object["protobuf"]["base64"].is_string());
+        // A Secret is decoded here, for the redactor.
+        assert_eq!(left.events[1], in_the_sidecar.events[1]);
+        assert_eq!(left.events[1].object["data"]["k"], "aHVudGVyMg==");
+        // The aggregator reads the one left as the sidecar would have.
+        let mut object = left.events[0].object.clone();
+        assert!(apiwitness_record::protobuf::decode_shipped_object(
+            &mut object
+        ));
+        assert_eq!(object, in_the_sidecar.events[0].object);
+        // A request whose bodies the redactor walks: every event decoded.
+        assert_eq!(
+            watch(&captured, media, false, ProtobufDecoding::Aggregator),
+            in_the_sidecar
+        );
     }
 
     #[test]

@@ -216,6 +216,8 @@ impl Recorder {
                 watch = Some(decode::watch(
                     &captured,
                     raw.response_content_type.as_deref(),
+                    redactor_keeps,
+                    self.protobuf_decoding,
                 ));
             } else {
                 response_body = decode::body(

@@ -310,6 +310,13 @@ fn envelope(bytes: &[u8]) -> Result<(String, String, &[u8]), ProtobufError> {
 /// envelope), and the object inside it enveloped; a frame in an envelope
 /// is read too.
 pub fn decode_watch_frame(frame: &[u8]) -> Result<(String, Value), ProtobufError> {
+    let (event_type, object_raw) = read_watch_frame(frame)?;
+    Ok((event_type, decode_object(&object_raw)?))
+}
+
+/// One frame of a protobuf watch stream, not decoded: the event type, and
+/// its object's bytes (enveloped).
+pub fn read_watch_frame(frame: &[u8]) -> Result<(String, Vec<u8>), ProtobufError> {
     let event_bytes = if frame.starts_with(MAGIC) {
         envelope(frame)?.2
     } else {
@@ -317,10 +324,57 @@ pub fn decode_watch_frame(frame: &[u8]) -> Result<(String, Value), ProtobufError
     };
     let event =
         WatchFrame::decode(event_bytes).map_err(|e| ProtobufError::Decode(e.to_string()))?;
-    let object_raw = event.object.and_then(|o| o.raw).unwrap_or_default();
-    let mut object = JsonText::new(object_raw.len(), &[]);
-    write_object_json(&object_raw, 0, &mut object)?;
-    Ok((event.r#type.unwrap_or_default(), read_back(&object.text)?))
+    Ok((
+        event.r#type.unwrap_or_default(),
+        event.object.and_then(|o| o.raw).unwrap_or_default(),
+    ))
+}
+
+/// An enveloped object as a tree: the JSON the apiserver would have
+/// written, or for a kind the table does not know, `{"protobuf": ...}`.
+pub fn decode_object(bytes: &[u8]) -> Result<Value, ProtobufError> {
+    let mut object = JsonText::new(bytes.len(), &[]);
+    write_object_json(bytes, 0, &mut object)?;
+    read_back(&object.text)
+}
+
+/// A watch event's object that a sidecar shipped as it came:
+/// `{"protobuf": {"apiVersion", "kind", "base64"}}`, as the decoder writes
+/// an object of a kind it does not know, with no metadata.
+pub fn shipped_object(envelope: EnvelopeKind, bytes: &[u8]) -> Value {
+    serde_json::json!({"protobuf": ProtobufBody {
+        api_version: envelope.api_version,
+        kind: envelope.kind,
+        metadata: None,
+        items: None,
+        base64: Some(base64_simd::STANDARD.encode_to_string(bytes)),
+    }})
+}
+
+/// Decodes a watch event's object that a sidecar shipped as it came (see
+/// [`shipped_object`]), where this decoder knows its kind. Returns whether
+/// it did; an object it cannot decode stays as it is.
+pub fn decode_shipped_object(object: &mut Value) -> bool {
+    let Some(Value::String(text)) = object.pointer("/protobuf/base64") else {
+        return false;
+    };
+    if object.as_object().is_none_or(|o| o.len() != 1) {
+        return false;
+    }
+    let Ok(bytes) = base64_simd::STANDARD.decode_to_vec(text) else {
+        return false;
+    };
+    match envelope_kind(&bytes) {
+        Ok(envelope) if envelope.known => {}
+        _ => return false,
+    }
+    match decode_object(&bytes) {
+        Ok(decoded) => {
+            *object = decoded;
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
