@@ -155,15 +155,22 @@ fn csr_for(namespace: &str, pod: &str, service_ip: &str) -> String {
     std::fs::read_to_string(format!("{dir}/csr.pem")).unwrap()
 }
 
+/// This thread's scratch directory (CSRs, request bodies, CA files, the
+/// aggregator stand-in's database), which lives as long as the test
+/// process. In the system's temporary directory, which the stand-ins'
+/// users can reach; cleared by the next run's first use, so runs leave at
+/// most one set behind.
 fn tempfile_dir() -> String {
+    static CLEARED: std::sync::Once = std::sync::Once::new();
+    let root = std::env::temp_dir().join("apiwitness-injector-test");
+    CLEARED.call_once(|| {
+        let _ = std::fs::remove_dir_all(&root);
+    });
     let thread: String = format!("{:?}", std::thread::current().id())
         .chars()
         .filter(char::is_ascii_digit)
         .collect();
-    let dir = std::env::temp_dir().join(format!(
-        "apiwitness-injector-test-{}-{thread}",
-        std::process::id()
-    ));
+    let dir = root.join(format!("{}-{thread}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.to_str().unwrap().to_string()
 }
