@@ -671,20 +671,16 @@ fn pod_list_line(id: usize, content: apiwitness_record::BodyContent) -> String {
 /// every pod's sidecar to the aggregator.
 fn protobuf_list_rows() {
     use apiwitness_record::protobuf::{DecodedText, decode_body_text};
-    use base64::Engine;
     let Ok(DecodedText::Full { json, .. }) = decode_body_text(PODS_50, &[]) else {
         panic!("the list decodes whole")
     };
     let decoded = apiwitness_record::BodyContent::RawJson(
         apiwitness_record::RawJson::written(json.into()).expect("one line of JSON"),
     );
-    let as_it_came = apiwitness_record::BodyContent::Protobuf(apiwitness_record::ProtobufBody {
-        api_version: "v1".into(),
-        kind: "PodList".into(),
-        metadata: None,
-        items: None,
-        base64: Some(base64::engine::general_purpose::STANDARD.encode(PODS_50)),
-    });
+    let envelope = apiwitness_record::protobuf::envelope_kind(PODS_50).expect("an envelope");
+    let as_it_came = apiwitness_record::BodyContent::Protobuf(
+        apiwitness_record::protobuf::shipped_body(envelope, PODS_50),
+    );
     let rounds = 200;
     let time = |content: &apiwitness_record::BodyContent| {
         let text: String = (0..rounds)

@@ -651,16 +651,12 @@ pub(crate) mod tests {
         exchange.path = "/api/v1/namespaces/ns/pods".into();
         let pods = include_bytes!("../../interceptor/benches/data/pods-50.pb");
         exchange.response_body = Some(apiwitness_record::Body {
-            content: apiwitness_record::BodyContent::Protobuf(apiwitness_record::ProtobufBody {
-                api_version: "v1".into(),
-                kind: "PodList".into(),
-                metadata: None,
-                items: None,
-                base64: Some(base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
+            content: apiwitness_record::BodyContent::Protobuf(
+                apiwitness_record::protobuf::shipped_body(
+                    apiwitness_record::protobuf::envelope_kind(pods).unwrap(),
                     pods,
-                )),
-            }),
+                ),
+            ),
             size: pods.len() as u64,
             truncated: false,
             content_encoding: None,

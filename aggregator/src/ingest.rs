@@ -420,15 +420,13 @@ mod tests {
     /// bench gets it.
     const PODS_50: &[u8] = include_bytes!("../../interceptor/benches/data/pods-50.pb");
 
+    /// `bytes` as the interceptor ships a body of the list's kind.
     fn shipped_as_it_came(bytes: &[u8]) -> apiwitness_record::BodyContent {
-        use base64::Engine;
-        apiwitness_record::BodyContent::Protobuf(apiwitness_record::ProtobufBody {
-            api_version: "v1".into(),
-            kind: "PodList".into(),
-            metadata: None,
-            items: None,
-            base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        })
+        use apiwitness_record::protobuf::{envelope_kind, shipped_body};
+        apiwitness_record::BodyContent::Protobuf(shipped_body(
+            envelope_kind(PODS_50).unwrap(),
+            bytes,
+        ))
     }
 
     #[test]
