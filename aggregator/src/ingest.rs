@@ -177,9 +177,15 @@ fn with_protobuf_decoded(exchange: &mut Exchange) -> Option<(String, Option<Box<
     exchange.write_line(&mut line);
     // A line is written from strings and JSON text: it is UTF-8.
     let line = String::from_utf8_lossy(&line).into_owned();
-    let outline = read_exchange(&line)
-        .ok()
-        .and_then(|(_, outline)| outline.map(Box::new));
+    // Outlined from the response's own text, as reading the line again
+    // would outline it, without reading the rest of the line again.
+    let outline = match &exchange.response_body {
+        Some(apiwitness_record::Body {
+            content: apiwitness_record::BodyContent::RawJson(raw),
+            ..
+        }) => crate::provenance::text::outline_of(raw.text()).map(Box::new),
+        _ => None,
+    };
     Some((line, outline))
 }
 

@@ -233,7 +233,7 @@ pub fn read_object(text: &str) -> Option<ObjectText> {
 }
 
 /// The outline of a whole text, `None` where it is not one JSON value.
-fn outline_of(text: &str) -> Option<Outline> {
+pub(crate) fn outline_of(text: &str) -> Option<Outline> {
     let mut reader = JsonReader::new(text);
     let outline = read_outline(&mut reader).ok()?;
     reader.finish().ok()?;
