@@ -17,6 +17,7 @@ pub mod decode;
 pub mod drops;
 pub mod metrics;
 pub mod proxy;
+pub mod read_ahead;
 pub mod recorder;
 pub mod redact;
 pub mod serve;

@@ -9,6 +9,7 @@
 use crate::capture::{Capture, CaptureBody, CaptureMode, Limits, SharedCapture};
 use crate::coalesce::Coalesce;
 use crate::metrics::Metrics;
+use crate::read_ahead::ReadAheadConnector;
 use crate::recorder::{RawExchange, RecorderHandle};
 use apiwitness_record::{ApiRequest, Verb};
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<ReadAheadConnector>, ProxyBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -78,6 +79,7 @@ fn upstream_client(
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     tcp.enforce_http(false);
+    let tcp = ReadAheadConnector { tcp };
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
