@@ -505,10 +505,10 @@ mod tests {
                 .map(|rv| {
                     let bytes = enveloped(rv);
                     let envelope = apiwitness_record::protobuf::envelope_kind(&bytes).unwrap();
-                    apiwitness_record::WatchEvent {
-                        event_type: "MODIFIED".into(),
-                        object: apiwitness_record::protobuf::shipped_object(envelope, &bytes),
-                    }
+                    apiwitness_record::WatchEvent::new(
+                        "MODIFIED",
+                        apiwitness_record::protobuf::shipped_object(envelope, &bytes),
+                    )
                 })
                 .to_vec(),
             cut: 0,

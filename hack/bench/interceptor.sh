@@ -532,7 +532,7 @@ bench_watch() { # ENCODING ACCEPT
   echo "bench: $label" >&2
   kubectl -n apiwitness-bench create configmap watched --from-literal=n=0 >/dev/null 2>&1 || true
   write_proxy_conf "${apiserver#https://}" "$APIWITNESS_CLUSTER_CA" kubernetes.default.svc
-  local icpt_runs="" nginx_runs="" rss=0 r
+  local icpt_runs="" nginx_runs="" baseline_runs="" rss=0 r
   for r in $(seq 1 "$rounds"); do
     start_interceptor "${on_apiserver[@]}"
     icpt_runs+="$(watch_round "$icpt" "$accept" "cpu_ticks $icpt_pid")"$'\n'
@@ -541,8 +541,15 @@ bench_watch() { # ENCODING ACCEPT
     start_nginx_proxy
     nginx_runs+="$(watch_round "$nginx_proxy" "$accept" nginx_worker_ticks)"$'\n'
     stop_nginx_proxy
+    if [ -n "${APIWITNESS_BENCH_BASELINE_INTERCEPTOR:-}" ]; then
+      interceptor=$APIWITNESS_BENCH_BASELINE_INTERCEPTOR start_interceptor "${on_apiserver[@]}"
+      baseline_runs+="$(watch_round "$icpt" "$accept" "cpu_ticks $icpt_pid")"$'\n'
+      stop_interceptor
+    fi
   done
   record_rounds "$label (events/s, CPU µs an event)" "$icpt_runs" "$nginx_runs" "$rss"
+  [ -z "$baseline_runs" ] ||
+    record "$label (events/s, CPU µs an event)" "interceptor (baseline build)" "$(median "${baseline_runs%$'\n'}")"
 }
 
 nginx -c "$work/nginx-up.conf"

@@ -181,7 +181,7 @@ pub fn watch(
                             }
                             _ => apiwitness_record::protobuf::decode_object(&bytes)?,
                         };
-                    Ok(WatchEvent { event_type, object })
+                    Ok(WatchEvent::new(event_type, object))
                 },
             );
             match object {
@@ -190,12 +190,47 @@ pub fn watch(
             }
             continue;
         }
+        if let Some(event) = redactor_keeps.then(|| event_as_text(raw)).flatten() {
+            out.events.push(event);
+            continue;
+        }
         match serde_json::from_slice::<WatchEvent>(raw) {
             Ok(event) => out.events.push(event),
             Err(_) => out.cut += 1,
         }
     }
     out
+}
+
+/// A JSON watch event whose object stays the text it came as, as a body
+/// does: the event is one JSON document on one line in which none of
+/// [`WORDS`] stands. Made into a tree and written out again, an event of a
+/// small ConfigMap cost more than its check and a read of its members.
+/// `None` sends the event down the tree path, which also says why one is
+/// not an event.
+fn event_as_text(raw: &[u8]) -> Option<WatchEvent> {
+    use apiwitness_record::json_reader::{JsonReader, string_value};
+    let scan = RawJson::scan_in_place(raw, WORDS).filter(|scan| scan.holds_none())?;
+    let text = scan.json;
+    let mut reader = JsonReader::new(text);
+    let mut members = reader.object()?;
+    let (mut event_type, mut object) = (None, None);
+    while let Some(key) = reader.next_key(&mut members).ok()? {
+        let span = reader.skip_value().ok()?;
+        let slot = match (key.escaped, key.raw) {
+            (false, b"type") => &mut event_type,
+            (false, b"object") => &mut object,
+            _ => continue,
+        };
+        // A member twice is an error to serde: the tree path says so.
+        if slot.replace(span).is_some() {
+            return None;
+        }
+    }
+    Some(WatchEvent::text(
+        string_value(&text[event_type?])?,
+        RawJson::read(&text[object?]),
+    ))
 }
 
 /// A `meta.k8s.io` Table, as `kubectl get` asks for.
@@ -565,6 +600,72 @@ mod tests {
         assert_eq!(w.events.len(), 1);
         assert_eq!(w.events[0].event_type, "ADDED");
         assert_eq!(w.cut, 4);
+    }
+
+    /// A JSON watch event's object stays its text where the redactor has
+    /// nothing to do with it; any event the text path cannot vouch for
+    /// goes down the tree path, which keeps or cuts it as before. Either
+    /// way the line reads back as the apiserver's event.
+    #[test]
+    fn json_watch_events_stay_text_only_where_there_is_nothing_to_redact() {
+        let events: &[&'static [u8]] = &[
+            // Text: the apiserver's own shape, and its line break.
+            b"{\"type\":\"MODIFIED\",\"object\":{\"kind\":\"ConfigMap\",\"data\":{\"a\":\"x\\\"y\"}}}\n",
+            // Text: members in another order, whitespace, and one more.
+            b" { \"object\" : [1, 2.5e3] , \"extra\": {}, \"type\": \"ADDED\" } ",
+            // Tree: a word the redactor looks for.
+            b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"Secret\",\"data\":{\"k\":\"dg==\"}}}",
+            // Tree: a \u escape, which could spell one.
+            b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"\\u0053ecret\"}}",
+            // Tree, then cut: no object, a member twice, not JSON.
+            b"{\"type\":\"ADDED\"}",
+            b"{\"type\":\"ADDED\",\"type\":\"DELETED\",\"object\":{}}",
+            b"{\"type\":\"ADDED\",\"object\":{}",
+        ];
+        let c = Captured {
+            events: events.iter().map(|e| Bytes::from_static(e)).collect(),
+            ..Default::default()
+        };
+        let as_text = |w: &WatchEvents| -> Vec<bool> {
+            w.events.iter().map(|e| e.object_text.is_some()).collect()
+        };
+        let kept = watch(
+            &c,
+            Some("application/json"),
+            true,
+            ProtobufDecoding::default(),
+        );
+        assert_eq!(as_text(&kept), [true, true, false, false]);
+        assert_eq!(kept.cut, 3);
+        let walked = watch(
+            &c,
+            Some("application/json"),
+            false,
+            ProtobufDecoding::default(),
+        );
+        assert_eq!(as_text(&walked), [false; 4]);
+        assert_eq!(walked.cut, 3);
+
+        // The line holds each event as the tree path would have: read back,
+        // the two records say the same.
+        let read_back = |w: WatchEvents| -> Value {
+            let record = apiwitness_record::Exchange {
+                watch: Some(w),
+                ..Default::default()
+            };
+            let mut line = Vec::new();
+            record.write_line(&mut line);
+            let line: Value = serde_json::from_slice(&line).unwrap();
+            line["watch"].clone()
+        };
+        let kept = read_back(kept);
+        assert_eq!(kept, read_back(walked));
+        assert_eq!(
+            kept["events"][0]["object"],
+            serde_json::json!({"kind": "ConfigMap", "data": {"a": "x\"y"}})
+        );
+        assert_eq!(kept["events"][1]["type"], "ADDED");
+        assert_eq!(kept["events"][1]["object"], serde_json::json!([1, 2500.0]));
     }
 
     #[test]

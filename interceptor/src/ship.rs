@@ -856,10 +856,10 @@ mod tests {
             content_encoding: None,
         });
         r.watch = Some(apiwitness_record::WatchEvents {
-            events: vec![apiwitness_record::WatchEvent {
-                event_type: "ADDED".into(),
-                object: serde_json::json!({"n": n}),
-            }],
+            events: vec![apiwitness_record::WatchEvent::new(
+                "ADDED",
+                serde_json::json!({"n": n}),
+            )],
             cut: 0,
         });
         r

@@ -340,11 +340,49 @@ pub struct ProtobufBody {
 }
 
 /// One event of a watch response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct WatchEvent {
     #[serde(rename = "type")]
     pub event_type: String,
+    /// The object as a tree: `null` where `object_text` holds it.
     pub object: Value,
+    /// The object's JSON text as it came, where the interceptor needed no
+    /// tree of it (nothing in it to redact): written as it is. An event
+    /// read from a line has its object in `object`.
+    #[serde(skip)]
+    pub object_text: Option<RawJson>,
+}
+
+impl WatchEvent {
+    pub fn new(event_type: impl Into<String>, object: Value) -> WatchEvent {
+        WatchEvent {
+            event_type: event_type.into(),
+            object,
+            object_text: None,
+        }
+    }
+
+    /// An event whose object stays the text it came as.
+    pub fn text(event_type: impl Into<String>, object: RawJson) -> WatchEvent {
+        WatchEvent {
+            event_type: event_type.into(),
+            object: Value::Null,
+            object_text: Some(object),
+        }
+    }
+}
+
+impl Serialize for WatchEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut event = serializer.serialize_struct("WatchEvent", 2)?;
+        event.serialize_field("type", &self.event_type)?;
+        match &self.object_text {
+            Some(text) => event.serialize_field("object", text)?,
+            None => event.serialize_field("object", &self.object)?,
+        }
+        event.end()
+    }
 }
 
 /// A watch response, recorded as its events rather than as one body.
@@ -629,10 +667,7 @@ mod tests {
             content_encoding: None,
         });
         e.watch = Some(WatchEvents {
-            events: vec![WatchEvent {
-                event_type: "ADDED".into(),
-                object: json!({"kind": "ConfigMap"}),
-            }],
+            events: vec![WatchEvent::new("ADDED", json!({"kind": "ConfigMap"}))],
             cut: 2,
         });
         let whole = e.clone();

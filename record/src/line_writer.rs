@@ -10,7 +10,7 @@
 //! byte for byte what serde_json writes for [`crate::Line::Exchange`] (the
 //! tests compare the two).
 
-use crate::exchange::{Body, BodyContent, Exchange, ProtobufBody};
+use crate::exchange::{Body, BodyContent, Exchange, ProtobufBody, WatchEvents};
 use crate::json_string::push_json_string;
 use serde::Serialize;
 use std::io::Write;
@@ -74,7 +74,7 @@ impl Exchange {
         }
         if let Some(watch) = watch {
             key(out, "watch");
-            serialized(out, watch);
+            write_watch(out, watch);
         }
         if *table {
             key(out, "table");
@@ -132,6 +132,30 @@ fn write_body(out: &mut Vec<u8>, body: &Body) {
     if let Some(encoding) = content_encoding {
         string(out, "content_encoding", encoding);
     }
+    out.push(b'}');
+}
+
+/// As serde writes [`WatchEvents`], but for an event's object kept as its
+/// text, which goes in as it is.
+fn write_watch(out: &mut Vec<u8>, watch: &WatchEvents) {
+    let WatchEvents { events, cut } = watch;
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"type\":");
+        push_json_string(out, &event.event_type);
+        out.extend_from_slice(b",\"object\":");
+        match &event.object_text {
+            // Checked to be one JSON document on one line when it was made.
+            Some(text) => out.extend_from_slice(text.as_bytes()),
+            None => serialized(out, &event.object),
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    number(out, "cut", *cut);
     out.push(b'}');
 }
 
@@ -259,10 +283,13 @@ mod tests {
             RawJson::parse(br#"{"kind":"ConfigMap","data":{"a":"\"b\\"}}"#).unwrap(),
         )));
         full.watch = Some(WatchEvents {
-            events: vec![WatchEvent {
-                event_type: "ADDED".into(),
-                object: json!({"kind": "ConfigMap", "n": 1.5, "s": "x\ny"}),
-            }],
+            events: vec![
+                WatchEvent::new("ADDED", json!({"kind": "ConfigMap", "n": 1.5, "s": "x\ny"})),
+                WatchEvent::text(
+                    "MODIFIED",
+                    RawJson::parse(br#"{"kind":"ConfigMap","data":{"a":"\"b\\"}}"#).unwrap(),
+                ),
+            ],
             cut: 3,
         });
         full.table = true;

@@ -658,18 +658,9 @@ mod tests {
         );
         watch.watch = Some(WatchEvents {
             events: vec![
-                WatchEvent {
-                    event_type: "MODIFIED".into(),
-                    object: pg("40", 3),
-                },
-                WatchEvent {
-                    event_type: "BOOKMARK".into(),
-                    object: json!({"metadata": {"resourceVersion": "41"}}),
-                },
-                WatchEvent {
-                    event_type: "DELETED".into(),
-                    object: pg("42", 3),
-                },
+                WatchEvent::new("MODIFIED", pg("40", 3)),
+                WatchEvent::new("BOOKMARK", json!({"metadata": {"resourceVersion": "41"}})),
+                WatchEvent::new("DELETED", pg("42", 3)),
             ],
             cut: 0,
         });
