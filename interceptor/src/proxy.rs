@@ -66,6 +66,9 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
 }
 
+/// The largest HTTP/2 frame the apiserver may send the sidecar.
+const UPSTREAM_MAX_FRAME_SIZE: u32 = 256 * 1024;
+
 fn upstream_client(
     tls: rustls::ClientConfig,
     server_name: &str,
@@ -101,6 +104,13 @@ fn upstream_client(
         // 16 KiB. With 16 connections reading 64 KiB bodies, peak RSS was
         // 17.3 MiB, and 13.7 to 14.5 MiB with this, at the same throughput.
         .http1_read_buf_exact_size(16 * 1024)
+        // The apiserver writes a GET's object in one piece, and Go's HTTP/2
+        // server sends each DATA frame of it from a goroutine of its own.
+        // In frames of the default 16 KiB, a 64 KiB ConfigMap took four;
+        // in one, the interceptor spent 65 µs less CPU a request (eight
+        // alternating pairs, all lower). A frame is read whole before it
+        // is passed on, so this bounds the connection's read buffer.
+        .http2_max_frame_size(UPSTREAM_MAX_FRAME_SIZE)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .http2_keep_alive_timeout(std::time::Duration::from_secs(10))
         .build(connector))
