@@ -203,16 +203,16 @@ pub fn watch(
 }
 
 /// A JSON watch event whose object stays the text it came as, as a body
-/// does: the event is one JSON document on one line in which none of
-/// [`WORDS`] stands. Made into a tree and written out again, an event of a
-/// small ConfigMap cost more than its check and a read of its members.
+/// does: the event is one JSON document in which none of [`WORDS`] stands,
+/// and its object holds no line break. Made into a tree and written out
+/// again, an event of a small ConfigMap cost more than this one read of
+/// its members, which checks the event and notes the words as it goes.
 /// `None` sends the event down the tree path, which also says why one is
 /// not an event.
 fn event_as_text(raw: &[u8]) -> Option<WatchEvent> {
     use apiwitness_record::json_reader::{JsonReader, string_value};
-    let scan = RawJson::scan_in_place(raw, WORDS).filter(|scan| scan.holds_none())?;
-    let text = scan.json;
-    let mut reader = JsonReader::new(text);
+    let text = std::str::from_utf8(raw.trim_ascii()).ok()?;
+    let mut reader = JsonReader::new(text).noting(WORDS);
     let mut members = reader.object()?;
     let (mut event_type, mut object) = (None, None);
     while let Some(key) = reader.next_key(&mut members).ok()? {
@@ -227,9 +227,20 @@ fn event_as_text(raw: &[u8]) -> Option<WatchEvent> {
             return None;
         }
     }
+    reader.finish().ok()?;
+    if reader.words_seen() != 0 || reader.read_unicode_escape() {
+        return None;
+    }
+    let object = &text[object?];
+    // The reader takes line breaks between tokens, as serde_json does; the
+    // object goes into a line of NDJSON, which cannot hold one. Any other
+    // control byte it refuses.
+    if memchr::memchr2(b'\n', b'\r', object.as_bytes()).is_some() {
+        return None;
+    }
     Some(WatchEvent::text(
         string_value(&text[event_type?])?,
-        RawJson::read(&text[object?]),
+        RawJson::read(object),
     ))
 }
 
@@ -617,6 +628,8 @@ mod tests {
             b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"Secret\",\"data\":{\"k\":\"dg==\"}}}",
             // Tree: a \u escape, which could spell one.
             b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"\\u0053ecret\"}}",
+            // Tree: a line break between the object's tokens.
+            b"{\"type\":\"ADDED\",\"object\":{\"kind\":\r\n\"ConfigMap\"}}",
             // Tree, then cut: no object, a member twice, not JSON.
             b"{\"type\":\"ADDED\"}",
             b"{\"type\":\"ADDED\",\"type\":\"DELETED\",\"object\":{}}",
@@ -635,7 +648,7 @@ mod tests {
             true,
             ProtobufDecoding::default(),
         );
-        assert_eq!(as_text(&kept), [true, true, false, false]);
+        assert_eq!(as_text(&kept), [true, true, false, false, false]);
         assert_eq!(kept.cut, 3);
         let walked = watch(
             &c,
@@ -643,7 +656,7 @@ mod tests {
             false,
             ProtobufDecoding::default(),
         );
-        assert_eq!(as_text(&walked), [false; 4]);
+        assert_eq!(as_text(&walked), [false; 5]);
         assert_eq!(walked.cut, 3);
 
         // The line holds each event as the tree path would have: read back,

@@ -157,9 +157,10 @@ impl<'a> JsonReader<'a> {
     /// string that holds an escape is never one of them, and a `\u` escape
     /// could spell any: [`JsonReader::read_unicode_escape`].
     ///
-    /// The interceptor's check (`json_check.rs`) notes words itself; this
-    /// stays as what that check is tested against, and the baseline it is
-    /// measured against in the record bench.
+    /// The interceptor's check of a body (`json_check.rs`) notes words
+    /// itself, and is tested against this; the interceptor reads a JSON
+    /// watch event with this, which checks the event and finds its object
+    /// in one pass.
     pub fn noting(mut self, words: &'static [&'static [u8]]) -> JsonReader<'a> {
         self.words = &words[..words.len().min(32)];
         self
