@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Four TLS records of the largest size; the apiserver writes records of
+/// Two TLS records of the largest size; the apiserver writes records of
 /// about 4 KiB, so one read takes up to eight of those.
 pub const CAPACITY: usize = 32 * 1024;
 
