@@ -20,10 +20,17 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// The status classes of [`StatusLabel`].
+const STATUS_CLASSES: [&str; 7] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
 pub struct Metrics {
     pub registry: Registry,
-    pub exchanges: Family<StatusLabel, Counter>,
-    pub bytes: Family<DirectionLabel, Counter>,
+    // The series of the labelled families, looked up once: a family finds
+    // a series by hashing its labels, three times an exchange, which was
+    // half a percent of the proxy's instructions for a small GET.
+    exchanges_by_class: [Counter; STATUS_CLASSES.len()],
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
     pub duration: Histogram,
     pub queue_depth: Gauge,
     pub dropped: Counter,
@@ -117,10 +124,14 @@ impl Metrics {
             "Client connections open",
             connections.clone(),
         );
+        let exchanges_by_class =
+            STATUS_CLASSES.map(|code| exchanges.get_or_create(&StatusLabel { code }).clone());
+        let bytes_of = |direction| bytes.get_or_create(&DirectionLabel { direction }).clone();
         Metrics {
             registry,
-            exchanges,
-            bytes,
+            exchanges_by_class,
+            request_bytes: bytes_of("request"),
+            response_bytes: bytes_of("response"),
             duration,
             queue_depth,
             dropped,
@@ -141,16 +152,47 @@ impl Metrics {
         out
     }
 
-    pub fn status_label(status: u16) -> StatusLabel {
-        let code = match status / 100 {
-            _ if status == 0 => "error",
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            5 => "5xx",
-            _ => "other",
+    /// Counts an exchange by the class of its status (0: no response).
+    pub fn count_exchange(&self, status: u16) {
+        let class = match status {
+            0 => 0,
+            100..=599 => usize::from(status / 100),
+            _ => STATUS_CLASSES.len() - 1,
         };
-        StatusLabel { code }
+        self.exchanges_by_class[class].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchanges_are_counted_by_status_class() {
+        let metrics = Metrics::new();
+        for status in [200, 201, 404, 0, 503, 700, 101] {
+            metrics.count_exchange(status);
+        }
+        metrics.response_bytes.inc_by(5);
+        let text = metrics.encode();
+        for (code, count) in [
+            ("2xx", 2),
+            ("4xx", 1),
+            ("error", 1),
+            ("5xx", 1),
+            ("other", 1),
+            ("1xx", 1),
+            ("3xx", 0),
+        ] {
+            let line =
+                format!("apiwitness_interceptor_exchanges_total{{code=\"{code}\"}} {count}\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            text.contains("apiwitness_interceptor_body_bytes_total{direction=\"response\"} 5\n")
+        );
+        assert!(
+            text.contains("apiwitness_interceptor_body_bytes_total{direction=\"request\"} 0\n")
+        );
     }
 }

@@ -75,8 +75,7 @@ pub struct RecorderHandle {
 impl RecorderHandle {
     /// Hands an exchange over without waiting.
     pub fn record(&self, raw: RawExchange) {
-        let label = Metrics::status_label(raw.status);
-        self.metrics.exchanges.get_or_create(&label).inc();
+        self.metrics.count_exchange(raw.status);
         self.metrics.duration.observe(raw.duration.as_secs_f64());
         self.hand_over(raw);
     }
@@ -175,12 +174,7 @@ impl Recorder {
             .as_ref()
             .is_some_and(|p| self.redactor.redacts_nothing_by_request(p));
         let request_captured = Capture::take(&raw.request_body);
-        self.metrics
-            .bytes
-            .get_or_create(&crate::metrics::DirectionLabel {
-                direction: "request",
-            })
-            .inc_by(request_captured.size);
+        self.metrics.request_bytes.inc_by(request_captured.size);
         let mut request_body = decode::body(
             &request_captured,
             raw.request_content_type.as_deref(),
@@ -203,12 +197,7 @@ impl Recorder {
                     index: p.index,
                     last: p.last,
                 });
-            self.metrics
-                .bytes
-                .get_or_create(&crate::metrics::DirectionLabel {
-                    direction: "response",
-                })
-                .inc_by(captured.size);
+            self.metrics.response_bytes.inc_by(captured.size);
             if error.is_none() && !captured.complete {
                 error = captured.error.clone();
             }
