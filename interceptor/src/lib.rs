@@ -23,6 +23,7 @@ pub mod redact;
 pub mod serve;
 pub mod ship;
 pub mod tls;
+pub mod upstream;
 
 use crate::capture::Limits;
 use crate::config::{Config, Mode};

@@ -9,8 +9,8 @@
 use crate::capture::{Capture, CaptureBody, CaptureMode, Limits, SharedCapture};
 use crate::coalesce::Coalesce;
 use crate::metrics::Metrics;
-use crate::read_ahead::ReadAheadConnector;
 use crate::recorder::{RawExchange, RecorderHandle};
+use crate::upstream::Upstreams;
 use apiwitness_record::{ApiRequest, Verb};
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
@@ -18,13 +18,10 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-type UpstreamClient = Client<hyper_rustls::HttpsConnector<ReadAheadConnector>, ProxyBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -56,64 +53,14 @@ impl Target {
 
 pub struct Proxy {
     /// For clients that speak HTTP/2: HTTP/2 where the apiserver offers it.
-    client: UpstreamClient,
+    client: Arc<Upstreams>,
     /// For HTTP/1.1 clients, and upgrades (which only HTTP/1.1 carries).
-    http1_client: UpstreamClient,
+    http1_client: Arc<Upstreams>,
     recorder: RecorderHandle,
     limits: Limits,
     /// How long a response's first bytes may wait to be joined (--coalesce-wait).
     coalesce_wait: Duration,
     metrics: Arc<Metrics>,
-}
-
-/// The largest HTTP/2 frame the apiserver may send the sidecar.
-const UPSTREAM_MAX_FRAME_SIZE: u32 = 256 * 1024;
-
-fn upstream_client(
-    tls: rustls::ClientConfig,
-    server_name: &str,
-    http2: bool,
-) -> Result<UpstreamClient, String> {
-    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-        .map_err(|e| format!("upstream server name {server_name:?}: {e}"))?;
-    // Small frames go out at once: with Nagle's algorithm, a frame written
-    // while an earlier one is unacknowledged waits for the peer's delayed
-    // ACK, which made the HTTP/2 tail 25 to 30 ms.
-    let mut tcp = HttpConnector::new();
-    tcp.set_nodelay(true);
-    tcp.enforce_http(false);
-    let tcp = ReadAheadConnector { tcp };
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
-    let connector = if http2 {
-        builder.enable_http1().enable_http2().wrap_connector(tcp)
-    } else {
-        builder.enable_http1().wrap_connector(tcp)
-    };
-    // A peer that vanishes without a FIN or RST would leave every stream of a
-    // shared HTTP/2 connection waiting: PINGs find it out and close it.
-    Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        // A pooled HTTP/1.1 connection's read buffer would grow with the
-        // bodies it reads, up to about 400 KiB each; a TLS record holds
-        // 16 KiB. With 16 connections reading 64 KiB bodies, peak RSS was
-        // 17.3 MiB, and 13.7 to 14.5 MiB with this, at the same throughput.
-        .http1_read_buf_exact_size(16 * 1024)
-        // The apiserver writes a GET's object in one piece, and Go's HTTP/2
-        // server sends each DATA frame of it from a goroutine of its own.
-        // In frames of the default 16 KiB, a 64 KiB ConfigMap took four;
-        // in one, the interceptor spent 65 µs less CPU a request (eight
-        // alternating pairs, all lower). A frame is read whole before it
-        // is passed on, so this bounds the connection's read buffer.
-        .http2_max_frame_size(UPSTREAM_MAX_FRAME_SIZE)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .http2_keep_alive_timeout(std::time::Duration::from_secs(10))
-        .build(connector))
 }
 
 const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
@@ -327,8 +274,8 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, String> {
         Ok(Proxy {
-            client: upstream_client(upstream_tls.clone(), upstream_server_name, upstream_http2)?,
-            http1_client: upstream_client(upstream_tls, upstream_server_name, false)?,
+            client: Upstreams::new(upstream_tls.clone(), upstream_server_name, upstream_http2)?,
+            http1_client: Upstreams::new(upstream_tls, upstream_server_name, false)?,
             recorder,
             limits,
             coalesce_wait,
@@ -408,9 +355,13 @@ impl Proxy {
         let upstream_request = Request::from_parts(parts, body);
 
         let sent = if http1 {
-            self.http1_client.request(upstream_request).await
+            self.http1_client
+                .send(&upstream.authority, upstream_request)
+                .await
         } else {
-            self.client.request(upstream_request).await
+            self.client
+                .send(&upstream.authority, upstream_request)
+                .await
         };
         let mut response = match sent {
             Ok(r) => r,

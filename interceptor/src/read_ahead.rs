@@ -6,14 +6,10 @@
 //! read takes what the socket holds, up to [`CAPACITY`], and rustls's reads
 //! are served from it.
 
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Two TLS records of the largest size; the apiserver writes records of
 /// about 4 KiB, so one read takes up to eight of those.
@@ -96,41 +92,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-impl Connection for ReadAhead<TcpStream> {
-    fn connected(&self) -> Connected {
-        self.inner.connected()
-    }
-}
-
-/// The TCP connector of the upstream client, its sockets wrapped in a
-/// [`ReadAhead`].
-#[derive(Clone)]
-pub struct ReadAheadConnector {
-    pub tcp: HttpConnector,
-}
-
-type Connecting =
-    Pin<Box<dyn Future<Output = Result<TokioIo<ReadAhead<TcpStream>>, ConnectError>> + Send>>;
-type ConnectError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower_service::Service<http::Uri> for ReadAheadConnector {
-    type Response = TokioIo<ReadAhead<TcpStream>>;
-    type Error = ConnectError;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.tcp.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, target: http::Uri) -> Self::Future {
-        let connecting = self.tcp.call(target);
-        Box::pin(async move {
-            let tcp = connecting.await?;
-            Ok(TokioIo::new(ReadAhead::new(tcp.into_inner())))
-        })
     }
 }
 
