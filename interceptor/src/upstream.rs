@@ -12,9 +12,9 @@
 //!
 //! Kept from that client: a request that an idle connection could not
 //! send because the apiserver had closed it (and that therefore never
-//! reached it) is sent again on a new connection; idle connections are
-//! let go after [`IDLE_TIMEOUT`], and at most [`MAX_IDLE`] are kept for an
-//! upstream.
+//! reached it) is sent again on a new connection; a pooled connection is
+//! let go [`IDLE_TIMEOUT`] after its last request, and at most
+//! [`MAX_IDLE`] are kept for an upstream.
 
 use crate::proxy::ProxyBody;
 use crate::read_ahead::ReadAhead;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// How long an idle HTTP/1.1 connection is kept.
+/// How long a pooled HTTP/1.1 connection is kept after its last request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The idle HTTP/1.1 connections kept for one upstream.
 pub const MAX_IDLE: usize = 64;
@@ -66,10 +66,12 @@ pub enum UpstreamError {
     NoPath { upstream: String },
 }
 
-/// An idle HTTP/1.1 connection.
+/// A pooled HTTP/1.1 connection: idle, or still reading the response to
+/// the request it was last given.
 struct Idle {
     upstream: http::uri::Authority,
     sender: http1::SendRequest<ProxyBody>,
+    /// When its last request was sent.
     since: Instant,
 }
 
@@ -90,6 +92,8 @@ pub struct Upstreams {
     server_name: ServerName<'static>,
     idle: Mutex<Vec<Idle>>,
     shared: Mutex<Vec<Shared>>,
+    /// A task lets expired connections go (`expire_idle_later`).
+    expiring: std::sync::atomic::AtomicBool,
     /// Held while an HTTP/2 connection is made, so that the requests that
     /// find none wait for the one being made instead of each making one.
     connecting: tokio::sync::Mutex<()>,
@@ -116,6 +120,7 @@ impl Upstreams {
             server_name,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(Vec::new()),
+            expiring: std::sync::atomic::AtomicBool::new(false),
             connecting: tokio::sync::Mutex::new(()),
         }))
     }
@@ -186,6 +191,16 @@ impl Upstreams {
         if let Some(sender) = self.idle_to(upstream) {
             return Ok((Connection::Http1(sender), true));
         }
+        // A connection whose response was just read is ready only once its
+        // task has run, and a client's next request can come first: one
+        // turn of the scheduler rather than a new connection, with its TLS
+        // handshake and its buffers.
+        if self.holds_busy(upstream) {
+            tokio::task::yield_now().await;
+            if let Some(sender) = self.idle_to(upstream) {
+                return Ok((Connection::Http1(sender), true));
+            }
+        }
         // HTTP/1.1 connections are made side by side; one HTTP/2
         // connection serves all.
         let connecting = match self.offers_http2 {
@@ -234,8 +249,8 @@ impl Upstreams {
         }
     }
 
-    /// The most recently idle connection to `upstream` that is ready; the
-    /// closed and the expired are let go on the way.
+    /// The most recently used connection to `upstream` that is ready for
+    /// another request; the closed and the expired are let go on the way.
     fn idle_to(&self, upstream: &http::uri::Authority) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -246,29 +261,24 @@ impl Upstreams {
         Some(idle.remove(at).sender)
     }
 
-    /// Puts an HTTP/1.1 connection back once its response has been read:
-    /// at once if it already has, else when it is ready for another
-    /// request. One that was upgraded, or closed, never is.
+    /// Whether a pooled connection to `upstream` is still busy.
+    fn holds_busy(&self, upstream: &http::uri::Authority) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.iter()
+            .any(|i| i.upstream == *upstream && !i.sender.is_closed())
+    }
+
+    /// Puts an HTTP/1.1 connection back in the pool as soon as its request
+    /// is sent: it is taken again once it is ready, when its response has
+    /// been read, and one that is upgraded or closed is let go at the next
+    /// look. Put back only once ready, by a task that waited for it, each
+    /// request cost a task.
     fn check_in(
         self: &Arc<Self>,
         upstream: &http::uri::Authority,
-        mut sender: http1::SendRequest<ProxyBody>,
+        sender: http1::SendRequest<ProxyBody>,
     ) {
-        if sender.is_ready() {
-            self.keep_idle(upstream.clone(), sender);
-            return;
-        }
-        let upstreams = Arc::downgrade(self);
-        let upstream = upstream.clone();
-        tokio::spawn(async move {
-            if std::future::poll_fn(|cx| sender.poll_ready(cx))
-                .await
-                .is_ok()
-                && let Some(upstreams) = upstreams.upgrade()
-            {
-                upstreams.keep_idle(upstream, sender);
-            }
-        });
+        self.keep_idle(upstream.clone(), sender);
     }
 
     fn keep_idle(
@@ -277,7 +287,13 @@ impl Upstreams {
         sender: http1::SendRequest<ProxyBody>,
     ) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.is_empty() {
+        // One task at a time: the list empties whenever every connection is
+        // out, and a task started at each of those times, each running as
+        // long as connections stay pooled, grew the heap by 3 MB a second.
+        if !self
+            .expiring
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             self.expire_idle_later();
         }
         let kept = idle.iter().filter(|i| i.upstream == upstream).count();
@@ -535,6 +551,37 @@ mod tests {
                 assert_eq!(accepted.load(Ordering::SeqCst), round, "http2: {http2}");
             }
         }
+    }
+
+    /// One client in a row takes the only connection out of the pool each
+    /// time, so the pool is empty at each check-in: the task that expires
+    /// connections must still be one, not one a request.
+    #[tokio::test]
+    async fn requests_in_a_row_leave_no_tasks_behind() {
+        let (address, tls, accepted) = server(None).await;
+        let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
+        let upstream: http::uri::Authority = address.parse().unwrap();
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let response = upstreams
+            .send(&upstream, get(&address, "/0"))
+            .await
+            .unwrap();
+        body_of(response).await;
+        let before = tasks();
+        for i in 1..200 {
+            let path = format!("/{i}");
+            let response = upstreams
+                .send(&upstream, get(&address, &path))
+                .await
+                .unwrap();
+            assert_eq!(body_of(response).await, path);
+        }
+        assert!(tasks() <= before + 1, "{} tasks, {before} before", tasks());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
