@@ -145,10 +145,12 @@ count() {
     sleep 0.1
   done
   if [ "$ready" != 1 ]; then
+    kill "$pid" 2>/dev/null || true
     echo "instructions: the interceptor did not become ready:" >&2; cat "$work/interceptor.log" >&2; exit 1
   fi
   h2load "$@" -t1 -c4 -m1 -n "$n" "https://127.0.0.1:$listen/$path" >"$work/h2load.out" 2>&1
   if ! grep -q "succeeded, 0 failed" "$work/h2load.out" || ! grep -q "$n succeeded" "$work/h2load.out"; then
+    kill "$pid" 2>/dev/null || true
     echo "instructions: not every request succeeded:" >&2; cat "$work/h2load.out" >&2; exit 1
   fi
   # Shipped before it stops: the last batch is part of what a request costs.

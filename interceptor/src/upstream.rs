@@ -23,9 +23,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
+// The clock tokio's timers use, so that the expiry task and the ages it
+// compares agree (and a test can move both).
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 /// How long a pooled HTTP/1.1 connection is kept after its last request.
@@ -93,7 +97,7 @@ pub struct Upstreams {
     idle: Mutex<Vec<Idle>>,
     shared: Mutex<Vec<Shared>>,
     /// A task lets expired connections go (`expire_idle_later`).
-    expiring: std::sync::atomic::AtomicBool,
+    expiring: AtomicBool,
     /// Held while an HTTP/2 connection is made, so that the requests that
     /// find none wait for the one being made instead of each making one.
     connecting: tokio::sync::Mutex<()>,
@@ -120,7 +124,7 @@ impl Upstreams {
             server_name,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(Vec::new()),
-            expiring: std::sync::atomic::AtomicBool::new(false),
+            expiring: AtomicBool::new(false),
             connecting: tokio::sync::Mutex::new(()),
         }))
     }
@@ -253,8 +257,7 @@ impl Upstreams {
     /// another request; the closed and the expired are let go on the way.
     fn idle_to(&self, upstream: &http::uri::Authority) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        idle.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
+        let_go_of_expired(&mut idle);
         let at = idle
             .iter()
             .rposition(|i| i.upstream == *upstream && i.sender.is_ready())?;
@@ -278,32 +281,21 @@ impl Upstreams {
         upstream: &http::uri::Authority,
         sender: http1::SendRequest<ProxyBody>,
     ) {
-        self.keep_idle(upstream.clone(), sender);
-    }
-
-    fn keep_idle(
-        self: &Arc<Self>,
-        upstream: http::uri::Authority,
-        sender: http1::SendRequest<ProxyBody>,
-    ) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // One task at a time: the list empties whenever every connection is
         // out, and a task started at each of those times, each running as
         // long as connections stay pooled, grew the heap by 3 MB a second.
-        if !self
-            .expiring
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if !self.expiring.swap(true, Ordering::AcqRel) {
             self.expire_idle_later();
         }
-        let kept = idle.iter().filter(|i| i.upstream == upstream).count();
+        let kept = idle.iter().filter(|i| i.upstream == *upstream).count();
         if kept >= MAX_IDLE
-            && let Some(oldest) = idle.iter().position(|i| i.upstream == upstream)
+            && let Some(oldest) = idle.iter().position(|i| i.upstream == *upstream)
         {
             idle.remove(oldest);
         }
         idle.push(Idle {
-            upstream,
+            upstream: upstream.clone(),
             sender,
             since: Instant::now(),
         });
@@ -322,11 +314,11 @@ impl Upstreams {
                     return;
                 };
                 let mut idle = upstreams.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                idle.retain(|i| {
-                    !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT
-                });
+                let_go_of_expired(&mut idle);
                 if idle.is_empty() {
+                    // Under the lock: the next connection put back starts
+                    // another task.
+                    upstreams.expiring.store(false, Ordering::Release);
                     return;
                 }
             }
@@ -402,6 +394,13 @@ impl Upstreams {
             Ok(Connection::Http1(sender))
         }
     }
+}
+
+/// Lets go of the pooled connections that are closed, or were last given a
+/// request [`IDLE_TIMEOUT`] ago.
+fn let_go_of_expired(idle: &mut Vec<Idle>) {
+    let now = Instant::now();
+    idle.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
 }
 
 /// The path and query of `uri` alone, as an HTTP/1.1 request line takes
@@ -582,6 +581,32 @@ mod tests {
         }
         assert!(tasks() <= before + 1, "{} tasks, {before} before", tasks());
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A connection is let go once it has had no request for the idle
+    /// timeout, by the expiry task, which ends with the last connection
+    /// and starts again with the next.
+    #[tokio::test]
+    async fn connections_without_requests_are_let_go() {
+        let (address, tls, accepted) = server(None).await;
+        let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
+        let upstream: http::uri::Authority = address.parse().unwrap();
+        let pooled = || upstreams.idle.lock().unwrap().len();
+        for round in 1..=2 {
+            let response = upstreams.send(&upstream, get(&address, "/")).await.unwrap();
+            body_of(response).await;
+            assert_eq!((pooled(), accepted.load(Ordering::SeqCst)), (1, round));
+            assert!(upstreams.expiring.load(Ordering::SeqCst));
+            tokio::time::pause();
+            tokio::time::advance(IDLE_TIMEOUT / 2).await;
+            tokio::task::yield_now().await;
+            assert_eq!(pooled(), 1, "kept while younger than the timeout");
+            tokio::time::advance(IDLE_TIMEOUT).await;
+            tokio::task::yield_now().await;
+            assert_eq!(pooled(), 0);
+            assert!(!upstreams.expiring.load(Ordering::SeqCst));
+            tokio::time::resume();
+        }
     }
 
     #[tokio::test]
