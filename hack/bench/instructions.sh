@@ -118,6 +118,7 @@ http {
     listen 127.0.0.1:$up ssl http2;
     ssl_certificate $work/chain.crt;
     ssl_certificate_key $work/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     root $work;
   }
   server {
