@@ -323,16 +323,33 @@ run_h2load_10() { # URL [extra h2load args]: run_h2load on 10 connections
 
 # One round of an interceptor binary, without perf or counts beside: its
 # "rps p50 p99 cpu_us" into $measured, its peak RSS into $measured_rss.
+# One round of one proxy: "measured" gets its figures and CPU a request.
+# With perf_as=NAME, perf (or strace) records the round as
+# interceptor-NAME or nginx-NAME, if asked (perf_start).
 measure_interceptor() { # BINARY UPSTREAM_URL SERVER_NAME CA TOOL PATH [TOOL ARGS...]
   local binary=$1 upstream=$2 name=$3 ca=$4 tool=$5 path=$6 ticks figures
   shift 6
   interceptor=$binary start_interceptor "$upstream" "$name" "$ca"
+  [ -z "${perf_as:-}" ] || perf_start "interceptor-$perf_as" "$icpt_pid"
   ticks=$(cpu_ticks "$icpt_pid")
   figures=$($tool "https://127.0.0.1:$icpt$path" "$@")
   ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+  [ -z "${perf_as:-}" ] || perf_stop
   measured="$figures $(cpu_us_per_request "$ticks" "$figures")"
   measured_rss=$(peak_rss_mib "$icpt_pid")
   stop_interceptor
+}
+measure_nginx() { # TOOL PATH [TOOL ARGS...], with nginx-proxy.conf written
+  local tool=$1 path=$2 ticks figures
+  shift 2
+  start_nginx_proxy
+  [ -z "${perf_as:-}" ] || perf_start "nginx-$perf_as" "$(pgrep -d, -P "$(cat "$work/nginx-proxy.pid")")"
+  ticks=$(nginx_worker_ticks)
+  figures=$($tool "https://127.0.0.1:$nginx_proxy$path" "$@")
+  ticks=$(($(nginx_worker_ticks) - ticks))
+  [ -z "${perf_as:-}" ] || perf_stop
+  measured="$figures $(cpu_us_per_request "$ticks" "$figures")"
+  stop_nginx_proxy
 }
 
 headers() { # HEADER... -> "hdr": each as a -H argument
@@ -354,12 +371,8 @@ bench_fixed_rate() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA RATE [HEADER...]
     measure_interceptor "$interceptor" "$upstream" "$name" "$ca" run_h2load_10 "$path" --rps=$((rate / 10)) "${hdr[@]}"
     icpt_runs+="$measured"$'\n'
     rss=$(larger "$rss" "$measured_rss")
-    start_nginx_proxy
-    ticks=$(nginx_worker_ticks)
-    figures=$(run_h2load_10 "https://127.0.0.1:$nginx_proxy$path" --rps=$((rate / 10)) "${hdr[@]}")
-    ticks=$(($(nginx_worker_ticks) - ticks))
-    nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-    stop_nginx_proxy
+    measure_nginx run_h2load_10 "$path" --rps=$((rate / 10)) "${hdr[@]}"
+    nginx_runs+="$measured"$'\n'
   done
   record_rounds "$label, HTTP/2 client" "$icpt_runs" "$nginx_runs" "$rss"
 }
@@ -564,9 +577,11 @@ bench_target "local TLS server, 1 KiB" /1k "$local_up" bench.local "$work/ca.crt
 bench_target "local TLS server, 64 KiB" /64k "$local_up" bench.local "$work/ca.crt"
 bench_fixed_rate "local TLS server, 64 KiB" /64k "$local_up" bench.local "$work/ca.crt" 1000
 
-# Each request on a new connection: a full TLS handshake with the proxy
-# (wrk resumes no session), which then reuses its upstream connections.
-# Both proxies in alternating rounds, with the CPU they spend a connection.
+# Each request on a new connection: a TLS handshake with the proxy (wrk
+# resumes its session from the proxy's ticket, so no signature is made, but
+# TLS 1.3 makes a key exchange every time), which then reuses its upstream
+# connections. Both proxies in alternating rounds, with the CPU they spend a
+# connection.
 if wanted "new TLS connections, 1 KiB"; then
   echo "bench: new TLS connection per request (Connection: close)" >&2
   label="new TLS connections, 1 KiB"
@@ -574,25 +589,14 @@ if wanted "new TLS connections, 1 KiB"; then
   write_proxy_conf "${local_up#https://}" "$work/ca.crt" bench.local
   icpt_runs="" nginx_runs="" rss=0
   for r in $(seq 1 "$rounds"); do
-    start_interceptor "$local_up"
-    perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"interceptor-$label-$r")" "$icpt_pid"
-    ticks=$(cpu_ticks "$icpt_pid")
-    figures=$(run_wrk "https://127.0.0.1:$icpt/1k" -H 'Connection: close')
-    ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
-    perf_stop
-    icpt_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-    rss=$(larger "$rss" "$(peak_rss_mib "$icpt_pid")")
-    stop_interceptor
+    round=$(tr -c 'a-zA-Z0-9\n' - <<<"$label-$r")
+    perf_as=$round measure_interceptor "$interceptor" "$local_up" bench.local "$work/ca.crt" \
+      run_wrk /1k -H 'Connection: close'
+    icpt_runs+="$measured"$'\n'
+    rss=$(larger "$rss" "$measured_rss")
     [ "$training" = 0 ] || continue
-    start_nginx_proxy
-    perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"nginx-$label-$r")" \
-      "$(pgrep -d, -P "$(cat "$work/nginx-proxy.pid")")"
-    ticks=$(nginx_worker_ticks)
-    figures=$(run_wrk "https://127.0.0.1:$nginx_proxy/1k" -H 'Connection: close')
-    ticks=$(($(nginx_worker_ticks) - ticks))
-    perf_stop
-    nginx_runs+="$figures $(cpu_us_per_request "$ticks" "$figures")"$'\n'
-    stop_nginx_proxy
+    perf_as=$round measure_nginx run_wrk /1k -H 'Connection: close'
+    nginx_runs+="$measured"$'\n'
   done
   [ "$training" = 1 ] || record_rounds "$label" "$icpt_runs" "$nginx_runs" "$rss"
 fi

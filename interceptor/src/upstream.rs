@@ -494,18 +494,27 @@ mod tests {
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
+    /// GETs `path` from the server at `address` through `upstreams`: the
+    /// response's HTTP version and body (the path, as the server answers).
+    async fn fetch(
+        upstreams: &Arc<Upstreams>,
+        address: &str,
+        path: &str,
+    ) -> (http::Version, String) {
+        let upstream: http::uri::Authority = address.parse().unwrap();
+        let response = upstreams.send(&upstream, get(address, path)).await.unwrap();
+        (response.version(), body_of(response).await)
+    }
+
     #[tokio::test]
     async fn an_http1_connection_serves_one_request_after_another() {
         let (address, tls, accepted) = server(None).await;
         let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
-        let upstream: http::uri::Authority = address.parse().unwrap();
         for path in ["/a", "/b", "/c"] {
-            let response = upstreams
-                .send(&upstream, get(&address, path))
-                .await
-                .unwrap();
-            assert_eq!(response.version(), http::Version::HTTP_11);
-            assert_eq!(body_of(response).await, path);
+            assert_eq!(
+                fetch(&upstreams, &address, path).await,
+                (http::Version::HTTP_11, path.to_string())
+            );
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
@@ -514,17 +523,14 @@ mod tests {
     async fn one_http2_connection_carries_requests_at_once() {
         let (address, tls, accepted) = server(None).await;
         let upstreams = Upstreams::new(tls, "apiserver.test", true).unwrap();
-        let upstream: http::uri::Authority = address.parse().unwrap();
         let sent = (0..8).map(|i| {
-            let (upstreams, upstream, address) =
-                (upstreams.clone(), upstream.clone(), address.clone());
+            let (upstreams, address) = (upstreams.clone(), address.clone());
             tokio::spawn(async move {
-                let response = upstreams
-                    .send(&upstream, get(&address, &format!("/{i}")))
-                    .await
-                    .unwrap();
-                assert_eq!(response.version(), http::Version::HTTP_2);
-                assert_eq!(body_of(response).await, format!("/{i}"));
+                let path = format!("/{i}");
+                assert_eq!(
+                    fetch(&upstreams, &address, &path).await,
+                    (http::Version::HTTP_2, path)
+                );
             })
         });
         for request in sent.collect::<Vec<_>>() {
@@ -538,13 +544,8 @@ mod tests {
         for http2 in [false, true] {
             let (address, tls, accepted) = server(Some(Duration::from_millis(100))).await;
             let upstreams = Upstreams::new(tls, "apiserver.test", http2).unwrap();
-            let upstream: http::uri::Authority = address.parse().unwrap();
             for round in 1..=3 {
-                let response = upstreams
-                    .send(&upstream, get(&address, "/again"))
-                    .await
-                    .unwrap();
-                assert_eq!(body_of(response).await, "/again");
+                assert_eq!(fetch(&upstreams, &address, "/again").await.1, "/again");
                 // The server closes the connection in the meantime.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 assert_eq!(accepted.load(Ordering::SeqCst), round, "http2: {http2}");
@@ -559,25 +560,16 @@ mod tests {
     async fn requests_in_a_row_leave_no_tasks_behind() {
         let (address, tls, accepted) = server(None).await;
         let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
-        let upstream: http::uri::Authority = address.parse().unwrap();
         let tasks = || {
             tokio::runtime::Handle::current()
                 .metrics()
                 .num_alive_tasks()
         };
-        let response = upstreams
-            .send(&upstream, get(&address, "/0"))
-            .await
-            .unwrap();
-        body_of(response).await;
+        fetch(&upstreams, &address, "/0").await;
         let before = tasks();
         for i in 1..200 {
             let path = format!("/{i}");
-            let response = upstreams
-                .send(&upstream, get(&address, &path))
-                .await
-                .unwrap();
-            assert_eq!(body_of(response).await, path);
+            assert_eq!(fetch(&upstreams, &address, &path).await.1, path);
         }
         assert!(tasks() <= before + 1, "{} tasks, {before} before", tasks());
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -590,11 +582,9 @@ mod tests {
     async fn connections_without_requests_are_let_go() {
         let (address, tls, accepted) = server(None).await;
         let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
-        let upstream: http::uri::Authority = address.parse().unwrap();
         let pooled = || upstreams.idle.lock().unwrap().len();
         for round in 1..=2 {
-            let response = upstreams.send(&upstream, get(&address, "/")).await.unwrap();
-            body_of(response).await;
+            fetch(&upstreams, &address, "/").await;
             assert_eq!((pooled(), accepted.load(Ordering::SeqCst)), (1, round));
             assert!(upstreams.expiring.load(Ordering::SeqCst));
             tokio::time::pause();
