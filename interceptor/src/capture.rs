@@ -494,6 +494,14 @@ pin_project_lite::pin_project! {
 }
 
 impl<B: Body> CaptureBody<B> {
+    /// The body it copies from, before any of it was read.
+    pub fn inner_mut(&mut self) -> &mut B
+    where
+        B: Unpin,
+    {
+        &mut self.inner
+    }
+
     pub fn new(
         inner: B,
         capture: SharedCapture,

@@ -119,6 +119,29 @@ impl<B: Body> Coalesce<B> {
     }
 }
 
+impl<B: Body<Data = Bytes> + Unpin> Coalesce<B> {
+    /// Waits for the body's first frame, and holds it to be handed on with
+    /// what follows it (a body that is already holding something, or has
+    /// ended, waits for nothing).
+    pub async fn hold_first(&mut self) {
+        if self.held.len() > 0 || self.after.is_some() || self.inner.is_end_stream() {
+            return;
+        }
+        match http_body_util::BodyExt::frame(&mut self.inner).await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.held.push(data),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.after = Some(After::Trailers(trailers));
+                    }
+                }
+            },
+            Some(Err(e)) => self.after = Some(After::Error(e)),
+            None => self.after = Some(After::End),
+        }
+    }
+}
+
 type Polled<E> = Poll<Option<Result<Frame<Bytes>, E>>>;
 
 impl<B> Body for Coalesce<B>
@@ -336,6 +359,42 @@ mod tests {
         assert_eq!(written(vec![Step::Error]), ["error reset"]);
         assert_eq!(written(vec![Step::Trailers]), ["trailers"]);
         assert!(written(Vec::new()).is_empty());
+    }
+
+    /// As `written`, after `hold_first`.
+    fn written_after_holding(steps: Vec<Step>) -> Vec<String> {
+        let mut body = Coalesce::new(Scripted(steps.into()), Duration::ZERO);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut seen = Vec::new();
+        {
+            let mut holding = std::pin::pin!(body.hold_first());
+            while holding.as_mut().poll(&mut cx).is_pending() {
+                seen.push("wait".to_string());
+            }
+        }
+        let mut body = std::pin::pin!(body);
+        while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+            seen.push(match frame.map(Frame::into_data) {
+                Ok(Ok(d)) => format!("d:{}", String::from_utf8_lossy(&d)),
+                Ok(Err(_)) => "trailers".to_string(),
+                Err(e) => format!("error {e}"),
+            });
+        }
+        assert!(body.is_end_stream(), "{seen:?}");
+        seen
+    }
+
+    #[test]
+    fn the_first_frame_held_goes_out_first() {
+        use Step::NotReady;
+        let steps = vec![NotReady, data("ab"), data("cd")];
+        assert_eq!(written_after_holding(steps), ["wait", "d:abcd"]);
+        assert_eq!(written_after_holding(vec![data("ab")]), ["d:ab"]);
+        let steps = vec![data("ab"), Step::Error];
+        assert_eq!(written_after_holding(steps), ["d:ab", "error reset"]);
+        assert_eq!(written_after_holding(vec![Step::Error]), ["error reset"]);
+        assert_eq!(written_after_holding(vec![Step::Trailers]), ["trailers"]);
+        assert!(written_after_holding(Vec::new()).is_empty());
     }
 
     #[test]
