@@ -84,15 +84,6 @@ impl Held {
         }
     }
 
-    /// Whether `more` bytes join what is held without moving it: a joined
-    /// frame that grew would copy everything it holds once more.
-    fn has_room_for(&self, more: usize) -> bool {
-        match self {
-            Held::Joined(joined) => joined.capacity() - joined.len() >= more,
-            Held::Nothing | Held::One(_) => true,
-        }
-    }
-
     fn take(&mut self) -> Bytes {
         match std::mem::replace(self, Held::Nothing) {
             Held::Nothing => Bytes::new(),
@@ -168,15 +159,6 @@ where
         let ended = loop {
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if !this.held.has_room_for(data.len()) => {
-                        // What is held goes on as it is, and this frame is
-                        // held in its place, uncopied.
-                        let joined = this.held.take();
-                        this.held.push(data);
-                        *this.turn_at = None;
-                        *this.waiting = false;
-                        return Poll::Ready(Some(Ok(Frame::data(joined))));
-                    }
                     Ok(data) => {
                         this.held.push(data);
                         if this.held.len() >= FLUSH_BYTES {
@@ -358,17 +340,7 @@ mod tests {
         let steps = vec![data(&chunk), data(&chunk), data(&chunk), data("end")];
         let seen = written(steps);
         let sizes: Vec<usize> = seen.iter().map(|s| s.len() - 2).collect();
-        // The third chunk would not fit in the record joined so far: that
-        // record goes without it, and the chunk starts the next.
-        assert_eq!(sizes, [2 * chunk.len(), chunk.len() + 3]);
-        let quarter = "q".repeat(FLUSH_BYTES / 4);
-        let steps = vec![
-            data(&quarter),
-            data(&quarter),
-            data(&quarter),
-            data(&quarter),
-        ];
-        assert_eq!(written(steps).len(), 1, "four quarters fill a record");
+        assert_eq!(sizes, [3 * chunk.len(), 3]);
         // A frame at or above the mark is handed on as it came.
         let big = "y".repeat(FLUSH_BYTES + 5);
         assert_eq!(written(vec![data(&big), data("z")]).len(), 2);
