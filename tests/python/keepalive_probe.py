@@ -41,9 +41,12 @@ def main() -> None:
         except Exception as e:  # every failure is reported, none is fatal
             failures.append(repr(e)[:200])
         if time.time() >= next_probe:
-            serial = served_serial(host)
-            if not serials or serials[-1] != serial:
-                serials.append(serial)
+            try:
+                serial = served_serial(host)
+                if not serials or serials[-1] != serial:
+                    serials.append(serial)
+            except Exception as e:  # a fresh connection that fails is one too
+                failures.append(f"new connection at {time.time():.3f}: {repr(e)[:200]}")
             next_probe = time.time() + 1.0
         time.sleep(0.25)
     print(json.dumps({"requests": requests, "failures": failures, "serials": serials}))
