@@ -84,6 +84,23 @@ impl Held {
         }
     }
 
+    /// Holds what a poll of the body brought if it is data; otherwise
+    /// what ended the data (its trailers, an error, the end). Other frames
+    /// (http-body 1 has none) are passed over.
+    fn take_in<E>(&mut self, polled: Option<Result<Frame<Bytes>, E>>) -> Option<After<E>> {
+        match polled {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    self.push(data);
+                    None
+                }
+                Err(frame) => frame.into_trailers().ok().map(After::Trailers),
+            },
+            Some(Err(e)) => Some(After::Error(e)),
+            None => Some(After::End),
+        }
+    }
+
     fn take(&mut self) -> Bytes {
         match std::mem::replace(self, Held::Nothing) {
             Held::Nothing => Bytes::new(),
@@ -127,18 +144,8 @@ impl<B: Body<Data = Bytes> + Unpin> Coalesce<B> {
         if self.held.len() > 0 || self.after.is_some() || self.inner.is_end_stream() {
             return;
         }
-        match http_body_util::BodyExt::frame(&mut self.inner).await {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => self.held.push(data),
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        self.after = Some(After::Trailers(trailers));
-                    }
-                }
-            },
-            Some(Err(e)) => self.after = Some(After::Error(e)),
-            None => self.after = Some(After::End),
-        }
+        let polled = http_body_util::BodyExt::frame(&mut self.inner).await;
+        self.after = self.held.take_in(polled);
     }
 }
 
@@ -158,22 +165,12 @@ where
         }
         let ended = loop {
             match this.inner.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        this.held.push(data);
-                        if this.held.len() >= FLUSH_BYTES {
-                            break None;
-                        }
+                Poll::Ready(polled) => {
+                    let ended = this.held.take_in(polled);
+                    if ended.is_some() || this.held.len() >= FLUSH_BYTES {
+                        break ended;
                     }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            break Some(After::Trailers(trailers));
-                        }
-                        // http-body 1 has no other kind of frame.
-                    }
-                },
-                Poll::Ready(Some(Err(e))) => break Some(After::Error(e)),
-                Poll::Ready(None) => break Some(After::End),
+                }
                 Poll::Pending => {
                     let held = this.held.len();
                     if held == 0 {
