@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod read_ahead;
 pub mod recorder;
 pub mod redact;
+pub mod replay;
 pub mod serve;
 pub mod ship;
 pub mod tls;

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub shipped: Counter,
     pub ship_failures: Counter,
     pub upstream_errors: Counter,
+    pub upstream_resends: Counter,
     pub certificate_expiry: Gauge<f64, AtomicU64>,
     pub connections: Gauge,
 }
@@ -112,6 +113,12 @@ impl Metrics {
             "Requests the apiserver could not be reached for",
             upstream_errors.clone(),
         );
+        let upstream_resends = Counter::default();
+        registry.register(
+            "upstream_resends",
+            "Requests sent again after the apiserver refused them unprocessed (a GOAWAY, REFUSED_STREAM)",
+            upstream_resends.clone(),
+        );
         let certificate_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -140,6 +147,7 @@ impl Metrics {
             shipped,
             ship_failures,
             upstream_errors,
+            upstream_resends,
             certificate_expiry,
             connections,
         }

@@ -10,7 +10,7 @@ use crate::capture::{Capture, CaptureBody, CaptureMode, Limits, SharedCapture};
 use crate::coalesce::Coalesce;
 use crate::metrics::Metrics;
 use crate::recorder::{RawExchange, RecorderHandle};
-use crate::upstream::Upstreams;
+use crate::upstream::{UpstreamError, Upstreams};
 use apiwitness_record::{ApiRequest, Verb};
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
@@ -27,6 +27,16 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 pub enum ProxyError {
     #[error("the apiserver at {upstream} could not be reached: {reason}")]
     Upstream { upstream: String, reason: String },
+    /// The apiserver refused the request without processing it. Its
+    /// source is a REFUSED_STREAM, which hyper finds and resets the
+    /// client's stream with: an HTTP/2 client then knows it may send the
+    /// request again, where any other error would end it.
+    #[error("the apiserver at {upstream} refused the request unprocessed: {reason}")]
+    Refused {
+        upstream: String,
+        reason: String,
+        source: h2::Error,
+    },
     #[error("bad request target: {0}")]
     Target(String),
 }
@@ -274,8 +284,18 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, String> {
         Ok(Proxy {
-            client: Upstreams::new(upstream_tls.clone(), upstream_server_name, upstream_http2)?,
-            http1_client: Upstreams::new(upstream_tls, upstream_server_name, false)?,
+            client: Upstreams::new(
+                upstream_tls.clone(),
+                upstream_server_name,
+                upstream_http2,
+                metrics.upstream_resends.clone(),
+            )?,
+            http1_client: Upstreams::new(
+                upstream_tls,
+                upstream_server_name,
+                false,
+                metrics.upstream_resends.clone(),
+            )?,
             recorder,
             limits,
             coalesce_wait,
@@ -371,9 +391,14 @@ impl Proxy {
                 tracing::warn!(upstream = %upstream.name, error = %reason, "apiserver unreachable");
                 self.recorder
                     .record(pending.finish(0, None, None, Some(reason.clone())));
-                return Err(ProxyError::Upstream {
-                    upstream: upstream.name.to_string(),
-                    reason,
+                let upstream = upstream.name.to_string();
+                return Err(match e {
+                    UpstreamError::Refused { .. } => ProxyError::Refused {
+                        upstream,
+                        reason,
+                        source: h2::Error::from(h2::Reason::REFUSED_STREAM),
+                    },
+                    _ => ProxyError::Upstream { upstream, reason },
                 });
             }
         };

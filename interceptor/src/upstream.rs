@@ -15,15 +15,31 @@
 //! reached it) is sent again on a new connection; a pooled connection is
 //! let go [`IDLE_TIMEOUT`] after its last request, and at most
 //! [`MAX_IDLE`] are kept for an upstream.
+//!
+//! Beyond it: a request the apiserver refused without processing it, on
+//! an HTTP/2 connection it was closing (a GOAWAY that its stream was past,
+//! or REFUSED_STREAM), is sent again too, on a new connection, as Go's
+//! HTTP/2 client does. The apiserver closes an HTTP/2 connection that has
+//! been idle for 90 s, and with `--goaway-chance` one in every so many
+//! requests; the interceptor shares one connection among all of a pod's
+//! HTTP/2 clients, so a request racing such a GOAWAY is routine, not rare.
+//! A request's body is kept as it is read to be sent again (`replay.rs`),
+//! up to [`crate::replay::REPLAY_LIMIT`]; the refusal of a longer one goes
+//! back to the client as REFUSED_STREAM, which tells an HTTP/2 client that
+//! it may send it again.
 
 use crate::proxy::ProxyBody;
 use crate::read_ahead::ReadAhead;
+use crate::replay::{Replay, ReplayBody, replayable};
 use http::{Request, Response, Uri};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -43,6 +59,9 @@ pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
 /// connections reading 64 KiB bodies, peak RSS was 17.3 MiB, and 13.7 to
 /// 14.5 MiB with this, at the same throughput.
 const HTTP1_READ_BUFFER: usize = 16 * 1024;
+/// How many times in a row a request the apiserver refused unprocessed is
+/// sent again, each time on a new connection.
+pub const MAX_RESENDS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -68,6 +87,14 @@ pub enum UpstreamError {
     },
     #[error("request to {upstream}: the request has no path")]
     NoPath { upstream: String },
+    /// The apiserver did not process the request, and it was not sent
+    /// again: its body was too long to keep, or it was refused
+    /// [`MAX_RESENDS`] times more.
+    #[error("request to {upstream}: refused unprocessed by the apiserver ({source})")]
+    Refused {
+        upstream: String,
+        source: hyper::Error,
+    },
 }
 
 /// A pooled HTTP/1.1 connection: idle, or still reading the response to
@@ -83,11 +110,14 @@ struct Idle {
 struct Shared {
     upstream: http::uri::Authority,
     sender: http2::SendRequest<ProxyBody>,
+    /// Which connection it is, of those made: its senders cannot tell.
+    number: u64,
 }
 
 enum Connection {
     Http1(http1::SendRequest<ProxyBody>),
-    Http2(http2::SendRequest<ProxyBody>),
+    /// A sender, and the number of its connection.
+    Http2(http2::SendRequest<ProxyBody>, u64),
 }
 
 pub struct Upstreams {
@@ -101,6 +131,10 @@ pub struct Upstreams {
     /// Held while an HTTP/2 connection is made, so that the requests that
     /// find none wait for the one being made instead of each making one.
     connecting: tokio::sync::Mutex<()>,
+    /// Requests sent again after the apiserver refused them unprocessed.
+    resent: Counter,
+    /// HTTP/2 connections made, which numbers them.
+    made: AtomicU64,
 }
 
 impl Upstreams {
@@ -110,6 +144,7 @@ impl Upstreams {
         mut tls: rustls::ClientConfig,
         server_name: &str,
         http2: bool,
+        resent: Counter,
     ) -> Result<Arc<Upstreams>, String> {
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|e| format!("upstream server name {server_name:?}: {e}"))?;
@@ -126,6 +161,8 @@ impl Upstreams {
             shared: Mutex::new(Vec::new()),
             expiring: AtomicBool::new(false),
             connecting: tokio::sync::Mutex::new(()),
+            resent,
+            made: AtomicU64::new(0),
         }))
     }
 
@@ -137,16 +174,65 @@ impl Upstreams {
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let absolute = request.uri().clone();
+        let mut resends = 0;
+        let mut replay: Option<Replay> = None;
         loop {
             let (connection, reused) = self.connection_to(upstream).await?;
             let failed = match connection {
-                Connection::Http2(mut sender) => match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(response),
-                    Err(failed) => {
-                        self.forget_shared(upstream, &sender);
-                        failed
+                Connection::Http2(mut sender, number) => {
+                    // What makes the request again if the apiserver refuses
+                    // it: its head, copied before it goes, and its body,
+                    // kept as it is read.
+                    let head = head_of(&request);
+                    if replay.is_none() && !request.body().is_end_stream() {
+                        let (parts, body) = request.into_parts();
+                        let (body, kept) = replayable(body);
+                        replay = Some(kept);
+                        request = Request::from_parts(parts, body.boxed());
                     }
-                },
+                    match sender.try_send_request(request).await {
+                        Ok(response) => return Ok(response),
+                        Err(failed) if failed.message().is_none() => {
+                            let error = failed.into_error();
+                            if !never_processed(&error) {
+                                self.forget_shared(upstream, &sender);
+                                return Err(UpstreamError::Send {
+                                    upstream: upstream.to_string(),
+                                    source: error,
+                                });
+                            }
+                            // The connection is going away, even if hyper
+                            // has not seen it close yet.
+                            self.forget_connection(number);
+                            let body = match &replay {
+                                None => Some(empty_body()),
+                                Some(replay) => replay.again().map(ReplayBody::boxed),
+                            };
+                            match body {
+                                Some(body) if resends < MAX_RESENDS => {
+                                    resends += 1;
+                                    self.resent.inc();
+                                    tracing::debug!(
+                                        %upstream, resends, error = %error,
+                                        "the apiserver refused a request unprocessed: sending it again"
+                                    );
+                                    request = head.map(|()| body);
+                                    continue;
+                                }
+                                _ => {
+                                    return Err(UpstreamError::Refused {
+                                        upstream: upstream.to_string(),
+                                        source: error,
+                                    });
+                                }
+                            }
+                        }
+                        Err(failed) => {
+                            self.forget_shared(upstream, &sender);
+                            failed
+                        }
+                    }
+                }
                 Connection::Http1(mut sender) => {
                     *request.uri_mut() =
                         origin_form(&absolute).ok_or_else(|| UpstreamError::NoPath {
@@ -189,8 +275,8 @@ impl Upstreams {
         self: &Arc<Self>,
         upstream: &http::uri::Authority,
     ) -> Result<(Connection, bool), UpstreamError> {
-        if let Some(sender) = self.shared_to(upstream) {
-            return Ok((Connection::Http2(sender), true));
+        if let Some((sender, number)) = self.shared_to(upstream) {
+            return Ok((Connection::Http2(sender, number), true));
         }
         if let Some(sender) = self.idle_to(upstream) {
             return Ok((Connection::Http1(sender), true));
@@ -212,34 +298,39 @@ impl Upstreams {
             false => None,
         };
         // Made while this request waited.
-        if let Some(sender) = self.shared_to(upstream) {
-            return Ok((Connection::Http2(sender), true));
+        if let Some((sender, number)) = self.shared_to(upstream) {
+            return Ok((Connection::Http2(sender, number), true));
         }
         // Boxed: the TLS handshake's state is large, and inline it would
         // make every request's future as large, which hyper and tokio move
         // about (a 4 KiB copy at each move, half the instructions of an
         // HTTP/2 request).
-        let connection = Box::pin(self.connect(upstream)).await?;
-        if let Connection::Http2(sender) = &connection {
+        let mut connection = Box::pin(self.connect(upstream)).await?;
+        if let Connection::Http2(sender, number) = &mut connection {
+            *number = self.made.fetch_add(1, Ordering::Relaxed);
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             shared.retain(|s| s.upstream != *upstream);
             shared.push(Shared {
                 upstream: upstream.clone(),
                 sender: sender.clone(),
+                number: *number,
             });
         }
         drop(connecting);
         Ok((connection, false))
     }
 
-    fn shared_to(&self, upstream: &http::uri::Authority) -> Option<http2::SendRequest<ProxyBody>> {
+    fn shared_to(
+        &self,
+        upstream: &http::uri::Authority,
+    ) -> Option<(http2::SendRequest<ProxyBody>, u64)> {
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         let at = shared.iter().position(|s| s.upstream == *upstream)?;
         if shared[at].sender.is_closed() {
             shared.swap_remove(at);
             return None;
         }
-        Some(shared[at].sender.clone())
+        Some((shared[at].sender.clone(), shared[at].number))
     }
 
     fn forget_shared(
@@ -251,6 +342,15 @@ impl Upstreams {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             shared.retain(|s| s.upstream != *upstream || !s.sender.is_closed());
         }
+    }
+
+    /// Lets go of shared connection `number`, open or not: the next
+    /// request makes a new one. Its streams still open go on. Not simply
+    /// the upstream's: of the requests one GOAWAY refused, the first to be
+    /// sent again may already have made the next.
+    fn forget_connection(&self, number: u64) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|s| s.number != number);
     }
 
     /// The most recently used connection to `upstream` that is ready for
@@ -379,7 +479,8 @@ impl Upstreams {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            Ok(Connection::Http2(sender))
+            // Numbered as it is shared.
+            Ok(Connection::Http2(sender, 0))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .read_buf_exact_size(Some(HTTP1_READ_BUFFER))
@@ -394,6 +495,35 @@ impl Upstreams {
             Ok(Connection::Http1(sender))
         }
     }
+}
+
+/// Whether the apiserver is known not to have processed the request that
+/// failed with `error` (RFC 9113, 6.8 and 8.7): its stream was past the
+/// last one a GOAWAY let through, or it was opened after that GOAWAY, or
+/// the apiserver reset it with REFUSED_STREAM.
+fn never_processed(error: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(error).and_then(|e| e.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
+    h2.is_remote()
+        && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+}
+
+/// A copy of `request`'s head, to make it again.
+fn head_of<B>(request: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    head
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Lets go of the pooled connections that are closed, or were last given a
@@ -433,20 +563,7 @@ mod tests {
     /// after it was accepted, as an apiserver closes idle ones, without
     /// saying so in a header.
     async fn server(hold: Option<Duration>) -> (String, rustls::ClientConfig, Arc<AtomicUsize>) {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = rcgen::CertificateParams::new(vec!["apiserver.test".to_string()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
-        let client = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], crate::tls::pkcs8(&key))
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (client, acceptor) = tls_pair(&[b"h2", b"http/1.1"]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -483,6 +600,72 @@ mod tests {
         (address, client, accepted)
     }
 
+    /// A client configuration, and an acceptor for `apiserver.test` that
+    /// offers `alpn`.
+    fn tls_pair(alpn: &[&[u8]]) -> (rustls::ClientConfig, tokio_rustls::TlsAcceptor) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["apiserver.test".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], crate::tls::pkcs8(&key))
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        (client, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// An HTTP/2 server on loopback that resets the first `refuse` streams
+    /// it is sent with REFUSED_STREAM, as an apiserver that is going away
+    /// does, and answers the others with their path and the size of their
+    /// body. Counts its connections.
+    async fn refusing_server(refuse: usize) -> (String, rustls::ClientConfig, Arc<AtomicUsize>) {
+        let (client, acceptor) = tls_pair(&[b"h2"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let refused = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, refused) = (acceptor.clone(), refused.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut connection) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        if refused.fetch_add(1, Ordering::SeqCst) < refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        tokio::spawn(async move {
+                            let path = request.uri().path().to_string();
+                            let mut body = request.into_body();
+                            let mut size = 0;
+                            while let Some(Ok(data)) = body.data().await {
+                                size += data.len();
+                                let _ = body.flow_control().release_capacity(data.len());
+                            }
+                            let mut sending =
+                                respond.send_response(Response::new(()), false).unwrap();
+                            let answer = format!("{path} {size}");
+                            sending.send_data(bytes::Bytes::from(answer), true).unwrap();
+                        });
+                    }
+                });
+            }
+        });
+        (address, client, accepted)
+    }
+
     fn get(address: &str, path: &str) -> Request<ProxyBody> {
         Request::get(format!("https://{address}{path}"))
             .body(Empty::new().map_err(|never| match never {}).boxed())
@@ -509,7 +692,7 @@ mod tests {
     #[tokio::test]
     async fn an_http1_connection_serves_one_request_after_another() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
+        let upstreams = Upstreams::new(tls, "apiserver.test", false, Counter::default()).unwrap();
         for path in ["/a", "/b", "/c"] {
             assert_eq!(
                 fetch(&upstreams, &address, path).await,
@@ -522,7 +705,7 @@ mod tests {
     #[tokio::test]
     async fn one_http2_connection_carries_requests_at_once() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", true).unwrap();
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
         let sent = (0..8).map(|i| {
             let (upstreams, address) = (upstreams.clone(), address.clone());
             tokio::spawn(async move {
@@ -543,7 +726,8 @@ mod tests {
     async fn a_connection_the_apiserver_closed_while_idle_is_replaced() {
         for http2 in [false, true] {
             let (address, tls, accepted) = server(Some(Duration::from_millis(100))).await;
-            let upstreams = Upstreams::new(tls, "apiserver.test", http2).unwrap();
+            let upstreams =
+                Upstreams::new(tls, "apiserver.test", http2, Counter::default()).unwrap();
             for round in 1..=3 {
                 assert_eq!(fetch(&upstreams, &address, "/again").await.1, "/again");
                 // The server closes the connection in the meantime.
@@ -559,7 +743,7 @@ mod tests {
     #[tokio::test]
     async fn requests_in_a_row_leave_no_tasks_behind() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
+        let upstreams = Upstreams::new(tls, "apiserver.test", false, Counter::default()).unwrap();
         let tasks = || {
             tokio::runtime::Handle::current()
                 .metrics()
@@ -581,7 +765,7 @@ mod tests {
     #[tokio::test]
     async fn connections_without_requests_are_let_go() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", false).unwrap();
+        let upstreams = Upstreams::new(tls, "apiserver.test", false, Counter::default()).unwrap();
         let pooled = || upstreams.idle.lock().unwrap().len();
         for round in 1..=2 {
             fetch(&upstreams, &address, "/").await;
@@ -600,6 +784,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_the_apiserver_refused_unprocessed_is_sent_again_on_a_new_connection() {
+        let (address, tls, accepted) = refusing_server(2).await;
+        let resent = Counter::default();
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, resent.clone()).unwrap();
+        assert_eq!(
+            fetch(&upstreams, &address, "/again").await,
+            (http::Version::HTTP_2, "/again 0".to_string())
+        );
+        assert_eq!(resent.get(), 2);
+        // The connection that refused is not taken again.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // The third is kept for what follows.
+        fetch(&upstreams, &address, "/next").await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_too_often_is_a_refusal() {
+        let (address, tls, _) = refusing_server(1 + MAX_RESENDS as usize).await;
+        let resent = Counter::default();
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, resent.clone()).unwrap();
+        let upstream: http::uri::Authority = address.parse().unwrap();
+        let error = upstreams
+            .send(&upstream, get(&address, "/"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, UpstreamError::Refused { .. }), "{error}");
+        assert_eq!(resent.get(), u64::from(MAX_RESENDS));
+    }
+
+    /// A write refused is sent again with its body whole; one too long to
+    /// keep is a refusal, for the client to send again.
+    #[tokio::test]
+    async fn a_body_is_sent_again_up_to_the_replay_limit() {
+        let post = |address: &str, body: bytes::Bytes| {
+            Request::post(format!("https://{address}/write"))
+                .body(Full::new(body).map_err(|never| match never {}).boxed())
+                .unwrap()
+        };
+        let (address, tls, accepted) = refusing_server(1).await;
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
+        let upstream: http::uri::Authority = address.parse().unwrap();
+        let body = bytes::Bytes::from(vec![b'x'; 100_000]);
+        let response = upstreams
+            .send(&upstream, post(&address, body))
+            .await
+            .unwrap();
+        assert_eq!(body_of(response).await, "/write 100000");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        let (address, tls, _) = refusing_server(1).await;
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
+        let upstream: http::uri::Authority = address.parse().unwrap();
+        let too_long = bytes::Bytes::from(vec![b'x'; crate::replay::REPLAY_LIMIT + 1]);
+        let error = upstreams
+            .send(&upstream, post(&address, too_long.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, UpstreamError::Refused { .. }), "{error}");
+        // Sent again by the client, it goes through.
+        let response = upstreams
+            .send(&upstream, post(&address, too_long))
+            .await
+            .unwrap();
+        assert_eq!(
+            body_of(response).await,
+            format!("/write {}", crate::replay::REPLAY_LIMIT + 1)
+        );
+    }
+
+    #[tokio::test]
     async fn an_upstream_that_does_not_listen_is_an_error_that_names_it() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -607,7 +862,7 @@ mod tests {
         let tls = rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let upstreams = Upstreams::new(tls, "apiserver.test", true).unwrap();
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
         let error = upstreams
             .send(&address.parse().unwrap(), get(&address, "/"))
             .await

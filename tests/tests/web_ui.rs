@@ -39,7 +39,12 @@ fn kubectl(pod: &InterceptedPod, cluster: &Cluster, args: &[&str], input: Option
         None => pod.exec(&command),
     }
     .unwrap();
-    assert!(out.success, "kubectl {args:?}: {}", out.stderr);
+    assert!(
+        out.success,
+        "kubectl {args:?}: {}\ninterceptor log:\n{}",
+        out.stderr,
+        pod.log()
+    );
 }
 
 #[test]

@@ -1,0 +1,196 @@
+//! The interceptor in front of an apiserver that closes HTTP/2 connections
+//! with a GOAWAY after 2% of the requests (`--goaway-chance`), as HA control
+//! planes are run, on a control plane of its own (index 5). The interceptor
+//! shares one HTTP/2 connection among a pod's clients, so requests racing a
+//! GOAWAY are refused unprocessed many times in a run: each must still be
+//! answered, and a write refused must reach the apiserver once, never twice.
+
+use apiwitness_e2e::certify::{CertifyStandIn, Signer};
+use apiwitness_e2e::collector::Collector;
+use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::{Cluster, CommandOutput, TestNamespace, repo_root, wait_until};
+use std::process::Command;
+use std::time::Duration;
+
+const INDEX: u8 = 5;
+const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const READS: usize = 1500;
+const WRITES: usize = 600;
+
+fn hack_cluster(args: &[&str]) -> CommandOutput {
+    let shared_bins = Cluster::shared().var("APIWITNESS_BIN_DIR").to_string();
+    CommandOutput::run(
+        Command::new(repo_root().join("hack/cluster"))
+            .args(args)
+            .env("APIWITNESS_CLUSTER_INDEX", INDEX.to_string())
+            .env("APIWITNESS_BIN_DIR", shared_bins)
+            .env("APIWITNESS_APISERVER_GOAWAY_CHANCE", "0.02"),
+    )
+    .unwrap()
+}
+
+/// Takes the cluster down when the test ends, however it ends.
+struct ClusterDown;
+
+impl Drop for ClusterDown {
+    fn drop(&mut self) {
+        let _ = hack_cluster(&["down"]);
+    }
+}
+
+/// Runs curl in `pod` over HTTP/2, `parallel` transfers at a time on one
+/// connection, with the pod's token: the status of each transfer on its
+/// standard output, one a line, and curl's own errors on its error output.
+fn curl(pod: &InterceptedPod, parallel: usize, args: &str) -> CommandOutput {
+    pod.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "curl -sS --no-progress-meter --http2 -Z --parallel-max {parallel} \
+             --cacert {SA}/ca.crt -H \"Authorization: Bearer $(cat {SA}/token)\" \
+             -o /dev/null -w 'status %{{http_code}}\\n' {args}"
+        ),
+    ])
+    .unwrap()
+}
+
+fn statuses(out: &CommandOutput) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("status "))
+        .collect()
+}
+
+fn metric(pod: &InterceptedPod, name: &str) -> f64 {
+    let out = pod
+        .exec(&["curl", "-sf", "http://127.0.0.1:15090/metrics"])
+        .unwrap();
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{}", out.stdout))
+}
+
+#[test]
+fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
+    let _ = hack_cluster(&["down"]);
+    let _down = ClusterDown;
+    let up = hack_cluster(&["up"]);
+    assert!(up.success, "up: {}\n{}", up.stdout, up.stderr);
+    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::describe(INDEX).unwrap()));
+
+    let ns = TestNamespace::with_app(cluster, "goaway");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let pod = InterceptedPod::start(
+        cluster,
+        &format!("{n}-p"),
+        &n,
+        "app",
+        &[],
+        InterceptorOptions::shipping_to(&certify.url, &collector.url),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let host = "https://$KUBERNETES_SERVICE_HOST";
+
+    // Reads, each its own list: `limit` tells them apart in the records.
+    let reads = curl(
+        &pod,
+        32,
+        &format!("\"{host}/api/v1/namespaces/{n}/configmaps?limit=[1-{READS}]\""),
+    );
+    let read_statuses = statuses(&reads);
+    assert_eq!(read_statuses.len(), READS, "{}", reads.stderr);
+    let failed: Vec<_> = read_statuses.iter().filter(|s| **s != "200").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {READS} reads failed: {}\ninterceptor log:\n{}",
+        failed.len(),
+        reads.stderr,
+        pod.log()
+    );
+    // The proof that the run raced GOAWAYs at all: requests refused
+    // unprocessed and sent again by the interceptor.
+    let resent = metric(&pod, "apiwitness_interceptor_upstream_resends_total");
+    assert!(
+        resent > 0.0,
+        "no request was refused: the test proves nothing"
+    );
+
+    // Writes, each a new ConfigMap: one refused is sent again with its body.
+    let body = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"w-"},"data":{"k":"v"}}"#;
+    let writes = curl(
+        &pod,
+        32,
+        &format!(
+            "-X POST -H 'Content-Type: application/json' -d '{body}' \
+             \"{host}/api/v1/namespaces/{n}/configmaps?fieldManager=w[1-{WRITES}]\""
+        ),
+    );
+    let write_statuses = statuses(&writes);
+    assert_eq!(write_statuses.len(), WRITES, "{}", writes.stderr);
+    assert!(
+        write_statuses.iter().all(|s| *s == "201"),
+        "{}\ninterceptor log:\n{}",
+        writes.stderr,
+        pod.log()
+    );
+    let created = cluster
+        .kubectl_json(&["get", "configmaps", "-n", &n, "-o", "json"])
+        .unwrap();
+    let written = created["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["metadata"]["name"].as_str().unwrap().starts_with("w-"))
+        .count();
+    assert_eq!(written, WRITES, "each write landed once");
+
+    // Every read is recorded once, answered: a request sent again is one
+    // exchange, not two.
+    let exchanges = wait_until("the reads' records", Duration::from_secs(60), || {
+        let reads: Vec<_> = collector
+            .exchanges()
+            .into_iter()
+            .filter(|e| e.method == "GET" && e.path.ends_with(&format!("{n}/configmaps")))
+            .collect();
+        (reads.len() >= READS).then_some(reads)
+    })
+    .unwrap();
+    assert_eq!(exchanges.len(), READS);
+    assert!(
+        exchanges
+            .iter()
+            .all(|e| e.status == 200 && e.error.is_none())
+    );
+    let mut limits: Vec<_> = exchanges.iter().map(|e| e.query.clone()).collect();
+    limits.sort();
+    limits.dedup();
+    assert_eq!(limits.len(), READS, "each read recorded once");
+
+    let resent_writes = metric(&pod, "apiwitness_interceptor_upstream_resends_total") - resent;
+    assert!(
+        resent_writes > 0.0,
+        "no write was refused: the test proves nothing"
+    );
+
+    // Each write is recorded once, with its body.
+    let posts = wait_until("the writes' records", Duration::from_secs(60), || {
+        let posts: Vec<_> = collector
+            .exchanges()
+            .into_iter()
+            .filter(|e| e.method == "POST" && e.path.ends_with(&format!("{n}/configmaps")))
+            .collect();
+        (posts.len() >= WRITES).then_some(posts)
+    })
+    .unwrap();
+    assert_eq!(posts.len(), WRITES);
+    assert!(posts.iter().all(|e| {
+        e.status == 201
+            && e.request_body
+                .as_ref()
+                .is_some_and(|b| b.size == body.len() as u64)
+    }));
+    println!("sent again by the interceptor: {resent} reads, {resent_writes} writes");
+}
