@@ -1,9 +1,14 @@
-//! The interceptor in front of an apiserver that closes HTTP/2 connections
-//! with a GOAWAY after 2% of the requests (`--goaway-chance`), as HA control
-//! planes are run, on a control plane of its own (index 5). The interceptor
-//! shares one HTTP/2 connection among a pod's clients, so requests racing a
-//! GOAWAY are refused unprocessed many times in a run: each must still be
-//! answered, and a write refused must reach the apiserver once, never twice.
+//! The interceptor's HTTP/2 connections to the apiserver, under what real
+//! apiservers do. The interceptor shares them among all of a pod's HTTP/2
+//! clients, so that what one client alone would rarely meet, they meet
+//! together:
+//! - an apiserver that closes a connection with a GOAWAY after 2% of the
+//!   requests (`--goaway-chance`, as HA control planes are run), on a
+//!   control plane of its own (index 5): requests racing a GOAWAY are
+//!   refused unprocessed many times in a run, and each must still be
+//!   answered, and a write must reach the apiserver once, never twice;
+//! - the apiserver's limit of 100 streams a connection: a pod's clients
+//!   holding more watches than that must not hold up its other requests.
 
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::collector::Collector;
@@ -69,6 +74,95 @@ fn metric(pod: &InterceptedPod, name: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in the metrics:\n{}", out.stdout))
+}
+
+/// Watches over the apiserver's limit of streams on one connection (100,
+/// its default), from the pod's clients together, as a controller with many
+/// informers holds: none waits for another to end, and a request beside
+/// them is answered at once. Go's client opens another connection for them;
+/// so must the interceptor.
+#[test]
+fn watches_past_the_apiservers_stream_limit_hold_up_nothing() {
+    const WATCHES: usize = 150;
+    const WATCH_SECONDS: u64 = 20;
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::with_app(cluster, "streams");
+    let n = ns.name.clone();
+    let collector = Collector::start(cluster).unwrap();
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let pod = InterceptedPod::start(
+        cluster,
+        &format!("{n}-p"),
+        &n,
+        "app",
+        &[],
+        InterceptorOptions::shipping_to(&certify.url, &collector.url),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let host = "https://$KUBERNETES_SERVICE_HOST";
+
+    std::thread::scope(|s| {
+        let started = std::time::Instant::now();
+        let watches = s.spawn(|| {
+            curl(
+                &pod,
+                WATCHES,
+                &format!(
+                    "\"{host}/api/v1/namespaces/{n}/configmaps?watch=1&timeoutSeconds={WATCH_SECONDS}&limit=[1-{WATCHES}]\""
+                ),
+            )
+        });
+        // Once they are all open (the apiserver counts them), a list beside
+        // them, and a write that every watch sees.
+        std::thread::sleep(Duration::from_secs(5));
+        let kubectl = cluster.bin("kubectl");
+        let k = kubectl.to_str().unwrap();
+        let asked = std::time::Instant::now();
+        let list = pod
+            .exec(&["timeout", "10", k, "get", "configmaps", "-o", "name"])
+            .unwrap();
+        assert!(
+            list.success,
+            "a list beside {WATCHES} watches waited {:?}: {}\ninterceptor log:\n{}",
+            asked.elapsed(),
+            list.stderr,
+            pod.log()
+        );
+        let create = pod
+            .exec(&["timeout", "10", k, "create", "configmap", "seen-by-all"])
+            .unwrap();
+        assert!(create.success, "{}", create.stderr);
+
+        let watches = watches.join().unwrap();
+        let ended = started.elapsed();
+        let statuses = statuses(&watches);
+        assert_eq!(statuses.len(), WATCHES, "{}", watches.stderr);
+        assert!(statuses.iter().all(|s| *s == "200"), "{}", watches.stderr);
+        // Each ended when its own timeout did, none after another's.
+        assert!(
+            ended < Duration::from_secs(WATCH_SECONDS + 8),
+            "{WATCHES} watches of {WATCH_SECONDS} s took {ended:?}"
+        );
+    });
+    // Every watch saw the write, so every one was open when it was made
+    // (`limit` tells them apart; a watch is shipped in parts).
+    let saw_it = wait_until("the watches' records", Duration::from_secs(60), || {
+        let mut saw_it: Vec<_> = collector
+            .exchanges()
+            .into_iter()
+            .filter(|e| {
+                e.query.contains("watch=1")
+                    && e.watch
+                        .as_ref()
+                        .is_some_and(|w| serde_json::to_string(w).unwrap().contains("seen-by-all"))
+            })
+            .map(|e| e.query)
+            .collect();
+        saw_it.sort();
+        saw_it.dedup();
+        (saw_it.len() >= WATCHES).then_some(saw_it)
+    });
+    assert!(saw_it.is_ok(), "not every watch saw the write: {saw_it:?}");
 }
 
 #[test]
