@@ -565,9 +565,12 @@ impl Upstreams {
                 .max_frame_size(MAX_FRAME_SIZE)
                 // A peer that vanishes without a FIN or RST would leave
                 // every stream of the shared connection waiting: PINGs
-                // find it out and close it.
+                // find it out and close it. client-go's figures (30 s, and
+                // 15 s for the answer): a PING unanswered in time ends
+                // every stream on the connection, the watches of all of
+                // the pod's clients, so no quicker than they would.
                 .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(15))
                 .handshake(io)
                 .await
                 .map_err(handshake)?;
