@@ -1,5 +1,6 @@
 //! Prometheus metrics of the interceptor, served on the admin port.
 
+use crate::upstream::UpstreamMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,7 +40,7 @@ pub struct Metrics {
     pub shipped: Counter,
     pub ship_failures: Counter,
     pub upstream_errors: Counter,
-    pub upstream_resends: Counter,
+    pub upstream: UpstreamMetrics,
     pub certificate_expiry: Gauge<f64, AtomicU64>,
     pub connections: Gauge,
 }
@@ -113,7 +114,13 @@ impl Metrics {
             "Requests the apiserver could not be reached for",
             upstream_errors.clone(),
         );
-        let upstream_resends = Counter::default();
+        let upstream = UpstreamMetrics::default();
+        registry.register(
+            "upstream_http2_connections",
+            "HTTP/2 connections open to the apiserver",
+            upstream.http2_connections.clone(),
+        );
+        let upstream_resends = upstream.resent.clone();
         registry.register(
             "upstream_resends",
             "Requests sent again after the apiserver refused them unprocessed (a GOAWAY, REFUSED_STREAM)",
@@ -147,7 +154,7 @@ impl Metrics {
             shipped,
             ship_failures,
             upstream_errors,
-            upstream_resends,
+            upstream,
             certificate_expiry,
             connections,
         }

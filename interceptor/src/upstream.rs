@@ -42,6 +42,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::pki_types::ServerName;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -198,6 +199,15 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
+/// What the pool counts, into the interceptor's metrics.
+#[derive(Clone, Default)]
+pub struct UpstreamMetrics {
+    /// Requests sent again after the apiserver refused them unprocessed.
+    pub resent: Counter,
+    /// HTTP/2 connections open to the apiserver.
+    pub http2_connections: Gauge,
+}
+
 pub struct Upstreams {
     tls: TlsConnector,
     offers_http2: bool,
@@ -209,8 +219,7 @@ pub struct Upstreams {
     /// Held while an HTTP/2 connection is made, so that the requests that
     /// find none wait for the one being made instead of each making one.
     connecting: tokio::sync::Mutex<()>,
-    /// Requests sent again after the apiserver refused them unprocessed.
-    resent: Counter,
+    metrics: UpstreamMetrics,
     /// HTTP/2 connections made, which numbers them.
     made: AtomicU64,
 }
@@ -222,7 +231,7 @@ impl Upstreams {
         mut tls: rustls::ClientConfig,
         server_name: &str,
         http2: bool,
-        resent: Counter,
+        metrics: UpstreamMetrics,
     ) -> Result<Arc<Upstreams>, String> {
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|e| format!("upstream server name {server_name:?}: {e}"))?;
@@ -239,7 +248,7 @@ impl Upstreams {
             shared: Mutex::new(Vec::new()),
             expiring: AtomicBool::new(false),
             connecting: tokio::sync::Mutex::new(()),
-            resent,
+            metrics,
             made: AtomicU64::new(0),
         }))
     }
@@ -294,7 +303,7 @@ impl Upstreams {
                             match body {
                                 Some(body) if resends < MAX_RESENDS => {
                                     resends += 1;
-                                    self.resent.inc();
+                                    self.metrics.resent.inc();
                                     tracing::debug!(
                                         %upstream, resends, error = %error,
                                         "the apiserver refused a request unprocessed: sending it again"
@@ -583,6 +592,8 @@ impl Upstreams {
             let slot = StreamSlot(streams.clone());
             let allowed = streams.clone();
             let mut connection = connection;
+            let open_connections = self.metrics.http2_connections.clone();
+            open_connections.inc();
             tokio::spawn(async move {
                 // The connection's task is where the apiserver's SETTINGS
                 // are read: after each turn, its limit is published.
@@ -594,6 +605,7 @@ impl Upstreams {
                     polled
                 })
                 .await;
+                open_connections.dec();
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
@@ -837,7 +849,8 @@ mod tests {
     #[tokio::test]
     async fn an_http1_connection_serves_one_request_after_another() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", false, Counter::default()).unwrap();
+        let upstreams =
+            Upstreams::new(tls, "apiserver.test", false, UpstreamMetrics::default()).unwrap();
         for path in ["/a", "/b", "/c"] {
             assert_eq!(
                 fetch(&upstreams, &address, path).await,
@@ -850,7 +863,8 @@ mod tests {
     #[tokio::test]
     async fn one_http2_connection_carries_requests_at_once() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
+        let upstreams =
+            Upstreams::new(tls, "apiserver.test", true, UpstreamMetrics::default()).unwrap();
         let sent = (0..8).map(|i| {
             let (upstreams, address) = (upstreams.clone(), address.clone());
             tokio::spawn(async move {
@@ -872,7 +886,7 @@ mod tests {
         for http2 in [false, true] {
             let (address, tls, accepted) = server(Some(Duration::from_millis(100))).await;
             let upstreams =
-                Upstreams::new(tls, "apiserver.test", http2, Counter::default()).unwrap();
+                Upstreams::new(tls, "apiserver.test", http2, UpstreamMetrics::default()).unwrap();
             for round in 1..=3 {
                 assert_eq!(fetch(&upstreams, &address, "/again").await.1, "/again");
                 // The server closes the connection in the meantime.
@@ -888,7 +902,8 @@ mod tests {
     #[tokio::test]
     async fn requests_in_a_row_leave_no_tasks_behind() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", false, Counter::default()).unwrap();
+        let upstreams =
+            Upstreams::new(tls, "apiserver.test", false, UpstreamMetrics::default()).unwrap();
         let tasks = || {
             tokio::runtime::Handle::current()
                 .metrics()
@@ -910,7 +925,8 @@ mod tests {
     #[tokio::test]
     async fn connections_without_requests_are_let_go() {
         let (address, tls, accepted) = server(None).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", false, Counter::default()).unwrap();
+        let upstreams =
+            Upstreams::new(tls, "apiserver.test", false, UpstreamMetrics::default()).unwrap();
         let pooled = || upstreams.idle.lock().unwrap().len();
         for round in 1..=2 {
             fetch(&upstreams, &address, "/").await;
@@ -931,8 +947,9 @@ mod tests {
     #[tokio::test]
     async fn a_request_the_apiserver_refused_unprocessed_is_sent_again_on_a_new_connection() {
         let (address, tls, accepted) = refusing_server(2).await;
-        let resent = Counter::default();
-        let upstreams = Upstreams::new(tls, "apiserver.test", true, resent.clone()).unwrap();
+        let metrics = UpstreamMetrics::default();
+        let resent = metrics.resent.clone();
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, metrics).unwrap();
         assert_eq!(
             fetch(&upstreams, &address, "/again").await,
             (http::Version::HTTP_2, "/again 0".to_string())
@@ -950,7 +967,8 @@ mod tests {
     #[tokio::test]
     async fn requests_past_a_connections_stream_limit_open_another() {
         let (address, tls, accepted, release) = h2_server(0, Some(2)).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
+        let metrics = UpstreamMetrics::default();
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, metrics.clone()).unwrap();
         // The server's SETTINGS come with the first exchange.
         fetch(&upstreams, &address, "/first").await;
         let held: Vec<_> = (0..3)
@@ -985,6 +1003,7 @@ mod tests {
         // Two on the first connection, the third held and the quick one
         // on the second.
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(metrics.http2_connections.get(), 2);
         release.send(true).unwrap();
         for request in held {
             assert_eq!(request.await.unwrap().1, "/held 0");
@@ -998,8 +1017,9 @@ mod tests {
     #[tokio::test]
     async fn a_request_refused_too_often_is_a_refusal() {
         let (address, tls, _) = refusing_server(1 + MAX_RESENDS as usize).await;
-        let resent = Counter::default();
-        let upstreams = Upstreams::new(tls, "apiserver.test", true, resent.clone()).unwrap();
+        let metrics = UpstreamMetrics::default();
+        let resent = metrics.resent.clone();
+        let upstreams = Upstreams::new(tls, "apiserver.test", true, metrics).unwrap();
         let upstream: http::uri::Authority = address.parse().unwrap();
         let error = upstreams
             .send(&upstream, get(&address, "/"))
@@ -1019,7 +1039,8 @@ mod tests {
                 .unwrap()
         };
         let (address, tls, accepted) = refusing_server(1).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
+        let upstreams =
+            Upstreams::new(tls, "apiserver.test", true, UpstreamMetrics::default()).unwrap();
         let upstream: http::uri::Authority = address.parse().unwrap();
         let body = bytes::Bytes::from(vec![b'x'; 100_000]);
         let response = upstreams
@@ -1030,7 +1051,8 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         let (address, tls, _) = refusing_server(1).await;
-        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
+        let upstreams =
+            Upstreams::new(tls, "apiserver.test", true, UpstreamMetrics::default()).unwrap();
         let upstream: http::uri::Authority = address.parse().unwrap();
         let too_long = bytes::Bytes::from(vec![b'x'; crate::replay::REPLAY_LIMIT + 1]);
         let error = upstreams
@@ -1057,7 +1079,8 @@ mod tests {
         let tls = rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let upstreams = Upstreams::new(tls, "apiserver.test", true, Counter::default()).unwrap();
+        let upstreams =
+            Upstreams::new(tls, "apiserver.test", true, UpstreamMetrics::default()).unwrap();
         let error = upstreams
             .send(&address.parse().unwrap(), get(&address, "/"))
             .await

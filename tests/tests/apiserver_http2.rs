@@ -132,6 +132,8 @@ fn watches_past_the_apiservers_stream_limit_hold_up_nothing() {
             .exec(&["timeout", "10", k, "create", "configmap", "seen-by-all"])
             .unwrap();
         assert!(create.success, "{}", create.stderr);
+        let connections = metric(&pod, "apiwitness_interceptor_upstream_http2_connections");
+        assert!(connections >= 2.0, "{connections} HTTP/2 connections");
 
         let watches = watches.join().unwrap();
         let ended = started.elapsed();
