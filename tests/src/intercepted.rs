@@ -3,7 +3,9 @@
 //! UID, with the pod's token and the cluster CA. Application commands then run
 //! in the pod unmodified, and their traffic goes through the interceptor.
 
-use crate::{Cluster, CommandOutput, NetnsPod, wait_until, workspace_binary};
+use crate::certify::{CertifyStandIn, Signer};
+use crate::collector::Collector;
+use crate::{Cluster, CommandOutput, NetnsPod, TestNamespace, wait_until, workspace_binary};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -218,6 +220,41 @@ impl Drop for InterceptedPod {
         // Kept where a test failed, for the reading.
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log_path);
+        }
+    }
+}
+
+/// An intercepted pod `<namespace>-p` of ServiceAccount `app` in a
+/// namespace of its own, certified by the cluster CA and shipping to a
+/// collector. Its fields drop in order: the pod first, the namespace last.
+pub struct AppPod {
+    pub pod: InterceptedPod,
+    _certify: CertifyStandIn,
+    pub collector: Collector,
+    pub ns: TestNamespace,
+}
+
+impl AppPod {
+    /// Starts one in a namespace named after `label`, with `configure`
+    /// applied to the interceptor's options.
+    pub fn start(
+        cluster: &'static Cluster,
+        label: &str,
+        configure: impl FnOnce(&mut InterceptorOptions<'_>),
+    ) -> AppPod {
+        let ns = TestNamespace::with_app(cluster, label);
+        let collector = Collector::start(cluster).unwrap();
+        let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+        let mut options = InterceptorOptions::shipping_to(&certify.url, &collector.url);
+        configure(&mut options);
+        let n = &ns.name;
+        let pod = InterceptedPod::start(cluster, &format!("{n}-p"), n, "app", &[], options)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        AppPod {
+            pod,
+            _certify: certify,
+            collector,
+            ns,
         }
     }
 }

@@ -10,10 +10,8 @@
 //! - the apiserver's limit of 100 streams a connection: a pod's clients
 //!   holding more watches than that must not hold up its other requests.
 
-use apiwitness_e2e::certify::{CertifyStandIn, Signer};
-use apiwitness_e2e::collector::Collector;
-use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
-use apiwitness_e2e::{Cluster, CommandOutput, TestNamespace, repo_root, wait_until};
+use apiwitness_e2e::intercepted::{AppPod, InterceptedPod};
+use apiwitness_e2e::{Cluster, CommandOutput, repo_root, wait_until};
 use std::process::Command;
 use std::time::Duration;
 
@@ -86,26 +84,15 @@ fn watches_past_the_apiservers_stream_limit_hold_up_nothing() {
     const WATCHES: usize = 150;
     const WATCH_SECONDS: u64 = 20;
     let cluster = Cluster::shared();
-    let ns = TestNamespace::with_app(cluster, "streams");
-    let n = ns.name.clone();
-    let collector = Collector::start(cluster).unwrap();
-    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
-    let pod = InterceptedPod::start(
-        cluster,
-        &format!("{n}-p"),
-        &n,
-        "app",
-        &[],
-        InterceptorOptions::shipping_to(&certify.url, &collector.url),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let app = AppPod::start(cluster, "streams", |_| {});
+    let (pod, collector, n) = (&app.pod, &app.collector, app.ns.name.clone());
     let host = "https://$KUBERNETES_SERVICE_HOST";
 
     std::thread::scope(|s| {
         let started = std::time::Instant::now();
         let watches = s.spawn(|| {
             curl(
-                &pod,
+                pod,
                 WATCHES,
                 &format!(
                     "\"{host}/api/v1/namespaces/{n}/configmaps?watch=1&timeoutSeconds={WATCH_SECONDS}&limit=[1-{WATCHES}]\""
@@ -132,7 +119,7 @@ fn watches_past_the_apiservers_stream_limit_hold_up_nothing() {
             .exec(&["timeout", "10", k, "create", "configmap", "seen-by-all"])
             .unwrap();
         assert!(create.success, "{}", create.stderr);
-        let connections = metric(&pod, "apiwitness_interceptor_upstream_http2_connections");
+        let connections = metric(pod, "apiwitness_interceptor_upstream_http2_connections");
         assert!(connections >= 2.0, "{connections} HTTP/2 connections");
 
         let watches = watches.join().unwrap();
@@ -175,24 +162,13 @@ fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
     assert!(up.success, "up: {}\n{}", up.stdout, up.stderr);
     let cluster: &'static Cluster = Box::leak(Box::new(Cluster::describe(INDEX).unwrap()));
 
-    let ns = TestNamespace::with_app(cluster, "goaway");
-    let n = ns.name.clone();
-    let collector = Collector::start(cluster).unwrap();
-    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
-    let pod = InterceptedPod::start(
-        cluster,
-        &format!("{n}-p"),
-        &n,
-        "app",
-        &[],
-        InterceptorOptions::shipping_to(&certify.url, &collector.url),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let app = AppPod::start(cluster, "goaway", |_| {});
+    let (pod, collector, n) = (&app.pod, &app.collector, app.ns.name.clone());
     let host = "https://$KUBERNETES_SERVICE_HOST";
 
     // Reads, each its own list: `limit` tells them apart in the records.
     let reads = curl(
-        &pod,
+        pod,
         32,
         &format!("\"{host}/api/v1/namespaces/{n}/configmaps?limit=[1-{READS}]\""),
     );
@@ -208,7 +184,7 @@ fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
     );
     // The proof that the run raced GOAWAYs at all: requests refused
     // unprocessed and sent again by the interceptor.
-    let resent = metric(&pod, "apiwitness_interceptor_upstream_resends_total");
+    let resent = metric(pod, "apiwitness_interceptor_upstream_resends_total");
     assert!(
         resent > 0.0,
         "no request was refused: the test proves nothing"
@@ -217,7 +193,7 @@ fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
     // Writes, each a new ConfigMap: one refused is sent again with its body.
     let body = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"w-"},"data":{"k":"v"}}"#;
     let writes = curl(
-        &pod,
+        pod,
         32,
         &format!(
             "-X POST -H 'Content-Type: application/json' -d '{body}' \
@@ -265,7 +241,7 @@ fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
     limits.dedup();
     assert_eq!(limits.len(), READS, "each read recorded once");
 
-    let resent_writes = metric(&pod, "apiwitness_interceptor_upstream_resends_total") - resent;
+    let resent_writes = metric(pod, "apiwitness_interceptor_upstream_resends_total") - resent;
     assert!(
         resent_writes > 0.0,
         "no write was refused: the test proves nothing"

@@ -4,7 +4,7 @@
 
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::collector::Collector;
-use apiwitness_e2e::intercepted::{InterceptedPod, InterceptorOptions};
+use apiwitness_e2e::intercepted::{AppPod, InterceptedPod, InterceptorOptions};
 use apiwitness_e2e::tls::TestCa;
 use apiwitness_e2e::{Cluster, TestNamespace, repo_root};
 use std::sync::Arc;
@@ -12,44 +12,10 @@ use std::time::Duration;
 
 const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-fn options<'a>(certify: &'a CertifyStandIn, collector: &'a Collector) -> InterceptorOptions<'a> {
-    InterceptorOptions::shipping_to(&certify.url, &collector.url)
-}
-
-/// An intercepted pod in a namespace of its own, certified by the cluster
-/// CA and shipping to a collector. Its fields drop in order: the pod first,
-/// the namespace last.
-struct EdgePod {
-    pod: InterceptedPod,
-    _certify: CertifyStandIn,
-    collector: Collector,
-    ns: TestNamespace,
-}
-
-/// Starts an [`EdgePod`] in a namespace named after `label`, with
-/// `configure` applied to the interceptor's options.
-fn edge_pod(label: &str, configure: impl FnOnce(&mut InterceptorOptions<'_>)) -> EdgePod {
-    let cluster = Cluster::shared();
-    let ns = TestNamespace::with_app(cluster, label);
-    let collector = Collector::start(cluster).unwrap();
-    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
-    let mut opts = options(&certify, &collector);
-    configure(&mut opts);
-    let n = &ns.name;
-    let pod = InterceptedPod::start(cluster, &format!("{n}-p"), n, "app", &[], opts)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    EdgePod {
-        pod,
-        _certify: certify,
-        collector,
-        ns,
-    }
-}
-
 #[test]
 fn malformed_stalled_and_huge_requests_leave_memory_bounded_and_others_unaffected() {
     let cluster = Cluster::shared();
-    let mut edge = edge_pod("edge-abuse", |_| {});
+    let mut edge = AppPod::start(Cluster::shared(), "edge-abuse", |_| {});
     let (pod, collector) = (&mut edge.pod, &edge.collector);
     let n = edge.ns.name.clone();
     let kubectl = cluster.bin("kubectl");
@@ -167,7 +133,7 @@ fn certificates_rotate_under_live_connections_without_a_failed_request() {
         &n,
         "app",
         &["--ca", bundle.to_str().unwrap()],
-        options(&certify, &collector),
+        InterceptorOptions::shipping_to(&certify.url, &collector.url),
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     let script = repo_root().join("tests/python/keepalive_probe.py");
@@ -211,7 +177,7 @@ fn certificates_rotate_under_live_connections_without_a_failed_request() {
 fn explicit_mode_serves_clients_pointed_at_the_sidecar() {
     let cluster = Cluster::shared();
     let service = cluster.var("APIWITNESS_KUBERNETES_SERVICE_IP").to_string();
-    let mut edge = edge_pod("edge-explicit", |opts| {
+    let mut edge = AppPod::start(Cluster::shared(), "edge-explicit", |opts| {
         opts.explicit_upstream = Some(format!("https://{service}:443"));
     });
     let (pod, collector) = (&mut edge.pod, &edge.collector);
@@ -253,7 +219,7 @@ fn explicit_mode_serves_clients_pointed_at_the_sidecar() {
 #[test]
 fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() {
     let cluster = Cluster::shared();
-    let mut edge = edge_pod("edge-down", |opts| {
+    let mut edge = AppPod::start(Cluster::shared(), "edge-down", |opts| {
         // A port on the node where nothing listens.
         opts.explicit_upstream = Some(format!("https://{}:1", cluster.node_ip()));
     });
@@ -301,7 +267,7 @@ fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() 
 #[test]
 fn joining_writes_holds_back_neither_a_response_end_nor_a_watch_event() {
     let cluster = Cluster::shared();
-    let mut edge = edge_pod("edge-join", |opts| {
+    let mut edge = AppPod::start(Cluster::shared(), "edge-join", |opts| {
         opts.extra_args = vec!["--coalesce-wait".into(), "1h".into()];
     });
     let (pod, collector) = (&mut edge.pod, &edge.collector);
