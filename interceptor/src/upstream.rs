@@ -25,8 +25,13 @@
 //! or REFUSED_STREAM), is sent again too, on a new connection, as Go's
 //! HTTP/2 client does. The apiserver closes an HTTP/2 connection that has
 //! been idle for 90 s, and with `--goaway-chance` one in every so many
-//! requests; the interceptor shares one connection among all of a pod's
+//! requests; the interceptor shares its connections among all of a pod's
 //! HTTP/2 clients, so a request racing such a GOAWAY is routine, not rare.
+//! And, as Go's client does, a read without a body (GET, HEAD, OPTIONS)
+//! whose pooled HTTP/1.1 connection closed before any of its answer came
+//! is sent again: the apiserver may have closed it, idle, as it was
+//! written. A write is not: it may have been processed.
+//!
 //! A request's body is kept as it is read to be sent again (`replay.rs`),
 //! up to [`crate::replay::REPLAY_LIMIT`]; the refusal of a longer one goes
 //! back to the client as REFUSED_STREAM, which tells an HTTP/2 client that
@@ -335,10 +340,40 @@ impl Upstreams {
                     {
                         request.headers_mut().insert(http::header::HOST, host);
                     }
+                    // A read without a body, on a pooled connection, is made
+                    // again if the connection closes before its answer: the
+                    // apiserver may have closed it, idle, as it was written.
+                    let again = (reused
+                        && resends < MAX_RESENDS
+                        && is_safe_to_repeat(request.method())
+                        && request.body().is_end_stream())
+                    .then(|| head_of(&request));
                     match sender.try_send_request(request).await {
                         Ok(response) => {
                             self.check_in(upstream, sender);
                             return Ok(response.map(|inner| UpstreamBody { inner, slot: None }));
+                        }
+                        Err(failed) if failed.message().is_none() => {
+                            let error = failed.into_error();
+                            match again {
+                                Some(head) if closed_before_the_answer(&error) => {
+                                    resends += 1;
+                                    self.metrics.resent.inc();
+                                    tracing::debug!(
+                                        %upstream, resends, error = %error,
+                                        "a pooled connection closed before its answer: sending the read again"
+                                    );
+                                    request = head.map(|()| empty_body());
+                                    *request.uri_mut() = absolute.clone();
+                                    continue;
+                                }
+                                _ => {
+                                    return Err(UpstreamError::Send {
+                                        upstream: upstream.to_string(),
+                                        source: error,
+                                    });
+                                }
+                            }
                         }
                         Err(failed) => failed,
                     }
@@ -641,6 +676,34 @@ fn never_processed(error: &hyper::Error) -> bool {
         && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
+/// The methods Go's client sends again, unasked, when a reused
+/// connection closes before their answer (RFC 9110, 9.2.2).
+fn is_safe_to_repeat(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+/// Whether `error` is the connection closing, or being reset, before any
+/// of the answer came: a clean close, a reset, or, under TLS, an end of
+/// the stream without the TLS close.
+fn closed_before_the_answer(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        })
+}
+
 /// A copy of `request`'s head, to make it again.
 fn head_of<B>(request: &Request<B>) -> Request<()> {
     let mut head = Request::new(());
@@ -821,6 +884,44 @@ mod tests {
             }
         });
         (address, client, accepted, release)
+    }
+
+    /// An HTTP/1.1 server on loopback that answers the first request on
+    /// each connection with its path, and closes the connection on the
+    /// second without an answer, as an apiserver closing an idle
+    /// connection just as a request comes does. Counts its connections.
+    async fn closing_server() -> (String, rustls::ClientConfig, Arc<AtomicUsize>) {
+        let (client, acceptor) = tls_pair(&[b"http/1.1"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let first = served.fetch_add(1, Ordering::SeqCst) == 0;
+                        async move {
+                            if !first {
+                                return Err("closing");
+                            }
+                            let path = request.uri().path().to_string();
+                            Ok(Response::new(Full::new(bytes::Bytes::from(path))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (address, client, accepted)
     }
 
     fn get(address: &str, path: &str) -> Request<ProxyBody> {
@@ -1012,6 +1113,32 @@ mod tests {
         fetch(&upstreams, &address, "/after").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(open(), 0);
+    }
+
+    /// A read on a pooled HTTP/1.1 connection that closes before its answer
+    /// is sent again on a new one; a write is not, for it may have been
+    /// processed.
+    #[tokio::test]
+    async fn a_read_whose_pooled_connection_closed_before_the_answer_is_sent_again() {
+        let (address, tls, accepted) = closing_server().await;
+        let metrics = UpstreamMetrics::default();
+        let upstreams = Upstreams::new(tls, "apiserver.test", false, metrics.clone()).unwrap();
+        assert_eq!(fetch(&upstreams, &address, "/a").await.1, "/a");
+        assert_eq!(fetch(&upstreams, &address, "/b").await.1, "/b");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(metrics.resent.get(), 1);
+
+        let upstream: http::uri::Authority = address.parse().unwrap();
+        let post = Request::post(format!("https://{address}/c"))
+            .body(
+                Full::new(bytes::Bytes::from_static(b"{}"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap();
+        let error = upstreams.send(&upstream, post).await.unwrap_err();
+        assert!(matches!(error, UpstreamError::Send { .. }), "{error}");
+        assert_eq!(metrics.resent.get(), 1);
     }
 
     #[tokio::test]
