@@ -517,6 +517,50 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    /// The HTTP/2 client of a request the apiserver refused unprocessed is
+    /// told so with REFUSED_STREAM, which lets it send the request again;
+    /// any other failure resets with INTERNAL_ERROR. hyper finds the
+    /// reason in the error's sources.
+    #[tokio::test]
+    async fn a_refusal_resets_the_clients_stream_with_refused_stream() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                let upstream = "apiserver".to_string();
+                let reason = "refused".to_string();
+                Err::<Response<ProxyBody>, _>(if request.uri().path() == "/refused" {
+                    ProxyError::Refused {
+                        upstream,
+                        reason,
+                        source: h2::Error::from(h2::Reason::REFUSED_STREAM),
+                    }
+                } else {
+                    ProxyError::Upstream { upstream, reason }
+                })
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        for (path, reason) in [
+            ("/refused", h2::Reason::REFUSED_STREAM),
+            ("/unreachable", h2::Reason::INTERNAL_ERROR),
+        ] {
+            let mut client = client.clone().ready().await.unwrap();
+            let request = Request::get(format!("http://{address}{path}"))
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let error = response.await.unwrap_err();
+            assert_eq!(error.reason(), Some(reason), "{path}: {error}");
+        }
+    }
+
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
         let mut h = HeaderMap::new();
