@@ -757,36 +757,51 @@ mod tests {
     /// after it was accepted, as an apiserver closes idle ones, without
     /// saying so in a header.
     async fn server(hold: Option<Duration>) -> (String, rustls::ClientConfig, Arc<AtomicUsize>) {
-        let (client, acceptor) = tls_pair(&[b"h2", b"http/1.1"]);
+        listen(&[b"h2", b"http/1.1"], move |tls| async move {
+            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                let path = request.uri().path().to_string();
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from(
+                    path,
+                ))))
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let serving = builder.serve_connection(TokioIo::new(tls), service);
+            match hold {
+                Some(hold) => {
+                    let _ = tokio::time::timeout(hold, serving).await;
+                }
+                None => {
+                    let _ = serving.await;
+                }
+            }
+        })
+        .await
+    }
+
+    /// A TLS listener on loopback that offers `alpn`, counts the
+    /// connections it accepts, and hands each to `serve` once its
+    /// handshake is done.
+    async fn listen<F, Serving>(
+        alpn: &[&[u8]],
+        serve: F,
+    ) -> (String, rustls::ClientConfig, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Serving + Send + Sync + 'static,
+        Serving: Future<Output = ()> + Send + 'static,
+    {
+        let (client, acceptor) = tls_pair(alpn);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counted = accepted.clone();
+        let serve = Arc::new(serve);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                let acceptor = acceptor.clone();
+                let (acceptor, serve) = (acceptor.clone(), serve.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service =
-                        hyper::service::service_fn(|request: Request<Incoming>| async move {
-                            let path = request.uri().path().to_string();
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                bytes::Bytes::from(path),
-                            )))
-                        });
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let serving = builder.serve_connection(TokioIo::new(tls), service);
-                    match hold {
-                        Some(hold) => {
-                            let _ = tokio::time::timeout(hold, serving).await;
-                        }
-                        None => {
-                            let _ = serving.await;
-                        }
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        serve(tls).await;
                     }
                 });
             }
@@ -835,54 +850,42 @@ mod tests {
         tokio::sync::watch::Sender<bool>,
     ) {
         let (release, released) = tokio::sync::watch::channel(false);
-        let (client, acceptor) = tls_pair(&[b"h2"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = accepted.clone();
         let refused = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, refused) = (acceptor.clone(), refused.clone());
-                let released = released.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut builder = h2::server::Builder::new();
-                    if let Some(max) = max_streams {
-                        builder.max_concurrent_streams(max);
+        let (address, client, accepted) = listen(&[b"h2"], move |tls| {
+            let (refused, released) = (refused.clone(), released.clone());
+            async move {
+                let mut builder = h2::server::Builder::new();
+                if let Some(max) = max_streams {
+                    builder.max_concurrent_streams(max);
+                }
+                let Ok(mut connection) = builder.handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    if refused.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
                     }
-                    let Ok(mut connection) = builder.handshake(tls).await else {
-                        return;
-                    };
-                    while let Some(Ok((request, mut respond))) = connection.accept().await {
-                        if refused.fetch_add(1, Ordering::SeqCst) < refuse {
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
-                            continue;
+                    let mut released = released.clone();
+                    tokio::spawn(async move {
+                        let path = request.uri().path().to_string();
+                        if path == "/held" {
+                            let _ = released.wait_for(|r| *r).await;
                         }
-                        let mut released = released.clone();
-                        tokio::spawn(async move {
-                            let path = request.uri().path().to_string();
-                            if path == "/held" {
-                                let _ = released.wait_for(|r| *r).await;
-                            }
-                            let mut body = request.into_body();
-                            let mut size = 0;
-                            while let Some(Ok(data)) = body.data().await {
-                                size += data.len();
-                                let _ = body.flow_control().release_capacity(data.len());
-                            }
-                            let mut sending =
-                                respond.send_response(Response::new(()), false).unwrap();
-                            let answer = format!("{path} {size}");
-                            sending.send_data(bytes::Bytes::from(answer), true).unwrap();
-                        });
-                    }
-                });
+                        let mut body = request.into_body();
+                        let mut size = 0;
+                        while let Some(Ok(data)) = body.data().await {
+                            size += data.len();
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        let mut sending = respond.send_response(Response::new(()), false).unwrap();
+                        let answer = format!("{path} {size}");
+                        sending.send_data(bytes::Bytes::from(answer), true).unwrap();
+                    });
+                }
             }
-        });
+        })
+        .await;
         (address, client, accepted, release)
     }
 
@@ -891,37 +894,23 @@ mod tests {
     /// second without an answer, as an apiserver closing an idle
     /// connection just as a request comes does. Counts its connections.
     async fn closing_server() -> (String, rustls::ClientConfig, Arc<AtomicUsize>) {
-        let (client, acceptor) = tls_pair(&[b"http/1.1"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let served = Arc::new(AtomicUsize::new(0));
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let first = served.fetch_add(1, Ordering::SeqCst) == 0;
-                        async move {
-                            if !first {
-                                return Err("closing");
-                            }
-                            let path = request.uri().path().to_string();
-                            Ok(Response::new(Full::new(bytes::Bytes::from(path))))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        (address, client, accepted)
+        listen(&[b"http/1.1"], |tls| async move {
+            let served = Arc::new(AtomicUsize::new(0));
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let first = served.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if !first {
+                        return Err("closing");
+                    }
+                    let path = request.uri().path().to_string();
+                    Ok(Response::new(Full::new(bytes::Bytes::from(path))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        })
+        .await
     }
 
     fn get(address: &str, path: &str) -> Request<ProxyBody> {
