@@ -120,11 +120,10 @@ impl Metrics {
             "HTTP/2 connections open to the apiserver",
             upstream.http2_connections.clone(),
         );
-        let upstream_resends = upstream.resent.clone();
         registry.register(
             "upstream_resends",
             "Requests sent again after the apiserver refused them unprocessed (a GOAWAY, REFUSED_STREAM)",
-            upstream_resends.clone(),
+            upstream.resent.clone(),
         );
         let certificate_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(

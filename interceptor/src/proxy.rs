@@ -23,6 +23,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// A body with nothing in it.
+pub fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("the apiserver at {upstream} could not be reached: {reason}")]
@@ -428,12 +435,7 @@ impl Proxy {
             self.recorder
                 .record(pending.finish(status.as_u16(), Some(head), Some(protocol), None));
             let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(
-                parts,
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed(),
-            ));
+            return Ok(Response::from_parts(parts, empty_body()));
         }
 
         let (mut parts, body) = response.into_parts();

@@ -37,12 +37,11 @@
 //! back to the client as REFUSED_STREAM, which tells an HTTP/2 client that
 //! it may send it again.
 
-use crate::proxy::ProxyBody;
+use crate::proxy::{ProxyBody, empty_body};
 use crate::read_ahead::ReadAhead;
 use crate::replay::{Replay, ReplayBody, replayable};
 use http::{Request, Response, Uri};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -292,7 +291,6 @@ impl Upstreams {
                         Err(failed) if failed.message().is_none() => {
                             let error = failed.into_error();
                             if !never_processed(&error) {
-                                self.forget_shared(upstream, &sender);
                                 return Err(UpstreamError::Send {
                                     upstream: upstream.to_string(),
                                     source: error,
@@ -307,12 +305,7 @@ impl Upstreams {
                             };
                             match body {
                                 Some(body) if resends < MAX_RESENDS => {
-                                    resends += 1;
-                                    self.metrics.resent.inc();
-                                    tracing::debug!(
-                                        %upstream, resends, error = %error,
-                                        "the apiserver refused a request unprocessed: sending it again"
-                                    );
+                                    self.count_resend(upstream, &mut resends, &error);
                                     request = head.map(|()| body);
                                     continue;
                                 }
@@ -324,10 +317,7 @@ impl Upstreams {
                                 }
                             }
                         }
-                        Err(failed) => {
-                            self.forget_shared(upstream, &sender);
-                            failed
-                        }
+                        Err(failed) => failed,
                     }
                 }
                 Connection::Http1(mut sender) => {
@@ -357,12 +347,7 @@ impl Upstreams {
                             let error = failed.into_error();
                             match again {
                                 Some(head) if closed_before_the_answer(&error) => {
-                                    resends += 1;
-                                    self.metrics.resent.inc();
-                                    tracing::debug!(
-                                        %upstream, resends, error = %error,
-                                        "a pooled connection closed before its answer: sending the read again"
-                                    );
+                                    self.count_resend(upstream, &mut resends, &error);
                                     request = head.map(|()| empty_body());
                                     *request.uri_mut() = absolute.clone();
                                     continue;
@@ -432,18 +417,7 @@ impl Upstreams {
         // make every request's future as large, which hyper and tokio move
         // about (a 4 KiB copy at each move, half the instructions of an
         // HTTP/2 request).
-        let mut connection = Box::pin(self.connect(upstream)).await?;
-        if let Connection::Http2(sender, number, slot) = &mut connection {
-            *number = self.made.fetch_add(1, Ordering::Relaxed);
-            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            shared.retain(|s| !s.sender.is_closed());
-            shared.push(Shared {
-                upstream: upstream.clone(),
-                sender: sender.clone(),
-                number: *number,
-                streams: slot.0.clone(),
-            });
-        }
+        let connection = Box::pin(self.connect(upstream)).await?;
         drop(connecting);
         Ok((connection, false))
     }
@@ -474,15 +448,17 @@ impl Upstreams {
         None
     }
 
-    fn forget_shared(
+    /// Counts a request that goes again after `error`, which the
+    /// apiserver did not answer.
+    fn count_resend(
         &self,
         upstream: &http::uri::Authority,
-        sender: &http2::SendRequest<ProxyBody>,
+        resends: &mut u32,
+        error: &hyper::Error,
     ) {
-        if sender.is_closed() {
-            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            shared.retain(|s| s.upstream != *upstream || !s.sender.is_closed());
-        }
+        *resends += 1;
+        self.metrics.resent.inc();
+        tracing::debug!(%upstream, resends = *resends, %error, "sending a request again");
     }
 
     /// Lets go of shared connection `number`, open or not: the next
@@ -645,8 +621,17 @@ impl Upstreams {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            // Numbered as it is shared.
-            Ok(Connection::Http2(sender, 0, slot))
+            let number = self.made.fetch_add(1, Ordering::Relaxed);
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared.retain(|s| !s.sender.is_closed());
+            shared.push(Shared {
+                upstream: upstream.clone(),
+                sender: sender.clone(),
+                number,
+                streams,
+            });
+            drop(shared);
+            Ok(Connection::Http2(sender, number, slot))
         } else {
             let (sender, connection) = http1::Builder::new()
                 .read_buf_exact_size(Some(HTTP1_READ_BUFFER))
@@ -714,12 +699,6 @@ fn head_of<B>(request: &Request<B>) -> Request<()> {
     head
 }
 
-fn empty_body() -> ProxyBody {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed()
-}
-
 /// Lets go of the pooled connections that are closed, or were last given a
 /// request [`IDLE_TIMEOUT`] ago.
 fn let_go_of_expired(idle: &mut Vec<Idle>) {
@@ -742,7 +721,7 @@ fn origin_form(uri: &Uri) -> Option<Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Empty, Full};
+    use http_body_util::{BodyExt, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
@@ -915,7 +894,7 @@ mod tests {
 
     fn get(address: &str, path: &str) -> Request<ProxyBody> {
         Request::get(format!("https://{address}{path}"))
-            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .body(empty_body())
             .unwrap()
     }
 
