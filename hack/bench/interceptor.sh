@@ -327,13 +327,15 @@ run_h2load_10() { # URL [extra h2load args]: run_h2load on 10 connections
 # With perf_as=NAME, perf (or strace) records the round as
 # interceptor-NAME or nginx-NAME, if asked (perf_start).
 measure_interceptor() { # BINARY UPSTREAM_URL SERVER_NAME CA TOOL PATH [TOOL ARGS...]
-  local binary=$1 upstream=$2 name=$3 ca=$4 tool=$5 path=$6 ticks figures
+  local binary=$1 upstream=$2 name=$3 ca=$4 tool=$5 path=$6 ticks up_ticks figures
   shift 6
   interceptor=$binary start_interceptor "$upstream" "$name" "$ca"
   [ -z "${perf_as:-}" ] || perf_start "interceptor-$perf_as" "$icpt_pid"
   ticks=$(cpu_ticks "$icpt_pid")
+  up_ticks=$(upstream_ticks "$upstream")
   figures=$($tool "https://127.0.0.1:$icpt$path" "$@")
   ticks=$(($(cpu_ticks "$icpt_pid") - ticks))
+  measured_upstream=$(cpu_us_per_request $(($(upstream_ticks "$upstream") - up_ticks)) "$figures")
   [ -z "${perf_as:-}" ] || perf_stop
   measured="$figures $(cpu_us_per_request "$ticks" "$figures")"
   measured_rss=$(peak_rss_mib "$icpt_pid")
@@ -389,7 +391,7 @@ bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
   for client in "HTTP/1.1" "HTTP/2"; do
     tool=run_wrk
     [ "$client" = HTTP/2 ] && tool=run_h2load
-    local icpt_runs="" nginx_runs="" icpt_cs="" nginx_cs="" icpt_up="" nginx_up="" baseline_runs="" baseline_rss=0 rss=0 shipped=0 stripped=0 dropped=0 r figures ticks measured measured_rss
+    local icpt_runs="" nginx_runs="" icpt_cs="" nginx_cs="" icpt_up="" nginx_up="" baseline_up="" baseline_runs="" baseline_rss=0 rss=0 shipped=0 stripped=0 dropped=0 r figures ticks measured measured_rss
     for r in $(seq 1 "$rounds"); do
       start_interceptor "$upstream" "$name" "$ca"
       perf_start "$(tr -c 'a-zA-Z0-9\n' - <<<"interceptor-$label-$client-$r")" "$icpt_pid"
@@ -426,6 +428,7 @@ bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
       if [ -n "${APIWITNESS_BENCH_BASELINE_INTERCEPTOR:-}" ]; then
         measure_interceptor "$APIWITNESS_BENCH_BASELINE_INTERCEPTOR" "$upstream" "$name" "$ca" "$tool" "$path" "${hdr[@]}"
         baseline_runs+="$measured"$'\n'
+        baseline_up+="$measured_upstream "
         baseline_rss=$(larger "$baseline_rss" "$measured_rss")
       fi
     done
@@ -435,7 +438,8 @@ bench_target() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA [HEADER...]
       record "$label, $client client" interceptor-baseline-peak-rss-mib "$baseline_rss"
     fi
     record "$label, $client client" context-switches-a-request "interceptor ${icpt_cs% }, nginx ${nginx_cs% }"
-    record "$label, $client client" upstream-cpu-a-request "via the interceptor ${icpt_up% }, via nginx ${nginx_up% }"
+    record "$label, $client client" upstream-cpu-a-request \
+      "via the interceptor ${icpt_up% }, via nginx ${nginx_up% }${baseline_up:+, via the baseline build ${baseline_up% }}"
     record "$label, $client client" interceptor-records "$shipped shipped ($stripped stripped of their bodies when the queue was full), $dropped dropped"
   done
   [ "$training" = 0 ] || return 0
