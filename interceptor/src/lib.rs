@@ -24,6 +24,7 @@ pub mod replay;
 pub mod serve;
 pub mod ship;
 pub mod tls;
+pub mod trust;
 pub mod upstream;
 
 use crate::capture::Limits;
@@ -52,7 +53,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let redactor = redact::Redactor::new(config.redact_paths.clone()).map_err(StartError::Other)?;
-    let upstream_tls = tls::client_config(&config.upstream_ca_file)?;
+    let upstream_tls = tls::client_config(&config.upstream_ca_file, &metrics.trust)?;
     let pod = config.pod_identity();
 
     let names = ApiserverNames::new(
@@ -73,7 +74,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             url: url.clone(),
             token_file: config.token_file.clone(),
             tls: match (&config.certify_ca_file, &config.certify_ca_pem) {
-                (Some(ca), _) => tls::client_config(ca)?,
+                (Some(ca), _) => tls::client_config(ca, &metrics.trust)?,
                 (None, Some(pem)) => {
                     tls::client_config_from_pem(pem.as_bytes(), "APIWITNESS_CERTIFY_CA_PEM")?
                 }
@@ -104,7 +105,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let shipper_task = match &config.aggregator_url {
         Some(url) => {
             let tls = match &config.aggregator_ca_file {
-                Some(ca) => tls::client_config(ca)?,
+                Some(ca) => tls::client_config(ca, &metrics.trust)?,
                 None => upstream_tls.clone(),
             };
             let shipper = ship::Shipper::new(

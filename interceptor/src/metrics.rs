@@ -1,5 +1,6 @@
 //! Prometheus metrics of the interceptor, served on the admin port.
 
+use crate::trust::TrustMetrics;
 use crate::upstream::UpstreamMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +42,7 @@ pub struct Metrics {
     pub ship_failures: Counter,
     pub upstream_errors: Counter,
     pub upstream: UpstreamMetrics,
+    pub trust: TrustMetrics,
     pub certificate_expiry: Gauge<f64, AtomicU64>,
     pub connections: Gauge,
 }
@@ -125,6 +127,17 @@ impl Metrics {
             "Requests sent again after the apiserver refused them unprocessed (a GOAWAY, REFUSED_STREAM)",
             upstream.resent.clone(),
         );
+        let trust = TrustMetrics::default();
+        registry.register(
+            "ca_file_changes",
+            "Times a CA file (the apiserver's, the aggregator's, the certify endpoint's) was found changed and its new CAs trusted",
+            trust.changes.clone(),
+        );
+        registry.register(
+            "ca_file_failures",
+            "Times a CA file could not be read again or held no usable CA; the CAs read before stay trusted",
+            trust.failures.clone(),
+        );
         let certificate_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -154,6 +167,7 @@ impl Metrics {
             ship_failures,
             upstream_errors,
             upstream,
+            trust,
             certificate_expiry,
             connections,
         }

@@ -7,8 +7,10 @@
 //! rotate, so rotation drops no connection.
 //!
 //! Toward the apiserver it verifies the real cluster CA, which is mounted for
-//! the sidecar only, and sends SNI `kubernetes.default.svc`.
+//! the sidecar only, read again as it changes (`trust.rs`), and sends SNI
+//! `kubernetes.default.svc`.
 
+use crate::trust::{self, CaFile, TrustMetrics};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
@@ -323,14 +325,39 @@ fn go_server_rank(suite: rustls::CipherSuite) -> u8 {
     }
 }
 
-/// A client config that trusts exactly the CAs in `ca_file` (PEM).
-pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
-    client_config_from_pem(&read(ca_file)?, &ca_file.display().to_string())
+/// A client config that trusts exactly the CAs in `ca_file` (PEM), read
+/// again as it changes ([`CaFile`]).
+pub fn client_config(
+    ca_file: &Path,
+    metrics: &TrustMetrics,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let trust = CaFile::load(ca_file, provider.clone(), trust::REFRESH, metrics.clone())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Key(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(trust)
+        .with_no_client_auth();
+    // A resumed session shows no certificate: one from before a CA left the
+    // file would pass by it. Connections are pooled, so few are new.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// A client config that trusts the CAs in `pem`; `source` names where the
 /// PEM came from, for errors.
 pub fn client_config_from_pem(pem: &[u8], source: &str) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = roots_of(pem, source)?;
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Key(e.to_string()))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The CAs in `pem`, which must hold at least one; `source` names where
+/// the PEM came from, for errors.
+pub(crate) fn roots_of(pem: &[u8], source: &str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut any = false;
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
@@ -345,10 +372,7 @@ pub fn client_config_from_pem(pem: &[u8], source: &str) -> Result<rustls::Client
             path: source.to_string(),
         });
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Key(e.to_string()))
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    Ok(roots)
 }
 
 /// Keeps the resolver loaded: obtains a certificate, then renews it at
@@ -564,7 +588,7 @@ mod tests {
         let empty = dir.path().join("ca.crt");
         std::fs::write(&empty, "").unwrap();
         assert!(matches!(
-            client_config(&empty),
+            client_config(&empty, &TrustMetrics::default()),
             Err(TlsError::NoCertificate { .. })
         ));
     }

@@ -177,6 +177,18 @@ impl InterceptedPod {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The value of the interceptor's metric `name` (a series without
+    /// labels), from its admin port.
+    pub fn metric(&self, name: &str) -> f64 {
+        let out = self
+            .exec(&["curl", "-sf", "http://127.0.0.1:15090/metrics"])
+            .unwrap();
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics:\n{}", out.stdout))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

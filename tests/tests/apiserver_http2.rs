@@ -64,16 +64,6 @@ fn statuses(out: &CommandOutput) -> Vec<&str> {
         .collect()
 }
 
-fn metric(pod: &InterceptedPod, name: &str) -> f64 {
-    let out = pod
-        .exec(&["curl", "-sf", "http://127.0.0.1:15090/metrics"])
-        .unwrap();
-    out.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{}", out.stdout))
-}
-
 /// Watches over the apiserver's limit of streams on one connection (100,
 /// its default), from the pod's clients together, as a controller with many
 /// informers holds: none waits for another to end, and a request beside
@@ -119,7 +109,7 @@ fn watches_past_the_apiservers_stream_limit_hold_up_nothing() {
             .exec(&["timeout", "10", k, "create", "configmap", "seen-by-all"])
             .unwrap();
         assert!(create.success, "{}", create.stderr);
-        let connections = metric(pod, "apiwitness_interceptor_upstream_http2_connections");
+        let connections = pod.metric("apiwitness_interceptor_upstream_http2_connections");
         assert!(connections >= 2.0, "{connections} HTTP/2 connections");
 
         let watches = watches.join().unwrap();
@@ -184,7 +174,7 @@ fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
     );
     // The proof that the run raced GOAWAYs at all: requests refused
     // unprocessed and sent again by the interceptor.
-    let resent = metric(pod, "apiwitness_interceptor_upstream_resends_total");
+    let resent = pod.metric("apiwitness_interceptor_upstream_resends_total");
     assert!(
         resent > 0.0,
         "no request was refused: the test proves nothing"
@@ -241,7 +231,7 @@ fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
     limits.dedup();
     assert_eq!(limits.len(), READS, "each read recorded once");
 
-    let resent_writes = metric(pod, "apiwitness_interceptor_upstream_resends_total") - resent;
+    let resent_writes = pod.metric("apiwitness_interceptor_upstream_resends_total") - resent;
     assert!(
         resent_writes > 0.0,
         "no write was refused: the test proves nothing"

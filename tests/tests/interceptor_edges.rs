@@ -1,12 +1,13 @@
 //! The interceptor at its edges, on the real control plane: bad and hostile
-//! clients, certificate rotation under live connections, explicit mode, and
-//! an apiserver it cannot reach.
+//! clients, certificate rotation under live connections, a CA that comes
+//! into its CA file while it runs, explicit mode, and an apiserver it
+//! cannot reach.
 
 use apiwitness_e2e::certify::{CertifyStandIn, Signer};
 use apiwitness_e2e::collector::Collector;
 use apiwitness_e2e::intercepted::{AppPod, InterceptedPod, InterceptorOptions};
 use apiwitness_e2e::tls::TestCa;
-use apiwitness_e2e::{Cluster, TestNamespace, repo_root};
+use apiwitness_e2e::{Cluster, TestNamespace, repo_root, wait_until};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,6 +258,88 @@ fn an_unreachable_apiserver_is_a_failure_for_the_client_never_a_fake_response() 
         failed.error.is_some(),
         "the record says why there is no response"
     );
+}
+
+/// A rotation of the apiserver's CA, as the sidecar sees it: the CA file
+/// it verifies the apiserver with (the projected `ca.crt`, which the
+/// kubelet rewrites from `kube-root-ca.crt`) comes to hold the CA that
+/// signed the apiserver's certificate only while the sidecar runs. Here it
+/// starts with another CA only, so that the apiserver is refused; once the
+/// file holds both, as it does during a rotation, the next request goes
+/// through, without a restart and long before the 30 s refresh: a failed
+/// verification reads the file again.
+#[test]
+fn a_ca_that_comes_into_the_ca_file_is_trusted_without_a_restart() {
+    let cluster = Cluster::shared();
+    let stranger = TestCa::new("apiwitness-test-not-the-apiservers-ca").unwrap();
+    let dir = std::env::temp_dir().join(format!("apiwitness-ca-rotation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &stranger.cert_pem).unwrap();
+    let mut edge = AppPod::start(cluster, "edge-ca-file", |opts| {
+        opts.upstream_ca_file = Some(ca_file.to_str().unwrap().to_string());
+    });
+    let (pod, collector) = (&mut edge.pod, &edge.collector);
+    let kubectl = cluster.bin("kubectl");
+    let get = || {
+        pod.exec(&[kubectl.to_str().unwrap(), "get", "configmaps", "-o", "name"])
+            .unwrap()
+    };
+    let refused = get();
+    assert!(!refused.success, "{}", refused.stdout);
+    assert!(
+        !refused.stderr.contains("Error from server"),
+        "no response was made up: {}",
+        refused.stderr
+    );
+    assert!(pod.log().contains("UnknownIssuer"), "{}", pod.log());
+
+    // Swapped whole, as the kubelet swaps a projected volume's files.
+    let cluster_ca = std::fs::read_to_string(cluster.var("APIWITNESS_CLUSTER_CA")).unwrap();
+    let next = dir.join("ca.crt.next");
+    std::fs::write(&next, format!("{}{cluster_ca}", stranger.cert_pem)).unwrap();
+    std::fs::rename(&next, &ca_file).unwrap();
+    let answered = wait_until(
+        "kubectl through the sidecar",
+        Duration::from_secs(10),
+        || {
+            let out = get();
+            out.success.then_some(out)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pod.log()));
+    assert!(
+        answered.stdout.contains("configmap/kube-root-ca.crt"),
+        "{}",
+        answered.stdout
+    );
+    assert_eq!(
+        pod.metric("apiwitness_interceptor_ca_file_changes_total"),
+        1.0
+    );
+    assert_eq!(
+        pod.metric("apiwitness_interceptor_ca_file_failures_total"),
+        0.0
+    );
+    assert!(pod.log().contains("the CA file changed"), "{}", pod.log());
+
+    pod.stop().unwrap();
+    // kubectl's first request, whichever it is, is refused; the list
+    // itself is answered once the CA is in the file.
+    let exchanges = collector.exchanges();
+    assert!(
+        exchanges.iter().any(|e| e.status == 0
+            && e.error
+                .as_deref()
+                .is_some_and(|error| error.contains("UnknownIssuer"))),
+        "the refused request is recorded with why: {exchanges:#?}"
+    );
+    let path = format!("/api/v1/namespaces/{}/configmaps", edge.ns.name);
+    assert!(
+        exchanges.iter().any(|e| e.path == path && e.status == 200),
+        "{exchanges:#?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The interceptor holds a response's first bytes for a while
