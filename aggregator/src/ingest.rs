@@ -155,16 +155,20 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
     Ok(line)
 }
 
-/// Decodes the protobuf bodies and watch events' objects the sidecar
-/// shipped as they came, and writes the line again with their JSON, which is then what is stored
-/// (with its response's outline). Returns `None` where the exchange holds
-/// no such body, or none this aggregator's decoder knows.
-fn with_protobuf_decoded(exchange: &mut Exchange) -> Option<(String, Option<Box<Outline>>)> {
+/// Undoes the gzip bodies and decodes the protobuf bodies and watch
+/// events' objects the sidecar shipped as they came, and writes the line
+/// again with their JSON, which is then what is stored (with its
+/// response's outline). Returns `None` where the exchange holds no such
+/// body, or none this aggregator can read; such a body is stored as it
+/// came.
+fn with_shipped_bodies_decoded(exchange: &mut Exchange) -> Option<(String, Option<Box<Outline>>)> {
     let mut decoded = false;
-    for body in [&mut exchange.request_body, &mut exchange.response_body]
-        .into_iter()
-        .flatten()
-    {
+    for (body, content_type) in [
+        (&mut exchange.request_body, &exchange.request_content_type),
+        (&mut exchange.response_body, &exchange.response_content_type),
+    ] {
+        let Some(body) = body else { continue };
+        decoded |= apiwitness_record::gzip::undo_shipped(body, content_type.as_deref());
         decoded |= apiwitness_record::protobuf::decode_shipped(body);
     }
     for event in exchange.watch.iter_mut().flat_map(|w| &mut w.events) {
@@ -279,7 +283,7 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
         let error = match parse_line(raw) {
             Ok(ParsedLine::Exchange(e, _)) if e.id.is_empty() => "the record has no id".to_string(),
             Ok(ParsedLine::Exchange(mut e, outline)) => {
-                let (line, outline) = match with_protobuf_decoded(&mut e) {
+                let (line, outline) = match with_shipped_bodies_decoded(&mut e) {
                     Some(decoded) => {
                         batch.rewritten += 1;
                         decoded
@@ -466,6 +470,58 @@ mod tests {
         assert_eq!(batch.items[0].line, shipped);
         assert_eq!(batch.rewritten, 0);
         assert!(batch.items[0].versions.is_empty());
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn bodies_shipped_gzip_are_stored_as_the_sidecar_would_have_recorded_them() {
+        let Ok(apiwitness_record::protobuf::DecodedText::Full { json, .. }) =
+            apiwitness_record::protobuf::decode_body_text(PODS_50, &[])
+        else {
+            panic!("the list decodes whole")
+        };
+        let as_json = |content| {
+            let line = pod_list_line(content);
+            line.replace("application/vnd.kubernetes.protobuf", "application/json")
+                .replace(
+                    &format!(r#""size":{}"#, PODS_50.len()),
+                    &format!(r#""size":{}"#, json.len()),
+                )
+        };
+        let recorded = as_json(apiwitness_record::BodyContent::RawJson(
+            apiwitness_record::RawJson::written(json.clone().into()).unwrap(),
+        ));
+        let shipped_json = as_json(apiwitness_record::gzip::shipped_body(&gzip(&json)));
+        // Protobuf, gzip: undone, then decoded.
+        let shipped_protobuf = pod_list_line(apiwitness_record::gzip::shipped_body(&gzip(PODS_50)));
+        let batch = parse_batch(&format!("{shipped_json}\n{recorded}\n{shipped_protobuf}\n"));
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        let [json_left, json_recorded, protobuf_left] = &batch.items[..] else {
+            panic!("three items: {:?}", batch.items.len())
+        };
+        assert_eq!(batch.rewritten, 2);
+        assert_eq!(json_left.line, json_recorded.line);
+        assert_eq!(json_left.versions.len(), 50);
+        assert_eq!(json_left.versions, json_recorded.versions);
+        assert!(
+            protobuf_left
+                .line
+                .contains(r#""response_body":{"json":{"kind":"PodList","#)
+        );
+        assert_eq!(protobuf_left.versions, json_recorded.versions);
+
+        // What does not undo is stored as it came.
+        let broken = as_json(apiwitness_record::BodyContent::Gzip("H4sIAAAA".into()));
+        let batch = parse_batch(&broken);
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        assert_eq!(batch.items[0].line, broken);
+        assert_eq!(batch.rewritten, 0);
     }
 
     #[test]

@@ -220,7 +220,7 @@ fn read_body(
         return Ok((&line[span] == "null").then_some(None));
     };
     let mut json: Option<Range<usize>> = None;
-    let (mut text, mut base64, mut encoding) = (None, None, None);
+    let (mut text, mut base64, mut gzip, mut encoding) = (None, None, None, None);
     let mut protobuf: Option<Option<ProtobufBody>> = None;
     let (mut size, mut truncated) = (None, None);
     let mut reading = true;
@@ -255,6 +255,7 @@ fn read_body(
         reading = match key.raw {
             b"text" => set(&mut text, optional_string_of(value)),
             b"base64" => set(&mut base64, optional_string_of(value)),
+            b"gzip" => set(&mut gzip, optional_string_of(value)),
             b"protobuf" => set(&mut protobuf, serde_json::from_str(value).ok()),
             b"size" => set(&mut size, unsigned_of(value)),
             b"truncated" => set(&mut truncated, bool_of(value)),
@@ -265,11 +266,18 @@ fn read_body(
     if !reading {
         return Ok(None);
     }
-    let content = match (json, text.flatten(), base64.flatten(), protobuf.flatten()) {
-        (Some(span), None, None, None) => BodyContent::RawJson(RawJson::read(&line[span])),
-        (None, Some(text), None, None) => BodyContent::Text(text),
-        (None, None, Some(base64), None) => BodyContent::Base64(base64),
-        (None, None, None, Some(protobuf)) => BodyContent::Protobuf(protobuf),
+    let content = match (
+        json,
+        text.flatten(),
+        base64.flatten(),
+        protobuf.flatten(),
+        gzip.flatten(),
+    ) {
+        (Some(span), None, None, None, None) => BodyContent::RawJson(RawJson::read(&line[span])),
+        (None, Some(text), None, None, None) => BodyContent::Text(text),
+        (None, None, Some(base64), None, None) => BodyContent::Base64(base64),
+        (None, None, None, Some(protobuf), None) => BodyContent::Protobuf(protobuf),
+        (None, None, None, None, Some(gzip)) => BodyContent::Gzip(gzip),
         // Not one content: serde says so.
         _ => return Ok(None),
     };
@@ -453,6 +461,11 @@ mod tests {
             LINE.replace(r#""json":{"data":{"a":"b"}}"#, r#""json" : [ 1 , "x" ] "#),
             LINE.replace(r#""size":20"#, r#""size":20,"json":{}"#),
             LINE.replace(r#""size":20"#, r#""size":20,"text":"t""#),
+            LINE.replace(
+                r#""json":{"data":{"a":"b"}}"#,
+                r#""gzip":"H4sIAAAAAAAA/w==""#,
+            ),
+            LINE.replace(r#""size":20"#, r#""size":20,"gzip":"H4sI""#),
             LINE.replace(r#""json":{"data":{"a":"b"}}"#, r#""j\u0073on":{"a":1}"#),
             LINE.replace(r#""request_body":"#, r#""request_body":null,"x":"#),
             LINE.replace(r#""status":200"#, r#""status":"200""#),
@@ -473,6 +486,16 @@ mod tests {
         let read_in_one_pass = |line: &str| read_line(line).unwrap().exchange.is_some();
         assert!(read_in_one_pass(&lines[0]) && read_in_one_pass(&lines[1]));
         assert!(!read_in_one_pass(&lines[5]) && !read_in_one_pass(&lines[6]));
+        let gzip = lines
+            .iter()
+            .find(|l| l.contains(r#""gzip":"H4sIAAAAAAAA/w==""#))
+            .unwrap();
+        assert!(read_in_one_pass(gzip));
+        let gzip = as_read(gzip).unwrap();
+        assert!(matches!(
+            &gzip.request_body.as_ref().unwrap().content,
+            BodyContent::Gzip(g) if g == "H4sIAAAAAAAA/w=="
+        ));
         let watch_part = as_read(&lines[1]).unwrap();
         assert_eq!(watch_part.user_agent.as_deref(), Some("ké \"x\""));
         assert_eq!(watch_part.pod.workload.as_ref().unwrap().name, "web");

@@ -85,7 +85,7 @@ fn per_body(
             Some("application/json"),
             None,
             redactor_keeps,
-            decode::ProtobufDecoding::default(),
+            decode::Decoding::default(),
         )
         .expect("a body");
         redactor.body(request, &mut body);
@@ -154,7 +154,7 @@ fn per_exchange(body: &Bytes) -> f64 {
         4 << 20,
         PodIdentity::default(),
         Redactor::default(),
-        decode::ProtobufDecoding::default(),
+        decode::Decoding::default(),
         queue.clone(),
         Arc::new(Metrics::new()),
     );
@@ -413,7 +413,7 @@ fn main() {
                 Some("application/json"),
                 None,
                 redactor.redacts_nothing_by_request(&request),
-                decode::ProtobufDecoding::default(),
+                decode::Decoding::default(),
             )
             .map(|b| b.content),
             Some(apiwitness_record::BodyContent::RawJson(_))

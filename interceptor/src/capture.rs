@@ -45,6 +45,9 @@ pub struct Limits {
 pub struct Captured {
     /// The kept bytes of the body (decompressed for gzip).
     pub bytes: Bytes,
+    /// A gzip body's bytes as they came, where it was whole, undone without
+    /// error, and no larger than the limit undone.
+    pub compressed: Option<Bytes>,
     /// The size of the whole body, decompressed.
     pub size: u64,
     pub truncated: bool,
@@ -99,8 +102,42 @@ impl Write for BoundedSink {
 
 enum Reader {
     Plain(BoundedSink),
-    Gzip(Box<flate2::write::GzDecoder<BoundedSink>>),
+    Gzip(Box<GzipReader>),
     Watch(WatchSplitter),
+}
+
+/// Undoes a gzip body into its sink, and keeps a copy of its bytes as they
+/// came while the body undone fits the limit: such a body may be shipped
+/// as it came (`decode::body`), a seventh or less of its size for the
+/// apiserver's JSON.
+struct GzipReader {
+    decoder: flate2::write::GzDecoder<BoundedSink>,
+    compressed: Option<BytesMut>,
+}
+
+impl GzipReader {
+    fn new(sink: BoundedSink) -> GzipReader {
+        GzipReader {
+            decoder: flate2::write::GzDecoder::new(sink),
+            compressed: Some(BytesMut::new()),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.decoder.write_all(data)?;
+        let sink = self.decoder.get_ref();
+        if sink.size > sink.limit as u64 {
+            self.compressed = None;
+        }
+        if let Some(compressed) = &mut self.compressed {
+            compressed.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn sink(&mut self) -> &mut BoundedSink {
+        self.decoder.get_mut()
+    }
 }
 
 /// The capture of one body, shared between the body wrapper that fills it and
@@ -123,7 +160,7 @@ impl Capture {
         };
         let reader = match mode {
             CaptureMode::Plain => Reader::Plain(sink()),
-            CaptureMode::Gzip => Reader::Gzip(Box::new(flate2::write::GzDecoder::new(sink()))),
+            CaptureMode::Gzip => Reader::Gzip(Box::new(GzipReader::new(sink()))),
             CaptureMode::WatchJson => Reader::Watch(WatchSplitter::new(false, limits)),
             CaptureMode::WatchProtobuf => Reader::Watch(WatchSplitter::new(true, limits)),
         };
@@ -214,9 +251,9 @@ impl Capture {
             Some(Reader::Plain(sink)) => {
                 let _ = sink.write(data);
             }
-            Some(Reader::Gzip(decoder)) => {
+            Some(Reader::Gzip(reader)) => {
                 if self.result.decode_error.is_none()
-                    && let Err(e) = decoder.write_all(data)
+                    && let Err(e) = reader.write(data)
                 {
                     self.result.decode_error = Some(format!("gzip: {e}"));
                 }
@@ -240,17 +277,23 @@ impl Capture {
                 result.size = sink.size;
                 result.bytes = sink.kept.freeze();
             }
-            Reader::Gzip(mut decoder) => {
+            Reader::Gzip(mut reader) => {
                 if result.decode_error.is_none()
                     && complete
-                    && let Err(e) = decoder.try_finish()
+                    && let Err(e) = reader.decoder.try_finish()
                 {
                     result.decode_error = Some(format!("gzip: {e}"));
                 }
-                let sink = decoder.get_mut();
+                let sink = reader.sink();
                 result.truncated = sink.size > sink.kept.len() as u64;
                 result.size = sink.size;
                 result.bytes = std::mem::take(&mut sink.kept).freeze();
+                let whole = complete && !result.truncated && result.decode_error.is_none();
+                result.compressed = reader
+                    .compressed
+                    .take()
+                    .filter(|_| whole)
+                    .map(BytesMut::freeze);
             }
             Reader::Watch(mut splitter) => {
                 let partial = u64::from(splitter.pending_is_partial());
@@ -275,7 +318,10 @@ impl Capture {
         finished
             + match &capture.reader {
                 Some(Reader::Plain(sink)) => sink.kept.len(),
-                Some(Reader::Gzip(decoder)) => decoder.get_ref().kept.len(),
+                Some(Reader::Gzip(reader)) => {
+                    reader.decoder.get_ref().kept.len()
+                        + reader.compressed.as_ref().map_or(0, BytesMut::len)
+                }
                 Some(Reader::Watch(splitter)) => splitter.held + splitter.pending.len(),
                 None => 0,
             }
@@ -288,7 +334,10 @@ impl Capture {
         let mut capture = shared.lock().unwrap_or_else(|e| e.into_inner());
         match &mut capture.reader {
             Some(Reader::Plain(sink)) => sink.let_go(),
-            Some(Reader::Gzip(decoder)) => decoder.get_mut().let_go(),
+            Some(Reader::Gzip(reader)) => {
+                reader.sink().let_go();
+                reader.compressed = None;
+            }
             Some(Reader::Watch(splitter)) => {
                 splitter.cut += splitter.events.len() as u64;
                 splitter.events.clear();
@@ -297,6 +346,7 @@ impl Capture {
             None => {}
         }
         let result = &mut capture.result;
+        result.compressed = None;
         if !result.bytes.is_empty() {
             result.bytes = Bytes::new();
             result.truncated = true;
@@ -705,9 +755,35 @@ mod tests {
         assert_eq!(&got.bytes[..], b"{\"kind\":\"List\"}");
         assert_eq!((got.size, got.truncated), (15, false));
         assert!(got.decode_error.is_none());
+        assert_eq!(got.compressed.as_deref(), Some(gz), "kept as it came too");
 
         let (_, broken) = run(CaptureMode::Gzip, vec![b"not gzip at all"], limits).await;
         assert!(broken.decode_error.is_some());
+        assert!(broken.compressed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_gzip_body_is_kept_as_it_came_only_while_it_fits_the_limit_undone() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&[b'a'; 2000]).unwrap();
+        let gz: &'static [u8] = Box::leak(enc.finish().unwrap().into_boxed_slice());
+        for (limit, kept) in [(2000, true), (1999, false)] {
+            let limits = Limits {
+                body: limit,
+                ..LIMITS
+            };
+            let (_, got) = run(CaptureMode::Gzip, gz.chunks(7).collect(), limits).await;
+            assert_eq!(got.size, 2000);
+            assert_eq!(got.compressed.is_some(), kept, "limit {limit}");
+            assert_eq!(got.truncated, !kept);
+        }
+        // Cut short: the stream never ended.
+        let limits = Limits {
+            body: 4096,
+            ..LIMITS
+        };
+        let (_, cut) = run(CaptureMode::Gzip, vec![&gz[..gz.len() - 4]], limits).await;
+        assert!(cut.compressed.is_none());
     }
 
     #[tokio::test]

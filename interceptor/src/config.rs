@@ -172,7 +172,20 @@ pub struct Config {
         value_enum,
         default_value = "aggregator"
     )]
-    pub protobuf_decoding: crate::decode::ProtobufDecoding,
+    pub protobuf_decoding: crate::decode::DecodedIn,
+
+    /// Where gzip bodies are undone: `aggregator` ships a body in which
+    /// there can be nothing to redact as it came, for the aggregator to
+    /// undo (record format 3); `interceptor` undoes every one here, for an
+    /// aggregator older than this sidecar. The sidecar undoes every gzip
+    /// body to look into it, and records its size undone, either way.
+    #[arg(
+        long,
+        env = "APIWITNESS_GZIP_DECODING",
+        value_enum,
+        default_value = "aggregator"
+    )]
+    pub gzip_decoding: crate::decode::DecodedIn,
 
     /// More JSON Pointers to redact in every body (comma-separated).
     #[arg(long, env = "APIWITNESS_REDACT_PATHS", value_delimiter = ',')]
@@ -295,6 +308,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where each kind of body is decoded.
+    pub fn decoding(&self) -> crate::decode::Decoding {
+        crate::decode::Decoding {
+            protobuf: self.protobuf_decoding,
+            gzip: self.gzip_decoding,
+        }
+    }
+
     /// The checks clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {

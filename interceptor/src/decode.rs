@@ -2,72 +2,79 @@
 //!
 //! JSON stays JSON, text stays text, Kubernetes protobuf becomes the JSON the
 //! apiserver would have sent, and anything else is kept as base64 beside its
-//! content type, so nothing is silently lost.
+//! content type, so nothing is silently lost. Where nothing in a body can
+//! need redacting, a protobuf body, or a gzip one, may instead go as it
+//! came, for the aggregator to decode.
 
 use crate::capture::Captured;
 #[cfg(doc)]
 use crate::redact::Redactor;
+use apiwitness_record::media::{base64, content_of, is_json, is_protobuf, media_type};
 use apiwitness_record::{Body, BodyContent, RawJson, WatchEvent, WatchEvents};
 use bytes::Bytes;
 use serde_json::Value;
-
-fn media_type(content_type: Option<&str>) -> String {
-    content_type
-        .and_then(|c| c.split(';').next())
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
-fn is_json(media: &str) -> bool {
-    media == "application/json" || media.ends_with("+json")
-}
-
-fn is_text(media: &str) -> bool {
-    media.starts_with("text/") || media.ends_with("+yaml") || media == "application/yaml"
-}
-
-/// With vector instructions where the CPU has them (as
-/// `protobuf::shipped_body` does).
-fn base64(bytes: &[u8]) -> String {
-    base64_simd::STANDARD.encode_to_string(bytes)
-}
 
 /// The strings that send a JSON body down the tree path when they stand in
 /// it whole: what the redactor walks for ([`Redactor::WORDS`]), and the
 /// kind `is_table` looks for. A `\u` escape could spell any of them.
 pub(crate) const WORDS: &[&[u8]] = &[b"Secret", b"protobuf", b"Table"];
 
-/// Where protobuf bodies become JSON.
+/// Where a kind of body is decoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProtobufDecoding {
+pub enum DecodedIn {
     /// In the aggregator, for a body in which there can be nothing to
-    /// redact: its kind is known and holds no other object, is no Secret,
-    /// and the request's bodies are not redacted by path. The sidecar ships
-    /// such a body as it came (base64): decoding a list of 50 Pods took a
-    /// third of its CPU. Every other body is decoded in the sidecar.
+    /// redact: the sidecar ships it as it came (base64). Every other body
+    /// is decoded in the sidecar.
     #[default]
     Aggregator,
-    /// Every body in the sidecar, for an aggregator that does not decode.
+    /// Every body in the sidecar, for an aggregator that does not decode
+    /// this kind.
     Interceptor,
+}
+
+/// Where protobuf bodies become JSON, and where gzip bodies are undone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decoding {
+    /// A protobuf body may go undecoded where its kind is known and holds
+    /// no other object, is no Secret, and the request's bodies are not
+    /// redacted by path: decoding a list of 50 Pods took a third of the
+    /// sidecar's CPU.
+    pub protobuf: DecodedIn,
+    /// A gzip body may go as it came where, undone, it is JSON or text in
+    /// which none of [`WORDS`] stands (or protobuf that may go undecoded),
+    /// and the request's bodies are not redacted by path: for a list of 50
+    /// Pods, 26 KB as it came against 208 KB to check, copy and compress.
+    pub gzip: DecodedIn,
 }
 
 /// The record's body for a captured body, or `None` for an empty one.
 /// `redactor_keeps`: the redactor leaves this request's bodies as they are
 /// but for what their text holds (`Redactor::redacts_nothing_by_request`),
-/// so that a JSON body may stay text, and a protobuf one go undecoded
-/// where `protobuf` says so.
+/// so that a JSON body may stay text, and a protobuf or gzip one go as it
+/// came where `decoding` says so.
 pub fn body(
     captured: &Captured,
     content_type: Option<&str>,
     content_encoding: Option<&str>,
     redactor_keeps: bool,
-    protobuf_decoding: ProtobufDecoding,
+    decoding: Decoding,
 ) -> Option<Body> {
     if captured.size == 0 && captured.bytes.is_empty() {
         return None;
     }
     let media = media_type(content_type);
+    if let Some(compressed) = &captured.compressed
+        && decoding.gzip == DecodedIn::Aggregator
+        && redactor_keeps
+        && may_go_compressed(&captured.bytes, &media, decoding.protobuf)
+    {
+        return Some(Body {
+            content: apiwitness_record::gzip::shipped_body(compressed),
+            size: captured.size,
+            truncated: false,
+            content_encoding: content_encoding.map(str::to_string),
+        });
+    }
     // One pass checks the text is one JSON document on one line and finds
     // the words; five searches and serde_json's check took twice as long.
     let raw = (is_json(&media) && !captured.truncated && redactor_keeps)
@@ -77,10 +84,10 @@ pub fn body(
         .map(|scan| scan.json);
     let content = match raw {
         Some(raw) => BodyContent::RawJson(raw),
-        None if media.contains("protobuf") && !captured.truncated => {
-            protobuf(&captured.bytes, redactor_keeps, protobuf_decoding)
+        None if is_protobuf(&media) && !captured.truncated => {
+            protobuf(&captured.bytes, redactor_keeps, decoding.protobuf)
         }
-        None => decode_bytes(&captured.bytes, &media, captured.truncated),
+        None => content_of(&captured.bytes, &media, captured.truncated),
     };
     Some(Body {
         content,
@@ -90,26 +97,22 @@ pub fn body(
     })
 }
 
-fn decode_bytes(bytes: &Bytes, media: &str, truncated: bool) -> BodyContent {
-    if is_json(media)
-        && !truncated
-        && let Ok(value) = serde_json::from_slice::<Value>(bytes)
-    {
-        return BodyContent::Json(value);
+/// Whether a gzip body, `undone`, holds nothing the sidecar must look at:
+/// the aggregator undoes it and reads it as the sidecar would have. Any
+/// text in which none of [`WORDS`] stands (a `\u` escape could spell one),
+/// where the sidecar would look for them anyway; or protobuf that may go
+/// undecoded. Nothing is checked as JSON here: the body travels as base64,
+/// whatever it holds.
+fn may_go_compressed(undone: &[u8], media: &str, protobuf: DecodedIn) -> bool {
+    if is_protobuf(media) {
+        return protobuf == DecodedIn::Aggregator
+            && apiwitness_record::protobuf::envelope_kind(undone)
+                .is_ok_and(|envelope| leaves_undecoded(&envelope));
     }
-    // A body sent without a content type (or as text) that parses as JSON is JSON.
-    if (media.is_empty() || is_text(media))
-        && !truncated
-        && let Ok(value) = serde_json::from_slice::<Value>(bytes)
-    {
-        return BodyContent::Json(value);
-    }
-    if (is_json(media) || is_text(media) || media.is_empty())
-        && let Ok(text) = std::str::from_utf8(bytes)
-    {
-        return BodyContent::Text(text.to_string());
-    }
-    BodyContent::Base64(base64(bytes))
+    memchr::memmem::find(undone, b"\\u").is_none()
+        && WORDS
+            .iter()
+            .all(|word| memchr::memmem::find(undone, word).is_none())
 }
 
 /// Whether a protobuf object of this kind can hold nothing to redact, so
@@ -125,8 +128,8 @@ fn leaves_undecoded(envelope: &apiwitness_record::protobuf::EnvelopeKind) -> boo
 /// goes the way a JSON body goes: kept as text where nothing in it needs
 /// the tree. The decoder notes the words as it writes, so the text is not
 /// scanned again.
-fn protobuf(bytes: &Bytes, redactor_keeps: bool, decoding: ProtobufDecoding) -> BodyContent {
-    if decoding == ProtobufDecoding::Aggregator
+fn protobuf(bytes: &Bytes, redactor_keeps: bool, decoding: DecodedIn) -> BodyContent {
+    if decoding == DecodedIn::Aggregator
         && redactor_keeps
         && let Ok(envelope) = apiwitness_record::protobuf::envelope_kind(bytes)
         && leaves_undecoded(&envelope)
@@ -160,16 +163,16 @@ pub fn watch(
     captured: &Captured,
     content_type: Option<&str>,
     redactor_keeps: bool,
-    decoding: ProtobufDecoding,
+    decoding: DecodedIn,
 ) -> WatchEvents {
     let media = media_type(content_type);
     let mut out = WatchEvents {
         events: Vec::with_capacity(captured.events.len()),
         cut: captured.events_cut,
     };
-    let defer = redactor_keeps && decoding == ProtobufDecoding::Aggregator;
+    let defer = redactor_keeps && decoding == DecodedIn::Aggregator;
     for raw in &captured.events {
-        if media.contains("protobuf") {
+        if is_protobuf(&media) {
             let object = apiwitness_record::protobuf::read_watch_frame(raw).and_then(
                 |(event_type, bytes)| {
                     // The envelope is read for its kind only where the
@@ -286,7 +289,7 @@ mod tests {
             Some(content_type),
             None,
             redactor_keeps,
-            ProtobufDecoding::default(),
+            Decoding::default(),
         )
         .unwrap()
         .content
@@ -378,7 +381,10 @@ mod tests {
                 Some("application/vnd.kubernetes.protobuf"),
                 None,
                 keeps,
-                ProtobufDecoding::Interceptor,
+                Decoding {
+                    protobuf: DecodedIn::Interceptor,
+                    ..Decoding::default()
+                },
             )
             .unwrap()
             .content
@@ -452,7 +458,7 @@ mod tests {
             Some("application/vnd.kubernetes.protobuf"),
             None,
             redactor.redacts_nothing_by_request(&request),
-            ProtobufDecoding::Aggregator,
+            Decoding::default(),
         )
         .unwrap();
         redactor.body(&request, &mut body);
@@ -548,6 +554,104 @@ mod tests {
         ));
     }
 
+    /// `undone` as a gzip body the capture kept as it came, too.
+    fn captured_gzip(undone: &[u8]) -> Captured {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(undone).unwrap();
+        Captured {
+            bytes: Bytes::copy_from_slice(undone),
+            compressed: Some(Bytes::from(encoder.finish().unwrap())),
+            size: undone.len() as u64,
+            complete: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gzip_goes_as_it_came_only_where_there_can_be_nothing_to_redact() {
+        use k8s_pb::api::core::v1 as core;
+        use prost::Message;
+        let recorded = |captured: &Captured, media: &str, keeps: bool, decoding: Decoding| {
+            body(captured, Some(media), Some("gzip"), keeps, decoding).unwrap()
+        };
+        let list = br#"{"kind":"ConfigMapList","items":[{"data":{"k":"v"}}]}"#;
+        let captured = captured_gzip(list);
+        let shipped = recorded(&captured, "application/json", true, Decoding::default());
+        assert_eq!(
+            shipped.content,
+            apiwitness_record::gzip::shipped_body(captured.compressed.as_ref().unwrap())
+        );
+        assert_eq!(shipped.size, list.len() as u64);
+        assert_eq!(shipped.content_encoding.as_deref(), Some("gzip"));
+        // The aggregator undoes it into what the sidecar records itself.
+        let in_the_sidecar = Decoding {
+            gzip: DecodedIn::Interceptor,
+            ..Decoding::default()
+        };
+        let mut undone = shipped.clone();
+        assert!(apiwitness_record::gzip::undo_shipped(
+            &mut undone,
+            Some("application/json")
+        ));
+        assert_eq!(
+            undone,
+            recorded(&captured, "application/json", true, in_the_sidecar)
+        );
+        assert!(matches!(undone.content, BodyContent::RawJson(_)));
+
+        // Undone in the sidecar: where it says so, where the redactor walks
+        // the request's bodies, where a word or an escape stands in it, and
+        // where the capture kept no copy as it came.
+        let undone_here = |captured: &Captured, keeps: bool, decoding: Decoding| {
+            !matches!(
+                recorded(captured, "application/json", keeps, decoding).content,
+                BodyContent::Gzip(_)
+            )
+        };
+        assert!(undone_here(&captured, true, in_the_sidecar));
+        assert!(undone_here(&captured, false, Decoding::default()));
+        for text in [
+            &br#"{"kind":"List","items":[{"kind":"Secret","data":{"k":"dg=="}}]}"#[..],
+            br#"{"kind":"Table","apiVersion":"meta.k8s.io/v1"}"#,
+            br#"{"kind":"Secret","data":{"k":"dg=="}}"#,
+            br#"{"protobuf":{"kind":"Secret"}}"#,
+        ] {
+            assert!(
+                undone_here(&captured_gzip(text), true, Decoding::default()),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        let without_copy = Captured {
+            compressed: None,
+            ..captured_gzip(list)
+        };
+        assert!(undone_here(&without_copy, true, Decoding::default()));
+
+        // Protobuf: as it would go undecoded.
+        let protobuf = "application/vnd.kubernetes.protobuf";
+        let map = protobuf_body(
+            "v1",
+            "ConfigMap",
+            core::ConfigMap::default().encode_to_vec(),
+        );
+        let secret = protobuf_body("v1", "Secret", core::Secret::default().encode_to_vec());
+        let is_gzip = |bytes: &Bytes, decoding: Decoding| {
+            matches!(
+                recorded(&captured_gzip(bytes), protobuf, true, decoding).content,
+                BodyContent::Gzip(_)
+            )
+        };
+        assert!(is_gzip(&map, Decoding::default()));
+        assert!(!is_gzip(&secret, Decoding::default()));
+        let protobuf_here = Decoding {
+            protobuf: DecodedIn::Interceptor,
+            ..Decoding::default()
+        };
+        assert!(!is_gzip(&map, protobuf_here));
+    }
+
     #[test]
     fn json_text_and_binary() {
         assert_eq!(
@@ -574,22 +678,13 @@ mod tests {
             Some("application/json"),
             Some("gzip"),
             false,
-            ProtobufDecoding::default(),
+            Decoding::default(),
         )
         .unwrap();
         assert_eq!(b.content, BodyContent::Text("{\"a\":".into()));
         assert!(b.truncated);
         assert_eq!(b.content_encoding.as_deref(), Some("gzip"));
-        assert!(
-            body(
-                &Captured::default(),
-                None,
-                None,
-                false,
-                ProtobufDecoding::default()
-            )
-            .is_none()
-        );
+        assert!(body(&Captured::default(), None, None, false, Decoding::default()).is_none());
     }
 
     #[test]
@@ -602,12 +697,7 @@ mod tests {
             events_cut: 3,
             ..Default::default()
         };
-        let w = watch(
-            &c,
-            Some("application/json"),
-            true,
-            ProtobufDecoding::default(),
-        );
+        let w = watch(&c, Some("application/json"), true, DecodedIn::default());
         assert_eq!(w.events.len(), 1);
         assert_eq!(w.events[0].event_type, "ADDED");
         assert_eq!(w.cut, 4);
@@ -642,20 +732,10 @@ mod tests {
         let as_text = |w: &WatchEvents| -> Vec<bool> {
             w.events.iter().map(|e| e.object_text.is_some()).collect()
         };
-        let kept = watch(
-            &c,
-            Some("application/json"),
-            true,
-            ProtobufDecoding::default(),
-        );
+        let kept = watch(&c, Some("application/json"), true, DecodedIn::default());
         assert_eq!(as_text(&kept), [true, true, false, false, false]);
         assert_eq!(kept.cut, 3);
-        let walked = watch(
-            &c,
-            Some("application/json"),
-            false,
-            ProtobufDecoding::default(),
-        );
+        let walked = watch(&c, Some("application/json"), false, DecodedIn::default());
         assert_eq!(as_text(&walked), [false; 5]);
         assert_eq!(walked.cut, 3);
 
@@ -720,9 +800,9 @@ mod tests {
             ..Default::default()
         };
         let media = Some("application/vnd.kubernetes.protobuf;stream=watch");
-        let in_the_sidecar = watch(&captured, media, true, ProtobufDecoding::Interceptor);
+        let in_the_sidecar = watch(&captured, media, true, DecodedIn::Interceptor);
         assert_eq!(in_the_sidecar.events[0].object["data"]["k"], "v");
-        let left = watch(&captured, media, true, ProtobufDecoding::Aggregator);
+        let left = watch(&captured, media, true, DecodedIn::Aggregator);
         assert_eq!(left.events[0].object["protobuf"]["kind"], "ConfigMap");
         assert!(left.events[0].object["protobuf"]["base64"].is_string());
         // A Secret is decoded here, for the redactor.
@@ -736,7 +816,7 @@ mod tests {
         assert_eq!(object, in_the_sidecar.events[0].object);
         // A request whose bodies the redactor walks: every event decoded.
         assert_eq!(
-            watch(&captured, media, false, ProtobufDecoding::Aggregator),
+            watch(&captured, media, false, DecodedIn::Aggregator),
             in_the_sidecar
         );
     }
@@ -770,7 +850,7 @@ mod tests {
             None,
             // Even where the redactor would keep the text, a Table is read.
             true,
-            ProtobufDecoding::default(),
+            Decoding::default(),
         )
         .unwrap();
         assert!(is_table(&b));

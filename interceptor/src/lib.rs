@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.recorder_bytes,
         pod.clone(),
         redactor,
-        config.protobuf_decoding,
+        config.decoding(),
         queue.clone(),
         metrics.clone(),
     );

@@ -8,7 +8,7 @@
 //! to the aggregator like the queue's drops.
 
 use crate::capture::{Capture, SharedCapture};
-use crate::decode::{self, ProtobufDecoding};
+use crate::decode::{self, Decoding};
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::ship::Queue;
@@ -112,7 +112,7 @@ pub struct Recorder {
     waiting: Arc<AtomicUsize>,
     pod: PodIdentity,
     redactor: Redactor,
-    protobuf_decoding: ProtobufDecoding,
+    decoding: Decoding,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
@@ -125,7 +125,7 @@ pub fn channel(
     max_waiting_bytes: usize,
     pod: PodIdentity,
     redactor: Redactor,
-    protobuf_decoding: ProtobufDecoding,
+    decoding: Decoding,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) -> (RecorderHandle, Recorder) {
@@ -144,7 +144,7 @@ pub fn channel(
             waiting,
             pod,
             redactor,
-            protobuf_decoding,
+            decoding,
             queue,
             metrics,
         },
@@ -180,7 +180,7 @@ impl Recorder {
             raw.request_content_type.as_deref(),
             None,
             redactor_keeps,
-            self.protobuf_decoding,
+            self.decoding,
         );
 
         let mut response_body = None;
@@ -206,7 +206,7 @@ impl Recorder {
                     &captured,
                     raw.response_content_type.as_deref(),
                     redactor_keeps,
-                    self.protobuf_decoding,
+                    self.decoding.protobuf,
                 ));
             } else {
                 response_body = decode::body(
@@ -214,7 +214,7 @@ impl Recorder {
                     raw.response_content_type.as_deref(),
                     raw.response_content_encoding.as_deref(),
                     redactor_keeps,
-                    self.protobuf_decoding,
+                    self.decoding,
                 );
             }
             if let Some(e) = captured.decode_error {
@@ -252,7 +252,7 @@ impl Recorder {
             // grows at its end instead of at a random page per record.
             _ => uuid::Uuid::now_v7().to_string(),
         };
-        Exchange {
+        let mut exchange = Exchange {
             format: FORMAT_VERSION,
             id,
             pod: self.pod.clone(),
@@ -272,7 +272,9 @@ impl Recorder {
             upgrade: raw.upgrade,
             error,
             part,
-        }
+        };
+        exchange.format = exchange.lowest_format();
+        exchange
     }
 }
 
@@ -317,7 +319,7 @@ mod tests {
             100,
             PodIdentity::default(),
             Redactor::new(Vec::new()).unwrap(),
-            ProtobufDecoding::default(),
+            Decoding::default(),
             queue.clone(),
             metrics,
         );

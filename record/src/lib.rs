@@ -3,16 +3,18 @@
 //! between them).
 
 pub mod exchange;
+pub mod gzip;
 mod json_check;
 pub mod json_reader;
 pub mod json_string;
 mod line_writer;
+pub mod media;
 pub mod protobuf;
 pub mod request;
 
 pub use exchange::{
-    Body, BodyContent, DropReport, Exchange, FORMAT_VERSION, Line, LineError, LineKind,
-    PodIdentity, ProtobufBody, RawJson, Scanned, WatchEvent, WatchEvents, WatchPart, WorkloadRef,
-    kind_of,
+    Body, BodyContent, DropReport, Exchange, FORMAT_VERSION, FORMAT_WITHOUT_GZIP, Line, LineError,
+    LineKind, PodIdentity, ProtobufBody, RawJson, Scanned, WatchEvent, WatchEvents, WatchPart,
+    WorkloadRef, kind_of,
 };
 pub use request::{ApiRequest, PatchType, RequestError, Verb};

@@ -119,6 +119,10 @@ fn write_body(out: &mut Vec<u8>, body: &Body) {
             out.extend_from_slice(b"\"base64\":");
             push_json_string(out, text);
         }
+        BodyContent::Gzip(text) => {
+            out.extend_from_slice(b"\"gzip\":");
+            push_json_string(out, text);
+        }
         BodyContent::Protobuf(protobuf) => {
             out.extend_from_slice(b"\"protobuf\":");
             write_protobuf(out, protobuf);
@@ -333,6 +337,8 @@ mod tests {
                 items: None,
                 base64: Some("azhzAAo=".repeat(40)),
             }),
+            // A body shipped gzip as it came, for the aggregator to undo.
+            BodyContent::Gzip("H4sIAAAAAAAA/w==".into()),
         ] {
             let mut record = bare();
             record.request_body = Some(body(content.clone()));

@@ -385,6 +385,25 @@ pub fn decode_shipped_object(object: &mut Value) -> bool {
     }
 }
 
+/// `raw`, a message of `kind`, in the envelope the apiserver writes.
+#[cfg(test)]
+pub(crate) fn enveloped(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+    let mut out = MAGIC.to_vec();
+    Unknown {
+        type_meta: Some(TypeMeta {
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+        }),
+        raw: Some(raw),
+        content_encoding: Some(String::new()),
+        content_type: Some(String::new()),
+    }
+    .encode(&mut out)
+    .unwrap();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,22 +413,6 @@ mod tests {
     use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
     use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
     use serde_json::json;
-
-    fn enveloped(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        Unknown {
-            type_meta: Some(TypeMeta {
-                api_version: Some(api_version.into()),
-                kind: Some(kind.into()),
-            }),
-            raw: Some(raw),
-            content_encoding: Some(String::new()),
-            content_type: Some(String::new()),
-        }
-        .encode(&mut out)
-        .unwrap();
-        out
-    }
 
     fn meta(name: &str, rv: &str) -> ObjectMeta {
         ObjectMeta {
