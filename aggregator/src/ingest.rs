@@ -160,15 +160,26 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
 /// again with their JSON, which is then what is stored (with its
 /// response's outline). Returns `None` where the exchange holds no such
 /// body, or none this aggregator can read; such a body is stored as it
-/// came.
-fn with_shipped_bodies_decoded(exchange: &mut Exchange) -> Option<(String, Option<Box<Outline>>)> {
+/// came. `undo_budget`: the bytes the batch's gzip bodies may still be
+/// undone into; a body past it is stored as it came, so that a batch of
+/// small lines cannot make the aggregator hold more than its own bound.
+fn with_shipped_bodies_decoded(
+    exchange: &mut Exchange,
+    undo_budget: &mut u64,
+) -> Option<(String, Option<Box<Outline>>)> {
     let mut decoded = false;
     for (body, content_type) in [
         (&mut exchange.request_body, &exchange.request_content_type),
         (&mut exchange.response_body, &exchange.response_content_type),
     ] {
         let Some(body) = body else { continue };
-        decoded |= apiwitness_record::gzip::undo_shipped(body, content_type.as_deref());
+        if matches!(body.content, apiwitness_record::BodyContent::Gzip(_))
+            && body.size <= *undo_budget
+            && apiwitness_record::gzip::undo_shipped(body, content_type.as_deref())
+        {
+            *undo_budget -= body.size;
+            decoded = true;
+        }
         decoded |= apiwitness_record::protobuf::decode_shipped(body);
     }
     for event in exchange.watch.iter_mut().flat_map(|w| &mut w.events) {
@@ -275,6 +286,11 @@ pub(crate) fn lines_of(text: &str) -> impl Iterator<Item = &str> {
 }
 
 pub fn parse_batch(text: &str) -> ParsedBatch {
+    parse_batch_undoing_at_most(text, MAX_BATCH_BYTES as u64)
+}
+
+/// [`parse_batch`], undoing at most `undo_budget` bytes of gzip bodies.
+fn parse_batch_undoing_at_most(text: &str, mut undo_budget: u64) -> ParsedBatch {
     let mut batch = ParsedBatch::default();
     for (i, raw) in lines_of(text).enumerate() {
         if raw.trim().is_empty() {
@@ -283,7 +299,7 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
         let error = match parse_line(raw) {
             Ok(ParsedLine::Exchange(e, _)) if e.id.is_empty() => "the record has no id".to_string(),
             Ok(ParsedLine::Exchange(mut e, outline)) => {
-                let (line, outline) = match with_shipped_bodies_decoded(&mut e) {
+                let (line, outline) = match with_shipped_bodies_decoded(&mut e, &mut undo_budget) {
                     Some(decoded) => {
                         batch.rewritten += 1;
                         decoded
@@ -522,6 +538,18 @@ mod tests {
         assert!(batch.errors.is_empty(), "{:?}", batch.errors);
         assert_eq!(batch.items[0].line, broken);
         assert_eq!(batch.rewritten, 0);
+
+        // So is what is past the batch's bound for bodies undone: the
+        // first list fits it, the second would not.
+        let second = shipped_json.replace(r#""id":"r1""#, r#""id":"r2""#);
+        let batch = parse_batch_undoing_at_most(
+            &format!("{shipped_json}\n{second}\n"),
+            json.len() as u64 * 3 / 2,
+        );
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        assert_eq!(batch.rewritten, 1);
+        assert_eq!(batch.items[0].line, json_recorded.line);
+        assert!(batch.items[1].line.contains(r#""response_body":{"gzip":"#));
     }
 
     #[test]

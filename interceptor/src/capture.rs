@@ -314,7 +314,9 @@ impl Capture {
     pub fn held_bytes(shared: &SharedCapture) -> usize {
         let capture = shared.lock().unwrap_or_else(|e| e.into_inner());
         let result = &capture.result;
-        let finished = result.bytes.len() + result.events.iter().map(Bytes::len).sum::<usize>();
+        let finished = result.bytes.len()
+            + result.compressed.as_ref().map_or(0, Bytes::len)
+            + result.events.iter().map(Bytes::len).sum::<usize>();
         finished
             + match &capture.reader {
                 Some(Reader::Plain(sink)) => sink.kept.len(),
