@@ -23,7 +23,7 @@ use apiwitness_e2e::{
     Cluster, CommandOutput, TestNamespace, repo_root, wait_until, workspace_binary,
 };
 use apiwitness_record::{ApiRequest, Exchange, Line};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -109,7 +109,11 @@ fn audited_calls(events: &[Value]) -> Calls {
 
 fn recorded_calls(records: &[Exchange]) -> Calls {
     let mut calls = Calls::new();
-    for r in records {
+    // A long watch comes in parts; its first part stands for the call.
+    for r in records
+        .iter()
+        .filter(|r| r.part.as_ref().is_none_or(|p| p.index == 0))
+    {
         let request = ApiRequest::parse(
             &r.method,
             &r.path,
@@ -163,6 +167,28 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
         n,
         InterceptorOptions::shipping_to(&certify.url, &ingest),
     );
+    // A list over 128 KiB, which the apiserver gzips for kubectl: the
+    // sidecar ships it as it came, and the aggregator undoes it. Listed
+    // before the workload, whose last request ends the wait for the audit
+    // log.
+    let filler = "x".repeat(2048);
+    let big: Vec<Value> = (0..80)
+        .map(|i| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": format!("big-{i}")}, "data": {"f": filler}})
+        })
+        .collect();
+    cluster
+        .kubectl_stdin(
+            &["create", "-n", n],
+            &json!({"apiVersion": "v1", "kind": "List", "items": big}),
+        )
+        .unwrap();
+    let kubectl = cluster.bin("kubectl");
+    let listed = pod
+        .exec(&[kubectl.to_str().unwrap(), "get", "configmaps", "-o", "json"])
+        .unwrap();
+    assert!(listed.success, "{}", listed.stderr);
     let workload = repo_root().join("hack/demo.d/workload.py");
     let out = pod
         .exec(&["python3", workload.to_str().unwrap(), n])
@@ -183,23 +209,62 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
     assert!(audited.len() >= 14, "{audited:#?}");
     assert_eq!(recorded, audited, "records and audit events differ");
 
+    // The gzip list is stored as the JSON the apiserver wrote, and each of
+    // its objects is a version.
+    let list = records
+        .iter()
+        .find(|r| {
+            r.path == format!("/api/v1/namespaces/{n}/configmaps")
+                && r.response_body
+                    .as_ref()
+                    .is_some_and(|b| b.content_encoding.as_deref() == Some("gzip"))
+        })
+        .expect("the list, gzip");
+    assert_eq!(list.format, apiwitness_record::FORMAT_VERSION);
+    let body = list.response_body.as_ref().unwrap();
+    let items = body.content.json().expect("stored as JSON")["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(items >= 80, "{items} items");
+    assert!(body.size > 128 * 1024, "{}", body.size);
+
     // Every version apiwitness shows equals the apiserver's responseObject at
     // the same resourceVersion.
     let reader = token_of(cluster, n, "reader").unwrap();
+    // A list's items are objects of their own, which the list gives their
+    // kind and apiVersion.
     let responses: BTreeMap<(String, String), Value> = events
         .iter()
-        .filter_map(|e| {
-            let o = e.get("responseObject")?;
+        .filter_map(|e| e.get("responseObject"))
+        .flat_map(|o| {
+            let kind = o["kind"].as_str().and_then(|k| k.strip_suffix("List"));
+            let items = o["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |item| {
+                    let mut item = item.clone();
+                    item["kind"] = json!(kind);
+                    item["apiVersion"] = o["apiVersion"].clone();
+                    item
+                });
+            std::iter::once(o.clone()).chain(items)
+        })
+        .filter_map(|o| {
             let uid = o.pointer("/metadata/uid")?.as_str()?.to_string();
             let rv = o
                 .pointer("/metadata/resourceVersion")?
                 .as_str()?
                 .to_string();
-            Some(((uid, rv), without_managed_fields(o.clone())))
+            Some(((uid, rv), without_managed_fields(o)))
         })
         .collect();
-    for (resource, name, expected) in [("configmaps", "settings", 3), ("postgreses", "client25", 6)]
-    {
+    for (resource, name, expected) in [
+        ("configmaps", "settings", 3),
+        ("postgreses", "client25", 6),
+        ("configmaps", "big-7", 1),
+    ] {
         let listing = aggregator
             .get_json(
                 &format!("/provenance/namespaces/{n}/{resource}/{name}/versions?objects=true"),
@@ -328,6 +393,28 @@ fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_
 
     // The aggregator goes down for the whole run, and comes back after it.
     aggregator.kill();
+    // A list over 128 KiB, which the apiserver gzips for kubectl: the
+    // sidecar ships it as it came, and the aggregator undoes it. Listed
+    // before the workload, whose last request ends the wait for the audit
+    // log.
+    let filler = "x".repeat(2048);
+    let big: Vec<Value> = (0..80)
+        .map(|i| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": format!("big-{i}")}, "data": {"f": filler}})
+        })
+        .collect();
+    cluster
+        .kubectl_stdin(
+            &["create", "-n", n],
+            &json!({"apiVersion": "v1", "kind": "List", "items": big}),
+        )
+        .unwrap();
+    let kubectl = cluster.bin("kubectl");
+    let listed = pod
+        .exec(&[kubectl.to_str().unwrap(), "get", "configmaps", "-o", "json"])
+        .unwrap();
+    assert!(listed.success, "{}", listed.stderr);
     let workload = repo_root().join("hack/demo.d/workload.py");
     let out = pod
         .exec(&["python3", workload.to_str().unwrap(), n])
