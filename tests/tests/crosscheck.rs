@@ -393,28 +393,6 @@ fn with_the_aggregator_down_what_is_kept_agrees_and_the_drop_count_explains_the_
 
     // The aggregator goes down for the whole run, and comes back after it.
     aggregator.kill();
-    // A list over 128 KiB, which the apiserver gzips for kubectl: the
-    // sidecar ships it as it came, and the aggregator undoes it. Listed
-    // before the workload, whose last request ends the wait for the audit
-    // log.
-    let filler = "x".repeat(2048);
-    let big: Vec<Value> = (0..80)
-        .map(|i| {
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": format!("big-{i}")}, "data": {"f": filler}})
-        })
-        .collect();
-    cluster
-        .kubectl_stdin(
-            &["create", "-n", n],
-            &json!({"apiVersion": "v1", "kind": "List", "items": big}),
-        )
-        .unwrap();
-    let kubectl = cluster.bin("kubectl");
-    let listed = pod
-        .exec(&[kubectl.to_str().unwrap(), "get", "configmaps", "-o", "json"])
-        .unwrap();
-    assert!(listed.success, "{}", listed.stderr);
     let workload = repo_root().join("hack/demo.d/workload.py");
     let out = pod
         .exec(&["python3", workload.to_str().unwrap(), n])
