@@ -16,8 +16,12 @@ use serde_json::Value;
 
 /// The strings that send a JSON body down the tree path when they stand in
 /// it whole: what the redactor walks for ([`Redactor::WORDS`]), and the
-/// kind `is_table` looks for. A `\u` escape could spell any of them.
+/// kind `is_table` looks for. A `\u` escape of a letter could spell any.
 pub(crate) const WORDS: &[&[u8]] = &[b"Secret", b"protobuf", b"Table"];
+
+/// `Table`'s bit among the words a scan saw: a body in which only it
+/// stands keeps its text, and `is_table` reads the text's kind.
+const TABLE_SEEN: u32 = 1 << 2;
 
 /// Where a kind of body is decoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -80,7 +84,7 @@ pub fn body(
     let raw = (is_json(&media) && !captured.truncated && redactor_keeps)
         .then(|| RawJson::scan_shared(&captured.bytes, WORDS))
         .flatten()
-        .filter(|scan| scan.holds_none())
+        .filter(|scan| !scan.letter_escape && scan.words_seen & !TABLE_SEEN == 0)
         .map(|scan| scan.json);
     let content = match raw {
         Some(raw) => BodyContent::RawJson(raw),
@@ -99,7 +103,8 @@ pub fn body(
 
 /// Whether a gzip body, `undone`, holds nothing the sidecar must look at:
 /// the aggregator undoes it and reads it as the sidecar would have. Any
-/// text in which none of [`WORDS`] stands (a `\u` escape could spell one),
+/// text in which none of [`WORDS`] stands (nor a `\u` escape of a letter
+/// or digit, which could spell one),
 /// where the sidecar would look for them anyway; or protobuf that may go
 /// undecoded. Nothing is checked as JSON here: the body travels as base64,
 /// whatever it holds.
@@ -109,7 +114,13 @@ fn may_go_compressed(undone: &[u8], media: &str, protobuf: DecodedIn) -> bool {
             && apiwitness_record::protobuf::envelope_kind(undone)
                 .is_ok_and(|envelope| leaves_undecoded(&envelope));
     }
-    memchr::memmem::find(undone, b"\\u").is_none()
+    let letter_escape = memchr::memmem::find_iter(undone, b"\\u").any(|at| {
+        undone
+            .get(at + 2..at + 6)
+            .and_then(|hex| <&[u8; 4]>::try_from(hex).ok())
+            .is_none_or(apiwitness_record::json_reader::escapes_letter)
+    });
+    !letter_escape
         && WORDS
             .iter()
             .all(|word| memchr::memmem::find(undone, word).is_none())
@@ -231,7 +242,7 @@ fn event_as_text(raw: &[u8]) -> Option<WatchEvent> {
         }
     }
     reader.finish().ok()?;
-    if reader.words_seen() != 0 || reader.read_unicode_escape() {
+    if reader.words_seen() != 0 || reader.read_letter_escape() {
         return None;
     }
     let object = &text[object?];
@@ -249,9 +260,49 @@ fn event_as_text(raw: &[u8]) -> Option<WatchEvent> {
 
 /// A `meta.k8s.io` Table, as `kubectl get` asks for.
 pub fn is_table(body: &Body) -> bool {
-    matches!(&body.content, BodyContent::Json(v)
-        if v.get("kind").and_then(Value::as_str) == Some("Table")
-            && v.get("apiVersion").and_then(Value::as_str).is_some_and(|a| a.starts_with("meta.k8s.io/")))
+    let says_table = |kind: Option<&str>, api_version: Option<&str>| {
+        kind == Some("Table") && api_version.is_some_and(|a| a.starts_with("meta.k8s.io/"))
+    };
+    match &body.content {
+        BodyContent::Json(v) => says_table(
+            v.get("kind").and_then(Value::as_str),
+            v.get("apiVersion").and_then(Value::as_str),
+        ),
+        // Read only where the word stands in it, and then only as far as
+        // its kind and apiVersion, which the apiserver writes first.
+        BodyContent::RawJson(raw)
+            if memchr::memmem::find(raw.as_bytes(), b"\"Table\"").is_some() =>
+        {
+            let (kind, api_version) = kind_and_api_version(raw.text());
+            says_table(kind.as_deref(), api_version.as_deref())
+        }
+        _ => false,
+    }
+}
+
+/// The `kind` and `apiVersion` members of a JSON object's text, read
+/// without the rest of it past them.
+fn kind_and_api_version(text: &str) -> (Option<String>, Option<String>) {
+    use apiwitness_record::json_reader::{JsonReader, string_value};
+    let (mut kind, mut api_version) = (None, None);
+    let mut reader = JsonReader::new(text);
+    let Some(mut members) = reader.object() else {
+        return (None, None);
+    };
+    while kind.is_none() || api_version.is_none() {
+        let Ok(Some(key)) = reader.next_key(&mut members) else {
+            break;
+        };
+        let Ok(span) = reader.skip_value() else {
+            break;
+        };
+        match (key.escaped, key.raw) {
+            (false, b"kind") => kind = string_value(&text[span]),
+            (false, b"apiVersion") => api_version = string_value(&text[span]),
+            _ => {}
+        }
+    }
+    (kind, api_version)
 }
 
 #[cfg(test)]
@@ -303,12 +354,12 @@ mod tests {
             matches!(&plain, BodyContent::RawJson(r) if r.text() == "{\"kind\":\"ConfigMap\",\"data\":{\"a\":\"b\"}}"),
             "{plain:?}"
         );
-        // Whatever the redactor or `is_table` must see goes the long way: a
-        // Secret by kind, a Table, a `\u` escape that could spell either, a
-        // protobuf payload; and so does a document over several lines.
+        // Whatever the redactor must see goes the long way: a Secret by
+        // kind, a `\u` escape that could spell one (or a Table), a protobuf
+        // payload; and so does a document over several lines. (A Table
+        // keeps its text: `is_table` reads its kind there.)
         for text in [
             &b"{\"kind\":\"List\",\"items\":[{\"kind\":\"Secret\",\"data\":{\"k\":\"dg==\"}}]}"[..],
-            b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\"}",
             b"{\"kind\":\"Secr\\u0065t\",\"data\":{\"k\":\"dg==\"}}",
             b"{\"protobuf\":{\"kind\":\"Secret\"}}",
             b"{\n  \"kind\": \"ConfigMap\"\n}",
@@ -623,6 +674,11 @@ mod tests {
                 String::from_utf8_lossy(text)
             );
         }
+        // An escape of `<` spells no word; an escape of a letter might.
+        let escaped = captured_gzip(br#"{"kind":"ConfigMap","data":{"k":"\u003cv\u003e"}}"#);
+        assert!(!undone_here(&escaped, true, Decoding::default()));
+        let letter = captured_gzip(br#"{"kind":"ConfigMap","data":{"k":"\u0076"}}"#);
+        assert!(undone_here(&letter, true, Decoding::default()));
         let without_copy = Captured {
             compressed: None,
             ..captured_gzip(list)
@@ -837,6 +893,57 @@ mod tests {
         for name in names {
             assert!(!WORDS.contains(&name.as_bytes()), "{name}");
         }
+    }
+
+    #[test]
+    fn a_table_keeps_its_text_and_is_recognised_as_the_tree_is() {
+        let table = |text: &'static [u8], keeps: bool| {
+            body(
+                &captured(text, false),
+                Some("application/json"),
+                None,
+                keeps,
+                Decoding::default(),
+            )
+            .unwrap()
+        };
+        for (text, is_one) in [
+            (
+                &br#"{"kind":"Table","apiVersion":"meta.k8s.io/v1","columnDefinitions":[],"rows":[{"cells":["a"],"object":{"kind":"PartialObjectMetadata"}}]}"#[..],
+                true,
+            ),
+            // Its kind past a value that holds the word.
+            (
+                br#"{"rows":[{"cells":["Table"]}],"apiVersion":"meta.k8s.io/v1","kind":"Table"}"#,
+                true,
+            ),
+            // As kubectl gets it: Go writes `<none>` with escapes.
+            (
+                br#"{"kind":"Table","apiVersion":"meta.k8s.io/v1","rows":[{"cells":["\u003cnone\u003e"]}]}"#,
+                true,
+            ),
+            (br#"{"kind":"Table","apiVersion":"example.com/v1"}"#, false),
+            (br#"{"kind":"ConfigMap","data":{"a":"Table"}}"#, false),
+            (br#"["Table"]"#, false),
+        ] {
+            let kept = table(text, true);
+            assert!(
+                matches!(kept.content, BodyContent::RawJson(_)),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            let tree = table(text, false);
+            assert!(matches!(tree.content, BodyContent::Json(_)));
+            assert_eq!(is_table(&kept), is_one, "{}", String::from_utf8_lossy(text));
+            assert_eq!(is_table(&tree), is_one, "{}", String::from_utf8_lossy(text));
+        }
+        // With another word beside it, the tree as before.
+        let both = table(
+            br#"{"kind":"Table","apiVersion":"meta.k8s.io/v1","rows":[{"cells":["Secret"]}]}"#,
+            true,
+        );
+        assert!(matches!(both.content, BodyContent::Json(_)));
+        assert!(is_table(&both));
     }
 
     #[test]

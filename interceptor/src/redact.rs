@@ -76,7 +76,8 @@ impl Redactor {
 
     /// The strings that, standing whole in a JSON body (a key or a value),
     /// give the redactor something to look at: the kind of a Secret, and
-    /// the key of a protobuf payload. A `\u` escape could spell either.
+    /// the key of a protobuf payload. A `\u` escape of a letter could
+    /// spell either.
     pub const WORDS: &'static [&'static [u8]] = &[b"Secret", b"protobuf"];
 
     /// Whether no body of `request` is redacted for what it is: no Secret or

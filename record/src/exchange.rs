@@ -183,8 +183,10 @@ pub struct Scanned<J = RawJson> {
     pub json: J,
     /// Bit i: the i-th word asked for stands in the document.
     pub words_seen: u32,
-    /// It holds a `\u` escape, which could spell any word.
-    pub unicode_escape: bool,
+    /// It holds a `\u` escape of an ASCII letter or digit, which could
+    /// spell a word. (Go writes `<`, `>` and `&` as `\u003c`, `\u003e` and
+    /// `\u0026`: those spell none.)
+    pub letter_escape: bool,
 }
 
 impl<J> Scanned<J> {
@@ -192,14 +194,14 @@ impl<J> Scanned<J> {
         Scanned {
             json: json(self.json),
             words_seen: self.words_seen,
-            unicode_escape: self.unicode_escape,
+            letter_escape: self.letter_escape,
         }
     }
 
     /// None of the words asked for stands in the document, nor a `\u`
     /// escape that could spell one.
     pub fn holds_none(&self) -> bool {
-        self.words_seen == 0 && !self.unicode_escape
+        self.words_seen == 0 && !self.letter_escape
     }
 }
 
@@ -259,11 +261,11 @@ impl RawJson {
         bytes: &'b [u8],
         words: &'static [&'static [u8]],
     ) -> Option<Scanned<&'b str>> {
-        let (text, words_seen, unicode_escape) = check(bytes, words)?;
+        let (text, words_seen, letter_escape) = check(bytes, words)?;
         Some(Scanned {
             json: text,
             words_seen,
-            unicode_escape,
+            letter_escape,
         })
     }
 
@@ -330,7 +332,7 @@ fn check<'b>(bytes: &'b [u8], words: &'static [&'static [u8]]) -> Option<(&'b st
     // Line breaks, like any other control character outside a string, are
     // refused by the check.
     let found = crate::json_check::check(trimmed, words).ok()?;
-    Some((text, found.words_seen, found.unicode_escape))
+    Some((text, found.words_seen, found.letter_escape))
 }
 
 impl PartialEq for RawJson {

@@ -28,8 +28,9 @@ const BLOCK: usize = 64;
 pub(crate) struct Checked {
     /// Bit i: `words[i]` stands as a whole string, key or value, unescaped.
     pub words_seen: u32,
-    /// A `\u` escape was read, which could spell any word.
-    pub unicode_escape: bool,
+    /// A `\u` escape of an ASCII letter or digit was read, which could
+    /// spell a word.
+    pub letter_escape: bool,
 }
 
 /// The classes of one block's bytes, a bit each.
@@ -126,7 +127,7 @@ impl<'t> Tokens<'t> {
                 in_string_carry: 0,
                 scalar_carry: 0,
                 in_long_string: false,
-                unicode_escape: false,
+                letter_escape: false,
             },
             error: None,
         }
@@ -172,7 +173,7 @@ struct Blocks<'t> {
     scalar_carry: u64,
     /// The last block lay wholly in a string.
     in_long_string: bool,
-    unicode_escape: bool,
+    letter_escape: bool,
 }
 
 impl Blocks<'_> {
@@ -250,7 +251,7 @@ impl Blocks<'_> {
         while escape_starts != 0 {
             let at = base + escape_starts.trailing_zeros() as usize;
             escape_starts &= escape_starts - 1;
-            self.unicode_escape |= check_escape(text, at)?;
+            self.letter_escape |= check_escape(text, at)?;
         }
 
         let scalar = !(classes.delimiter | in_string);
@@ -269,21 +270,20 @@ impl Blocks<'_> {
     }
 }
 
-/// Checks the escape whose backslash is at `at`; whether it is a `\u`.
+/// Checks the escape whose backslash is at `at`; whether it is a `\u`
+/// escape of a letter or digit.
 fn check_escape(text: &[u8], at: usize) -> Result<bool, JsonError> {
     match text.get(at + 1) {
         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(false),
-        Some(b'u')
-            if text
-                .get(at + 2..at + 6)
-                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
-        {
-            Ok(true)
-        }
-        Some(b'u') => Err(JsonError {
-            at: at + 2,
-            what: "invalid \\u escape",
-        }),
+        Some(b'u') => text
+            .get(at + 2..at + 6)
+            .and_then(|hex| <&[u8; 4]>::try_from(hex).ok())
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .map(crate::json_reader::escapes_letter)
+            .ok_or(JsonError {
+                at: at + 2,
+                what: "invalid \\u escape",
+            }),
         _ => Err(JsonError {
             at: at + 1,
             what: "invalid escape",
@@ -399,7 +399,7 @@ pub(crate) fn check(text: &[u8], words: &[&[u8]]) -> Result<Checked, JsonError> 
                 Some(error) => Err(error),
                 None => Ok(Checked {
                     words_seen,
-                    unicode_escape: tokens.blocks.unicode_escape,
+                    letter_escape: tokens.blocks.letter_escape,
                 }),
             },
             (at, _) => fail(&mut tokens, at, "trailing characters"),
@@ -506,13 +506,13 @@ mod tests {
         let mut reader = JsonReader::new(text).noting(WORDS);
         reader.skip_value().ok()?;
         reader.finish().ok()?;
-        Some((reader.words_seen(), reader.read_unicode_escape()))
+        Some((reader.words_seen(), reader.read_letter_escape()))
     }
 
     fn by_check(text: &str) -> Option<(u32, bool)> {
         check(text.as_bytes(), WORDS)
             .ok()
-            .map(|found| (found.words_seen, found.unicode_escape))
+            .map(|found| (found.words_seen, found.letter_escape))
     }
 
     fn assert_agrees(text: &str) {
@@ -663,6 +663,20 @@ mod tests {
         assert_eq!(seen(r#"{"kind":"Secrets","x":"a Secret"}"#), Some(0));
         assert_eq!(seen(r#"{"kind":"Secr\u0065t"}"#), Some(0));
         assert_eq!(by_check(r#"{"kind":"Secr\u0065t"}"#), Some((0, true)));
+        // Only an escape of a letter or digit could spell a word; Go writes
+        // `<`, `>` and `&` so, and a Table of Pods holds many.
+        for (text, spells) in [
+            (
+                r#"{"a":"\u003cnone\u003e \u0026 \u2028 \u00e9 \u0000"}"#,
+                false,
+            ),
+            (r#"{"a":"\u0030"}"#, true),
+            (r#"{"a":"\u005A"}"#, true),
+            (r#"{"a":"\u005b \u0060 \u007b"}"#, false),
+        ] {
+            assert_eq!(by_check(text), Some((0, spells)), "{text}");
+            assert_agrees(text);
+        }
     }
 
     #[test]

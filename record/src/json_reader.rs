@@ -39,8 +39,9 @@ pub struct JsonReader<'a> {
     words: &'static [&'static [u8]],
     /// Bit i: `words[i]` was read.
     words_seen: u32,
-    /// A `\u` escape was read, which could spell anything.
-    unicode_escape: bool,
+    /// A `\u` escape of an ASCII letter or digit was read, which could
+    /// spell a word.
+    letter_escape: bool,
 }
 
 /// A key of an object as it stands in the text, without its quotes.
@@ -148,14 +149,14 @@ impl<'a> JsonReader<'a> {
             string_end: StringEnd::new(),
             words: &[],
             words_seen: 0,
-            unicode_escape: false,
+            letter_escape: false,
         }
     }
 
     /// Has the reader note which of `words` (up to 32) stand as a whole
     /// string, key or value, as it reads: [`JsonReader::words_seen`]. A
     /// string that holds an escape is never one of them, and a `\u` escape
-    /// could spell any: [`JsonReader::read_unicode_escape`].
+    /// could spell any: [`JsonReader::read_letter_escape`].
     ///
     /// The interceptor's check of a body (`json_check.rs`) notes words
     /// itself, and is tested against this; the interceptor reads a JSON
@@ -171,9 +172,9 @@ impl<'a> JsonReader<'a> {
         self.words_seen
     }
 
-    /// Whether a `\u` escape was read.
-    pub fn read_unicode_escape(&self) -> bool {
-        self.unicode_escape
+    /// Whether a `\u` escape of an ASCII letter or digit was read.
+    pub fn read_letter_escape(&self) -> bool {
+        self.letter_escape
     }
 
     /// Whether all that was read so far is written as serde_json writes a
@@ -300,7 +301,7 @@ impl<'a> JsonReader<'a> {
                 {
                     escaped = true;
                     self.canonical = false;
-                    self.unicode_escape = true;
+                    self.letter_escape |= escapes_letter(&[*a, *b, *c, *d]);
                     rest = after;
                 }
                 [b'\\', b'u', after @ ..] => {
@@ -542,6 +543,18 @@ fn written_as_is(digits: &[u8], negative: bool) -> bool {
 /// The string a value holds, given the value's text as a reader found it
 /// (a span it gave); `None` for any other value. A string without an
 /// escape is its text less the quotes; serde_json decodes the others.
+/// Whether the four hex digits of a `\u` escape stand for an ASCII letter
+/// or digit: what the words looked for are made of. An escape of anything
+/// else (Go writes `<`, `>` and `&` as `\u003c`, `\u003e` and `\u0026`)
+/// cannot spell one.
+pub fn escapes_letter(hex: &[u8; 4]) -> bool {
+    std::str::from_utf8(hex)
+        .ok()
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .and_then(char::from_u32)
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
 pub fn string_value(text: &str) -> Option<String> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
@@ -896,7 +909,7 @@ mod tests {
         let seen = |text: &str| {
             let mut reader = JsonReader::new(text).noting(WORDS);
             reader.skip_value().unwrap();
-            (reader.words_seen(), reader.read_unicode_escape())
+            (reader.words_seen(), reader.read_letter_escape())
         };
         assert_eq!(
             seen(r#"{"kind":"ConfigMap","data":{"a":"Secrets"}}"#),
