@@ -167,25 +167,7 @@ fn with_shipped_bodies_decoded(
     exchange: &mut Exchange,
     undo_budget: &mut u64,
 ) -> Option<(String, Option<Box<Outline>>)> {
-    let mut decoded = false;
-    for (body, content_type) in [
-        (&mut exchange.request_body, &exchange.request_content_type),
-        (&mut exchange.response_body, &exchange.response_content_type),
-    ] {
-        let Some(body) = body else { continue };
-        if matches!(body.content, apiwitness_record::BodyContent::Gzip(_))
-            && body.size <= *undo_budget
-            && apiwitness_record::gzip::undo_shipped(body, content_type.as_deref())
-        {
-            *undo_budget -= body.size;
-            decoded = true;
-        }
-        decoded |= apiwitness_record::protobuf::decode_shipped(body);
-    }
-    for event in exchange.watch.iter_mut().flat_map(|w| &mut w.events) {
-        decoded |= apiwitness_record::protobuf::decode_shipped_object(&mut event.object);
-    }
-    if !decoded {
+    if !exchange.decode_shipped(undo_budget) {
         return None;
     }
     let mut line = Vec::new();

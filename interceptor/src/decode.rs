@@ -114,12 +114,9 @@ fn may_go_compressed(undone: &[u8], media: &str, protobuf: DecodedIn) -> bool {
             && apiwitness_record::protobuf::envelope_kind(undone)
                 .is_ok_and(|envelope| leaves_undecoded(&envelope));
     }
-    let letter_escape = memchr::memmem::find_iter(undone, b"\\u").any(|at| {
-        undone
-            .get(at + 2..at + 6)
-            .and_then(|hex| <&[u8; 4]>::try_from(hex).ok())
-            .is_none_or(apiwitness_record::json_reader::escapes_letter)
-    });
+    // Where no four hex digits follow, as if it spelled a letter.
+    let letter_escape = memchr::memmem::find_iter(undone, b"\\u")
+        .any(|at| apiwitness_record::json_reader::letter_escape_at(undone, at).unwrap_or(true));
     !letter_escape
         && WORDS
             .iter()

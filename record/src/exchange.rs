@@ -517,6 +517,32 @@ impl Exchange {
             || self.watch.as_ref().is_some_and(|w| !w.events.is_empty())
     }
 
+    /// Undoes the gzip bodies, and decodes the protobuf bodies and watch
+    /// events' objects, that a sidecar shipped as they came, as the
+    /// aggregator stores them. `undo_budget`: the bytes gzip bodies may
+    /// still be undone into, less what these took; a body past it stays as
+    /// it came. Returns whether any body or object changed; one that does
+    /// not undo or decode stays as it came.
+    pub fn decode_shipped(&mut self, undo_budget: &mut u64) -> bool {
+        let mut decoded = false;
+        for (body, content_type) in [
+            (&mut self.request_body, &self.request_content_type),
+            (&mut self.response_body, &self.response_content_type),
+        ] {
+            let Some(body) = body else { continue };
+            if body.size <= *undo_budget && crate::gzip::undo_shipped(body, content_type.as_deref())
+            {
+                *undo_budget -= body.size;
+                decoded = true;
+            }
+            decoded |= crate::protobuf::decode_shipped(body);
+        }
+        for event in self.watch.iter_mut().flat_map(|w| &mut w.events) {
+            decoded |= crate::protobuf::decode_shipped_object(&mut event.object);
+        }
+        decoded
+    }
+
     /// The lowest record format that reads this exchange's line: format 3
     /// only where a body is shipped gzip.
     pub fn lowest_format(&self) -> u32 {

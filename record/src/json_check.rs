@@ -275,15 +275,10 @@ impl Blocks<'_> {
 fn check_escape(text: &[u8], at: usize) -> Result<bool, JsonError> {
     match text.get(at + 1) {
         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(false),
-        Some(b'u') => text
-            .get(at + 2..at + 6)
-            .and_then(|hex| <&[u8; 4]>::try_from(hex).ok())
-            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
-            .map(crate::json_reader::escapes_letter)
-            .ok_or(JsonError {
-                at: at + 2,
-                what: "invalid \\u escape",
-            }),
+        Some(b'u') => crate::json_reader::letter_escape_at(text, at).ok_or(JsonError {
+            at: at + 2,
+            what: "invalid \\u escape",
+        }),
         _ => Err(JsonError {
             at: at + 1,
             what: "invalid escape",

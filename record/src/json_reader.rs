@@ -543,6 +543,16 @@ fn written_as_is(digits: &[u8], negative: bool) -> bool {
 /// The string a value holds, given the value's text as a reader found it
 /// (a span it gave); `None` for any other value. A string without an
 /// escape is its text less the quotes; serde_json decodes the others.
+/// Whether the `\u` escape whose backslash is at `backslash` stands for an
+/// ASCII letter or digit ([`escapes_letter`]); `None` where four hex digits
+/// do not follow the `\u`.
+pub fn letter_escape_at(text: &[u8], backslash: usize) -> Option<bool> {
+    text.get(backslash + 2..backslash + 6)
+        .and_then(|hex| <&[u8; 4]>::try_from(hex).ok())
+        .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        .map(escapes_letter)
+}
+
 /// Whether the four hex digits of a `\u` escape stand for an ASCII letter
 /// or digit: what the words looked for are made of. An escape of anything
 /// else (Go writes `<`, `>` and `&` as `\u003c`, `\u003e` and `\u0026`)

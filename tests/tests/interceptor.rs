@@ -140,22 +140,14 @@ fn json_of(body: &Option<apiwitness_record::Body>) -> Value {
     }
 }
 
-/// The records as the aggregator reads them: every protobuf body and
-/// watch event's object shipped as it came, decoded.
+/// The records as the aggregator reads them: every gzip body undone, and
+/// every protobuf body and watch event's object decoded, that was shipped
+/// as it came.
 fn decoded_as_the_aggregator_does(all: &[Exchange]) -> Vec<Exchange> {
     let mut all = all.to_vec();
+    let mut unbounded = u64::MAX;
     for e in &mut all {
-        for (body, content_type) in [
-            (&mut e.request_body, &e.request_content_type),
-            (&mut e.response_body, &e.response_content_type),
-        ] {
-            let Some(body) = body else { continue };
-            apiwitness_record::gzip::undo_shipped(body, content_type.as_deref());
-            apiwitness_record::protobuf::decode_shipped(body);
-        }
-        for event in e.watch.iter_mut().flat_map(|w| &mut w.events) {
-            apiwitness_record::protobuf::decode_shipped_object(&mut event.object);
-        }
+        e.decode_shipped(&mut unbounded);
     }
     all
 }
