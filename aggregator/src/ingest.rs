@@ -274,26 +274,36 @@ pub fn parse_batch(text: &str) -> ParsedBatch {
 /// [`parse_batch`], undoing at most `undo_budget` bytes of gzip bodies.
 fn parse_batch_undoing_at_most(text: &str, mut undo_budget: u64) -> ParsedBatch {
     let mut batch = ParsedBatch::default();
-    for (i, raw) in lines_of(text).enumerate() {
+    let mut lines = lines_of(text).enumerate().peekable();
+    while let Some((i, raw)) = lines.next() {
         if raw.trim().is_empty() {
             continue;
         }
         let error = match parse_line(raw) {
-            Ok(ParsedLine::Exchange(e, _)) if e.id.is_empty() => "the record has no id".to_string(),
             Ok(ParsedLine::Exchange(mut e, outline)) => {
-                let (line, outline) = match with_shipped_bodies_decoded(&mut e, &mut undo_budget) {
-                    Some(decoded) => {
-                        batch.rewritten += 1;
-                        decoded
+                // Taken whatever else is wrong with the record, so that no
+                // body is read as a line of its own.
+                let taken = take_next_lines(&mut e, &mut lines);
+                if let Err(missing) = taken {
+                    missing.to_string()
+                } else if e.id.is_empty() {
+                    "the record has no id".to_string()
+                } else {
+                    let (line, outline) =
+                        match with_shipped_bodies_decoded(&mut e, &mut undo_budget) {
+                            Some(decoded) => {
+                                batch.rewritten += 1;
+                                decoded
+                            }
+                            None => (raw.to_string(), outline),
+                        };
+                    match item_of(*e, outline, line, i + 1) {
+                        Ok(item) => {
+                            batch.items.push(item);
+                            continue;
+                        }
+                        Err(e) => e.to_string(),
                     }
-                    None => (raw.to_string(), outline),
-                };
-                match item_of(*e, outline, line, i + 1) {
-                    Ok(item) => {
-                        batch.items.push(item);
-                        continue;
-                    }
-                    Err(e) => e.to_string(),
                 }
             }
             Ok(ParsedLine::DropReport(d)) => {
@@ -305,6 +315,23 @@ fn parse_batch_undoing_at_most(text: &str, mut undo_budget: u64) -> ParsedBatch 
         batch.errors.push(LineError { line: i + 1, error });
     }
     batch
+}
+
+/// Takes the lines a record's bodies travel on, those after its own.
+fn take_next_lines<'a>(
+    exchange: &mut Exchange,
+    lines: &mut std::iter::Peekable<impl Iterator<Item = (usize, &'a str)>>,
+) -> Result<(), apiwitness_record::next_line::NextLineError> {
+    if !exchange.has_next_lines() {
+        return Ok(());
+    }
+    let lines = std::cell::RefCell::new(lines);
+    exchange.take_next_lines(
+        || lines.borrow_mut().peek().map(|(_, line)| *line),
+        || {
+            lines.borrow_mut().next();
+        },
+    )
 }
 
 #[cfg(test)]
@@ -532,6 +559,88 @@ mod tests {
         assert_eq!(batch.rewritten, 1);
         assert_eq!(batch.items[0].line, json_recorded.line);
         assert!(batch.items[1].line.contains(r#""response_body":{"gzip":"#));
+    }
+
+    #[test]
+    fn bodies_on_lines_of_their_own_are_stored_as_the_sidecar_would_have_checked_them() {
+        let Ok(apiwitness_record::protobuf::DecodedText::Full { json, .. }) =
+            apiwitness_record::protobuf::decode_body_text(PODS_50, &[])
+        else {
+            panic!("the list decodes whole")
+        };
+        let as_json = |content, id: &str| {
+            pod_list_line(content)
+                .replace("application/vnd.kubernetes.protobuf", "application/json")
+                .replace(
+                    &format!(r#""size":{}"#, PODS_50.len()),
+                    &format!(r#""size":{}"#, json.len()),
+                )
+                .replace(r#""id":"r1""#, &format!(r#""id":"{id}""#))
+        };
+        let next_line = |text: &[u8]| {
+            apiwitness_record::BodyContent::NextLine(
+                apiwitness_record::NextLine::of(text.to_vec()).unwrap(),
+            )
+        };
+        let recorded = as_json(
+            apiwitness_record::BodyContent::RawJson(
+                apiwitness_record::RawJson::written(json.clone().into()).unwrap(),
+            ),
+            "r1",
+        );
+        let sent = as_json(next_line(&json), "r1");
+        assert_eq!(sent.lines().count(), 2);
+        // Not JSON: kept as text.
+        let cut = &json[..json.len() / 2];
+        let sent_cut = as_json(next_line(cut), "r2");
+        let batch = parse_batch(&format!(
+            "{sent}
+{recorded}
+{sent_cut}
+"
+        ));
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        let [left, checked, cut_left] = &batch.items[..] else {
+            panic!("three items: {:?}", batch.items.len())
+        };
+        assert_eq!(batch.rewritten, 2);
+        assert_eq!(left.line, checked.line);
+        assert_eq!(left.versions.len(), 50);
+        assert_eq!(left.versions, checked.versions);
+        assert!(
+            cut_left
+                .line
+                .contains(r#""response_body":{"text":"{\"kind\":\"PodList\""#)
+        );
+        assert!(cut_left.versions.is_empty());
+
+        // A record whose body line is missing is refused, and the next one
+        // is still read; so is a record after a body line of the wrong
+        // length, which is not taken as the body.
+        let (sent_record, _) = sent.split_once('\n').unwrap();
+        let batch = parse_batch(&format!(
+            "{sent_record}
+{recorded}
+{sent_record}
+"
+        ));
+        let errors: Vec<(usize, &str)> = batch
+            .errors
+            .iter()
+            .map(|e| (e.line, e.error.as_str()))
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0].0, 1);
+        assert!(errors[0].1.contains("but that line holds"), "{errors:?}");
+        assert_eq!(
+            errors[1],
+            (
+                3,
+                "the record's response body travels on the next line, but the batch ends"
+            )
+        );
+        assert_eq!(batch.items.len(), 1);
+        assert_eq!(batch.items[0].line, checked.line);
     }
 
     #[test]

@@ -12,8 +12,8 @@
 use crate::provenance::text::{Outline, read_outline};
 use apiwitness_record::json_reader::{JsonError, JsonReader, string_value};
 use apiwitness_record::{
-    Body, BodyContent, Exchange, PodIdentity, ProtobufBody, RawJson, WatchEvents, WatchPart,
-    WorkloadRef,
+    Body, BodyContent, Exchange, NextLine, PodIdentity, ProtobufBody, RawJson, WatchEvents,
+    WatchPart, WorkloadRef,
 };
 use std::ops::Range;
 
@@ -221,6 +221,7 @@ fn read_body(
     };
     let mut json: Option<Range<usize>> = None;
     let (mut text, mut base64, mut gzip, mut encoding) = (None, None, None, None);
+    let mut next_line = None;
     let mut protobuf: Option<Option<ProtobufBody>> = None;
     let (mut size, mut truncated) = (None, None);
     let mut reading = true;
@@ -256,6 +257,7 @@ fn read_body(
             b"text" => set(&mut text, optional_string_of(value)),
             b"base64" => set(&mut base64, optional_string_of(value)),
             b"gzip" => set(&mut gzip, optional_string_of(value)),
+            b"next_line" => set(&mut next_line, unsigned_of(value)),
             b"protobuf" => set(&mut protobuf, serde_json::from_str(value).ok()),
             b"size" => set(&mut size, unsigned_of(value)),
             b"truncated" => set(&mut truncated, bool_of(value)),
@@ -272,12 +274,16 @@ fn read_body(
         base64.flatten(),
         protobuf.flatten(),
         gzip.flatten(),
+        next_line,
     ) {
-        (Some(span), None, None, None, None) => BodyContent::RawJson(RawJson::read(&line[span])),
-        (None, Some(text), None, None, None) => BodyContent::Text(text),
-        (None, None, Some(base64), None, None) => BodyContent::Base64(base64),
-        (None, None, None, Some(protobuf), None) => BodyContent::Protobuf(protobuf),
-        (None, None, None, None, Some(gzip)) => BodyContent::Gzip(gzip),
+        (Some(span), None, None, None, None, None) => {
+            BodyContent::RawJson(RawJson::read(&line[span]))
+        }
+        (None, Some(text), None, None, None, None) => BodyContent::Text(text),
+        (None, None, Some(base64), None, None, None) => BodyContent::Base64(base64),
+        (None, None, None, Some(protobuf), None, None) => BodyContent::Protobuf(protobuf),
+        (None, None, None, None, Some(gzip), None) => BodyContent::Gzip(gzip),
+        (None, None, None, None, None, Some(len)) => BodyContent::NextLine(NextLine::awaited(len)),
         // Not one content: serde says so.
         _ => return Ok(None),
     };
@@ -466,6 +472,9 @@ mod tests {
                 r#""gzip":"H4sIAAAAAAAA/w==""#,
             ),
             LINE.replace(r#""size":20"#, r#""size":20,"gzip":"H4sI""#),
+            LINE.replace(r#""json":{"data":{"a":"b"}}"#, r#""next_line":20"#),
+            LINE.replace(r#""json":{"data":{"a":"b"}}"#, r#""next_line":-1"#),
+            LINE.replace(r#""size":20"#, r#""size":20,"next_line":3"#),
             LINE.replace(r#""json":{"data":{"a":"b"}}"#, r#""j\u0073on":{"a":1}"#),
             LINE.replace(r#""request_body":"#, r#""request_body":null,"x":"#),
             LINE.replace(r#""status":200"#, r#""status":"200""#),
@@ -495,6 +504,15 @@ mod tests {
         assert!(matches!(
             &gzip.request_body.as_ref().unwrap().content,
             BodyContent::Gzip(g) if g == "H4sIAAAAAAAA/w=="
+        ));
+        let next_line = lines
+            .iter()
+            .find(|l| l.contains(r#""next_line":20"#))
+            .unwrap();
+        assert!(read_in_one_pass(next_line));
+        assert!(matches!(
+            &as_read(next_line).unwrap().request_body.as_ref().unwrap().content,
+            BodyContent::NextLine(n) if n.len() == 20 && n.text().is_none()
         ));
         let watch_part = as_read(&lines[1]).unwrap();
         assert_eq!(watch_part.user_agent.as_deref(), Some("ké \"x\""));

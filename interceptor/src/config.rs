@@ -187,6 +187,19 @@ pub struct Config {
     )]
     pub gzip_decoding: crate::decode::DecodedIn,
 
+    /// Where large JSON bodies are checked: `aggregator` sends one in which
+    /// there can be nothing to redact unchecked, on a line of its own after
+    /// its record's, for the aggregator to check (record format 4);
+    /// `interceptor` checks every one here, for an aggregator older than
+    /// this sidecar.
+    #[arg(
+        long,
+        env = "APIWITNESS_JSON_CHECKING",
+        value_enum,
+        default_value = "aggregator"
+    )]
+    pub json_checking: crate::decode::DecodedIn,
+
     /// More JSON Pointers to redact in every body (comma-separated).
     #[arg(long, env = "APIWITNESS_REDACT_PATHS", value_delimiter = ',')]
     pub redact_paths: Vec<String>,
@@ -313,6 +326,7 @@ impl Config {
         crate::decode::Decoding {
             protobuf: self.protobuf_decoding,
             gzip: self.gzip_decoding,
+            json: self.json_checking,
         }
     }
 

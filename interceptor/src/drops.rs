@@ -7,7 +7,7 @@
 //! that surely was not stored (the aggregator refused the batch, or was
 //! never reached) goes back into the running count, to be reported anew.
 
-use apiwitness_record::{DropReport, FORMAT_WITHOUT_GZIP, PodIdentity};
+use apiwitness_record::{DropReport, FORMAT_PLAIN, PodIdentity};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -110,7 +110,7 @@ impl Drops {
     pub fn take(&self, pod: &PodIdentity) -> Reports {
         let mut ledger = self.ledger();
         let new = (ledger.count > 0).then(|| DropReport {
-            format: FORMAT_WITHOUT_GZIP,
+            format: FORMAT_PLAIN,
             id: uuid::Uuid::new_v4().to_string(),
             pod: pod.clone(),
             dropped: ledger.count,

@@ -91,10 +91,17 @@ impl Redactor {
     /// Redacts a captured body of `request` in place.
     pub fn body(&self, request: &ApiRequest, body: &mut Body) {
         let sensitive = sensitivity(request);
-        if let BodyContent::RawJson(raw) = &body.content
-            && !self.redacts_nothing_by_request(request)
-        {
-            body.content = BodyContent::Json(raw.to_value());
+        if !self.redacts_nothing_by_request(request) {
+            match &body.content {
+                BodyContent::RawJson(raw) => body.content = BodyContent::Json(raw.to_value()),
+                // Never sent unchecked for such a request; should that
+                // change, it is read here, to be redacted as what it is.
+                BodyContent::NextLine(next) => {
+                    let text = next.text().cloned().unwrap_or_default();
+                    body.content = apiwitness_record::media::content_of(&text, "", false);
+                }
+                _ => {}
+            }
         }
         match &mut body.content {
             // Made only of text in which none of `WORDS` stands.
@@ -119,6 +126,12 @@ impl Redactor {
                 if sensitive != Sensitive::No {
                     let len = text.len();
                     body.content = BodyContent::Json(marker(len));
+                }
+            }
+            // Made only of text in which none of `WORDS` stands.
+            BodyContent::NextLine(next) => {
+                if sensitive != Sensitive::No {
+                    body.content = BodyContent::Json(marker(next.len() as usize));
                 }
             }
         }

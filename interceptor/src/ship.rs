@@ -101,10 +101,12 @@ impl Records {
 }
 
 /// A record's line without its bodies and watch events; `None` if the line
-/// is not an exchange.
+/// is not an exchange. The lines of its bodies that travel apart, after
+/// its own, go with them.
 fn stripped(line: &[u8]) -> Option<Vec<u8>> {
+    let record = memchr::memchr(b'\n', line).map_or(line, |end| &line[..end]);
     let apiwitness_record::Line::Exchange(mut exchange) =
-        apiwitness_record::Line::parse(std::str::from_utf8(line).ok()?).ok()?
+        apiwitness_record::Line::parse(std::str::from_utf8(record).ok()?).ok()?
     else {
         return None;
     };
@@ -863,6 +865,31 @@ mod tests {
             cut: 0,
         });
         r
+    }
+
+    #[test]
+    fn a_record_is_stripped_of_the_lines_its_bodies_travel_on_too() {
+        let mut r = record(1);
+        r.response_body = Some(apiwitness_record::Body {
+            content: apiwitness_record::BodyContent::NextLine(
+                apiwitness_record::NextLine::of(Bytes::from_static(br#"{"a":1}"#)).unwrap(),
+            ),
+            size: 7,
+            truncated: false,
+            content_encoding: None,
+        });
+        let line = line_of(&r);
+        assert_eq!(line.split(|b| *b == b'\n').count(), 2);
+        let stripped = stripped(&line).unwrap();
+        assert!(!stripped.contains(&b'\n'));
+        let apiwitness_record::Line::Exchange(back) =
+            apiwitness_record::Line::parse(std::str::from_utf8(&stripped).unwrap()).unwrap()
+        else {
+            panic!("not an exchange");
+        };
+        let body = back.response_body.unwrap();
+        assert!(body.truncated);
+        assert_eq!(body.size, 7);
     }
 
     /// The ids of the stripped records, and of the whole ones, in order.

@@ -43,11 +43,14 @@ pub fn undo_shipped(body: &mut Body, content_type: Option<&str>) -> bool {
     if read.is_err() || undone.len() as u64 != body.size {
         return false;
     }
-    body.content = content_of_undone(bytes::Bytes::from(undone), content_type);
+    body.content = content_of_shipped(bytes::Bytes::from(undone), content_type);
     true
 }
 
-fn content_of_undone(bytes: bytes::Bytes, content_type: Option<&str>) -> BodyContent {
+/// What the sidecar records for a body's bytes that it shipped as they came
+/// (gzip undone): JSON text, the JSON of a protobuf body this decoder
+/// knows, text, or base64.
+pub(crate) fn content_of_shipped(bytes: bytes::Bytes, content_type: Option<&str>) -> BodyContent {
     let media = media::media_type(content_type);
     if media::is_protobuf(&media) {
         return match decode_body_text(&bytes, &[]) {

@@ -9,12 +9,14 @@ pub mod json_reader;
 pub mod json_string;
 mod line_writer;
 pub mod media;
+pub mod next_line;
 pub mod protobuf;
 pub mod request;
 
 pub use exchange::{
-    Body, BodyContent, DropReport, Exchange, FORMAT_VERSION, FORMAT_WITHOUT_GZIP, Line, LineError,
-    LineKind, PodIdentity, ProtobufBody, RawJson, Scanned, WatchEvent, WatchEvents, WatchPart,
-    WorkloadRef, kind_of,
+    Body, BodyContent, DropReport, Exchange, FORMAT_GZIP, FORMAT_PLAIN, FORMAT_VERSION, Line,
+    LineError, LineKind, PodIdentity, ProtobufBody, RawJson, Scanned, WatchEvent, WatchEvents,
+    WatchPart, WorkloadRef, kind_of,
 };
+pub use next_line::NextLine;
 pub use request::{ApiRequest, PatchType, RequestError, Verb};

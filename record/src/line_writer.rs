@@ -16,7 +16,9 @@ use serde::Serialize;
 use std::io::Write;
 
 impl Exchange {
-    /// Appends the record's line (`{"kind":"exchange",...}`, no line break).
+    /// Appends the record's line (`{"kind":"exchange",...}`), and after it,
+    /// each on a line of its own, the text of the bodies that travel so
+    /// ([`crate::next_line`]). No line break at the end.
     pub fn write_line(&self, out: &mut Vec<u8>) {
         // Every field named: one added to Exchange fails to compile here
         // until it is written too.
@@ -90,6 +92,14 @@ impl Exchange {
             serialized(out, part);
         }
         out.push(b'}');
+        for body in [request_body, response_body].into_iter().flatten() {
+            if let BodyContent::NextLine(next) = &body.content
+                && let Some(text) = next.text()
+            {
+                out.push(b'\n');
+                out.extend_from_slice(text);
+            }
+        }
     }
 }
 
@@ -126,6 +136,10 @@ fn write_body(out: &mut Vec<u8>, body: &Body) {
         BodyContent::Protobuf(protobuf) => {
             out.extend_from_slice(b"\"protobuf\":");
             write_protobuf(out, protobuf);
+        }
+        BodyContent::NextLine(next) => {
+            out.extend_from_slice(b"\"next_line\":");
+            let _ = write!(out, "{}", next.len());
         }
     }
     number(out, "size", *size);
@@ -345,5 +359,29 @@ mod tests {
             record.response_body = Some(body(content));
             same_as_serde(record);
         }
+    }
+
+    #[test]
+    fn a_body_on_a_line_of_its_own_follows_the_line_serde_json_writes() {
+        let text = bytes::Bytes::from_static(br#"{"kind":"ConfigMap","data":{"a":"\u00e9"}}"#);
+        let mut record = bare();
+        record.request_body = Some(body(BodyContent::Text("t".into())));
+        record.response_body = Some(body(BodyContent::NextLine(
+            crate::NextLine::of(text.clone()).unwrap(),
+        )));
+        let mut written = Vec::new();
+        record.write_line(&mut written);
+        let written = String::from_utf8(written).unwrap();
+        let (line, next) = written.split_once('\n').unwrap();
+        assert_eq!(next.as_bytes(), &text[..]);
+        let member = format!(
+            r#""response_body":{{"next_line":{},"size":42}}"#,
+            text.len()
+        );
+        assert!(line.contains(&member), "{line}");
+        assert_eq!(
+            line,
+            serde_json::to_string(&Line::Exchange(Box::new(record))).unwrap()
+        );
     }
 }

@@ -56,8 +56,8 @@ impl Collector {
                         };
                         let mut r = received.lock().unwrap();
                         r.batches += 1;
-                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                            match Line::parse(line) {
+                        for line in Line::parse_batch(&text) {
+                            match line {
                                 Ok(Line::Exchange(e)) => r.exchanges.push(*e),
                                 Ok(Line::DropReport(d)) => r.drops.push(*d),
                                 Err(e) => {

@@ -220,7 +220,7 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
                     .is_some_and(|b| b.content_encoding.as_deref() == Some("gzip"))
         })
         .expect("the list, gzip");
-    assert_eq!(list.format, apiwitness_record::FORMAT_VERSION);
+    assert_eq!(list.format, apiwitness_record::FORMAT_GZIP);
     let body = list.response_body.as_ref().unwrap();
     let items = body.content.json().expect("stored as JSON")["items"]
         .as_array()

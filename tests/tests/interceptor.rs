@@ -128,11 +128,13 @@ fn one<'r>(all: &'r [Exchange], method: &str, path: &str, status: u16) -> &'r Ex
 }
 
 /// A body's JSON, as the aggregator stores it: a protobuf body the
-/// interceptor shipped as it came is decoded first, as the aggregator does.
+/// interceptor shipped as it came is decoded first, and a JSON body that
+/// travelled on its own line checked, as the aggregator does.
 fn json_of(body: &Option<apiwitness_record::Body>) -> Value {
     let mut body = body.clone();
     if let Some(b) = body.as_mut() {
         apiwitness_record::protobuf::decode_shipped(b);
+        apiwitness_record::next_line::read_shipped(b, Some("application/json"));
     }
     match body.as_ref().and_then(|b| b.content.json()) {
         Some(v) => v.into_owned(),
@@ -487,7 +489,23 @@ fn python_client_workload_is_recorded_with_deletecollection_and_watch() {
 
     let all = stop_and_collect(&mut pod, &collector);
     let base = format!("/api/v1/namespaces/{}/configmaps", ns.name);
-    let create = one(&all, "POST", &base, 201);
+    let creates = records(&all, "POST", &base);
+    let created = |name: &str| {
+        creates
+            .iter()
+            .find(|e| json_of(&e.request_body)["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no create of {name}"))
+    };
+    let create = created("py-1");
+    assert_eq!(create.status, 201);
+    // The large one's request body travelled apart too.
+    assert!(matches!(
+        created("py-large")
+            .request_body
+            .as_ref()
+            .map(|b| &b.content),
+        Some(apiwitness_record::BodyContent::NextLine(_))
+    ));
     assert!(
         create
             .user_agent
@@ -499,6 +517,28 @@ fn python_client_workload_is_recorded_with_deletecollection_and_watch() {
     assert_eq!(
         json_of(&read.response_body)["metadata"]["resourceVersion"],
         seen["read_resource_version"]
+    );
+    // 40 KiB of JSON with nothing to redact in it: it travelled on the
+    // line after its record's, unchecked, exactly as the client got it.
+    let large = one(&all, "GET", &format!("{base}/py-large"), 200);
+    let body = large.response_body.as_ref().unwrap();
+    let apiwitness_record::BodyContent::NextLine(next) = &body.content else {
+        panic!(
+            "not on a line of its own: {}",
+            format!("{:?}", body.content)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        );
+    };
+    // Less the line break the apiserver ends it with.
+    let sent = seen["large_body"].as_str().unwrap();
+    assert_eq!(next.text().unwrap()[..], *sent.trim_end().as_bytes());
+    assert_eq!(body.size, sent.len() as u64);
+    assert_eq!(large.format, apiwitness_record::FORMAT_VERSION);
+    assert_eq!(
+        json_of(&large.response_body),
+        serde_json::from_str::<Value>(sent).unwrap()
     );
     let watch = records(&all, "GET", &base)
         .into_iter()
@@ -829,13 +869,13 @@ fn protobuf_gzip_and_exec_are_recorded() {
         "{:?}",
         list.error
     );
-    assert_eq!(list.format, apiwitness_record::FORMAT_VERSION);
+    assert_eq!(list.format, apiwitness_record::FORMAT_GZIP);
     let all = decoded_as_the_aggregator_does(&shipped);
     let list = records(&all, "GET", &base)
         .into_iter()
         .find(|e| e.status == 200)
         .expect("the list");
-    assert_eq!(list.format, apiwitness_record::FORMAT_VERSION);
+    assert_eq!(list.format, apiwitness_record::FORMAT_GZIP);
     let body = list.response_body.as_ref().unwrap();
     assert!(
         matches!(body.content, apiwitness_record::BodyContent::RawJson(_)),
