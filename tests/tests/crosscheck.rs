@@ -229,6 +229,27 @@ fn the_audit_log_and_apiwitness_agree_on_every_request_version_and_operation() {
     assert!(items >= 80, "{items} items");
     assert!(body.size > 128 * 1024, "{}", body.size);
 
+    // The Python client asks for no gzip: its list of the same ConfigMaps
+    // travelled to the aggregator unchecked, on a line of its own, and is
+    // stored as the JSON the apiserver wrote.
+    let python_list = records
+        .iter()
+        .find(|r| {
+            r.path == format!("/api/v1/namespaces/{n}/configmaps")
+                && r.query.is_empty()
+                && r.user_agent
+                    .as_deref()
+                    .is_some_and(|ua| ua.starts_with("OpenAPI-Generator/"))
+        })
+        .expect("the Python client's list");
+    assert_eq!(python_list.format, apiwitness_record::FORMAT_VERSION);
+    let body = python_list.response_body.as_ref().unwrap();
+    assert!(body.content_encoding.is_none());
+    let items = body.content.json().expect("stored as JSON")["items"]
+        .as_array()
+        .map(Vec::len);
+    assert!(items >= Some(80), "{items:?} items");
+
     // Every version apiwitness shows equals the apiserver's responseObject at
     // the same resourceVersion.
     let reader = token_of(cluster, n, "reader").unwrap();
