@@ -63,6 +63,7 @@ fn per_body(
     request: &ApiRequest,
     redactor: &Redactor,
     keeps_text: bool,
+    decoding: decode::Decoding,
 ) -> f64 {
     let rounds = (20_000_000 / captured.bytes.len().max(1)).clamp(200, 200_000);
     let started = Instant::now();
@@ -85,7 +86,7 @@ fn per_body(
             Some("application/json"),
             None,
             redactor_keeps,
-            decode::Decoding::default(),
+            decoding,
         )
         .expect("a body");
         redactor.body(request, &mut body);
@@ -398,30 +399,64 @@ fn main() {
     .expect("a request");
     let redactor = Redactor::default();
     println!("apiwitness interceptor benchmark: a captured JSON body to its record");
-    for (label, value_bytes) in [("1 KiB", 768), ("64 KiB", 49_152)] {
-        let bytes = config_map(&base64_of_noise(value_bytes, 0));
+    // Checked here, as a body under `decode::UNCHECKED_FROM` always is.
+    let checked_here = decode::Decoding {
+        json: decode::DecodedIn::Interceptor,
+        ..Default::default()
+    };
+    let recorded_as = |captured: &Captured, decoding| {
+        decode::body(
+            captured,
+            Some("application/json"),
+            None,
+            redactor.redacts_nothing_by_request(&request),
+            decoding,
+        )
+        .map(|b| b.content)
+    };
+    for (label, bytes) in [
+        ("ConfigMap 1 KiB", config_map(&base64_of_noise(768, 0))),
+        ("ConfigMap 64 KiB", config_map(&base64_of_noise(49_152, 0))),
+        (
+            "50 Pods",
+            Bytes::from_static(include_bytes!("data/pods-50.json")),
+        ),
+    ] {
         let captured = Captured {
             size: bytes.len() as u64,
             bytes,
             complete: true,
             ..Default::default()
         };
-        // The body this bench times as text must be one the recorder keeps so.
+        // The bodies this bench times as text must be ones the recorder
+        // keeps so.
         assert!(matches!(
-            decode::body(
-                &captured,
-                Some("application/json"),
-                None,
-                redactor.redacts_nothing_by_request(&request),
-                decode::Decoding::default(),
-            )
-            .map(|b| b.content),
+            recorded_as(&captured, checked_here),
             Some(apiwitness_record::BodyContent::RawJson(_))
         ));
-        let tree = per_body(&captured, &request, &redactor, false);
-        let text = per_body(&captured, &request, &redactor, true);
+        let tree = per_body(&captured, &request, &redactor, false, checked_here);
+        let text = per_body(&captured, &request, &redactor, true, checked_here);
+        let unchecked = if captured.bytes.len() >= decode::UNCHECKED_FROM {
+            assert!(matches!(
+                recorded_as(&captured, decode::Decoding::default()),
+                Some(apiwitness_record::BodyContent::NextLine(_))
+            ));
+            let unchecked = per_body(
+                &captured,
+                &request,
+                &redactor,
+                true,
+                decode::Decoding::default(),
+            );
+            format!(
+                ", unchecked on a line of its own {unchecked:7.1} µs: {:.2}x the checked text",
+                text / unchecked
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "ConfigMap {label:>6} ({} bytes): as a tree {tree:7.1} µs, as its text {text:7.1} µs: {:.2}x",
+            "{label:<16} ({} bytes): as a tree {tree:7.1} µs, as its text {text:7.1} µs: {:.2}x{unchecked}",
             captured.bytes.len(),
             tree / text
         );
@@ -448,8 +483,8 @@ fn main() {
         apiwitness_record::BodyContent::RawJson(_)
     ));
     assert!(decode::is_table(&kept));
-    let tree = per_body(&captured, &request, &redactor, false);
-    let text = per_body(&captured, &request, &redactor, true);
+    let tree = per_body(&captured, &request, &redactor, false, checked_here);
+    let text = per_body(&captured, &request, &redactor, true, checked_here);
     println!(
         "Table of 50 Pods ({} bytes): as a tree {tree:7.1} µs, as its text {text:7.1} µs: {:.2}x",
         captured.bytes.len(),
