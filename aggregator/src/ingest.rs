@@ -490,11 +490,7 @@ mod tests {
 
     #[test]
     fn protobuf_shipped_as_it_came_is_stored_as_the_sidecar_would_have_decoded_it() {
-        let Ok(apiwitness_record::protobuf::DecodedText::Full { json, .. }) =
-            apiwitness_record::protobuf::decode_body_text(PODS_50, &[])
-        else {
-            panic!("the list decodes whole")
-        };
+        let json = pods_50_json();
         let decoded_in_the_sidecar = pod_list_line(apiwitness_record::BodyContent::RawJson(
             apiwitness_record::RawJson::written(json.into()).unwrap(),
         ));
@@ -528,21 +524,31 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    #[test]
-    fn bodies_shipped_gzip_are_stored_as_the_sidecar_would_have_recorded_them() {
+    /// The JSON the apiserver writes for the list of 50 Pods.
+    fn pods_50_json() -> Vec<u8> {
         let Ok(apiwitness_record::protobuf::DecodedText::Full { json, .. }) =
             apiwitness_record::protobuf::decode_body_text(PODS_50, &[])
         else {
             panic!("the list decodes whole")
         };
-        let as_json = |content| {
-            let line = pod_list_line(content);
-            line.replace("application/vnd.kubernetes.protobuf", "application/json")
-                .replace(
-                    &format!(r#""size":{}"#, PODS_50.len()),
-                    &format!(r#""size":{}"#, json.len()),
-                )
-        };
+        json
+    }
+
+    /// A GET of the list as JSON (of `json_len` bytes) whose response body
+    /// is `content`.
+    fn json_pod_list_line(content: apiwitness_record::BodyContent, json_len: usize) -> String {
+        pod_list_line(content)
+            .replace("application/vnd.kubernetes.protobuf", "application/json")
+            .replace(
+                &format!(r#""size":{}"#, PODS_50.len()),
+                &format!(r#""size":{json_len}"#),
+            )
+    }
+
+    #[test]
+    fn bodies_shipped_gzip_are_stored_as_the_sidecar_would_have_recorded_them() {
+        let json = pods_50_json();
+        let as_json = |content| json_pod_list_line(content, json.len());
         let recorded = as_json(apiwitness_record::BodyContent::RawJson(
             apiwitness_record::RawJson::written(json.clone().into()).unwrap(),
         ));
@@ -587,18 +593,9 @@ mod tests {
 
     #[test]
     fn bodies_on_lines_of_their_own_are_stored_as_the_sidecar_would_have_checked_them() {
-        let Ok(apiwitness_record::protobuf::DecodedText::Full { json, .. }) =
-            apiwitness_record::protobuf::decode_body_text(PODS_50, &[])
-        else {
-            panic!("the list decodes whole")
-        };
+        let json = pods_50_json();
         let as_json = |content, id: &str| {
-            pod_list_line(content)
-                .replace("application/vnd.kubernetes.protobuf", "application/json")
-                .replace(
-                    &format!(r#""size":{}"#, PODS_50.len()),
-                    &format!(r#""size":{}"#, json.len()),
-                )
+            json_pod_list_line(content, json.len())
                 .replace(r#""id":"r1""#, &format!(r#""id":"{id}""#))
         };
         let next_line = |text: &[u8]| {
@@ -617,12 +614,7 @@ mod tests {
         // Not JSON: kept as text.
         let cut = &json[..json.len() / 2];
         let sent_cut = as_json(next_line(cut), "r2");
-        let batch = parse_batch(&format!(
-            "{sent}
-{recorded}
-{sent_cut}
-"
-        ));
+        let batch = parse_batch(&format!("{sent}\n{recorded}\n{sent_cut}\n"));
         assert!(batch.errors.is_empty(), "{:?}", batch.errors);
         let [left, checked, cut_left] = &batch.items[..] else {
             panic!("three items: {:?}", batch.items.len())
@@ -664,12 +656,7 @@ mod tests {
         // is still read; so is a record after a body line of the wrong
         // length, which is not taken as the body.
         let (sent_record, _) = sent.split_once('\n').unwrap();
-        let batch = parse_batch(&format!(
-            "{sent_record}
-{recorded}
-{sent_record}
-"
-        ));
+        let batch = parse_batch(&format!("{sent_record}\n{recorded}\n{sent_record}\n"));
         let errors: Vec<(usize, &str)> = batch
             .errors
             .iter()
