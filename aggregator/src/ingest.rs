@@ -204,7 +204,10 @@ fn outline_response_on_its_own_line(exchange: &mut Exchange) -> Option<Box<Outli
     }
     // The reader accepts what the sidecar's check accepts, but for line
     // breaks, which such a line cannot hold.
-    let text = std::str::from_utf8(next.text()?).ok()?.trim();
+    let text = std::str::from_utf8(apiwitness_record::json_reader::trim_whitespace(
+        next.text()?,
+    ))
+    .ok()?;
     let outline = crate::provenance::text::outline_of(text)?;
     body.content = BodyContent::RawJson(RawJson::read(text));
     Some(Box::new(outline))
@@ -346,16 +349,12 @@ fn take_next_lines<'a>(
     exchange: &mut Exchange,
     lines: &mut std::iter::Peekable<impl Iterator<Item = (usize, &'a str)>>,
 ) -> Result<(), apiwitness_record::next_line::NextLineError> {
-    if !exchange.has_next_lines() {
-        return Ok(());
-    }
-    let lines = std::cell::RefCell::new(lines);
-    exchange.take_next_lines(
-        || lines.borrow_mut().peek().map(|(_, line)| *line),
-        || {
-            lines.borrow_mut().next();
-        },
-    )
+    exchange.take_next_lines(|len| {
+        lines
+            .next_if(|(_, line)| line.len() as u64 == len)
+            .map(|(_, line)| line)
+            .ok_or_else(|| lines.peek().map(|(_, line)| line.len()))
+    })
 }
 
 #[cfg(test)]

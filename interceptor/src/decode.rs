@@ -94,7 +94,12 @@ pub fn body(
         && !captured.truncated
         && captured.bytes.len() >= UNCHECKED_FROM
         && holds_no_word(&captured.bytes)
-        && let Some(next) = NextLine::of(without_trailing_whitespace(&captured.bytes))
+        // The apiserver ends every JSON body with a line break, which a
+        // body on a line of its own cannot hold: JSON's whitespace around
+        // the document is left out, as the check leaves it out.
+        && let Some(next) = NextLine::of(captured.bytes.slice_ref(
+            apiwitness_record::json_reader::trim_whitespace(&captured.bytes),
+        ))
     {
         return Some(Body {
             content: BodyContent::NextLine(next),
@@ -139,16 +144,6 @@ fn may_go_compressed(undone: &[u8], media: &str, protobuf: DecodedIn) -> bool {
                 .is_ok_and(|envelope| leaves_undecoded(&envelope));
     }
     holds_no_word(undone)
-}
-
-/// The apiserver ends every JSON body with a line break, which a body on a
-/// line of its own cannot hold; a checked body leaves it out too.
-fn without_trailing_whitespace(bytes: &Bytes) -> Bytes {
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |last| last + 1);
-    bytes.slice(..end)
 }
 
 /// Whether none of [`WORDS`] stands anywhere in `text`, nor a `\u`

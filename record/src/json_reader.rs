@@ -540,6 +540,18 @@ fn written_as_is(digits: &[u8], negative: bool) -> bool {
     }
 }
 
+/// `text` without the whitespace JSON allows around a document (space,
+/// tab, line feed, carriage return), and nothing else.
+pub fn trim_whitespace(text: &[u8]) -> &[u8] {
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let start = text.iter().position(|b| !is_space(b)).unwrap_or(text.len());
+    let end = text
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(start, |last| last + 1);
+    &text[start..end]
+}
+
 /// The string a value holds, given the value's text as a reader found it
 /// (a span it gave); `None` for any other value. A string without an
 /// escape is its text less the quotes; serde_json decodes the others.
@@ -580,6 +592,14 @@ mod tests {
 
     /// A string's end and its escapes are found wherever they fall in the
     /// vector search's blocks.
+    #[test]
+    fn only_json_whitespace_is_trimmed() {
+        assert_eq!(trim_whitespace(b" \t\r\n{}\r\n"), b"{}");
+        assert_eq!(trim_whitespace(b"\x0c{}\x0c"), b"\x0c{}\x0c");
+        assert_eq!(trim_whitespace(b" \n "), b"");
+        assert_eq!(trim_whitespace(b""), b"");
+    }
+
     #[test]
     fn string_ends_and_escapes_at_every_offset() {
         for before in 0..40 {

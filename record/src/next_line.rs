@@ -103,26 +103,14 @@ pub enum NextLineError {
 }
 
 impl Exchange {
-    /// Whether a body of this record travels on a line of its own.
-    pub fn has_next_lines(&self) -> bool {
-        self.bodies()
-            .any(|body| matches!(body.content, BodyContent::NextLine(_)))
-    }
-
-    fn bodies(&self) -> impl Iterator<Item = &Body> {
-        [&self.request_body, &self.response_body]
-            .into_iter()
-            .flatten()
-    }
-
     /// Takes the lines of the bodies that travel apart, the request's then
-    /// the response's, from `peek` and `take`: the line after the
-    /// record's, and moving past it. A line of the wrong length is left
-    /// where it is (it may be the next record) and the record is refused.
+    /// the response's. `next_line_of(len)` takes the line after the last
+    /// one taken if it holds `len` bytes; else it leaves that line where it
+    /// is (it may be the next record) and gives its length, or `None` at
+    /// the batch's end, and the record is refused.
     pub fn take_next_lines<'a>(
         &mut self,
-        mut peek: impl FnMut() -> Option<&'a str>,
-        mut take: impl FnMut(),
+        mut next_line_of: impl FnMut(u64) -> Result<&'a str, Option<usize>>,
     ) -> Result<(), NextLineError> {
         for (which, body) in [
             ("request", &mut self.request_body),
@@ -138,15 +126,17 @@ impl Exchange {
             if next.text.is_some() {
                 continue;
             }
-            let line = peek().ok_or(NextLineError::Missing { which })?;
-            if !next.receive(line) {
-                return Err(NextLineError::WrongLength {
-                    which,
-                    expected: next.len,
-                    found: line.len(),
-                });
-            }
-            take();
+            let found = match next_line_of(next.len) {
+                Ok(line) if next.receive(line) => continue,
+                Ok(line) => line.len(),
+                Err(Some(found)) => found,
+                Err(None) => return Err(NextLineError::Missing { which }),
+            };
+            return Err(NextLineError::WrongLength {
+                which,
+                expected: next.len,
+                found,
+            });
         }
         Ok(())
     }
@@ -157,22 +147,17 @@ impl crate::Line {
     /// travel on taken into it, blank lines left out; a line that is no
     /// record, or a record whose body lines are not there, is an error.
     pub fn parse_batch(batch: &str) -> Vec<Result<crate::Line, String>> {
-        let lines =
-            std::cell::RefCell::new(batch.lines().filter(|l| !l.trim().is_empty()).peekable());
+        let mut lines = batch.lines().filter(|l| !l.trim().is_empty()).peekable();
         let mut read = Vec::new();
-        loop {
-            let Some(line) = lines.borrow_mut().next() else {
-                break;
-            };
+        while let Some(line) = lines.next() {
             let parsed = crate::Line::parse(line).map_err(|e| e.to_string());
             read.push(match parsed {
                 Ok(crate::Line::Exchange(mut exchange)) => exchange
-                    .take_next_lines(
-                        || lines.borrow_mut().peek().copied(),
-                        || {
-                            lines.borrow_mut().next();
-                        },
-                    )
+                    .take_next_lines(|len| {
+                        lines
+                            .next_if(|line| line.len() as u64 == len)
+                            .ok_or_else(|| lines.peek().map(|line| line.len()))
+                    })
                     .map(|()| crate::Line::Exchange(exchange))
                     .map_err(|e| e.to_string()),
                 other => other,
