@@ -666,12 +666,12 @@ fn pod_list_line(id: usize, content: apiwitness_record::BodyContent, content_typ
     String::from_utf8(line).expect("a line is UTF-8")
 }
 
-/// What ingest costs a protobuf list the interceptor ships as it came
-/// (`--protobuf-decoding=aggregator`, its default), which ingest decodes,
-/// against the same list decoded in the sidecar: the decoding moved from
-/// every pod's sidecar to the aggregator. And what it costs that list's
-/// JSON sent unchecked on a line of its own (`--json-checking=aggregator`),
-/// which ingest checks.
+/// What ingest costs a protobuf list the interceptor ships as it came (by
+/// default; `--aggregator-format 2` decodes it in the sidecar), which
+/// ingest decodes, against the same list decoded in the sidecar: the
+/// decoding moved from every pod's sidecar to the aggregator. And what it
+/// costs that list's JSON sent unchecked on a line of its own (record
+/// format 4), which ingest checks.
 fn protobuf_list_rows() {
     use apiwitness_record::protobuf::{DecodedText, decode_body_text};
     let Ok(DecodedText::Full { json, .. }) = decode_body_text(PODS_50, &[]) else {

@@ -132,7 +132,12 @@ enum ParsedLine {
 /// A line is read once, bodies and all: the versions it shows are taken out
 /// of the decoded record rather than decoded again or copied.
 fn parse_line(raw: &str) -> Result<ParsedLine, String> {
-    let not_a_record = |e: serde_json::Error| format!("not a record: {e}");
+    // A line this reader cannot read, of a format newer than its own, is
+    // reported for its format: that is what the user can act on.
+    let not_a_record = |e: serde_json::Error| {
+        apiwitness_record::newer_format(raw)
+            .map_or_else(|| format!("not a record: {e}"), |newer| newer.to_string())
+    };
     let line = match apiwitness_record::kind_of(raw).map_err(|e| e.to_string())? {
         apiwitness_record::LineKind::Exchange => {
             let (exchange, outline) = read_exchange(raw).map_err(not_a_record)?;
@@ -147,10 +152,11 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
         ParsedLine::DropReport(d) => d.format,
     };
     if format > apiwitness_record::FORMAT_VERSION {
-        return Err(format!(
-            "record format {format} is newer than this reader's {}",
-            apiwitness_record::FORMAT_VERSION
-        ));
+        return Err(apiwitness_record::LineError::NewerFormat {
+            found: format,
+            supported: apiwitness_record::FORMAT_VERSION,
+        }
+        .to_string());
     }
     Ok(line)
 }
@@ -389,7 +395,14 @@ mod tests {
 
     #[test]
     fn good_lines_are_kept_beside_bad_ones() {
-        let text = format!("{RECORD}\nnot json\n\n{{\"kind\":\"exchange\",\"format\":99}}\n");
+        // A newer sidecar's record, with a body of a kind this reader has
+        // never seen: refused for its format, which the user can act on.
+        let newer = RECORD.replace(r#""format":1"#, r#""format":99"#).replace(
+            r#""status":200"#,
+            r#""status":200,"response_body":{"hologram":{"frames":3},"size":3}"#,
+        );
+        let text =
+            format!("{RECORD}\nnot json\n\n{{\"kind\":\"exchange\",\"format\":99}}\n{newer}\n");
         let batch = parse_batch(&text);
         assert_eq!(batch.items.len(), 1);
         let item = &batch.items[0];
@@ -403,12 +416,21 @@ mod tests {
             ]
         );
         let lines: Vec<usize> = batch.errors.iter().map(|e| e.line).collect();
-        assert_eq!(lines, [2, 4]);
+        assert_eq!(lines, [2, 4, 5]);
         assert!(
             batch.errors[0].error.contains("not a record"),
             "{:?}",
             batch.errors
         );
+        for newer in &batch.errors[1..] {
+            assert!(
+                newer.error.starts_with(&format!(
+                    "record format 99 is newer than this reader's {}",
+                    apiwitness_record::FORMAT_VERSION
+                )) && newer.error.contains("--aggregator-format"),
+                "{newer:?}"
+            );
+        }
     }
 
     #[test]

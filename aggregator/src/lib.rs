@@ -203,7 +203,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             addr: config.serve.listen,
             error,
         })?;
-    tracing::info!(addr = %config.serve.listen, "serving");
+    tracing::info!(
+        addr = %config.serve.listen,
+        record_format = apiwitness_record::FORMAT_VERSION,
+        "serving"
+    );
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             apiwitness_runtime::shutdown_signal().await;

@@ -161,44 +161,22 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_COALESCE_WAIT", value_parser = humantime::parse_duration, default_value = "10ms")]
     pub coalesce_wait: Duration,
 
-    /// Where protobuf bodies become JSON: `aggregator` ships a body in
-    /// which there can be nothing to redact as it came, for the aggregator
-    /// to decode; `interceptor` decodes every one here, for an aggregator
-    /// older than this sidecar. Secrets, watch events and kinds that hold
-    /// other objects are always decoded (and redacted) here.
+    /// The newest record format the aggregator reads: it logs it as
+    /// `record_format` when it starts, and names it when it refuses a
+    /// newer line. Set it only while the aggregator is older. Below this
+    /// sidecar's own, bodies that newer formats let the aggregator decode
+    /// are decoded here instead: below 4, every JSON body is checked here
+    /// rather than sent unchecked on a line of its own; below 3, every
+    /// gzip body is undone, and every protobuf body decoded, here.
     #[arg(
         long,
-        env = "APIWITNESS_PROTOBUF_DECODING",
-        value_enum,
-        default_value = "aggregator"
+        env = "APIWITNESS_AGGREGATOR_FORMAT",
+        default_value_t = apiwitness_record::FORMAT_VERSION,
+        value_parser = clap::value_parser!(u32).range(
+            i64::from(apiwitness_record::FORMAT_PLAIN)..=i64::from(apiwitness_record::FORMAT_VERSION)
+        )
     )]
-    pub protobuf_decoding: crate::decode::DecodedIn,
-
-    /// Where gzip bodies are undone: `aggregator` ships a body in which
-    /// there can be nothing to redact as it came, for the aggregator to
-    /// undo (record format 3); `interceptor` undoes every one here, for an
-    /// aggregator older than this sidecar. The sidecar undoes every gzip
-    /// body to look into it, and records its size undone, either way.
-    #[arg(
-        long,
-        env = "APIWITNESS_GZIP_DECODING",
-        value_enum,
-        default_value = "aggregator"
-    )]
-    pub gzip_decoding: crate::decode::DecodedIn,
-
-    /// Where large JSON bodies are checked: `aggregator` sends one in which
-    /// there can be nothing to redact unchecked, on a line of its own after
-    /// its record's, for the aggregator to check (record format 4);
-    /// `interceptor` checks every one here, for an aggregator older than
-    /// this sidecar.
-    #[arg(
-        long,
-        env = "APIWITNESS_JSON_CHECKING",
-        value_enum,
-        default_value = "aggregator"
-    )]
-    pub json_checking: crate::decode::DecodedIn,
+    pub aggregator_format: u32,
 
     /// More JSON Pointers to redact in every body (comma-separated).
     #[arg(long, env = "APIWITNESS_REDACT_PATHS", value_delimiter = ',')]
@@ -323,11 +301,7 @@ pub enum ConfigError {
 impl Config {
     /// Where each kind of body is decoded.
     pub fn decoding(&self) -> crate::decode::Decoding {
-        crate::decode::Decoding {
-            protobuf: self.protobuf_decoding,
-            gzip: self.gzip_decoding,
-            json: self.json_checking,
-        }
+        crate::decode::Decoding::for_aggregator_format(self.aggregator_format)
     }
 
     /// The checks clap cannot express.
@@ -475,5 +449,42 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::RenewFraction(_))));
         let c = parse(&["--certify-url", "https://i/c", "--queue-capacity", "0"]).unwrap();
         assert_eq!(c.validate(), Err(ConfigError::Zero("queue-capacity")));
+    }
+
+    #[test]
+    fn the_aggregator_format_decides_what_the_sidecar_decodes() {
+        use crate::decode::{DecodedIn::*, Decoding};
+        let decoding = |args: &[&str]| parse(args).map(|c| c.decoding());
+        assert_eq!(
+            decoding(&[]).unwrap(),
+            Decoding::for_aggregator_format(apiwitness_record::FORMAT_VERSION)
+        );
+        let everything_there = Decoding {
+            protobuf: Aggregator,
+            gzip: Aggregator,
+            json: Aggregator,
+        };
+        assert_eq!(decoding(&[]).unwrap(), everything_there);
+        let json_here = Decoding {
+            json: Interceptor,
+            ..everything_there
+        };
+        assert_eq!(decoding(&["--aggregator-format", "3"]).unwrap(), json_here);
+        let everything_here = Decoding {
+            protobuf: Interceptor,
+            gzip: Interceptor,
+            json: Interceptor,
+        };
+        assert_eq!(
+            decoding(&["--aggregator-format", "2"]).unwrap(),
+            everything_here
+        );
+        let newer = (apiwitness_record::FORMAT_VERSION + 1).to_string();
+        for bad in ["1", &newer, "four"] {
+            let err = parse(&["--aggregator-format", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--aggregator-format"), "{bad}: {err}");
+        }
     }
 }

@@ -10,7 +10,9 @@ use crate::capture::Captured;
 #[cfg(doc)]
 use crate::redact::Redactor;
 use apiwitness_record::media::{base64, content_of, is_json, is_protobuf, media_type};
-use apiwitness_record::{Body, BodyContent, NextLine, RawJson, WatchEvent, WatchEvents};
+use apiwitness_record::{
+    Body, BodyContent, FORMAT_GZIP, FORMAT_NEXT_LINE, NextLine, RawJson, WatchEvent, WatchEvents,
+};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -24,7 +26,7 @@ pub(crate) const WORDS: &[&[u8]] = &[b"Secret", b"protobuf", b"Table"];
 const TABLE_SEEN: u32 = 1 << 2;
 
 /// Where a kind of body is decoded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DecodedIn {
     /// In the aggregator, for a body in which there can be nothing to
     /// redact: the sidecar ships it as it came (base64). Every other body
@@ -54,6 +56,27 @@ pub struct Decoding {
     /// and the request's bodies are not redacted by path: checking a list
     /// of 50 Pods was a tenth of the sidecar's CPU for it.
     pub json: DecodedIn,
+}
+
+impl Decoding {
+    /// What an aggregator that reads record formats up to `format` can
+    /// decode. An aggregator of format 2 may be older than its decoding of
+    /// protobuf bodies, which came without a format of its own: it gets
+    /// every body decoded here.
+    pub fn for_aggregator_format(format: u32) -> Decoding {
+        let here_below = |first: u32| {
+            if format < first {
+                DecodedIn::Interceptor
+            } else {
+                DecodedIn::Aggregator
+            }
+        };
+        Decoding {
+            protobuf: here_below(FORMAT_GZIP),
+            gzip: here_below(FORMAT_GZIP),
+            json: here_below(FORMAT_NEXT_LINE),
+        }
+    }
 }
 
 /// The smallest JSON body that may go unchecked: below it, the check

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub batches_compressed_fast: Counter,
     pub shipped: Counter,
     pub ship_failures: Counter,
+    pub lines_refused: Counter,
     pub upstream_errors: Counter,
     pub upstream: UpstreamMetrics,
     pub trust: TrustMetrics,
@@ -110,6 +111,12 @@ impl Metrics {
             "Batches the aggregator did not acknowledge (retried)",
             ship_failures.clone(),
         );
+        let lines_refused = Counter::default();
+        registry.register(
+            "lines_refused",
+            "Lines of acknowledged batches that the aggregator could not read, and did not store (its answer says why; an aggregator older than this sidecar names --aggregator-format)",
+            lines_refused.clone(),
+        );
         let upstream_errors = Counter::default();
         registry.register(
             "upstream_errors",
@@ -165,6 +172,7 @@ impl Metrics {
             batches_compressed_fast,
             shipped,
             ship_failures,
+            lines_refused,
             upstream_errors,
             upstream,
             trust,

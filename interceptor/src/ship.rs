@@ -626,8 +626,15 @@ impl Shipper {
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
         if status.is_success() {
-            if text.contains("\"errors\"") && !text.contains("\"errors\":[]") {
-                tracing::warn!(response = %text, "the aggregator refused some records of a batch");
+            let refused = IngestAnswer::refused(&text);
+            if let Some(first) = refused.first() {
+                self.metrics.lines_refused.inc_by(refused.len() as u64);
+                tracing::warn!(
+                    lines = refused.len(),
+                    first_line = first.line,
+                    first_error = %first.error,
+                    "the aggregator could not read some lines of a batch, and did not store them"
+                );
             }
             return Ok(());
         }
@@ -635,6 +642,30 @@ impl Shipper {
             status: status.as_u16(),
             body: text.chars().take(500).collect(),
         })
+    }
+}
+
+/// What the aggregator answers a batch it took: the lines it could not
+/// read, each with why.
+#[derive(Debug, Default, serde::Deserialize)]
+struct IngestAnswer {
+    #[serde(default)]
+    errors: Vec<RefusedLine>,
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct RefusedLine {
+    line: usize,
+    error: String,
+}
+
+impl IngestAnswer {
+    /// The lines an answer names as refused. An answer that is not the
+    /// aggregator's JSON (a proxy's page, say) names none.
+    fn refused(text: &str) -> Vec<RefusedLine> {
+        serde_json::from_str::<IngestAnswer>(text)
+            .unwrap_or_default()
+            .errors
     }
 }
 
@@ -1356,6 +1387,48 @@ mod tests {
             [("gzip".to_string(), 3), ("gzip".to_string(), 1)]
         );
         assert!(queue.is_empty());
+    }
+
+    /// An aggregator that takes every batch and answers `answer`.
+    async fn answering_sink(answer: &'static str) -> std::net::SocketAddr {
+        let sink = axum::Router::new().route(
+            "/ingest",
+            axum::routing::post(move || async move { (http::StatusCode::OK, answer) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        address
+    }
+
+    #[tokio::test]
+    async fn lines_the_aggregator_could_not_read_are_counted_as_refused() {
+        // The aggregator's answer to a batch of three, one of them of a
+        // format newer than its own.
+        let address = answering_sink(
+            r#"{"stored":2,"drop_reports":0,"errors":[{"line":2,"error":"record format 5 is newer than this reader's 4: run a newer aggregator, or set the sidecars' --aggregator-format 4"}]}"#,
+        )
+        .await;
+        let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
+        let shipper = shipper_to(address, 1 << 20, queue.clone());
+        for n in 0..3 {
+            queue.push(record(n));
+        }
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 3);
+        assert_eq!(shipper.metrics.lines_refused.get(), 1);
+        assert_eq!(shipper.metrics.shipped.get(), 3);
+
+        // Nothing refused, or an answer that is not the aggregator's.
+        for answer in [r#"{"stored":1,"errors":[]}"#, "ok", ""] {
+            assert!(IngestAnswer::refused(answer).is_empty(), "{answer}");
+        }
+        assert_eq!(
+            IngestAnswer::refused(r#"{"errors":[{"line":7,"error":"not a record"}]}"#),
+            [RefusedLine {
+                line: 7,
+                error: "not a record".into()
+            }]
+        );
     }
 
     #[test]

@@ -22,7 +22,10 @@ use serde_json::Value;
 ///
 /// 4: a JSON body may travel unchecked on the line after its record's
 /// (`BodyContent::NextLine`, [`crate::next_line`]).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = FORMAT_NEXT_LINE;
+
+/// The format of a line that holds a body on a line of its own.
+pub const FORMAT_NEXT_LINE: u32 = 4;
 
 /// The format of a line that holds a body shipped gzip, and none on a line
 /// of its own.
@@ -31,7 +34,7 @@ pub const FORMAT_GZIP: u32 = 3;
 /// The format of a line that holds no body shipped as it came: a drop
 /// report, or most exchanges.
 pub const FORMAT_PLAIN: u32 = 2;
-const _: () = assert!(FORMAT_PLAIN < FORMAT_GZIP && FORMAT_GZIP < FORMAT_VERSION);
+const _: () = assert!(FORMAT_PLAIN < FORMAT_GZIP && FORMAT_GZIP < FORMAT_NEXT_LINE);
 
 /// Who made the request: the pod the interceptor runs in, from downward-API
 /// environment variables.
@@ -576,7 +579,7 @@ impl Exchange {
             .flatten()
         {
             format = format.max(match body.content {
-                BodyContent::NextLine(_) => FORMAT_VERSION,
+                BodyContent::NextLine(_) => FORMAT_NEXT_LINE,
                 BodyContent::Gzip(_) => FORMAT_GZIP,
                 _ => FORMAT_PLAIN,
             });
@@ -651,7 +654,10 @@ pub enum Line {
 pub enum LineError {
     #[error("not a record: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("record format {found} is newer than this reader's {supported}")]
+    #[error(
+        "record format {found} is newer than this reader's {supported}: \
+         run a newer aggregator, or set the sidecars' --aggregator-format {supported}"
+    )]
     NewerFormat { found: u32, supported: u32 },
     #[error("not a record: unknown kind {0:?}, expected \"exchange\" or \"drop_report\"")]
     UnknownKind(String),
@@ -692,13 +698,33 @@ pub fn kind_of(text: &str) -> Result<LineKind, LineError> {
     }
 }
 
+/// A line's format alone: everything else is skipped.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
+}
+
+/// The error for a line whose format is newer than this reader's, if its
+/// `format` says so. A reader that cannot read a line asks this before it
+/// reports why: what such a line holds that the reader does not know (a
+/// kind of body, say) follows from its format, and the format is what the
+/// user can act on.
+pub fn newer_format(text: &str) -> Option<LineError> {
+    let FormatOnly { format } = serde_json::from_str(text).ok()?;
+    (format > FORMAT_VERSION).then_some(LineError::NewerFormat {
+        found: format,
+        supported: FORMAT_VERSION,
+    })
+}
+
 impl Line {
     /// Parses one NDJSON line, refusing formats newer than this reader.
     pub fn parse(text: &str) -> Result<Line, LineError> {
-        let line = match kind_of(text)? {
-            LineKind::Exchange => Line::Exchange(serde_json::from_str(text)?),
-            LineKind::DropReport => Line::DropReport(serde_json::from_str(text)?),
+        let parsed = match kind_of(text)? {
+            LineKind::Exchange => serde_json::from_str(text).map(Line::Exchange),
+            LineKind::DropReport => serde_json::from_str(text).map(Line::DropReport),
         };
+        let line = parsed.map_err(|e| newer_format(text).unwrap_or(LineError::Json(e)))?;
         let found = match &line {
             Line::Exchange(e) => e.format,
             Line::DropReport(d) => d.format,
@@ -899,9 +925,9 @@ mod tests {
             truncated: false,
             content_encoding: None,
         });
-        assert_eq!(exchange.lowest_format(), FORMAT_VERSION);
+        assert_eq!(exchange.lowest_format(), FORMAT_NEXT_LINE);
         exchange.request_body = None;
-        assert_eq!(exchange.lowest_format(), FORMAT_VERSION);
+        assert_eq!(exchange.lowest_format(), FORMAT_NEXT_LINE);
     }
 
     #[test]
@@ -925,5 +951,44 @@ mod tests {
             unknown.to_string().contains("unknown kind \"gossip\""),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn a_line_of_a_newer_format_is_refused_for_its_format_not_for_what_it_holds() {
+        let mut e = exchange();
+        e.format = FORMAT_VERSION + 1;
+        let text = serde_json::to_string(&Line::Exchange(Box::new(e))).unwrap();
+        // A body of a kind this reader has never seen, as a newer sidecar
+        // might write.
+        let text = text.replacen(
+            r#""response_body":{"json":{"kind":"ConfigMapList"}"#,
+            r#""response_body":{"hologram":{"frames":3}"#,
+            1,
+        );
+        assert!(
+            text.contains("hologram") && !text.contains("ConfigMapList"),
+            "{text}"
+        );
+        let err = Line::parse(&text).unwrap_err();
+        assert!(
+            matches!(err, LineError::NewerFormat { found, supported }
+                if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("--aggregator-format {FORMAT_VERSION}")),
+            "{err}"
+        );
+        // The same body in a line of this reader's format is what it is:
+        // a line this reader cannot read.
+        let current = text.replacen(
+            &format!(r#""format":{}"#, FORMAT_VERSION + 1),
+            &format!(r#""format":{FORMAT_VERSION}"#),
+            1,
+        );
+        assert!(matches!(Line::parse(&current), Err(LineError::Json(_))));
+        assert!(newer_format(&current).is_none());
+        assert!(newer_format("not json").is_none());
     }
 }

@@ -86,6 +86,35 @@ fn recorded_once(collector: &Collector, method: &str, path_end: &str) -> Vec<Exc
         .collect()
 }
 
+/// The records that share a query with another, without their bodies: a
+/// failure's account of a request recorded twice.
+fn described_twice(exchanges: &[Exchange]) -> String {
+    let mut by_query = std::collections::BTreeMap::<&str, Vec<&Exchange>>::new();
+    for e in exchanges {
+        by_query.entry(&e.query).or_default().push(e);
+    }
+    by_query
+        .into_values()
+        .filter(|same| same.len() > 1)
+        .flatten()
+        .map(|e| {
+            format!(
+                "{} {} ?{} -> {} at {} for {} µs, error {:?}, response body {:?} bytes, user agent {:?}",
+                e.id,
+                e.method,
+                e.query,
+                e.status,
+                e.started_at,
+                e.duration_us,
+                e.error,
+                e.response_body.as_ref().map(|b| b.size),
+                e.user_agent
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn watches_past_the_apiservers_stream_limit_hold_up_nothing() {
     const WATCHES: usize = 150;
@@ -233,7 +262,13 @@ fn requests_racing_an_apiserver_goaway_are_answered_and_writes_land_once() {
         (reads.len() >= READS).then_some(reads)
     })
     .unwrap();
-    assert_eq!(exchanges.len(), READS);
+    assert_eq!(
+        exchanges.len(),
+        READS,
+        "reads recorded more than once:\n{}\ninterceptor log:\n{}",
+        described_twice(&exchanges),
+        pod.log()
+    );
     assert!(
         exchanges
             .iter()

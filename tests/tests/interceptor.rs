@@ -788,6 +788,138 @@ fn curl_as_pod(pod: &InterceptedPod, accept: &str, path: &str) -> CommandOutput 
     .unwrap()
 }
 
+/// An aggregator older than the sidecar reads only the record formats it
+/// knows. With `--aggregator-format`, every body that a newer format would
+/// have left to the aggregator is decoded in the sidecar, and no line says
+/// a newer format.
+#[test]
+fn an_older_aggregator_gets_only_lines_of_its_format() {
+    use apiwitness_record::BodyContent;
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "icpt-older");
+    let n = ns.name.clone();
+    // A list over 128 KiB, which the apiserver gzips for kubectl, and one
+    // ConfigMap of 20 KiB: JSON large enough to go unchecked on its own
+    // line, to an aggregator that reads that.
+    let config_map = |name: String, value: String| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name}, "data": {"f": value}})
+    };
+    let items: Vec<Value> = (0..80)
+        .map(|i| config_map(format!("big-{i}"), "x".repeat(2048)))
+        .chain([config_map("large".into(), "y".repeat(20 << 10))])
+        .collect();
+    cluster
+        .kubectl_stdin(
+            &["create", "-n", &n],
+            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+        .unwrap();
+    let base = format!("/api/v1/namespaces/{n}/configmaps");
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    for format in [
+        apiwitness_record::FORMAT_GZIP,
+        apiwitness_record::FORMAT_PLAIN,
+    ] {
+        let collector = Collector::start(cluster).unwrap();
+        let flag = format.to_string();
+        let name = format!("f{format}");
+        let mut pod = start_pod(
+            cluster,
+            &ns,
+            &name,
+            &collector,
+            &certify,
+            &["--aggregator-format", &flag],
+        );
+        let kubectl = kubectl_path(cluster);
+        let list = pod
+            .exec(&[&kubectl, "get", "configmaps", "-o", "json"])
+            .unwrap();
+        assert!(list.success, "{}", list.stderr);
+        for accept in ["application/json", "application/vnd.kubernetes.protobuf"] {
+            let got = curl_as_pod(&pod, accept, &format!("{base}/large"));
+            assert_eq!(got.stdout, format!("200 {accept}"), "{}", got.stderr);
+        }
+        let shipped = stop_and_collect(&mut pod, &collector);
+        assert!(!shipped.is_empty());
+        for e in &shipped {
+            assert!(
+                e.format <= format,
+                "format {} in a line to an aggregator of format {format}: {} {}",
+                e.format,
+                e.method,
+                e.path
+            );
+        }
+
+        let list = records(&shipped, "GET", &base)
+            .into_iter()
+            .find(|e| e.status == 200)
+            .expect("the list");
+        let list_body = list.response_body.as_ref().unwrap();
+        assert_eq!(list_body.content_encoding.as_deref(), Some("gzip"));
+        let large = records(&shipped, "GET", &format!("{base}/large"));
+        let json_get = large
+            .iter()
+            .find(|e| e.response_content_type.as_deref() == Some("application/json"))
+            .expect("the JSON GET");
+        let protobuf_get = large
+            .iter()
+            .find(|e| e.response_content_type.as_deref() != Some("application/json"))
+            .expect("the protobuf GET");
+        let json_body = &json_get.response_body.as_ref().unwrap().content;
+        let protobuf_body = &protobuf_get.response_body.as_ref().unwrap().content;
+        // Checked here, never on a line of its own, below format 4.
+        assert!(
+            matches!(json_body, BodyContent::RawJson(_)),
+            "{json_body:?}"
+        );
+        if format == apiwitness_record::FORMAT_GZIP {
+            // Format 3 reads a gzip body as it came, and a protobuf one.
+            assert!(
+                matches!(list_body.content, BodyContent::Gzip(_)),
+                "{:?}",
+                list.error
+            );
+            assert!(
+                matches!(protobuf_body, BodyContent::Protobuf(p) if p.base64.is_some()),
+                "{protobuf_body:?}"
+            );
+        } else {
+            // Format 2: the list undone and the protobuf decoded, here.
+            assert!(
+                matches!(list_body.content, BodyContent::RawJson(_)),
+                "{:?}",
+                list.error
+            );
+            assert!(
+                matches!(protobuf_body, BodyContent::RawJson(_)),
+                "{protobuf_body:?}"
+            );
+        }
+        let decoded = decoded_as_the_aggregator_does(&shipped);
+        let list = records(&decoded, "GET", &base)
+            .into_iter()
+            .find(|e| e.status == 200)
+            .expect("the list");
+        let listed = json_of(&list.response_body)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["metadata"]["name"].as_str().unwrap().to_string())
+            .filter(|name| name.starts_with("big-") || name == "large")
+            .count();
+        assert_eq!(listed, 81);
+        for get in [json_get, protobuf_get] {
+            assert_eq!(
+                json_of(&get.response_body)["data"]["f"],
+                json!("y".repeat(20 << 10))
+            );
+        }
+    }
+}
+
 #[test]
 fn protobuf_gzip_and_exec_are_recorded() {
     let cluster = Cluster::shared();
