@@ -195,7 +195,7 @@ async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<IngestAnswer>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let encoding = ingest::Encoding::of_header(
         headers
             .get(header::CONTENT_ENCODING)
@@ -250,11 +250,19 @@ async fn ingest(
     )
     .await?;
     state.metrics.drop_reports.inc_by(drop_reports as u64);
-    Ok(Json(IngestAnswer {
-        outcome,
-        drop_reports,
-        errors: batch.errors,
-    }))
+    // The sidecar makes its records for the format stated here.
+    let format = [(
+        apiwitness_record::FORMAT_HEADER,
+        apiwitness_record::FORMAT_VERSION.to_string(),
+    )];
+    Ok((
+        format,
+        Json(IngestAnswer {
+            outcome,
+            drop_reports,
+            errors: batch.errors,
+        }),
+    ))
 }
 
 /// Stores a batch through the committer, and counts it: the metrics, the
@@ -501,6 +509,12 @@ pub(crate) mod tests {
         assert_eq!(
             (again["accepted"].as_u64(), again["duplicates"].as_u64()),
             (Some(0), Some(1))
+        );
+        // Every answer to a batch states the format this aggregator reads.
+        let answer = app.clone().oneshot(post(LINE.to_string())).await.unwrap();
+        assert_eq!(
+            answer.headers()[apiwitness_record::FORMAT_HEADER],
+            apiwitness_record::FORMAT_VERSION.to_string().as_str()
         );
 
         let (status, report) = call(

@@ -8,6 +8,7 @@
 //!
 //!   cargo bench -p apiwitness-interceptor --bench record
 
+use apiwitness_interceptor::aggregator_format::AggregatorFormat;
 use apiwitness_interceptor::capture::{Capture, Captured};
 use apiwitness_interceptor::decode;
 use apiwitness_interceptor::drops::Reports;
@@ -155,7 +156,7 @@ fn per_exchange(body: &Bytes) -> f64 {
         4 << 20,
         PodIdentity::default(),
         Redactor::default(),
-        decode::Decoding::default(),
+        Arc::new(AggregatorFormat::new(apiwitness_record::FORMAT_VERSION)),
         queue.clone(),
         Arc::new(Metrics::new()),
     );

@@ -161,13 +161,16 @@ pub struct Config {
     #[arg(long, env = "APIWITNESS_COALESCE_WAIT", value_parser = humantime::parse_duration, default_value = "10ms")]
     pub coalesce_wait: Duration,
 
-    /// The newest record format the aggregator reads: it logs it as
-    /// `record_format` when it starts, and names it when it refuses a
-    /// newer line. Set it only while the aggregator is older. Below this
+    /// The newest record format the aggregator reads, until it says
+    /// otherwise: an aggregator states its format in every answer to a
+    /// batch, and the sidecar follows it; one too old to state it is taken
+    /// to read formats below a line it could not read. Below this
     /// sidecar's own, bodies that newer formats let the aggregator decode
     /// are decoded here instead: below 4, every JSON body is checked here
     /// rather than sent unchecked on a line of its own; below 3, every
-    /// gzip body is undone, and every protobuf body decoded, here.
+    /// gzip body is undone, and every protobuf body decoded, here. Set it
+    /// for an aggregator older than the format header, to spare the lines
+    /// it would refuse and have sent again.
     #[arg(
         long,
         env = "APIWITNESS_AGGREGATOR_FORMAT",
@@ -299,11 +302,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Where each kind of body is decoded.
-    pub fn decoding(&self) -> crate::decode::Decoding {
-        crate::decode::Decoding::for_aggregator_format(self.aggregator_format)
-    }
-
     /// The checks clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
@@ -454,7 +452,9 @@ mod tests {
     #[test]
     fn the_aggregator_format_decides_what_the_sidecar_decodes() {
         use crate::decode::{DecodedIn::*, Decoding};
-        let decoding = |args: &[&str]| parse(args).map(|c| c.decoding());
+        let decoding = |args: &[&str]| {
+            parse(args).map(|c| Decoding::for_aggregator_format(c.aggregator_format))
+        };
         assert_eq!(
             decoding(&[]).unwrap(),
             Decoding::for_aggregator_format(apiwitness_record::FORMAT_VERSION)

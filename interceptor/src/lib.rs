@@ -10,6 +10,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod aggregator_format;
 pub mod capture;
 pub mod coalesce;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod tls;
 pub mod trust;
 pub mod upstream;
 
+use crate::aggregator_format::AggregatorFormat;
 use crate::capture::Limits;
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
@@ -90,11 +92,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
 
     let queue = ship::Queue::new(config.queue_capacity, config.queue_bytes, metrics.clone());
+    let aggregator_format = Arc::new(AggregatorFormat::new(config.aggregator_format));
     let (recorder_handle, recorder) = recorder::channel(
         config.recorder_bytes,
         pod.clone(),
         redactor,
-        config.decoding(),
+        aggregator_format.clone(),
         queue.clone(),
         metrics.clone(),
     );
@@ -118,6 +121,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     pod: pod.clone(),
                     encoding: config.ship_encoding,
                     zstd_level: config.ship_zstd_level,
+                    format: aggregator_format,
                 },
                 queue.clone(),
                 tls,

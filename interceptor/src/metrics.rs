@@ -41,6 +41,7 @@ pub struct Metrics {
     pub shipped: Counter,
     pub ship_failures: Counter,
     pub lines_refused: Counter,
+    pub lines_written_again: Counter,
     pub upstream_errors: Counter,
     pub upstream: UpstreamMetrics,
     pub trust: TrustMetrics,
@@ -114,8 +115,14 @@ impl Metrics {
         let lines_refused = Counter::default();
         registry.register(
             "lines_refused",
-            "Lines of acknowledged batches that the aggregator could not read, and did not store (its answer says why; an aggregator older than this sidecar names --aggregator-format)",
+            "Lines of batches the aggregator took that it could not read, and did not store, and that could not be written for it again (its answer, logged, says why)",
             lines_refused.clone(),
+        );
+        let lines_written_again = Counter::default();
+        registry.register(
+            "lines_written_again",
+            "Records the aggregator could not read at their record format (it is older than this sidecar), written again at format 2 and sent again",
+            lines_written_again.clone(),
         );
         let upstream_errors = Counter::default();
         registry.register(
@@ -173,6 +180,7 @@ impl Metrics {
             shipped,
             ship_failures,
             lines_refused,
+            lines_written_again,
             upstream_errors,
             upstream,
             trust,

@@ -7,8 +7,9 @@
 //! no room (1024 exchanges waiting) is it dropped and counted, and reported
 //! to the aggregator like the queue's drops.
 
+use crate::aggregator_format::AggregatorFormat;
 use crate::capture::{Capture, SharedCapture};
-use crate::decode::{self, Decoding};
+use crate::decode;
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
 use crate::ship::Queue;
@@ -112,7 +113,9 @@ pub struct Recorder {
     waiting: Arc<AtomicUsize>,
     pod: PodIdentity,
     redactor: Redactor,
-    decoding: Decoding,
+    /// Read for each record: the shipper lowers it when the aggregator
+    /// cannot read a line, and follows what the aggregator states.
+    format: Arc<AggregatorFormat>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
@@ -125,7 +128,7 @@ pub fn channel(
     max_waiting_bytes: usize,
     pod: PodIdentity,
     redactor: Redactor,
-    decoding: Decoding,
+    format: Arc<AggregatorFormat>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) -> (RecorderHandle, Recorder) {
@@ -144,7 +147,7 @@ pub fn channel(
             waiting,
             pod,
             redactor,
-            decoding,
+            format,
             queue,
             metrics,
         },
@@ -169,6 +172,7 @@ impl Recorder {
     }
 
     pub fn build(&self, mut raw: RawExchange) -> Exchange {
+        let decoding = self.format.decoding();
         let parsed = raw.request.take();
         let redactor_keeps = parsed
             .as_ref()
@@ -180,7 +184,7 @@ impl Recorder {
             raw.request_content_type.as_deref(),
             None,
             redactor_keeps,
-            self.decoding,
+            decoding,
         );
 
         let mut response_body = None;
@@ -206,7 +210,7 @@ impl Recorder {
                     &captured,
                     raw.response_content_type.as_deref(),
                     redactor_keeps,
-                    self.decoding.protobuf,
+                    decoding.protobuf,
                 ));
             } else {
                 response_body = decode::body(
@@ -214,7 +218,7 @@ impl Recorder {
                     raw.response_content_type.as_deref(),
                     raw.response_content_encoding.as_deref(),
                     redactor_keeps,
-                    self.decoding,
+                    decoding,
                 );
             }
             if let Some(e) = captured.decode_error {
@@ -319,7 +323,7 @@ mod tests {
             100,
             PodIdentity::default(),
             Redactor::new(Vec::new()).unwrap(),
-            Decoding::default(),
+            Arc::new(AggregatorFormat::new(apiwitness_record::FORMAT_VERSION)),
             queue.clone(),
             metrics,
         );

@@ -5,9 +5,10 @@
 //! for long enough to fill the queue, the oldest records are dropped; the
 //! drops are counted, and reported to the aggregator once it is back.
 
+use crate::aggregator_format::AggregatorFormat;
 use crate::drops::{Drops, Failure, Reports};
 use crate::metrics::Metrics;
-use apiwitness_record::{DropReport, Exchange, PodIdentity};
+use apiwitness_record::{DropReport, Exchange, FORMAT_PLAIN, PodIdentity};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -350,6 +351,8 @@ pub struct ShipConfig {
     /// zstd's level for a batch when the queue keeps up and batches
     /// compress well; see [`Effort`].
     pub zstd_level: i32,
+    /// The format the aggregator reads, shared with the recorder.
+    pub format: Arc<AggregatorFormat>,
 }
 
 /// How a batch is compressed on its way to the aggregator.
@@ -566,9 +569,20 @@ impl Shipper {
         };
         let shipped = taken.lines.len();
         match result {
-            Ok(()) => {
-                self.metrics.shipped.inc_by(shipped as u64);
-                Ok(shipped)
+            Ok(answer) => {
+                self.follow_format(answer.format);
+                let (again, refused_records) =
+                    self.written_again(&taken.lines, reports.iter().count(), &answer.refused);
+                let stored = shipped - again.len() - refused_records;
+                self.metrics.shipped.inc_by(stored as u64);
+                if !again.is_empty() {
+                    self.metrics.lines_written_again.inc_by(again.len() as u64);
+                    self.queue.put_back(Taken {
+                        lines: again,
+                        stripped: 0,
+                    });
+                }
+                Ok(stored)
             }
             Err(e) => {
                 self.metrics.ship_failures.inc();
@@ -587,7 +601,98 @@ impl Shipper {
         }
     }
 
-    async fn send(&self, body: Bytes, encoding: ShipEncoding) -> Result<(), ShipError> {
+    /// Follows the format an aggregator states in its answer.
+    fn follow_format(&self, stated: Option<u32>) {
+        if let Some(stated) = stated
+            && let Some(before) = self.config.format.stated(stated)
+        {
+            tracing::info!(
+                format = stated,
+                before,
+                "the aggregator states the record format it reads: records are made for it"
+            );
+        }
+    }
+
+    /// The lines of `lines` that the aggregator could not read, written
+    /// again at format 2 where a newer format is why it could not, to be
+    /// sent again; and how many of the others it could not read, which
+    /// are counted and logged as refused. The answer numbers the batch's
+    /// lines from 1: its `reports` drop reports, then each of `lines` with
+    /// the lines its bodies travel on.
+    fn written_again(
+        &self,
+        lines: &[Vec<u8>],
+        reports: usize,
+        refused: &[RefusedLine],
+    ) -> (Vec<Vec<u8>>, usize) {
+        if refused.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let mut first_lines = Vec::with_capacity(lines.len());
+        let mut next = reports + 1;
+        for line in lines {
+            first_lines.push(next);
+            next += 1 + memchr::memchr_iter(b'\n', line).count();
+        }
+        let mut again = Vec::new();
+        let mut given_up = Vec::new();
+        let mut refused_records = 0;
+        let mut seen = std::collections::BTreeSet::new();
+        for refusal in refused {
+            // A drop report, or a line the batch did not hold.
+            let Some(index) = first_lines
+                .partition_point(|first| *first <= refusal.line)
+                .checked_sub(1)
+                .filter(|_| refusal.line > reports && refusal.line < next)
+            else {
+                given_up.push(refusal);
+                continue;
+            };
+            // A record refused with its body's line is refused once.
+            if !seen.insert(index) {
+                continue;
+            }
+            let line = &lines[index];
+            match format_of(line).filter(|_| refusal.may_be_its_format()) {
+                Some(format) if format > FORMAT_PLAIN => {
+                    if let Some(before) = self.config.format.refused(format) {
+                        tracing::warn!(
+                            refused = format,
+                            format = self.config.format.get(),
+                            before,
+                            error = %refusal.error,
+                            "the aggregator could not read a line of a newer record format: \
+                             records are made for an older one, and the line is sent again at format 2"
+                        );
+                    }
+                    match written_at_plain_format(line) {
+                        Some(plain) => again.push(plain),
+                        None => {
+                            given_up.push(refusal);
+                            refused_records += 1;
+                        }
+                    }
+                }
+                _ => {
+                    given_up.push(refusal);
+                    refused_records += 1;
+                }
+            }
+        }
+        if let Some(first) = given_up.first() {
+            self.metrics.lines_refused.inc_by(given_up.len() as u64);
+            tracing::warn!(
+                lines = given_up.len(),
+                first_line = first.line,
+                first_error = %first.error,
+                "the aggregator could not read some lines of a batch, and did not store them"
+            );
+        }
+        (again, refused_records)
+    }
+
+    async fn send(&self, body: Bytes, encoding: ShipEncoding) -> Result<Answer, ShipError> {
         let mut request = hyper::Request::post(self.config.url.clone())
             .header(http::header::CONTENT_TYPE, "application/x-ndjson")
             .header(http::header::CONTENT_ENCODING, encoding.header());
@@ -619,6 +724,10 @@ impl Shipper {
                 }
             })?;
         let status = response.status();
+        let format = response
+            .headers()
+            .get(apiwitness_record::FORMAT_HEADER)
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok());
         let text = tokio::time::timeout(SEND_TIMEOUT, response.into_body().collect())
             .await
             .ok()
@@ -626,23 +735,58 @@ impl Shipper {
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
         if status.is_success() {
-            let refused = IngestAnswer::refused(&text);
-            if let Some(first) = refused.first() {
-                self.metrics.lines_refused.inc_by(refused.len() as u64);
-                tracing::warn!(
-                    lines = refused.len(),
-                    first_line = first.line,
-                    first_error = %first.error,
-                    "the aggregator could not read some lines of a batch, and did not store them"
-                );
-            }
-            return Ok(());
+            return Ok(Answer {
+                refused: IngestAnswer::refused(&text),
+                format,
+            });
         }
         Err(ShipError::Refused {
             status: status.as_u16(),
             body: text.chars().take(500).collect(),
         })
     }
+}
+
+/// A batch the aggregator took: the lines it could not read, and the
+/// format it states it reads, if it does.
+struct Answer {
+    refused: Vec<RefusedLine>,
+    format: Option<u32>,
+}
+
+/// The `format` a line (a record's, with its body lines) says.
+fn format_of(line: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct FormatOnly {
+        format: u32,
+    }
+    let first = line.split(|b| *b == b'\n').next()?;
+    serde_json::from_slice::<FormatOnly>(first)
+        .ok()
+        .map(|f| f.format)
+}
+
+/// A record's line (with its body lines) written again at format 2, which
+/// every aggregator reads: each body that a newer format let go as it came
+/// is decoded as the aggregator would have decoded it. `None` for a line
+/// that is no record, or whose bodies do not all decode.
+fn written_at_plain_format(line: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let [Ok(apiwitness_record::Line::Exchange(mut exchange))]: [Result<_, _>; 1] =
+        apiwitness_record::Line::parse_batch(text).try_into().ok()?
+    else {
+        return None;
+    };
+    // The bodies are within the sidecar's body limit already.
+    let mut undo_budget = u64::MAX;
+    exchange.decode_shipped(&mut undo_budget);
+    exchange.format = exchange.lowest_format();
+    if exchange.format > FORMAT_PLAIN {
+        return None;
+    }
+    let mut plain = Vec::with_capacity(line.len());
+    exchange.write_line(&mut plain);
+    Some(plain)
 }
 
 /// What the aggregator answers a batch it took: the lines it could not
@@ -657,6 +801,15 @@ struct IngestAnswer {
 struct RefusedLine {
     line: usize,
     error: String,
+}
+
+impl RefusedLine {
+    /// Whether a newer format can be why: the line could not be read, or
+    /// its format is newer than the aggregator's (not, say, a pod writing
+    /// another pod's records).
+    fn may_be_its_format(&self) -> bool {
+        self.error.starts_with("not a record") || self.error.starts_with("record format")
+    }
 }
 
 impl IngestAnswer {
@@ -1209,6 +1362,7 @@ mod tests {
                 encoding: ShipEncoding::Zstd,
                 // Above -1, so that the fast level differs from it.
                 zstd_level: 1,
+                format: Arc::new(AggregatorFormat::new(apiwitness_record::FORMAT_VERSION)),
             },
             queue,
             tls,
@@ -1403,10 +1557,10 @@ mod tests {
 
     #[tokio::test]
     async fn lines_the_aggregator_could_not_read_are_counted_as_refused() {
-        // The aggregator's answer to a batch of three, one of them of a
-        // format newer than its own.
+        // The aggregator's answer to a batch of three, one of them refused
+        // for another reason than its format.
         let address = answering_sink(
-            r#"{"stored":2,"drop_reports":0,"errors":[{"line":2,"error":"record format 5 is newer than this reader's 4: run a newer aggregator, or set the sidecars' --aggregator-format 4"}]}"#,
+            r#"{"stored":2,"drop_reports":0,"errors":[{"line":2,"error":"ns/p may not write the records of ns/q"}]}"#,
         )
         .await;
         let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
@@ -1414,9 +1568,10 @@ mod tests {
         for n in 0..3 {
             queue.push(record(n));
         }
-        assert_eq!(shipper.ship_one_batch().await.unwrap(), 3);
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 2);
         assert_eq!(shipper.metrics.lines_refused.get(), 1);
-        assert_eq!(shipper.metrics.shipped.get(), 3);
+        assert_eq!(shipper.metrics.shipped.get(), 2);
+        assert!(queue.is_empty(), "not sent again");
 
         // Nothing refused, or an answer that is not the aggregator's.
         for answer in [r#"{"stored":1,"errors":[]}"#, "ok", ""] {
@@ -1428,6 +1583,137 @@ mod tests {
                 line: 7,
                 error: "not a record".into()
             }]
+        );
+    }
+
+    /// An aggregator of record format 3, older than the format header: it
+    /// stores the records of format 3 and below, and cannot read the rest
+    /// (a body on its own line is a kind of body it does not know), nor
+    /// the lines such bodies travel on. Each record it stores is kept.
+    async fn format_3_sink() -> (std::net::SocketAddr, Arc<Mutex<Vec<Exchange>>>) {
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let kept = stored.clone();
+        let sink = axum::Router::new().route(
+            "/ingest",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let mut errors = Vec::new();
+                for (i, line) in decoded("zstd", &body).lines().enumerate() {
+                    let record = serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .filter(|r| r["format"].as_u64().is_some_and(|f| f <= 3))
+                        .and_then(|r| serde_json::from_value::<Exchange>(r).ok());
+                    match record {
+                        Some(record) => kept.lock().unwrap().push(record),
+                        None => errors.push(serde_json::json!({
+                            "line": i + 1,
+                            "error": "not a record: unknown variant `next_line`",
+                        })),
+                    }
+                }
+                serde_json::json!({"errors": errors}).to_string()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        (address, stored)
+    }
+
+    #[tokio::test]
+    async fn a_record_an_older_aggregator_cannot_read_is_sent_again_at_format_2_and_later_ones_made_for_it()
+     {
+        use apiwitness_record::{Body, BodyContent, FORMAT_GZIP, FORMAT_NEXT_LINE, NextLine};
+        let (address, stored) = format_3_sink().await;
+        let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
+        let shipper = shipper_to(address, 1 << 20, queue.clone());
+        let json = r#"{"kind":"ConfigMap","data":{"f":"yyyy"}}"#;
+        let mut apart = record(1);
+        apart.response_content_type = Some("application/json".into());
+        apart.response_body = Some(Body {
+            content: BodyContent::NextLine(
+                NextLine::of(Bytes::from_static(json.as_bytes())).unwrap(),
+            ),
+            size: json.len() as u64 + 1,
+            truncated: false,
+            content_encoding: None,
+        });
+        apart.format = apart.lowest_format();
+        assert_eq!(apart.format, FORMAT_NEXT_LINE);
+        let mut plain = record(2);
+        plain.format = plain.lowest_format();
+        queue.push(apart);
+        queue.push(plain);
+
+        // The record and its body's line refused, the other stored.
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 1);
+        assert_eq!(shipper.config.format.get(), FORMAT_GZIP);
+        assert_eq!(shipper.metrics.lines_written_again.get(), 1);
+        assert_eq!(shipper.metrics.lines_refused.get(), 0);
+        assert_eq!(ids(&queue), ["1"]);
+        // Sent again at format 2, its body checked here.
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 1);
+        assert!(queue.is_empty());
+        let stored = stored.lock().unwrap().clone();
+        let ids: Vec<_> = stored.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["2", "1"]);
+        let again = &stored[1];
+        assert_eq!(again.format, FORMAT_PLAIN);
+        let body = again.response_body.as_ref().unwrap();
+        assert!(matches!(body.content, BodyContent::RawJson(_)), "{body:?}");
+        assert_eq!(
+            body.content.json().unwrap().into_owned(),
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
+        assert_eq!(body.size, json.len() as u64 + 1);
+        // Nothing is written again twice: a line of format 2 refused is
+        // refused.
+        let refused = [RefusedLine {
+            line: 1,
+            error: "not a record: something else".into(),
+        }];
+        let mut line = Vec::new();
+        again.write_line(&mut line);
+        assert_eq!(shipper.written_again(&[line], 0, &refused), (Vec::new(), 1));
+        assert_eq!(shipper.metrics.lines_refused.get(), 1);
+        // Nor is a line refused for another reason than its format.
+        let mut newer = stored[1].clone();
+        newer.format = FORMAT_NEXT_LINE;
+        let mut line = Vec::new();
+        newer.write_line(&mut line);
+        let not_the_format = [RefusedLine {
+            line: 1,
+            error: "pod ns/p may not write records of pod ns/q".into(),
+        }];
+        assert_eq!(
+            shipper.written_again(&[line], 0, &not_the_format),
+            (Vec::new(), 1)
+        );
+        assert_eq!(shipper.metrics.lines_refused.get(), 2);
+        assert_eq!(shipper.config.format.get(), FORMAT_GZIP);
+    }
+
+    #[tokio::test]
+    async fn the_format_an_aggregator_states_is_followed() {
+        let sink = axum::Router::new().route(
+            "/ingest",
+            axum::routing::post(|| async {
+                (
+                    [(apiwitness_record::FORMAT_HEADER, "3")],
+                    r#"{"errors":[]}"#,
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, sink).await });
+        let queue = Queue::new(1000, usize::MAX, Arc::new(Metrics::new()));
+        let shipper = shipper_to(address, 1 << 20, queue.clone());
+        queue.push(record(1));
+        assert_eq!(shipper.ship_one_batch().await.unwrap(), 1);
+        assert_eq!(shipper.config.format.get(), 3);
+        assert_eq!(
+            shipper.config.format.decoding(),
+            crate::decode::Decoding::for_aggregator_format(3)
         );
     }
 

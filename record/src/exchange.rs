@@ -24,6 +24,11 @@ use serde_json::Value;
 /// (`BodyContent::NextLine`, [`crate::next_line`]).
 pub const FORMAT_VERSION: u32 = FORMAT_NEXT_LINE;
 
+/// The response header in which an aggregator states the newest record
+/// format it reads, in every answer to a batch: a sidecar makes its
+/// records for that format.
+pub const FORMAT_HEADER: &str = "apiwitness-record-format";
+
 /// The format of a line that holds a body on a line of its own.
 pub const FORMAT_NEXT_LINE: u32 = 4;
 

@@ -14,9 +14,9 @@ pub mod protobuf;
 pub mod request;
 
 pub use exchange::{
-    Body, BodyContent, DropReport, Exchange, FORMAT_GZIP, FORMAT_NEXT_LINE, FORMAT_PLAIN,
-    FORMAT_VERSION, Line, LineError, LineKind, PodIdentity, ProtobufBody, RawJson, Scanned,
-    WatchEvent, WatchEvents, WatchPart, WorkloadRef, kind_of, newer_format,
+    Body, BodyContent, DropReport, Exchange, FORMAT_GZIP, FORMAT_HEADER, FORMAT_NEXT_LINE,
+    FORMAT_PLAIN, FORMAT_VERSION, Line, LineError, LineKind, PodIdentity, ProtobufBody, RawJson,
+    Scanned, WatchEvent, WatchEvents, WatchPart, WorkloadRef, kind_of, newer_format,
 };
 pub use next_line::NextLine;
 pub use request::{ApiRequest, PatchType, RequestError, Verb};

@@ -792,30 +792,35 @@ fn curl_as_pod(pod: &InterceptedPod, accept: &str, path: &str) -> CommandOutput 
 /// knows. With `--aggregator-format`, every body that a newer format would
 /// have left to the aggregator is decoded in the sidecar, and no line says
 /// a newer format.
+/// In `ns`, 80 ConfigMaps of 2 KiB, a list over 128 KiB, which the
+/// apiserver gzips for kubectl, and one ConfigMap `large` of 20 KiB: JSON
+/// large enough to go unchecked on its own line, to an aggregator that
+/// reads that. Gives the ConfigMaps' path, and `large`'s value.
+fn create_config_maps_for_every_format(cluster: &Cluster, ns: &TestNamespace) -> (String, String) {
+    let config_map = |name: String, value: String| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name}, "data": {"f": value}})
+    };
+    let large = "y".repeat(20 << 10);
+    let items: Vec<Value> = (0..80)
+        .map(|i| config_map(format!("big-{i}"), "x".repeat(2048)))
+        .chain([config_map("large".into(), large.clone())])
+        .collect();
+    cluster
+        .kubectl_stdin(
+            &["create", "-n", &ns.name],
+            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+        .unwrap();
+    (format!("/api/v1/namespaces/{}/configmaps", ns.name), large)
+}
+
 #[test]
 fn an_older_aggregator_gets_only_lines_of_its_format() {
     use apiwitness_record::BodyContent;
     let cluster = Cluster::shared();
     let ns = namespace_with_app(cluster, "icpt-older");
-    let n = ns.name.clone();
-    // A list over 128 KiB, which the apiserver gzips for kubectl, and one
-    // ConfigMap of 20 KiB: JSON large enough to go unchecked on its own
-    // line, to an aggregator that reads that.
-    let config_map = |name: String, value: String| {
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": name}, "data": {"f": value}})
-    };
-    let items: Vec<Value> = (0..80)
-        .map(|i| config_map(format!("big-{i}"), "x".repeat(2048)))
-        .chain([config_map("large".into(), "y".repeat(20 << 10))])
-        .collect();
-    cluster
-        .kubectl_stdin(
-            &["create", "-n", &n],
-            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
-        )
-        .unwrap();
-    let base = format!("/api/v1/namespaces/{n}/configmaps");
+    let (base, _) = create_config_maps_for_every_format(cluster, &ns);
     let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
     for format in [
         apiwitness_record::FORMAT_GZIP,
@@ -838,7 +843,9 @@ fn an_older_aggregator_gets_only_lines_of_its_format() {
             .unwrap();
         assert!(list.success, "{}", list.stderr);
         for accept in ["application/json", "application/vnd.kubernetes.protobuf"] {
-            let got = curl_as_pod(&pod, accept, &format!("{base}/large"));
+            // Unindented: the apiserver indents JSON for curl, and a body
+            // with line breaks is checked here whatever the format.
+            let got = curl_as_pod(&pod, accept, &format!("{base}/large?pretty=false"));
             assert_eq!(got.stdout, format!("200 {accept}"), "{}", got.stderr);
         }
         let shipped = stop_and_collect(&mut pod, &collector);
@@ -918,6 +925,84 @@ fn an_older_aggregator_gets_only_lines_of_its_format() {
             );
         }
     }
+}
+
+/// An aggregator of format 3, older than the format header, and a sidecar
+/// told nothing of it: the sidecar finds out from the first line of format
+/// 4 that the aggregator cannot read. That record is written again at
+/// format 2 and sent again, and the records made after it are made for
+/// format 3. Nothing is lost.
+#[test]
+fn a_record_an_older_aggregator_cannot_read_is_sent_again_and_later_ones_made_for_it() {
+    use apiwitness_record::{BodyContent, FORMAT_GZIP, FORMAT_PLAIN};
+    let cluster = Cluster::shared();
+    let ns = namespace_with_app(cluster, "icpt-learn");
+    let (base, large) = create_config_maps_for_every_format(cluster, &ns);
+    let collector = Collector::start(cluster).unwrap();
+    collector.read_formats_up_to(FORMAT_GZIP);
+    let certify = CertifyStandIn::start(cluster, Signer::ClusterCa).unwrap();
+    let mut pod = start_pod(cluster, &ns, "p", &collector, &certify, &[]);
+
+    let large_path = format!("{base}/large");
+    // The apiserver indents JSON for curl unless told not to, and a body
+    // with line breaks is checked in the sidecar whatever the format.
+    let large_json = format!("{large_path}?pretty=false");
+    let got = curl_as_pod(&pod, "application/json", &large_json);
+    assert_eq!(got.stdout, "200 application/json", "{}", got.stderr);
+    wait_until(
+        "the refused record, sent again",
+        Duration::from_secs(30),
+        || {
+            collector
+                .exchanges()
+                .into_iter()
+                .any(|e| e.path == large_path)
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pod.log()));
+    assert_eq!(
+        pod.metric("apiwitness_interceptor_lines_written_again_total"),
+        1.0
+    );
+    // The record, and the line its body travelled on.
+    assert_eq!(collector.refused(), 2);
+
+    let kubectl = kubectl_path(cluster);
+    let list = pod
+        .exec(&[&kubectl, "get", "configmaps", "-o", "json"])
+        .unwrap();
+    assert!(list.success, "{}", list.stderr);
+    let got = curl_as_pod(&pod, "application/json", &large_json);
+    assert_eq!(got.stdout, "200 application/json", "{}", got.stderr);
+    let refused = pod.metric("apiwitness_interceptor_lines_refused_total");
+    let written_again = pod.metric("apiwitness_interceptor_lines_written_again_total");
+    let shipped = stop_and_collect(&mut pod, &collector);
+    assert_eq!(refused, 0.0);
+    assert_eq!(written_again, 1.0, "only the first record was refused");
+    assert_eq!(collector.refused(), 2);
+
+    let gets = records(&shipped, "GET", &large_path);
+    let formats: Vec<u32> = gets.iter().map(|e| e.format).collect();
+    // The first written again at format 2; the second made for format 3,
+    // which leaves a JSON body in its line.
+    assert_eq!(formats, [FORMAT_PLAIN, FORMAT_PLAIN]);
+    for get in &gets {
+        let body = get.response_body.as_ref().unwrap();
+        assert!(matches!(body.content, BodyContent::RawJson(_)), "{body:?}");
+        assert_eq!(json_of(&get.response_body)["data"]["f"], json!(large));
+    }
+    // A gzip body, which format 3 reads, still goes as it came.
+    let list = records(&shipped, "GET", &base)
+        .into_iter()
+        .find(|e| e.status == 200)
+        .expect("the list");
+    assert_eq!(list.format, FORMAT_GZIP);
+    assert!(matches!(
+        list.response_body.as_ref().map(|b| &b.content),
+        Some(BodyContent::Gzip(_))
+    ));
+    assert!(shipped.iter().all(|e| e.format <= FORMAT_GZIP));
 }
 
 #[test]
