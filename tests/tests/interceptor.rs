@@ -15,8 +15,11 @@ use std::time::Duration;
 const WIDGET_CRD: &str = "widgets.e2e.apiwitness.test";
 
 /// A namespace with ServiceAccount `app`, allowed what `admin` allows there
-/// plus the test CRD's objects.
+/// plus the test CRD's objects. The CRD is made first, once, whichever
+/// test comes first.
 fn namespace_with_app(cluster: &'static Cluster, prefix: &str) -> TestNamespace {
+    static CRD: std::sync::Once = std::sync::Once::new();
+    CRD.call_once(|| ensure_widget_crd(cluster));
     let ns = TestNamespace::with_app(cluster, prefix);
     let n = ns.name.as_str();
     cluster
@@ -168,7 +171,6 @@ fn stop_and_collect(pod: &mut InterceptedPod, collector: &Collector) -> Vec<Exch
 #[test]
 fn kubectl_sees_what_it_would_see_directly_and_every_exchange_is_recorded() {
     let cluster = Cluster::shared();
-    ensure_widget_crd(cluster);
     let ns = namespace_with_app(cluster, "icpt-kubectl");
     let n = ns.name.clone();
     let collector = Collector::start(cluster).unwrap();
@@ -951,7 +953,7 @@ fn a_record_an_older_aggregator_cannot_read_is_sent_again_and_later_ones_made_fo
     assert_eq!(got.stdout, "200 application/json", "{}", got.stderr);
     wait_until(
         "the refused record, sent again",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             collector
                 .exchanges()
