@@ -186,7 +186,7 @@ run_h2load() { # URL [extra h2load args] -> "rps p50_ms p99_ms"
   local url=$1; shift
   local out log=$work/h2load.log
   rm -f "$log"
-  out=$(h2load -t2 -c"$connections" -m1 -D "$duration" --log-file="$log" "$@" "$url" 2>&1) || { echo "0 0 0"; return; }
+  out=$(h2load -t$((connections < 2 ? connections : 2)) -c"$connections" -m1 -D "$duration" --log-file="$log" "$@" "$url" 2>&1) || { echo "0 0 0"; return; }
   local rps
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
   # The log has a line a request: start (us), status, duration (us).
@@ -315,9 +315,12 @@ perf_stop() {
 # At a fixed rate, below what either proxy can carry: the latency a client
 # sees when the proxy is not the bottleneck, and the interceptor's RSS at the
 # rate its memory target is set for. h2load, 10 connections of RATE/10
-# requests a second each.
-run_h2load_10() { # URL [extra h2load args]: run_h2load on 10 connections
-  local connections=10
+# requests a second each (APIWITNESS_BENCH_FIXED_RATE_CONNECTIONS=N: N
+# connections; with 1, and a rate one connection cannot carry, each request
+# waits for the one before: the latency a request adds alone).
+fixed_rate_connections=${APIWITNESS_BENCH_FIXED_RATE_CONNECTIONS:-10}
+run_h2load_10() { # URL [extra h2load args]: run_h2load on the fixed-rate connections
+  local connections=$fixed_rate_connections
   run_h2load "$@"
 }
 
@@ -370,10 +373,10 @@ bench_fixed_rate() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA RATE [HEADER...]
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
   local icpt_runs="" nginx_runs="" rss=0 r figures ticks measured measured_rss
   for r in $(seq 1 "$rounds"); do
-    measure_interceptor "$interceptor" "$upstream" "$name" "$ca" run_h2load_10 "$path" --rps=$((rate / 10)) "${hdr[@]}"
+    measure_interceptor "$interceptor" "$upstream" "$name" "$ca" run_h2load_10 "$path" --rps=$((rate / fixed_rate_connections)) "${hdr[@]}"
     icpt_runs+="$measured"$'\n'
     rss=$(larger "$rss" "$measured_rss")
-    measure_nginx run_h2load_10 "$path" --rps=$((rate / 10)) "${hdr[@]}"
+    measure_nginx run_h2load_10 "$path" --rps=$((rate / fixed_rate_connections)) "${hdr[@]}"
     nginx_runs+="$measured"$'\n'
   done
   record_rounds "$label, HTTP/2 client" "$icpt_runs" "$nginx_runs" "$rss"
