@@ -151,13 +151,7 @@ fn parse_line(raw: &str) -> Result<ParsedLine, String> {
         ParsedLine::Exchange(e, _) => e.format,
         ParsedLine::DropReport(d) => d.format,
     };
-    if format > apiwitness_record::FORMAT_VERSION {
-        return Err(apiwitness_record::LineError::NewerFormat {
-            found: format,
-            supported: apiwitness_record::FORMAT_VERSION,
-        }
-        .to_string());
-    }
+    apiwitness_record::readable_format(format).map_err(|e| e.to_string())?;
     Ok(line)
 }
 

@@ -319,7 +319,7 @@ perf_stop() {
 # connections; with 1, and a rate one connection cannot carry, each request
 # waits for the one before: the latency a request adds alone).
 fixed_rate_connections=${APIWITNESS_BENCH_FIXED_RATE_CONNECTIONS:-10}
-run_h2load_10() { # URL [extra h2load args]: run_h2load on the fixed-rate connections
+run_h2load_fixed_rate() { # URL [extra h2load args]: run_h2load on the fixed-rate connections
   local connections=$fixed_rate_connections
   run_h2load "$@"
 }
@@ -373,10 +373,10 @@ bench_fixed_rate() { # LABEL PATH UPSTREAM_URL SERVER_NAME CA RATE [HEADER...]
   write_proxy_conf "${upstream#https://}" "$ca" "$name"
   local icpt_runs="" nginx_runs="" rss=0 r figures ticks measured measured_rss
   for r in $(seq 1 "$rounds"); do
-    measure_interceptor "$interceptor" "$upstream" "$name" "$ca" run_h2load_10 "$path" --rps=$((rate / fixed_rate_connections)) "${hdr[@]}"
+    measure_interceptor "$interceptor" "$upstream" "$name" "$ca" run_h2load_fixed_rate "$path" --rps=$((rate / fixed_rate_connections)) "${hdr[@]}"
     icpt_runs+="$measured"$'\n'
     rss=$(larger "$rss" "$measured_rss")
-    measure_nginx run_h2load_10 "$path" --rps=$((rate / fixed_rate_connections)) "${hdr[@]}"
+    measure_nginx run_h2load_fixed_rate "$path" --rps=$((rate / fixed_rate_connections)) "${hdr[@]}"
     nginx_runs+="$measured"$'\n'
   done
   record_rounds "$label, HTTP/2 client" "$icpt_runs" "$nginx_runs" "$rss"

@@ -654,27 +654,24 @@ impl Shipper {
                 continue;
             }
             let line = &lines[index];
-            match format_of(line).filter(|_| refusal.may_be_its_format()) {
-                Some(format) if format > FORMAT_PLAIN => {
-                    if let Some(before) = self.config.format.refused(format) {
-                        tracing::warn!(
-                            refused = format,
-                            format = self.config.format.get(),
-                            before,
-                            error = %refusal.error,
-                            "the aggregator could not read a line of a newer record format: \
-                             records are made for an older one, and the line is sent again at format 2"
-                        );
-                    }
-                    match written_at_plain_format(line) {
-                        Some(plain) => again.push(plain),
-                        None => {
-                            given_up.push(refusal);
-                            refused_records += 1;
-                        }
-                    }
-                }
-                _ => {
+            // Format 2 every aggregator reads: it is not why.
+            let newer = apiwitness_record::format_of(line)
+                .filter(|format| *format > FORMAT_PLAIN && refusal.may_be_its_format());
+            if let Some(format) = newer
+                && let Some(before) = self.config.format.refused(format)
+            {
+                tracing::warn!(
+                    refused = format,
+                    format = self.config.format.get(),
+                    before,
+                    error = %refusal.error,
+                    "the aggregator could not read a line of a newer record format: \
+                     records are made for an older one, and the line is sent again at format 2"
+                );
+            }
+            match newer.and_then(|_| written_at_plain_format(line)) {
+                Some(plain) => again.push(plain),
+                None => {
                     given_up.push(refusal);
                     refused_records += 1;
                 }
@@ -752,18 +749,6 @@ impl Shipper {
 struct Answer {
     refused: Vec<RefusedLine>,
     format: Option<u32>,
-}
-
-/// The `format` a line (a record's, with its body lines) says.
-fn format_of(line: &[u8]) -> Option<u32> {
-    #[derive(serde::Deserialize)]
-    struct FormatOnly {
-        format: u32,
-    }
-    let first = line.split(|b| *b == b'\n').next()?;
-    serde_json::from_slice::<FormatOnly>(first)
-        .ok()
-        .map(|f| f.format)
 }
 
 /// A record's line (with its body lines) written again at format 2, which

@@ -709,17 +709,34 @@ struct FormatOnly {
     format: u32,
 }
 
+/// The `format` a line says, read without the rest of it; `None` where it
+/// is no JSON object with a format. Of a record with lines of its bodies
+/// after it, the record's own line is read.
+pub fn format_of(line: &[u8]) -> Option<u32> {
+    let first = line.split(|b| *b == b'\n').next()?;
+    serde_json::from_slice::<FormatOnly>(first)
+        .ok()
+        .map(|f| f.format)
+}
+
+/// Refuses a format newer than this reader's.
+pub fn readable_format(found: u32) -> Result<(), LineError> {
+    if found > FORMAT_VERSION {
+        return Err(LineError::NewerFormat {
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// The error for a line whose format is newer than this reader's, if its
 /// `format` says so. A reader that cannot read a line asks this before it
 /// reports why: what such a line holds that the reader does not know (a
 /// kind of body, say) follows from its format, and the format is what the
 /// user can act on.
 pub fn newer_format(text: &str) -> Option<LineError> {
-    let FormatOnly { format } = serde_json::from_str(text).ok()?;
-    (format > FORMAT_VERSION).then_some(LineError::NewerFormat {
-        found: format,
-        supported: FORMAT_VERSION,
-    })
+    readable_format(format_of(text.as_bytes())?).err()
 }
 
 impl Line {
@@ -730,16 +747,10 @@ impl Line {
             LineKind::DropReport => serde_json::from_str(text).map(Line::DropReport),
         };
         let line = parsed.map_err(|e| newer_format(text).unwrap_or(LineError::Json(e)))?;
-        let found = match &line {
+        readable_format(match &line {
             Line::Exchange(e) => e.format,
             Line::DropReport(d) => d.format,
-        };
-        if found > FORMAT_VERSION {
-            return Err(LineError::NewerFormat {
-                found,
-                supported: FORMAT_VERSION,
-            });
-        }
+        })?;
         Ok(line)
     }
 }

@@ -16,7 +16,8 @@ pub mod request;
 pub use exchange::{
     Body, BodyContent, DropReport, Exchange, FORMAT_GZIP, FORMAT_HEADER, FORMAT_NEXT_LINE,
     FORMAT_PLAIN, FORMAT_VERSION, Line, LineError, LineKind, PodIdentity, ProtobufBody, RawJson,
-    Scanned, WatchEvent, WatchEvents, WatchPart, WorkloadRef, kind_of, newer_format,
+    Scanned, WatchEvent, WatchEvents, WatchPart, WorkloadRef, format_of, kind_of, newer_format,
+    readable_format,
 };
 pub use next_line::NextLine;
 pub use request::{ApiRequest, PatchType, RequestError, Verb};
